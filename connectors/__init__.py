@@ -1,0 +1,1 @@
+"""Async producers of normalized events (see ``connectors.base``)."""

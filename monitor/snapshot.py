@@ -1,0 +1,167 @@
+"""The immutable result of one evaluation, and the report JSON built from it.
+
+The engine builds a :class:`RiskSnapshot` on every evaluation tick and publishes it by
+reference; readers (metrics scrape, HTTP API, rules) never see a half-written one. The
+arrays inside are never mutated after publication.
+
+The report document (``report()``) is the public surface shared by ``riskmon replay`` and
+``GET /api/v1/snapshot``; its field names are documented in the README and stay stable.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from monitor.events import SCHEMA_VERSION
+
+__all__ = ["AccountFigures", "AssetFigures", "PositionTable", "RiskSnapshot", "iso_ms"]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch ms as ISO-8601 UTC with millisecond precision (``2026-11-21T06:00:00.250Z``)."""
+    t = _dt.datetime.fromtimestamp(ms / 1000.0, tz=_dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _num(x: float) -> float | None:
+    """JSON has no NaN: a figure that is not known is ``null``."""
+    return float(x) if math.isfinite(x) else None
+
+
+@dataclass(frozen=True, slots=True)
+class AssetFigures:
+    """Per-underlying market and estimator figures, aligned with ``names`` (shape ``(n,)``).
+
+    Attributes
+    ----------
+    price
+        Last index price, USD (NaN before the first tick).
+    price_ts_ms
+        Event time of that tick, epoch ms (0 before the first tick).
+    volatility, volatility_fast
+        Annualised (365 days) EWMA volatility from the slow and fast estimators; NaN until
+        the asset has a return.
+    returns
+        Number of log returns the slow estimator has absorbed.
+    warm
+        True once the estimator's weight on observed data reaches its warm-up threshold.
+    correlation
+        ``(n, n)`` slow-estimator correlation; NaN for a pair without a joint return.
+    """
+
+    names: tuple[str, ...]
+    price: FloatArray
+    price_ts_ms: npt.NDArray[np.int64]
+    volatility: FloatArray
+    volatility_fast: FloatArray
+    returns: npt.NDArray[np.int64]
+    warm: npt.NDArray[np.bool_]
+    correlation: FloatArray
+
+
+@dataclass(frozen=True, slots=True)
+class PositionTable:
+    """Per-position figures of one account, aligned arrays of length ``len(instrument)``.
+
+    Position Greeks are multiplied by quantity and multiplier (DESIGN.md "Units"):
+    ``delta`` underlying units, ``delta_usd`` USD, ``gamma`` underlying units per 1 USD,
+    ``gamma_usd`` USD change of ``delta_usd`` for a 1% move, ``vega`` USD per vol point,
+    ``theta`` USD per calendar day. ``value_usd`` is the mark value: premium for options,
+    notional for spot, perpetuals and futures. ``iv`` is NaN for non-options.
+    """
+
+    instrument: tuple[str, ...]
+    underlying: tuple[str, ...]
+    quantity: FloatArray
+    price: FloatArray
+    iv: FloatArray
+    value_usd: FloatArray
+    delta: FloatArray
+    delta_usd: FloatArray
+    gamma: FloatArray
+    gamma_usd: FloatArray
+    vega: FloatArray
+    theta: FloatArray
+
+    def rows(self) -> list[dict[str, Any]]:
+        cols = ("quantity", "price", "iv", "value_usd", "delta", "delta_usd", "gamma",
+                "gamma_usd", "vega", "theta")
+        arrays = [getattr(self, c).tolist() for c in cols]
+        out: list[dict[str, Any]] = []
+        for i, name in enumerate(self.instrument):
+            row: dict[str, Any] = {"instrument": name, "underlying": self.underlying[i]}
+            for c, a in zip(cols, arrays, strict=True):
+                row[c] = _num(a[i])
+            out.append(row)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class AccountFigures:
+    """Figures of one account (or of the whole book, for ``total``).
+
+    ``exposure_usd`` is the exposure vector x of DESIGN.md: ``delta_usd`` summed per
+    underlying over spot, perpetuals, futures and options. ``greeks`` holds the sums
+    ``delta_usd``, ``gamma_usd``, ``vega``, ``theta`` (USD units as in :class:`PositionTable`).
+    ``extra`` carries figures later stages add (contributions, var, margin) under their
+    report names.
+    """
+
+    positions: PositionTable | None
+    greeks: Mapping[str, float]
+    exposure_usd: Mapping[str, float]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def report(self, *, with_positions: bool = True) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        if with_positions and self.positions is not None:
+            doc["positions"] = self.positions.rows()
+        doc["greeks"] = {k: _num(v) for k, v in self.greeks.items()}
+        doc["exposure_usd"] = {k: _num(v) for k, v in self.exposure_usd.items()}
+        doc.update(self.extra)
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class RiskSnapshot:
+    """Everything one evaluation knows, as of ``as_of_ms`` (epoch ms of the engine clock)."""
+
+    as_of_ms: int
+    seq: int
+    assets: AssetFigures
+    accounts: Mapping[str, AccountFigures]
+    total: AccountFigures
+    alerts: tuple[Mapping[str, Any], ...] = ()
+    evaluation_seconds: float = 0.0
+
+    def report(self) -> dict[str, Any]:
+        """The report document (README "Report JSON")."""
+        a = self.assets
+        assets: dict[str, Any] = {}
+        for i, name in enumerate(a.names):
+            assets[name] = {
+                "price": _num(a.price[i]),
+                "volatility": _num(a.volatility[i]),
+                "volatility_fast": _num(a.volatility_fast[i]),
+                "returns": int(a.returns[i]),
+                "warm": bool(a.warm[i]),
+            }
+        matrix = [[_num(v) for v in row] for row in a.correlation.tolist()]
+        return {
+            "schema": SCHEMA_VERSION,
+            "as_of": iso_ms(self.as_of_ms),
+            "assets": assets,
+            "correlation": {"assets": list(a.names), "matrix": matrix},
+            "accounts": {name: acc.report() for name, acc in sorted(self.accounts.items())},
+            "total": self.total.report(with_positions=False),
+            "alerts": [dict(x) for x in self.alerts],
+        }
