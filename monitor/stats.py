@@ -1,0 +1,43 @@
+"""Daemon activity counters, kept as plain ints on the hot path.
+
+The engine counts with ``+= 1`` on dict entries (a prometheus ``Counter.labels().inc()`` per
+event would cost more than the event itself at 300k events/s); the metrics collector reads
+these at scrape time and exports them as counters. Only the engine task writes them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["EngineStats"]
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Monotonic counters of the engine (since start).
+
+    Attributes
+    ----------
+    accepted
+        ``(source, type) -> events`` applied to state.
+    rejected
+        ``(source, reason) -> events`` refused (``monitor.events.Reason`` values).
+    conflated
+        Price ticks replaced in the queue by a newer tick of the same instrument.
+    evaluations
+        Snapshots produced.
+    samples
+        Estimator grid points closed; ``gaps`` counts outages longer than
+        ``estimator.max_gap`` after which the grid restarted without a return.
+    queue_depth
+        Events waiting in the queue at the last look (a gauge).
+    """
+
+    accepted: Counter[tuple[str, str]] = field(default_factory=Counter)
+    rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
+    conflated: int = 0
+    evaluations: int = 0
+    samples: int = 0
+    gaps: int = 0
+    queue_depth: int = 0
