@@ -106,7 +106,7 @@ class Reason(enum.StrEnum):
     INVALID_VALUE = "invalid_value"
     INVALID_TIMESTAMP = "invalid_timestamp"
     UNKNOWN_INSTRUMENT = "unknown_instrument"
-    QUEUE_FULL = "queue_full"
+    INTERNAL_ERROR = "internal_error"
 
 
 class Rejected(Exception):

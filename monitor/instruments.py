@@ -169,6 +169,8 @@ class InstrumentRegistry:
         self.underlyings: list[str] = []
         self._columns_at = -1
         self._cols: dict[str, npt.NDArray[np.generic]] = {}
+        #: Bumped on every registration or redefinition: caches keyed on it stay valid.
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self.instruments)
@@ -207,6 +209,7 @@ class InstrumentRegistry:
         else:
             self.instruments[i] = inst
         self._columns_at = -1
+        self.version += 1
         if inst.kind != "index" and inst.underlying not in self._index:
             self.register(Instrument(inst.underlying, "index", inst.underlying))
         return i
@@ -231,7 +234,7 @@ class InstrumentRegistry:
         the underlying's index), ``expiry_ms`` (float64, NaN when none), ``strike``
         (float64, NaN), ``is_call`` (bool), ``multiplier`` (float64), ``inverse`` (bool).
         """
-        if self._columns_at != len(self.instruments):
+        if self._columns_at != self.version:
             self._build_columns()
         return self._cols[name]
 
@@ -254,4 +257,4 @@ class InstrumentRegistry:
             "multiplier": np.array([i.multiplier for i in insts], dtype=np.float64),
             "inverse": np.array([i.inverse for i in insts], dtype=bool),
         }
-        self._columns_at = len(insts)
+        self._columns_at = self.version

@@ -53,7 +53,7 @@ class AssetFigures:
     returns
         Number of log returns the slow estimator has absorbed.
     warm
-        True once the estimator's weight on observed data reaches its warm-up threshold.
+        True once the asset's returns span ``estimator.warmup`` of grid time.
     correlation
         ``(n, n)`` slow-estimator correlation; NaN for a pair without a joint return.
     """

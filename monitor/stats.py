@@ -26,7 +26,8 @@ class EngineStats:
     conflated
         Price ticks replaced in the queue by a newer tick of the same instrument.
     evaluations
-        Snapshots produced.
+        Snapshots produced; ``evaluation_errors`` counts evaluations that raised (the
+        previous snapshot stays published).
     samples
         Estimator grid points closed; ``gaps`` counts outages longer than
         ``estimator.max_gap`` after which the grid restarted without a return.
@@ -38,6 +39,7 @@ class EngineStats:
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
     conflated: int = 0
     evaluations: int = 0
+    evaluation_errors: int = 0
     samples: int = 0
     gaps: int = 0
     queue_depth: int = 0

@@ -1,0 +1,365 @@
+"""The single-writer engine (DESIGN.md "Data flow").
+
+Only the engine mutates market, book and account state, so nothing needs a lock; readers
+take :attr:`Engine.snapshot`, an immutable :class:`RiskSnapshot`, by reference.
+
+Two clocks, both fed from outside (the engine never reads the wall clock):
+
+* the **sample clock** runs on *event time*: a grid point ``g`` of ``sample_interval`` closes
+  when the first price tick with ``ts > g`` arrives, and the estimator receives the index
+  prices as they stood at ``g`` (the last tick at or before it). Live and replay therefore
+  sample identically, and a replay of a recording reproduces the live run's estimates.
+  Grid points skipped without ticks carry zero returns; an outage (no price at all for
+  longer than ``max_gap``) restarts the grid instead, so an outage is not read as a calm
+  market.
+* the **evaluation clock** is passed to :meth:`Engine.evaluate_due`: wall time live, event
+  time in replay. An evaluation as of ``t`` sees every event with ``ts <= t``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from monitor.estimator import RollingEstimator
+from monitor.events import (
+    AccountEvent,
+    Event,
+    InstrumentEvent,
+    PositionEvent,
+    PriceEvent,
+    Reason,
+    Rejected,
+)
+from monitor.instruments import InstrumentRegistry, from_event
+from monitor.snapshot import AccountFigures, AssetFigures, RiskSnapshot
+from monitor.stats import EngineStats
+from monitor.valuation import Book, MarketArrays, build_book, value_book
+
+__all__ = ["AccountState", "Engine", "EngineSettings"]
+
+_NO_TS: Final = -(2**62)
+_TAG: Final[dict[type, str]] = {
+    PriceEvent: "price",
+    PositionEvent: "position",
+    AccountEvent: "account",
+    InstrumentEvent: "instrument",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """Engine timing, all in milliseconds (``[estimator]`` and ``[risk]`` in the config)."""
+
+    sample_interval_ms: int = 1_000
+    halflife_ms: int = 600_000
+    fast_halflife_ms: int = 60_000
+    warmup_ms: int = 300_000
+    max_gap_ms: int = 60_000
+    eval_interval_ms: int = 250
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """The last venue-reported account figures (USD), with their event time."""
+
+    ts_ms: int
+    equity: float
+    initial_margin: float | None
+    maintenance_margin: float | None
+
+
+class Recorder:  # pragma: no cover - structural type only
+    def write(self, event: Event) -> None: ...
+
+
+class Engine:
+    """Applies events to state and produces snapshots. Not thread-safe: one task owns it."""
+
+    def __init__(
+        self,
+        settings: EngineSettings | None = None,
+        *,
+        recorder: Recorder | None = None,
+    ) -> None:
+        self.settings = s = settings or EngineSettings()
+        self.registry = InstrumentRegistry()
+        self.estimator = RollingEstimator(
+            s.sample_interval_ms, s.halflife_ms, s.fast_halflife_ms, s.warmup_ms
+        )
+        self.stats = EngineStats()
+        self.snapshot: RiskSnapshot | None = None
+        self._recorder = recorder
+        self._on_evaluation: Callable[[float], None] | None = None
+        self._index: dict[str, int] = {}  # hot-path copy of the registry's name -> index
+        cap = 64
+        self._price = np.full(cap, np.nan)
+        self._price_ts = np.zeros(cap, dtype=np.int64)
+        self._iv = np.full(cap, np.nan)
+        self._fwd = np.full(cap, np.nan)
+        self._positions: dict[str, dict[int, float]] = {}
+        self._accounts: dict[str, AccountState] = {}
+        self._book: Book | None = None
+        self._book_version = -1
+        self._und_index_inst = np.zeros(0, dtype=np.int64)
+        self._und_version = -1
+        self._dt = s.sample_interval_ms
+        self._grid_next = _NO_TS  # next grid point to close; _NO_TS before the first tick
+        self._eval_next = _NO_TS
+        self._seq = 0
+
+    def set_evaluation_observer(self, observe: Callable[[float], None]) -> None:
+        """Call ``observe(seconds)`` after every evaluation (the duration histogram)."""
+        self._on_evaluation = observe
+
+    # -- events -----------------------------------------------------------------------
+
+    def apply(self, event: Event, source: str) -> None:
+        """Apply one event and count it. Raises :class:`Rejected` (state unchanged)."""
+        t = type(event)
+        if t is PriceEvent:
+            self._apply_price(event)  # type: ignore[arg-type]
+        elif t is PositionEvent:
+            self._apply_position(event)  # type: ignore[arg-type]
+        elif t is AccountEvent:
+            self._apply_account(event)  # type: ignore[arg-type]
+        else:
+            self._apply_instrument(event)  # type: ignore[arg-type]
+        self.stats.accepted[(source, _TAG[t])] += 1
+        if self._recorder is not None:
+            self._recorder.write(event)
+
+    def reject(self, source: str, rejected: Rejected) -> None:
+        """Count a refused input (the caller logs it, rate-limited)."""
+        self.stats.rejected[(source, rejected.reason.value)] += 1
+
+    def replay(self, events: Iterable[Event], source: str) -> list[Rejected]:
+        """Apply events in order on *event time*: evaluations fire as time passes.
+
+        The hot path of ``riskmon replay``: price ticks of known instruments are applied
+        inline; everything else goes through :meth:`apply`. Returns the rejections (already
+        counted).
+        """
+        rejected: list[Rejected] = []
+        index = self._index
+        prices = 0
+        for ev in events:
+            ts = ev.ts
+            if ts is not None and ts > self._eval_next:  # type: ignore[operator]
+                self.evaluate_due(ts)  # type: ignore[arg-type]
+            if type(ev) is PriceEvent:
+                i = index.get(ev.instrument)
+                if i is not None:
+                    ts_ms: int = ev.ts  # type: ignore[assignment]
+                    if ts_ms > self._grid_next:
+                        self._close_grid(ts_ms)
+                    self._price[i] = ev.price
+                    self._price_ts[i] = ts_ms
+                    if ev.iv is not None:
+                        self._iv[i] = ev.iv
+                    if ev.underlying_price is not None:
+                        self._fwd[i] = ev.underlying_price
+                    if self._recorder is not None:
+                        self._recorder.write(ev)
+                    prices += 1
+                    continue
+            try:
+                self.apply(ev, source)
+            except Rejected as rej:
+                self.reject(source, rej)
+                rejected.append(rej)
+        if prices:
+            self.stats.accepted[(source, "price")] += prices
+        return rejected
+
+    def _slot(self, name: str) -> int:
+        i = self._index.get(name)
+        if i is None:
+            i = self.registry.index_of(name)
+            self._index[name] = i
+            self._grow(len(self.registry))
+        return i
+
+    def _grow(self, n: int) -> None:
+        cap = len(self._price)
+        if n <= cap:
+            return
+        new = max(n, 2 * cap)
+        self._price = np.concatenate([self._price, np.full(new - cap, np.nan)])
+        self._price_ts = np.concatenate([self._price_ts, np.zeros(new - cap, dtype=np.int64)])
+        self._iv = np.concatenate([self._iv, np.full(new - cap, np.nan)])
+        self._fwd = np.concatenate([self._fwd, np.full(new - cap, np.nan)])
+
+    def _apply_price(self, ev: PriceEvent) -> None:
+        i = self._slot(ev.instrument)
+        ts: int = ev.ts  # type: ignore[assignment]  # normalized to int ms at decode
+        if ts > self._grid_next:
+            self._close_grid(ts)
+        self._price[i] = ev.price
+        self._price_ts[i] = ts
+        if ev.iv is not None:
+            self._iv[i] = ev.iv
+        if ev.underlying_price is not None:
+            self._fwd[i] = ev.underlying_price
+
+    def _apply_position(self, ev: PositionEvent) -> None:
+        i = self._slot(ev.instrument)
+        if self.registry.instruments[i].kind == "index":
+            raise Rejected(Reason.INVALID_VALUE, f"{ev.instrument!r} is an index, not tradable")
+        book = self._positions.setdefault(ev.account, {})
+        if ev.quantity == 0.0:
+            book.pop(i, None)
+        else:
+            book[i] = ev.quantity
+        self._book = None
+
+    def _apply_account(self, ev: AccountEvent) -> None:
+        self._accounts[ev.account] = AccountState(
+            ts_ms=ev.ts,  # type: ignore[arg-type]
+            equity=ev.equity,
+            initial_margin=ev.initial_margin,
+            maintenance_margin=ev.maintenance_margin,
+        )
+
+    def _apply_instrument(self, ev: InstrumentEvent) -> None:
+        inst = from_event(ev)
+        i = self.registry.register(inst)
+        self._index[inst.name] = i
+        self._index.setdefault(inst.underlying, self.registry.index_of(inst.underlying))
+        self._grow(len(self.registry))
+        self._book = None
+
+    # -- sample clock (event time) ----------------------------------------------------
+
+    def _close_grid(self, ts: int) -> None:
+        """Close every grid point before ``ts`` (called when ``ts > self._grid_next``)."""
+        dt = self._dt
+        if self._grid_next == _NO_TS:  # first tick: the first grid point at or after it
+            self._grid_next = -(-ts // dt) * dt
+            return
+        if ts - self._grid_next > self.settings.max_gap_ms:
+            # Nothing ticked in (grid_next, ts): an outage, not a calm market. Restart the
+            # grid without a return (the silence is known to within one sample interval).
+            self.estimator.restart()
+            self.stats.gaps += 1
+            self._grid_next = -(-ts // dt) * dt
+        else:
+            steps = (ts - 1 - self._grid_next) // dt + 1
+            self.estimator.sample(self._underlying_prices(), steps=steps)
+            self.stats.samples += steps
+            self._grid_next += steps * dt
+
+    def _underlying_prices(self) -> npt.NDArray[np.float64]:
+        """Index price of every underlying, in registry order (NaN before its first tick)."""
+        if self._und_version != self.registry.version:
+            reg = self.registry
+            self._und_index_inst = np.array(
+                [reg.index_of(u) for u in reg.underlyings], dtype=np.int64
+            )
+            self._und_version = reg.version
+        out: npt.NDArray[np.float64] = self._price[self._und_index_inst]
+        return out
+
+    # -- evaluation clock ---------------------------------------------------------------
+
+    @property
+    def next_evaluation_ms(self) -> int:
+        return self._eval_next
+
+    def evaluate_due(self, now_ms: int) -> RiskSnapshot | None:
+        """Evaluate as of the last evaluation grid point before ``now_ms``, if one is due.
+
+        In replay, ``now_ms`` is the next event's time, so the snapshot as of grid point
+        ``g`` holds exactly the events with ``ts <= g``. A stretch with no events is
+        evaluated once, at its last grid point.
+        """
+        step = self.settings.eval_interval_ms
+        if self._eval_next == _NO_TS:
+            self._eval_next = -(-now_ms // step) * step
+            return None
+        if now_ms <= self._eval_next:
+            return None
+        as_of = self._eval_next + ((now_ms - 1 - self._eval_next) // step) * step
+        self._eval_next = as_of + step
+        return self.evaluate(as_of)
+
+    def evaluate(self, as_of_ms: int) -> RiskSnapshot:
+        """Revalue everything as of ``as_of_ms`` and publish the snapshot."""
+        started = time.perf_counter()
+        reg = self.registry
+        n = len(reg)
+        und_price = self._underlying_prices()
+        und_inst = self._und_index_inst
+        est = self.estimator
+        n_est = est.n_assets
+        n_und = len(reg.underlyings)
+
+        def fit(a: npt.NDArray[Any], fill: Any) -> npt.NDArray[Any]:
+            # The estimator learns of an underlying at its first sample; pad until then.
+            if len(a) == n_und:
+                return a.copy()
+            out = np.full((n_und,) + a.shape[1:], fill, dtype=a.dtype)
+            out[: len(a)] = a
+            return out
+
+        corr = est.correlation() if n_est else np.zeros((0, 0))
+        corr_full = np.full((n_und, n_und), np.nan)
+        corr_full[:n_est, :n_est] = corr
+        assets = AssetFigures(
+            names=tuple(reg.underlyings),
+            price=und_price.copy(),
+            price_ts_ms=self._price_ts[und_inst].copy(),
+            volatility=fit(est.volatility() if n_est else np.zeros(0), np.nan),
+            volatility_fast=fit(est.volatility(fast=True) if n_est else np.zeros(0), np.nan),
+            returns=fit(est.returns if n_est else np.zeros(0, dtype=np.int64), 0),
+            warm=fit(est.warm if n_est else np.zeros(0, dtype=bool), False),
+            correlation=corr_full,
+        )
+        if self._book is None or self._book_version != reg.version:
+            self._book = build_book(self._positions, reg)
+            self._book_version = reg.version
+        market = MarketArrays(price=self._price[:n], iv=self._iv[:n], forward=self._fwd[:n])
+        accounts, total = value_book(self._book, market, reg, as_of_ms)
+        accounts = self._with_venue_margin(accounts, as_of_ms)
+        elapsed = time.perf_counter() - started
+        self._seq += 1
+        snap = RiskSnapshot(
+            as_of_ms=as_of_ms,
+            seq=self._seq,
+            assets=assets,
+            accounts=accounts,
+            total=total,
+            evaluation_seconds=elapsed,
+        )
+        self.snapshot = snap
+        self.stats.evaluations += 1
+        if self._on_evaluation is not None:
+            self._on_evaluation(elapsed)
+        return snap
+
+    def _with_venue_margin(
+        self, accounts: dict[str, AccountFigures], as_of_ms: int
+    ) -> dict[str, AccountFigures]:
+        """Attach the venue-reported margin figures (report ``accounts.<a>.margin``)."""
+        for name, st in self._accounts.items():
+            acc = accounts.get(name) or AccountFigures(None, {}, {})
+            mm, im = st.maintenance_margin, st.initial_margin
+            positive = st.equity > 0
+            margin = {
+                "equity": st.equity,
+                "initial_margin": im,
+                "maintenance_margin": mm,
+                "utilization": mm / st.equity if mm is not None and positive else None,
+                "initial_utilization": im / st.equity if im is not None and positive else None,
+                "headroom_usd": st.equity - mm if mm is not None else None,
+                "age_seconds": max(0, as_of_ms - st.ts_ms) / 1000.0,
+            }
+            accounts[name] = AccountFigures(
+                acc.positions, acc.greeks, acc.exposure_usd, {**acc.extra, "margin": margin}
+            )
+        return accounts

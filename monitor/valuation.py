@@ -1,0 +1,208 @@
+"""Position valuation: per-position figures and their sums per account (pure numpy).
+
+Positions are flattened into a :class:`Book` (rebuilt only when positions or instrument
+definitions change) sorted by account, so an account's positions are one contiguous slice
+and per-account sums are one ``np.add.reduceat``. No Python loop runs per position.
+
+Units (DESIGN.md "Units"): USD; ``delta`` underlying units, ``delta_usd = delta * S`` with
+S the underlying's index price; ``gamma`` underlying units per 1 USD; ``gamma_usd`` is the
+change of ``delta_usd`` for a 1% move, ``gamma * S**2 / 100``; ``vega`` USD per vol point;
+``theta`` USD per calendar day. Position figures include quantity and multiplier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from monitor.greeks import black76
+from monitor.instruments import InstrumentRegistry
+from monitor.snapshot import AccountFigures, PositionTable
+
+__all__ = ["Book", "MarketArrays", "build_book", "value_book"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+MS_PER_YEAR: Final = 365.0 * 86_400_000.0
+_OPTION: Final = 4
+GREEK_KEYS: Final = ("delta_usd", "gamma_usd", "vega", "theta")
+
+
+@dataclass(frozen=True, slots=True)
+class Book:
+    """All positions, flattened and sorted by account (arrays of length m).
+
+    ``starts[k]:starts[k+1]`` is account ``accounts[k]``'s slice.
+    """
+
+    accounts: tuple[str, ...]
+    starts: IntArray
+    instrument: IntArray
+    quantity: FloatArray
+    instrument_names: tuple[str, ...]
+    underlying_names: tuple[str, ...]
+    underlying: IntArray
+
+    @property
+    def size(self) -> int:
+        return len(self.instrument)
+
+
+def build_book(
+    positions: Mapping[str, Mapping[int, float]], registry: InstrumentRegistry
+) -> Book:
+    """Flatten ``{account: {instrument index: quantity}}``; zero quantities are left out."""
+    accounts = tuple(sorted(a for a, p in positions.items() if p))
+    inst: list[int] = []
+    qty: list[float] = []
+    starts = [0]
+    for a in accounts:
+        items = sorted(positions[a].items())
+        inst.extend(i for i, _ in items)
+        qty.extend(q for _, q in items)
+        starts.append(len(inst))
+    inst_arr = np.array(inst, dtype=np.int64)
+    und_col = registry.column("underlying_idx")
+    und = und_col[inst_arr].astype(np.int64) if inst else np.zeros(0, dtype=np.int64)
+    names = tuple(registry.instruments[i].name for i in inst)
+    return Book(
+        accounts=accounts,
+        starts=np.array(starts, dtype=np.int64),
+        instrument=inst_arr,
+        quantity=np.array(qty, dtype=np.float64),
+        instrument_names=names,
+        underlying_names=tuple(registry.underlyings[u] for u in und.tolist()),
+        underlying=und,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MarketArrays:
+    """The engine's market state, one entry per registered instrument.
+
+    ``price``: mark (USD per underlying unit; coin for inverse options), NaN before the
+    first tick. ``iv``: annualised decimal, NaN when the venue sends none.
+    ``forward``: the venue's ``underlying_price`` (USD), NaN when none.
+    """
+
+    price: FloatArray
+    iv: FloatArray
+    forward: FloatArray
+
+
+def value_book(
+    book: Book,
+    market: MarketArrays,
+    registry: InstrumentRegistry,
+    as_of_ms: int,
+) -> tuple[dict[str, AccountFigures], AccountFigures]:
+    """Value every position and sum per account; returns ``(accounts, total)``.
+
+    Positions whose instrument has no price (or whose option lacks an IV) have NaN
+    figures; sums skip them and ``extra["unpriced_positions"]`` counts them, so missing
+    data is visible instead of silently zero.
+    """
+    n_und = len(registry.underlyings)
+    if book.size == 0:
+        empty = AccountFigures(None, dict.fromkeys(GREEK_KEYS, 0.0), {})
+        return {}, empty
+
+    i = book.instrument
+    kind = registry.column("kind_code")[i]
+    mult = registry.column("multiplier")[i]
+    index_inst = registry.column("index_instrument")[i]
+    spot = market.price[index_inst]  # S: the underlying's index price, USD
+    price = market.price[i]
+    q = book.quantity * mult
+
+    is_opt = kind == _OPTION
+    unit_value = price.copy()
+    unit_delta = np.ones_like(price)
+    unit_gamma = np.zeros_like(price)
+    unit_vega = np.zeros_like(price)
+    unit_theta = np.zeros_like(price)
+    iv = np.full_like(price, np.nan)
+    if is_opt.any():
+        o = np.flatnonzero(is_opt)
+        oi = i[o]
+        fwd = market.forward[oi]
+        fwd = np.where(np.isfinite(fwd), fwd, spot[o])
+        t = np.maximum(registry.column("expiry_ms")[oi] - as_of_ms, 0.0) / MS_PER_YEAR
+        vol = market.iv[oi]
+        g = black76(fwd, registry.column("strike")[oi], t, vol, registry.column("is_call")[oi])
+        mark = price[o]
+        mark_usd = np.where(registry.column("inverse")[oi], mark * fwd, mark)
+        unit_value[o] = np.where(np.isfinite(mark_usd), mark_usd, g.price)
+        unit_delta[o] = g.delta
+        unit_gamma[o] = g.gamma
+        unit_vega[o] = g.vega
+        unit_theta[o] = g.theta
+        iv[o] = vol
+
+    delta = q * unit_delta
+    delta_usd = delta * spot
+    gamma = q * unit_gamma
+    table_all = {
+        "value_usd": q * unit_value,
+        "delta": delta,
+        "delta_usd": delta_usd,
+        "gamma": gamma,
+        "gamma_usd": gamma * spot * spot / 100.0,
+        "vega": q * unit_vega,
+        "theta": q * unit_theta,
+    }
+    unpriced = ~(np.isfinite(delta_usd) & np.isfinite(table_all["value_usd"]))
+    if is_opt.any():
+        unpriced |= is_opt & ~np.isfinite(table_all["vega"])
+
+    sums = {k: _segment_sums(np.where(unpriced, 0.0, table_all[k]), book.starts)
+            for k in GREEK_KEYS}
+    clean_dusd = np.where(unpriced, 0.0, delta_usd)
+    n_acc = len(book.accounts)
+    acc_idx = np.repeat(np.arange(n_acc), np.diff(book.starts))
+    flat = acc_idx * n_und + book.underlying
+    exposure = np.bincount(flat, weights=clean_dusd, minlength=n_acc * n_und).reshape(
+        n_acc, n_und
+    )
+    held = np.bincount(flat, minlength=n_acc * n_und).reshape(n_acc, n_und) > 0
+    unpriced_count = _segment_sums(unpriced.astype(np.float64), book.starts)
+
+    accounts: dict[str, AccountFigures] = {}
+    for k, name in enumerate(book.accounts):
+        s, e = int(book.starts[k]), int(book.starts[k + 1])
+        table = PositionTable(
+            instrument=book.instrument_names[s:e],
+            underlying=book.underlying_names[s:e],
+            quantity=book.quantity[s:e],
+            price=price[s:e],
+            iv=iv[s:e],
+            **{key: arr[s:e] for key, arr in table_all.items()},
+        )
+        exp = {registry.underlyings[u]: float(exposure[k, u]) for u in np.flatnonzero(held[k])}
+        accounts[name] = AccountFigures(
+            positions=table,
+            greeks={key: float(sums[key][k]) for key in GREEK_KEYS},
+            exposure_usd=exp,
+            extra={"unpriced_positions": int(unpriced_count[k])},
+        )
+    held_any = held.any(axis=0)
+    total = AccountFigures(
+        positions=None,
+        greeks={key: float(sums[key].sum()) for key in GREEK_KEYS},
+        exposure_usd={
+            registry.underlyings[u]: float(exposure[:, u].sum()) for u in np.flatnonzero(held_any)
+        },
+        extra={"unpriced_positions": int(unpriced.sum())},
+    )
+    return accounts, total
+
+
+def _segment_sums(values: FloatArray, starts: IntArray) -> FloatArray:
+    """Sum of ``values[starts[k]:starts[k+1]]`` for each k (segments are non-empty)."""
+    out: FloatArray = np.add.reduceat(values, starts[:-1]) if len(values) else np.zeros(0)
+    return out
