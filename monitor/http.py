@@ -1,0 +1,194 @@
+"""The daemon's HTTP endpoint: Prometheus scrape, health probes and the report JSON.
+
+Routes (GET; HEAD too)::
+
+    /metrics           Prometheus exposition of the registry (text 0.0.4, or OpenMetrics
+                       when the scraper asks for it in ``Accept``)
+    /-/healthy         200 "OK" while the server runs (liveness)
+    /-/ready           200 once a snapshot exists and every connector has delivered an
+                       event; else 503. JSON body either way:
+                       {"ready": bool, "snapshot": bool, "waiting_for": [connector names],
+                        "missing": [human-readable reasons]}
+    /api/v1/snapshot   the report JSON (``RiskSnapshot.report()``); 503
+                       {"error": "no snapshot yet"} before the first evaluation
+
+Handlers run on the engine's event loop and read the view by reference, never under a lock
+(the engine is the single writer and publishes immutable snapshots). The only real work is
+rendering: the scrape, and encoding the report, which is done once per snapshot and cached.
+The access log is off; scrapes every few seconds would drown everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any, Final, Self
+
+import msgspec
+import numpy as np
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from monitor.metrics import MonitorView
+from monitor.snapshot import RiskSnapshot
+
+__all__ = ["DEFAULT_LISTEN", "HttpServer", "parse_listen"]
+
+#: Loopback by default: exposing the book to a network is a deliberate act.
+DEFAULT_LISTEN: Final = "127.0.0.1:9321"
+
+_log = logging.getLogger(__name__)
+
+_JSON: Final = "application/json"
+
+
+def _enc_hook(obj: Any) -> Any:
+    # Figures that later stages put in ``extra`` may still be numpy scalars or arrays.
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__} in the report JSON")
+
+
+_encoder: Final = msgspec.json.Encoder(enc_hook=_enc_hook)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (``"[::1]:9321"`` for IPv6) into host and port.
+
+    Port 0 asks the OS for a free port (see :attr:`HttpServer.port`). The host is required:
+    use ``0.0.0.0:PORT`` to listen on every interface.
+
+    >>> parse_listen("127.0.0.1:9321"), parse_listen("[::1]:0")
+    (('127.0.0.1', 9321), ('::1', 0))
+    """
+    host, sep, port_s = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_s.isdigit() or int(port_s) > 65535:
+        raise ValueError(
+            f"listen address {listen!r} is not HOST:PORT (e.g. {DEFAULT_LISTEN!r}, "
+            "'0.0.0.0:9321' for every interface, port 0 for any free port)"
+        )
+    return host, int(port_s)
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_encoder.encode(body), status=status, content_type=_JSON)
+
+
+class HttpServer:
+    """aiohttp server for a :class:`~monitor.metrics.MonitorView` and its registry.
+
+    Use as ``async with HttpServer(view, registry, listen) as server:`` or call
+    :meth:`start` / :meth:`stop`. After start, :attr:`port` is the bound port (useful with
+    port 0) and :attr:`url` the base URL.
+    """
+
+    def __init__(
+        self,
+        view: MonitorView,
+        registry: CollectorRegistry,
+        listen: str = DEFAULT_LISTEN,
+        *,
+        shutdown_timeout_s: float = 2.0,
+    ) -> None:
+        self._view = view
+        self._registry = registry
+        self._host, self._port = parse_listen(listen)
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._runner: web.AppRunner | None = None
+        # (snapshot, encoded report): the report is encoded once per snapshot, however
+        # many clients poll. Holding the snapshot keeps identity comparison sound.
+        self._report_cache: tuple[RiskSnapshot, bytes] | None = None
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/-/healthy", self._healthy)
+        app.router.add_get("/-/ready", self._ready)
+        app.router.add_get("/api/v1/snapshot", self._snapshot)
+        return app
+
+    async def start(self) -> None:
+        """Bind and serve. Raises ``OSError`` when the address is taken or not available."""
+        if self._runner is not None:
+            raise RuntimeError("HttpServer already started")
+        runner = web.AppRunner(
+            self._app(), access_log=None, shutdown_timeout=self._shutdown_timeout_s
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+        _log.info("HTTP listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """Stop serving (in-flight requests get ``shutdown_timeout_s`` to finish)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (the configured one before)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    # Handlers. They run on the engine's loop: see the module docstring.
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = encoder(self._registry)
+        # content_type= would reject the parameters (version, charset) the format needs.
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _healthy(self, request: web.Request) -> web.Response:
+        return web.Response(text="OK")
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        has_snapshot = self._view.snapshot is not None
+        waiting = [c.name for c in self._view.connectors if not c.delivered]
+        ready = has_snapshot and not waiting
+        missing = [] if has_snapshot else ["no risk snapshot yet"]
+        missing += [f"connector {name!r} has not delivered an event" for name in waiting]
+        body = {
+            "ready": ready,
+            "snapshot": has_snapshot,
+            "waiting_for": waiting,
+            "missing": missing,
+        }
+        return _json(body, 200 if ready else 503)
+
+    async def _snapshot(self, request: web.Request) -> web.Response:
+        snapshot = self._view.snapshot
+        if snapshot is None:
+            return _json({"error": "no snapshot yet"}, 503)
+        cached = self._report_cache
+        if cached is None or cached[0] is not snapshot:
+            cached = (snapshot, _encoder.encode(snapshot.report()))
+            self._report_cache = cached
+        return web.Response(body=cached[1], content_type=_JSON)

@@ -1,0 +1,393 @@
+"""Prometheus metrics: what the daemon exports on ``/metrics``.
+
+The metric names below are public surface (dashboards and alert rules use them): keep them
+stable. All follow Prometheus conventions: prefix ``riskmon_``, base units (seconds, USD),
+``_total`` on counters, ratios as decimals (0.55 = 55%), and only bounded labels (account,
+underlying, source, reason, type, connector, kind, estimator), never instrument names.
+
+Two sources feed them, both read at scrape time by :class:`RiskCollector`:
+
+- the daemon's activity counters (:class:`~monitor.stats.EngineStats`, plain ints the engine
+  bumps on the hot path, and :class:`~connectors.base.ConnectorStatus`), exported as counter
+  and gauge families;
+- the latest immutable :class:`~monitor.snapshot.RiskSnapshot`, read by reference. A label
+  set (an account, an underlying) that is absent from the current snapshot is not exported,
+  so closed accounts and delisted assets vanish instead of freezing at their last value.
+
+Only :class:`EvaluationMetrics` (the evaluation-time histogram) is a stateful
+prometheus_client metric; the engine observes it once per evaluation.
+
+Daemon activity (name, type, labels)::
+
+    riskmon_events_total                               counter    source, type
+    riskmon_rejected_events_total                      counter    source, reason
+    riskmon_conflated_prices_total                     counter
+    riskmon_evaluations_total                          counter
+    riskmon_evaluation_errors_total                    counter
+    riskmon_estimator_samples_total                    counter
+    riskmon_estimator_gaps_total                       counter
+    riskmon_queue_depth                                gauge
+    riskmon_connector_up               (1 = connected) gauge      connector, kind
+    riskmon_connector_reconnects_total                 counter    connector
+    riskmon_connector_messages_total                   counter    connector
+    riskmon_connector_last_message_timestamp_seconds   gauge      connector
+    riskmon_start_time_seconds         (wall clock)    gauge
+    riskmon_build_info                 (always 1)      gauge      version
+    riskmon_evaluation_duration_seconds                histogram
+
+Risk figures from the snapshot (name, type, labels)::
+
+    riskmon_snapshot_timestamp_seconds (engine clock)  gauge
+    riskmon_asset_price_usd                            gauge      underlying
+    riskmon_asset_price_age_seconds                    gauge      underlying
+    riskmon_asset_volatility           (annualised)    gauge      underlying, estimator
+    riskmon_asset_returns                              gauge      underlying
+    riskmon_asset_estimator_warm       (0/1)           gauge      underlying
+    riskmon_asset_correlation                          gauge      underlying_a, underlying_b
+    riskmon_account_exposure_usd                       gauge      account, underlying
+    riskmon_account_delta_usd                          gauge      account
+    riskmon_account_gamma_usd                          gauge      account
+    riskmon_account_vega_usd                           gauge      account
+    riskmon_account_theta_usd                          gauge      account
+    riskmon_book_exposure_usd                          gauge      underlying
+    riskmon_book_delta_usd, riskmon_book_gamma_usd,
+    riskmon_book_vega_usd, riskmon_book_theta_usd      gauge
+
+Units: volatility annualised on 365 days as a decimal (0.55 = 55%); price age = snapshot
+time minus the event time of the last index tick; exposure = ``delta_usd`` summed per
+underlying over all instrument kinds; ``gamma_usd`` = USD change of ``delta_usd`` for a 1%
+move; ``vega_usd`` = USD per vol point (0.01); ``theta_usd`` = USD per calendar day;
+``riskmon_asset_returns`` = log returns absorbed by the slow estimator (a gauge: it restarts
+with the estimator).
+
+Conventions:
+
+- ``estimator`` is ``"slow"`` (``estimator.halflife``) or ``"fast"`` (``fast_halflife``).
+- Correlation: each unordered pair once, ``underlying_a < underlying_b`` (string order); the
+  diagonal is not exported.
+- The whole book (``RiskSnapshot.total``) is exported as separate ``riskmon_book_*`` metrics,
+  not as a reserved account label: ``sum(riskmon_account_delta_usd)`` then never counts the
+  book twice, and book figures that do not add up over accounts (VaR, once it exists) have a
+  name of their own.
+- A figure that is not known (NaN, or not finite) is not exported: the sample is skipped,
+  never sent as ``NaN``. A greek absent from ``AccountFigures.greeks`` is skipped too. The
+  price age is skipped for an asset that has had no tick.
+
+Threading: :meth:`RiskCollector.collect` reads the engine's ``EngineStats`` dicts without a
+lock, so scrapes must run on the engine's event loop (``monitor.http`` does). Do not serve
+this registry from ``prometheus_client.start_http_server``, which scrapes from another thread.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Final, Protocol
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from connectors.base import ConnectorStatus
+from monitor import __version__
+from monitor.snapshot import AccountFigures, RiskSnapshot
+from monitor.stats import EngineStats
+
+__all__ = [
+    "EVALUATION_BUCKETS",
+    "EvaluationMetrics",
+    "MonitorView",
+    "RiskCollector",
+    "build_registry",
+]
+
+#: Evaluation-time buckets, seconds: a small book evaluates in about a millisecond, a desk
+#: with tens of thousands of options in tens to hundreds of milliseconds.
+EVALUATION_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+# AccountFigures.greeks key -> metric suffix (DESIGN.md "Units").
+_GREEKS: Final = (
+    ("delta_usd", "delta_usd", "USD delta (delta x underlying price)"),
+    ("gamma_usd", "gamma_usd", "USD change of delta_usd for a 1% move of the underlying"),
+    ("vega", "vega_usd", "USD per 1 vol point (0.01) of implied volatility"),
+    ("theta", "theta_usd", "USD per calendar day of time decay"),
+)
+
+
+class MonitorView(Protocol):
+    """What the daemon hands to metrics and HTTP: read-only views of engine state.
+
+    Every property is read at scrape/request time on the engine's event loop.
+    """
+
+    @property
+    def snapshot(self) -> RiskSnapshot | None:
+        """The latest published snapshot, ``None`` before the first evaluation."""
+        ...
+
+    @property
+    def stats(self) -> EngineStats: ...
+
+    @property
+    def connectors(self) -> Sequence[ConnectorStatus]: ...
+
+    @property
+    def started_s(self) -> float:
+        """Wall-clock epoch seconds at which the daemon started."""
+        ...
+
+
+class EvaluationMetrics:
+    """The metrics the engine updates itself: one histogram observation per evaluation."""
+
+    __slots__ = ("duration",)
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.duration: Final = Histogram(
+            "riskmon_evaluation_duration_seconds",
+            "Wall time of one evaluation (revaluation, risk and rules), seconds.",
+            buckets=EVALUATION_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, seconds: float) -> None:
+        """Record the duration of one evaluation, in seconds."""
+        self.duration.observe(seconds)
+
+
+class _Families:
+    """A fresh set of metric families for one scrape (empty ones still carry HELP/TYPE)."""
+
+    def __init__(self, version: str) -> None:
+        self.all: list[Metric] = []
+        c, g = self._counter, self._gauge
+        # Daemon activity.
+        self.events = c("riskmon_events", "Events applied to state.", ("source", "type"))
+        self.rejected = c(
+            "riskmon_rejected_events", "Events refused, by reason.", ("source", "reason")
+        )
+        self.conflated = c(
+            "riskmon_conflated_prices", "Price ticks replaced in the queue by a newer tick."
+        )
+        self.evaluations = c("riskmon_evaluations", "Risk snapshots produced.")
+        self.evaluation_errors = c(
+            "riskmon_evaluation_errors",
+            "Evaluations that raised (the previous snapshot stayed published).",
+        )
+        self.samples = c("riskmon_estimator_samples", "Estimator sample grid points closed.")
+        self.gaps = c(
+            "riskmon_estimator_gaps", "Data outages after which the estimator grid restarted."
+        )
+        self.queue_depth = g("riskmon_queue_depth", "Events waiting in the engine queue.")
+        self.connector_up = g(
+            "riskmon_connector_up", "1 while the connector is connected.", ("connector", "kind")
+        )
+        self.reconnects = c(
+            "riskmon_connector_reconnects", "Connector reconnections.", ("connector",)
+        )
+        self.messages = c(
+            "riskmon_connector_messages", "Messages received by the connector.", ("connector",)
+        )
+        self.last_message = g(
+            "riskmon_connector_last_message_timestamp_seconds",
+            "Wall-clock time of the connector's last message, epoch seconds.",
+            ("connector",),
+        )
+        self.start_time = g(
+            "riskmon_start_time_seconds", "Wall-clock time the daemon started, epoch seconds."
+        )
+        build = InfoMetricFamily("riskmon_build", "riskmon build.", value={"version": version})
+        self.all.append(build)
+        # Snapshot figures.
+        self.snapshot_ts = g(
+            "riskmon_snapshot_timestamp_seconds",
+            "Engine-clock time of the latest risk snapshot, epoch seconds.",
+        )
+        self.price = g("riskmon_asset_price_usd", "Last index price, USD.", ("underlying",))
+        self.price_age = g(
+            "riskmon_asset_price_age_seconds",
+            "Snapshot time minus the event time of the last index tick, seconds.",
+            ("underlying",),
+        )
+        self.vol = g(
+            "riskmon_asset_volatility",
+            "EWMA volatility of log returns, annualised on 365 days (0.55 = 55%).",
+            ("underlying", "estimator"),
+        )
+        self.returns = g(
+            "riskmon_asset_returns",
+            "Log returns absorbed by the slow estimator.",
+            ("underlying",),
+        )
+        self.warm = g(
+            "riskmon_asset_estimator_warm",
+            "1 once the slow estimator has enough weight on observed data.",
+            ("underlying",),
+        )
+        self.corr = g(
+            "riskmon_asset_correlation",
+            "Slow-estimator correlation of log returns, each pair once (a < b).",
+            ("underlying_a", "underlying_b"),
+        )
+        self.acct_exposure = g(
+            "riskmon_account_exposure_usd",
+            "Exposure (delta_usd summed over all instrument kinds) per underlying, USD.",
+            ("account", "underlying"),
+        )
+        self.acct_greeks = {
+            key: g(f"riskmon_account_{suffix}", f"Account {doc}.", ("account",))
+            for key, suffix, doc in _GREEKS
+        }
+        self.book_exposure = g(
+            "riskmon_book_exposure_usd",
+            "Whole-book exposure (delta_usd summed) per underlying, USD.",
+            ("underlying",),
+        )
+        self.book_greeks = {
+            key: g(f"riskmon_book_{suffix}", f"Whole-book {doc}.") for key, suffix, doc in _GREEKS
+        }
+
+    def _counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
+        fam = CounterMetricFamily(name, doc, labels=labels)
+        self.all.append(fam)
+        return fam
+
+    def _gauge(self, name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
+        fam = GaugeMetricFamily(name, doc, labels=labels)
+        self.all.append(fam)
+        return fam
+
+
+def _put(family: GaugeMetricFamily, labels: Sequence[str], value: float) -> None:
+    """Add a sample unless the figure is unknown (NaN or not finite)."""
+    if math.isfinite(value):
+        family.add_metric(labels, value)
+
+
+class RiskCollector:
+    """Reads a :class:`MonitorView` at scrape time and yields every ``riskmon_*`` family.
+
+    Cost: one pass over assets, correlation pairs and accounts per scrape (no per-event
+    work). Families are rebuilt on every scrape, so vanished label sets are not exported.
+    """
+
+    def __init__(self, view: MonitorView, version: str = __version__) -> None:
+        self._view = view
+        self._version = version
+
+    def describe(self) -> Iterable[Metric]:
+        # Lets the registry refuse another collector exporting the same names.
+        return _Families(self._version).all
+
+    def collect(self) -> Iterable[Metric]:
+        f = _Families(self._version)
+        view = self._view
+        self._daemon(f, view.stats, view.connectors, view.started_s)
+        snapshot = view.snapshot
+        if snapshot is not None:
+            self._snapshot(f, snapshot)
+        return f.all
+
+    @staticmethod
+    def _daemon(
+        f: _Families,
+        stats: EngineStats,
+        connectors: Sequence[ConnectorStatus],
+        started_s: float,
+    ) -> None:
+        for (source, type_), n in list(stats.accepted.items()):
+            f.events.add_metric((source, type_), n)
+        for (source, reason), n in list(stats.rejected.items()):
+            f.rejected.add_metric((source, reason), n)
+        f.conflated.add_metric((), stats.conflated)
+        f.evaluations.add_metric((), stats.evaluations)
+        f.evaluation_errors.add_metric((), stats.evaluation_errors)
+        f.samples.add_metric((), stats.samples)
+        f.gaps.add_metric((), stats.gaps)
+        f.queue_depth.add_metric((), stats.queue_depth)
+        for c in connectors:
+            f.connector_up.add_metric((c.name, c.kind), 1.0 if c.connected else 0.0)
+            f.reconnects.add_metric((c.name,), c.reconnects)
+            f.messages.add_metric((c.name,), c.messages)
+            if c.last_message_s is not None:
+                f.last_message.add_metric((c.name,), c.last_message_s)
+        f.start_time.add_metric((), started_s)
+
+    @staticmethod
+    def _snapshot(f: _Families, snap: RiskSnapshot) -> None:
+        f.snapshot_ts.add_metric((), snap.as_of_ms / 1000.0)
+        a = snap.assets
+        names = a.names
+        for name, price, ts_ms, vol, vol_fast, returns, warm in zip(
+            names,
+            a.price.tolist(),
+            a.price_ts_ms.tolist(),
+            a.volatility.tolist(),
+            a.volatility_fast.tolist(),
+            a.returns.tolist(),
+            a.warm.tolist(),
+            strict=True,
+        ):
+            labels = (name,)
+            _put(f.price, labels, price)
+            if ts_ms > 0:
+                _put(f.price_age, labels, (snap.as_of_ms - ts_ms) / 1000.0)
+            _put(f.vol, (name, "slow"), vol)
+            _put(f.vol, (name, "fast"), vol_fast)
+            f.returns.add_metric(labels, returns)
+            f.warm.add_metric(labels, 1.0 if warm else 0.0)
+        corr = a.correlation.tolist()
+        for i, row in enumerate(corr):
+            for j in range(i + 1, len(row)):
+                x, y = names[i], names[j]
+                _put(f.corr, (x, y) if x < y else (y, x), row[j])
+        for account, figures in snap.accounts.items():
+            _account(f, account, figures)
+        for underlying, v in snap.total.exposure_usd.items():
+            _put(f.book_exposure, (underlying,), v)
+        for key, family in f.book_greeks.items():
+            value = snap.total.greeks.get(key)
+            if value is not None:
+                _put(family, (), value)
+
+
+def _account(f: _Families, account: str, figures: AccountFigures) -> None:
+    for underlying, v in figures.exposure_usd.items():
+        _put(f.acct_exposure, (account, underlying), v)
+    labels = (account,)
+    for key, family in f.acct_greeks.items():
+        value = figures.greeks.get(key)
+        if value is not None:
+            _put(family, labels, value)
+
+
+def build_registry(
+    view: MonitorView, *, process_metrics: bool = True
+) -> tuple[CollectorRegistry, EvaluationMetrics]:
+    """A fresh registry (never the global ``REGISTRY``) exporting everything above.
+
+    With ``process_metrics`` the usual ``process_*``, ``python_gc_*`` and ``python_info``
+    families are added too (the global registry would have them; a fresh one does not).
+
+    Returns
+    -------
+    registry, evaluation
+        Serve ``registry`` (``monitor.http.HttpServer``); call ``evaluation.observe(seconds)``
+        once per evaluation from the engine.
+    """
+    registry = CollectorRegistry()
+    registry.register(RiskCollector(view))
+    if process_metrics:
+        ProcessCollector(registry=registry)
+        GCCollector(registry=registry)
+        PlatformCollector(registry=registry)
+    return registry, EvaluationMetrics(registry)
