@@ -243,8 +243,9 @@ def _split_listen(listen: str) -> tuple[str, int]:
         host = host[1:-1]
     elif ":" in host:
         raise _Invalid(("listen",), f"an IPv6 address needs brackets ({hint}); got {_show(listen)}")
-    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
-        raise _Invalid(("listen",), f"expected a port 1..65535; got {_show(listen)}")
+    # Port 0 binds a free port (tests, ad-hoc runs); the bound address is logged.
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
+        raise _Invalid(("listen",), f"expected a port 0..65535; got {_show(listen)}")
     return host, int(port_text)
 
 
@@ -333,7 +334,9 @@ class SimulatedConnector(_ConnectorBase, frozen=True, tag="simulated"):
     name: ConnectorName = "simulated"
     seed: int = 7
     tick_interval: Duration = parse_duration("200ms")
-    underlyings: Annotated[tuple[str, ...], Meta(min_length=1)] = ("BTC", "ETH", "SOL")
+    underlyings: Annotated[
+        tuple[Annotated[str, Meta(pattern=r"^[A-Z0-9]{1,20}$")], ...], Meta(min_length=1)
+    ] = ("BTC", "ETH", "SOL")
     #: Simulated start time; None = the clock's now.
     start_ms: EpochMs | None = None
     #: Pace ticks at wall-clock speed; False = as fast as the engine takes them.

@@ -1,0 +1,210 @@
+"""The live daemon: connectors -> queue -> engine -> snapshot -> HTTP/metrics.
+
+Every long-lived task is owned by one ``asyncio.TaskGroup`` and named
+(``riskmon.engine``, ``riskmon.connector[deribit]``) so a stack dump says what it is.
+Shutdown (SIGTERM/SIGINT) cancels them in order and flushes the recorder; events the
+engine had accepted are in its state or the recording, never half-applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from connectors import build_connector
+from connectors.base import Backoff, Connector, ConnectorStatus
+from monitor.config import Config
+from monitor.engine import Engine, EngineSettings
+from monitor.events import Event, Reason, Rejected
+from monitor.http import HttpServer
+from monitor.logs import RejectionLog
+from monitor.metrics import build_registry
+from monitor.queue import EventQueue
+from monitor.record import Recorder
+from monitor.snapshot import RiskSnapshot
+from monitor.stats import EngineStats
+
+__all__ = ["Daemon", "engine_settings", "sd_notify"]
+
+log = logging.getLogger("riskmon")
+
+
+def engine_settings(cfg: Config) -> EngineSettings:
+    """The engine's timing from the ``[estimator]`` and ``[risk]`` sections."""
+    e, r = cfg.estimator, cfg.risk
+    return EngineSettings(
+        sample_interval_ms=int(e.sample_interval),
+        halflife_ms=int(e.halflife),
+        fast_halflife_ms=int(e.fast_halflife),
+        warmup_ms=int(e.warmup),
+        max_gap_ms=int(e.max_gap),
+        eval_interval_ms=int(r.eval_interval),
+    )
+
+
+def sd_notify(message: str) -> bool:
+    """Send ``message`` (e.g. ``READY=1``) to systemd when ``NOTIFY_SOCKET`` is set."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):  # abstract namespace
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
+        return False
+    return True
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Daemon:
+    """Runs connectors, the engine loop and the HTTP server until ``stop`` is set.
+
+    Implements the ``EventSink`` connectors write to and the ``MonitorView`` that metrics
+    and HTTP read.
+    """
+
+    def __init__(self, cfg: Config, *, record_path: Path | None = None) -> None:
+        self.cfg = cfg
+        self._recorder = Recorder(record_path) if record_path is not None else None
+        self._connectors: list[Connector] = [build_connector(c) for c in cfg.connectors]
+        self._status: dict[str, ConnectorStatus] = {
+            c.status.name: c.status for c in self._connectors
+        }
+        self.engine = Engine(engine_settings(cfg), recorder=self._recorder)
+        self.registry, registry_metrics = build_registry(self)
+        self.engine.set_evaluation_observer(registry_metrics.observe)
+        self._queue = EventQueue(cfg.engine.queue_size)
+        self._reject_log = RejectionLog(log)
+        self._started_s = time.time()
+        self.http: HttpServer | None = None
+
+    # -- MonitorView --------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> RiskSnapshot | None:
+        return self.engine.snapshot
+
+    @property
+    def stats(self) -> EngineStats:
+        return self.engine.stats
+
+    @property
+    def connectors(self) -> Sequence[ConnectorStatus]:
+        return list(self._status.values())
+
+    @property
+    def started_s(self) -> float:
+        return self._started_s
+
+    # -- EventSink ----------------------------------------------------------------------
+
+    async def put(self, event: Event, source: str) -> None:
+        st = self._status.get(source)
+        if st is not None:
+            st.delivered = True
+        await self._queue.put(event, source)
+
+    def reject(self, source: str, rejected: Rejected) -> None:
+        self.engine.reject(source, rejected)
+        self._reject_log(source, rejected.reason.value, rejected.detail)
+
+    # -- tasks --------------------------------------------------------------------------
+
+    async def _engine_loop(self) -> None:
+        engine, queue = self.engine, self._queue
+        step = engine.settings.eval_interval_ms
+        engine.evaluate_due(_wall_ms())  # starts the evaluation clock
+        flushed_s = time.monotonic()
+        while True:
+            wait_s = max(0.0, (engine.next_evaluation_ms + 1 - _wall_ms()) / 1000.0)
+            await queue.wait(min(wait_s, step / 1000.0))
+            for event, source in queue.drain():
+                try:
+                    engine.apply(event, source)
+                except Rejected as rej:
+                    self.reject(source, rej)
+                except Exception:  # a bug must cost one event, not the daemon
+                    log.exception("engine failed to apply an event", extra={"source": source})
+                    self.reject(source, Rejected(Reason.INTERNAL_ERROR, "engine error"))
+            engine.stats.conflated = queue.conflated
+            engine.stats.queue_depth = len(queue)
+            if self._recorder is not None and time.monotonic() - flushed_s >= 1.0:
+                # A killed daemon loses at most about a second of its recording.
+                self._recorder.flush()
+                flushed_s = time.monotonic()
+            try:
+                engine.evaluate_due(_wall_ms())
+            except Exception:
+                engine.stats.evaluation_errors += 1
+                log.exception("evaluation failed; the previous snapshot stays published")
+
+    async def _run_connector(self, connector: Connector) -> None:
+        """Run one connector; a crash is logged and the connector restarted with backoff."""
+        status = connector.status
+        delays = Backoff(initial=1.0, cap=30.0).delays()
+        while True:
+            try:
+                await connector.run(self)
+                log.info("connector finished", extra={"connector": status.name})
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                status.connected = False
+                status.last_error = f"{type(exc).__name__}: {exc}"
+                delay = next(delays)
+                log.exception(
+                    "connector failed; restarting in %.1fs",
+                    delay,
+                    extra={"connector": status.name},
+                )
+                await asyncio.sleep(delay)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down in order."""
+        self.http = HttpServer(self, self.registry, self.cfg.server.listen)
+        await self.http.start()
+        log.info(
+            "riskmon listening",
+            extra={"listen": self.http.url, "connectors": list(self._status)},
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._engine_loop(), name="riskmon.engine")]
+                for c in self._connectors:
+                    tasks.append(
+                        tg.create_task(
+                            self._run_connector(c), name=f"riskmon.connector[{c.status.name}]"
+                        )
+                    )
+                sd_notify("READY=1")
+                await stop.wait()
+                sd_notify("STOPPING=1")
+                log.info("stopping")
+                for t in reversed(tasks):
+                    t.cancel()
+        finally:
+            await self.http.stop()
+            if self._recorder is not None:
+                self._recorder.close()
+        log.info("stopped")
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (a second signal is ignored: shutdown is quick)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
