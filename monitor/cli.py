@@ -110,7 +110,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from connectors.replay import iter_batches
-
     from monitor.daemon import engine_settings
     from monitor.engine import Engine
     from monitor.logs import RejectionLog, setup_logging
@@ -132,7 +131,7 @@ def _replay(args: argparse.Namespace) -> int:
             events += len(batch.events) + len(batch.rejections)
             for ev in reversed(batch.events):
                 if ev.ts is not None:
-                    last_ts = ev.ts  # type: ignore[assignment]
+                    last_ts = ev.ts
                     break
     except (OSError, ValueError) as exc:
         print(f"riskmon: cannot replay {args.file}: {exc}", file=sys.stderr)

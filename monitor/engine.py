@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -74,7 +74,9 @@ class AccountState:
     maintenance_margin: float | None
 
 
-class Recorder:  # pragma: no cover - structural type only
+class Recorder(Protocol):
+    """Where accepted events go for ``--record`` (``monitor.record.Recorder``)."""
+
     def write(self, event: Event) -> None: ...
 
 
@@ -150,12 +152,12 @@ class Engine:
         prices = 0
         for ev in events:
             ts = ev.ts
-            if ts is not None and ts > self._eval_next:  # type: ignore[operator]
-                self.evaluate_due(ts)  # type: ignore[arg-type]
+            if ts is not None and ts > self._eval_next:
+                self.evaluate_due(ts)
             if type(ev) is PriceEvent:
                 i = index.get(ev.instrument)
                 if i is not None:
-                    ts_ms: int = ev.ts  # type: ignore[assignment]
+                    ts_ms: int = ev.ts
                     if ts_ms > self._grid_next:
                         self._close_grid(ts_ms)
                     self._price[i] = ev.price
@@ -197,7 +199,7 @@ class Engine:
 
     def _apply_price(self, ev: PriceEvent) -> None:
         i = self._slot(ev.instrument)
-        ts: int = ev.ts  # type: ignore[assignment]  # normalized to int ms at decode
+        ts: int = ev.ts  # normalized to int ms at decode
         if ts > self._grid_next:
             self._close_grid(ts)
         self._price[i] = ev.price
@@ -220,7 +222,7 @@ class Engine:
 
     def _apply_account(self, ev: AccountEvent) -> None:
         self._accounts[ev.account] = AccountState(
-            ts_ms=ev.ts,  # type: ignore[arg-type]
+            ts_ms=ev.ts,
             equity=ev.equity,
             initial_margin=ev.initial_margin,
             maintenance_margin=ev.maintenance_margin,
@@ -303,7 +305,7 @@ class Engine:
             # The estimator learns of an underlying at its first sample; pad until then.
             if len(a) == n_und:
                 return a.copy()
-            out = np.full((n_und,) + a.shape[1:], fill, dtype=a.dtype)
+            out = np.full((n_und, *a.shape[1:]), fill, dtype=a.dtype)
             out[: len(a)] = a
             return out
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
-from typing import Annotated, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Final, Literal, TypeAlias
 
 import msgspec
 from msgspec import Meta, Struct
@@ -38,8 +38,16 @@ SCHEMA_VERSION: Final = 1
 
 Positive = Annotated[float, Meta(gt=0)]
 NonNegative = Annotated[float, Meta(ge=0)]
-#: Epoch milliseconds (int or float) or an ISO-8601 / RFC 3339 string (naive means UTC).
+#: On the wire: epoch milliseconds (int or float) or an ISO-8601 / RFC 3339 string (naive
+#: means UTC).
 Timestamp: TypeAlias = int | float | _dt.datetime
+if TYPE_CHECKING:
+    # After decoding, ``normalize`` has made every ``ts`` int epoch ms; that is the type
+    # the rest of the code sees. msgspec reads the runtime alias below and decodes the
+    # wider wire form; only this module sees an event before it is normalized.
+    EventTs: TypeAlias = int
+else:
+    EventTs = Timestamp
 Kind = Literal["index", "spot", "perpetual", "future", "option"]
 
 # 2000-01-01 .. 2200-01-01: anything outside is a unit mistake (seconds, microseconds).
@@ -58,7 +66,7 @@ class InstrumentEvent(Struct, tag_field="type", tag="instrument", omit_defaults=
     option_type: Literal["call", "put"] | None = None
     multiplier: Positive = 1.0
     inverse: bool = False
-    ts: Timestamp | None = None
+    ts: EventTs | None = None
 
 
 class PriceEvent(Struct, tag_field="type", tag="price", omit_defaults=True, gc=False):
@@ -68,7 +76,7 @@ class PriceEvent(Struct, tag_field="type", tag="price", omit_defaults=True, gc=F
     prices the option against (USD).
     """
 
-    ts: Timestamp
+    ts: EventTs
     instrument: str
     price: Positive
     iv: Positive | None = None
@@ -78,7 +86,7 @@ class PriceEvent(Struct, tag_field="type", tag="price", omit_defaults=True, gc=F
 class PositionEvent(Struct, tag_field="type", tag="position", omit_defaults=True, gc=False):
     """An absolute position snapshot in signed contracts (not a change)."""
 
-    ts: Timestamp
+    ts: EventTs
     account: str
     instrument: str
     quantity: float
@@ -87,7 +95,7 @@ class PositionEvent(Struct, tag_field="type", tag="position", omit_defaults=True
 class AccountEvent(Struct, tag_field="type", tag="account", omit_defaults=True, gc=False):
     """Venue-reported equity and margin, USD."""
 
-    ts: Timestamp
+    ts: EventTs
     account: str
     equity: float
     initial_margin: NonNegative | None = None

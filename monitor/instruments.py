@@ -35,9 +35,7 @@ _SPOT_RE: Final = re.compile(rf"^({_ASSET})_([A-Z0-9]{{2,10}})$")
 _PERP_RE: Final = re.compile(rf"^({_ASSET})(?:_[A-Z0-9]{{2,10}})?-PERPETUAL$")
 _DATE = r"(\d{1,2})([A-Z]{3})(\d{2})"
 _FUT_RE: Final = re.compile(rf"^({_ASSET})(?:_[A-Z0-9]{{2,10}})?-{_DATE}$")
-_OPT_RE: Final = re.compile(
-    rf"^({_ASSET})(?:_[A-Z0-9]{{2,10}})?-{_DATE}-(\d+(?:d\d+)?)-([CP])$"
-)
+_OPT_RE: Final = re.compile(rf"^({_ASSET})(?:_[A-Z0-9]{{2,10}})?-{_DATE}-(\d+(?:d\d+)?)-([CP])$")
 _EXPIRY_HOUR_UTC: Final = 8
 
 

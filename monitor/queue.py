@@ -53,11 +53,11 @@ class EventQueue:
             self._others.append((event, source))
         self._ready.set()
 
-    async def wait(self, timeout: float | None) -> bool:
-        """Wait until something is queued or ``timeout`` seconds pass; True if non-empty."""
-        if not self._ready.is_set() and (timeout is None or timeout > 0):
+    async def wait(self, max_wait_s: float | None) -> bool:
+        """Wait until something is queued or ``max_wait_s`` pass; True if non-empty."""
+        if not self._ready.is_set() and (max_wait_s is None or max_wait_s > 0):
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(max_wait_s):
                     await self._ready.wait()
             except TimeoutError:
                 pass

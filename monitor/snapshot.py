@@ -93,8 +93,18 @@ class PositionTable:
     theta: FloatArray
 
     def rows(self) -> list[dict[str, Any]]:
-        cols = ("quantity", "price", "iv", "value_usd", "delta", "delta_usd", "gamma",
-                "gamma_usd", "vega", "theta")
+        cols = (
+            "quantity",
+            "price",
+            "iv",
+            "value_usd",
+            "delta",
+            "delta_usd",
+            "gamma",
+            "gamma_usd",
+            "vega",
+            "theta",
+        )
         arrays = [getattr(self, c).tolist() for c in cols]
         out: list[dict[str, Any]] = []
         for i, name in enumerate(self.instrument):

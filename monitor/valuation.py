@@ -53,9 +53,7 @@ class Book:
         return len(self.instrument)
 
 
-def build_book(
-    positions: Mapping[str, Mapping[int, float]], registry: InstrumentRegistry
-) -> Book:
+def build_book(positions: Mapping[str, Mapping[int, float]], registry: InstrumentRegistry) -> Book:
     """Flatten ``{account: {instrument index: quantity}}``; zero quantities are left out."""
     accounts = tuple(sorted(a for a, p in positions.items() if p))
     inst: list[int] = []
@@ -103,7 +101,7 @@ def value_book(
 ) -> tuple[dict[str, AccountFigures], AccountFigures]:
     """Value every position and sum per account; returns ``(accounts, total)``.
 
-    Positions whose instrument has no price (or whose option lacks an IV) have NaN
+    Positions whose underlying has no index price (or whose option lacks an IV) have NaN
     figures; sums skip them and ``extra["unpriced_positions"]`` counts them, so missing
     data is visible instead of silently zero.
     """
@@ -114,7 +112,7 @@ def value_book(
 
     i = book.instrument
     kind = registry.column("kind_code")[i]
-    mult = registry.column("multiplier")[i]
+    mult = np.asarray(registry.column("multiplier")[i], dtype=np.float64)
     index_inst = registry.column("index_instrument")[i]
     spot = market.price[index_inst]  # S: the underlying's index price, USD
     price = market.price[i]
@@ -156,19 +154,20 @@ def value_book(
         "vega": q * unit_vega,
         "theta": q * unit_theta,
     }
-    unpriced = ~(np.isfinite(delta_usd) & np.isfinite(table_all["value_usd"]))
+    # Exposure needs only the index price (and, for options, the IV): a perpetual without
+    # its own mark still carries known delta; its value_usd is null.
+    unpriced = ~np.isfinite(delta_usd)
     if is_opt.any():
         unpriced |= is_opt & ~np.isfinite(table_all["vega"])
 
-    sums = {k: _segment_sums(np.where(unpriced, 0.0, table_all[k]), book.starts)
-            for k in GREEK_KEYS}
+    sums = {
+        k: _segment_sums(np.where(unpriced, 0.0, table_all[k]), book.starts) for k in GREEK_KEYS
+    }
     clean_dusd = np.where(unpriced, 0.0, delta_usd)
     n_acc = len(book.accounts)
     acc_idx = np.repeat(np.arange(n_acc), np.diff(book.starts))
     flat = acc_idx * n_und + book.underlying
-    exposure = np.bincount(flat, weights=clean_dusd, minlength=n_acc * n_und).reshape(
-        n_acc, n_und
-    )
+    exposure = np.bincount(flat, weights=clean_dusd, minlength=n_acc * n_und).reshape(n_acc, n_und)
     held = np.bincount(flat, minlength=n_acc * n_und).reshape(n_acc, n_und) > 0
     unpriced_count = _segment_sums(unpriced.astype(np.float64), book.starts)
 

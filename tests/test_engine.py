@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 
 from monitor.engine import Engine, EngineSettings
-from monitor.events import AccountEvent, InstrumentEvent, PositionEvent, PriceEvent, Reason, Rejected
+from monitor.events import (
+    AccountEvent,
+    Event,
+    InstrumentEvent,
+    PositionEvent,
+    PriceEvent,
+    Reason,
+    Rejected,
+)
 
 T0 = 1_767_225_600_000  # on every grid used here
 SETTINGS = EngineSettings(
@@ -22,25 +31,25 @@ SETTINGS = EngineSettings(
 
 
 def _lam(halflife_ms: int) -> float:
-    return 0.5 ** (SETTINGS.sample_interval_ms / halflife_ms)
+    return float(0.5 ** (SETTINGS.sample_interval_ms / halflife_ms))
 
 
 def test_grid_takes_last_tick_at_or_before_each_point() -> None:
     """Ticks between grid points only count through the last one before the point."""
     eng = Engine(SETTINGS)
     ticks = [  # (ts offset ms, price)
-        (0, 100.0),      # at grid point 0: the first sample base
-        (400, 999.0),    # overwritten before grid point 1000
-        (1000, 110.0),   # exactly at grid point 1000: belongs to it
-        (1500, 120.0),   # closes 1000 with 110
-        (3200, 90.0),    # closes 2000 (120) and 3000 (120): a zero return
+        (0, 100.0),  # at grid point 0: the first sample base
+        (400, 999.0),  # overwritten before grid point 1000
+        (1000, 110.0),  # exactly at grid point 1000: belongs to it
+        (1500, 120.0),  # closes 1000 with 110
+        (3200, 90.0),  # closes 2000 (120) and 3000 (120): a zero return
         (4000, 95.0),
-        (4001, 96.0),    # closes 4000 with 95
+        (4001, 96.0),  # closes 4000 with 95
     ]
     eng.replay([PriceEvent(T0 + dt, "BTC", p) for dt, p in ticks], "t")
     # samples at grid points 1000, 2000, 3000, 4000 -> returns vs 0, 1000, 2000, 3000
     sampled = [100.0, 110.0, 120.0, 120.0, 95.0]
-    rets = [math.log(b / a) for a, b in zip(sampled, sampled[1:], strict=False)]
+    rets = [math.log(b / a) for a, b in itertools.pairwise(sampled)]
     lam = _lam(SETTINGS.halflife_ms)
     num = den = 0.0
     for r in rets:
@@ -48,7 +57,9 @@ def test_grid_takes_last_tick_at_or_before_each_point() -> None:
         den = lam * den + (1 - lam)
     per_year = 365 * 86_400_000 / SETTINGS.sample_interval_ms
     assert eng.estimator.returns.tolist() == [4]
-    assert eng.estimator.volatility()[0] == pytest.approx(math.sqrt(num / den * per_year), rel=1e-12)
+    assert eng.estimator.volatility()[0] == pytest.approx(
+        math.sqrt(num / den * per_year), rel=1e-12
+    )
     assert eng.stats.samples == 5
 
 
@@ -58,7 +69,7 @@ def test_outage_restarts_grid_without_a_return() -> None:
         [
             PriceEvent(T0, "BTC", 100.0),
             PriceEvent(T0 + 1_000, "BTC", 101.0),
-            PriceEvent(T0 + 2_000, "BTC", 102.0),   # sample at 1000: one return
+            PriceEvent(T0 + 2_000, "BTC", 102.0),  # sample at 1000: one return
             PriceEvent(T0 + 100_000, "BTC", 150.0),  # 98 s silence > max_gap: restart
             PriceEvent(T0 + 101_500, "BTC", 151.0),  # closes 100000 (base) and 101000 (150)
             PriceEvent(T0 + 102_500, "BTC", 152.0),  # closes 102000 (151)
@@ -75,9 +86,7 @@ def test_outage_restarts_grid_without_a_return() -> None:
         num = lam * num + (1 - lam) * r * r
         den = lam * den + (1 - lam)
     var = num / den
-    assert eng.estimator.covariance()[0, 0] == pytest.approx(
-        var * 365 * 86_400, rel=1e-12
-    )
+    assert eng.estimator.covariance()[0, 0] == pytest.approx(var * 365 * 86_400, rel=1e-12)
 
 
 def test_evaluation_clock_sees_exactly_events_up_to_as_of() -> None:
@@ -104,7 +113,7 @@ def test_evaluation_clock_sees_exactly_events_up_to_as_of() -> None:
 
 def test_linear_book_figures_and_venue_margin() -> None:
     eng = Engine(SETTINGS)
-    events = [
+    events: list[Event] = [
         PriceEvent(T0, "BTC", 90_000.0),
         PriceEvent(T0, "ETH", 3_000.0),
         PriceEvent(T0, "BTC-PERPETUAL", 90_050.0),
@@ -181,9 +190,9 @@ def test_rejections_are_counted_and_state_kept() -> None:
 
 def test_late_asset_joins_estimator_and_snapshot() -> None:
     eng = Engine(SETTINGS)
-    evs = [PriceEvent(T0 + k * 1_000, "BTC", 100.0 * (1.01 ** k)) for k in range(10)]
-    evs += [PriceEvent(T0 + k * 1_000 + 1, "ETH", 10.0 * (0.99 ** k)) for k in range(5, 10)]
-    evs.sort(key=lambda e: e.ts)  # type: ignore[arg-type, return-value]
+    evs = [PriceEvent(T0 + k * 1_000, "BTC", 100.0 * (1.01**k)) for k in range(10)]
+    evs += [PriceEvent(T0 + k * 1_000 + 1, "ETH", 10.0 * (0.99**k)) for k in range(5, 10)]
+    evs.sort(key=lambda e: int(e.ts))
     eng.replay(evs, "t")
     snap = eng.evaluate(T0 + 9_500)
     assert snap.assets.names == ("BTC", "ETH")

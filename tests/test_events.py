@@ -8,6 +8,7 @@ import pytest
 
 from monitor.events import (
     AccountEvent,
+    Event,
     EventDecoder,
     InstrumentEvent,
     PositionEvent,
@@ -52,29 +53,59 @@ def test_naive_iso_is_utc_and_offsets_are_honoured() -> None:
     [
         (b"not json", Reason.MALFORMED_JSON, "malformed"),
         (b'{"type":"price","ts":1,"instrument":"BTC","price":NaN}', Reason.MALFORMED_JSON, ""),
-        (b'{"type":"price","ts":%d,"instrument":"BTC","price":1e999}' % TS,
-         Reason.INVALID_VALUE, "$.price"),
-        (b'{"type":"price","ts":%d,"instrument":"BTC","price":0}' % TS,
-         Reason.INVALID_VALUE, "$.price"),
-        (b'{"type":"price","ts":%d,"instrument":"BTC","price":-3}' % TS,
-         Reason.INVALID_VALUE, "$.price"),
-        (b'{"type":"price","ts":%d,"instrument":"BTC","price":"1"}' % TS,
-         Reason.INVALID_VALUE, "$.price"),
+        (
+            b'{"type":"price","ts":%d,"instrument":"BTC","price":1e999}' % TS,
+            Reason.INVALID_VALUE,
+            "$.price",
+        ),
+        (
+            b'{"type":"price","ts":%d,"instrument":"BTC","price":0}' % TS,
+            Reason.INVALID_VALUE,
+            "$.price",
+        ),
+        (
+            b'{"type":"price","ts":%d,"instrument":"BTC","price":-3}' % TS,
+            Reason.INVALID_VALUE,
+            "$.price",
+        ),
+        (
+            b'{"type":"price","ts":%d,"instrument":"BTC","price":"1"}' % TS,
+            Reason.INVALID_VALUE,
+            "$.price",
+        ),
         (b'{"type":"price","ts":%d,"price":1}' % TS, Reason.MISSING_FIELD, "instrument"),
         (b'{"type":"trade","ts":1}', Reason.UNKNOWN_TYPE, "trade"),
         (b'{"ts":1,"price":1}', Reason.UNKNOWN_TYPE, "type"),
-        (b'{"type":"price","ts":1700000000,"instrument":"BTC","price":1}',
-         Reason.INVALID_TIMESTAMP, "epoch milliseconds"),
-        (b'{"type":"price","ts":"yesterday","instrument":"BTC","price":1}',
-         Reason.INVALID_TIMESTAMP, "$.ts"),
-        (b'{"type":"position","ts":%d,"account":"a","instrument":"BTC","quantity":1e999}' % TS,
-         Reason.INVALID_VALUE, "$.quantity"),
-        (b'{"type":"account","ts":%d,"account":"a","equity":1,"maintenance_margin":-1}' % TS,
-         Reason.INVALID_VALUE, "maintenance_margin"),
-        (b'{"type":"instrument","instrument":"X","kind":"option","underlying":"BTC"}',
-         Reason.MISSING_FIELD, "expiry, strike, option_type"),
-        (b'{"type":"instrument","instrument":"X","kind":"swap","underlying":"BTC"}',
-         Reason.INVALID_VALUE, "$.kind"),
+        (
+            b'{"type":"price","ts":1700000000,"instrument":"BTC","price":1}',
+            Reason.INVALID_TIMESTAMP,
+            "epoch milliseconds",
+        ),
+        (
+            b'{"type":"price","ts":"yesterday","instrument":"BTC","price":1}',
+            Reason.INVALID_TIMESTAMP,
+            "$.ts",
+        ),
+        (
+            b'{"type":"position","ts":%d,"account":"a","instrument":"BTC","quantity":1e999}' % TS,
+            Reason.INVALID_VALUE,
+            "$.quantity",
+        ),
+        (
+            b'{"type":"account","ts":%d,"account":"a","equity":1,"maintenance_margin":-1}' % TS,
+            Reason.INVALID_VALUE,
+            "maintenance_margin",
+        ),
+        (
+            b'{"type":"instrument","instrument":"X","kind":"option","underlying":"BTC"}',
+            Reason.MISSING_FIELD,
+            "expiry, strike, option_type",
+        ),
+        (
+            b'{"type":"instrument","instrument":"X","kind":"swap","underlying":"BTC"}',
+            Reason.INVALID_VALUE,
+            "$.kind",
+        ),
     ],
 )
 def test_rejections_name_reason_and_field(
@@ -87,7 +118,7 @@ def test_rejections_name_reason_and_field(
 
 
 def test_round_trip_all_types(dec: EventDecoder) -> None:
-    events = [
+    events: list[Event] = [
         InstrumentEvent("BTC-X", "option", "BTC", "2026-12-27", 60000.0, "call", 1.0, True),
         PriceEvent(TS, "BTC", 90000.5),
         PositionEvent(TS + 1, "main", "BTC-PERPETUAL", -2.5),

@@ -43,8 +43,17 @@ def test_parse_name(name: str, expected: Instrument) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "btc", "BTC-31FEB26", "BTC-27XYZ26", "BTC-27DEC26-60000", "BTC-27DEC26-6e4-C",
-     "BTC-27DEC26-60000-X", "BTC PERP", "BTC--PERPETUAL"],
+    [
+        "",
+        "btc",
+        "BTC-31FEB26",
+        "BTC-27XYZ26",
+        "BTC-27DEC26-60000",
+        "BTC-27DEC26-6e4-C",
+        "BTC-27DEC26-60000-X",
+        "BTC PERP",
+        "BTC--PERPETUAL",
+    ],
 )
 def test_unparseable_names(name: str) -> None:
     assert parse_name(name) is None
@@ -59,9 +68,7 @@ def test_registry_numbers_instruments_and_registers_underlying_index() -> None:
     assert reg.underlyings == ["ETH"]
     j = reg.index_of("BTC-PERPETUAL")
     assert reg.underlyings == ["ETH", "BTC"]
-    np.testing.assert_array_equal(
-        reg.column("underlying_idx")[[i, j]], [0, 1]
-    )
+    np.testing.assert_array_equal(reg.column("underlying_idx")[[i, j]], [0, 1])
     assert reg.column("index_instrument")[j] == reg.index_of("BTC")
     assert np.isnan(reg.column("strike")[j])
     assert reg.column("strike")[i] == 3500.0
@@ -78,7 +85,13 @@ def test_instrument_event_overrides_parsed_defaults_and_bumps_columns() -> None:
     i = reg.index_of("BTC-27DEC26-60000-C")
     assert not reg.column("inverse")[i]
     ev = InstrumentEvent(
-        "BTC-27DEC26-60000-C", "option", "BTC", "2026-12-27T08:00:00Z", 60000.0, "call", 1.0,
+        "BTC-27DEC26-60000-C",
+        "option",
+        "BTC",
+        "2026-12-27T08:00:00Z",
+        60000.0,
+        "call",
+        1.0,
         True,
     )
     assert reg.register(from_event(ev)) == i

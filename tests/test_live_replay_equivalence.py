@@ -60,7 +60,7 @@ async def test_replay_of_live_recording_reproduces_estimates(tmp_path: Path, suf
         assert batch.rejections == []
         replayed.replay(batch.events, "replay")
         events += len(batch.events)
-        last_ts = max(last_ts, *(e.ts for e in batch.events if e.ts is not None))  # type: ignore[type-var]
+        last_ts = max(last_ts, *(int(e.ts) for e in batch.events if e.ts is not None))
     assert events == accepted, "the recording holds every accepted event"
 
     for fast in (False, True):

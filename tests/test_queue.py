@@ -20,7 +20,10 @@ async def test_prices_conflate_latest_wins_others_keep_order() -> None:
     assert len(q) == 4
     out = q.drain()
     assert [type(e).__name__ for e, _ in out] == [
-        "PositionEvent", "AccountEvent", "PriceEvent", "PriceEvent"
+        "PositionEvent",
+        "AccountEvent",
+        "PriceEvent",
+        "PriceEvent",
     ]
     assert [(e.price, s) for e, s in out[2:]] == [(2.0, "b"), (5.0, "a")]  # type: ignore[union-attr]
     assert q.conflated == 1

@@ -8,6 +8,7 @@ volatility and correlation equal to a plain-Python recursion over the same file.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
 import subprocess
@@ -68,7 +69,7 @@ def _reference(ticks: list[tuple[int, str, float]]) -> tuple[dict[str, float], l
         g += DT
     raw = {(a, b): 0.0 for a in ASSETS for b in ASSETS}
     wsum = dict.fromkeys(raw, 0.0)
-    for prev, cur in zip(grid_prices, grid_prices[1:], strict=False):
+    for prev, cur in itertools.pairwise(grid_prices):
         r = {a: math.log(cur[a] / prev[a]) for a in ASSETS if a in prev and a in cur}
         for a in r:
             for b in r:
@@ -82,22 +83,23 @@ def _reference(ticks: list[tuple[int, str, float]]) -> tuple[dict[str, float], l
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[tuple[int, str, float]]]:
+def recording(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, Path, list[tuple[int, str, float]]]:
     tmp = tmp_path_factory.mktemp("replay")
     ticks = _make_ticks()
     lines = [
         json.dumps({"type": "price", "ts": ts, "instrument": name, "price": px})
         for ts, name, px in ticks
     ]
+    t1, t2 = T0 + 1000, T0 + 2000
     extra = [
-        '{"type":"position","ts":%d,"account":"main","instrument":"BTC-PERPETUAL","quantity":2}'
-        % (T0 + 1000),
-        '{"type":"position","ts":%d,"account":"main","instrument":"ETH_USDC","quantity":-30}'
-        % (T0 + 1000),
+        f'{{"type":"position","ts":{t1},"account":"main","instrument":"BTC-PERPETUAL","quantity":2}}',
+        f'{{"type":"position","ts":{t1},"account":"main","instrument":"ETH_USDC","quantity":-30}}',
         "this is not json",
-        '{"type":"price","ts":%d,"instrument":"BTC","price":-5}' % (T0 + 2000),
-        '{"type":"price","ts":%d,"instrument":"NO SUCH THING","price":5}' % (T0 + 2000),
-        '{"type":"price","ts":%d,"instrument":"BTC"' % (T0 + 2000),
+        f'{{"type":"price","ts":{t2},"instrument":"BTC","price":-5}}',
+        f'{{"type":"price","ts":{t2},"instrument":"NO SUCH THING","price":5}}',
+        f'{{"type":"price","ts":{t2},"instrument":"BTC"',
     ]
     # garbage and positions go early; positions must precede later prices in time order
     body = lines[:5] + extra + lines[5:]

@@ -25,8 +25,8 @@ import tracemalloc
 from pathlib import Path
 
 import msgspec
-from connectors.replay import iter_batches
 
+from connectors.replay import iter_batches
 from monitor.engine import Engine, EngineSettings
 from monitor.events import Event, PositionEvent, PriceEvent, encode_event
 
@@ -107,7 +107,7 @@ def main() -> None:
             last = 0
             for batch in iter_batches(path):
                 eng.replay(batch.events, "replay")
-                last = batch.events[-1].ts or last  # type: ignore[assignment]
+                last = batch.events[-1].ts or last
             eng.evaluate(last)
             evaluations = eng.stats.evaluations
 
