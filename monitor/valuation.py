@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.greeks import black76
+from monitor.implied_vol import IVReason, implied_vol
 from monitor.instruments import InstrumentRegistry
 from monitor.snapshot import AccountFigures, PositionTable
 
@@ -101,9 +102,10 @@ def value_book(
 ) -> tuple[dict[str, AccountFigures], AccountFigures]:
     """Value every position and sum per account; returns ``(accounts, total)``.
 
-    Positions whose underlying has no index price (or whose option lacks an IV) have NaN
-    figures; sums skip them and ``extra["unpriced_positions"]`` counts them, so missing
-    data is visible instead of silently zero.
+    Options without a venue IV get one solved from their mark; ``total.extra["iv_unsolved"]``
+    counts positions whose IV could not be solved, by reason. Positions whose underlying has
+    no index price (or whose option has no IV) have NaN figures; sums skip them and
+    ``extra["unpriced_positions"]`` counts them, so missing data is visible, never zero.
     """
     n_und = len(registry.underlyings)
     if book.size == 0:
@@ -119,6 +121,7 @@ def value_book(
     q = book.quantity * mult
 
     is_opt = kind == _OPTION
+    iv_unsolved: dict[str, int] = {}
     unit_value = price.copy()
     unit_delta = np.ones_like(price)
     unit_gamma = np.zeros_like(price)
@@ -131,10 +134,22 @@ def value_book(
         fwd = market.forward[oi]
         fwd = np.where(np.isfinite(fwd), fwd, spot[o])
         t = np.maximum(registry.column("expiry_ms")[oi] - as_of_ms, 0.0) / MS_PER_YEAR
-        vol = market.iv[oi]
-        g = black76(fwd, registry.column("strike")[oi], t, vol, registry.column("is_call")[oi])
+        strike = registry.column("strike")[oi]
+        is_call = registry.column("is_call")[oi]
         mark = price[o]
         mark_usd = np.where(registry.column("inverse")[oi], mark * fwd, mark)
+        vol = market.iv[oi]
+        need = np.isnan(vol) & np.isfinite(mark_usd)
+        if need.any():
+            # No venue IV: solve it from the mark (DESIGN.md "Units"). Unsolvable ones stay
+            # NaN and are counted by reason (below intrinsic, no time value, ...).
+            solved = implied_vol(mark_usd[need], fwd[need], strike[need], t[need], is_call[need])
+            vol = vol.copy()
+            vol[need] = solved.iv
+            bad = solved.reason[solved.reason != IVReason.OK]
+            for code, count in zip(*np.unique(bad, return_counts=True), strict=True):
+                iv_unsolved[IVReason(int(code)).name.lower()] = int(count)
+        g = black76(fwd, strike, t, vol, is_call)
         unit_value[o] = np.where(np.isfinite(mark_usd), mark_usd, g.price)
         unit_delta[o] = g.delta
         unit_gamma[o] = g.gamma
@@ -196,7 +211,7 @@ def value_book(
         exposure_usd={
             registry.underlyings[u]: float(exposure[:, u].sum()) for u in np.flatnonzero(held_any)
         },
-        extra={"unpriced_positions": int(unpriced.sum())},
+        extra={"unpriced_positions": int(unpriced.sum()), "iv_unsolved": iv_unsolved},
     )
     return accounts, total
 

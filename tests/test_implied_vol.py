@@ -21,7 +21,9 @@ F0 = 60_000.0
 MINUTE = 1.0 / (DAYS_PER_YEAR * 1440.0)
 
 
-def _grid() -> tuple[npt.NDArray[np.float64], ...]:
+def _grid() -> tuple[
+    npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]
+]:
     strikes = F0 * np.exp(np.linspace(-2.0, 2.0, 41))
     expiries = np.array([5, 60, 1440, 7 * 1440, 30 * 1440, 91 * 1440, 365 * 1440, 730 * 1440])
     vols = np.geomspace(0.05, 3.0, 15)
@@ -197,6 +199,8 @@ def test_deribit_mark_price_gives_mark_iv(fixture: str, mark_iv_tol: float) -> N
     inst = parse_name(data["instrument_name"])
     assert inst is not None
     assert inst.expiry_ms is not None
+    assert inst.strike is not None
+    assert inst.is_call is not None
     t = (inst.expiry_ms - data["timestamp"]) / (DAYS_PER_YEAR * 86_400_000.0)
     f = data["underlying_price"]
     iv, reason = implied_vol(data["mark_price"] * f, f, inst.strike, t, inst.is_call)

@@ -1,0 +1,128 @@
+"""Option positions through the engine, against QuantLib's Black calculator.
+
+Position figures must follow DESIGN.md "Units": quantity x multiplier x per-unit Greek,
+``delta_usd = delta x S``, ``gamma_usd = gamma x S^2 / 100``, vega per vol point, theta per
+calendar day; inverse options are marked in coin (USD = coin x forward).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Literal
+
+import pytest
+import QuantLib as ql
+
+from monitor.engine import Engine, EngineSettings
+from monitor.events import Event, InstrumentEvent, PositionEvent, PriceEvent
+from monitor.instruments import parse_name
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
+SPOT = {"BTC": 90_000.0, "ETH": 3_000.0}
+FWD = {"BTC": 90_500.0, "ETH": 3_010.0}
+
+
+def _ql(fwd: float, strike: float, t: float, vol: float, call: bool) -> dict[str, float]:
+    payoff = ql.PlainVanillaPayoff(ql.Option.Call if call else ql.Option.Put, strike)
+    calc = ql.BlackCalculator(payoff, fwd, vol * math.sqrt(t), 1.0)
+    return {
+        "price": calc.value(),
+        "delta": calc.deltaForward(),
+        "gamma": calc.gammaForward(),
+        "vega": calc.vega(t) / 100.0,  # per vol point
+        # undiscounted Black: d/dt of value = -vega_per_1.0 * vol / (2 t); per day
+        "theta": -calc.vega(t) * vol / (2.0 * t) / 365.0,
+    }
+
+
+def _iso(ms: int | None) -> str:
+    assert ms is not None
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat()
+
+
+CASES = [  # name, quantity, multiplier, inverse, iv
+    ("BTC-27MAR26-100000-C", 3.0, 1.0, True, 0.55),
+    ("BTC-27MAR26-80000-P", -5.0, 1.0, True, 0.62),
+    ("ETH-30JAN26-3200-C", -40.0, 1.0, False, 0.70),
+    ("ETH-30JAN26-2800-P", 25.0, 0.1, False, 0.75),
+]
+
+
+def _t(name: str, as_of: int) -> float:
+    inst = parse_name(name)
+    assert inst is not None
+    assert inst.expiry_ms is not None
+    return (inst.expiry_ms - as_of) / (365 * 86_400_000)
+
+
+@pytest.mark.parametrize("venue_iv", [True, False], ids=["venue-iv", "iv-solved-from-mark"])
+def test_option_positions_match_quantlib(venue_iv: bool) -> None:
+    events: list[Event] = [PriceEvent(T0, u, s) for u, s in SPOT.items()]
+    for name, qty, mult, inverse, iv in CASES:
+        inst = parse_name(name)
+        assert inst is not None
+        assert inst.strike is not None
+        assert inst.is_call is not None
+        u = inst.underlying
+        option_type: Literal["call", "put"] = "call" if inst.is_call else "put"
+        expiry = _iso(inst.expiry_ms)
+        events.append(
+            InstrumentEvent(name, "option", u, expiry, inst.strike, option_type, mult, inverse)
+        )
+        usd = _ql(FWD[u], inst.strike, _t(name, T0), iv, inst.is_call)["price"]
+        mark = usd / FWD[u] if inverse else usd
+        events.append(PriceEvent(T0, name, mark, iv if venue_iv else None, FWD[u]))
+        events.append(PositionEvent(T0, "opt", name, qty))
+    eng = Engine(EngineSettings())
+    assert eng.replay(events, "t") == []
+    snap = eng.evaluate(T0)
+    acc = snap.accounts["opt"]
+    table = acc.positions
+    assert table is not None
+    assert acc.extra["unpriced_positions"] == 0
+    assert snap.total.extra["iv_unsolved"] == {}
+    totals = {"delta_usd": 0.0, "gamma_usd": 0.0, "vega": 0.0, "theta": 0.0}
+    for row, (name, qty, mult, _inverse, iv) in enumerate(CASES):
+        inst = parse_name(name)
+        assert inst is not None
+        assert inst.strike is not None
+        assert inst.is_call is not None
+        u = inst.underlying
+        ref = _ql(FWD[u], inst.strike, _t(name, T0), iv, inst.is_call)
+        q = qty * mult
+        s = SPOT[u]
+        assert table.instrument[row] == name
+        assert table.iv[row] == pytest.approx(iv, rel=1e-9)
+        assert table.value_usd[row] == pytest.approx(q * ref["price"], rel=1e-9)
+        assert table.delta[row] == pytest.approx(q * ref["delta"], rel=1e-8)
+        assert table.delta_usd[row] == pytest.approx(q * ref["delta"] * s, rel=1e-8)
+        assert table.gamma[row] == pytest.approx(q * ref["gamma"], rel=1e-8)
+        assert table.gamma_usd[row] == pytest.approx(q * ref["gamma"] * s * s / 100, rel=1e-8)
+        assert table.vega[row] == pytest.approx(q * ref["vega"], rel=1e-8)
+        assert table.theta[row] == pytest.approx(q * ref["theta"], rel=1e-8)
+        totals["delta_usd"] += q * ref["delta"] * s
+        totals["gamma_usd"] += q * ref["gamma"] * s * s / 100
+        totals["vega"] += q * ref["vega"]
+        totals["theta"] += q * ref["theta"]
+    for key, value in totals.items():
+        assert acc.greeks[key] == pytest.approx(value, rel=1e-8)
+
+
+def test_option_below_intrinsic_is_counted_not_valued() -> None:
+    name = "ETH-30JAN26-2000-C"  # deep ITM: intrinsic 1010 on the forward
+    eng = Engine(EngineSettings())
+    eng.replay(
+        [
+            PriceEvent(T0, "ETH", 3_000.0),
+            PriceEvent(T0, name, 900.0, None, 3_010.0),  # below intrinsic: no IV exists
+            PositionEvent(T0, "a", name, 1.0),
+            PositionEvent(T0, "a", "ETH-PERPETUAL", 2.0),
+        ],
+        "t",
+    )
+    snap = eng.evaluate(T0)
+    assert snap.total.extra["iv_unsolved"] == {"below_intrinsic": 1}
+    acc = snap.accounts["a"]
+    assert acc.extra["unpriced_positions"] == 1
+    assert acc.greeks["delta_usd"] == pytest.approx(2 * 3_000.0)
