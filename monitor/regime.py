@@ -1,0 +1,295 @@
+"""Regime checks: are the volatility and correlation assumptions still true? (pure numpy)
+
+Figures computed from the estimators' output (:class:`monitor.estimator.RollingEstimator`)
+and the IVs the book is marked at, each tracked against a slow baseline so rules can alert
+when "the volatility assumptions are proven wrong or correlations spike":
+
+- ``vol_ratio``: fast / slow EWMA volatility per underlying (> 1: volatility is rising);
+- ``realised_to_implied``: slow realised volatility / the ATM IV the book is marked at, per
+  underlying (> 1: the options are marked below what the market realises);
+- ``average_correlation``: mean off-diagonal correlation over the assets used;
+- ``absorption_ratio``: share of the correlation matrix's trace in its top ``ceil(n / 5)``
+  eigenvalues (Kritzman et al., 2011): near 1 when a few factors drive everything.
+
+The correlation figures use the assets with a fully known correlation submatrix (the NaN
+rule of :func:`monitor.risk.complete_assets`, optionally restricted to a caller's mask such
+as ``warm``). :class:`RegimeBaselines` keeps an EWMA of every figure on event time.
+No clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from monitor.risk import complete_assets
+
+__all__ = [
+    "RegimeBaseline",
+    "RegimeBaselines",
+    "RegimeFigures",
+    "absorption_ratio",
+    "average_correlation",
+    "regime_figures",
+    "vol_ratio",
+]
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+#: The absorption ratio's eigenvalues: the top fifth, at least one.
+ABSORPTION_FRACTION: Final = 5
+
+
+def vol_ratio(numerator: npt.ArrayLike, denominator: npt.ArrayLike) -> FloatArray:
+    """Elementwise ratio of volatilities, NaN where either is unknown or the denominator is 0.
+
+    Parameters
+    ----------
+    numerator, denominator
+        Shape ``(n,)``, annualised decimal volatilities (e.g. fast and slow EWMA, or slow
+        realised and marked IV); NaN = unknown.
+
+    Returns
+    -------
+    FloatArray
+        Shape ``(n,)``, dimensionless.
+    """
+    a = np.asarray(numerator, dtype=np.float64)
+    b = np.asarray(denominator, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"expected two (n,) arrays, got {a.shape} and {b.shape}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out: FloatArray = np.where(b > 0.0, a / b, np.nan)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _submatrix(corr: npt.ArrayLike, assets: npt.ArrayLike | None) -> FloatArray:
+    """The correlation of the usable assets (``complete_assets``), shape ``(k, k)``."""
+    c = np.asarray(corr, dtype=np.float64)
+    idx = np.flatnonzero(complete_assets(c, assets))
+    out: FloatArray = c[np.ix_(idx, idx)]
+    return out
+
+
+def _average(sub: FloatArray) -> float:
+    k = sub.shape[0]
+    if k < 2:
+        return math.nan
+    return float((sub.sum() - np.trace(sub)) / (k * (k - 1)))
+
+
+def _absorption(sub: FloatArray) -> float:
+    k = sub.shape[0]
+    if k < 2:
+        return math.nan
+    lam = np.linalg.eigvalsh(0.5 * (sub + sub.T))  # ascending
+    top = -(-k // ABSORPTION_FRACTION)
+    trace = float(np.trace(sub))
+    return float(lam[-top:].sum() / trace) if trace > 0.0 else math.nan
+
+
+def average_correlation(corr: npt.ArrayLike, assets: npt.ArrayLike | None = None) -> float:
+    """Mean of the off-diagonal correlations over the usable assets.
+
+    Parameters
+    ----------
+    corr
+        Shape ``(n, n)`` correlation matrix (NaN = unknown pair).
+    assets
+        Shape ``(n,)`` bool, candidates (default all; e.g. ``warm`` assets).
+
+    Returns
+    -------
+    float
+        ``sum_{i != j} rho_ij / (k (k - 1))`` over the ``k`` assets kept by
+        :func:`monitor.risk.complete_assets`; NaN when ``k < 2``.
+    """
+    return _average(_submatrix(corr, assets))
+
+
+def absorption_ratio(corr: npt.ArrayLike, assets: npt.ArrayLike | None = None) -> float:
+    """Absorption ratio: the top ``ceil(k / 5)`` eigenvalues over the trace.
+
+    Parameters
+    ----------
+    corr
+        Shape ``(n, n)`` correlation matrix (NaN = unknown pair).
+    assets
+        Shape ``(n,)`` bool, candidates (default all).
+
+    Returns
+    -------
+    float
+        In ``[ceil(k/5)/k, 1]`` for a PSD matrix of the ``k`` usable assets: the lower end
+        when they are uncorrelated, 1 when perfectly correlated. Negative
+        eigenvalues of a non-PSD estimate are kept in the trace (the ratio is of the matrix
+        as estimated). NaN when ``k < 2``.
+    """
+    return _absorption(_submatrix(corr, assets))
+
+
+@dataclass(frozen=True, slots=True)
+class RegimeFigures:
+    """Regime figures of one evaluation (or their baselines), arrays of shape ``(n,)``.
+
+    Attributes
+    ----------
+    vol_ratio
+        Fast / slow EWMA volatility per underlying; NaN until both are known.
+    realised_to_implied
+        Slow realised volatility / marked ATM IV per underlying; NaN where no IV.
+    average_correlation
+        Mean pairwise correlation over ``assets_used``; NaN with fewer than 2.
+    absorption_ratio
+        Top ``ceil(k/5)`` eigenvalues over the trace of the correlation of ``assets_used``.
+    assets_used
+        Bool: the assets the two correlation figures are computed over.
+    """
+
+    vol_ratio: FloatArray
+    realised_to_implied: FloatArray
+    average_correlation: float
+    absorption_ratio: float
+    assets_used: BoolArray
+
+
+def regime_figures(
+    vol_slow: npt.ArrayLike,
+    vol_fast: npt.ArrayLike,
+    corr: npt.ArrayLike,
+    marked_iv: npt.ArrayLike,
+    assets: npt.ArrayLike | None = None,
+) -> RegimeFigures:
+    """All regime figures from the estimators and the marked IVs.
+
+    Parameters
+    ----------
+    vol_slow, vol_fast
+        Shape ``(n,)``: annualised EWMA volatility of the slow and fast estimators
+        (``RollingEstimator.volatility(fast=...)``), NaN = unknown.
+    corr
+        Shape ``(n, n)``: correlation (the slow estimator's, as in the snapshot).
+    marked_iv
+        Shape ``(n,)``: the ATM IV the book is marked at per underlying, annualised decimal;
+        NaN where there is none.
+    assets
+        Shape ``(n,)`` bool: candidates for the correlation figures (e.g. ``warm``).
+
+    Returns
+    -------
+    RegimeFigures
+    """
+    c = np.asarray(corr, dtype=np.float64)
+    used = complete_assets(c, assets)
+    idx = np.flatnonzero(used)
+    sub = c[np.ix_(idx, idx)]
+    return RegimeFigures(
+        vol_ratio=vol_ratio(vol_fast, vol_slow),
+        realised_to_implied=vol_ratio(vol_slow, marked_iv),
+        average_correlation=_average(sub),
+        absorption_ratio=_absorption(sub),
+        assets_used=used,
+    )
+
+
+class RegimeBaseline:
+    """EWMA of one figure (scalar or per-asset array) on event time.
+
+    ``b <- a b + (1 - a) v`` with ``a = 0.5 ** (dt / halflife)`` and ``dt`` the event time
+    since the previous update; the first known value of an element starts its baseline.
+    A NaN value leaves that element's baseline as it was (no information). Arrays may grow
+    between updates (new underlyings appended): new elements start empty (NaN).
+
+    Parameters
+    ----------
+    halflife_ms
+        Halflife, ms of event time (> 0).
+    """
+
+    __slots__ = ("_halflife_ms", "_last_ms", "_value")
+
+    def __init__(self, halflife_ms: int) -> None:
+        if halflife_ms <= 0:
+            raise ValueError(f"halflife_ms must be positive, got {halflife_ms}")
+        self._halflife_ms = int(halflife_ms)
+        self._last_ms: int | None = None
+        self._value: FloatArray | None = None
+
+    @property
+    def value(self) -> FloatArray | None:
+        """The baseline (a copy), or None before the first update."""
+        return None if self._value is None else self._value.copy()
+
+    def update(self, value: npt.ArrayLike, ts_ms: int) -> FloatArray:
+        """Absorb the figure observed at ``ts_ms`` and return the new baseline (a copy).
+
+        Raises
+        ------
+        ValueError
+            ``ts_ms`` is before the previous update, or the figure's shape changed other
+            than by growing a 1-D array.
+        """
+        v = np.asarray(value, dtype=np.float64)
+        prev = self._value
+        if prev is None:
+            new = np.full(v.shape, np.nan)
+            a = 0.0
+        else:
+            assert self._last_ms is not None
+            if ts_ms < self._last_ms:
+                raise ValueError(f"time went backwards: {ts_ms} < {self._last_ms}")
+            if v.shape != prev.shape:
+                if v.ndim != 1 or prev.ndim != 1 or v.shape[0] < prev.shape[0]:
+                    raise ValueError(f"figure shape changed from {prev.shape} to {v.shape}")
+                new = np.full(v.shape, np.nan)
+                new[: prev.shape[0]] = prev
+            else:
+                new = prev.copy()
+            a = 0.5 ** ((ts_ms - self._last_ms) / self._halflife_ms)
+        known = np.isfinite(v)
+        fresh = known & np.isnan(new)
+        blend = known & ~fresh
+        new[fresh] = v[fresh]
+        new[blend] = a * new[blend] + (1.0 - a) * v[blend]
+        self._value = new
+        self._last_ms = int(ts_ms)
+        return new.copy()
+
+
+class RegimeBaselines:
+    """The slow baselines of every :class:`RegimeFigures` field, updated once per evaluation.
+
+    Parameters
+    ----------
+    halflife_ms
+        Halflife of every baseline, ms of event time.
+    """
+
+    __slots__ = ("_ar", "_avg", "_rti", "_vr")
+
+    def __init__(self, halflife_ms: int) -> None:
+        self._vr = RegimeBaseline(halflife_ms)
+        self._rti = RegimeBaseline(halflife_ms)
+        self._avg = RegimeBaseline(halflife_ms)
+        self._ar = RegimeBaseline(halflife_ms)
+
+    def update(self, figures: RegimeFigures, ts_ms: int) -> RegimeFigures:
+        """Absorb one evaluation's figures; return the baselines (current value included).
+
+        With a halflife of hours and evaluations every 250 ms, one evaluation moves the
+        baseline by a few millionths of the gap, so including it does not mask a jump.
+        ``assets_used`` is copied from ``figures``.
+        """
+        return RegimeFigures(
+            vol_ratio=self._vr.update(figures.vol_ratio, ts_ms),
+            realised_to_implied=self._rti.update(figures.realised_to_implied, ts_ms),
+            average_correlation=float(self._avg.update(figures.average_correlation, ts_ms)),
+            absorption_ratio=float(self._ar.update(figures.absorption_ratio, ts_ms)),
+            assets_used=figures.assets_used.copy(),
+        )

@@ -1,0 +1,869 @@
+"""Risk contributions, VaR/ES and full-revaluation scenario P&L (pure numpy/scipy).
+
+DESIGN.md "Risk definitions" and "Units". Everything here is a pure function of arrays: no
+clock, no I/O, no logging; vectorised over underlyings, scenarios and positions.
+
+Conventions shared by every function:
+
+- ``x``: the exposure vector, shape ``(n,)``, USD: ``delta_usd`` summed per underlying.
+- ``cov``: shape ``(n, n)``, annualised (365-day) covariance of log returns, decimal^2 per
+  year, as :meth:`monitor.estimator.RollingEstimator.covariance` returns it (it may hold NaN
+  and need not be positive semi-definite).
+- ``horizon``: years of 365 days (default one day, ``1 / 365``); ``confidence`` in (0, 1)
+  (default 0.99). VaR and ES are reported as positive numbers for a loss, USD over the
+  horizon.
+
+Unknown covariance (NaN)
+    An asset enters the figures only if its covariance with every other asset that enters is
+    known. :func:`complete_assets` chooses them: among the *active* assets (``x != 0``; for
+    delta-gamma also ``gamma_cash != 0``) it drops those without a variance, then, while a
+    NaN pair remains, the asset in the most NaN pairs (ties: the highest index, i.e. the most
+    recently registered underlying). The dropped assets are returned as ``excluded`` and
+    their figures are NaN; the other figures are those of the book without them. An inactive
+    asset needs no covariance (it contributes exactly 0).
+
+Non-PSD covariance
+    Pairwise EWMA estimates over different histories need not form a PSD matrix, so
+    ``x' S x`` can come out negative. It is clamped to 0 and ``non_psd`` is set when it is
+    negative by more than rounding (``1e-12`` of ``|x|' |S| |x|``). The scenario generator
+    clips negative eigenvalues to 0 and flags the same way.
+
+Flat book
+    ``sigma_p == 0`` (no exposure, or clamped): VaR, ES and contributions are 0; shares,
+    drifts and concentration are NaN (0/0 is undefined, and a rule must not read it as
+    "on budget").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+from scipy.special import ndtr, ndtri
+
+__all__ = [
+    "DEFAULT_CONFIDENCE",
+    "DEFAULT_HORIZON",
+    "Contributions",
+    "DeltaGammaVaR",
+    "DeltaNormalVaR",
+    "OptionPositions",
+    "ScenarioPnL",
+    "ScenarioVaR",
+    "Scenarios",
+    "complete_assets",
+    "contributions",
+    "normal_draws",
+    "revalue",
+    "scenario_returns",
+    "var_delta_gamma",
+    "var_delta_normal",
+    "var_full_revaluation",
+]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+#: Default VaR confidence (DESIGN.md: 99%).
+DEFAULT_CONFIDENCE: Final = 0.99
+#: Default VaR horizon, years of 365 days (one day).
+DEFAULT_HORIZON: Final = 1.0 / 365.0
+#: Default bound on the elements of one (scenarios x options) block in :func:`revalue`.
+DEFAULT_MAX_ELEMENTS: Final = 1 << 17
+
+_PSD_RTOL: Final = 1e-12  # negative variance beyond this fraction of |x|'|S||x| is flagged
+_SD_MIN: Final = 1e-300  # as monitor.greeks: below this total sd an option is intrinsic
+_INV_SQRT_2PI: Final = 1.0 / math.sqrt(2.0 * math.pi)
+_CF_ZMIN: Final = -8.0  # lower end of the tail over which Cornish-Fisher must be monotone
+
+
+# -- shared helpers -------------------------------------------------------------------------
+
+
+def _vector(a: npt.ArrayLike, name: str) -> FloatArray:
+    out = np.asarray(a, dtype=np.float64)
+    if out.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {out.shape}")
+    if not np.isfinite(out).all():
+        raise ValueError(f"{name} must be finite")
+    return out
+
+
+def _matrix(cov: npt.ArrayLike, n: int) -> FloatArray:
+    out = np.asarray(cov, dtype=np.float64)
+    if out.shape != (n, n):
+        raise ValueError(f"cov must have shape ({n}, {n}), got {out.shape}")
+    return out
+
+
+def _check_var_params(confidence: float, horizon: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if not (math.isfinite(horizon) and horizon >= 0.0):
+        raise ValueError(f"horizon must be finite and >= 0, got {horizon}")
+
+
+def complete_assets(cov: npt.ArrayLike, candidates: npt.ArrayLike | None = None) -> BoolArray:
+    """Assets whose covariance submatrix is fully known (the module's NaN rule).
+
+    Parameters
+    ----------
+    cov
+        Shape ``(n, n)``; NaN marks an unknown entry.
+    candidates
+        Shape ``(n,)`` bool, the assets that should enter (default: all).
+
+    Returns
+    -------
+    BoolArray
+        Shape ``(n,)``: a subset of ``candidates`` with a finite variance and finite
+        covariances among themselves. Assets are dropped one at a time, the one in the most
+        NaN pairs first (ties: the highest index); the loop runs only while NaN pairs remain,
+        at most once per asset.
+    """
+    c = np.asarray(cov, dtype=np.float64)
+    n = c.shape[0]
+    if c.shape != (n, n):
+        raise ValueError(f"cov must be square, got shape {c.shape}")
+    keep = np.ones(n, dtype=bool) if candidates is None else np.array(candidates, dtype=bool)
+    if keep.shape != (n,):
+        raise ValueError(f"candidates must have shape ({n},), got {keep.shape}")
+    bad = ~np.isfinite(c)
+    keep &= ~np.diagonal(bad)
+    bad |= bad.T  # an entry is unknown if either triangle is
+    while True:
+        idx = np.flatnonzero(keep)
+        counts = bad[np.ix_(idx, idx)].sum(axis=1)
+        if idx.size == 0 or counts.max() == 0:
+            return keep
+        worst = idx[counts == counts.max()][-1]
+        keep[worst] = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    x: FloatArray  # (n,), 0 for excluded assets
+    cov: FloatArray  # (n, n), 0 in rows/columns of assets that are not included
+    sx: FloatArray  # (n,), S x
+    variance: float  # x' S x, clamped at 0
+    excluded: BoolArray  # (n,)
+    non_psd: bool
+
+
+def _prepare(x: FloatArray, cov: FloatArray, active: BoolArray) -> _Prepared:
+    inc = complete_assets(cov, active)
+    excluded = active & ~inc
+    xs = np.where(inc, x, 0.0)
+    s = np.where(inc[:, None] & inc[None, :], cov, 0.0)
+    sx = s @ xs
+    var = float(xs @ sx)
+    gross = float(np.abs(xs) @ np.abs(s) @ np.abs(xs))
+    non_psd = var < -_PSD_RTOL * gross
+    return _Prepared(xs, s, sx, max(var, 0.0), excluded, bool(non_psd))
+
+
+# -- contributions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Contributions:
+    """Euler risk contributions of one book against its budget (arrays of shape ``(n,)``).
+
+    Attributes
+    ----------
+    sigma_usd
+        Portfolio volatility ``sqrt(x' S x)``, USD, annualised (365 days).
+    rc_usd
+        Euler contribution ``x_i (S x)_i / sigma_p``, USD annualised; sums to ``sigma_usd``.
+        0 for an asset not held (or for every asset of a flat book); NaN for ``excluded``.
+    share
+        ``rc_usd / sigma_usd``, sums to 1; a hedge is negative (reported, never clipped).
+        NaN for ``excluded`` assets and everywhere when ``sigma_usd == 0``.
+    budget
+        Budget weights the drift is measured against: the given (or default) weights
+        normalised to sum 1 over the assets that are not excluded; NaN for excluded assets.
+    drift
+        ``share - budget``; sums to 0. NaN where ``share`` or ``budget`` is.
+    max_abs_drift
+        ``max |drift|`` (NaN if no drift is known).
+    half_l1
+        ``0.5 * sum |drift|`` in [0, inf): 0 on budget, 1 when shares and budget do not
+        overlap (can exceed 1 with hedges). NaN if no drift is known.
+    excluded
+        Bool: held assets left out because their covariance is unknown (module notes).
+    non_psd
+        True when ``x' S x`` came out negative beyond rounding and was clamped to 0.
+    """
+
+    sigma_usd: float
+    rc_usd: FloatArray
+    share: FloatArray
+    budget: FloatArray
+    drift: FloatArray
+    max_abs_drift: float
+    half_l1: float
+    excluded: BoolArray
+    non_psd: bool
+
+
+def contributions(
+    x: npt.ArrayLike, cov: npt.ArrayLike, budget: npt.ArrayLike | None = None
+) -> Contributions:
+    """Euler risk contributions, shares and drift from a risk budget.
+
+    Parameters
+    ----------
+    x
+        Shape ``(n,)``, exposure per underlying, USD (``delta_usd`` summed); finite.
+    cov
+        Shape ``(n, n)``, annualised covariance of log returns (NaN = unknown).
+    budget
+        Shape ``(n,)``, weights >= 0 (any positive scale; normalised here). Default: equal
+        weight on every held underlying (``x != 0``). Weights on excluded assets are dropped
+        and the rest renormalised (so drift compares like with like); a budgeted underlying
+        that is not held has share 0 and drift ``-b_i``.
+
+    Returns
+    -------
+    Contributions
+        See the class. ``budget`` is NaN everywhere if no budget weight falls on an asset
+        that is not excluded.
+
+    Raises
+    ------
+    ValueError
+        Shapes disagree, ``x`` is not finite, or ``budget`` has a negative or non-finite
+        weight.
+    """
+    xv = _vector(x, "x")
+    n = xv.shape[0]
+    p = _prepare(xv, _matrix(cov, n), xv != 0.0)
+    sigma = math.sqrt(p.variance)
+
+    if budget is None:
+        b = (p.x != 0.0).astype(np.float64)
+    else:
+        b = _vector(budget, "budget")
+        if b.shape != (n,):
+            raise ValueError(f"budget must have shape ({n},), got {b.shape}")
+        if (b < 0.0).any():
+            raise ValueError("budget weights must be >= 0")
+        b = np.where(p.excluded, 0.0, b)
+    total = float(b.sum())
+    b = b / total if total > 0.0 else np.full(n, np.nan)
+    b[p.excluded] = np.nan
+
+    rc = p.x * p.sx
+    if sigma > 0.0:
+        rc /= sigma
+        share = rc / sigma
+    else:
+        rc[:] = 0.0
+        share = np.full(n, np.nan)
+    rc[p.excluded] = np.nan
+    share[p.excluded] = np.nan
+    drift = share - b
+    known = np.isfinite(drift)
+    if known.any():
+        ad = np.abs(drift[known])
+        max_abs, half_l1 = float(ad.max()), 0.5 * float(ad.sum())
+    else:
+        max_abs = half_l1 = math.nan
+    return Contributions(
+        sigma_usd=sigma,
+        rc_usd=rc,
+        share=share,
+        budget=b,
+        drift=drift,
+        max_abs_drift=max_abs,
+        half_l1=half_l1,
+        excluded=p.excluded,
+        non_psd=p.non_psd,
+    )
+
+
+# -- parametric VaR -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaNormalVaR:
+    """Delta-normal VaR/ES: P&L ``x . r`` with ``r ~ N(0, S h)``.
+
+    Attributes
+    ----------
+    var_usd, es_usd
+        Loss at ``confidence`` over ``horizon_years``, USD (>= 0):
+        ``z sigma_p sqrt(h)`` and ``sigma_p sqrt(h) phi(z) / (1 - c)``, ``z = N^-1(c)``.
+    sigma_usd
+        Standard deviation of the horizon P&L, ``sigma_p sqrt(h)``, USD.
+    component_var_usd, component_es_usd
+        Shape ``(n,)``: Euler components ``x_i (S x)_i / sigma_p * z sqrt(h)`` (ES: with
+        ``phi(z) / (1 - c)`` for ``z``); they sum to ``var_usd`` / ``es_usd``. A hedge is
+        negative. NaN for excluded assets; 0 for a flat book.
+    confidence, horizon_years
+        The parameters used.
+    excluded, non_psd
+        As in :class:`Contributions`.
+    """
+
+    var_usd: float
+    es_usd: float
+    sigma_usd: float
+    component_var_usd: FloatArray
+    component_es_usd: FloatArray
+    confidence: float
+    horizon_years: float
+    excluded: BoolArray
+    non_psd: bool
+
+
+def var_delta_normal(
+    x: npt.ArrayLike,
+    cov: npt.ArrayLike,
+    confidence: float = DEFAULT_CONFIDENCE,
+    horizon: float = DEFAULT_HORIZON,
+) -> DeltaNormalVaR:
+    """Parametric delta-normal VaR and ES with Euler components.
+
+    Parameters
+    ----------
+    x
+        Shape ``(n,)``, exposure per underlying, USD.
+    cov
+        Shape ``(n, n)``, annualised covariance of log returns (NaN rule: module notes).
+    confidence
+        In (0, 1).
+    horizon
+        Years of 365 days, >= 0.
+
+    Returns
+    -------
+    DeltaNormalVaR
+    """
+    _check_var_params(confidence, horizon)
+    xv = _vector(x, "x")
+    p = _prepare(xv, _matrix(cov, xv.shape[0]), xv != 0.0)
+    sigma = math.sqrt(p.variance)
+    sd = sigma * math.sqrt(horizon)
+    z = float(ndtri(confidence))
+    es_mult = _INV_SQRT_2PI * math.exp(-0.5 * z * z) / (1.0 - confidence)
+    # Euler split of sd = sigma sqrt(h) (all zero for a flat book).
+    unit = p.x * p.sx * (math.sqrt(horizon) / sigma) if sigma > 0.0 else np.zeros_like(p.x)
+    cvar = unit * z
+    ces = unit * es_mult
+    cvar[p.excluded] = np.nan
+    ces[p.excluded] = np.nan
+    return DeltaNormalVaR(
+        var_usd=z * sd,
+        es_usd=es_mult * sd,
+        sigma_usd=sd,
+        component_var_usd=cvar,
+        component_es_usd=ces,
+        confidence=confidence,
+        horizon_years=horizon,
+        excluded=p.excluded,
+        non_psd=p.non_psd,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaGammaVaR:
+    """Delta-gamma VaR/ES by Cornish-Fisher on ``P&L = x . r + 0.5 r' G r``, ``r ~ N(0, S h)``.
+
+    Attributes
+    ----------
+    var_usd, es_usd
+        Loss at ``confidence`` over ``horizon_years``, USD. ``var_usd = -(mean + sd w)``
+        with ``w`` the Cornish-Fisher quantile at ``1 - c``; ``es_usd`` is the mean loss
+        beyond it under the same expansion (closed form, tail integral of ``w``).
+    mean_usd, sd_usd
+        Mean ``0.5 tr(G S h)`` and standard deviation of the P&L, USD.
+    skewness, excess_kurtosis
+        Third and fourth standardised cumulants of the P&L (0 for a book without gamma).
+    cf_monotone
+        False when the Cornish-Fisher quantile is not increasing over the lower tail
+        (``-8 <= z <= N^-1(1 - c)``): skew/kurtosis are beyond the expansion's domain and the
+        figures are unreliable; use the full-revaluation VaR.
+    confidence, horizon_years, excluded, non_psd
+        As in :class:`DeltaNormalVaR` (active assets: ``x != 0`` or ``gamma_cash != 0``).
+    """
+
+    var_usd: float
+    es_usd: float
+    mean_usd: float
+    sd_usd: float
+    skewness: float
+    excess_kurtosis: float
+    cf_monotone: bool
+    confidence: float
+    horizon_years: float
+    excluded: BoolArray
+    non_psd: bool
+
+
+def var_delta_gamma(
+    x: npt.ArrayLike,
+    gamma_cash: npt.ArrayLike,
+    cov: npt.ArrayLike,
+    confidence: float = DEFAULT_CONFIDENCE,
+    horizon: float = DEFAULT_HORIZON,
+) -> DeltaGammaVaR:
+    """Delta-gamma VaR/ES with the Cornish-Fisher expansion.
+
+    Parameters
+    ----------
+    x
+        Shape ``(n,)``, exposure per underlying, USD (``delta_usd`` summed).
+    gamma_cash
+        Shape ``(n,)``, ``sum(gamma * S**2)`` per underlying over the positions, USD per unit
+        log return squared (``gamma`` in underlying units per USD, ``S`` the index price);
+        equal to ``100 * gamma_usd`` summed per underlying.
+    cov
+        Shape ``(n, n)``, annualised covariance of log returns.
+    confidence, horizon
+        As in :func:`var_delta_normal`.
+
+    Returns
+    -------
+    DeltaGammaVaR
+
+    Notes
+    -----
+    The P&L is the second-order expansion in the log returns ``r`` (``S -> S e^r``), whose
+    diagonal Hessian is ``G_ii = gamma_cash_i + x_i``: ``d2V/dr2 = gamma S^2 + delta S``.
+    The ``x_i`` term is the convexity of ``e^r`` that every position has (a long spot
+    position gains ``x (e^r - 1) = x (r + r^2/2 + ...)``), so the expansion agrees with
+    :func:`revalue` to second order. With ``M = G S h`` and ``V = S h``, the cumulants are::
+
+        k1 = tr(M) / 2                    k2 = x'Vx + tr(M^2) / 2
+        k3 = tr(M^3) + 3 x'V G V x        k4 = 3 tr(M^4) + 12 x'V G V G V x
+
+    and the Cornish-Fisher quantile of the standardised P&L at normal quantile ``z`` is
+    ``w = z + (z^2-1) s/6 + (z^3-3z) k/24 - (2z^3-5z) s^2/36`` (``s = k3/k2^1.5``,
+    ``k = k4/k2^2``).
+    """
+    _check_var_params(confidence, horizon)
+    xv = _vector(x, "x")
+    n = xv.shape[0]
+    g = _vector(gamma_cash, "gamma_cash")
+    if g.shape != (n,):
+        raise ValueError(f"gamma_cash must have shape ({n},), got {g.shape}")
+    p = _prepare(xv, _matrix(cov, n), (xv != 0.0) | (g != 0.0))
+    gam = np.where(p.excluded, 0.0, g) + p.x  # diagonal Hessian in log returns, USD
+
+    v = p.cov * horizon
+    vx = p.sx * horizon
+    m = gam[:, None] * v  # M = G V
+    m2 = m @ m
+    k1 = 0.5 * float(np.trace(m))
+    k2 = p.variance * horizon + 0.5 * float(np.sum(m * m.T))
+    gvx = gam * vx
+    k3 = float(np.sum(m2 * m.T)) + 3.0 * float(vx @ gvx)
+    k4 = 3.0 * float(np.sum(m2 * m2.T)) + 12.0 * float(gvx @ v @ gvx)
+    non_psd = p.non_psd
+    if k2 < 0.0:
+        non_psd = True
+        k2 = 0.0
+
+    alpha = 1.0 - confidence
+    a = float(ndtri(alpha))  # lower-tail normal quantile, < 0 for c > 0.5
+    if k2 > 0.0:
+        sd = math.sqrt(k2)
+        s = k3 / sd**3
+        k = k4 / k2**2
+    else:
+        sd = s = k = 0.0
+    # w(z) = c0 + c1 z + c2 z^2 + c3 z^3
+    c0 = -s / 6.0
+    c1 = 1.0 - k / 8.0 + 5.0 * s * s / 36.0
+    c2 = s / 6.0
+    c3 = k / 24.0 - s * s / 18.0
+    w = c0 + a * (c1 + a * (c2 + a * c3))
+    # E[w(Z); Z <= a] from J_j = E[Z^j; Z <= a]: J0 = N(a), J1 = -phi(a),
+    # J2 = N(a) - a phi(a), J3 = -(a^2 + 2) phi(a).
+    phi = _INV_SQRT_2PI * math.exp(-0.5 * a * a)
+    cdf = float(ndtr(a))
+    tail = c0 * cdf - c1 * phi + c2 * (cdf - a * phi) - c3 * (a * a + 2.0) * phi
+    # w'(z) = c1 + 2 c2 z + 3 c3 z^2 must stay > 0 over the tail [_CF_ZMIN, a] (below
+    # _CF_ZMIN lies probability 6e-16): the minimum of a quadratic on an interval.
+    zs = [_CF_ZMIN, a]
+    if c3 != 0.0 and _CF_ZMIN < -c2 / (3.0 * c3) < a:
+        zs.append(-c2 / (3.0 * c3))
+    monotone = min(c1 + 2.0 * c2 * z + 3.0 * c3 * z * z for z in zs) > 0.0
+    return DeltaGammaVaR(
+        var_usd=-(k1 + sd * w),
+        es_usd=-(k1 + sd * tail / cdf),
+        mean_usd=k1,
+        sd_usd=sd,
+        skewness=s,
+        excess_kurtosis=k,
+        cf_monotone=bool(monotone),
+        confidence=confidence,
+        horizon_years=horizon,
+        excluded=p.excluded,
+        non_psd=non_psd,
+    )
+
+
+# -- scenarios and full revaluation ---------------------------------------------------------
+
+
+def normal_draws(n_scenarios: int, n_assets: int, seed: int = 0) -> FloatArray:
+    """Antithetic, moment-matched standard normal draws, shape ``(n_scenarios, n_assets)``.
+
+    Rows ``k`` and ``k + n_scenarios/2`` are negatives of each other (the sample mean is
+    exactly 0); when ``n_scenarios >= 2 * n_assets + 2`` the columns are then whitened
+    (Cholesky of the sample second moment) so the sample covariance is exactly the identity
+    up to rounding. Deterministic in ``(n_scenarios, n_assets, seed)``.
+
+    Raises
+    ------
+    ValueError
+        ``n_scenarios`` is not a positive even number, or ``n_assets < 0``.
+    """
+    if n_scenarios <= 0 or n_scenarios % 2:
+        raise ValueError(f"n_scenarios must be positive and even, got {n_scenarios}")
+    if n_assets < 0:
+        raise ValueError(f"n_assets must be >= 0, got {n_assets}")
+    half = np.random.default_rng(seed).standard_normal((n_scenarios // 2, n_assets))
+    if n_assets and n_scenarios >= 2 * n_assets + 2:
+        c = half.T @ half / (n_scenarios // 2)  # second moment of [Z; -Z]
+        chol = np.linalg.cholesky(c)
+        half = np.linalg.solve(chol, half.T).T
+    out: FloatArray = np.concatenate([half, -half])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Scenarios:
+    """Correlated log-return scenarios over a horizon.
+
+    Attributes
+    ----------
+    returns
+        Shape ``(m, n)``: log return of each underlying's price over ``horizon_years`` in each
+        scenario, ``~ N(0, S h)`` (sample mean 0, sample covariance ``S h`` when moment
+        matching applies, see :func:`normal_draws`). 0 for excluded assets.
+    horizon_years
+        The horizon, years of 365 days.
+    excluded
+        Shape ``(n,)`` bool: assets held at a zero return because their covariance is
+        unknown (module NaN rule over all assets).
+    non_psd
+        True when ``cov`` had negative eigenvalues beyond rounding (they were set to 0).
+    """
+
+    returns: FloatArray
+    horizon_years: float
+    excluded: BoolArray
+    non_psd: bool
+
+
+def scenario_returns(
+    cov: npt.ArrayLike,
+    horizon: float = DEFAULT_HORIZON,
+    n_scenarios: int = 1000,
+    seed: int = 0,
+) -> Scenarios:
+    """Seeded normal scenarios of correlated log returns for full revaluation.
+
+    Parameters
+    ----------
+    cov
+        Shape ``(n, n)``, annualised covariance of log returns.
+    horizon
+        Years of 365 days, >= 0.
+    n_scenarios
+        Number of scenarios ``m``, positive and even (antithetic pairs).
+    seed
+        Seed of the draws: the same inputs give the same scenarios (replay determinism), and
+        with a fixed seed the scenario set moves only with ``cov``.
+
+    Returns
+    -------
+    Scenarios
+        ``returns = Z A'`` with ``Z`` from :func:`normal_draws` and ``A A' = S h``
+        (eigen-decomposition, negative eigenvalues clipped to 0).
+    """
+    if not (math.isfinite(horizon) and horizon >= 0.0):
+        raise ValueError(f"horizon must be finite and >= 0, got {horizon}")
+    c = np.asarray(cov, dtype=np.float64)
+    _matrix(c, c.shape[0] if c.ndim else 0)
+    n = c.shape[0]
+    inc = complete_assets(c)
+    idx = np.flatnonzero(inc)
+    sub = c[np.ix_(idx, idx)] * horizon
+    sub = 0.5 * (sub + sub.T)
+    lam, q = np.linalg.eigh(sub) if idx.size else (np.zeros(0), np.zeros((0, 0)))
+    scale = float(np.abs(lam).max()) if lam.size else 0.0
+    non_psd = bool((lam < -_PSD_RTOL * scale).any())
+    a = q * np.sqrt(np.maximum(lam, 0.0))
+    z = normal_draws(n_scenarios, idx.size, seed)
+    r = np.zeros((n_scenarios, n))
+    r[:, idx] = z @ a.T
+    return Scenarios(returns=r, horizon_years=horizon, excluded=~inc, non_psd=non_psd)
+
+
+@dataclass(frozen=True, slots=True)
+class OptionPositions:
+    """Options to revalue, aligned arrays over ``i`` instruments (or positions).
+
+    Attributes
+    ----------
+    underlying
+        Shape ``(i,)`` int: column of the scenario returns the option's forward moves with.
+    forward
+        Shape ``(i,)``: the forward the option is priced on today, USD.
+    strike
+        Shape ``(i,)``: USD.
+    t
+        Shape ``(i,)``: time to expiry today, years of 365 days.
+    vol
+        Shape ``(i,)``: implied volatility, annualised decimal (held in every scenario).
+    is_call
+        Shape ``(i,)`` bool.
+    quantity
+        Shape ``(i,)`` or ``(i, k)``: units of underlying held (contracts x multiplier), one
+        column per book (account). Dedupe positions per instrument and pass one column per
+        account: the Black-76 work is per row, the aggregation a matrix product.
+    """
+
+    underlying: IntArray
+    forward: FloatArray
+    strike: FloatArray
+    t: FloatArray
+    vol: FloatArray
+    is_call: BoolArray
+    quantity: FloatArray
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioPnL:
+    """Scenario P&L of one or more books.
+
+    Attributes
+    ----------
+    pnl_usd
+        Shape ``(m,)`` or ``(m, k)`` (as the quantities): P&L over the horizon per scenario,
+        USD.
+    unpriced
+        Option rows left out (P&L 0) because an input was not finite or forward/strike
+        was not positive.
+    """
+
+    pnl_usd: FloatArray
+    unpriced: int
+
+
+def _b76_block(
+    r: FloatArray,
+    lnfk: FloatArray,
+    fwd: FloatArray,
+    strike: FloatArray,
+    w: FloatArray,
+    sd: FloatArray,
+) -> FloatArray:
+    """Black-76 price of live options (``sd > 0``) after a log move ``r``; shape of ``r``."""
+    d = r + lnfk  # ln(F e^r / K)
+    d /= sd
+    d += 0.5 * sd  # d1
+    d *= w
+    n1 = ndtr(d)
+    d -= w * sd  # w d2
+    ndtr(d, out=d)
+    d *= strike  # K N(w d2)
+    np.exp(r, out=r)
+    r *= fwd
+    r *= n1  # F e^r N(w d1)
+    r -= d
+    r *= w
+    return r
+
+
+def revalue(
+    returns: npt.ArrayLike,
+    horizon: float,
+    linear_usd: npt.ArrayLike | None = None,
+    options: OptionPositions | None = None,
+    *,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> ScenarioPnL:
+    """Full-revaluation P&L of linear positions and options under each scenario.
+
+    Parameters
+    ----------
+    returns
+        Shape ``(m, n)``: log returns per scenario and underlying (``Scenarios.returns``).
+    horizon
+        Years of 365 days the options age in every scenario.
+    linear_usd
+        Shape ``(n,)`` or ``(n, k)``: USD value of the linear positions (spot, perpetuals,
+        futures) per underlying and book: ``quantity x multiplier x price``; their P&L is
+        ``linear_usd (e^r - 1)``.
+    options
+        Options to reprice; ``quantity`` has the same number of columns as ``linear_usd``.
+    max_elements
+        Bound on one (scenarios x options) block; temporaries are a few arrays of this size
+        (default ``2**17``, 1 MiB each).
+
+    Returns
+    -------
+    ScenarioPnL
+        P&L per scenario (and book), USD. An option's P&L is
+        ``q (Black76(F e^r, K, max(t - h, 0), vol) - Black76(F, K, t, vol))``: the forward
+        moves with its underlying's scenario return, IV is held, time advances by the
+        horizon (an option expiring inside it ends at intrinsic value). Its decay over the
+        horizon is thus part of the P&L, unlike the parametric VaRs. The base value is the
+        model price, not the venue mark, so a zero move over a zero horizon is a zero P&L.
+
+    Notes
+    -----
+    Cost ``O(m x i)`` Black-76 prices plus an ``(m x i) @ (i x k)`` product, in blocks of
+    ``max_elements``; never an ``(m, i)`` matrix.
+    """
+    r_all = np.asarray(returns, dtype=np.float64)
+    if r_all.ndim != 2:
+        raise ValueError(f"returns must be 2-D, got shape {r_all.shape}")
+    m, n = r_all.shape
+    if not (math.isfinite(horizon) and horizon >= 0.0):
+        raise ValueError(f"horizon must be finite and >= 0, got {horizon}")
+    if linear_usd is None and options is None:
+        raise ValueError("nothing to revalue: pass linear_usd and/or options")
+    lin = None if linear_usd is None else np.asarray(linear_usd, dtype=np.float64)
+    qty = None if options is None else np.asarray(options.quantity, dtype=np.float64)
+    if lin is not None:
+        if lin.ndim not in (1, 2) or lin.shape[0] != n:
+            raise ValueError(f"linear_usd must have shape ({n},) or ({n}, k), got {lin.shape}")
+        book_shape = lin.shape[1:]
+    elif qty is not None:
+        book_shape = qty.shape[1:]
+    if qty is not None and (qty.ndim not in (1, 2) or qty.shape[1:] != book_shape):
+        raise ValueError(f"options.quantity shape {qty.shape} does not match the books")
+    pnl = np.zeros((m, *book_shape))
+    if lin is not None:
+        pnl += np.expm1(r_all) @ lin
+    if options is None or qty is None:
+        return ScenarioPnL(pnl, 0)
+
+    und = np.asarray(options.underlying, dtype=np.int64)
+    f = np.asarray(options.forward, dtype=np.float64)
+    k = np.asarray(options.strike, dtype=np.float64)
+    t = np.asarray(options.t, dtype=np.float64)
+    vol = np.asarray(options.vol, dtype=np.float64)
+    call = np.asarray(options.is_call, dtype=bool)
+    n_opt = und.shape[0]
+    for name, a in (("forward", f), ("strike", k), ("t", t), ("vol", vol), ("is_call", call)):
+        if a.shape != (n_opt,):
+            raise ValueError(f"options.{name} must have shape ({n_opt},), got {a.shape}")
+    if qty.shape[0] != n_opt:
+        raise ValueError(f"options.quantity must have {n_opt} rows, got {qty.shape[0]}")
+    if n_opt and (und.min() < 0 or und.max() >= n):
+        raise ValueError(f"options.underlying must index the {n} scenario columns")
+    q2 = qty.reshape(n_opt, -1)
+    held = (q2 != 0.0).any(axis=1)  # NaN != 0 counts as held
+    ok = np.isfinite(f) & np.isfinite(k) & np.isfinite(t) & np.isfinite(vol)
+    ok &= (f > 0.0) & (k > 0.0) & np.isfinite(q2).all(axis=1)
+    unpriced = int((held & ~ok).sum())
+    ok &= held
+    w = np.where(call, 1.0, -1.0)
+    sig = np.maximum(vol, 0.0)
+    sd0 = sig * np.sqrt(np.maximum(t, 0.0))
+    sd1 = sig * np.sqrt(np.maximum(t - horizon, 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lnfk = np.log(f / k)
+    # Base value (model price today) of every usable row, same kernel as the scenarios.
+    base = np.maximum(w * (f - k), 0.0)
+    live0 = ok & (sd0 > _SD_MIN)
+    lv = np.flatnonzero(live0)
+    base[lv] = _b76_block(np.zeros(lv.size), lnfk[lv], f[lv], k[lv], w[lv], sd0[lv])
+
+    acc = pnl.reshape(m, -1)
+    step = max(1, max_elements // max(m, 1))
+    for live in (True, False):
+        sel = np.flatnonzero(ok & ((sd1 > _SD_MIN) == live))
+        for s in range(0, sel.size, step):
+            c = sel[s : s + step]
+            rc = r_all[:, und[c]]  # (m, chunk) gather
+            if live:
+                v = _b76_block(rc, lnfk[c], f[c], k[c], w[c], sd1[c])
+            else:  # expires within the horizon: intrinsic on the moved forward
+                np.exp(rc, out=rc)
+                rc *= f[c]
+                rc -= k[c]
+                rc *= w[c]
+                v = np.maximum(rc, 0.0, out=rc)
+            v -= base[c]
+            acc += v @ q2[c]
+    return ScenarioPnL(pnl, unpriced)
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioVaR:
+    """VaR/ES from scenario P&Ls (historical-simulation estimators).
+
+    Attributes
+    ----------
+    var_usd, es_usd
+        Shape ``()`` for one book, ``(k,)`` for ``k`` books: USD loss over the scenario
+        horizon. ``var_usd = -X_(j)``, the ``j = ceil(m (1 - c))``-th smallest P&L (the
+        lower empirical quantile); ``es_usd`` is the mean loss over the worst ``m (1 - c)``
+        scenarios, the last one weighted by the fractional part (Acerbi-Tasche), so
+        ``es_usd >= var_usd``.
+    worst_usd
+        Largest loss over all scenarios (``-min P&L``), USD.
+    confidence
+        The confidence used.
+    n_scenarios
+        ``m``.
+    """
+
+    var_usd: FloatArray
+    es_usd: FloatArray
+    worst_usd: FloatArray
+    confidence: float
+    n_scenarios: int
+
+
+def var_full_revaluation(pnl: npt.ArrayLike, confidence: float = DEFAULT_CONFIDENCE) -> ScenarioVaR:
+    """VaR and ES from scenario P&Ls (``ScenarioPnL.pnl_usd``).
+
+    Parameters
+    ----------
+    pnl
+        Shape ``(m,)`` or ``(m, k)``: P&L per scenario (and book), USD, finite, equally
+        weighted.
+    confidence
+        In (0, 1).
+
+    Returns
+    -------
+    ScenarioVaR
+        Figures of shape ``pnl.shape[1:]``. ``O(m)`` per book (partial sort).
+    """
+    _check_var_params(confidence, 0.0)
+    x = np.asarray(pnl, dtype=np.float64)
+    if x.ndim not in (1, 2) or x.shape[0] == 0:
+        raise ValueError(f"pnl must have shape (m,) or (m, k) with m > 0, got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("pnl must be finite")
+    m = x.shape[0]
+    # Round away float noise (1000 * 0.01 = 10.000000000000002) before ceil/floor.
+    tail = round(m * (1.0 - confidence), 9) or m * (1.0 - confidence)
+    j = max(1, math.ceil(tail))  # VaR order statistic, 1-based
+    whole = math.floor(tail)  # scenarios wholly in the ES tail
+    frac = tail - whole  # weight of the next one (j == whole + 1 when frac > 0)
+    # After partitioning at j - 1, part[:j - 1] are the j - 1 smallest P&Ls (any order).
+    part = np.partition(x, j - 1, axis=0)
+    var = -part[j - 1]
+    es = -(part[:whole].sum(axis=0) + frac * part[whole]) / tail
+    return ScenarioVaR(
+        var_usd=np.asarray(var, dtype=np.float64),
+        es_usd=np.asarray(es, dtype=np.float64),
+        worst_usd=np.asarray(-x.min(axis=0), dtype=np.float64),
+        confidence=confidence,
+        n_scenarios=m,
+    )
