@@ -110,13 +110,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from connectors.replay import iter_batches
-    from monitor.daemon import engine_settings
+    from monitor.daemon import engine_settings, risk_settings
     from monitor.engine import Engine
     from monitor.logs import RejectionLog, setup_logging
 
     cfg = load_config(_config_path(args.config))
     setup_logging(cfg.log.level, "text" if sys.stderr.isatty() else cfg.log.format)
-    engine = Engine(engine_settings(cfg))
+    engine = Engine(engine_settings(cfg), risk=risk_settings(cfg))
     reject_log = RejectionLog(log)
     started = time.perf_counter()
     events = 0

@@ -298,6 +298,9 @@ class RiskConfig(_Section, frozen=True):
     eval_interval: Duration = parse_duration("250ms")
     var_confidence: Annotated[float, Meta(gt=0.5, lt=1.0)] = 0.99
     var_horizon: Duration = parse_duration("1d")
+    var_scenarios: Annotated[int, Meta(ge=100, le=1_000_000)] = 1000
+    scenario_interval: Duration = parse_duration("5s")
+    regime_halflife: Duration = parse_duration("1h")
     budgets: dict[str, dict[str, Weight]] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:

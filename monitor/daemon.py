@@ -21,6 +21,7 @@ from connectors import build_connector
 from connectors.base import Backoff, Connector, ConnectorStatus
 from monitor.config import Config
 from monitor.engine import Engine, EngineSettings
+from monitor.evaluation import RiskSettings
 from monitor.events import Event, Reason, Rejected
 from monitor.http import HttpServer
 from monitor.logs import RejectionLog
@@ -30,7 +31,7 @@ from monitor.record import Recorder
 from monitor.snapshot import RiskSnapshot
 from monitor.stats import EngineStats
 
-__all__ = ["Daemon", "engine_settings", "sd_notify"]
+__all__ = ["Daemon", "engine_settings", "risk_settings", "sd_notify"]
 
 log = logging.getLogger("riskmon")
 
@@ -45,6 +46,19 @@ def engine_settings(cfg: Config) -> EngineSettings:
         warmup_ms=int(e.warmup),
         max_gap_ms=int(e.max_gap),
         eval_interval_ms=int(r.eval_interval),
+    )
+
+
+def risk_settings(cfg: Config) -> RiskSettings:
+    """The evaluation's VaR, budget and regime settings from ``[risk]``."""
+    r = cfg.risk
+    return RiskSettings(
+        var_confidence=r.var_confidence,
+        var_horizon_ms=int(r.var_horizon),
+        budgets=r.budgets,
+        var_scenarios=r.var_scenarios,
+        scenario_interval_ms=int(r.scenario_interval),
+        regime_halflife_ms=int(r.regime_halflife),
     )
 
 
@@ -83,7 +97,7 @@ class Daemon:
         self._status: dict[str, ConnectorStatus] = {
             c.status.name: c.status for c in self._connectors
         }
-        self.engine = Engine(engine_settings(cfg), recorder=self._recorder)
+        self.engine = Engine(engine_settings(cfg), risk=risk_settings(cfg), recorder=self._recorder)
         self.registry, registry_metrics = build_registry(self)
         self.engine.set_evaluation_observer(registry_metrics.observe)
         self._queue = EventQueue(cfg.engine.queue_size)

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from dataclasses import dataclass, replace
+from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from monitor.estimator import RollingEstimator
+from monitor.evaluation import AccountState, Evaluator, RiskSettings, UnderlyingPrices
 from monitor.events import (
     AccountEvent,
     Event,
@@ -37,11 +38,11 @@ from monitor.events import (
     Rejected,
 )
 from monitor.instruments import InstrumentRegistry, from_event
-from monitor.snapshot import AccountFigures, AssetFigures, RiskSnapshot
+from monitor.snapshot import RiskSnapshot
 from monitor.stats import EngineStats
-from monitor.valuation import Book, MarketArrays, build_book, value_book
+from monitor.valuation import Book, MarketArrays, build_book
 
-__all__ = ["AccountState", "Engine", "EngineSettings"]
+__all__ = ["Engine", "EngineSettings"]
 
 _NO_TS: Final = -(2**62)
 _TAG: Final[dict[type, str]] = {
@@ -64,16 +65,6 @@ class EngineSettings:
     eval_interval_ms: int = 250
 
 
-@dataclass(frozen=True, slots=True)
-class AccountState:
-    """The last venue-reported account figures (USD), with their event time."""
-
-    ts_ms: int
-    equity: float
-    initial_margin: float | None
-    maintenance_margin: float | None
-
-
 class Recorder(Protocol):
     """Where accepted events go for ``--record`` (``monitor.record.Recorder``)."""
 
@@ -87,9 +78,11 @@ class Engine:
         self,
         settings: EngineSettings | None = None,
         *,
+        risk: RiskSettings | None = None,
         recorder: Recorder | None = None,
     ) -> None:
         self.settings = s = settings or EngineSettings()
+        self._evaluator = Evaluator(risk)
         self.registry = InstrumentRegistry()
         self.estimator = RollingEstimator(
             s.sample_interval_ms, s.halflife_ms, s.fast_halflife_ms, s.warmup_ms
@@ -295,73 +288,25 @@ class Engine:
         started = time.perf_counter()
         reg = self.registry
         n = len(reg)
-        und_price = self._underlying_prices()
-        und_inst = self._und_index_inst
-        est = self.estimator
-        n_est = est.n_assets
-        n_und = len(reg.underlyings)
-
-        def fit(a: npt.NDArray[Any], fill: Any) -> npt.NDArray[Any]:
-            # The estimator learns of an underlying at its first sample; pad until then.
-            if len(a) == n_und:
-                return a.copy()
-            out = np.full((n_und, *a.shape[1:]), fill, dtype=a.dtype)
-            out[: len(a)] = a
-            return out
-
-        corr = est.correlation() if n_est else np.zeros((0, 0))
-        corr_full = np.full((n_und, n_und), np.nan)
-        corr_full[:n_est, :n_est] = corr
-        assets = AssetFigures(
-            names=tuple(reg.underlyings),
-            price=und_price.copy(),
-            price_ts_ms=self._price_ts[und_inst].copy(),
-            volatility=fit(est.volatility() if n_est else np.zeros(0), np.nan),
-            volatility_fast=fit(est.volatility(fast=True) if n_est else np.zeros(0), np.nan),
-            returns=fit(est.returns if n_est else np.zeros(0, dtype=np.int64), 0),
-            warm=fit(est.warm if n_est else np.zeros(0, dtype=bool), False),
-            correlation=corr_full,
-        )
         if self._book is None or self._book_version != reg.version:
             self._book = build_book(self._positions, reg)
             self._book_version = reg.version
-        market = MarketArrays(price=self._price[:n], iv=self._iv[:n], forward=self._fwd[:n])
-        accounts, total = value_book(self._book, market, reg, as_of_ms)
-        accounts = self._with_venue_margin(accounts, as_of_ms)
-        elapsed = time.perf_counter() - started
+        und_price = self._underlying_prices()
         self._seq += 1
-        snap = RiskSnapshot(
-            as_of_ms=as_of_ms,
-            seq=self._seq,
-            assets=assets,
-            accounts=accounts,
-            total=total,
-            evaluation_seconds=elapsed,
+        snap = self._evaluator.evaluate(
+            as_of_ms,
+            self._seq,
+            reg,
+            self.estimator,
+            self._book,
+            MarketArrays(price=self._price[:n], iv=self._iv[:n], forward=self._fwd[:n]),
+            UnderlyingPrices(und_price.copy(), self._price_ts[self._und_index_inst]),
+            self._accounts,
         )
+        elapsed = time.perf_counter() - started
+        snap = replace(snap, evaluation_seconds=elapsed)
         self.snapshot = snap
         self.stats.evaluations += 1
         if self._on_evaluation is not None:
             self._on_evaluation(elapsed)
         return snap
-
-    def _with_venue_margin(
-        self, accounts: dict[str, AccountFigures], as_of_ms: int
-    ) -> dict[str, AccountFigures]:
-        """Attach the venue-reported margin figures (report ``accounts.<a>.margin``)."""
-        for name, st in self._accounts.items():
-            acc = accounts.get(name) or AccountFigures(None, {}, {})
-            mm, im = st.maintenance_margin, st.initial_margin
-            positive = st.equity > 0
-            margin = {
-                "equity": st.equity,
-                "initial_margin": im,
-                "maintenance_margin": mm,
-                "utilization": mm / st.equity if mm is not None and positive else None,
-                "initial_utilization": im / st.equity if im is not None and positive else None,
-                "headroom_usd": st.equity - mm if mm is not None else None,
-                "age_seconds": max(0, as_of_ms - st.ts_ms) / 1000.0,
-            }
-            accounts[name] = AccountFigures(
-                acc.positions, acc.greeks, acc.exposure_usd, {**acc.extra, "margin": margin}
-            )
-        return accounts

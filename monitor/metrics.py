@@ -52,6 +52,38 @@ Risk figures from the snapshot (name, type, labels)::
     riskmon_book_exposure_usd                          gauge      underlying
     riskmon_book_delta_usd, riskmon_book_gamma_usd,
     riskmon_book_vega_usd, riskmon_book_theta_usd      gauge
+    riskmon_account_unpriced_positions                 gauge      account
+    riskmon_iv_unsolved_positions                      gauge      reason
+    riskmon_account_volatility_usd     (annualised)    gauge      account
+    riskmon_account_risk_share                         gauge      account, underlying
+    riskmon_account_risk_budget                        gauge      account, underlying
+    riskmon_account_risk_drift                         gauge      account, underlying
+    riskmon_account_risk_concentration                 gauge      account, measure
+    riskmon_account_var_usd                            gauge      account, method
+    riskmon_account_es_usd                             gauge      account, method
+    riskmon_account_component_var_usd                  gauge      account, underlying
+    riskmon_book_volatility_usd        (annualised)    gauge
+    riskmon_book_risk_share                            gauge      underlying
+    riskmon_book_risk_budget                           gauge      underlying
+    riskmon_book_risk_drift                            gauge      underlying
+    riskmon_book_risk_concentration                    gauge      measure
+    riskmon_book_var_usd                               gauge      method
+    riskmon_book_es_usd                                gauge      method
+    riskmon_book_component_var_usd                     gauge      underlying
+    riskmon_account_equity_usd                         gauge      account
+    riskmon_account_initial_margin_usd                 gauge      account
+    riskmon_account_maintenance_margin_usd             gauge      account
+    riskmon_account_margin_utilization_ratio           gauge      account
+    riskmon_account_margin_headroom_usd                gauge      account
+    riskmon_account_margin_age_seconds                 gauge      account
+    riskmon_regime_vol_ratio                           gauge      underlying
+    riskmon_regime_realised_to_implied                 gauge      underlying
+    riskmon_regime_average_correlation                 gauge
+    riskmon_regime_absorption_ratio                    gauge
+    riskmon_regime_vol_ratio_baseline                  gauge      underlying
+    riskmon_regime_realised_to_implied_baseline        gauge      underlying
+    riskmon_regime_average_correlation_baseline        gauge
+    riskmon_regime_absorption_ratio_baseline           gauge
 
 Units: volatility annualised on 365 days as a decimal (0.55 = 55%); price age = snapshot
 time minus the event time of the last index tick; exposure = ``delta_usd`` summed per
@@ -63,6 +95,11 @@ with the estimator).
 Conventions:
 
 - ``estimator`` is ``"slow"`` (``estimator.halflife``) or ``"fast"`` (``fast_halflife``).
+- ``method`` is ``delta_normal``, ``delta_gamma`` (Cornish-Fisher) or ``full_revaluation``
+  (scenario VaR, recomputed every ``risk.scenario_interval``); ``measure`` is
+  ``max_abs_drift`` or ``half_l1``. Risk shares, budgets and drift are exported for the
+  underlyings an account holds or has a budget for.
+- Margin figures exist for accounts whose venue sent an ``account`` event.
 - Correlation: each unordered pair once, ``underlying_a < underlying_b`` (string order); the
   diagonal is not exported.
 - The whole book (``RiskSnapshot.total``) is exported as separate ``riskmon_book_*`` metrics,
@@ -81,9 +118,10 @@ this registry from ``prometheus_client.start_http_server``, which scrapes from a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final, Protocol
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -97,7 +135,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from connectors.base import ConnectorStatus
 from monitor import __version__
-from monitor.snapshot import AccountFigures, RiskSnapshot
+from monitor.snapshot import AccountFigures, AccountRisk, RegimeReport, RiskSnapshot
 from monitor.stats import EngineStats
 
 __all__ = [
@@ -255,6 +293,68 @@ class _Families:
         self.book_greeks = {
             key: g(f"riskmon_book_{suffix}", f"Whole-book {doc}.") for key, suffix, doc in _GREEKS
         }
+        self.acct_unpriced = g(
+            "riskmon_account_unpriced_positions",
+            "Positions left out of the sums: no index price, or an option without an IV.",
+            ("account",),
+        )
+        self.iv_unsolved = g(
+            "riskmon_iv_unsolved_positions",
+            "Option positions whose IV could not be solved from the mark, by reason.",
+            ("reason",),
+        )
+        self.risk = {
+            scope: _RiskFamilies(g, scope, ("account",) if scope == "account" else ())
+            for scope in ("account", "book")
+        }
+        # Venue-reported margin.
+        margin = {
+            "equity": ("equity_usd", "Venue-reported equity, USD."),
+            "initial_margin": ("initial_margin_usd", "Venue-reported initial margin, USD."),
+            "maintenance_margin": (
+                "maintenance_margin_usd",
+                "Venue-reported maintenance margin, USD.",
+            ),
+            "utilization": (
+                "margin_utilization_ratio",
+                "Maintenance margin over equity (a margin call at 1).",
+            ),
+            "headroom_usd": ("margin_headroom_usd", "Equity minus maintenance margin, USD."),
+            "age_seconds": (
+                "margin_age_seconds",
+                "Snapshot time minus the event time of the last account update, seconds.",
+            ),
+        }
+        self.margin = {
+            key: g(f"riskmon_account_{suffix}", doc, ("account",))
+            for key, (suffix, doc) in margin.items()
+        }
+        # Regime figures and their slow baselines.
+        regime_u = {
+            "vol_ratio": "Fast over slow EWMA volatility.",
+            "realised_to_implied": "Slow realised volatility over the book's vega-weighted IV.",
+        }
+        regime_b = {
+            "average_correlation": "Average pairwise correlation of the warm underlyings.",
+            "absorption_ratio": "Top fifth of correlation eigenvalues over the trace.",
+        }
+        self.regime_u = {
+            (key, base): g(
+                f"riskmon_regime_{key}{'_baseline' if base else ''}",
+                doc + (" Slow baseline." if base else ""),
+                ("underlying",),
+            )
+            for key, doc in regime_u.items()
+            for base in (False, True)
+        }
+        self.regime_b = {
+            (key, base): g(
+                f"riskmon_regime_{key}{'_baseline' if base else ''}",
+                doc + (" Slow baseline." if base else ""),
+            )
+            for key, doc in regime_b.items()
+            for base in (False, True)
+        }
 
     def _counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
         fam = CounterMetricFamily(name, doc, labels=labels)
@@ -265,6 +365,58 @@ class _Families:
         fam = GaugeMetricFamily(name, doc, labels=labels)
         self.all.append(fam)
         return fam
+
+
+class _RiskFamilies:
+    """Risk-parity and VaR families of one scope: per account, or the whole book."""
+
+    def __init__(
+        self,
+        g: Callable[[str, str, Sequence[str]], GaugeMetricFamily],
+        scope: str,
+        labels: tuple[str, ...],
+    ) -> None:
+        p = f"riskmon_{scope}_"
+        u = (*labels, "underlying")
+        self.volatility = g(p + "volatility_usd", "Portfolio volatility sqrt(x'Sx), USD.", labels)
+        self.share = g(p + "risk_share", "Euler risk share (sums to 1; hedges < 0).", u)
+        self.budget = g(p + "risk_budget", "Risk-parity budget share.", u)
+        self.drift = g(p + "risk_drift", "Risk share minus budget.", u)
+        self.concentration = g(
+            p + "risk_concentration",
+            "Drift concentration: max |drift| or half the L1 distance.",
+            (*labels, "measure"),
+        )
+        self.var = g(p + "var_usd", "Value at risk over the VaR horizon, USD.", (*labels, "method"))
+        self.es = g(
+            p + "es_usd", "Expected shortfall over the VaR horizon, USD.", (*labels, "method")
+        )
+        self.component_var = g(
+            p + "component_var_usd", "Delta-normal component VaR (sums to the VaR), USD.", u
+        )
+
+    def put(self, labels: tuple[str, ...], risk: AccountRisk) -> None:
+        c, dn, dg, fr = (
+            risk.contributions,
+            risk.delta_normal,
+            risk.delta_gamma,
+            risk.full_revaluation,
+        )
+        _put(self.volatility, labels, c.sigma_usd)
+        for i in np.flatnonzero(risk.shown).tolist():
+            lu = (*labels, risk.underlyings[i])
+            _put(self.share, lu, float(c.share[i]))
+            _put(self.budget, lu, float(c.budget[i]))
+            _put(self.drift, lu, float(c.drift[i]))
+            _put(self.component_var, lu, float(dn.component_var_usd[i]))
+        _put(self.concentration, (*labels, "max_abs_drift"), c.max_abs_drift)
+        _put(self.concentration, (*labels, "half_l1"), c.half_l1)
+        methods = [("delta_normal", dn.var_usd, dn.es_usd), ("delta_gamma", dg.var_usd, dg.es_usd)]
+        if fr is not None:
+            methods.append(("full_revaluation", fr.var_usd, fr.es_usd))
+        for method, var, es in methods:
+            _put(self.var, (*labels, method), var)
+            _put(self.es, (*labels, method), es)
 
 
 def _put(family: GaugeMetricFamily, labels: Sequence[str], value: float) -> None:
@@ -358,6 +510,23 @@ class RiskCollector:
             value = snap.total.greeks.get(key)
             if value is not None:
                 _put(family, (), value)
+        if snap.total.risk is not None:
+            f.risk["book"].put((), snap.total.risk)
+        for reason, n in snap.total.extra.get("iv_unsolved", {}).items():
+            f.iv_unsolved.add_metric((reason,), n)
+        if snap.regime is not None:
+            _regime(f, snap.regime)
+
+
+def _regime(f: _Families, regime: RegimeReport) -> None:
+    for base, figs in ((False, regime.current), (True, regime.baseline)):
+        for i, name in enumerate(regime.underlyings):
+            _put(f.regime_u["vol_ratio", base], (name,), float(figs.vol_ratio[i]))
+            _put(
+                f.regime_u["realised_to_implied", base], (name,), float(figs.realised_to_implied[i])
+            )
+        _put(f.regime_b["average_correlation", base], (), figs.average_correlation)
+        _put(f.regime_b["absorption_ratio", base], (), figs.absorption_ratio)
 
 
 def _account(f: _Families, account: str, figures: AccountFigures) -> None:
@@ -368,6 +537,17 @@ def _account(f: _Families, account: str, figures: AccountFigures) -> None:
         value = figures.greeks.get(key)
         if value is not None:
             _put(family, labels, value)
+    unpriced = figures.extra.get("unpriced_positions")
+    if unpriced is not None:
+        f.acct_unpriced.add_metric(labels, unpriced)
+    if figures.risk is not None:
+        f.risk["account"].put(labels, figures.risk)
+    margin = figures.extra.get("margin")
+    if margin is not None:
+        for key, family in f.margin.items():
+            value = margin.get(key)
+            if value is not None:
+                _put(family, labels, value)
 
 
 def build_registry(

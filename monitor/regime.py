@@ -229,11 +229,13 @@ class RegimeBaseline:
     def update(self, value: npt.ArrayLike, ts_ms: int) -> FloatArray:
         """Absorb the figure observed at ``ts_ms`` and return the new baseline (a copy).
 
+        A ``ts_ms`` before the previous update (a wall clock stepped back) counts as no
+        time elapsed: the baseline holds, and its clock does not move back.
+
         Raises
         ------
         ValueError
-            ``ts_ms`` is before the previous update, or the figure's shape changed other
-            than by growing a 1-D array.
+            The figure's shape changed other than by growing a 1-D array.
         """
         v = np.asarray(value, dtype=np.float64)
         prev = self._value
@@ -242,8 +244,7 @@ class RegimeBaseline:
             a = 0.0
         else:
             assert self._last_ms is not None
-            if ts_ms < self._last_ms:
-                raise ValueError(f"time went backwards: {ts_ms} < {self._last_ms}")
+            ts_ms = max(ts_ms, self._last_ms)
             if v.shape != prev.shape:
                 if v.ndim != 1 or prev.ndim != 1 or v.shape[0] < prev.shape[0]:
                     raise ValueError(f"figure shape changed from {prev.shape} to {v.shape}")

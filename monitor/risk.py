@@ -47,6 +47,7 @@ from scipy.special import ndtr, ndtri
 __all__ = [
     "DEFAULT_CONFIDENCE",
     "DEFAULT_HORIZON",
+    "BookRisk",
     "Contributions",
     "DeltaGammaVaR",
     "DeltaNormalVaR",
@@ -54,6 +55,7 @@ __all__ = [
     "ScenarioPnL",
     "ScenarioVaR",
     "Scenarios",
+    "book_risk",
     "complete_assets",
     "contributions",
     "normal_draws",
@@ -132,7 +134,10 @@ def complete_assets(cov: npt.ArrayLike, candidates: npt.ArrayLike | None = None)
     keep = np.ones(n, dtype=bool) if candidates is None else np.array(candidates, dtype=bool)
     if keep.shape != (n,):
         raise ValueError(f"candidates must have shape ({n},), got {keep.shape}")
-    bad = ~np.isfinite(c)
+    finite = np.isfinite(c)
+    if finite.all():  # the usual case once every asset has returns: nothing to drop
+        return keep
+    bad = ~finite
     keep &= ~np.diagonal(bad)
     bad |= bad.T  # an entry is unknown if either triangle is
     while True:
@@ -507,6 +512,186 @@ def var_delta_gamma(
         excluded=p.excluded,
         non_psd=non_psd,
     )
+
+
+# -- all books at once ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BookRisk:
+    """The parametric figures of one book, as :func:`book_risk` returns them."""
+
+    contributions: Contributions
+    delta_normal: DeltaNormalVaR
+    delta_gamma: DeltaGammaVaR
+
+
+def book_risk(
+    x: npt.ArrayLike,
+    gamma_cash: npt.ArrayLike,
+    cov: npt.ArrayLike,
+    budgets: list[FloatArray | None],
+    confidence: float = DEFAULT_CONFIDENCE,
+    horizon: float = DEFAULT_HORIZON,
+) -> list[BookRisk]:
+    """:func:`contributions`, :func:`var_delta_normal` and :func:`var_delta_gamma` of k books.
+
+    The engine's per-evaluation path: when the covariance is known among every asset any
+    book holds (the steady state once each asset has returns), all books are computed
+    together as ``(k, n)`` matrices, without per-book Python overhead; otherwise (warm-up,
+    an asset without returns) each book goes through the single-book functions, whose NaN
+    rule decides what to exclude. Results are the same either way (tests pin this).
+
+    Parameters
+    ----------
+    x, gamma_cash
+        Shape ``(k, n)``: exposure and ``gamma * S**2`` per book and underlying, USD.
+    cov
+        Shape ``(n, n)``, annualised covariance of log returns (NaN = unknown).
+    budgets
+        ``k`` entries: a ``(n,)`` weight vector, or ``None`` for the default budget.
+    confidence, horizon
+        As in :func:`var_delta_normal`.
+    """
+    _check_var_params(confidence, horizon)
+    xs = np.asarray(x, dtype=np.float64)
+    gs = np.asarray(gamma_cash, dtype=np.float64)
+    if xs.ndim != 2 or gs.shape != xs.shape or len(budgets) != xs.shape[0]:
+        raise ValueError("x and gamma_cash must be (k, n) with one budget entry per book")
+    k, n = xs.shape
+    s = _matrix(cov, n)
+    active = ((xs != 0.0) | (gs != 0.0)).any(axis=0)
+    if not np.isfinite(xs).all() or not np.isfinite(gs).all():
+        raise ValueError("x and gamma_cash must be finite")
+    if k == 0 or not np.isfinite(s[np.ix_(active, active)]).all():
+        return [
+            BookRisk(
+                contributions(xs[b], s, budgets[b]),
+                var_delta_normal(xs[b], s, confidence, horizon),
+                var_delta_gamma(xs[b], gs[b], s, confidence, horizon),
+            )
+            for b in range(k)
+        ]
+    s = np.where(active[:, None] & active[None, :], s, 0.0)  # unknown only off the books
+
+    sx = xs @ s  # (k, n), S symmetric
+    raw = np.einsum("bi,bi->b", xs, sx)
+    gross = np.einsum("bi,bi->b", np.abs(xs), np.abs(xs) @ np.abs(s))
+    non_psd = raw < -_PSD_RTOL * gross
+    var = np.maximum(raw, 0.0)
+    sigma = np.sqrt(var)
+    pos = sigma > 0.0
+    safe = np.where(pos, sigma, 1.0)
+
+    weights = np.empty((k, n))
+    for b, budget in enumerate(budgets):
+        if budget is None:
+            weights[b] = xs[b] != 0.0
+        else:
+            w = _vector(budget, "budget")
+            if w.shape != (n,) or (w < 0.0).any():
+                raise ValueError(f"budget must be (n,) weights >= 0, got {w}")
+            weights[b] = w
+    wsum = weights.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        budget_n = np.where(wsum > 0.0, weights / np.where(wsum > 0.0, wsum, 1.0), np.nan)
+    rc = np.where(pos[:, None], xs * sx / safe[:, None], 0.0)
+    share = np.where(pos[:, None], rc / safe[:, None], np.nan)
+    drift = share - budget_n
+    known = np.isfinite(drift)
+    ad = np.where(known, np.abs(drift), 0.0)
+    any_known = known.any(axis=1)
+    max_abs = np.where(any_known, ad.max(axis=1, initial=0.0), np.nan)
+    half_l1 = np.where(any_known, 0.5 * ad.sum(axis=1), np.nan)
+
+    root_h = math.sqrt(horizon)
+    z = float(ndtri(confidence))
+    es_mult = _INV_SQRT_2PI * math.exp(-0.5 * z * z) / (1.0 - confidence)
+    unit = rc * root_h
+
+    # delta-gamma cumulants (var_delta_gamma's Notes), batched: M_b = diag(G_b) V
+    gam = gs + xs
+    v = s * horizon
+    vx = sx * horizon
+    m = gam[:, :, None] * v[None, :, :]
+    m2 = m @ m
+    mt = m.transpose(0, 2, 1)
+    k1 = 0.5 * np.einsum("bi,i->b", gam, np.diagonal(v))
+    k2 = var * horizon + 0.5 * np.einsum("bij,bij->b", m, mt)
+    gvx = gam * vx
+    k3 = np.einsum("bij,bij->b", m2, mt) + 3.0 * np.einsum("bi,bi->b", vx, gvx)
+    k4 = 3.0 * np.einsum("bij,bji->b", m2, m2) + 12.0 * np.einsum("bi,bi->b", gvx @ v, gvx)
+    dg_non_psd = non_psd | (k2 < 0.0)
+    k2 = np.maximum(k2, 0.0)
+    live = k2 > 0.0
+    sd = np.sqrt(k2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        skew = np.where(live, k3 / np.where(live, sd, 1.0) ** 3, 0.0)
+        kurt = np.where(live, k4 / np.where(live, k2, 1.0) ** 2, 0.0)
+    a = float(ndtri(1.0 - confidence))
+    c0 = -skew / 6.0
+    c1 = 1.0 - kurt / 8.0 + 5.0 * skew * skew / 36.0
+    c2 = skew / 6.0
+    c3 = kurt / 24.0 - skew * skew / 18.0
+    w = c0 + a * (c1 + a * (c2 + a * c3))
+    phi = _INV_SQRT_2PI * math.exp(-0.5 * a * a)
+    cdf = float(ndtr(a))
+    tail = c0 * cdf - c1 * phi + c2 * (cdf - a * phi) - c3 * (a * a + 2.0) * phi
+
+    def slope(zv: FloatArray | float) -> FloatArray:
+        out: FloatArray = c1 + 2.0 * c2 * zv + 3.0 * c3 * zv * zv
+        return out
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vertex = np.where(c3 != 0.0, -c2 / np.where(c3 != 0.0, 3.0 * c3, 1.0), np.nan)
+    inside = (vertex > _CF_ZMIN) & (vertex < a)
+    lowest = np.minimum(slope(_CF_ZMIN), slope(a))
+    lowest = np.where(inside, np.minimum(lowest, slope(np.where(inside, vertex, a))), lowest)
+
+    none = np.zeros(n, dtype=bool)
+    out: list[BookRisk] = []
+    for b in range(k):
+        sig = float(sigma[b])
+        out.append(
+            BookRisk(
+                Contributions(
+                    sigma_usd=sig,
+                    rc_usd=rc[b],
+                    share=share[b],
+                    budget=budget_n[b],
+                    drift=drift[b],
+                    max_abs_drift=float(max_abs[b]),
+                    half_l1=float(half_l1[b]),
+                    excluded=none,
+                    non_psd=bool(non_psd[b]),
+                ),
+                DeltaNormalVaR(
+                    var_usd=z * sig * root_h,
+                    es_usd=es_mult * sig * root_h,
+                    sigma_usd=sig * root_h,
+                    component_var_usd=unit[b] * z,
+                    component_es_usd=unit[b] * es_mult,
+                    confidence=confidence,
+                    horizon_years=horizon,
+                    excluded=none,
+                    non_psd=bool(non_psd[b]),
+                ),
+                DeltaGammaVaR(
+                    var_usd=float(-(k1[b] + sd[b] * w[b])),
+                    es_usd=float(-(k1[b] + sd[b] * tail[b] / cdf)),
+                    mean_usd=float(k1[b]),
+                    sd_usd=float(sd[b]),
+                    skewness=float(skew[b]),
+                    excess_kurtosis=float(kurt[b]),
+                    cf_monotone=bool(lowest[b] > 0.0),
+                    confidence=confidence,
+                    horizon_years=horizon,
+                    excluded=none,
+                    non_psd=bool(dg_non_psd[b]),
+                ),
+            )
+        )
+    return out
 
 
 # -- scenarios and full revaluation ---------------------------------------------------------

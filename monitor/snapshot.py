@@ -20,8 +20,19 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.events import SCHEMA_VERSION
+from monitor.regime import RegimeFigures
+from monitor.risk import Contributions, DeltaGammaVaR, DeltaNormalVaR
 
-__all__ = ["AccountFigures", "AssetFigures", "PositionTable", "RiskSnapshot", "iso_ms"]
+__all__ = [
+    "AccountFigures",
+    "AccountRisk",
+    "AssetFigures",
+    "FullRevaluationVaR",
+    "PositionTable",
+    "RegimeReport",
+    "RiskSnapshot",
+    "iso_ms",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -116,6 +127,107 @@ class PositionTable:
 
 
 @dataclass(frozen=True, slots=True)
+class FullRevaluationVaR:
+    """Scenario VaR of one book, USD over the VaR horizon; computed on its own, slower clock."""
+
+    var_usd: float
+    es_usd: float
+    worst_usd: float
+    scenarios: int
+    as_of_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRisk:
+    """Risk-parity and VaR figures of one account (or the book).
+
+    Arrays in ``contributions`` and ``delta_normal`` are aligned with ``underlyings`` (every
+    registered underlying); the report lists the ``shown`` ones (held or budgeted).
+    Units: USD; ``volatility`` annualised; VaR/ES over the configured horizon.
+    """
+
+    underlyings: tuple[str, ...]
+    shown: npt.NDArray[np.bool_]
+    contributions: Contributions
+    delta_normal: DeltaNormalVaR
+    delta_gamma: DeltaGammaVaR
+    full_revaluation: FullRevaluationVaR | None
+
+    def report(self) -> dict[str, Any]:
+        c, dn, dg = self.contributions, self.delta_normal, self.delta_gamma
+        contrib: dict[str, Any] = {}
+        components: dict[str, Any] = {}
+        for i in np.flatnonzero(self.shown).tolist():
+            name = self.underlyings[i]
+            contrib[name] = {
+                "usd": _num(c.rc_usd[i]),
+                "share": _num(c.share[i]),
+                "budget": _num(c.budget[i]),
+                "drift": _num(c.drift[i]),
+            }
+            components[name] = _num(dn.component_var_usd[i])
+        fr = self.full_revaluation
+        return {
+            "volatility_usd": _num(c.sigma_usd),
+            "contributions": contrib,
+            "concentration": {"max_abs_drift": _num(c.max_abs_drift), "half_l1": _num(c.half_l1)},
+            "risk_excluded": [self.underlyings[i] for i in np.flatnonzero(c.excluded).tolist()],
+            "var": {
+                "confidence": dn.confidence,
+                "horizon_days": dn.horizon_years * 365.0,
+                "delta_normal": {
+                    "var_usd": _num(dn.var_usd),
+                    "es_usd": _num(dn.es_usd),
+                    "components": components,
+                },
+                "delta_gamma": {
+                    "var_usd": _num(dg.var_usd),
+                    "es_usd": _num(dg.es_usd),
+                    "skewness": _num(dg.skewness),
+                    "excess_kurtosis": _num(dg.excess_kurtosis),
+                    "cf_monotone": dg.cf_monotone,
+                },
+                "full_revaluation": None
+                if fr is None
+                else {
+                    "var_usd": _num(fr.var_usd),
+                    "es_usd": _num(fr.es_usd),
+                    "worst_usd": _num(fr.worst_usd),
+                    "scenarios": fr.scenarios,
+                    "as_of": iso_ms(fr.as_of_ms),
+                },
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RegimeReport:
+    """Regime figures now and their slow baselines (``monitor.regime``), per underlying."""
+
+    underlyings: tuple[str, ...]
+    current: RegimeFigures
+    baseline: RegimeFigures
+
+    def report(self) -> dict[str, Any]:
+        cur, base = self.current, self.baseline
+        per: dict[str, Any] = {}
+        for i, name in enumerate(self.underlyings):
+            per[name] = {
+                "vol_ratio": _num(cur.vol_ratio[i]),
+                "vol_ratio_baseline": _num(base.vol_ratio[i]),
+                "realised_to_implied": _num(cur.realised_to_implied[i]),
+                "realised_to_implied_baseline": _num(base.realised_to_implied[i]),
+            }
+        return {
+            "underlyings": per,
+            "average_correlation": _num(cur.average_correlation),
+            "average_correlation_baseline": _num(base.average_correlation),
+            "absorption_ratio": _num(cur.absorption_ratio),
+            "absorption_ratio_baseline": _num(base.absorption_ratio),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class AccountFigures:
     """Figures of one account (or of the whole book, for ``total``).
 
@@ -130,6 +242,7 @@ class AccountFigures:
     greeks: Mapping[str, float]
     exposure_usd: Mapping[str, float]
     extra: Mapping[str, Any] = field(default_factory=dict)
+    risk: AccountRisk | None = None
 
     def report(self, *, with_positions: bool = True) -> dict[str, Any]:
         doc: dict[str, Any] = {}
@@ -137,6 +250,8 @@ class AccountFigures:
             doc["positions"] = self.positions.rows()
         doc["greeks"] = {k: _num(v) for k, v in self.greeks.items()}
         doc["exposure_usd"] = {k: _num(v) for k, v in self.exposure_usd.items()}
+        if self.risk is not None:
+            doc.update(self.risk.report())
         doc.update(self.extra)
         return doc
 
@@ -152,6 +267,7 @@ class RiskSnapshot:
     total: AccountFigures
     alerts: tuple[Mapping[str, Any], ...] = ()
     evaluation_seconds: float = 0.0
+    regime: RegimeReport | None = None
 
     def report(self) -> dict[str, Any]:
         """The report document (README "Report JSON")."""
@@ -173,5 +289,6 @@ class RiskSnapshot:
             "correlation": {"assets": list(a.names), "matrix": matrix},
             "accounts": {name: acc.report() for name, acc in sorted(self.accounts.items())},
             "total": self.total.report(with_positions=False),
+            "regime": None if self.regime is None else self.regime.report(),
             "alerts": [dict(x) for x in self.alerts],
         }

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -22,9 +22,10 @@ import numpy.typing as npt
 from monitor.greeks import black76
 from monitor.implied_vol import IVReason, implied_vol
 from monitor.instruments import InstrumentRegistry
+from monitor.risk import OptionPositions
 from monitor.snapshot import AccountFigures, PositionTable
 
-__all__ = ["Book", "MarketArrays", "build_book", "value_book"]
+__all__ = ["Book", "BookValues", "MarketArrays", "build_book", "value_book"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -94,13 +95,49 @@ class MarketArrays:
     forward: FloatArray
 
 
+@dataclass(frozen=True, slots=True)
+class BookValues:
+    """The valued book: per-account figures plus the matrices the risk stage needs.
+
+    Matrices have one row per account (``account_names`` order) and one column per
+    registered underlying; unpriced positions contribute nothing to them.
+
+    Attributes
+    ----------
+    exposure
+        ``delta_usd`` summed per account and underlying (the exposure vector x), USD.
+    gamma_cash
+        ``gamma x S^2`` summed likewise: USD P&L per unit log-return squared (x 2).
+    linear_usd
+        ``delta_usd`` of spot, perpetuals and futures only (their full-revaluation value).
+    held
+        Whether the account holds anything on that underlying.
+    options
+        Priced option positions deduplicated per instrument, ``quantity`` of shape
+        ``(instruments, accounts)`` in underlying units; ``None`` without options.
+    marked_iv
+        ``(underlyings,)``: |vega|-weighted IV of the book's priced options, the IV the book
+        is marked at; NaN where it holds none.
+    """
+
+    accounts: dict[str, AccountFigures]
+    total: AccountFigures
+    account_names: tuple[str, ...]
+    exposure: FloatArray
+    gamma_cash: FloatArray
+    linear_usd: FloatArray
+    held: npt.NDArray[np.bool_]
+    options: OptionPositions | None
+    marked_iv: FloatArray
+
+
 def value_book(
     book: Book,
     market: MarketArrays,
     registry: InstrumentRegistry,
     as_of_ms: int,
-) -> tuple[dict[str, AccountFigures], AccountFigures]:
-    """Value every position and sum per account; returns ``(accounts, total)``.
+) -> BookValues:
+    """Value every position and sum per account.
 
     Options without a venue IV get one solved from their mark; ``total.extra["iv_unsolved"]``
     counts positions whose IV could not be solved, by reason. Positions whose underlying has
@@ -110,7 +147,10 @@ def value_book(
     n_und = len(registry.underlyings)
     if book.size == 0:
         empty = AccountFigures(None, dict.fromkeys(GREEK_KEYS, 0.0), {})
-        return {}, empty
+        zeros = np.zeros((0, n_und))
+        return BookValues(
+            {}, empty, (), zeros, zeros, zeros, zeros.astype(bool), None, np.full(n_und, np.nan)
+        )
 
     i = book.instrument
     kind = registry.column("kind_code")[i]
@@ -121,6 +161,7 @@ def value_book(
     q = book.quantity * mult
 
     is_opt = kind == _OPTION
+    opt_inputs: tuple[npt.NDArray[Any], ...] | None = None
     iv_unsolved: dict[str, int] = {}
     unit_value = price.copy()
     unit_delta = np.ones_like(price)
@@ -150,6 +191,7 @@ def value_book(
             for code, count in zip(*np.unique(bad, return_counts=True), strict=True):
                 iv_unsolved[IVReason(int(code)).name.lower()] = int(count)
         g = black76(fwd, strike, t, vol, is_call)
+        opt_inputs = (oi, fwd, strike, t, vol, is_call)
         unit_value[o] = np.where(np.isfinite(mark_usd), mark_usd, g.price)
         unit_delta[o] = g.delta
         unit_gamma[o] = g.gamma
@@ -182,8 +224,13 @@ def value_book(
     n_acc = len(book.accounts)
     acc_idx = np.repeat(np.arange(n_acc), np.diff(book.starts))
     flat = acc_idx * n_und + book.underlying
-    exposure = np.bincount(flat, weights=clean_dusd, minlength=n_acc * n_und).reshape(n_acc, n_und)
-    held = np.bincount(flat, minlength=n_acc * n_und).reshape(n_acc, n_und) > 0
+    shape = (n_acc, n_und)
+    size = n_acc * n_und
+    exposure = _weighted_counts(flat, clean_dusd, size).reshape(shape)
+    held = np.bincount(flat, minlength=size).reshape(shape) > 0
+    gamma_cash = _weighted_counts(flat, np.where(unpriced, 0.0, gamma * spot * spot), size)
+    gamma_cash = gamma_cash.reshape(shape)
+    linear_usd = _weighted_counts(flat, np.where(is_opt, 0.0, clean_dusd), size).reshape(shape)
     unpriced_count = _segment_sums(unpriced.astype(np.float64), book.starts)
 
     accounts: dict[str, AccountFigures] = {}
@@ -213,7 +260,64 @@ def value_book(
         },
         extra={"unpriced_positions": int(unpriced.sum()), "iv_unsolved": iv_unsolved},
     )
-    return accounts, total
+    options, marked_iv = _option_book(
+        opt_inputs,
+        is_opt & ~unpriced,
+        is_opt,
+        acc_idx,
+        book.underlying,
+        q,
+        table_all["vega"],
+        n_acc,
+        n_und,
+    )
+    return BookValues(
+        accounts, total, book.accounts, exposure, gamma_cash, linear_usd, held, options, marked_iv
+    )
+
+
+def _option_book(
+    inputs: tuple[npt.NDArray[Any], ...] | None,
+    priced: npt.NDArray[np.bool_],
+    is_opt: npt.NDArray[np.bool_],
+    acc_idx: IntArray,
+    und: IntArray,
+    q: FloatArray,
+    vega: FloatArray,
+    n_acc: int,
+    n_und: int,
+) -> tuple[OptionPositions | None, FloatArray]:
+    """Priced options per instrument x account, and the |vega|-weighted IV per underlying."""
+    marked = np.full(n_und, np.nan)
+    if inputs is None or not priced.any():
+        return None, marked
+    inst, fwd, strike, t, vol, is_call = inputs
+    keep = priced[is_opt]  # option rows (in ``inputs`` order) that are priced
+    rows = np.flatnonzero(priced)
+    uniq, first, inverse = np.unique(inst[keep], return_index=True, return_inverse=True)
+    qty = np.zeros((len(uniq), n_acc))
+    np.add.at(qty, (inverse, acc_idx[rows]), q[rows])
+    options = OptionPositions(
+        underlying=und[rows][first],
+        forward=fwd[keep][first],
+        strike=strike[keep][first],
+        t=t[keep][first],
+        vol=vol[keep][first],
+        is_call=is_call[keep][first],
+        quantity=qty,
+    )
+    w = np.abs(vega[rows])
+    den = _weighted_counts(und[rows], w, n_und)
+    num = _weighted_counts(und[rows], w * vol[keep], n_und)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        marked = np.where(den > 0, num / den, np.nan)
+    return options, marked
+
+
+def _weighted_counts(index: IntArray, weights: FloatArray, size: int) -> FloatArray:
+    """``sum(weights[index == j])`` for ``j < size`` (a float ``np.bincount``)."""
+    out: FloatArray = np.bincount(index, weights=weights, minlength=size).astype(np.float64)
+    return out
 
 
 def _segment_sums(values: FloatArray, starts: IntArray) -> FloatArray:

@@ -297,3 +297,97 @@ def test_exposition_passes_promtool_check_metrics() -> None:
     )
 
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+
+
+def engine_snapshot() -> RiskSnapshot:
+    """A real evaluation: two accounts, a budget, venue margin, warm estimates."""
+    from monitor.engine import Engine, EngineSettings
+    from monitor.evaluation import RiskSettings
+    from monitor.events import AccountEvent, Event, PositionEvent, PriceEvent
+
+    settings = EngineSettings(
+        sample_interval_ms=1_000,
+        halflife_ms=20_000,
+        fast_halflife_ms=5_000,
+        warmup_ms=5_000,
+        max_gap_ms=60_000,
+        eval_interval_ms=1_000,
+    )
+    eng = Engine(settings, risk=RiskSettings(budgets={"main": {"BTC": 2.0, "ETH": 1.0}}))
+    rng = np.random.default_rng(1)
+    btc, eth = 90_000.0, 3_000.0
+    events: list[Event] = [
+        PositionEvent(AS_OF_MS, "main", "BTC-PERPETUAL", 2.0),
+        PositionEvent(AS_OF_MS, "main", "ETH-PERPETUAL", -10.0),
+        PositionEvent(AS_OF_MS, "hedged", "BTC_USDC", 1.0),
+        PositionEvent(AS_OF_MS, "hedged", "BTC-PERPETUAL", -1.0),
+        AccountEvent(AS_OF_MS, "main", 500_000.0, 60_000.0, 40_000.0),
+    ]
+    for k in range(60):
+        btc *= math.exp(0.002 * rng.standard_normal())
+        eth *= math.exp(0.003 * rng.standard_normal())
+        events += [
+            PriceEvent(AS_OF_MS + 1_000 * k, "BTC", btc),
+            PriceEvent(AS_OF_MS + 1_000 * k, "ETH", eth),
+        ]
+    eng.replay(events, "t")
+    return eng.evaluate(AS_OF_MS + 60_000)
+
+
+def test_risk_margin_and_regime_figures_equal_the_snapshot() -> None:
+    snap = engine_snapshot()
+    registry, _ = build_registry(View(snapshot=snap), process_metrics=False)
+    main = snap.accounts["main"]
+    risk = main.risk
+    assert risk is not None
+    c = risk.contributions
+    assert value(registry, "riskmon_account_volatility_usd", account="main") == c.sigma_usd
+    for i, name in enumerate(risk.underlyings):
+        assert value(registry, "riskmon_account_risk_share", account="main", underlying=name) == (
+            float(c.share[i])
+        )
+        assert value(registry, "riskmon_account_risk_budget", account="main", underlying=name) == (
+            pytest.approx(2 / 3 if name == "BTC" else 1 / 3)
+        )
+    assert value(
+        registry, "riskmon_account_var_usd", account="main", method="delta_normal"
+    ) == pytest.approx(risk.delta_normal.var_usd)
+    full = risk.full_revaluation
+    assert full is not None
+    assert value(
+        registry, "riskmon_account_es_usd", account="main", method="full_revaluation"
+    ) == pytest.approx(full.es_usd)
+    total = snap.total.risk
+    assert total is not None
+    assert value(registry, "riskmon_book_var_usd", method="delta_gamma") == pytest.approx(
+        total.delta_gamma.var_usd
+    )
+    # a perfectly hedged account has no risk share to speak of: not exported, not NaN
+    assert value(registry, "riskmon_account_risk_share", account="hedged", underlying="BTC") is None
+    assert value(registry, "riskmon_account_volatility_usd", account="hedged") == 0.0
+    assert value(registry, "riskmon_account_margin_utilization_ratio", account="main") == (
+        pytest.approx(40_000 / 500_000)
+    )
+    assert value(registry, "riskmon_account_margin_headroom_usd", account="main") == 460_000.0
+    assert snap.regime is not None
+    assert value(registry, "riskmon_regime_average_correlation") == pytest.approx(
+        snap.regime.current.average_correlation
+    )
+    assert value(registry, "riskmon_regime_vol_ratio_baseline", underlying="ETH") == (
+        pytest.approx(float(snap.regime.baseline.vol_ratio[1]))
+    )
+
+
+def test_full_exposition_passes_promtool_check_metrics() -> None:
+    registry, _ = build_registry(View(snapshot=engine_snapshot()))
+    exposition = generate_latest(registry)
+    assert b"riskmon_account_var_usd{" in exposition
+    assert b"riskmon_regime_absorption_ratio " in exposition
+    result = subprocess.run(
+        [promtool(), "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")

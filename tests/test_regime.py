@@ -114,8 +114,9 @@ def test_baseline_scalar_growth_and_time_order() -> None:
     assert float(b.update(2.0, 0)) == 2.0
     assert float(b.update(4.0, 1_000)) == pytest.approx(3.0)  # one halflife: halfway
     assert float(b.update(4.0, 1_000)) == pytest.approx(3.0)  # no time: no move
-    with pytest.raises(ValueError, match="backwards"):
-        b.update(1.0, 999)
+    # a wall clock stepping back: no time elapsed, the baseline holds, its clock stays
+    assert float(b.update(1.0, 999)) == pytest.approx(3.0)
+    assert float(b.update(4.0, 2_000)) == pytest.approx(3.5)  # one halflife after 1_000
     g = RegimeBaseline(1_000)
     g.update([1.0, 1.0], 0)
     out = g.update([3.0, 3.0, 7.0], 1_000)  # a new underlying appended

@@ -19,6 +19,7 @@ from monitor.greeks import black76
 from monitor.risk import (
     DEFAULT_HORIZON,
     OptionPositions,
+    book_risk,
     complete_assets,
     contributions,
     normal_draws,
@@ -507,3 +508,51 @@ def test_option_decay_over_horizon_is_in_the_pnl() -> None:
     pnl = revalue(np.zeros((2, 1)), DEFAULT_HORIZON, options=book).pnl_usd
     theta = black76(60_000.0, 60_000.0, 0.5, 0.6, True).theta
     assert pnl[0] == pytest.approx(float(theta), rel=2e-3)
+
+
+# -- book_risk: all books at once equals one at a time --------------------------------------
+
+
+def _assert_same(a: object, b: object) -> None:
+    for name in a.__dataclass_fields__:  # type: ignore[attr-defined]
+        va, vb = getattr(a, name), getattr(b, name)
+        if isinstance(va, np.ndarray):
+            np.testing.assert_allclose(va, vb, rtol=1e-10, atol=1e-9, equal_nan=True, err_msg=name)
+        elif isinstance(va, float):
+            if math.isnan(va):
+                assert math.isnan(vb), name
+            else:
+                assert va == pytest.approx(vb, rel=1e-10, abs=1e-9), name
+        else:
+            assert va == vb, name
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["complete-cov", "warm-up-fallback"])
+def test_book_risk_equals_single_book_functions(warm: bool) -> None:
+    rng = np.random.default_rng(5)
+    n = 6
+    a = rng.standard_normal((n, n))
+    cov = (a @ a.T + n * np.eye(n)) * 0.02
+    if not warm:
+        cov[5, :] = cov[:, 5] = np.nan  # an asset without returns yet
+    x = rng.normal(0.0, 1e6, (6, n))
+    x[0] = 0.0  # a flat book
+    x[1, 2:] = 0.0
+    x[1, 1] = -x[1, 0]  # a hedge
+    x[2, 3] = 0.0
+    g = rng.normal(0.0, 1e7, (6, n)) * (rng.random((6, n)) < 0.5)
+    g[3] = 0.0
+    x[4] = 0.0  # gamma only
+    budgets: list[npt.NDArray[np.float64] | None] = [
+        None,
+        None,
+        np.array([0.5, 0.0, 0.2, 0.3, 0.0, 0.0]),
+        None,
+        np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0]),
+        np.ones(n),
+    ]
+    got = book_risk(x, g, cov, budgets, 0.99, 1 / 365)
+    for b in range(6):
+        _assert_same(got[b].contributions, contributions(x[b], cov, budgets[b]))
+        _assert_same(got[b].delta_normal, var_delta_normal(x[b], cov, 0.99, 1 / 365))
+        _assert_same(got[b].delta_gamma, var_delta_gamma(x[b], g[b], cov, 0.99, 1 / 365))

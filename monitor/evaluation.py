@@ -1,0 +1,260 @@
+"""One evaluation: engine state in, an immutable :class:`RiskSnapshot` out.
+
+Stages, each a pure function of its inputs (``monitor.valuation``, ``monitor.risk``,
+``monitor.regime``): value the book; per account and for the whole book, Euler risk
+contributions against the risk-parity budget and parametric VaR/ES; full-revaluation VaR
+over a scenario set on its own slower clock (``risk.scenario_interval``, event time, so a
+replay recomputes it at the same moments); regime figures against their slow baselines;
+venue-reported margin. The :class:`Evaluator` holds only what evaluations carry forward:
+the regime baselines and the last scenario VaR.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from monitor.estimator import RollingEstimator
+from monitor.instruments import InstrumentRegistry
+from monitor.regime import RegimeBaselines, regime_figures
+from monitor.risk import (
+    OptionPositions,
+    book_risk,
+    revalue,
+    scenario_returns,
+    var_full_revaluation,
+)
+from monitor.snapshot import (
+    AccountFigures,
+    AccountRisk,
+    AssetFigures,
+    FullRevaluationVaR,
+    RegimeReport,
+    RiskSnapshot,
+)
+from monitor.valuation import Book, BookValues, MarketArrays, value_book
+
+__all__ = ["AccountState", "Evaluator", "RiskSettings"]
+
+FloatArray = npt.NDArray[np.float64]
+MS_PER_YEAR: Final = 365.0 * 86_400_000.0
+_SCENARIO_SEED: Final = 0  # fixed: the same scenarios every time, so VaR moves with the book
+
+
+@dataclass(frozen=True, slots=True)
+class RiskSettings:
+    """``[risk]`` in the config. Durations in milliseconds."""
+
+    var_confidence: float = 0.99
+    var_horizon_ms: int = 86_400_000
+    budgets: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    var_scenarios: int = 1_000
+    scenario_interval_ms: int = 5_000
+    regime_halflife_ms: int = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """The last venue-reported account figures (USD), with their event time."""
+
+    ts_ms: int
+    equity: float
+    initial_margin: float | None
+    maintenance_margin: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class UnderlyingPrices:
+    """Index price and its tick time per underlying (registry order)."""
+
+    price: FloatArray
+    ts_ms: npt.NDArray[np.int64]
+
+
+class Evaluator:
+    """Builds snapshots; carries regime baselines and the scenario VaR between evaluations."""
+
+    def __init__(self, settings: RiskSettings | None = None) -> None:
+        self.settings = settings or RiskSettings()
+        self._baselines = RegimeBaselines(self.settings.regime_halflife_ms)
+        self._scenario_next = -(2**62)
+        self._full: dict[str, FullRevaluationVaR] = {}
+
+    def evaluate(
+        self,
+        as_of_ms: int,
+        seq: int,
+        registry: InstrumentRegistry,
+        estimator: RollingEstimator,
+        book: Book,
+        market: MarketArrays,
+        prices: UnderlyingPrices,
+        venue: Mapping[str, AccountState],
+    ) -> RiskSnapshot:
+        s = self.settings
+        n_und = len(registry.underlyings)
+        cov = _pad(estimator.covariance() if estimator.n_assets else np.zeros((0, 0)), n_und)
+        assets = _asset_figures(registry, estimator, prices, n_und)
+        values = value_book(book, market, registry, as_of_ms)
+        horizon = s.var_horizon_ms / MS_PER_YEAR
+        if as_of_ms >= self._scenario_next:
+            self._full = self._full_revaluation(values, cov, horizon, as_of_ms)
+            self._scenario_next = as_of_ms + s.scenario_interval_ms
+
+        names = tuple(registry.underlyings)
+        book_names = values.account_names
+        held_any: npt.NDArray[np.bool_] = np.any(values.held, axis=0)
+        x = np.vstack([values.exposure, values.exposure.sum(axis=0)])
+        g = np.vstack([values.gamma_cash, values.gamma_cash.sum(axis=0)])
+        held = np.vstack([values.held, held_any])
+        budgets = [self._budget(names, s.budgets.get(a)) for a in book_names] + [None]
+        risks = book_risk(x, g, cov, budgets, s.var_confidence, horizon)
+
+        def account_risk(j: int, key: str) -> AccountRisk:
+            budget = budgets[j]
+            shown = held[j] if budget is None else held[j] | (budget > 0)
+            r = risks[j]
+            return AccountRisk(
+                names, shown, r.contributions, r.delta_normal, r.delta_gamma, self._full.get(key)
+            )
+
+        accounts: dict[str, AccountFigures] = {}
+        for j, name in enumerate(book_names):
+            fig = values.accounts[name]
+            extra = _margin(fig, venue.get(name), as_of_ms)
+            accounts[name] = replace(fig, risk=account_risk(j, name), extra=extra)
+        for name, st in venue.items():  # accounts with margin but no positions
+            if name not in accounts:
+                empty = AccountFigures(None, {}, {})
+                accounts[name] = replace(empty, extra=_margin(empty, st, as_of_ms))
+        total = replace(values.total, risk=account_risk(len(book_names), _BOOK))
+
+        current = regime_figures(
+            assets.volatility,
+            assets.volatility_fast,
+            assets.correlation,
+            values.marked_iv,
+            assets=assets.warm,
+        )
+        baseline = self._baselines.update(current, as_of_ms)
+        return RiskSnapshot(
+            as_of_ms=as_of_ms,
+            seq=seq,
+            assets=assets,
+            accounts=accounts,
+            total=total,
+            regime=RegimeReport(names, current, baseline),
+        )
+
+    @staticmethod
+    def _budget(
+        names: tuple[str, ...], weights: Mapping[str, float] | None
+    ) -> npt.NDArray[np.float64] | None:
+        """An account's configured budget over the registry's underlyings, or None.
+
+        None (the default budget: equal over what the account holds) also when none of the
+        budgeted underlyings has been seen yet.
+        """
+        if not weights:
+            return None
+        b = np.array([weights.get(n, 0.0) for n in names])
+        return b if b.sum() > 0 else None
+
+    def _full_revaluation(
+        self, values: BookValues, cov: FloatArray, horizon: float, as_of_ms: int
+    ) -> dict[str, FullRevaluationVaR]:
+        """Scenario VaR of every account and of the book in one revaluation pass."""
+        s = self.settings
+        k = len(values.account_names)
+        if k == 0 or cov.shape[0] == 0:
+            return {}
+        scen = scenario_returns(cov, horizon, s.var_scenarios, seed=_SCENARIO_SEED)
+        linear = values.linear_usd.T  # (n_und, k)
+        linear = np.concatenate([linear, linear.sum(axis=1, keepdims=True)], axis=1)
+        options = values.options
+        if options is not None:
+            q = options.quantity
+            options = OptionPositions(
+                underlying=options.underlying,
+                forward=options.forward,
+                strike=options.strike,
+                t=options.t,
+                vol=options.vol,
+                is_call=options.is_call,
+                quantity=np.concatenate([q, q.sum(axis=1, keepdims=True)], axis=1),
+            )
+        pnl = revalue(scen.returns, horizon, linear_usd=linear, options=options)
+        var = var_full_revaluation(pnl.pnl_usd, s.var_confidence)
+        out: dict[str, FullRevaluationVaR] = {}
+        for j, name in enumerate((*values.account_names, _BOOK)):
+            out[name] = FullRevaluationVaR(
+                var_usd=float(var.var_usd[j]),
+                es_usd=float(var.es_usd[j]),
+                worst_usd=float(var.worst_usd[j]),
+                scenarios=var.n_scenarios,
+                as_of_ms=as_of_ms,
+            )
+        return out
+
+
+_BOOK: Final = "\0book"  # key of the whole-book scenario VaR; never an account name
+
+
+def _pad(cov: FloatArray, n: int) -> FloatArray:
+    """The estimator learns of an underlying at its first sample: pad with NaN until then."""
+    if cov.shape[0] == n:
+        return cov
+    out = np.full((n, n), np.nan)
+    m = cov.shape[0]
+    out[:m, :m] = cov
+    return out
+
+
+def _fit(a: npt.NDArray[Any], n: int, fill: Any) -> npt.NDArray[Any]:
+    if len(a) == n:
+        return a
+    out = np.full((n, *a.shape[1:]), fill, dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+def _asset_figures(
+    registry: InstrumentRegistry,
+    est: RollingEstimator,
+    prices: UnderlyingPrices,
+    n: int,
+) -> AssetFigures:
+    has = est.n_assets > 0
+    return AssetFigures(
+        names=tuple(registry.underlyings),
+        price=prices.price,
+        price_ts_ms=prices.ts_ms,
+        volatility=_fit(est.volatility() if has else np.zeros(0), n, np.nan),
+        volatility_fast=_fit(est.volatility(fast=True) if has else np.zeros(0), n, np.nan),
+        returns=_fit(est.returns if has else np.zeros(0, dtype=np.int64), n, 0),
+        warm=_fit(est.warm if has else np.zeros(0, dtype=bool), n, False),
+        correlation=_pad(est.correlation() if has else np.zeros((0, 0)), n),
+    )
+
+
+def _margin(fig: AccountFigures, st: AccountState | None, as_of_ms: int) -> Mapping[str, Any]:
+    """Venue-reported margin (report ``accounts.<a>.margin``), when the venue sent any."""
+    if st is None:
+        return fig.extra
+    mm, im = st.maintenance_margin, st.initial_margin
+    positive = st.equity > 0 and math.isfinite(st.equity)
+    margin = {
+        "equity": st.equity,
+        "initial_margin": im,
+        "maintenance_margin": mm,
+        "utilization": mm / st.equity if mm is not None and positive else None,
+        "initial_utilization": im / st.equity if im is not None and positive else None,
+        "headroom_usd": st.equity - mm if mm is not None else None,
+        "age_seconds": max(0, as_of_ms - st.ts_ms) / 1000.0,
+    }
+    return {**fig.extra, "margin": margin}
