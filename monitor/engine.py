@@ -97,6 +97,7 @@ class Engine:
         self._price_ts = np.zeros(cap, dtype=np.int64)
         self._iv = np.full(cap, np.nan)
         self._fwd = np.full(cap, np.nan)
+        self._venue_greeks = np.full((cap, 4), np.nan)  # delta, gamma, vega, theta per unit
         self._positions: dict[str, dict[int, float]] = {}
         self._accounts: dict[str, AccountState] = {}
         self._book: Book | None = None
@@ -150,15 +151,7 @@ class Engine:
             if type(ev) is PriceEvent:
                 i = index.get(ev.instrument)
                 if i is not None:
-                    ts_ms: int = ev.ts
-                    if ts_ms > self._grid_next:
-                        self._close_grid(ts_ms)
-                    self._price[i] = ev.price
-                    self._price_ts[i] = ts_ms
-                    if ev.iv is not None:
-                        self._iv[i] = ev.iv
-                    if ev.underlying_price is not None:
-                        self._fwd[i] = ev.underlying_price
+                    self._set_price(i, ev)
                     if self._recorder is not None:
                         self._recorder.write(ev)
                     prices += 1
@@ -189,10 +182,13 @@ class Engine:
         self._price_ts = np.concatenate([self._price_ts, np.zeros(new - cap, dtype=np.int64)])
         self._iv = np.concatenate([self._iv, np.full(new - cap, np.nan)])
         self._fwd = np.concatenate([self._fwd, np.full(new - cap, np.nan)])
+        self._venue_greeks = np.concatenate([self._venue_greeks, np.full((new - cap, 4), np.nan)])
 
     def _apply_price(self, ev: PriceEvent) -> None:
-        i = self._slot(ev.instrument)
-        ts: int = ev.ts  # normalized to int ms at decode
+        self._set_price(self._slot(ev.instrument), ev)
+
+    def _set_price(self, i: int, ev: PriceEvent) -> None:
+        ts = ev.ts
         if ts > self._grid_next:
             self._close_grid(ts)
         self._price[i] = ev.price
@@ -201,6 +197,9 @@ class Engine:
             self._iv[i] = ev.iv
         if ev.underlying_price is not None:
             self._fwd[i] = ev.underlying_price
+        if ev.greeks is not None:
+            g = ev.greeks
+            self._venue_greeks[i] = (g.delta, g.gamma, g.vega, g.theta)  # None -> NaN
 
     def _apply_position(self, ev: PositionEvent) -> None:
         i = self._slot(ev.instrument)
@@ -299,7 +298,12 @@ class Engine:
             reg,
             self.estimator,
             self._book,
-            MarketArrays(price=self._price[:n], iv=self._iv[:n], forward=self._fwd[:n]),
+            MarketArrays(
+                price=self._price[:n],
+                iv=self._iv[:n],
+                forward=self._fwd[:n],
+                venue_greeks=self._venue_greeks[:n],
+            ),
             UnderlyingPrices(und_price.copy(), self._price_ts[self._und_index_inst]),
             self._accounts,
         )

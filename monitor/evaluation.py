@@ -102,7 +102,11 @@ class Evaluator:
         assets = _asset_figures(registry, estimator, prices, n_und)
         values = value_book(book, market, registry, as_of_ms)
         horizon = s.var_horizon_ms / MS_PER_YEAR
-        if as_of_ms >= self._scenario_next:
+        # Due on its clock, or as soon as an account has no figure yet (the first positions
+        # after start, a new account), so nobody waits a whole interval for it.
+        if as_of_ms >= self._scenario_next or any(
+            a not in self._full for a in values.account_names
+        ):
             self._full = self._full_revaluation(values, cov, horizon, as_of_ms)
             self._scenario_next = as_of_ms + s.scenario_interval_ms
 

@@ -29,6 +29,7 @@ __all__ = [
     "PriceEvent",
     "Reason",
     "Rejected",
+    "VenueGreeks",
     "encode_event",
     "normalize",
     "to_epoch_ms",
@@ -69,11 +70,25 @@ class InstrumentEvent(Struct, tag_field="type", tag="instrument", omit_defaults=
     ts: EventTs | None = None
 
 
+class VenueGreeks(Struct, omit_defaults=True, gc=False):
+    """An option's Greeks as the venue publishes them, per one unit of underlying.
+
+    Units as riskmon's own (DESIGN.md "Units"): ``delta`` underlying units, ``gamma`` per
+    1 USD move, ``vega`` USD per vol point, ``theta`` USD per calendar day. A connector
+    converts its venue's units into these; riskmon reports the difference from its own.
+    """
+
+    delta: float | None = None
+    gamma: float | None = None
+    vega: float | None = None
+    theta: float | None = None
+
+
 class PriceEvent(Struct, tag_field="type", tag="price", omit_defaults=True, gc=False):
     """A mark price. USD per underlying unit, except inverse options: coin per underlying unit.
 
     ``iv`` is annualised (decimal, 0.55 = 55%); ``underlying_price`` is the forward the venue
-    prices the option against (USD).
+    prices the option against (USD); ``greeks`` what the venue says the option's Greeks are.
     """
 
     ts: EventTs
@@ -81,6 +96,7 @@ class PriceEvent(Struct, tag_field="type", tag="price", omit_defaults=True, gc=F
     price: Positive
     iv: Positive | None = None
     underlying_price: Positive | None = None
+    greeks: VenueGreeks | None = None
 
 
 class PositionEvent(Struct, tag_field="type", tag="position", omit_defaults=True, gc=False):

@@ -54,6 +54,7 @@ Risk figures from the snapshot (name, type, labels)::
     riskmon_book_vega_usd, riskmon_book_theta_usd      gauge
     riskmon_account_unpriced_positions                 gauge      account
     riskmon_iv_unsolved_positions                      gauge      reason
+    riskmon_account_greeks_vs_venue                    gauge      account, greek
     riskmon_account_volatility_usd     (annualised)    gauge      account
     riskmon_account_risk_share                         gauge      account, underlying
     riskmon_account_risk_budget                        gauge      account, underlying
@@ -100,6 +101,9 @@ Conventions:
   ``max_abs_drift`` or ``half_l1``. Risk shares, budgets and drift are exported for the
   underlyings an account holds or has a budget for.
 - Margin figures exist for accounts whose venue sent an ``account`` event.
+- ``riskmon_account_greeks_vs_venue``: riskmon's Greeks minus the venue's, summed over the
+  positions the venue published Greeks for; ``greek`` is ``delta_usd``, ``gamma_usd``,
+  ``vega`` or ``theta`` (USD units as above). Exported only for such accounts.
 - Correlation: each unordered pair once, ``underlying_a < underlying_b`` (string order); the
   diagonal is not exported.
 - The whole book (``RiskSnapshot.total``) is exported as separate ``riskmon_book_*`` metrics,
@@ -297,6 +301,11 @@ class _Families:
             "riskmon_account_unpriced_positions",
             "Positions left out of the sums: no index price, or an option without an IV.",
             ("account",),
+        )
+        self.vs_venue = g(
+            "riskmon_account_greeks_vs_venue",
+            "Our Greeks minus the venue's over the positions it published them for (USD units).",
+            ("account", "greek"),
         )
         self.iv_unsolved = g(
             "riskmon_iv_unsolved_positions",
@@ -542,6 +551,10 @@ def _account(f: _Families, account: str, figures: AccountFigures) -> None:
         f.acct_unpriced.add_metric(labels, unpriced)
     if figures.risk is not None:
         f.risk["account"].put(labels, figures.risk)
+    vs_venue = figures.extra.get("greeks_vs_venue")
+    if vs_venue is not None:
+        for greek in ("delta_usd", "gamma_usd", "vega", "theta"):
+            _put(f.vs_venue, (account, greek), vs_venue[greek])
     margin = figures.extra.get("margin")
     if margin is not None:
         for key, family in f.margin.items():

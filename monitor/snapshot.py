@@ -88,6 +88,8 @@ class PositionTable:
     ``gamma_usd`` USD change of ``delta_usd`` for a 1% move, ``vega`` USD per vol point,
     ``theta`` USD per calendar day. ``value_usd`` is the mark value: premium for options,
     notional for spot, perpetuals and futures. ``iv`` is NaN for non-options.
+    ``delta_coin`` (inverse options only, else NaN): the coin-terms delta a coin-margined
+    account carries, ``delta - coin premium`` (``monitor.greeks.coin_delta``).
     """
 
     instrument: tuple[str, ...]
@@ -102,6 +104,7 @@ class PositionTable:
     gamma_usd: FloatArray
     vega: FloatArray
     theta: FloatArray
+    delta_coin: FloatArray
 
     def rows(self) -> list[dict[str, Any]]:
         cols = (
@@ -115,6 +118,7 @@ class PositionTable:
             "gamma_usd",
             "vega",
             "theta",
+            "delta_coin",
         )
         arrays = [getattr(self, c).tolist() for c in cols]
         out: list[dict[str, Any]] = []

@@ -19,7 +19,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from monitor.greeks import black76
+from monitor.greeks import black76, coin_delta
 from monitor.implied_vol import IVReason, implied_vol
 from monitor.instruments import InstrumentRegistry
 from monitor.risk import OptionPositions
@@ -88,11 +88,14 @@ class MarketArrays:
     ``price``: mark (USD per underlying unit; coin for inverse options), NaN before the
     first tick. ``iv``: annualised decimal, NaN when the venue sends none.
     ``forward``: the venue's ``underlying_price`` (USD), NaN when none.
+    ``venue_greeks``: ``(n, 4)`` delta, gamma, vega, theta per unit as the venue published
+    them (``monitor.events.VenueGreeks`` units), NaN where it did not.
     """
 
     price: FloatArray
     iv: FloatArray
     forward: FloatArray
+    venue_greeks: FloatArray
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,8 @@ def value_book(
     is_opt = kind == _OPTION
     opt_inputs: tuple[npt.NDArray[Any], ...] | None = None
     iv_unsolved: dict[str, int] = {}
+    unit_coin_delta = np.full_like(price, np.nan)
+    venue_diff = np.full((len(price), 4), np.nan)  # ours - venue, per unit
     unit_value = price.copy()
     unit_delta = np.ones_like(price)
     unit_gamma = np.zeros_like(price)
@@ -192,6 +197,13 @@ def value_book(
                 iv_unsolved[IVReason(int(code)).name.lower()] = int(count)
         g = black76(fwd, strike, t, vol, is_call)
         opt_inputs = (oi, fwd, strike, t, vol, is_call)
+        inverse = registry.column("inverse")[oi]
+        if inverse.any():
+            # What a coin-margined account carries: delta less the coin premium.
+            unit_coin_delta[o] = np.where(inverse, coin_delta(g.delta, g.price, fwd), np.nan)
+        venue = market.venue_greeks[oi]  # (options, 4)
+        ours = np.column_stack([g.delta, g.gamma, g.vega, g.theta])
+        venue_diff[o] = ours - venue
         unit_value[o] = np.where(np.isfinite(mark_usd), mark_usd, g.price)
         unit_delta[o] = g.delta
         unit_gamma[o] = g.gamma
@@ -210,6 +222,7 @@ def value_book(
         "gamma_usd": gamma * spot * spot / 100.0,
         "vega": q * unit_vega,
         "theta": q * unit_theta,
+        "delta_coin": q * unit_coin_delta,
     }
     # Exposure needs only the index price (and, for options, the IV): a perpetual without
     # its own mark still carries known delta; its value_usd is null.
@@ -232,6 +245,7 @@ def value_book(
     gamma_cash = gamma_cash.reshape(shape)
     linear_usd = _weighted_counts(flat, np.where(is_opt, 0.0, clean_dusd), size).reshape(shape)
     unpriced_count = _segment_sums(unpriced.astype(np.float64), book.starts)
+    vs_venue = _venue_differences(venue_diff, q, spot, unpriced, book.starts)
 
     accounts: dict[str, AccountFigures] = {}
     for k, name in enumerate(book.accounts):
@@ -245,11 +259,14 @@ def value_book(
             **{key: arr[s:e] for key, arr in table_all.items()},
         )
         exp = {registry.underlyings[u]: float(exposure[k, u]) for u in np.flatnonzero(held[k])}
+        extra: dict[str, Any] = {"unpriced_positions": int(unpriced_count[k])}
+        if vs_venue[k] is not None:
+            extra["greeks_vs_venue"] = vs_venue[k]
         accounts[name] = AccountFigures(
             positions=table,
             greeks={key: float(sums[key][k]) for key in GREEK_KEYS},
             exposure_usd=exp,
-            extra={"unpriced_positions": int(unpriced_count[k])},
+            extra=extra,
         )
     held_any = held.any(axis=0)
     total = AccountFigures(
@@ -312,6 +329,43 @@ def _option_book(
     with np.errstate(invalid="ignore", divide="ignore"):
         marked = np.where(den > 0, num / den, np.nan)
     return options, marked
+
+
+def _venue_differences(
+    diff: FloatArray,
+    q: FloatArray,
+    spot: FloatArray,
+    unpriced: npt.NDArray[np.bool_],
+    starts: IntArray,
+) -> list[dict[str, float] | None]:
+    """Per account, our Greeks minus the venue's, summed over the positions it published.
+
+    In position units: ``delta_usd`` (x S), ``gamma_usd`` (x S^2 / 100), ``vega``, ``theta``;
+    each Greek over the positions the venue published it for. ``positions`` counts positions
+    with at least one venue Greek. ``None`` where the venue sent no Greeks.
+    """
+    known = np.isfinite(diff) & ~unpriced[:, None]
+    compared: npt.NDArray[np.bool_] = np.any(known, axis=1)
+    scale = np.column_stack([q * spot, q * spot * spot / 100.0, q, q])
+    contrib = np.where(known, diff * scale, 0.0)
+    out: list[dict[str, float] | None] = []
+    for k in range(len(starts) - 1):
+        s, e = int(starts[k]), int(starts[k + 1])
+        n = int(compared[s:e].sum())
+        if n == 0:
+            out.append(None)
+            continue
+        d = contrib[s:e].sum(axis=0)
+        out.append(
+            {
+                "delta_usd": float(d[0]),
+                "gamma_usd": float(d[1]),
+                "vega": float(d[2]),
+                "theta": float(d[3]),
+                "positions": n,
+            }
+        )
+    return out
 
 
 def _weighted_counts(index: IntArray, weights: FloatArray, size: int) -> FloatArray:

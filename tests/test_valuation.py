@@ -15,7 +15,7 @@ import pytest
 import QuantLib as ql
 
 from monitor.engine import Engine, EngineSettings
-from monitor.events import Event, InstrumentEvent, PositionEvent, PriceEvent
+from monitor.events import Event, InstrumentEvent, PositionEvent, PriceEvent, VenueGreeks
 from monitor.instruments import parse_name
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
@@ -126,3 +126,76 @@ def test_option_below_intrinsic_is_counted_not_valued() -> None:
     acc = snap.accounts["a"]
     assert acc.extra["unpriced_positions"] == 1
     assert acc.greeks["delta_usd"] == pytest.approx(2 * 3_000.0)
+
+
+def test_greeks_vs_venue_and_coin_delta_against_quantlib() -> None:
+    """The venue publishes delta, gamma, vega with known offsets and no theta."""
+    name, qty, iv = "BTC-27MAR26-100000-C", 3.0, 0.55
+    inst = parse_name(name)
+    assert inst is not None
+    assert inst.strike is not None
+    f, s = FWD["BTC"], SPOT["BTC"]
+    ref = _ql(f, inst.strike, _t(name, T0), iv, True)
+    venue = VenueGreeks(delta=ref["delta"] - 0.01, gamma=ref["gamma"], vega=ref["vega"] + 2.0)
+    eng = Engine(EngineSettings())
+    eng.replay(
+        [
+            PriceEvent(T0, "BTC", s),
+            InstrumentEvent(
+                name, "option", "BTC", _iso(inst.expiry_ms), inst.strike, "call", 1.0, True
+            ),
+            PriceEvent(T0, name, ref["price"] / f, iv, f, venue),
+            PositionEvent(T0, "a", name, qty),
+            PositionEvent(T0, "a", "BTC-PERPETUAL", -1.0),  # no venue Greeks: not compared
+        ],
+        "t",
+    )
+    acc = eng.evaluate(T0).accounts["a"]
+    diff = acc.extra["greeks_vs_venue"]
+    assert diff["positions"] == 1
+    assert diff["delta_usd"] == pytest.approx(qty * 0.01 * s, rel=1e-9)
+    assert diff["gamma_usd"] == pytest.approx(0.0, abs=1e-9)
+    assert diff["vega"] == pytest.approx(-qty * 2.0, rel=1e-9)
+    assert diff["theta"] == 0.0  # not published: nothing compared
+    table = acc.positions
+    assert table is not None
+    row = table.instrument.index(name)
+    assert table.delta_coin[row] == pytest.approx(qty * (ref["delta"] - ref["price"] / f), rel=1e-9)
+    assert math.isnan(table.delta_coin[table.instrument.index("BTC-PERPETUAL")])
+
+
+def test_greeks_vs_venue_is_exported() -> None:
+    from dataclasses import dataclass, field
+
+    from prometheus_client import CollectorRegistry
+
+    from connectors.base import ConnectorStatus
+    from monitor.metrics import build_registry
+    from monitor.snapshot import RiskSnapshot
+    from monitor.stats import EngineStats
+
+    @dataclass
+    class View:
+        snapshot: RiskSnapshot | None
+        stats: EngineStats = field(default_factory=EngineStats)
+        connectors: list[ConnectorStatus] = field(default_factory=list)
+        started_s: float = 0.0
+
+    name = "ETH-30JAN26-3200-C"
+    eng = Engine(EngineSettings())
+    eng.replay(
+        [
+            PriceEvent(T0, "ETH", 3_000.0),
+            PriceEvent(T0, name, 100.0, 0.7, 3_010.0, VenueGreeks(vega=1.0)),
+            PositionEvent(T0, "a", name, 2.0),
+        ],
+        "t",
+    )
+    snap = eng.evaluate(T0)
+    registry: CollectorRegistry = build_registry(View(snap), process_metrics=False)[0]
+    table = snap.accounts["a"].positions
+    assert table is not None
+    got = registry.get_sample_value(
+        "riskmon_account_greeks_vs_venue", {"account": "a", "greek": "vega"}
+    )
+    assert got == pytest.approx(table.vega[0] - 2.0 * 1.0)
