@@ -26,7 +26,8 @@ clipped).
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -67,6 +68,7 @@ class RollingEstimator:
         "_cap",
         "_count",
         "_cur",
+        "_figures",
         "_halflife_ms",
         "_lam",
         "_loglam",
@@ -102,6 +104,9 @@ class RollingEstimator:
         self._one_minus_lam = 1.0 - self._lam
         self._loglam = np.log(self._lam)
         self._n = 0
+        # Figures change only in sample(): computed once per grid point, shared read-only
+        # (evaluations several times a second read them without rebuilding them).
+        self._figures: dict[tuple[str, bool], npt.NDArray[Any]] = {}
         self._cap = 0
         self._allocate(_MIN_CAPACITY)
 
@@ -137,6 +142,9 @@ class RollingEstimator:
     def sample(self, prices: npt.ArrayLike, steps: int = 1) -> None:
         """Absorb the index prices at a closed grid point.
 
+        Invalidates the cached figures: accessors return read-only arrays computed once per
+        sample (a caller that wants to modify one copies it).
+
         Parameters
         ----------
         prices
@@ -156,6 +164,7 @@ class RollingEstimator:
         ValueError
             ``prices`` is not 1-D or has fewer assets than before; ``steps < 1``.
         """
+        self._figures.clear()
         p = np.asarray(prices, dtype=np.float64)
         if p.ndim != 1:
             raise ValueError(f"prices must be 1-D, got shape {p.shape}")
@@ -249,12 +258,27 @@ class RollingEstimator:
         out: BoolArray = self.returns * self._sample_interval_ms >= self._warmup_ms
         return out
 
+    def _cached(
+        self, key: str, fast: bool, compute: Callable[[], npt.NDArray[Any]]
+    ) -> npt.NDArray[Any]:
+        out = self._figures.get((key, fast))
+        if out is None:
+            out = compute()
+            out.flags.writeable = False
+            self._figures[key, fast] = out
+        return out
+
     def covariance(self, fast: bool = False) -> FloatArray:
         """Annualised covariance of log returns, shape ``(n, n)`` (decimal^2 per year).
 
         Per-step ``S = R / W`` times :attr:`annualisation`. NaN for a pair without a joint
         return. Not guaranteed PSD when assets have different histories (module notes).
+        Read-only (shared until the next sample).
         """
+        out: FloatArray = self._cached("cov", fast, lambda: self._covariance(fast))
+        return out
+
+    def _covariance(self, fast: bool) -> FloatArray:
         n = self._n
         k = 1 if fast else 0
         count = self._count[:n, :n]
@@ -267,15 +291,21 @@ class RollingEstimator:
 
     def volatility(self, fast: bool = False) -> FloatArray:
         """Annualised volatility, shape ``(n,)`` (decimal, 0.55 = 55%); NaN before a return."""
-        out: FloatArray = np.sqrt(np.diagonal(self.covariance(fast)))
+        out: FloatArray = self._cached(
+            "vol", fast, lambda: np.sqrt(np.diagonal(self.covariance(fast)))
+        )
         return out
 
     def correlation(self, fast: bool = False) -> FloatArray:
-        """Correlation, shape ``(n, n)``, clipped to ``[-1, 1]``.
+        """Correlation, shape ``(n, n)``, clipped to ``[-1, 1]``; read-only.
 
         NaN for a pair without a joint return, or where a variance is zero (undefined);
         the diagonal is 1 for every asset with a return.
         """
+        out: FloatArray = self._cached("corr", fast, lambda: self._correlation(fast))
+        return out
+
+    def _correlation(self, fast: bool) -> FloatArray:
         cov = self.covariance(fast)
         sd = np.sqrt(np.diagonal(cov))
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -245,7 +245,11 @@ def value_book(
     gamma_cash = gamma_cash.reshape(shape)
     linear_usd = _weighted_counts(flat, np.where(is_opt, 0.0, clean_dusd), size).reshape(shape)
     unpriced_count = _segment_sums(unpriced.astype(np.float64), book.starts)
-    vs_venue = _venue_differences(venue_diff, q, spot, unpriced, book.starts)
+    vs_venue = (
+        _venue_differences(venue_diff, q, spot, unpriced, book.starts)
+        if opt_inputs is not None
+        else [None] * len(book.accounts)
+    )
 
     accounts: dict[str, AccountFigures] = {}
     for k, name in enumerate(book.accounts):

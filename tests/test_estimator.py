@@ -444,18 +444,23 @@ def test_zero_variance_correlation_is_nan() -> None:
     assert est.volatility()[1] == 0.0
 
 
-def test_accessors_return_copies() -> None:
+def test_accessors_cannot_corrupt_the_estimator() -> None:
+    """Figures are computed once per sample and shared read-only; counts are copies."""
     est = make()
     est.sample(np.array([100.0, 10.0]))
     est.sample(np.array([101.0, 10.5]))
-    cov, corr, cnt = est.covariance(), est.correlation(), est.returns
+    cov, corr, vol, cnt = est.covariance(), est.correlation(), est.volatility(), est.returns
     expected = cov.copy()
-    cov[:] = 0.0
-    corr[:] = 0.0
+    for shared in (cov, corr, vol):
+        with pytest.raises(ValueError, match="read-only"):
+            shared[0] = 0.0
+    assert est.covariance() is cov  # no new sample: the same arrays
     cnt[:] = 99
     np.testing.assert_array_equal(est.covariance(), expected)
-    assert est.correlation()[0, 0] == 1.0
     assert est.returns.tolist() == [1, 1]
+    est.sample(np.array([102.0, 10.4]))
+    assert est.covariance() is not cov  # a new sample: recomputed
+    assert est.returns.tolist() == [2, 2]
 
 
 def test_caller_array_is_not_kept() -> None:

@@ -100,20 +100,35 @@ def main() -> None:
         )
 
         evaluations = 0
+        eval_seconds = 0.0
 
-        def replay() -> None:
-            nonlocal evaluations
-            eng = Engine(EngineSettings())
+        def replay(eval_interval_ms: int = 250) -> None:
+            nonlocal evaluations, eval_seconds
+            eng = Engine(EngineSettings(eval_interval_ms=eval_interval_ms))
+            spent = [0.0]
+            eng.set_evaluation_observer(lambda s: spent.__setitem__(0, spent[0] + s))
             last = 0
             for batch in iter_batches(path):
                 eng.replay(batch.events, "replay")
                 last = batch.events[-1].ts or last
             eng.evaluate(last)
             evaluations = eng.stats.evaluations
+            eval_seconds = spent[0]
 
         t_eng = best_of(args.runs, replay)
         print(
             f"engine  read + replay + evaluations    {n / t_eng:12,.0f} events/s  {t_eng:.3f} s"
+            f"  ({evaluations:,} evaluations)"
+        )
+        per_eval = eval_seconds / max(evaluations, 1)
+        events_only = t_eng - eval_seconds
+        print(
+            f"        of which evaluations           {eval_seconds:8.3f} s  "
+            f"({per_eval * 1e6:.0f} us each); events alone {n / events_only:,.0f} events/s"
+        )
+        t_1s = best_of(args.runs, lambda: replay(1_000))
+        print(
+            f"engine  same, risk.eval_interval=1s    {n / t_1s:12,.0f} events/s  {t_1s:.3f} s"
             f"  ({evaluations:,} evaluations)"
         )
 
