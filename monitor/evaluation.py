@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from monitor.estimator import RollingEstimator
 from monitor.instruments import InstrumentRegistry
-from monitor.regime import RegimeBaselines, regime_figures
+from monitor.regime import RegimeBaselines, RegimeFigures, regime_figures, vol_ratio
 from monitor.risk import (
     OptionPositions,
     book_risk,
@@ -84,6 +84,7 @@ class Evaluator:
         self._baselines = RegimeBaselines(self.settings.regime_halflife_ms)
         self._scenario_next = -(2**62)
         self._full: dict[str, FullRevaluationVaR] = {}
+        self._regime_memo: tuple[FloatArray, npt.NDArray[np.bool_], RegimeFigures] | None = None
 
     def evaluate(
         self,
@@ -138,13 +139,7 @@ class Evaluator:
                 accounts[name] = replace(empty, extra=_margin(empty, st, as_of_ms))
         total = replace(values.total, risk=account_risk(len(book_names), _BOOK))
 
-        current = regime_figures(
-            assets.volatility,
-            assets.volatility_fast,
-            assets.correlation,
-            values.marked_iv,
-            assets=assets.warm,
-        )
+        current = self._regime(assets, values.marked_iv)
         baseline = self._baselines.update(current, as_of_ms)
         return RiskSnapshot(
             as_of_ms=as_of_ms,
@@ -154,6 +149,36 @@ class Evaluator:
             total=total,
             regime=RegimeReport(names, current, baseline),
         )
+
+    def _regime(self, assets: AssetFigures, marked_iv: FloatArray) -> RegimeFigures:
+        """Regime figures; the correlation ones only when the estimator has a new sample.
+
+        The estimator shares one read-only correlation array per sample, so its identity
+        says whether eigenvalues need recomputing (4 evaluations a second, 1 sample).
+        """
+        prev = self._regime_memo
+        if (
+            prev is not None
+            and prev[0] is assets.correlation
+            and np.array_equal(prev[1], assets.warm)
+        ):
+            fig = prev[2]
+            return RegimeFigures(
+                vol_ratio=fig.vol_ratio,
+                realised_to_implied=vol_ratio(assets.volatility, marked_iv),
+                average_correlation=fig.average_correlation,
+                absorption_ratio=fig.absorption_ratio,
+                assets_used=fig.assets_used,
+            )
+        fig = regime_figures(
+            assets.volatility,
+            assets.volatility_fast,
+            assets.correlation,
+            marked_iv,
+            assets=assets.warm,
+        )
+        self._regime_memo = (assets.correlation, assets.warm, fig)
+        return fig
 
     @staticmethod
     def _budget(

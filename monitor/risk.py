@@ -563,7 +563,7 @@ def book_risk(
     active = ((xs != 0.0) | (gs != 0.0)).any(axis=0)
     if not np.isfinite(xs).all() or not np.isfinite(gs).all():
         raise ValueError("x and gamma_cash must be finite")
-    if k == 0 or not np.isfinite(s[np.ix_(active, active)]).all():
+    if k == 0 or not (np.isfinite(s).all() or np.isfinite(s[np.ix_(active, active)]).all()):
         return [
             BookRisk(
                 contributions(xs[b], s, budgets[b]),

@@ -39,7 +39,8 @@ GREEK_KEYS: Final = ("delta_usd", "gamma_usd", "vega", "theta")
 class Book:
     """All positions, flattened and sorted by account (arrays of length m).
 
-    ``starts[k]:starts[k+1]`` is account ``accounts[k]``'s slice.
+    ``starts[k]:starts[k+1]`` is account ``accounts[k]``'s slice; ``account`` is each
+    position's account index (what every evaluation would otherwise rebuild).
     """
 
     accounts: tuple[str, ...]
@@ -49,6 +50,7 @@ class Book:
     instrument_names: tuple[str, ...]
     underlying_names: tuple[str, ...]
     underlying: IntArray
+    account: IntArray
 
     @property
     def size(self) -> int:
@@ -78,6 +80,7 @@ def build_book(positions: Mapping[str, Mapping[int, float]], registry: Instrumen
         instrument_names=names,
         underlying_names=tuple(registry.underlyings[u] for u in und.tolist()),
         underlying=und,
+        account=np.repeat(np.arange(len(accounts)), np.diff(starts)),
     )
 
 
@@ -235,7 +238,7 @@ def value_book(
     }
     clean_dusd = np.where(unpriced, 0.0, delta_usd)
     n_acc = len(book.accounts)
-    acc_idx = np.repeat(np.arange(n_acc), np.diff(book.starts))
+    acc_idx = book.account
     flat = acc_idx * n_und + book.underlying
     shape = (n_acc, n_und)
     size = n_acc * n_und
@@ -251,6 +254,8 @@ def value_book(
         else [None] * len(book.accounts)
     )
 
+    names = registry.underlyings
+    exp_rows, held_rows = exposure.tolist(), held.tolist()
     accounts: dict[str, AccountFigures] = {}
     for k, name in enumerate(book.accounts):
         s, e = int(book.starts[k]), int(book.starts[k + 1])
@@ -262,7 +267,7 @@ def value_book(
             iv=iv[s:e],
             **{key: arr[s:e] for key, arr in table_all.items()},
         )
-        exp = {registry.underlyings[u]: float(exposure[k, u]) for u in np.flatnonzero(held[k])}
+        exp = {u: x for u, x, h in zip(names, exp_rows[k], held_rows[k], strict=True) if h}
         extra: dict[str, Any] = {"unpriced_positions": int(unpriced_count[k])}
         if vs_venue[k] is not None:
             extra["greeks_vs_venue"] = vs_venue[k]
@@ -272,12 +277,14 @@ def value_book(
             exposure_usd=exp,
             extra=extra,
         )
-    held_any = held.any(axis=0)
+    held_any: npt.NDArray[np.bool_] = np.any(held, axis=0)
     total = AccountFigures(
         positions=None,
         greeks={key: float(sums[key].sum()) for key in GREEK_KEYS},
         exposure_usd={
-            registry.underlyings[u]: float(exposure[:, u].sum()) for u in np.flatnonzero(held_any)
+            u: x
+            for u, x, h in zip(names, exposure.sum(axis=0).tolist(), held_any.tolist(), strict=True)
+            if h
         },
         extra={"unpriced_positions": int(unpriced.sum()), "iv_unsolved": iv_unsolved},
     )
