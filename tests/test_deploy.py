@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+from tools import required_tool, run
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -44,20 +45,6 @@ DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
 COMPOSE = DEPLOY / "compose.yaml"
 
 RISKMON_PORT = 9321
-
-
-def _required_tool(name: str) -> str:
-    """Path of a tool tests/run.sh installs: skipped locally when missing, a failure in CI."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is required in CI (tests/run.sh installs it)")
-        pytest.skip(f"{name} is not installed (bash tests/run.sh installs it)")
-    return path
-
-
-def _run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
 
 # -- a YAML-subset reader ---------------------------------------------------------------
@@ -254,8 +241,8 @@ def test_yaml_subset_reader_reads_nested_structures_and_refuses_the_rest() -> No
 
 
 def test_promtool_check_config_finds_exactly_the_rule_files() -> None:
-    promtool = _required_tool("promtool")
-    proc = _run([promtool, "check", "config", str(PROM_CONFIG)])
+    promtool = required_tool("promtool")
+    proc = run([promtool, "check", "config", str(PROM_CONFIG)])
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     # rule_files: rules/*.yml must match rule files only (a test file there breaks startup).
@@ -264,15 +251,15 @@ def test_promtool_check_config_finds_exactly_the_rule_files() -> None:
 
 
 def test_promtool_check_rules() -> None:
-    promtool = _required_tool("promtool")
-    proc = _run([promtool, "check", "rules", str(RULES)])
+    promtool = required_tool("promtool")
+    proc = run([promtool, "check", "rules", str(RULES)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS: 13 rules found" in proc.stdout, proc.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
-    promtool = _required_tool("promtool")
-    proc = _run([promtool, "test", "rules", str(RULE_TESTS.relative_to(PROM_DIR))], cwd=PROM_DIR)
+    promtool = required_tool("promtool")
+    proc = run([promtool, "test", "rules", str(RULE_TESTS.relative_to(PROM_DIR))], cwd=PROM_DIR)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout
 
@@ -329,8 +316,8 @@ def test_rules_use_only_exported_metric_names() -> None:
 
 
 def test_amtool_check_config() -> None:
-    amtool = _required_tool("amtool")
-    proc = _run([amtool, "check-config", str(AM_CONFIG)])
+    amtool = required_tool("amtool")
+    proc = run([amtool, "check-config", str(AM_CONFIG)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout
 
@@ -467,7 +454,7 @@ def test_systemd_analyze_verify(
         assert mutation[0] in text
         text = text.replace(mutation[0], mutation[1])
     root = _systemd_root(tmp_path, text)
-    proc = _run([analyze, "verify", f"--root={root}", "riskmon.service"])
+    proc = run([analyze, "verify", f"--root={root}", "riskmon.service"])
     if complaint is None:
         assert proc.returncode == 0, proc.stderr
         assert proc.stderr.strip() == "", proc.stderr  # warnings do not change the exit code
@@ -479,7 +466,7 @@ def test_systemd_analyze_security_exposure_is_low(tmp_path: Path) -> None:
     analyze = _systemd_analyze()
     root = _systemd_root(tmp_path, UNIT.read_text())
     # --threshold is on a 0..100 scale: 25 = "2.5 OK" on systemd's 0..10 display.
-    proc = _run(
+    proc = run(
         [
             analyze,
             "security",

@@ -32,7 +32,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from test_deploy import _required_tool, _run, load_yaml
+from test_deploy import load_yaml
+from tools import required_tool, run
 
 import monitor.metrics
 
@@ -488,19 +489,19 @@ def _as_prometheus_sees_it(expr: str) -> str:
 
 
 def test_every_expression_parses_with_promtool(tmp_path: Path) -> None:
-    promtool = _required_tool("promtool")
+    promtool = required_tool("promtool")
     exprs = sorted({_as_prometheus_sees_it(expr) for _, expr, _ in _dashboard_queries()})
     rules = [{"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(exprs)]
     path = tmp_path / "dashboards.yml"  # JSON is YAML
     path.write_text(json.dumps({"groups": [{"name": "dashboards", "rules": rules}]}))
-    proc = _run([promtool, "check", "rules", str(path)])
+    proc = run([promtool, "check", "rules", str(path)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"SUCCESS: {len(rules)} rules found" in proc.stdout
 
     # The check can fail: one unbalanced parenthesis is refused.
     rules[0]["expr"] += ")"
     path.write_text(json.dumps({"groups": [{"name": "dashboards", "rules": rules}]}))
-    assert _run([promtool, "check", "rules", str(path)]).returncode != 0
+    assert run([promtool, "check", "rules", str(path)]).returncode != 0
 
 
 # -- provisioning -------------------------------------------------------------------------

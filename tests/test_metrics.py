@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from tools import assert_promtool_clean
 
 from connectors.base import ConnectorStatus
 from monitor import __version__
@@ -273,30 +271,13 @@ def test_collector_describes_its_names_so_clashes_are_refused() -> None:
         registry.register(RiskCollector(View()))
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is required when CI is set (Debian package 'prometheus')")
-        pytest.skip("promtool not installed")
-    return path
-
-
 def test_exposition_passes_promtool_check_metrics() -> None:
     registry, evaluation = build_registry(busy_view())
     evaluation.observe(0.012)
     exposition = generate_latest(registry)
     assert b"riskmon_account_exposure_usd{" in exposition
 
-    result = subprocess.run(
-        [promtool(), "check", "metrics"],
-        input=exposition,
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-
-    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    assert_promtool_clean(exposition)
 
 
 def engine_snapshot() -> RiskSnapshot:
@@ -383,11 +364,4 @@ def test_full_exposition_passes_promtool_check_metrics() -> None:
     exposition = generate_latest(registry)
     assert b"riskmon_account_var_usd{" in exposition
     assert b"riskmon_regime_absorption_ratio " in exposition
-    result = subprocess.run(
-        [promtool(), "check", "metrics"],
-        input=exposition,
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    assert_promtool_clean(exposition)

@@ -21,8 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tools import required_tool
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "deploy" / "prometheus" / "rules" / "riskmon.yml"
@@ -43,15 +42,6 @@ RULES = REPO / "deploy" / "prometheus" / "rules" / "riskmon.yml"
 VOL_QUERY = 'riskmon_asset_volatility{underlying="BTC",estimator="slow"}'
 MATCHES_WANTED = 3  # scrapes whose snapshot the test saw too
 TOTAL_BUDGET_S = 50.0  # every wait below shares it; stopping adds at most 2 x 5 s
-
-
-def _prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus is required in CI (tests/run.sh installs it)")
-        pytest.skip("prometheus is not installed (bash tests/run.sh installs it)")
-    return path
 
 
 class Deadline:
@@ -179,7 +169,7 @@ def riskmon(tmp_path: Path) -> Iterator[Riskmon]:
 
 @pytest.fixture
 def prometheus_binary() -> str:
-    return _prometheus_binary()
+    return required_tool("prometheus")
 
 
 def _as_of_ms(report: dict[str, Any]) -> int:
