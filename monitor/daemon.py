@@ -90,10 +90,21 @@ class Daemon:
     and HTTP read.
     """
 
-    def __init__(self, cfg: Config, *, record_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        record_path: Path | None = None,
+        connectors: Sequence[Connector] | None = None,
+    ) -> None:
+        """``connectors`` defaults to those ``cfg.connectors`` describes."""
         self.cfg = cfg
         self._recorder = Recorder(record_path) if record_path is not None else None
-        self._connectors: list[Connector] = [build_connector(c) for c in cfg.connectors]
+        self._connectors: list[Connector] = (
+            list(connectors)
+            if connectors is not None
+            else [build_connector(c) for c in cfg.connectors]
+        )
         self._status: dict[str, ConnectorStatus] = {
             c.status.name: c.status for c in self._connectors
         }
@@ -103,6 +114,7 @@ class Daemon:
         self._queue = EventQueue(cfg.engine.queue_size)
         self._reject_log = RejectionLog(log)
         self._started_s = time.time()
+        self._restart_backoff = Backoff(initial=1.0, cap=30.0)
         self.http: HttpServer | None = None
 
     # -- MonitorView --------------------------------------------------------------------
@@ -168,7 +180,7 @@ class Daemon:
     async def _run_connector(self, connector: Connector) -> None:
         """Run one connector; a crash is logged and the connector restarted with backoff."""
         status = connector.status
-        delays = Backoff(initial=1.0, cap=30.0).delays()
+        delays = self._restart_backoff.delays()
         while True:
             try:
                 await connector.run(self)
@@ -186,6 +198,7 @@ class Daemon:
                     extra={"connector": status.name},
                 )
                 await asyncio.sleep(delay)
+                status.reconnects += 1  # riskmon_connector_reconnects_total shows the flapping
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
