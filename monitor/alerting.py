@@ -1,0 +1,105 @@
+"""What the rule engine produces and the notifiers deliver: alerts and their transitions.
+
+An *alert* is one instance of a rule: ``(rule, account, underlying)`` identifies it (either
+label may be ``None`` for a book-wide or per-account rule). It moves through
+``inactive -> pending -> firing -> resolved`` on the engine's clock; every move it makes is a
+:class:`Transition`, the unit notifiers deliver. A transition's ``idempotency_key`` is the
+same every time the same move is produced (also after a restart, also in a replay), so a
+receiver can drop duplicates and the outbox can deliver *at least once* while receivers see
+*exactly once per key*.
+
+Times are epoch milliseconds of the engine clock (event time in replay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Alert", "AlertState", "Severity", "Transition"]
+
+Severity = Literal["warning", "critical"]
+AlertState = Literal["inactive", "pending", "firing", "resolved"]
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """The current state of one alert instance.
+
+    Attributes
+    ----------
+    value, threshold
+        The figure the rule read and the threshold it crossed (in the figure's unit).
+    since_ms
+        When the alert entered its current state.
+    active_since_ms
+        When the current episode began (first pending); identifies the episode.
+    summary
+        A sentence a person can act on ("main: BTC is 71% of risk vs a 33% budget").
+    labels
+        Extra bounded labels for receivers (e.g. ``{"method": "delta_normal"}``).
+    """
+
+    rule: str
+    severity: Severity
+    state: AlertState
+    account: str | None
+    underlying: str | None
+    value: float
+    threshold: float
+    since_ms: int
+    active_since_ms: int
+    summary: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Identity of the alert instance: ``rule/account/underlying`` (``-`` for none)."""
+        return f"{self.rule}/{self.account or '-'}/{self.underlying or '-'}"
+
+    def report(self) -> dict[str, Any]:
+        """The alert as it appears in the report's ``alerts`` list."""
+        from monitor.snapshot import iso_ms
+
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "state": self.state,
+            "account": self.account,
+            "underlying": self.underlying,
+            "value": self.value,
+            "threshold": self.threshold,
+            "since": iso_ms(self.since_ms),
+            "summary": self.summary,
+            **({"labels": dict(self.labels)} if self.labels else {}),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One move of one alert: what notifiers deliver and ``alert_history`` lists.
+
+    ``previous`` is the state left; ``alert.state`` the state entered (a severity change
+    while firing is a transition too, with ``previous == "firing"``).
+    """
+
+    alert: Alert
+    previous: AlertState
+    ts_ms: int
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries, restarts and replays of the same move."""
+        a = self.alert
+        return f"{a.key}/{a.active_since_ms}/{a.state}/{a.severity}/{self.ts_ms}"
+
+    def report(self) -> dict[str, Any]:
+        from monitor.snapshot import iso_ms
+
+        return {
+            "ts": iso_ms(self.ts_ms),
+            "from": self.previous,
+            "key": self.idempotency_key,
+            **self.alert.report(),
+        }
