@@ -368,6 +368,69 @@ def _env_name(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
+# --- alert delivery ----------------------------------------------------------------------
+
+
+class WebhookConfig(_Section, frozen=True):
+    """JSON POST of every alert transition, with an idempotency key per transition."""
+
+    url: str
+    timeout: Duration = parse_duration("5s")
+    max_backoff: Duration = parse_duration("1m")
+    #: Sent as ``Authorization: Bearer <token>`` when set (a secret: env, not the file).
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise _Invalid(("url",), f"expected an http(s) URL; got {_show(self.url)}")
+
+
+class MqttAlertsConfig(_Section, frozen=True):
+    """Alerts published with QoS 1, one retained topic per rule and account."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=1, le=65535)] = 1883
+    topic_prefix: str = "riskmon/alerts"
+    client_id: str = "riskmon"
+    username: str | None = None
+    password: str | None = None
+    max_backoff: Duration = parse_duration("30s")
+
+
+class AlertmanagerConfig(_Section, frozen=True):
+    """Prometheus Alertmanager v2 API: alerts re-sent while firing, ``endsAt`` on resolve."""
+
+    url: str = "http://127.0.0.1:9093"
+    resend_interval: Duration = parse_duration("1m")
+    timeout: Duration = parse_duration("5s")
+    max_backoff: Duration = parse_duration("1m")
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise _Invalid(("url",), f"expected an http(s) URL; got {_show(self.url)}")
+
+
+class AlertsConfig(_Section, frozen=True):
+    """Where alert transitions go besides the log (which always gets them).
+
+    Transitions not yet acknowledged by a notifier wait in an on-disk ``outbox`` directory
+    and are delivered after a restart; ``outbox`` is required once any notifier is set.
+    """
+
+    outbox: str | None = None
+    webhook: WebhookConfig | None = None
+    mqtt: MqttAlertsConfig | None = None
+    alertmanager: AlertmanagerConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.outbox is None and (self.webhook or self.mqtt or self.alertmanager):
+            raise _Invalid(
+                ("outbox",),
+                "required with a notifier: a directory where undelivered alerts wait "
+                '(e.g. "/var/lib/riskmon/outbox")',
+            )
+
+
 class Config(_Section, frozen=True):
     """The whole daemon configuration (see ``deploy/riskmon.example.toml``)."""
 
@@ -376,6 +439,7 @@ class Config(_Section, frozen=True):
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     estimator: EstimatorConfig = msgspec.field(default_factory=EstimatorConfig)
     risk: RiskConfig = msgspec.field(default_factory=RiskConfig)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     #: Empty means one default simulated connector.
     connectors: tuple[ConnectorConfig, ...] = ()
 

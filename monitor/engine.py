@@ -303,6 +303,7 @@ class Engine:
                 iv=self._iv[:n],
                 forward=self._fwd[:n],
                 venue_greeks=self._venue_greeks[:n],
+                price_ts_ms=self._price_ts[:n],
             ),
             UnderlyingPrices(und_price.copy(), self._price_ts[self._und_index_inst]),
             self._accounts,

@@ -91,6 +91,7 @@ class MarketArrays:
     ``price``: mark (USD per underlying unit; coin for inverse options), NaN before the
     first tick. ``iv``: annualised decimal, NaN when the venue sends none.
     ``forward``: the venue's ``underlying_price`` (USD), NaN when none.
+    ``price_ts_ms``: event time of the last price, epoch ms (0 = never).
     ``venue_greeks``: ``(n, 4)`` delta, gamma, vega, theta per unit as the venue published
     them (``monitor.events.VenueGreeks`` units), NaN where it did not.
     """
@@ -99,6 +100,7 @@ class MarketArrays:
     iv: FloatArray
     forward: FloatArray
     venue_greeks: FloatArray
+    price_ts_ms: npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +266,7 @@ def value_book(
             underlying=book.underlying_names[s:e],
             quantity=book.quantity[s:e],
             price=price[s:e],
+            price_ts_ms=market.price_ts_ms[i[s:e]],
             iv=iv[s:e],
             **{key: arr[s:e] for key, arr in table_all.items()},
         )

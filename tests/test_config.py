@@ -462,7 +462,7 @@ def test_env_sets_budgets_as_an_inline_table() -> None:
         pytest.param(
             {"RISKMON_CONFG": "x"},
             "confg: unknown key in RISKMON_CONFG "
-            "(expected one of: server, log, engine, estimator, risk, connectors)",
+            "(expected one of: server, log, engine, estimator, risk, alerts, connectors)",
             id="typo-of-allow-listed",
         ),
         pytest.param(
