@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from monitor.metrics import MonitorView
-from monitor.snapshot import RiskSnapshot
+from monitor.snapshot import RiskSnapshot, iso_ms
 
 __all__ = ["DEFAULT_LISTEN", "HttpServer", "parse_listen"]
 
@@ -110,6 +110,7 @@ class HttpServer:
         app.router.add_get("/-/healthy", self._healthy)
         app.router.add_get("/-/ready", self._ready)
         app.router.add_get("/api/v1/snapshot", self._snapshot)
+        app.router.add_get("/api/v1/alerts", self._alerts)
         return app
 
     async def start(self) -> None:
@@ -192,3 +193,16 @@ class HttpServer:
             cached = (snapshot, _encoder.encode(snapshot.report()))
             self._report_cache = cached
         return web.Response(body=cached[1], content_type=_JSON)
+
+    async def _alerts(self, request: web.Request) -> web.Response:
+        """Pending and firing alerts, and the run's transitions (report ``alerts`` fields)."""
+        snapshot = self._view.snapshot
+        if snapshot is None:
+            return _json({"error": "no snapshot yet"}, 503)
+        return _json(
+            {
+                "as_of": iso_ms(snapshot.as_of_ms),
+                "alerts": [a.report() for a in snapshot.alerts],
+                "alert_history": [t.report() for t in snapshot.alert_history],
+            }
+        )

@@ -55,6 +55,8 @@ Risk figures from the snapshot (name, type, labels)::
     riskmon_account_unpriced_positions                 gauge      account
     riskmon_iv_unsolved_positions                      gauge      reason
     riskmon_account_greeks_vs_venue                    gauge      account, greek
+    riskmon_alerts_firing                              gauge      rule, severity
+    riskmon_alerts_pending                             gauge      rule
     riskmon_account_volatility_usd     (annualised)    gauge      account
     riskmon_account_risk_share                         gauge      account, underlying
     riskmon_account_risk_budget                        gauge      account, underlying
@@ -122,6 +124,7 @@ this registry from ``prometheus_client.start_http_server``, which scrapes from a
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, Protocol
 
@@ -306,6 +309,16 @@ class _Families:
             "riskmon_account_greeks_vs_venue",
             "Our Greeks minus the venue's over the positions it published them for (USD units).",
             ("account", "greek"),
+        )
+        self.alerts_firing = g(
+            "riskmon_alerts_firing",
+            "Alerts firing now, per rule and severity.",
+            ("rule", "severity"),
+        )
+        self.alerts_pending = g(
+            "riskmon_alerts_pending",
+            "Alerts pending (waiting out their `for`), per rule.",
+            ("rule",),
         )
         self.iv_unsolved = g(
             "riskmon_iv_unsolved_positions",
@@ -525,6 +538,17 @@ class RiskCollector:
             f.iv_unsolved.add_metric((reason,), n)
         if snap.regime is not None:
             _regime(f, snap.regime)
+        firing: Counter[tuple[str, str]] = Counter()
+        pending: Counter[str] = Counter()
+        for alert in snap.alerts:
+            if alert.state == "firing":
+                firing[alert.rule, alert.severity] += 1
+            elif alert.state == "pending":
+                pending[alert.rule] += 1
+        for (rule, severity), n in sorted(firing.items()):
+            f.alerts_firing.add_metric((rule, severity), n)
+        for rule, n in sorted(pending.items()):
+            f.alerts_pending.add_metric((rule,), n)
 
 
 def _regime(f: _Families, regime: RegimeReport) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from monitor.alerting import Alert, Transition
 from monitor.events import SCHEMA_VERSION
 from monitor.regime import RegimeFigures
 from monitor.risk import Contributions, DeltaGammaVaR, DeltaNormalVaR
@@ -271,7 +272,10 @@ class RiskSnapshot:
     assets: AssetFigures
     accounts: Mapping[str, AccountFigures]
     total: AccountFigures
-    alerts: tuple[Mapping[str, Any], ...] = ()
+    alerts: tuple[Alert, ...] = ()
+    #: Every alert transition of the run so far (bounded live by ``alerts.history``),
+    #: oldest first: what a desk reads after replaying a recording to tune its rules.
+    alert_history: tuple[Transition, ...] = ()
     evaluation_seconds: float = 0.0
     regime: RegimeReport | None = None
 
@@ -296,5 +300,6 @@ class RiskSnapshot:
             "accounts": {name: acc.report() for name, acc in sorted(self.accounts.items())},
             "total": self.total.report(with_positions=False),
             "regime": None if self.regime is None else self.regime.report(),
-            "alerts": [dict(x) for x in self.alerts],
+            "alerts": [a.report() for a in self.alerts],
+            "alert_history": [t.report() for t in self.alert_history],
         }
