@@ -202,7 +202,13 @@ def render_status(report: Mapping[str, Any]) -> str:
 
     alerts: Sequence[Mapping[str, Any]] = report.get("alerts") or []
     lines += ["", f"Alerts: {len(alerts) or 'none'}"]
-    lines += ["  - " + " ".join(f"{k}={v}" for k, v in alert.items()) for alert in alerts]
+    for alert in alerts:
+        scope = "/".join(str(alert[k]) for k in ("account", "underlying") if alert.get(k))
+        lines.append(
+            f"  {str(alert.get('severity', '')).upper():8s} {alert.get('state', ''):8s} "
+            f"{alert.get('rule', '')} {scope or 'book'} since {alert.get('since', '?')}: "
+            f"{alert.get('summary', '')}"
+        )
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ import json
 import math
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 import numpy as np
@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.base import ConnectorStatus
+from monitor.alerting import Alert, Transition
 from monitor.http import HttpServer, parse_listen
 from monitor.metrics import build_registry
 from monitor.snapshot import AccountFigures, AssetFigures, RiskSnapshot
@@ -54,7 +55,20 @@ def make_snapshot(as_of_ms: int = AS_OF_MS, seq: int = 1) -> RiskSnapshot:
         assets=a,
         accounts={"alpha": alpha},
         total=alpha,
-        alerts=({"rule": "vol_regime", "underlying": "BTC"},),
+        alerts=(
+            Alert(
+                rule="vol_break",
+                severity="warning",
+                state="firing",
+                account=None,
+                underlying="BTC",
+                value=1.9,
+                threshold=1.5,
+                since_ms=as_of_ms - 60_000,
+                active_since_ms=as_of_ms - 90_000,
+                summary="BTC fast vol 1.9x slow",
+            ),
+        ),
     )
 
 
@@ -266,4 +280,59 @@ def test_render_status_shows_the_figures() -> None:
         ["alpha", *expected],
         ["book", "(total)", *expected],
     ]
-    assert sections["Alerts: 1"] == [["-", "rule=vol_regime", "underlying=BTC"]]
+    assert sections["Alerts: 1"] == [
+        [
+            "WARNING",
+            "firing",
+            "vol_break",
+            "BTC",
+            "since",
+            "2025-12-31T23:59:00.250Z:",
+            "BTC",
+            "fast",
+            "vol",
+            "1.9x",
+            "slow",
+        ]
+    ]
+
+
+async def test_alerts_endpoint_and_gauges(
+    view_server: tuple[View, HttpServer], session: aiohttp.ClientSession
+) -> None:
+    view, server = view_server
+    async with session.get(f"{server.url}/api/v1/alerts") as r:
+        assert r.status == 503
+    snap = make_snapshot()
+    firing = snap.alerts[0]
+    pending = Alert(
+        rule="margin_utilization",
+        severity="warning",
+        state="pending",
+        account="alpha",
+        underlying=None,
+        value=0.65,
+        threshold=0.6,
+        since_ms=AS_OF_MS,
+        active_since_ms=AS_OF_MS,
+        summary="alpha: margin utilisation 65%",
+    )
+    history = (Transition(firing, "pending", firing.since_ms),)
+    view.snapshot = replace(snap, alerts=(firing, pending), alert_history=history)
+    async with session.get(f"{server.url}/api/v1/alerts") as r:
+        assert r.status == 200
+        body = await r.json()
+    assert [a["rule"] for a in body["alerts"]] == ["vol_break", "margin_utilization"]
+    assert body["alerts"][1]["account"] == "alpha"
+    assert body["alert_history"] == [
+        {
+            "ts": "2025-12-31T23:59:00.250Z",
+            "from": "pending",
+            "key": history[0].idempotency_key,
+            **firing.report(),
+        }
+    ]
+    async with session.get(f"{server.url}/metrics") as r:
+        text = await r.text()
+    assert 'riskmon_alerts_firing{rule="vol_break",severity="warning"} 1.0' in text
+    assert 'riskmon_alerts_pending{rule="margin_utilization"} 1.0' in text
