@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from monitor.estimator import RollingEstimator
 from monitor.instruments import InstrumentRegistry
+from monitor.margin import MarginSettings, distance_to_call, scenario_margin, stress_pnl
 from monitor.regime import RegimeBaselines, RegimeFigures, regime_figures, vol_ratio
 from monitor.risk import (
     OptionPositions,
@@ -36,6 +37,7 @@ from monitor.snapshot import (
     FullRevaluationVaR,
     RegimeReport,
     RiskSnapshot,
+    iso_ms,
 )
 from monitor.valuation import Book, BookValues, MarketArrays, value_book
 
@@ -56,6 +58,9 @@ class RiskSettings:
     var_scenarios: int = 1_000
     scenario_interval_ms: int = 5_000
     regime_halflife_ms: int = 3_600_000
+    margin: MarginSettings = field(default_factory=MarginSettings)
+    #: Distance to a margin call is searched within +-this move (0.9 = 90%).
+    max_move: float = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,7 @@ class Evaluator:
         self._scenario_next = -(2**62)
         self._full: dict[str, FullRevaluationVaR] = {}
         self._regime_memo: tuple[FloatArray, npt.NDArray[np.bool_], RegimeFigures] | None = None
+        self._margin_model: dict[str, dict[str, Any]] = {}
 
     def evaluate(
         self,
@@ -109,7 +115,11 @@ class Evaluator:
             a not in self._full for a in values.account_names
         ):
             self._full = self._full_revaluation(values, cov, horizon, as_of_ms)
+            self._margin_model = self._margin_models(
+                values, cov, venue, registry.underlyings, as_of_ms
+            )
             self._scenario_next = as_of_ms + s.scenario_interval_ms
+        stresses = self._stresses(values, registry.underlyings)
 
         names = tuple(registry.underlyings)
         book_names = values.account_names
@@ -131,12 +141,15 @@ class Evaluator:
         accounts: dict[str, AccountFigures] = {}
         for j, name in enumerate(book_names):
             fig = values.accounts[name]
-            extra = _margin(fig, venue.get(name), as_of_ms)
+            margin = _margin(
+                venue.get(name), as_of_ms, self._margin_model.get(name), stresses.get(name)
+            )
+            extra = {**fig.extra, "margin": margin}
             accounts[name] = replace(fig, risk=account_risk(j, name), extra=extra)
         for name, st in venue.items():  # accounts with margin but no positions
             if name not in accounts:
-                empty = AccountFigures(None, {}, {})
-                accounts[name] = replace(empty, extra=_margin(empty, st, as_of_ms))
+                margin = _margin(st, as_of_ms, None, None)
+                accounts[name] = AccountFigures(None, {}, {}, extra={"margin": margin})
         total = replace(values.total, risk=account_risk(len(book_names), _BOOK))
 
         current = self._regime(assets, values.marked_iv)
@@ -193,6 +206,71 @@ class Evaluator:
             return None
         b = np.array([weights.get(n, 0.0) for n in names])
         return b if b.sum() > 0 else None
+
+    def _margin_models(
+        self,
+        values: BookValues,
+        cov: FloatArray,
+        venue: Mapping[str, AccountState],
+        underlyings: list[str],
+        as_of_ms: int,
+    ) -> dict[str, dict[str, Any]]:
+        """Scenario margin and distance to a margin call of every account (scenario clock).
+
+        Distance to a call needs the venue's equity and maintenance margin (held fixed while
+        the underlyings move, IV held); without them it is ``None``, never a guess.
+        """
+        names = values.account_names
+        if not names:
+            return {}
+        s = self.settings
+        lin = values.linear_usd.T  # (n_und, k)
+        sm = scenario_margin(lin, values.options, s.margin, underlyings)
+        nan = math.nan
+        equity = np.array([venue[a].equity if a in venue else nan for a in names])
+        mm = np.array(
+            [
+                nan
+                if a not in venue or venue[a].maintenance_margin is None
+                else venue[a].maintenance_margin
+                for a in names
+            ],
+            dtype=np.float64,
+        )
+        dc = distance_to_call(
+            equity, mm, lin, values.options, cov, values.exposure, max_move=s.max_move
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for j, name in enumerate(names):
+            distance = None
+            if dc.valid[j]:
+                distance = {
+                    "down": _opt(dc.down[j]),
+                    "up": _opt(dc.up[j]),
+                    "sigmas": {"down": _opt(dc.sigmas_down[j]), "up": _opt(dc.sigmas_up[j])},
+                    "reachable": {
+                        "down": bool(dc.reachable_down[j]),
+                        "up": bool(dc.reachable_up[j]),
+                    },
+                }
+            out[name] = {
+                "scenario_margin": float(sm.margin_usd[j]),
+                "worst_scenario": sm.worst_scenario[j],
+                "distance_to_call": distance,
+                "scenarios_as_of": iso_ms(as_of_ms),
+            }
+        return out
+
+    def _stresses(self, values: BookValues, underlyings: list[str]) -> dict[str, dict[str, float]]:
+        """The configured named stresses, revalued every evaluation, per account (USD P&L)."""
+        stresses = self.settings.margin.stresses
+        if not stresses or not values.account_names:
+            return {}
+        res = stress_pnl(values.linear_usd.T, values.options, stresses, underlyings)
+        return {
+            name: {sn: float(res.pnl_usd[i, j]) for i, sn in enumerate(res.names)}
+            for j, name in enumerate(values.account_names)
+        }
 
     def _full_revaluation(
         self, values: BookValues, cov: FloatArray, horizon: float, as_of_ms: int
@@ -271,19 +349,48 @@ def _asset_figures(
     )
 
 
-def _margin(fig: AccountFigures, st: AccountState | None, as_of_ms: int) -> Mapping[str, Any]:
-    """Venue-reported margin (report ``accounts.<a>.margin``), when the venue sent any."""
-    if st is None:
-        return fig.extra
-    mm, im = st.maintenance_margin, st.initial_margin
-    positive = st.equity > 0 and math.isfinite(st.equity)
-    margin = {
-        "equity": st.equity,
-        "initial_margin": im,
-        "maintenance_margin": mm,
-        "utilization": mm / st.equity if mm is not None and positive else None,
-        "initial_utilization": im / st.equity if im is not None and positive else None,
-        "headroom_usd": st.equity - mm if mm is not None else None,
-        "age_seconds": max(0, as_of_ms - st.ts_ms) / 1000.0,
-    }
-    return {**fig.extra, "margin": margin}
+def _opt(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _margin(
+    st: AccountState | None,
+    as_of_ms: int,
+    model: Mapping[str, Any] | None,
+    stresses: Mapping[str, float] | None,
+) -> dict[str, Any]:
+    """The report's ``accounts.<a>.margin``: venue figures, then riskmon's own model."""
+    margin: dict[str, Any] = dict.fromkeys(
+        (
+            "equity",
+            "initial_margin",
+            "maintenance_margin",
+            "utilization",
+            "initial_utilization",
+            "headroom_usd",
+            "age_seconds",
+        )
+    )
+    if st is not None:
+        mm, im = st.maintenance_margin, st.initial_margin
+        positive = st.equity > 0 and math.isfinite(st.equity)
+        margin.update(
+            equity=st.equity,
+            initial_margin=im,
+            maintenance_margin=mm,
+            utilization=mm / st.equity if mm is not None and positive else None,
+            initial_utilization=im / st.equity if im is not None and positive else None,
+            headroom_usd=st.equity - mm if mm is not None else None,
+            age_seconds=max(0, as_of_ms - st.ts_ms) / 1000.0,
+        )
+    margin.update(
+        model
+        or {
+            "scenario_margin": None,
+            "worst_scenario": None,
+            "distance_to_call": None,
+            "scenarios_as_of": None,
+        }
+    )
+    margin["stresses"] = dict(stresses or {})
+    return margin
