@@ -76,6 +76,6 @@ def test_account_without_venue_margin_has_no_distance() -> None:
     assert margin["equity"] is None
     assert margin["distance_to_call"] is None  # needs the venue's equity and MM: never guessed
     # The scenario model runs on its own clock: computed when the account first appeared
-    # (price 90,000, as of 4.75 s), reused until risk.scenario_interval has passed.
-    assert margin["scenarios_as_of"] == "2026-01-01T00:00:04.750Z"
+    # (price 90,000, the 4 s evaluation), reused until risk.scenario_interval has passed.
+    assert margin["scenarios_as_of"] == "2026-01-01T00:00:04.000Z"
     assert margin["scenario_margin"] == pytest.approx(0.16 * 90_000.0, rel=1e-9)
