@@ -79,6 +79,11 @@ Risk figures from the snapshot (name, type, labels)::
     riskmon_account_margin_utilization_ratio           gauge      account
     riskmon_account_margin_headroom_usd                gauge      account
     riskmon_account_margin_age_seconds                 gauge      account
+    riskmon_account_scenario_margin_usd                gauge      account
+    riskmon_account_distance_to_call_ratio             gauge      account, direction
+    riskmon_account_distance_to_call_sigmas            gauge      account, direction
+    riskmon_account_call_reachable                     gauge      account, direction
+    riskmon_account_stress_pnl_usd                     gauge      account, stress
     riskmon_regime_vol_ratio                           gauge      underlying
     riskmon_regime_realised_to_implied                 gauge      underlying
     riskmon_regime_average_correlation                 gauge
@@ -102,7 +107,12 @@ Conventions:
   (scenario VaR, recomputed every ``risk.scenario_interval``); ``measure`` is
   ``max_abs_drift`` or ``half_l1``. Risk shares, budgets and drift are exported for the
   underlyings an account holds or has a budget for.
-- Margin figures exist for accounts whose venue sent an ``account`` event.
+- Margin figures exist for accounts whose venue sent an ``account`` event; the scenario
+  margin (worst loss over the Deribit-style grid) for every account with positions. Distance
+  to a margin call: ``direction`` is ``down`` or ``up``, the uniform move of all underlyings
+  (as a fraction, 0.12 = 12%, and in 1-day sigmas) at which equity falls to maintenance
+  margin; not exported where no move within ``margin.max_move`` reaches the call, which
+  ``riskmon_account_call_reachable`` (0/1) says. ``stress`` names come from the config.
 - ``riskmon_account_greeks_vs_venue``: riskmon's Greeks minus the venue's, summed over the
   positions the venue published Greeks for; ``greek`` is ``delta_usd``, ``gamma_usd``,
   ``vega`` or ``theta`` (USD units as above). Exported only for such accounts.
@@ -351,6 +361,31 @@ class _Families:
             key: g(f"riskmon_account_{suffix}", doc, ("account",))
             for key, (suffix, doc) in margin.items()
         }
+        self.scenario_margin = g(
+            "riskmon_account_scenario_margin_usd",
+            "Worst full-revaluation loss over the scenario grid, USD.",
+            ("account",),
+        )
+        self.distance_ratio = g(
+            "riskmon_account_distance_to_call_ratio",
+            "Uniform move of all underlyings that brings equity to maintenance margin.",
+            ("account", "direction"),
+        )
+        self.distance_sigmas = g(
+            "riskmon_account_distance_to_call_sigmas",
+            "Distance to a margin call in 1-day sigmas of the account's underlyings.",
+            ("account", "direction"),
+        )
+        self.call_reachable = g(
+            "riskmon_account_call_reachable",
+            "1 if a move within margin.max_move reaches a margin call.",
+            ("account", "direction"),
+        )
+        self.stress_pnl = g(
+            "riskmon_account_stress_pnl_usd",
+            "P&L of a configured stress scenario, USD (a loss is negative).",
+            ("account", "stress"),
+        )
         # Regime figures and their slow baselines.
         regime_u = {
             "vol_ratio": "Fast over slow EWMA volatility.",
@@ -585,6 +620,19 @@ def _account(f: _Families, account: str, figures: AccountFigures) -> None:
             value = margin.get(key)
             if value is not None:
                 _put(family, labels, value)
+        if margin.get("scenario_margin") is not None:
+            _put(f.scenario_margin, labels, margin["scenario_margin"])
+        distance = margin.get("distance_to_call")
+        if distance is not None:
+            for direction in ("down", "up"):
+                dl = (account, direction)
+                f.call_reachable.add_metric(dl, 1.0 if distance["reachable"][direction] else 0.0)
+                if distance[direction] is not None:
+                    _put(f.distance_ratio, dl, distance[direction])
+                if distance["sigmas"][direction] is not None:
+                    _put(f.distance_sigmas, dl, distance["sigmas"][direction])
+        for stress, pnl in margin.get("stresses", {}).items():
+            _put(f.stress_pnl, (account, stress), pnl)
 
 
 def build_registry(

@@ -35,7 +35,7 @@ def test_linear_book_margin_distance_and_stresses() -> None:
         PositionEvent(T0, "flat", "BTC_USDC", -1.0),
         AccountEvent(T0, "flat", 50_000.0, 1_000.0, 500.0),
     ]
-    events.sort(key=lambda e: e.ts)
+    events.sort(key=lambda e: e.ts or 0)
     eng.replay(events, "t")
     snap = eng.evaluate(T0 + 40_000)
     s = prices[-1]
@@ -79,3 +79,46 @@ def test_account_without_venue_margin_has_no_distance() -> None:
     # (price 90,000, the 4 s evaluation), reused until risk.scenario_interval has passed.
     assert margin["scenarios_as_of"] == "2026-01-01T00:00:04.000Z"
     assert margin["scenario_margin"] == pytest.approx(0.16 * 90_000.0, rel=1e-9)
+
+
+def test_margin_model_metrics() -> None:
+    from dataclasses import dataclass, field
+
+    from connectors.base import ConnectorStatus
+    from monitor.metrics import build_registry
+    from monitor.snapshot import RiskSnapshot
+    from monitor.stats import EngineStats
+
+    @dataclass
+    class View:
+        snapshot: RiskSnapshot | None
+        stats: EngineStats = field(default_factory=EngineStats)
+        connectors: list[ConnectorStatus] = field(default_factory=list)
+        started_s: float = 0.0
+
+    eng = Engine(
+        SETTINGS,
+        risk=RiskSettings(margin=MarginSettings(stresses=(Stress("crash", default_move=-0.5),))),
+    )
+    eng.replay(
+        [
+            PriceEvent(T0, "BTC", 90_000.0),
+            PositionEvent(T0, "a", "BTC-PERPETUAL", 1.0),
+            AccountEvent(T0, "a", 50_000.0, 20_000.0, 10_000.0),
+            PriceEvent(T0 + 2_000, "BTC", 90_000.0),
+        ],
+        "t",
+    )
+    snap = eng.evaluate(T0 + 2_000)
+    registry = build_registry(View(snap), process_metrics=False)[0]
+
+    def get(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"account": "a", **labels})
+
+    assert get("riskmon_account_scenario_margin_usd") == pytest.approx(0.16 * 90_000.0)
+    assert get("riskmon_account_distance_to_call_ratio", direction="down") == pytest.approx(
+        40_000.0 / 90_000.0
+    )
+    assert get("riskmon_account_distance_to_call_ratio", direction="up") is None
+    assert get("riskmon_account_call_reachable", direction="up") == 0.0
+    assert get("riskmon_account_stress_pnl_usd", stress="crash") == pytest.approx(-45_000.0)
