@@ -940,6 +940,84 @@ def margin() -> dash.Dashboard:
         ),
         w=12,
     )
+    b.row("riskmon's own margin model")
+    b.add(
+        graph(
+            "Distance to a margin call",
+            "The smallest uniform move of all the account's underlyings, down (solid) and up "
+            "(dashed), at which equity after full revaluation (IV held) falls to maintenance "
+            "margin. 12% means a 12% move calls the account. A direction with no line cannot "
+            "be called within the search range. Unit: %.",
+            "percentunit",
+            [
+                Q(
+                    f'riskmon_account_distance_to_call_ratio{{{ACC}, direction="down"}}',
+                    "{{account}} down",
+                ),
+                Q(
+                    f'riskmon_account_distance_to_call_ratio{{{ACC}, direction="up"}}',
+                    "{{account}} up",
+                ),
+            ],
+            thresholds=[(None, RED), (0.05, ORANGE), (0.15, GREEN)],
+            minimum=0,
+            dashed=".* up$",
+        ),
+        w=12,
+    )
+    b.add(
+        graph(
+            "Distance to a margin call in 1-day sigmas",
+            "The same distance over the 1-day standard deviation of a uniform move of the "
+            "account's underlyings (exposure-weighted): below 3, a normal bad day calls it. "
+            "Unit: sigmas.",
+            "none",
+            [
+                Q(
+                    f'riskmon_account_distance_to_call_sigmas{{{ACC}, direction="down"}}',
+                    "{{account}} down",
+                ),
+                Q(
+                    f'riskmon_account_distance_to_call_sigmas{{{ACC}, direction="up"}}',
+                    "{{account}} up",
+                ),
+            ],
+            thresholds=[(None, RED), (3, ORANGE), (5, GREEN)],
+            minimum=0,
+            dashed=".* up$",
+        ),
+        w=12,
+    )
+    b.add(
+        graph(
+            "Scenario margin / equity",
+            "Worst full-revaluation loss over the Deribit-style scenario grid (+-16% in 9 "
+            "steps x vol up/unchanged/down, plus extended moves) as a share of equity. Above "
+            "100% the worst scenario takes more than the account has. Unit: %.",
+            "percentunit",
+            [
+                Q(
+                    f"riskmon_account_scenario_margin_usd{{{ACC}}}"
+                    " / on (job, instance, account) group_left"
+                    f" riskmon_account_equity_usd{{{ACC}}}",
+                    "{{account}}",
+                )
+            ],
+            thresholds=[(None, GREEN), (0.5, ORANGE), (1, RED)],
+            minimum=0,
+        ),
+        w=12,
+    )
+    b.add(
+        graph(
+            "Stress scenarios",
+            "P&L of each configured stress ([[margin.stresses]]) per account, revalued every "
+            "evaluation. A loss is negative. Unit: USD.",
+            "currencyUSD",
+            [Q(f"riskmon_account_stress_pnl_usd{{{ACC}}}", "{{account}} {{stress}}")],
+        ),
+        w=12,
+    )
     b.add(
         grid(
             "Accounts now",
