@@ -1,0 +1,276 @@
+"""The MQTT notifier against a real Mosquitto on a loopback port the test picks.
+
+Never the broker that may already listen on 1883: each test starts its own from a temporary
+config, and stops it. A subscriber (aiomqtt, QoS 1) checks topics and payloads; a fresh
+subscriber checks the retained state; a broker restart checks that delivery resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from tools import required_tool
+
+from monitor.alerting import Alert, AlertState, Severity, Transition
+from monitor.notify import AlertDispatcher, MqttNotifier, transition_payload
+
+T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+PREFIX = "desk1/alerts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    """A broker of the test's own, on a free loopback port; restartable on that port."""
+
+    def __init__(self, binary: str, tmp: Path) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.config = tmp / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n"
+        )
+        self.log = tmp / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, "-c", str(self.config)], stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mosquitto did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def mosquitto_binary() -> str:
+    # Debian installs it in /usr/sbin, which is not on every user's PATH.
+    sbin = Path("/usr/sbin/mosquitto")
+    if shutil.which("mosquitto") is None and os.access(sbin, os.X_OK):
+        return str(sbin)
+    return required_tool("mosquitto")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    b = Mosquitto(mosquitto_binary(), tmp_path)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def transition(
+    i: int,
+    *,
+    rule: str = "margin_utilisation",
+    state: AlertState = "firing",
+    previous: AlertState = "pending",
+    account: str | None = "main",
+    underlying: str | None = None,
+    severity: Severity = "warning",
+) -> Transition:
+    ts = T0_MS + 1000 * i
+    alert = Alert(
+        rule=rule,
+        severity=severity,
+        state=state,
+        account=account,
+        underlying=underlying,
+        value=0.5 + i / 8,
+        threshold=0.5,
+        since_ms=ts,
+        active_since_ms=T0_MS,
+        summary=f"{account or 'book'}: {rule} step {i}",
+    )
+    return Transition(alert=alert, previous=previous, ts_ms=ts)
+
+
+async def wait_until(pred: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
+    step_s = 0.02
+    for _ in range(int(timeout_s / step_s)):
+        if pred():
+            return
+        await asyncio.sleep(step_s)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Subscriber:
+    """Collects ``(topic, payload, qos, retain)`` of everything under ``PREFIX``."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, dict[str, Any], int, bool]] = []
+
+    def keys(self) -> list[str]:
+        return [m[1]["key"] for m in self.messages]
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        return {topic: payload for topic, payload, _, _ in self.messages}
+
+    async def run(self, port: int, name: str, ready: asyncio.Event) -> None:
+        async with aiomqtt.Client("127.0.0.1", port, identifier=name) as client:
+            await client.subscribe(f"{PREFIX}/#", qos=1)
+            ready.set()
+            async for m in client.messages:
+                assert isinstance(m.payload, bytes)
+                self.messages.append((str(m.topic), json.loads(m.payload), m.qos, m.retain))
+
+
+@asynccontextmanager
+async def subscribed(port: int, name: str) -> AsyncIterator[Subscriber]:
+    sub, ready = Subscriber(), asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(sub.run(port, name, ready), name=f"test.subscriber[{name}]")
+        try:
+            async with asyncio.timeout(10):
+                await ready.wait()
+            yield sub
+        finally:
+            task.cancel()
+
+
+@asynccontextmanager
+async def running(d: AlertDispatcher) -> AsyncIterator[None]:
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(d.run(), name="test.dispatcher")
+        try:
+            yield
+        finally:
+            task.cancel()
+
+
+def dispatcher(port: int, outbox: Path) -> AlertDispatcher:
+    n = MqttNotifier(
+        "127.0.0.1",
+        port,
+        topic_prefix=PREFIX,
+        client_id="riskmon-notify-test",
+        max_backoff_s=0.3,
+        timeout_s=3.0,
+    )
+    return AlertDispatcher([n], outbox, rng=random.Random(5), initial_backoff_s=0.05)
+
+
+async def test_qos1_messages_on_per_alert_topics_and_retained_current_state(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    d = dispatcher(broker.port, tmp_path)
+    margin = [
+        transition(0, state="pending", previous="inactive"),
+        transition(1),
+        transition(2, state="resolved", previous="firing"),
+    ]
+    drift_btc = transition(3, rule="risk_drift", underlying="BTC", severity="critical")
+    drift_eth = transition(4, rule="risk_drift", underlying="ETH")
+    corr = transition(5, rule="correlation_spike", account=None)
+    ts = [*margin, drift_btc, drift_eth, corr]
+    async with subscribed(broker.port, "live") as live, running(d):
+        d.submit(margin[:2])
+        d.submit([margin[2], drift_btc, drift_eth, corr])
+        await wait_until(lambda: len(live.messages) >= len(ts), "every message")
+    s = d.stats["mqtt"]
+    assert (s.delivered, s.failed, s.pending) == (6, 0, 0)
+    assert list((tmp_path / "mqtt").iterdir()) == []
+
+    margin_topic = f"{PREFIX}/margin_utilisation/main"
+    topics = [m[0] for m in live.messages]
+    assert topics == [margin_topic] * 3 + [
+        f"{PREFIX}/risk_drift/main/BTC",
+        f"{PREFIX}/risk_drift/main/ETH",
+        f"{PREFIX}/correlation_spike/_book",
+    ]
+    assert live.keys() == [t.idempotency_key for t in ts]
+    assert [m[2] for m in live.messages] == [1] * 6
+    for (_, payload, _, _), t in zip(live.messages, ts, strict=True):
+        assert payload == json.loads(json.dumps(transition_payload(t)))
+    assert [m[1]["state"] for m in live.messages[:3]] == ["pending", "firing", "resolved"]
+    assert live.messages[3][1]["severity"] == "critical"
+    assert live.messages[5][1]["account"] is None
+
+    # A subscriber that connects later gets each alert's current state, retained.
+    async with subscribed(broker.port, "late") as late:
+        await wait_until(lambda: len(late.messages) >= 4, "the retained messages")
+        await asyncio.sleep(0.2)  # nothing more may come
+    assert all(m[3] for m in late.messages)  # flagged as retained
+    assert {t: p["key"] for t, p in late.latest().items()} == {
+        margin_topic: margin[2].idempotency_key,  # resolved, not the firing before it
+        f"{PREFIX}/risk_drift/main/BTC": drift_btc.idempotency_key,
+        f"{PREFIX}/risk_drift/main/ETH": drift_eth.idempotency_key,
+        f"{PREFIX}/correlation_spike/_book": corr.idempotency_key,
+    }
+    assert len(late.messages) == 4
+
+
+async def test_delivery_resumes_after_the_broker_restarts(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    d = dispatcher(broker.port, tmp_path)
+    before = transition(0)
+    during = [
+        transition(1, rule="risk_drift", underlying="BTC"),
+        transition(2, state="resolved", previous="firing"),
+    ]
+    stats = d.stats["mqtt"]
+    async with running(d):
+        async with subscribed(broker.port, "first") as first:
+            d.submit([before])
+            await wait_until(lambda: first.keys() == [before.idempotency_key], "the first")
+        assert stats.connected
+
+        broker.stop()
+        d.submit(during)  # the engine goes on; the transitions wait in the outbox
+        retries = stats.retries
+        await wait_until(lambda: stats.retries >= retries + 2, "reconnect attempts")
+        assert not stats.connected
+        assert stats.pending == 2
+        assert len(list((tmp_path / "mqtt").iterdir())) == 2
+
+        broker.start()  # same port, empty: no persistence configured
+        await wait_until(lambda: stats.pending == 0, "delivery to resume")
+        assert stats.connected
+
+    assert (stats.delivered, stats.failed) == (3, 0)
+    async with subscribed(broker.port, "after") as after:
+        await wait_until(lambda: len(after.messages) >= 2, "the retained messages")
+        await asyncio.sleep(0.2)
+    assert {t: p["key"] for t, p in after.latest().items()} == {
+        f"{PREFIX}/risk_drift/main/BTC": during[0].idempotency_key,
+        f"{PREFIX}/margin_utilisation/main": during[1].idempotency_key,
+    }
+    assert [p["state"] for _, p, _, _ in sorted(after.messages)] == ["resolved", "firing"]
