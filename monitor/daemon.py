@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from connectors import build_connector
@@ -26,6 +26,7 @@ from monitor.events import Event, Reason, Rejected
 from monitor.http import HttpServer
 from monitor.logs import RejectionLog
 from monitor.metrics import build_registry
+from monitor.notify import AlertDispatcher, NotifierStats
 from monitor.queue import EventQueue
 from monitor.record import Recorder
 from monitor.snapshot import RiskSnapshot
@@ -115,6 +116,7 @@ class Daemon:
         self._reject_log = RejectionLog(log)
         self._started_s = time.time()
         self._restart_backoff = Backoff(initial=1.0, cap=30.0)
+        self.alerts = AlertDispatcher.from_config(cfg.alerts)
         self.http: HttpServer | None = None
 
     # -- MonitorView --------------------------------------------------------------------
@@ -134,6 +136,10 @@ class Daemon:
     @property
     def started_s(self) -> float:
         return self._started_s
+
+    @property
+    def notifiers(self) -> Mapping[str, NotifierStats]:
+        return self.alerts.stats
 
     # -- EventSink ----------------------------------------------------------------------
 
@@ -211,6 +217,7 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._engine_loop(), name="riskmon.engine")]
+                tasks.append(tg.create_task(self.alerts.run(), name="riskmon.notify"))
                 for c in self._connectors:
                     tasks.append(
                         tg.create_task(

@@ -34,6 +34,14 @@ Daemon activity (name, type, labels)::
     riskmon_start_time_seconds         (wall clock)    gauge
     riskmon_build_info                 (always 1)      gauge      version
     riskmon_evaluation_duration_seconds                histogram
+    riskmon_alert_notifications_submitted_total        counter    notifier
+    riskmon_alert_notifications_delivered_total        counter    notifier
+    riskmon_alert_notifications_failed_total           counter    notifier
+    riskmon_alert_notifications_dropped_total          counter    notifier
+    riskmon_alert_notification_retries_total           counter    notifier
+    riskmon_alert_outbox_write_errors_total            counter    notifier
+    riskmon_alert_notifications_pending                gauge      notifier
+    riskmon_alert_notifier_up          (0 = retrying)  gauge      notifier
 
 Risk figures from the snapshot (name, type, labels)::
 
@@ -135,7 +143,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final, Protocol
 
 import numpy as np
@@ -152,6 +160,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from connectors.base import ConnectorStatus
 from monitor import __version__
+from monitor.notify import NotifierStats
 from monitor.snapshot import AccountFigures, AccountRisk, RegimeReport, RiskSnapshot
 from monitor.stats import EngineStats
 
@@ -194,6 +203,9 @@ class MonitorView(Protocol):
 
     @property
     def connectors(self) -> Sequence[ConnectorStatus]: ...
+
+    @property
+    def notifiers(self) -> Mapping[str, NotifierStats]: ...
 
     @property
     def started_s(self) -> float:
@@ -256,6 +268,36 @@ class _Families:
             "riskmon_connector_last_message_timestamp_seconds",
             "Wall-clock time of the connector's last message, epoch seconds.",
             ("connector",),
+        )
+        notify = {
+            "submitted": "Alert transitions queued for the notifier.",
+            "delivered": "Alert transitions the receiver acknowledged.",
+            "failed": "Alert transitions the receiver refused for good (logged, dropped).",
+            "dropped": "Oldest pending transitions dropped because the outbox was full.",
+        }
+        self.notify = {
+            key: c(f"riskmon_alert_notifications_{key}", doc, ("notifier",))
+            for key, doc in notify.items()
+        }
+        self.notify["retries"] = c(
+            "riskmon_alert_notification_retries",
+            "Failed delivery attempts that will be retried (a receiver that is down).",
+            ("notifier",),
+        )
+        self.notify["write_errors"] = c(
+            "riskmon_alert_outbox_write_errors",
+            "Transitions the outbox could not persist (kept in memory only).",
+            ("notifier",),
+        )
+        self.notify_pending = g(
+            "riskmon_alert_notifications_pending",
+            "Alert transitions waiting in the outbox.",
+            ("notifier",),
+        )
+        self.notify_up = g(
+            "riskmon_alert_notifier_up",
+            "0 from a delivery failure until the notifier is delivering again.",
+            ("notifier",),
         )
         self.start_time = g(
             "riskmon_start_time_seconds", "Wall-clock time the daemon started, epoch seconds."
@@ -501,6 +543,11 @@ class RiskCollector:
         f = _Families(self._version)
         view = self._view
         self._daemon(f, view.stats, view.connectors, view.started_s)
+        for name, st in sorted(view.notifiers.items()):
+            for key, family in f.notify.items():
+                family.add_metric((name,), getattr(st, key))
+            f.notify_pending.add_metric((name,), st.pending)
+            f.notify_up.add_metric((name,), 1.0 if st.connected else 0.0)
         snapshot = view.snapshot
         if snapshot is not None:
             self._snapshot(f, snapshot)

@@ -7,30 +7,22 @@ import json
 import math
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import aiohttp
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tools import StaticView as View
 
 from connectors.base import ConnectorStatus
 from monitor.alerting import Alert, Transition
 from monitor.http import HttpServer, parse_listen
 from monitor.metrics import build_registry
 from monitor.snapshot import AccountFigures, AssetFigures, RiskSnapshot
-from monitor.stats import EngineStats
 from monitor.status import StatusError, fetch_report, render_status
 
 AS_OF_MS = 1_767_225_600_250  # 2026-01-01T00:00:00.250Z
-
-
-@dataclass
-class View:
-    snapshot: RiskSnapshot | None = None
-    stats: EngineStats = field(default_factory=EngineStats)
-    connectors: list[ConnectorStatus] = field(default_factory=list)
-    started_s: float = 1_767_225_000.0
 
 
 def make_snapshot(as_of_ms: int = AS_OF_MS, seq: int = 1) -> RiskSnapshot:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from tools import StaticView
 
 from monitor.engine import Engine, EngineSettings
 from monitor.evaluation import RiskSettings
@@ -82,19 +83,7 @@ def test_account_without_venue_margin_has_no_distance() -> None:
 
 
 def test_margin_model_metrics() -> None:
-    from dataclasses import dataclass, field
-
-    from connectors.base import ConnectorStatus
     from monitor.metrics import build_registry
-    from monitor.snapshot import RiskSnapshot
-    from monitor.stats import EngineStats
-
-    @dataclass
-    class View:
-        snapshot: RiskSnapshot | None
-        stats: EngineStats = field(default_factory=EngineStats)
-        connectors: list[ConnectorStatus] = field(default_factory=list)
-        started_s: float = 0.0
 
     eng = Engine(
         SETTINGS,
@@ -110,7 +99,7 @@ def test_margin_model_metrics() -> None:
         "t",
     )
     snap = eng.evaluate(T0 + 2_000)
-    registry = build_registry(View(snap), process_metrics=False)[0]
+    registry = build_registry(StaticView(snap), process_metrics=False)[0]
 
     def get(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, {"account": "a", **labels})

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
-from tools import assert_promtool_clean
+from tools import StaticView, assert_promtool_clean
 
 from connectors.base import ConnectorStatus
 from monitor import __version__
@@ -22,14 +21,12 @@ AS_OF_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 STARTED_S = 1_767_225_000.5
 
 
-@dataclass
-class View:
-    """A real MonitorView: plain attributes satisfy the read-only protocol properties."""
-
-    snapshot: RiskSnapshot | None = None
-    stats: EngineStats = field(default_factory=EngineStats)
-    connectors: list[ConnectorStatus] = field(default_factory=list)
-    started_s: float = STARTED_S
+def View(
+    snapshot: RiskSnapshot | None = None,
+    stats: EngineStats | None = None,
+    connectors: list[ConnectorStatus] | None = None,
+) -> StaticView:
+    return StaticView(snapshot, stats or EngineStats(), connectors or [], STARTED_S)
 
 
 def assets(
@@ -89,7 +86,7 @@ def second_snapshot() -> RiskSnapshot:
     )
 
 
-def busy_view() -> View:
+def busy_view() -> StaticView:
     stats = EngineStats(
         accepted=Counter({("deribit", "price"): 10, ("replay", "position"): 3}),
         rejected=Counter({("deribit", "invalid_value"): 2}),
@@ -365,3 +362,19 @@ def test_full_exposition_passes_promtool_check_metrics() -> None:
     assert b"riskmon_account_var_usd{" in exposition
     assert b"riskmon_regime_absorption_ratio " in exposition
     assert_promtool_clean(exposition)
+
+
+def test_notifier_counters_are_exported() -> None:
+    from monitor.notify import NotifierStats
+
+    webhook = NotifierStats(submitted=5, delivered=3, retries=7, pending=2, connected=False)
+    view = StaticView(
+        notifiers={"webhook": webhook, "log": NotifierStats(submitted=5, connected=True)}
+    )
+    registry, _ = build_registry(view, process_metrics=False)
+    assert value(registry, "riskmon_alert_notifications_delivered_total", notifier="webhook") == 3
+    assert value(registry, "riskmon_alert_notification_retries_total", notifier="webhook") == 7
+    assert value(registry, "riskmon_alert_notifications_pending", notifier="webhook") == 2
+    assert value(registry, "riskmon_alert_notifier_up", notifier="webhook") == 0
+    assert value(registry, "riskmon_alert_notifier_up", notifier="log") == 1
+    assert_promtool_clean(generate_latest(registry))

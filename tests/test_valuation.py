@@ -13,6 +13,7 @@ from typing import Literal
 
 import pytest
 import QuantLib as ql
+from tools import StaticView
 
 from monitor.engine import Engine, EngineSettings
 from monitor.events import Event, InstrumentEvent, PositionEvent, PriceEvent, VenueGreeks
@@ -165,21 +166,9 @@ def test_greeks_vs_venue_and_coin_delta_against_quantlib() -> None:
 
 
 def test_greeks_vs_venue_is_exported() -> None:
-    from dataclasses import dataclass, field
-
     from prometheus_client import CollectorRegistry
 
-    from connectors.base import ConnectorStatus
     from monitor.metrics import build_registry
-    from monitor.snapshot import RiskSnapshot
-    from monitor.stats import EngineStats
-
-    @dataclass
-    class View:
-        snapshot: RiskSnapshot | None
-        stats: EngineStats = field(default_factory=EngineStats)
-        connectors: list[ConnectorStatus] = field(default_factory=list)
-        started_s: float = 0.0
 
     name = "ETH-30JAN26-3200-C"
     eng = Engine(EngineSettings())
@@ -192,7 +181,7 @@ def test_greeks_vs_venue_is_exported() -> None:
         "t",
     )
     snap = eng.evaluate(T0)
-    registry: CollectorRegistry = build_registry(View(snap), process_metrics=False)[0]
+    registry: CollectorRegistry = build_registry(StaticView(snap), process_metrics=False)[0]
     table = snap.accounts["a"].positions
     assert table is not None
     got = registry.get_sample_value(

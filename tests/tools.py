@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from connectors.base import ConnectorStatus
+from monitor.notify import NotifierStats
+from monitor.snapshot import RiskSnapshot
+from monitor.stats import EngineStats
 
 
 def required_tool(name: str) -> str:
@@ -35,3 +41,14 @@ def assert_promtool_clean(exposition: bytes) -> None:
         check=False,
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+
+
+@dataclass
+class StaticView:
+    """A real ``MonitorView``: plain attributes satisfy the read-only protocol properties."""
+
+    snapshot: RiskSnapshot | None = None
+    stats: EngineStats = field(default_factory=EngineStats)
+    connectors: list[ConnectorStatus] = field(default_factory=list)
+    started_s: float = 1_767_225_000.0
+    notifiers: dict[str, NotifierStats] = field(default_factory=dict)
