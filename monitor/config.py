@@ -47,7 +47,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, TypeAlias, cast, get_args
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias, cast, get_args
 
 import msgspec
 import msgspec.inspect as mi
@@ -183,10 +183,43 @@ def parse_duration(text: str) -> Duration:
     return Duration(int(total))
 
 
+class Delay(Duration):
+    """A span of time >= 0 in whole milliseconds (a rule's ``for``, ``cooldown``).
+
+    Like :class:`Duration`, but zero is allowed and written ``"0s"``.
+
+    >>> str(Delay("0s")), str(Delay("1m30s")), int(Delay(0))
+    ('0s', '1m30s', 0)
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, value: int | str) -> Delay:
+        if isinstance(value, str):
+            return parse_delay(value)
+        if value == 0 and not isinstance(value, bool) and isinstance(value, int):
+            return int.__new__(cls, 0)
+        return cast(Delay, super().__new__(cls, value))
+
+    def __str__(self) -> str:
+        return super().__str__() if self else "0s"
+
+    def __repr__(self) -> str:
+        return f"Delay({str(self)!r})"
+
+
+def parse_delay(text: str) -> Delay:
+    """Parse a :class:`Delay`: what :func:`parse_duration` reads, or zero (``"0s"``)."""
+    s = text.strip()
+    if _DURATION_FULL.fullmatch(s) and all(Decimal(n) == 0 for n, _ in _DURATION_PART.findall(s)):
+        return Delay(0)
+    return Delay(int(parse_duration(text)))
+
+
 def _dec_hook(tp: type[Any], obj: Any) -> Any:
-    if tp is Duration:
+    if tp is Duration or tp is Delay:
         if isinstance(obj, str):
-            return parse_duration(obj)
+            return parse_duration(obj) if tp is Duration else parse_delay(obj)
         unitless = isinstance(obj, int | float) and not isinstance(obj, bool)
         raise ValueError(
             f"{_DURATION_HINT}; got {_show(obj)}" + (" (a number needs a unit)" if unitless else "")
@@ -431,6 +464,291 @@ class AlertsConfig(_Section, frozen=True):
             )
 
 
+# --- alert rules -------------------------------------------------------------------------
+
+#: A threshold in the figure's unit, or ``"off"``: the rule does not use that severity.
+Threshold: TypeAlias = float | Literal["off"]
+PositiveUsd = Annotated[float, Meta(gt=0)]
+
+
+class _RuleBase(_Section, frozen=True, kw_only=True, tag_field="name"):
+    """Base of the ``[[rules]]`` union, tagged on ``name``: one class per built-in rule.
+
+    The rule engine's semantics (``monitor.rules``): a breach (the figure reaches
+    ``warning`` or ``critical``, beyond them in the rule's ``direction``) lasting ``for``
+    fires; the alert resolves once the figure is strictly back past ``clear``
+    (hysteresis); after a resolve, a new non-critical episode waits ``cooldown``.
+
+    To add a rule: subclass with ``tag="<name>"``, set ``direction`` and redeclare every
+    threshold with the rule's default, add the class to :data:`RuleConfig`, document it in
+    ``deploy/riskmon.example.toml`` and build it in ``monitor.rulepack``.
+    """
+
+    direction: ClassVar[Literal["above", "below"]]
+    enabled: bool = True
+    warning: Threshold
+    critical: Threshold
+    clear: float
+    for_: Delay = msgspec.field(name="for")
+    cooldown: Delay
+
+    def __post_init__(self) -> None:
+        from monitor.rules import check_thresholds
+
+        problem = check_thresholds(
+            self.direction, self.warning_level, self.critical_level, self.clear
+        )
+        if problem is not None:
+            raise _Invalid((problem[0],), problem[1])
+
+    @property
+    def rule(self) -> str:
+        """The rule's name (the ``name`` key)."""
+        return cast(str, self.__struct_config__.tag)
+
+    @property
+    def warning_level(self) -> float | None:
+        return None if self.warning == "off" else self.warning
+
+    @property
+    def critical_level(self) -> float | None:
+        return None if self.critical == "off" else self.critical
+
+
+class RiskDriftRule(_RuleBase, frozen=True, tag="risk_drift"):
+    """Per account and underlying: |risk share - budget share| (fraction of the risk)."""
+
+    direction = "above"
+    warning: Threshold = 0.15
+    critical: Threshold = 0.30
+    clear: float = 0.10
+    for_: Delay = msgspec.field(name="for", default=Delay("1m"))
+    cooldown: Delay = Delay("15m")
+
+
+class ConcentrationRule(_RuleBase, frozen=True, tag="concentration"):
+    """Per account: ``half_l1`` (share of risk away from budget) or ``max_abs_drift``."""
+
+    direction = "above"
+    warning: Threshold = 0.25
+    critical: Threshold = 0.40
+    clear: float = 0.20
+    for_: Delay = msgspec.field(name="for", default=Delay("1m"))
+    cooldown: Delay = Delay("15m")
+    measure: Literal["half_l1", "max_abs_drift"] = "half_l1"
+
+
+class MarginUtilizationRule(_RuleBase, frozen=True, tag="margin_utilization"):
+    """Per account: venue maintenance margin / equity (1 = margin call)."""
+
+    direction = "above"
+    warning: Threshold = 0.60
+    critical: Threshold = 0.80
+    clear: float = 0.55
+    for_: Delay = msgspec.field(name="for", default=Delay("10s"))
+    cooldown: Delay = Delay("10m")
+
+
+class DistanceToCallRule(_RuleBase, frozen=True, tag="distance_to_call"):
+    """Per account: the smaller uniform move (down or up, a fraction) reaching the call."""
+
+    direction = "below"
+    warning: Threshold = 0.15
+    critical: Threshold = 0.08
+    clear: float = 0.18
+    for_: Delay = msgspec.field(name="for", default=Delay("10s"))
+    cooldown: Delay = Delay("10m")
+
+
+class DistanceToCallSigmasRule(_RuleBase, frozen=True, tag="distance_to_call_sigmas"):
+    """Per account: the distance to the margin call in 1-day sigmas."""
+
+    direction = "below"
+    warning: Threshold = 3.0
+    critical: Threshold = 2.0
+    clear: float = 3.5
+    for_: Delay = msgspec.field(name="for", default=Delay("10s"))
+    cooldown: Delay = Delay("10m")
+
+
+class ScenarioMarginRule(_RuleBase, frozen=True, tag="scenario_margin"):
+    """Per account: scenario margin (worst scenario loss) / equity."""
+
+    direction = "above"
+    warning: Threshold = 0.50
+    critical: Threshold = 0.80
+    clear: float = 0.45
+    for_: Delay = msgspec.field(name="for", default=Delay("30s"))
+    cooldown: Delay = Delay("10m")
+
+
+class VolBreakRule(_RuleBase, frozen=True, tag="vol_break"):
+    """Per held underlying: fast/slow volatility ratio over its slow baseline."""
+
+    direction = "above"
+    warning: Threshold = 1.5
+    critical: Threshold = 2.0
+    clear: float = 1.25
+    for_: Delay = msgspec.field(name="for", default=Delay("30s"))
+    cooldown: Delay = Delay("15m")
+
+
+class VolVsImpliedRule(_RuleBase, frozen=True, tag="vol_vs_implied"):
+    """Per held underlying with options: realised volatility / the IV the book is marked at."""
+
+    direction = "above"
+    warning: Threshold = 1.25
+    critical: Threshold = 1.5
+    clear: float = 1.1
+    for_: Delay = msgspec.field(name="for", default=Delay("1m"))
+    cooldown: Delay = Delay("15m")
+
+
+class CorrelationSpikeRule(_RuleBase, frozen=True, tag="correlation_spike"):
+    """Book: average pairwise correlation minus its slow baseline."""
+
+    direction = "above"
+    warning: Threshold = 0.15
+    critical: Threshold = 0.25
+    clear: float = 0.10
+    for_: Delay = msgspec.field(name="for", default=Delay("30s"))
+    cooldown: Delay = Delay("15m")
+
+
+class AbsorptionSpikeRule(_RuleBase, frozen=True, tag="absorption_spike"):
+    """Book: absorption ratio minus its slow baseline."""
+
+    direction = "above"
+    warning: Threshold = 0.08
+    critical: Threshold = 0.15
+    clear: float = 0.05
+    for_: Delay = msgspec.field(name="for", default=Delay("30s"))
+    cooldown: Delay = Delay("15m")
+
+
+class NetDeltaLimitRule(_RuleBase, frozen=True, tag="net_delta_limit"):
+    """Per account with ``limits.<account>.delta_usd``: |net delta_usd| / the limit."""
+
+    direction = "above"
+    warning: Threshold = 0.8
+    critical: Threshold = 1.0
+    clear: float = 0.7
+    for_: Delay = msgspec.field(name="for", default=Delay("10s"))
+    cooldown: Delay = Delay("10m")
+
+
+class NetVegaLimitRule(_RuleBase, frozen=True, tag="net_vega_limit"):
+    """Per account with ``limits.<account>.vega``: |net vega| / the limit."""
+
+    direction = "above"
+    warning: Threshold = 0.8
+    critical: Threshold = 1.0
+    clear: float = 0.7
+    for_: Delay = msgspec.field(name="for", default=Delay("10s"))
+    cooldown: Delay = Delay("10m")
+
+
+class HedgeOffsetRule(_RuleBase, frozen=True, tag="hedge_offset"):
+    """Per account and underlying: hedged share ``1 - |sum delta_usd| / sum |delta_usd|``.
+
+    Watched once it has been at or above ``clear`` with gross ``sum |delta_usd|`` at least
+    ``min_gross_usd``; no longer watched when the gross falls below ``min_gross_usd``.
+    """
+
+    direction = "below"
+    warning: Threshold = 0.75
+    critical: Threshold = 0.50
+    clear: float = 0.80
+    for_: Delay = msgspec.field(name="for", default=Delay("1m"))
+    cooldown: Delay = Delay("15m")
+    min_gross_usd: Annotated[float, Meta(ge=0)] = 100_000.0
+
+
+class StaleDataRule(_RuleBase, frozen=True, tag="stale_data"):
+    """Per account and underlying: seconds since the oldest price a held position uses."""
+
+    direction = "above"
+    warning: Threshold = 60.0
+    critical: Threshold = 300.0
+    clear: float = 30.0
+    for_: Delay = msgspec.field(name="for", default=Delay("10s"))
+    cooldown: Delay = Delay("10m")
+
+
+class ConnectorDownRule(_RuleBase, frozen=True, tag="connector_down"):
+    """Per connector: 1 while disconnected, 0 while connected."""
+
+    direction = "above"
+    warning: Threshold = "off"
+    critical: Threshold = 0.5
+    clear: float = 0.5
+    for_: Delay = msgspec.field(name="for", default=Delay("30s"))
+    cooldown: Delay = Delay("5m")
+
+
+class VenueDeltaMismatchRule(_RuleBase, frozen=True, tag="venue_delta_mismatch"):
+    """Per account: |riskmon's delta_usd - the venue's| over the positions it publishes."""
+
+    direction = "above"
+    warning: Threshold = 25_000.0
+    critical: Threshold = 100_000.0
+    clear: float = 15_000.0
+    for_: Delay = msgspec.field(name="for", default=Delay("1m"))
+    cooldown: Delay = Delay("30m")
+
+
+class VenueVegaMismatchRule(_RuleBase, frozen=True, tag="venue_vega_mismatch"):
+    """Per account: |riskmon's vega - the venue's| (USD per vol point)."""
+
+    direction = "above"
+    warning: Threshold = 2_500.0
+    critical: Threshold = 10_000.0
+    clear: float = 1_500.0
+    for_: Delay = msgspec.field(name="for", default=Delay("1m"))
+    cooldown: Delay = Delay("30m")
+
+
+#: Every built-in rule, in pack order (the order alerts are reported in).
+RuleConfig: TypeAlias = (
+    RiskDriftRule
+    | ConcentrationRule
+    | MarginUtilizationRule
+    | DistanceToCallRule
+    | DistanceToCallSigmasRule
+    | ScenarioMarginRule
+    | VolBreakRule
+    | VolVsImpliedRule
+    | CorrelationSpikeRule
+    | AbsorptionSpikeRule
+    | NetDeltaLimitRule
+    | NetVegaLimitRule
+    | HedgeOffsetRule
+    | StaleDataRule
+    | ConnectorDownRule
+    | VenueDeltaMismatchRule
+    | VenueVegaMismatchRule
+)
+
+RULE_TYPES: Final[dict[str, type[RuleConfig]]] = {
+    cast(str, cls.__struct_config__.tag): cls for cls in get_args(RuleConfig)
+}
+
+
+class AccountLimits(_Section, frozen=True):
+    """Limits of one account (``[limits.<account>]``); unset = that rule is off for it."""
+
+    #: |net delta| limit, USD (rule ``net_delta_limit``).
+    delta_usd: PositiveUsd | None = None
+    #: |net vega| limit, USD per vol point (rule ``net_vega_limit``).
+    vega: PositiveUsd | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("delta_usd", "vega"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise _Invalid((name,), f"expected a finite limit; got {_show(v)}")
+
+
 class Config(_Section, frozen=True):
     """The whole daemon configuration (see ``deploy/riskmon.example.toml``)."""
 
@@ -440,12 +758,29 @@ class Config(_Section, frozen=True):
     estimator: EstimatorConfig = msgspec.field(default_factory=EstimatorConfig)
     risk: RiskConfig = msgspec.field(default_factory=RiskConfig)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+    #: Every built-in rule once, in pack order; an entry given overrides that rule's
+    #: defaults, a rule not given keeps them.
+    rules: tuple[RuleConfig, ...] = ()
+    #: Per-account limits, by account name.
+    limits: dict[str, AccountLimits] = msgspec.field(default_factory=dict)
     #: Empty means one default simulated connector.
     connectors: tuple[ConnectorConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.connectors:
             msgspec.structs.force_setattr(self, "connectors", (SimulatedConnector(),))
+        given: dict[str, int] = {}
+        for i, rule in enumerate(self.rules):
+            if rule.rule in given:
+                raise _Invalid(
+                    ("rules", i, "name"),
+                    f"duplicate rule {_show(rule.rule)} (rules[{given[rule.rule]}] sets it too)",
+                )
+            given[rule.rule] = i
+        rules = tuple(
+            self.rules[given[name]] if name in given else cls() for name, cls in RULE_TYPES.items()
+        )
+        msgspec.structs.force_setattr(self, "rules", rules)
         seen: dict[str, int] = {}
         for i, conn in enumerate(self.connectors):
             key = _env_name(conn.name)
@@ -477,6 +812,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     """
     raw: dict[str, Any] = {} if path is None else _read_toml(Path(path))
     _check_connectors(raw)
+    _check_rules(raw)
     origins = _apply_env(raw, os.environ if env is None else env)
     try:
         return msgspec.convert(raw, type=Config, dec_hook=_dec_hook)
@@ -522,6 +858,33 @@ def _check_connectors(raw: dict[str, Any]) -> None:
             )
 
 
+def _check_rules(raw: dict[str, Any]) -> None:
+    """Check each ``[[rules]]`` entry names a built-in rule once, then add an entry for
+    every rule not given, so the environment can address any rule by name."""
+    entries = raw.setdefault("rules", [])
+    if not isinstance(entries, list):
+        return  # msgspec reports the type
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue
+        if "name" not in entry:
+            raise ConfigError(
+                f"rules[{i}].name", f"missing; expected one of: {', '.join(RULE_TYPES)}"
+            )
+        name = entry["name"]
+        if not isinstance(name, str) or name not in RULE_TYPES:
+            hint = _suggest(name, RULE_TYPES) if isinstance(name, str) else ""
+            raise ConfigError(f"rules[{i}].name", f"unknown rule {_show(name)}{hint}")
+        if name in seen:
+            raise ConfigError(
+                f"rules[{i}].name",
+                f"duplicate rule {_show(name)} (rules[{seen[name]}] sets it too)",
+            )
+        seen[name] = i
+    entries.extend({"name": name} for name in RULE_TYPES if name not in seen)
+
+
 _Seg: TypeAlias = str | int | None  # None: a dict key msgspec did not name ("[...]")
 _MISSING: Final = object()
 
@@ -560,22 +923,23 @@ def _env_target(
         key = part.lower()
         last = i == len(parts) - 1
         if isinstance(node, mi.StructType):
-            fields = {f.name: f.type for f in node.fields}
+            fields = {f.encode_name: f.type for f in node.fields}
             if key not in fields:
                 raise ConfigError(
                     _format_path([*segs, key]), f"unknown key in {var}{_suggest(key, fields)}"
                 )
             node = fields[key]
-            table = isinstance(node, mi.StructType) or (not segs and key == "connectors")
+            table = isinstance(node, mi.StructType) or (not segs and key in _NAMED_LISTS)
             if last and not table:
                 return [*segs, key], node, cursor
             segs.append(key)
             if isinstance(node, mi.DictType):
+                example = _TABLE_EXAMPLES.get(_format_path(segs), "{ main = { ... } }")
                 raise ConfigError(
                     _format_path(segs),
                     f"cannot set keys inside this table one at a time ({var}); set it whole "
                     f"as an inline TOML table: {ENV_PREFIX}{'__'.join(map(str, segs)).upper()}"
-                    "='{ main = { BTC = 0.5, ETH = 0.5 } }'",
+                    f"='{example}'",
                 )
             if not table:
                 raise ConfigError(
@@ -587,16 +951,17 @@ def _env_target(
                     _format_path(segs), f"expected a table; got {_show(child)} (in the file)"
                 )
             cursor = child
-        elif segs == ["connectors"] and isinstance(cursor, list):
+        elif len(segs) == 1 and segs[0] in _NAMED_LISTS and isinstance(cursor, list):
             names = {
-                _env_name(str(e.get("name", _default_name(e)))): n
+                _env_name(str(e["name"]) if "name" in e else _default_name(e)): n
                 for n, e in enumerate(cursor)
                 if isinstance(e, dict)
             }
             if part.upper() not in names:
                 known = ", ".join(names) or "none"
+                what = _NAMED_LISTS[str(segs[0])]
                 raise ConfigError(
-                    "connectors", f"no connector named {part!r} for {var} (known: {known})"
+                    str(segs[0]), f"no {what} named {part!r} for {var} (known: {known})"
                 )
             n = names[part.upper()]
             segs.append(n)
@@ -604,10 +969,19 @@ def _env_target(
             node = _tagged_member(node, cursor)
         else:  # pragma: no cover - the schema has no other containers
             raise ConfigError(_format_path([*segs, key]), f"unknown key in {var}")
-    key = "<NAME>__<KEY>" if segs == ["connectors"] else "<KEY>"
+    key = "<NAME>__<KEY>" if len(segs) == 1 and segs[0] in _NAMED_LISTS else "<KEY>"
     raise ConfigError(
         _format_path(segs), f"is a table; set one of its keys ({var.upper()}__{key}), not the table"
     )
+
+
+#: Arrays of tables whose entries the environment addresses by ``name`` (-> singular).
+_NAMED_LISTS: Final = {"connectors": "connector", "rules": "rule"}
+#: Examples for the "set this table whole" hint.
+_TABLE_EXAMPLES: Final = {
+    "risk.budgets": "{ main = { BTC = 0.5, ETH = 0.5 } }",
+    "limits": "{ main = { delta_usd = 2e6, vega = 5e4 } }",
+}
 
 
 def _default_name(entry: dict[str, Any]) -> str:
@@ -620,11 +994,11 @@ def _tagged_member(node: mi.Type, entry: Any) -> mi.Type:
     if isinstance(node, mi.VarTupleType | mi.ListType):
         node = node.item_type
     members = node.types if isinstance(node, mi.UnionType) else (node,)
-    tag = entry.get("type") if isinstance(entry, dict) else None
-    for m in members:
-        if isinstance(m, mi.StructType) and m.tag == tag:
+    structs = [m for m in members if isinstance(m, mi.StructType)]
+    for m in structs:
+        if m.tag_field is not None and isinstance(entry, dict) and entry.get(m.tag_field) == m.tag:
             return m
-    return members[0]
+    return structs[0] if structs else node
 
 
 def _takes_string(node: mi.Type) -> bool:
@@ -650,6 +1024,7 @@ def _toml_value(text: str) -> Any:
 _MSGSPEC_ERROR = re.compile(r"(?s)(.*) - at `\$(.*)`")
 _PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]|(\[\.\.\.\])")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_KIND: Final[dict[type, str]] = {mi.IntType: "int", mi.FloatType: "float", mi.StrType: "str"}
 _TYPE_WORDS: Final = {
     "int": "an integer",
     "float": "a number",
@@ -722,7 +1097,7 @@ def _rewrite(text: str, segs: list[_Seg], raw: dict[str, Any]) -> tuple[list[_Se
     if m := re.fullmatch(r"Object contains unknown field `(.*)`", text):
         key = m.group(1)
         node = _node_at(segs, raw)
-        fields = [f.name for f in node.fields] if isinstance(node, mi.StructType) else []
+        fields = [f.encode_name for f in node.fields] if isinstance(node, mi.StructType) else []
         return [*segs, key], f"unknown key{_suggest(key, fields)}"
     if m := re.fullmatch(r"Object missing required field `(.*)`", text):
         return [*segs, m.group(1)], "missing required key"
@@ -732,6 +1107,16 @@ def _rewrite(text: str, segs: list[_Seg], raw: dict[str, Any]) -> tuple[list[_Se
         if isinstance(node, mi.LiteralType):
             choices = ", ".join(_show(v) for v in node.values)
             return segs, f"expected one of {choices}; got {got}"
+        if isinstance(node, mi.UnionType):  # a number or a word, e.g. a rule's threshold
+            words = [
+                _show(v)
+                if isinstance(m, mi.LiteralType)
+                else _TYPE_WORDS.get(_KIND.get(type(m), ""), "")
+                for m in node.types
+                if not isinstance(m, mi.NoneType)
+                for v in (m.values if isinstance(m, mi.LiteralType) else (None,))
+            ]
+            return segs, f"expected {' or '.join(w for w in words if w)}; got {got}"
     if m := re.fullmatch(r"Expected `([^`]*)`(.*?)(?:, got `[^`]*`)?", text):
         words = [_TYPE_WORDS.get(t, t) for t in m.group(1).split(" | ") if t != "null"]
         message = f"expected {' or '.join(words)}{m.group(2)}; got {got}"
@@ -749,7 +1134,7 @@ def _node_at(segs: list[_Seg], raw: dict[str, Any]) -> mi.Type | None:
             node = _tagged_member(node, cursor)
         cursor = _get(cursor, [seg])
         if isinstance(node, mi.StructType) and isinstance(seg, str):
-            node = next((f.type for f in node.fields if f.name == seg), mi.AnyType())
+            node = next((f.type for f in node.fields if f.encode_name == seg), mi.AnyType())
         elif isinstance(node, mi.VarTupleType | mi.ListType):
             node = node.item_type
         elif isinstance(node, mi.DictType):
@@ -843,9 +1228,9 @@ def _plain(value: Any) -> Any:
         conf = value.__struct_config__
         if conf.tag_field is not None:
             out[conf.tag_field] = conf.tag
-        for name in value.__struct_fields__:
+        for name, key in zip(value.__struct_fields__, value.__struct_encode_fields__, strict=True):
             v = getattr(value, name)
-            out[name] = _REDACTED if _is_secret(name) and v is not None else _plain(v)
+            out[key] = _REDACTED if _is_secret(name) and v is not None else _plain(v)
         return out
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]

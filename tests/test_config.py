@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import pytest
 
 from monitor import config
 from monitor.config import (
+    RULE_TYPES,
+    AccountLimits,
     Config,
     ConfigError,
+    ConnectorDownRule,
+    Delay,
     Duration,
     EstimatorConfig,
+    HedgeOffsetRule,
+    MarginUtilizationRule,
     SimulatedConnector,
     load_config,
+    parse_delay,
     parse_duration,
     redacted,
 )
@@ -358,6 +366,113 @@ def test_sections_are_frozen() -> None:
             'connectors[0].underlyings[1]: duplicate underlying "BTC"',
             id="duplicate-underlying",
         ),
+        pytest.param(
+            '[[rules]]\nname = "stale_data"\n[[rules]]\nname = "margin_utilisation"\n',
+            "rules[1].name",
+            'rules[1].name: unknown rule "margin_utilisation" (did you mean "margin_utilization"?)',
+            id="unknown-rule",
+        ),
+        pytest.param(
+            "[[rules]]\ncritical = 0.9\n",
+            "rules[0].name",
+            "rules[0].name: missing; expected one of: " + ", ".join(RULE_TYPES),
+            id="rule-without-name",
+        ),
+        pytest.param(
+            '[[rules]]\nname = "hedge_offset"\n[[rules]]\nname = "hedge_offset"\n',
+            "rules[1].name",
+            'rules[1].name: duplicate rule "hedge_offset" (rules[0] sets it too)',
+            id="duplicate-rule",
+        ),
+        pytest.param(
+            '[[rules]]\nname = "margin_utilization"\ncritcal = 0.9\n',
+            "rules[0].critcal",
+            'rules[0].critcal: unknown key (did you mean "critical"?)',
+            id="unknown-rule-key",
+        ),
+        pytest.param(
+            '[[rules]]\nname = "stale_data"\nmin_gross_usd = 1\n',
+            "rules[0].min_gross_usd",
+            "rules[0].min_gross_usd: unknown key (expected one of: warning, critical, clear, "
+            "for, cooldown, enabled)",
+            id="other-rules-key",
+        ),
+        pytest.param(
+            '[[rules]]\nname = "margin_utilization"\ncritical = 0.5\n',
+            "rules[0].critical",
+            "rules[0].critical: must be above warning (0.6) for a rule that fires above its "
+            "thresholds; got 0.5",
+            id="critical-below-warning",
+        ),
+        pytest.param(
+            '[[rules]]\nname = "margin_utilization"\nclear = 0.7\n',
+            "rules[0].clear",
+            "rules[0].clear: must be at or below warning (0.6) for a rule that fires above its "
+            "thresholds; got 0.7",
+            id="clear-past-warning",
+        ),
+        pytest.param(
+            '[[rules]]\nname = "distance_to_call"\nclear = 0.1\n',
+            "rules[0].clear",
+            "rules[0].clear: must be at or above warning (0.15) for a rule that fires below "
+            "its thresholds; got 0.1",
+            id="clear-past-warning-below-rule",
+        ),
+        pytest.param(
+            '[[rules]]\nname = "connector_down"\ncritical = "off"\n',
+            "rules[0].critical",
+            "rules[0].critical: a rule needs a warning or a critical threshold (or both)",
+            id="no-threshold",
+        ),
+        pytest.param(
+            '[[rules]]\nname = "stale_data"\nwarning = "of"\n',
+            "rules[0].warning",
+            'rules[0].warning: expected a number or "off"; got "of"',
+            id="threshold-word",
+        ),
+        pytest.param(
+            '[[rules]]\nname = "stale_data"\nwarning = nan\n',
+            "rules[0].warning",
+            "rules[0].warning: expected a finite number; got nan",
+            id="threshold-nan",
+        ),
+        pytest.param(
+            '[[rules]]\nname = "stale_data"\nfor = 10\n',
+            "rules[0].for",
+            'rules[0].for: expected a duration such as "250ms", "1s", "1h"; got 10 '
+            "(a number needs a unit)",
+            id="for-without-unit",
+        ),
+        pytest.param(
+            '[[rules]]\nname = "concentration"\nmeasure = "l2"\n',
+            "rules[0].measure",
+            'rules[0].measure: expected one of "half_l1", "max_abs_drift"; got "l2"',
+            id="rule-parameter",
+        ),
+        pytest.param(
+            "rules = { name = 1 }\n",
+            "rules",
+            "rules: expected an array; got a table",
+            id="rules-not-an-array",
+        ),
+        pytest.param(
+            "[limits.main]\ndelta_usd = -1\n",
+            "limits.main.delta_usd",
+            "limits.main.delta_usd: expected a number > 0.0; got -1",
+            id="negative-limit",
+        ),
+        pytest.param(
+            "[limits.main]\nvega = inf\n",
+            "limits.main.vega",
+            "limits.main.vega: expected a finite limit; got inf",
+            id="infinite-limit",
+        ),
+        pytest.param(
+            "[limits.main]\ndelta = 1e6\n",
+            "limits.main.delta",
+            'limits.main.delta: unknown key (did you mean "delta_usd"?)',
+            id="unknown-limit",
+        ),
     ],
 )
 def test_file_errors_name_the_key_path(tmp_path: Path, text: str, path: str, expected: str) -> None:
@@ -365,6 +480,146 @@ def test_file_errors_name_the_key_path(tmp_path: Path, text: str, path: str, exp
     assert err.path == path
     assert str(err) == expected
     assert str(err) == f"{err.path}: {err.message}"
+
+
+# --- rules -------------------------------------------------------------------------------
+
+
+def test_rules_default_to_the_whole_pack() -> None:
+    rules = Config().rules
+    assert [r.rule for r in rules] == list(RULE_TYPES)
+    assert all(r.enabled for r in rules)
+    margin = next(r for r in rules if isinstance(r, MarginUtilizationRule))
+    assert (margin.warning, margin.critical, margin.clear) == (0.6, 0.8, 0.55)
+    assert (margin.for_, margin.cooldown) == (10_000, 600_000)
+    down = next(r for r in rules if isinstance(r, ConnectorDownRule))
+    assert (down.warning_level, down.critical_level) == (None, 0.5)
+    assert Config().limits == {}
+
+
+RULES = """
+[[rules]]
+name = "stale_data"
+critical = 600
+for = "0s"
+
+[[rules]]
+name = "margin_utilization"
+enabled = false
+
+[[rules]]
+name = "hedge_offset"
+warning = "off"
+min_gross_usd = 250000
+
+[limits.main]
+delta_usd = 2e6
+vega = 5e4
+
+[limits."desk-b"]
+vega = 1000
+"""
+
+
+def test_rules_override_by_name_and_keep_pack_order(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, RULES), env={})
+    by_name = {r.rule: r for r in cfg.rules}
+    assert [r.rule for r in cfg.rules] == list(RULE_TYPES)  # file order does not matter
+    stale = by_name["stale_data"]
+    assert (stale.warning, stale.critical, stale.clear) == (60.0, 600.0, 30.0)
+    assert type(stale.for_) is Delay
+    assert (stale.for_, str(stale.for_), stale.cooldown) == (0, "0s", 600_000)
+    assert by_name["margin_utilization"].enabled is False
+    assert by_name["hedge_offset"] == HedgeOffsetRule(warning="off", min_gross_usd=250_000.0)
+    assert by_name["risk_drift"] == RULE_TYPES["risk_drift"]()
+    assert cfg.limits == {
+        "main": AccountLimits(delta_usd=2e6, vega=5e4),
+        "desk-b": AccountLimits(vega=1000.0),
+    }
+    plain = redacted(cfg)
+    assert plain["rules"][0] == {
+        "name": "risk_drift",
+        "warning": 0.15,
+        "critical": 0.3,
+        "clear": 0.1,
+        "for": "1m",
+        "cooldown": "15m",
+        "enabled": True,
+    }
+    assert msgspec.convert(plain, type=Config, dec_hook=config._dec_hook) == cfg
+
+
+def test_rules_built_in_code_are_checked_and_completed() -> None:
+    with pytest.raises(ConfigError) as info:
+        MarginUtilizationRule(clear=0.9)
+    assert info.value.path == "clear"
+    cfg = Config(rules=(HedgeOffsetRule(enabled=False),))
+    assert [r.rule for r in cfg.rules] == list(RULE_TYPES)
+    assert not next(r for r in cfg.rules if r.rule == "hedge_offset").enabled
+    with pytest.raises(ConfigError) as info:
+        Config(rules=(HedgeOffsetRule(), HedgeOffsetRule()))
+    assert str(info.value) == 'rules[1].name: duplicate rule "hedge_offset" (rules[0] sets it too)'
+
+
+def test_env_overrides_a_rule_by_name(tmp_path: Path) -> None:
+    env = {
+        "RISKMON_RULES__MARGIN_UTILIZATION__CRITICAL": "0.85",
+        "RISKMON_RULES__HEDGE_OFFSET__WARNING": "off",
+        "RISKMON_RULES__STALE_DATA__FOR": "0s",
+        "RISKMON_RULES__CONNECTOR_DOWN__ENABLED": "false",
+        "RISKMON_LIMITS": "{ main = { delta_usd = 2e6 } }",
+    }
+    cfg = load_config(write(tmp_path, RULES), env=env)
+    by_name = {r.rule: r for r in cfg.rules}
+    assert by_name["margin_utilization"].critical == 0.85
+    assert by_name["margin_utilization"].enabled is False  # the file's key stays
+    hedge = by_name["hedge_offset"]
+    assert isinstance(hedge, HedgeOffsetRule)
+    assert (hedge.warning, hedge.min_gross_usd) == ("off", 250_000.0)
+    assert by_name["stale_data"].for_ == 0
+    assert by_name["connector_down"].enabled is False
+    assert cfg.limits == {"main": AccountLimits(delta_usd=2e6)}
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param(
+            {"RISKMON_RULES__STALE__CRITICAL": "1"},
+            "rules: no rule named 'STALE' for RISKMON_RULES__STALE__CRITICAL (known: "
+            + ", ".join(["STALE_DATA"] + [n.upper() for n in RULE_TYPES if n != "stale_data"])
+            + ")",  # the file's entries first
+            id="unknown-rule",
+        ),
+        pytest.param(
+            {"RISKMON_RULES__STALE_DATA__CRITICL": "1"},
+            "rules[0].criticl: unknown key in RISKMON_RULES__STALE_DATA__CRITICL "
+            '(did you mean "critical"?)',
+            id="unknown-rule-key",
+        ),
+        pytest.param(
+            {"RISKMON_RULES__STALE_DATA__CRITICAL": "soon"},
+            'rules[0].critical: expected a number or "off"; got "soon" '
+            "(from RISKMON_RULES__STALE_DATA__CRITICAL)",
+            id="bad-threshold",
+        ),
+        pytest.param(
+            {"RISKMON_RULES": "[]"},
+            "rules: is a table; set one of its keys (RISKMON_RULES__<NAME>__<KEY>), not the table",
+            id="rules-whole",
+        ),
+        pytest.param(
+            {"RISKMON_LIMITS__MAIN__VEGA": "1"},
+            "limits: cannot set keys inside this table one at a time "
+            "(RISKMON_LIMITS__MAIN__VEGA); set it whole as an inline TOML table: "
+            "RISKMON_LIMITS='{ main = { delta_usd = 2e6, vega = 5e4 } }'",
+            id="limit-key",
+        ),
+    ],
+)
+def test_env_rule_errors(tmp_path: Path, env: dict[str, str], expected: str) -> None:
+    err = error_of(tmp_path, '[[rules]]\nname = "stale_data"\n', env)
+    assert str(err) == expected
 
 
 def test_toml_syntax_error_gives_the_line(tmp_path: Path) -> None:
@@ -462,7 +717,8 @@ def test_env_sets_budgets_as_an_inline_table() -> None:
         pytest.param(
             {"RISKMON_CONFG": "x"},
             "confg: unknown key in RISKMON_CONFG "
-            "(expected one of: server, log, engine, estimator, risk, alerts, connectors)",
+            "(expected one of: server, log, engine, estimator, risk, alerts, rules, limits, "
+            "connectors)",
             id="typo-of-allow-listed",
         ),
         pytest.param(
@@ -536,6 +792,15 @@ def test_example_file_documents_every_key() -> None:
             assert field.name in sections
             assert keys(field.type) <= documented | {"budgets"}, field.name
     assert "risk.budgets.main" in sections
+    assert "limits.main" in sections
+    assert keys(cast(msgspec.inspect.StructType, msgspec.inspect.type_info(AccountLimits))) <= (
+        documented
+    )
+    for name, rule in RULE_TYPES.items():
+        rule_info = msgspec.inspect.type_info(rule)
+        assert isinstance(rule_info, msgspec.inspect.StructType)
+        assert {f.encode_name for f in rule_info.fields} <= documented, name
+        assert f'name = "{name}"' in lines
     for cls in config._CONNECTOR_TYPES.values():
         info = msgspec.inspect.type_info(cls)
         assert isinstance(info, msgspec.inspect.StructType)
@@ -627,6 +892,28 @@ def test_duration_rejects(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)) as info:
         parse_duration(text)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "ms", "canonical"),
+    [("0s", 0, "0s"), ("0ms", 0, "0s"), ("0h0m", 0, "0s"), ("10s", 10_000, "10s")],
+)
+def test_delay_allows_zero(text: str, ms: int, canonical: str) -> None:
+    d = parse_delay(text)
+    assert type(d) is Delay
+    assert (int(d), str(d), repr(d)) == (ms, canonical, f"Delay({canonical!r})")
+    assert Delay(text) == d
+    assert parse_delay(str(d)) == d
+    assert Delay(0) == 0
+
+
+def test_delay_rejects() -> None:
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_delay("-1s")
+    with pytest.raises(ValueError, match="> 0"):
+        Delay(-5)
+    with pytest.raises(ValueError, match="> 0"):
+        parse_duration("0s")  # a Duration stays positive
 
 
 def test_duration_from_int() -> None:

@@ -1,0 +1,898 @@
+"""The built-in rule pack: what riskmon alerts on out of the box (pure: no I/O, no clock).
+
+Every rule reads one figure per subject from a :class:`RuleInput` (the snapshot, plus the
+connectors' health when live) and is run by :class:`monitor.rules.RuleEngine`. Thresholds,
+``for``, ``cooldown`` and the rule-specific keys come from ``[[rules]]`` in the config
+(defaults: :mod:`monitor.config`, documented in ``deploy/riskmon.example.toml``).
+
+=========================  =================  ==========================================
+rule                       subject            figure (unit)
+=========================  =================  ==========================================
+risk_drift                 account, und.      ``|share - budget|`` of the account's risk
+concentration              account            ``half_l1`` or ``max_abs_drift`` (fraction)
+margin_utilization         account            maintenance margin / equity
+distance_to_call           account            smaller of the down/up move to the call
+distance_to_call_sigmas    account            the distance to the call in 1-day sigmas
+scenario_margin            account            scenario margin / equity
+vol_break                  underlying         fast/slow vol ratio / its slow baseline
+vol_vs_implied             underlying         slow realised vol / marked ATM IV
+correlation_spike          book               average correlation - its baseline
+absorption_spike           book               absorption ratio - its baseline
+net_delta_limit            account            ``|net delta_usd|`` / ``limits.<a>.delta_usd``
+net_vega_limit             account            ``|net vega|`` / ``limits.<a>.vega``
+hedge_offset               account, und.      hedged share ``1 - |sum d| / sum |d|``
+stale_data                 account, und.      age of the oldest price a position uses, s
+connector_down             connector          1 while disconnected, else 0
+venue_delta_mismatch       account            ``|greeks_vs_venue.delta_usd|``, USD
+venue_vega_mismatch        account            ``|greeks_vs_venue.vega|``, USD per vol pt
+=========================  =================  ==========================================
+
+Conventions (see :mod:`monitor.rules` for the state machine):
+
+- A figure that *does not apply* yields no reading, so an alert on it resolves: an account
+  without venue margin, no ``distance_to_call`` (or one that is not ``reachable``: no move
+  within the searched range calls the account), an account without a limit, an
+  underlying the book no longer holds. Margin figures from issue 4 (``scenario_margin``,
+  ``worst_scenario``, ``distance_to_call``) are read defensively: absent or ``None`` means
+  the rule does not evaluate that account.
+- A figure *unknown for now* yields NaN, which holds the alert: risk and regime figures
+  until every underlying involved is warm (``estimator.warmup``), a NaN from the risk core.
+- ``+inf`` is a value: an account with equity <= 0 and a positive maintenance margin (or
+  scenario margin) reads as infinite utilisation; an instrument never priced is infinitely
+  stale. Such an :class:`~monitor.alerting.Alert` carries ``value = inf`` (msgspec encodes
+  it as ``null``); its summary says what happened.
+- ``connector_down`` alerts carry the connector's name as ``account`` (and in the
+  ``connector`` label): the alert identity is ``(rule, account, underlying)``.
+
+hedge_offset
+    Per account and underlying, over the positions on that underlying with a known
+    ``delta_usd``: gross ``G = sum |delta_usd|``, net ``N = sum delta_usd``, hedged share
+    ``h = 1 - |N| / G`` (1: fully offset, 0: every position points the same way). A
+    subject is *watched* from the first evaluation where ``h >= clear`` while
+    ``G >= min_gross_usd`` (the account holds a hedge), and stops being watched (its alert
+    resolves) when ``G < min_gross_usd`` (the exposure is gone, not the hedge). So an
+    account that is long by design (``h = 0`` from the start) is never alerted, while a
+    hedge that is cut or closed while the exposure stays (``h`` falls below ``warning``)
+    is. The watch list is the rule's only state; it is a function of the inputs seen.
+
+stale_data
+    Per account and underlying: ``(as_of - price_ts) / 1000`` for every held instrument on
+    that underlying and for the underlying's index price, the largest of them (``inf`` for
+    a price never received). ``for`` absorbs the start-up moment when positions arrive
+    before their first prices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property, partial
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from connectors.base import ConnectorStatus
+from monitor.config import (
+    AbsorptionSpikeRule,
+    AccountLimits,
+    ConcentrationRule,
+    Config,
+    ConnectorDownRule,
+    CorrelationSpikeRule,
+    DistanceToCallRule,
+    DistanceToCallSigmasRule,
+    HedgeOffsetRule,
+    MarginUtilizationRule,
+    NetDeltaLimitRule,
+    NetVegaLimitRule,
+    RiskDriftRule,
+    RuleConfig,
+    ScenarioMarginRule,
+    StaleDataRule,
+    VenueDeltaMismatchRule,
+    VenueVegaMismatchRule,
+    VolBreakRule,
+    VolVsImpliedRule,
+)
+from monitor.regime import ABSORPTION_FRACTION
+from monitor.rules import Reading, Rule, RuleEngine, RuleSpec
+from monitor.snapshot import AccountFigures, PositionTable, RiskSnapshot
+
+__all__ = ["RuleInput", "build_rules", "rule_engine"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+NAN: Final = math.nan
+INF: Final = math.inf
+
+
+# --- input -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleInput:
+    """What the built-in rules read at one evaluation.
+
+    Attributes
+    ----------
+    snapshot
+        The evaluation's snapshot; its ``as_of_ms`` is the time the rules run at.
+    connectors
+        The connectors' live health (the daemon's); empty in a replay, where
+        ``connector_down`` then has nothing to read.
+    """
+
+    snapshot: RiskSnapshot
+    connectors: Sequence[ConnectorStatus] = ()
+
+    @cached_property
+    def asset_index(self) -> dict[str, int]:
+        """Underlying name -> index in ``snapshot.assets``."""
+        return {name: i for i, name in enumerate(self.snapshot.assets.names)}
+
+    @cached_property
+    def warm(self) -> dict[str, bool]:
+        a = self.snapshot.assets
+        return dict(zip(a.names, a.warm.tolist(), strict=True))
+
+    @cached_property
+    def _groups(self) -> dict[str, _Groups]:
+        return {}
+
+    def groups(self, account: str, table: PositionTable) -> _Groups:
+        """An account's positions grouped by underlying (computed once per input)."""
+        g = self._groups.get(account)
+        if g is None:
+            g = self._groups[account] = _Groups.of(table)
+        return g
+
+
+@dataclass(frozen=True, slots=True)
+class _Groups:
+    """Positions of one account by underlying: ``names[codes[i]]`` is position i's."""
+
+    names: tuple[str, ...]
+    codes: IntArray
+
+    @staticmethod
+    def of(table: PositionTable) -> _Groups:
+        index: dict[str, int] = {}
+        codes = np.fromiter(
+            (index.setdefault(u, len(index)) for u in table.underlying),
+            dtype=np.int64,
+            count=len(table.underlying),
+        )
+        return _Groups(tuple(index), codes)
+
+    def sums(self, x: FloatArray) -> FloatArray:
+        out = np.bincount(self.codes, weights=x, minlength=len(self.names))
+        return out.astype(np.float64, copy=False)
+
+    def maxima(self, x: FloatArray) -> FloatArray:
+        out = np.full(len(self.names), -INF)
+        np.maximum.at(out, self.codes, x)
+        return out
+
+
+# --- formatting --------------------------------------------------------------------------
+
+
+def _pct(x: float) -> str:
+    if math.isinf(x):
+        return "∞%" if x > 0 else "-∞%"
+    v = 100.0 * x
+    text = f"{v:.0f}" if abs(v) >= 10 else f"{v:.1f}".rstrip("0").rstrip(".")
+    return f"{text}%"
+
+
+def _pts(x: float) -> str:
+    return f"{100.0 * x:.0f}"
+
+
+def _usd(x: float, sign: bool = False) -> str:
+    return f"{x:+,.0f} USD" if sign else f"{x:,.0f} USD"
+
+
+def _times(x: float) -> str:
+    return f"{x:.2f}x"
+
+
+def _level_times(x: float) -> str:
+    return f"{x:g}x"
+
+
+def _plain(x: float) -> str:
+    return f"{x:g}"
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.2f}"
+
+
+def _signed_level(x: float) -> str:
+    return f"{x:+g}"
+
+
+def _secs(x: float) -> str:
+    if math.isinf(x):
+        return "never"
+    if x < 120:
+        return f"{x:.0f} s"
+    if x < 7200:
+        return f"{x / 60:.0f} min"
+    return f"{x / 3600:.1f} h"
+
+
+def _levels(spec: RuleSpec, fmt: Callable[[float], str]) -> str:
+    parts = []
+    if spec.warning is not None:
+        parts.append(f"warning {fmt(spec.warning)}")
+    if spec.critical is not None:
+        parts.append(f"critical {fmt(spec.critical)}")
+    return ", ".join(parts)
+
+
+def _number(x: Any) -> float | None:
+    """A figure read from a report dict: a float (NaN kept), or None if absent/not a number."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    return float(x)
+
+
+def _smallest(x: Any) -> tuple[float, str] | None:
+    """The smallest finite number in ``x`` (a number or ``{down, up}``), with its side."""
+    if isinstance(x, Mapping):
+        found = [(v, side) for side in ("down", "up") if (v := _number(x.get(side))) is not None]
+        found = [(v, side) for v, side in found if math.isfinite(v)]
+        return min(found) if found else None
+    v = _number(x)
+    return (v, "") if v is not None and math.isfinite(v) else None
+
+
+def _margin(fig: AccountFigures) -> Mapping[str, Any] | None:
+    m = fig.extra.get("margin")
+    return m if isinstance(m, Mapping) else None
+
+
+def _spec(cfg: RuleConfig) -> RuleSpec:
+    return RuleSpec(
+        name=cfg.rule,
+        direction=cfg.direction,
+        warning=cfg.warning_level,
+        critical=cfg.critical_level,
+        clear=cfg.clear,
+        for_ms=int(cfg.for_),
+        cooldown_ms=int(cfg.cooldown),
+    )
+
+
+def _strongest_correlation(inp: RuleInput, name: str, others: Sequence[str]) -> str:
+    """``"; BTC/ETH correlation 0.93"``: ``name``'s strongest correlation among ``others``."""
+    idx = inp.asset_index
+    i = idx.get(name)
+    if i is None:
+        return ""
+    corr = inp.snapshot.assets.correlation
+    best: tuple[float, str] | None = None
+    for other in others:
+        j = idx.get(other)
+        if j is None or j == i:
+            continue
+        rho = float(corr[i, j])
+        if math.isfinite(rho) and (best is None or abs(rho) > abs(best[0])):
+            best = (rho, other)
+    return "" if best is None else f"; {name}/{best[1]} correlation {best[0]:.2f}"
+
+
+# --- risk parity -------------------------------------------------------------------------
+
+
+def _risk_drift(cfg: RiskDriftRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, lambda x: f"{_pts(x)} pts")
+
+    def text(inp: RuleInput, account: str, fig: AccountFigures, i: int, shown: list[str]) -> str:
+        assert fig.risk is not None
+        c, name = fig.risk.contributions, fig.risk.underlyings[i]
+        share, budget = float(c.share[i]), float(c.budget[i])
+        hedge = " (a hedge)" if share < 0 else ""
+        out = (
+            f"{account}: {name} is {_pct(share)} of risk{hedge} vs a {_pct(budget)} budget "
+            f"(drift {100.0 * float(c.drift[i]):+.0f} pts; {levels})"
+        )
+        j = inp.asset_index.get(name)
+        if j is not None and math.isfinite(vol := float(inp.snapshot.assets.volatility[j])):
+            out += f"; {name} vol {_pct(vol)}"
+        return out + _strongest_correlation(inp, name, shown)
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for account, fig in inp.snapshot.accounts.items():
+            risk = fig.risk
+            if risk is None:
+                continue
+            shown = np.flatnonzero(risk.shown).tolist()
+            names = [risk.underlyings[i] for i in shown]
+            warm = all(inp.warm.get(n, False) for n in names)
+            drift = risk.contributions.drift
+            for i, name in zip(shown, names, strict=True):
+                value = abs(float(drift[i])) if warm else NAN
+                yield Reading(account, name, value, partial(text, inp, account, fig, i, names))
+
+    return Rule(spec, read)
+
+
+def _concentration(cfg: ConcentrationRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    measure = cfg.measure
+    what = (
+        "of its risk sits away from its budget (half L1"
+        if measure == "half_l1"
+        else "is its largest drift of risk share from budget (max |drift|"
+    )
+    levels = _levels(spec, _pct)
+
+    def text(inp: RuleInput, account: str, fig: AccountFigures, value: float) -> str:
+        assert fig.risk is not None
+        c = fig.risk.contributions
+        out = f"{account}: {_pct(value)} {what}; {levels})"
+        drift = np.where(fig.risk.shown & np.isfinite(c.drift), np.abs(c.drift), -1.0)
+        if drift.size and drift.max() >= 0:
+            i = int(np.argmax(drift))
+            name = fig.risk.underlyings[i]
+            out += (
+                f"; largest: {name} {_pct(float(c.share[i]))} of risk vs a "
+                f"{_pct(float(c.budget[i]))} budget"
+            )
+        return out
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for account, fig in inp.snapshot.accounts.items():
+            risk = fig.risk
+            if risk is None:
+                continue
+            names = [risk.underlyings[i] for i in np.flatnonzero(risk.shown).tolist()]
+            c = risk.contributions
+            value = float(c.half_l1 if measure == "half_l1" else c.max_abs_drift)
+            if not all(inp.warm.get(n, False) for n in names):
+                value = NAN
+            yield Reading(account, None, value, partial(text, inp, account, fig, value))
+
+    return Rule(spec, read)
+
+
+# --- margin ------------------------------------------------------------------------------
+
+
+def _margin_utilization(cfg: MarginUtilizationRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _pct)
+
+    def text(account: str, m: Mapping[str, Any], value: float) -> str:
+        equity, mm = _number(m.get("equity")), _number(m.get("maintenance_margin"))
+        if math.isinf(value) and equity is not None and mm is not None:
+            return (
+                f"{account}: equity {_usd(equity)} is not positive with maintenance margin "
+                f"{_usd(mm)}: at or past the margin call ({levels})"
+            )
+        out = f"{account}: margin utilisation {_pct(value)} ({levels})"
+        headroom = _number(m.get("headroom_usd"))
+        if headroom is not None and math.isfinite(headroom):
+            out += f"; headroom {_usd(headroom)}"
+            if equity is not None and math.isfinite(equity):
+                out += f" of {_usd(equity)} equity"
+        age = _number(m.get("age_seconds"))
+        if age is not None and age > 60:
+            out += f"; venue figures {_secs(age)} old"
+        return out
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for account, fig in inp.snapshot.accounts.items():
+            m = _margin(fig)
+            if m is None:
+                continue
+            value = _number(m.get("utilization"))
+            if value is None:
+                equity, mm = _number(m.get("equity")), _number(m.get("maintenance_margin"))
+                if equity is None or mm is None or not (equity <= 0 < mm):
+                    continue
+                value = INF
+            yield Reading(account, None, value, partial(text, account, m, value))
+
+    return Rule(spec, read)
+
+
+def _distance(m: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    d = m.get("distance_to_call")
+    if not isinstance(d, Mapping) or d.get("reachable") is False:
+        return None
+    return d
+
+
+def _move_text(d: Mapping[str, Any]) -> str:
+    found = _smallest({"down": d.get("down"), "up": d.get("up")})
+    if found is None:
+        return ""
+    value, side = found
+    return f"a {_pct(value)} {'fall' if side == 'down' else 'rise'} of its underlyings"
+
+
+def _distance_to_call(cfg: DistanceToCallRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _pct)
+
+    def text(account: str, m: Mapping[str, Any], d: Mapping[str, Any]) -> str:
+        out = f"{account}: {_move_text(d)} reaches the margin call ({levels})"
+        sig = _smallest(d.get("sigmas"))
+        if sig is not None:
+            out += f"; {sig[0]:.1f} daily sigmas"
+        headroom = _number(m.get("headroom_usd"))
+        if headroom is not None and math.isfinite(headroom):
+            out += f"; headroom {_usd(headroom)}"
+        return out
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for account, fig in inp.snapshot.accounts.items():
+            m = _margin(fig)
+            d = None if m is None else _distance(m)
+            if m is None or d is None:
+                continue
+            found = _smallest({"down": d.get("down"), "up": d.get("up")})
+            if found is not None:
+                yield Reading(account, None, found[0], partial(text, account, m, d))
+
+    return Rule(spec, read)
+
+
+def _distance_to_call_sigmas(cfg: DistanceToCallSigmasRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _plain)
+
+    def text(account: str, d: Mapping[str, Any], value: float) -> str:
+        out = f"{account}: the margin call is {value:.1f} daily sigmas away ({levels})"
+        move = _move_text(d)
+        return f"{out}: {move}" if move else out
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for account, fig in inp.snapshot.accounts.items():
+            m = _margin(fig)
+            d = None if m is None else _distance(m)
+            found = None if d is None else _smallest(d.get("sigmas"))
+            if d is not None and found is not None:
+                yield Reading(account, None, found[0], partial(text, account, d, found[0]))
+
+    return Rule(spec, read)
+
+
+def _scenario_margin(cfg: ScenarioMarginRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _pct)
+
+    def text(account: str, m: Mapping[str, Any], sm: float, equity: float, value: float) -> str:
+        if math.isinf(value):
+            out = (
+                f"{account}: scenario margin {_usd(sm)} against equity {_usd(equity)} that is "
+                f"not positive ({levels})"
+            )
+        else:
+            out = (
+                f"{account}: scenario margin {_usd(sm)} is {_pct(value)} of equity "
+                f"{_usd(equity)} ({levels})"
+            )
+        worst = m.get("worst_scenario")
+        return f"{out}; worst scenario: {worst}" if isinstance(worst, str) and worst else out
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for account, fig in inp.snapshot.accounts.items():
+            m = _margin(fig)
+            if m is None:
+                continue
+            sm, equity = _number(m.get("scenario_margin")), _number(m.get("equity"))
+            if sm is None or equity is None:
+                continue
+            if equity > 0:
+                value = sm / equity
+            elif sm > 0:
+                value = INF
+            else:
+                continue
+            yield Reading(account, None, value, partial(text, account, m, sm, equity, value))
+
+    return Rule(spec, read)
+
+
+# --- regime ------------------------------------------------------------------------------
+
+
+def _held(inp: RuleInput) -> set[str]:
+    return set(inp.snapshot.total.exposure_usd)
+
+
+def _vol_break(cfg: VolBreakRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _level_times)
+
+    def text(inp: RuleInput, name: str, i: int, value: float) -> str:
+        reg, a = inp.snapshot.regime, inp.snapshot.assets
+        assert reg is not None
+        j = inp.asset_index[name]
+        fast, slow = float(a.volatility_fast[j]), float(a.volatility[j])
+        ratio, base = float(reg.current.vol_ratio[i]), float(reg.baseline.vol_ratio[i])
+        return (
+            f"{name}: fast volatility {_pct(fast)} vs slow {_pct(slow)} (ratio {ratio:.2f}, "
+            f"{_times(value)} its {base:.2f} baseline; {levels})"
+        )
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        reg = inp.snapshot.regime
+        if reg is None:
+            return
+        held = _held(inp)
+        cur, base = reg.current.vol_ratio.tolist(), reg.baseline.vol_ratio.tolist()
+        for i, name in enumerate(reg.underlyings):
+            if name not in held or name not in inp.asset_index:
+                continue
+            ok = inp.warm.get(name, False) and math.isfinite(cur[i]) and base[i] > 0
+            value = cur[i] / base[i] if ok else NAN
+            yield Reading(None, name, value, partial(text, inp, name, i, value))
+
+    return Rule(spec, read)
+
+
+def _vol_vs_implied(cfg: VolVsImpliedRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _level_times)
+
+    def text(inp: RuleInput, name: str, i: int, value: float) -> str:
+        reg, a = inp.snapshot.regime, inp.snapshot.assets
+        assert reg is not None
+        vol = float(a.volatility[inp.asset_index[name]])
+        base = float(reg.baseline.realised_to_implied[i])
+        out = (
+            f"{name}: realised volatility {_pct(vol)} is {_times(value)} the "
+            f"{_pct(vol / value)} implied the options are marked at"
+        )
+        base_text = f"baseline {_times(base)}; " if math.isfinite(base) else ""
+        return f"{out} ({base_text}{levels})"
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        reg = inp.snapshot.regime
+        if reg is None:
+            return
+        held = _held(inp)
+        ratio = reg.current.realised_to_implied.tolist()
+        for i, name in enumerate(reg.underlyings):
+            if name not in held or name not in inp.asset_index:
+                continue
+            if not inp.warm.get(name, False):
+                value = NAN
+            elif math.isfinite(ratio[i]) and ratio[i] > 0:
+                value = ratio[i]
+            else:
+                continue  # no IV: the book holds no priced option on it
+            yield Reading(None, name, value, partial(text, inp, name, i, value))
+
+    return Rule(spec, read)
+
+
+def _used(inp: RuleInput) -> list[str]:
+    reg = inp.snapshot.regime
+    assert reg is not None
+    return [n for n, u in zip(reg.underlyings, reg.current.assets_used.tolist(), strict=True) if u]
+
+
+def _highest_pair(inp: RuleInput, names: Sequence[str]) -> str:
+    corr, idx = inp.snapshot.assets.correlation, inp.asset_index
+    best: tuple[float, str, str] | None = None
+    for k, a in enumerate(names):
+        for b in names[k + 1 :]:
+            if a in idx and b in idx:
+                rho = float(corr[idx[a], idx[b]])
+                if math.isfinite(rho) and (best is None or rho > best[0]):
+                    best = (rho, a, b)
+    return "" if best is None else f"; highest {best[1]}/{best[2]} {best[0]:.2f}"
+
+
+def _correlation_spike(cfg: CorrelationSpikeRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _signed_level)
+
+    def text(inp: RuleInput, value: float) -> str:
+        reg = inp.snapshot.regime
+        assert reg is not None
+        used = _used(inp)
+        return (
+            f"book: average correlation {reg.current.average_correlation:.2f} vs a "
+            f"{reg.baseline.average_correlation:.2f} baseline ({_signed(value)}; {levels}) "
+            f"over {', '.join(used)}{_highest_pair(inp, used)}"
+        )
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        reg = inp.snapshot.regime
+        if reg is None:
+            return
+        value = float(reg.current.average_correlation - reg.baseline.average_correlation)
+        yield Reading(None, None, value, partial(text, inp, value))
+
+    return Rule(spec, read)
+
+
+def _absorption_spike(cfg: AbsorptionSpikeRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _signed_level)
+
+    def text(inp: RuleInput, value: float) -> str:
+        reg = inp.snapshot.regime
+        assert reg is not None
+        k = len(_used(inp))
+        top = -(-k // ABSORPTION_FRACTION)
+        cur = reg.current.absorption_ratio
+        return (
+            f"book: absorption ratio {cur:.2f} vs a {reg.baseline.absorption_ratio:.2f} "
+            f"baseline ({_signed(value)}; {levels}): the top {top} of {k} factors carry "
+            f"{_pct(cur)} of the variance; average correlation "
+            f"{reg.current.average_correlation:.2f}"
+        )
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        reg = inp.snapshot.regime
+        if reg is None:
+            return
+        value = float(reg.current.absorption_ratio - reg.baseline.absorption_ratio)
+        yield Reading(None, None, value, partial(text, inp, value))
+
+    return Rule(spec, read)
+
+
+# --- limits ------------------------------------------------------------------------------
+
+
+def _net_delta_limit(
+    cfg: NetDeltaLimitRule, limits: Mapping[str, AccountLimits]
+) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _pct)
+    caps = {a: lim.delta_usd for a, lim in limits.items() if lim.delta_usd is not None}
+
+    def text(account: str, fig: AccountFigures, limit: float, value: float) -> str:
+        delta = fig.greeks.get("delta_usd", NAN)
+        out = (
+            f"{account}: net delta {_usd(delta, sign=True)} is {_pct(value)} of its "
+            f"{_usd(limit)} limit ({levels})"
+        )
+        exposure = {u: x for u, x in fig.exposure_usd.items() if math.isfinite(x)}
+        if exposure:
+            name = max(sorted(exposure), key=lambda u: abs(exposure[u]))
+            out += f"; largest: {name} {_usd(exposure[name], sign=True)}"
+        return out
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for account, limit in caps.items():
+            fig = inp.snapshot.accounts.get(account)
+            if fig is None or "delta_usd" not in fig.greeks:
+                continue
+            value = abs(float(fig.greeks["delta_usd"])) / limit
+            yield Reading(account, None, value, partial(text, account, fig, limit, value))
+
+    return Rule(spec, read)
+
+
+def _net_vega_limit(cfg: NetVegaLimitRule, limits: Mapping[str, AccountLimits]) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _pct)
+    caps = {a: lim.vega for a, lim in limits.items() if lim.vega is not None}
+
+    def text(account: str, fig: AccountFigures, limit: float, value: float) -> str:
+        vega = fig.greeks.get("vega", NAN)
+        return (
+            f"{account}: net vega {_usd(vega, sign=True)} per vol point is {_pct(value)} of "
+            f"its {_usd(limit)} limit ({levels})"
+        )
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for account, limit in caps.items():
+            fig = inp.snapshot.accounts.get(account)
+            if fig is None or "vega" not in fig.greeks:
+                continue
+            value = abs(float(fig.greeks["vega"])) / limit
+            yield Reading(account, None, value, partial(text, account, fig, limit, value))
+
+    return Rule(spec, read)
+
+
+# --- hedges and data ---------------------------------------------------------------------
+
+
+def _hedge_offset(cfg: HedgeOffsetRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _pct)
+    floor, arm = cfg.min_gross_usd, cfg.clear
+    watched: set[tuple[str, str]] = set()
+
+    def text(account: str, name: str, h: float, long: float, short: float) -> str:
+        return (
+            f"{account}: {name} hedge offsets {_pct(h)} of the gross delta ({levels}); net "
+            f"{_usd(long + short, sign=True)} of {_usd(long - short)} gross: long "
+            f"{_usd(long)}, short {_usd(short)}"
+        )
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        seen: set[tuple[str, str]] = set()
+        for account, fig in inp.snapshot.accounts.items():
+            table = fig.positions
+            if table is None or not table.instrument:
+                continue
+            g = inp.groups(account, table)
+            d = np.where(np.isfinite(table.delta_usd), table.delta_usd, 0.0)
+            longs = g.sums(np.maximum(d, 0.0)).tolist()
+            shorts = g.sums(np.minimum(d, 0.0)).tolist()
+            for k, name in enumerate(g.names):
+                long, short = longs[k], shorts[k]
+                gross = long - short
+                if gross < floor or gross <= 0:
+                    continue
+                h = 1.0 - abs(long + short) / gross
+                subject = (account, name)
+                if subject not in watched and h < arm:
+                    continue
+                seen.add(subject)
+                yield Reading(account, name, h, partial(text, account, name, h, long, short))
+        watched.clear()
+        watched.update(seen)
+
+    return Rule(spec, read)
+
+
+def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _secs)
+    first = spec.warning if spec.warning is not None else spec.critical
+    assert first is not None
+
+    def ages(as_of_ms: int, ts: npt.NDArray[np.int64]) -> FloatArray:
+        age = np.maximum(as_of_ms - ts, 0) / 1000.0
+        out: FloatArray = np.where(ts > 0, age, INF)
+        return out
+
+    def text(inp: RuleInput, account: str, table: PositionTable, k: int, value: float) -> str:
+        snap = inp.snapshot
+        g = inp.groups(account, table)
+        name = g.names[k]
+        rows = np.flatnonzero(g.codes == k)
+        age = ages(snap.as_of_ms, table.price_ts_ms[rows])
+        j = inp.asset_index.get(name)
+        index_age = (
+            INF if j is None else float(ages(snap.as_of_ms, snap.assets.price_ts_ms[j : j + 1])[0])
+        )
+        if index_age >= float(age.max()):
+            worst, worst_age = f"the {name} index", index_age
+        else:
+            r = int(np.argmax(age))
+            worst, worst_age = table.instrument[int(rows[r])], float(age[r])
+        when = "never priced" if math.isinf(worst_age) else f"last priced {_secs(worst_age)} ago"
+        stale = int((age >= first).sum())
+        return (
+            f"{account}: {worst} {when} ({levels}); {stale} of {len(rows)} {name} "
+            f"positions without a price for {_secs(first)}"
+        )
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        snap = inp.snapshot
+        index_ages = ages(snap.as_of_ms, snap.assets.price_ts_ms).tolist()
+        for account, fig in snap.accounts.items():
+            table = fig.positions
+            if table is None or not table.instrument:
+                continue
+            g = inp.groups(account, table)
+            worst = g.maxima(ages(snap.as_of_ms, table.price_ts_ms)).tolist()
+            for k, name in enumerate(g.names):
+                j = inp.asset_index.get(name)
+                value = max(worst[k], INF if j is None else index_ages[j])
+                describe = partial(text, inp, account, table, k, value)
+                yield Reading(account, name, value, describe)
+
+    return Rule(spec, read)
+
+
+def _connector_down(cfg: ConnectorDownRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+
+    def text(name: str, kind: str, connected: bool, reconnects: int, error: str | None) -> str:
+        state = "connected again" if connected else "disconnected"
+        out = f"connector {name} ({kind}) {state}; {reconnects} reconnects"
+        return f"{out}; last error: {error}" if error and not connected else out
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for st in inp.connectors:
+            value = 0.0 if st.connected else 1.0
+            describe = partial(text, st.name, st.kind, st.connected, st.reconnects, st.last_error)
+            yield Reading(st.name, None, value, describe, {"connector": st.name, "kind": st.kind})
+
+    return Rule(spec, read)
+
+
+def _venue_mismatch(
+    cfg: VenueDeltaMismatchRule | VenueVegaMismatchRule, key: str, what: str, unit: str
+) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, lambda x: f"{x:,.0f}")
+
+    def text(account: str, diff: float, positions: float | None) -> str:
+        over = f" over {positions:.0f} positions" if positions is not None else ""
+        return (
+            f"{account}: riskmon's {what} differs from the venue's by {diff:+,.0f} {unit}"
+            f"{over} ({levels} {unit})"
+        )
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for account, fig in inp.snapshot.accounts.items():
+            vs = fig.extra.get("greeks_vs_venue")
+            if not isinstance(vs, Mapping):
+                continue
+            diff = _number(vs.get(key))
+            if diff is None:
+                continue
+            n = _number(vs.get("positions"))
+            yield Reading(account, None, abs(diff), partial(text, account, diff, n))
+
+    return Rule(spec, read)
+
+
+# --- the pack ----------------------------------------------------------------------------
+
+
+def _build(cfg: RuleConfig, limits: Mapping[str, AccountLimits]) -> Rule[RuleInput]:
+    match cfg:
+        case RiskDriftRule():
+            return _risk_drift(cfg)
+        case ConcentrationRule():
+            return _concentration(cfg)
+        case MarginUtilizationRule():
+            return _margin_utilization(cfg)
+        case DistanceToCallRule():
+            return _distance_to_call(cfg)
+        case DistanceToCallSigmasRule():
+            return _distance_to_call_sigmas(cfg)
+        case ScenarioMarginRule():
+            return _scenario_margin(cfg)
+        case VolBreakRule():
+            return _vol_break(cfg)
+        case VolVsImpliedRule():
+            return _vol_vs_implied(cfg)
+        case CorrelationSpikeRule():
+            return _correlation_spike(cfg)
+        case AbsorptionSpikeRule():
+            return _absorption_spike(cfg)
+        case NetDeltaLimitRule():
+            return _net_delta_limit(cfg, limits)
+        case NetVegaLimitRule():
+            return _net_vega_limit(cfg, limits)
+        case HedgeOffsetRule():
+            return _hedge_offset(cfg)
+        case StaleDataRule():
+            return _stale_data(cfg)
+        case ConnectorDownRule():
+            return _connector_down(cfg)
+        case VenueDeltaMismatchRule():
+            return _venue_mismatch(cfg, "delta_usd", "delta", "USD")
+        case VenueVegaMismatchRule():
+            return _venue_mismatch(cfg, "vega", "vega", "USD per vol point")
+
+
+def build_rules(
+    rules: Sequence[RuleConfig] | None = None,
+    limits: Mapping[str, AccountLimits] | None = None,
+) -> list[Rule[RuleInput]]:
+    """The enabled built-in rules, in the given order (default: ``Config().rules``).
+
+    Each call builds fresh rule objects: ``hedge_offset`` keeps a watch list, so a pack
+    belongs to one :class:`~monitor.rules.RuleEngine`.
+    """
+    configs = Config().rules if rules is None else rules
+    return [_build(c, limits or {}) for c in configs if c.enabled]
+
+
+def rule_engine(cfg: Config) -> RuleEngine[RuleInput]:
+    """A rule engine running the built-in pack as ``cfg`` configures it."""
+    return RuleEngine(build_rules(cfg.rules, cfg.limits))

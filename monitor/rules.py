@@ -1,0 +1,407 @@
+"""The rule engine: figures in, alert transitions out (pure: no I/O, no clock, no logging).
+
+A :class:`Rule` reads one figure per *subject* from an input (a subject is an account, an
+account and an underlying, an underlying, or the whole book: ``(account, underlying)`` with
+either ``None``) and the :class:`RuleEngine` moves each subject's alert through
+``inactive -> pending -> firing -> resolved -> inactive``, producing a
+:class:`~monitor.alerting.Transition` for every move. Time is passed in (``now_ms``, the
+engine clock: event time in a replay), so a replay fires the same alerts at the same times
+with the same idempotency keys.
+
+The state machine of one subject (``direction = "above"``; mirror everything for
+``"below"``), evaluated at each ``evaluate(input, now_ms)``:
+
+- **breach**: the value reaches a threshold (``value >= warning`` or ``>= critical``); the
+  severity is the highest threshold reached. ``warning`` or ``critical`` may be unset
+  (``None``), not both.
+- **inactive -> pending** on a breach; **pending -> firing** once ``for`` has passed since
+  the episode began (``for = 0``: straight to firing, no pending). While pending, the
+  severity follows the value without a transition.
+- **hysteresis**: a pending or firing alert ends only when the value is strictly back past
+  ``clear`` (``value < clear``), so a value hovering at a threshold does not flap. The same
+  gap ``g = |warning - clear|`` (``|critical - clear|`` without a warning) applies to
+  severity: a critical alert de-escalates to warning once the value is below
+  ``max(critical - g, warning)``; it escalates as soon as the value reaches ``critical``.
+  Each severity change while firing is a transition ``firing -> firing``.
+- **pending -> inactive** or **firing -> resolved** (then inactive) when the value is back
+  past ``clear``. ``threshold`` of these transitions is ``clear``.
+- **cooldown**: after an alert *resolves*, a new episode of the same alert (same rule,
+  account and underlying) does not start until ``cooldown`` has passed: the subject stays
+  inactive, produces no transitions and is not in :meth:`RuleEngine.active`. A value at or
+  past the **critical** threshold is never held back: it starts an episode at once. After
+  the cooldown a value still past the threshold starts a new episode at the next
+  evaluation (pending, ``for``, firing as usual). A pending episode that ends without
+  firing starts no cooldown (nobody was notified of a firing).
+- **NaN holds**: a subject whose reading is NaN (the figure is momentarily unknown, e.g.
+  the estimator has a gap) keeps its state, value and summary as they were; nothing
+  happens until a known value or the subject's disappearance decides. Infinite values are
+  values (``+inf`` is past any ``above`` threshold).
+- **vanishing subjects resolve**: a pending or firing subject for which the rule yields
+  no reading at all (the account closed the position, the figure no longer exists) ends
+  at once: ``firing -> resolved`` (cooldown starts) or ``pending -> inactive``, with its last
+  value and its summary marked ``[no longer reported]``. Rules therefore yield NaN for
+  "unknown for now" and nothing for "does not apply".
+
+Order is deterministic: transitions and active alerts come in rule order (as given to the
+engine), then by ``(account, underlying)`` in string order, ``None`` first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, Generic, Literal, TypeVar
+
+from monitor.alerting import Alert, AlertState, Severity, Transition
+
+__all__ = [
+    "Direction",
+    "Reading",
+    "Rule",
+    "RuleEngine",
+    "RuleSpec",
+    "check_thresholds",
+]
+
+Direction = Literal["above", "below"]
+I = TypeVar("I", contravariant=True)  # noqa: E741 - the input type a rule reads
+Inp = TypeVar("Inp")
+
+_EMPTY_LABELS: Final[Mapping[str, str]] = MappingProxyType({})
+_VANISHED: Final = " [no longer reported]"
+
+
+def check_thresholds(
+    direction: Direction, warning: float | None, critical: float | None, clear: float
+) -> tuple[str, str] | None:
+    """Check one rule's thresholds; ``(field, message)`` of the first problem, or None.
+
+    ``above``: ``clear <= warning < critical``; ``below``: ``clear >= warning > critical``;
+    every threshold finite; at least one of ``warning`` and ``critical`` set.
+    """
+    if warning is None and critical is None:
+        return "critical", "a rule needs a warning or a critical threshold (or both)"
+    for name, v in (("warning", warning), ("critical", critical), ("clear", clear)):
+        if v is not None and not math.isfinite(v):
+            return name, f"expected a finite number; got {v}"
+    s = 1.0 if direction == "above" else -1.0
+    word = "above" if direction == "above" else "below"
+    if warning is not None and critical is not None and not s * critical > s * warning:
+        return "critical", (
+            f"must be {word} warning ({warning:g}) for a rule that fires {word} its "
+            f"thresholds; got {critical:g}"
+        )
+    first = warning if warning is not None else critical
+    assert first is not None
+    if s * clear > s * first:
+        other = "below" if direction == "above" else "above"
+        which = "warning" if warning is not None else "critical"
+        return "clear", (
+            f"must be at or {other} {which} ({first:g}) for a rule that fires {word} its "
+            f"thresholds; got {clear:g}"
+        )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """What the state machine needs to know about one rule.
+
+    Attributes
+    ----------
+    name
+        The rule's name (``Alert.rule``).
+    direction
+        ``"above"``: the figure is bad when high; ``"below"``: when low.
+    warning, critical
+        Thresholds in the figure's unit; ``None`` = that severity is not used.
+    clear
+        The level the figure must cross back past to end an episode (hysteresis); default:
+        the warning threshold (or critical without one), i.e. no hysteresis.
+    for_ms
+        How long a breach must last (pending) before it fires; 0 = at once.
+    cooldown_ms
+        After a resolve, how long a new non-critical episode is held back (module notes).
+    """
+
+    name: str
+    direction: Direction = "above"
+    warning: float | None = None
+    critical: float | None = None
+    clear: float | None = None
+    for_ms: int = 0
+    cooldown_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("above", "below"):
+            raise ValueError(f"{self.name}: direction must be 'above' or 'below'")
+        first = self.warning if self.warning is not None else self.critical
+        clear = self.clear if self.clear is not None else first
+        if clear is None:
+            clear = math.nan  # reported by check_thresholds as a missing threshold
+        problem = check_thresholds(self.direction, self.warning, self.critical, clear)
+        if problem is not None:
+            raise ValueError(f"{self.name}: {problem[0]}: {problem[1]}")
+        if self.for_ms < 0 or self.cooldown_ms < 0:
+            raise ValueError(f"{self.name}: for_ms and cooldown_ms must be >= 0")
+
+    @property
+    def clear_level(self) -> float:
+        """``clear`` with its default applied."""
+        if self.clear is not None:
+            return self.clear
+        first = self.warning if self.warning is not None else self.critical
+        assert first is not None
+        return first
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One subject's figure, as a rule read it.
+
+    ``describe`` builds the alert's summary; it is called only when an alert is built (a
+    transition or :meth:`RuleEngine.active`), so a rule reading thousands of calm subjects
+    formats no text for them. ``value`` NaN = unknown for now (the alert holds).
+    """
+
+    account: str | None
+    underlying: str | None
+    value: float
+    describe: Callable[[], str]
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY_LABELS)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule(Generic[I]):
+    """A rule: its thresholds and how it reads its figures from an input of type ``I``.
+
+    ``read`` yields at most one :class:`Reading` per subject. It may keep state between
+    calls (a rule object belongs to one engine) but must be a deterministic function of
+    the inputs it has seen: no clock, no I/O.
+    """
+
+    spec: RuleSpec
+    read: Callable[[I], Iterable[Reading]]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(slots=True)
+class _Track:
+    """A subject's live episode (pending or firing)."""
+
+    state: AlertState
+    severity: Severity
+    since_ms: int
+    active_since_ms: int
+    value: float
+    reading: Reading
+    tick: int
+    summary: str | None = None
+
+    def text(self) -> str:
+        if self.summary is None:
+            self.summary = self.reading.describe()
+        return self.summary
+
+    def update(self, reading: Reading) -> None:
+        self.value = reading.value
+        if reading is not self.reading:
+            self.reading = reading
+            self.summary = None
+
+
+_Subject = tuple[str | None, str | None]
+
+
+def _order(subject: _Subject) -> tuple[bool, str, bool, str]:
+    a, u = subject
+    return (a is not None, a or "", u is not None, u or "")
+
+
+class RuleEngine(Generic[Inp]):
+    """Runs rules over successive inputs and keeps every alert's state (module notes).
+
+    Parameters
+    ----------
+    rules
+        The rules, in the order their transitions are reported; names must be unique.
+    """
+
+    def __init__(self, rules: Sequence[Rule[Inp]]) -> None:
+        names = [r.name for r in rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate rule names: {', '.join(dupes)}")
+        self._rules: tuple[Rule[Inp], ...] = tuple(rules)
+        self._tracks: list[dict[_Subject, _Track]] = [{} for _ in rules]
+        self._cooldown: list[dict[_Subject, int]] = [{} for _ in rules]
+        self._tick = 0
+        self._last_ms: int | None = None
+
+    @property
+    def rules(self) -> tuple[Rule[Inp], ...]:
+        return self._rules
+
+    def evaluate(self, data: Inp, now_ms: int) -> list[Transition]:
+        """Read every rule's figures from ``data`` at ``now_ms``; return the transitions.
+
+        ``now_ms`` is the engine clock (epoch ms; the snapshot's ``as_of_ms``) and must
+        not go back between calls.
+
+        Raises
+        ------
+        ValueError
+            ``now_ms`` went back, or a rule yielded the same subject twice.
+        """
+        if self._last_ms is not None and now_ms < self._last_ms:
+            raise ValueError(f"engine clock went back: {now_ms} < {self._last_ms}")
+        self._last_ms = now_ms
+        self._tick += 1
+        out: list[Transition] = []
+        for k, rule in enumerate(self._rules):
+            moves = self._evaluate_rule(k, rule, data, now_ms)
+            if moves:
+                moves.sort(key=lambda t: _order((t.alert.account, t.alert.underlying)))
+                out.extend(moves)
+        return out
+
+    def active(self) -> list[Alert]:
+        """The pending and firing alerts, in rule order then subject order."""
+        out: list[Alert] = []
+        for rule, tracks in zip(self._rules, self._tracks, strict=True):
+            for subject in sorted(tracks, key=_order):
+                tr = tracks[subject]
+                out.append(self._alert(rule.spec, subject, tr, tr.state))
+        return out
+
+    # -- the state machine ------------------------------------------------------------
+
+    def _evaluate_rule(self, k: int, rule: Rule[Inp], data: Inp, now_ms: int) -> list[Transition]:
+        spec = rule.spec
+        tracks = self._tracks[k]
+        cooldown = self._cooldown[k]
+        if cooldown:
+            for subject in [s for s, until in cooldown.items() if until <= now_ms]:
+                del cooldown[subject]
+        s = 1.0 if spec.direction == "above" else -1.0
+        warning = None if spec.warning is None else s * spec.warning
+        critical = None if spec.critical is None else s * spec.critical
+        first = warning if warning is not None else critical
+        assert first is not None
+        clear = s * spec.clear_level
+        # De-escalation level: critical less the hysteresis gap, never below warning.
+        crit_clear = (
+            None
+            if critical is None or warning is None
+            else max(critical - (first - clear), warning)
+        )
+        tick = self._tick
+        moves: list[Transition] = []
+
+        for r in rule.read(data):
+            subject = (r.account, r.underlying)
+            v = s * r.value
+            tr = tracks.get(subject)
+            if tr is None:
+                if not v >= first:  # calm, or NaN: nothing to do
+                    continue
+                is_critical = critical is not None and v >= critical
+                if subject in cooldown and not is_critical:
+                    continue  # cooldown: a new non-critical episode is held back
+                severity: Severity = "critical" if is_critical else "warning"
+                state: AlertState = "firing" if spec.for_ms == 0 else "pending"
+                tr = _Track(state, severity, now_ms, now_ms, r.value, r, tick)
+                tracks[subject] = tr
+                moves.append(self._move(spec, subject, tr, "inactive", now_ms))
+                continue
+            if tr.tick == tick:
+                raise ValueError(f"rule {spec.name} read {subject} twice in one evaluation")
+            tr.tick = tick
+            if math.isnan(v):
+                continue  # hold
+            tr.update(r)
+            if v < clear:
+                moves.append(self._end(k, spec, subject, tr, now_ms, clear_threshold=True))
+                continue
+            escalate = critical is not None and v >= critical
+            hold = tr.severity == "critical" and (crit_clear is None or v >= crit_clear)
+            severity = "critical" if escalate or hold or warning is None else "warning"
+            if tr.state == "pending":
+                tr.severity = severity
+                if now_ms - tr.active_since_ms >= spec.for_ms:
+                    tr.state, tr.since_ms = "firing", now_ms
+                    moves.append(self._move(spec, subject, tr, "pending", now_ms))
+            elif severity != tr.severity:
+                tr.severity = severity
+                moves.append(self._move(spec, subject, tr, "firing", now_ms))
+
+        for subject in [sub for sub, tr in tracks.items() if tr.tick != tick]:
+            moves.append(self._end(k, spec, subject, tracks[subject], now_ms, vanished=True))
+        return moves
+
+    def _end(
+        self,
+        k: int,
+        spec: RuleSpec,
+        subject: _Subject,
+        tr: _Track,
+        now_ms: int,
+        *,
+        clear_threshold: bool = False,
+        vanished: bool = False,
+    ) -> Transition:
+        del self._tracks[k][subject]
+        previous = tr.state
+        if previous == "firing":
+            state: AlertState = "resolved"
+            if spec.cooldown_ms > 0:
+                self._cooldown[k][subject] = now_ms + spec.cooldown_ms
+        else:
+            state = "inactive"
+        summary = tr.text() + (_VANISHED if vanished else "")
+        threshold = spec.clear_level if clear_threshold else self._threshold(spec, tr.severity)
+        alert = Alert(
+            rule=spec.name,
+            severity=tr.severity,
+            state=state,
+            account=subject[0],
+            underlying=subject[1],
+            value=tr.value,
+            threshold=threshold,
+            since_ms=now_ms,
+            active_since_ms=tr.active_since_ms,
+            summary=summary,
+            labels=tr.reading.labels,
+        )
+        return Transition(alert, previous, now_ms)
+
+    def _move(
+        self, spec: RuleSpec, subject: _Subject, tr: _Track, previous: AlertState, now_ms: int
+    ) -> Transition:
+        return Transition(self._alert(spec, subject, tr, tr.state), previous, now_ms)
+
+    @staticmethod
+    def _threshold(spec: RuleSpec, severity: Severity) -> float:
+        t = spec.critical if severity == "critical" else spec.warning
+        assert t is not None
+        return t
+
+    def _alert(self, spec: RuleSpec, subject: _Subject, tr: _Track, state: AlertState) -> Alert:
+        return Alert(
+            rule=spec.name,
+            severity=tr.severity,
+            state=state,
+            account=subject[0],
+            underlying=subject[1],
+            value=tr.value,
+            threshold=self._threshold(spec, tr.severity),
+            since_ms=tr.since_ms,
+            active_since_ms=tr.active_since_ms,
+            summary=tr.text(),
+            labels=tr.reading.labels,
+        )
