@@ -113,10 +113,11 @@ def _replay(args: argparse.Namespace) -> int:
     from monitor.daemon import engine_settings, risk_settings
     from monitor.engine import Engine
     from monitor.logs import RejectionLog, setup_logging
+    from monitor.rulepack import rule_engine
 
     cfg = load_config(_config_path(args.config))
     setup_logging(cfg.log.level, "text" if sys.stderr.isatty() else cfg.log.format)
-    engine = Engine(engine_settings(cfg), risk=risk_settings(cfg))
+    engine = Engine(engine_settings(cfg), risk=risk_settings(cfg), rules=rule_engine(cfg))
     reject_log = RejectionLog(log)
     started = time.perf_counter()
     events = 0

@@ -29,12 +29,17 @@ from monitor.metrics import build_registry
 from monitor.notify import AlertDispatcher, NotifierStats
 from monitor.queue import EventQueue
 from monitor.record import Recorder
+from monitor.rulepack import rule_engine
 from monitor.snapshot import RiskSnapshot
 from monitor.stats import EngineStats
 
 __all__ = ["Daemon", "engine_settings", "risk_settings", "sd_notify"]
 
 log = logging.getLogger("riskmon")
+
+#: Alert transitions the live daemon keeps for ``alert_history`` (each also went to the
+#: notifiers and the log; this is only the in-memory view).
+_HISTORY_LIMIT = 10_000
 
 
 def engine_settings(cfg: Config) -> EngineSettings:
@@ -109,7 +114,13 @@ class Daemon:
         self._status: dict[str, ConnectorStatus] = {
             c.status.name: c.status for c in self._connectors
         }
-        self.engine = Engine(engine_settings(cfg), risk=risk_settings(cfg), recorder=self._recorder)
+        self.engine = Engine(
+            engine_settings(cfg),
+            risk=risk_settings(cfg),
+            recorder=self._recorder,
+            rules=rule_engine(cfg),
+            history_limit=_HISTORY_LIMIT,
+        )
         self.registry, registry_metrics = build_registry(self)
         self.engine.set_evaluation_observer(registry_metrics.observe)
         self._queue = EventQueue(cfg.engine.queue_size)
@@ -117,6 +128,7 @@ class Daemon:
         self._started_s = time.time()
         self._restart_backoff = Backoff(initial=1.0, cap=30.0)
         self.alerts = AlertDispatcher.from_config(cfg.alerts)
+        self.engine.set_alert_sink(lambda: self.connectors, self.alerts.submit)
         self.http: HttpServer | None = None
 
     # -- MonitorView --------------------------------------------------------------------

@@ -19,13 +19,16 @@ Two clocks, both fed from outside (the engine never reads the wall clock):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from connectors.base import ConnectorStatus
+from monitor.alerting import Transition
 from monitor.estimator import RollingEstimator
 from monitor.evaluation import AccountState, Evaluator, RiskSettings, UnderlyingPrices
 from monitor.events import (
@@ -38,6 +41,8 @@ from monitor.events import (
     Rejected,
 )
 from monitor.instruments import InstrumentRegistry, from_event
+from monitor.rulepack import RuleInput
+from monitor.rules import RuleEngine
 from monitor.snapshot import RiskSnapshot
 from monitor.stats import EngineStats
 from monitor.valuation import Book, MarketArrays, build_book
@@ -80,9 +85,21 @@ class Engine:
         *,
         risk: RiskSettings | None = None,
         recorder: Recorder | None = None,
+        rules: RuleEngine[RuleInput] | None = None,
+        history_limit: int | None = None,
     ) -> None:
+        """``rules`` run at every evaluation, on the engine clock (none: no alerts).
+
+        ``history_limit`` bounds ``alert_history`` (the daemon keeps the latest ones; a
+        replay keeps the whole run, which is what a desk tunes its rules on).
+        """
         self.settings = s = settings or EngineSettings()
         self._evaluator = Evaluator(risk)
+        self._rules = rules
+        self._history: deque[Transition] = deque(maxlen=history_limit)
+        self._history_view: tuple[Transition, ...] = ()
+        self._connectors: Callable[[], Sequence[ConnectorStatus]] = tuple
+        self._on_transitions: Callable[[Sequence[Transition]], None] | None = None
         self.registry = InstrumentRegistry()
         self.estimator = RollingEstimator(
             s.sample_interval_ms, s.halflife_ms, s.fast_halflife_ms, s.warmup_ms
@@ -98,7 +115,7 @@ class Engine:
         self._iv = np.full(cap, np.nan)
         self._fwd = np.full(cap, np.nan)
         self._venue_greeks = np.full((cap, 4), np.nan)  # delta, gamma, vega, theta per unit
-        self._positions: dict[str, dict[int, float]] = {}
+        self._positions: dict[str, dict[int, tuple[float, int]]] = {}  # (qty, opened ms)
         self._accounts: dict[str, AccountState] = {}
         self._book: Book | None = None
         self._book_version = -1
@@ -108,6 +125,16 @@ class Engine:
         self._grid_next = _NO_TS  # next grid point to close; _NO_TS before the first tick
         self._eval_next = _NO_TS
         self._seq = 0
+
+    def set_alert_sink(
+        self,
+        connectors: Callable[[], Sequence[ConnectorStatus]],
+        on_transitions: Callable[[Sequence[Transition]], None],
+    ) -> None:
+        """Live wiring: the connectors' health for ``connector_down``, and where alert
+        transitions go (the notifier dispatcher). A replay has neither."""
+        self._connectors = connectors
+        self._on_transitions = on_transitions
 
     def set_evaluation_observer(self, observe: Callable[[float], None]) -> None:
         """Call ``observe(seconds)`` after every evaluation (the duration histogram)."""
@@ -209,7 +236,9 @@ class Engine:
         if ev.quantity == 0.0:
             book.pop(i, None)
         else:
-            book[i] = ev.quantity
+            held = book.get(i)
+            # Keep when the position was opened: a price is "missing" from then on.
+            book[i] = (ev.quantity, ev.ts if held is None else held[1])
         self._book = None
 
     def _apply_account(self, ev: AccountEvent) -> None:
@@ -308,6 +337,16 @@ class Engine:
             UnderlyingPrices(und_price.copy(), self._price_ts[self._und_index_inst]),
             self._accounts,
         )
+        if self._rules is not None:
+            moves = self._rules.evaluate(RuleInput(snap, self._connectors()), as_of_ms)
+            if moves:
+                self._history.extend(moves)
+                self._history_view = tuple(self._history)
+                if self._on_transitions is not None:
+                    self._on_transitions(moves)
+            snap = replace(
+                snap, alerts=tuple(self._rules.active()), alert_history=self._history_view
+            )
         elapsed = time.perf_counter() - started
         snap = replace(snap, evaluation_seconds=elapsed)
         self.snapshot = snap

@@ -38,9 +38,9 @@ Conventions (see :mod:`monitor.rules` for the state machine):
 - A figure *unknown for now* yields NaN, which holds the alert: risk and regime figures
   until every underlying involved is warm (``estimator.warmup``), a NaN from the risk core.
 - ``+inf`` is a value: an account with equity <= 0 and a positive maintenance margin (or
-  scenario margin) reads as infinite utilisation; an instrument never priced is infinitely
-  stale. Such an :class:`~monitor.alerting.Alert` carries ``value = inf`` (msgspec encodes
-  it as ``null``); its summary says what happened.
+  scenario margin) reads as infinite utilisation. Such an
+  :class:`~monitor.alerting.Alert` carries ``value = inf`` (msgspec encodes it as
+  ``null``); its summary says what happened.
 - ``connector_down`` alerts carry the connector's name as ``account`` (and in the
   ``connector`` label): the alert identity is ``(rule, account, underlying)``.
 
@@ -57,9 +57,11 @@ hedge_offset
 
 stale_data
     Per account and underlying: ``(as_of - price_ts) / 1000`` for every held instrument on
-    that underlying and for the underlying's index price, the largest of them (``inf`` for
-    a price never received). ``for`` absorbs the start-up moment when positions arrive
-    before their first prices.
+    that underlying and for the underlying's index price, the largest of them. A price
+    never received is counted from when the position was opened (``opened_ms``; for the
+    index, the earliest position on the underlying), so positions that arrive a moment
+    before their first prices are not stale, and one whose price never comes is, after
+    the threshold.
 """
 
 from __future__ import annotations
@@ -750,27 +752,38 @@ def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:
     first = spec.warning if spec.warning is not None else spec.critical
     assert first is not None
 
-    def ages(as_of_ms: int, ts: npt.NDArray[np.int64]) -> FloatArray:
-        age = np.maximum(as_of_ms - ts, 0) / 1000.0
-        out: FloatArray = np.where(ts > 0, age, INF)
+    def ages(as_of_ms: int, ts: npt.NDArray[np.int64], opened: npt.NDArray[np.int64]) -> FloatArray:
+        # A price never received is missing since the position was opened, not forever:
+        # positions that arrive a moment before their first price are not stale.
+        since = np.where(ts > 0, ts, opened)
+        out: FloatArray = np.maximum(as_of_ms - since, 0) / 1000.0
         return out
+
+    def index_age(inp: RuleInput, name: str, opened: int) -> float:
+        j = inp.asset_index.get(name)
+        ts = 0 if j is None else int(inp.snapshot.assets.price_ts_ms[j])
+        return max(inp.snapshot.as_of_ms - (ts if ts > 0 else opened), 0) / 1000.0
 
     def text(inp: RuleInput, account: str, table: PositionTable, k: int, value: float) -> str:
         snap = inp.snapshot
         g = inp.groups(account, table)
         name = g.names[k]
         rows = np.flatnonzero(g.codes == k)
-        age = ages(snap.as_of_ms, table.price_ts_ms[rows])
+        age = ages(snap.as_of_ms, table.price_ts_ms[rows], table.opened_ms[rows])
         j = inp.asset_index.get(name)
-        index_age = (
-            INF if j is None else float(ages(snap.as_of_ms, snap.assets.price_ts_ms[j : j + 1])[0])
-        )
-        if index_age >= float(age.max()):
-            worst, worst_age = f"the {name} index", index_age
+        idx_ts = 0 if j is None else int(snap.assets.price_ts_ms[j])
+        idx_age = index_age(inp, name, int(table.opened_ms[rows].min()))
+        if idx_age >= float(age.max()):
+            worst, worst_age, never = f"the {name} index", idx_age, idx_ts <= 0
         else:
             r = int(np.argmax(age))
             worst, worst_age = table.instrument[int(rows[r])], float(age[r])
-        when = "never priced" if math.isinf(worst_age) else f"last priced {_secs(worst_age)} ago"
+            never = int(table.price_ts_ms[rows[r]]) <= 0
+        when = (
+            f"not priced since it was opened {_secs(worst_age)} ago"
+            if never
+            else f"last priced {_secs(worst_age)} ago"
+        )
         stale = int((age >= first).sum())
         return (
             f"{account}: {worst} {when} ({levels}); {stale} of {len(rows)} {name} "
@@ -779,16 +792,15 @@ def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:
 
     def read(inp: RuleInput) -> Iterator[Reading]:
         snap = inp.snapshot
-        index_ages = ages(snap.as_of_ms, snap.assets.price_ts_ms).tolist()
         for account, fig in snap.accounts.items():
             table = fig.positions
             if table is None or not table.instrument:
                 continue
             g = inp.groups(account, table)
-            worst = g.maxima(ages(snap.as_of_ms, table.price_ts_ms)).tolist()
+            worst = g.maxima(ages(snap.as_of_ms, table.price_ts_ms, table.opened_ms)).tolist()
             for k, name in enumerate(g.names):
-                j = inp.asset_index.get(name)
-                value = max(worst[k], INF if j is None else index_ages[j])
+                opened = int(table.opened_ms[g.codes == k].min())
+                value = max(worst[k], index_age(inp, name, opened))
                 describe = partial(text, inp, account, table, k, value)
                 yield Reading(account, name, value, describe)
 

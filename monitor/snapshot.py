@@ -89,7 +89,8 @@ class PositionTable:
     ``gamma_usd`` USD change of ``delta_usd`` for a 1% move, ``vega`` USD per vol point,
     ``theta`` USD per calendar day. ``value_usd`` is the mark value: premium for options,
     notional for spot, perpetuals and futures. ``iv`` is NaN for non-options.
-    ``price_ts_ms``: event time of the instrument's last price (0 = never; not in the report).
+    ``price_ts_ms``: event time of the instrument's last price (0 = never); ``opened_ms``:
+    event time the position was opened (neither is in the report).
     ``delta_coin`` (inverse options only, else NaN): the coin-terms delta a coin-margined
     account carries, ``delta - coin premium`` (``monitor.greeks.coin_delta``).
     """
@@ -99,6 +100,7 @@ class PositionTable:
     quantity: FloatArray
     price: FloatArray
     price_ts_ms: npt.NDArray[np.int64]
+    opened_ms: npt.NDArray[np.int64]
     iv: FloatArray
     value_usd: FloatArray
     delta: FloatArray

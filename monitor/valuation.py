@@ -51,22 +51,27 @@ class Book:
     underlying_names: tuple[str, ...]
     underlying: IntArray
     account: IntArray
+    opened_ms: IntArray
 
     @property
     def size(self) -> int:
         return len(self.instrument)
 
 
-def build_book(positions: Mapping[str, Mapping[int, float]], registry: InstrumentRegistry) -> Book:
-    """Flatten ``{account: {instrument index: quantity}}``; zero quantities are left out."""
+def build_book(
+    positions: Mapping[str, Mapping[int, tuple[float, int]]], registry: InstrumentRegistry
+) -> Book:
+    """Flatten ``{account: {instrument index: (quantity, opened ms)}}``."""
     accounts = tuple(sorted(a for a, p in positions.items() if p))
     inst: list[int] = []
     qty: list[float] = []
+    opened: list[int] = []
     starts = [0]
     for a in accounts:
         items = sorted(positions[a].items())
         inst.extend(i for i, _ in items)
-        qty.extend(q for _, q in items)
+        qty.extend(q for _, (q, _) in items)
+        opened.extend(t for _, (_, t) in items)
         starts.append(len(inst))
     inst_arr = np.array(inst, dtype=np.int64)
     und_col = registry.column("underlying_idx")
@@ -81,6 +86,7 @@ def build_book(positions: Mapping[str, Mapping[int, float]], registry: Instrumen
         underlying_names=tuple(registry.underlyings[u] for u in und.tolist()),
         underlying=und,
         account=np.repeat(np.arange(len(accounts)), np.diff(starts)),
+        opened_ms=np.array(opened, dtype=np.int64),
     )
 
 
@@ -267,6 +273,7 @@ def value_book(
             quantity=book.quantity[s:e],
             price=price[s:e],
             price_ts_ms=market.price_ts_ms[i[s:e]],
+            opened_ms=book.opened_ms[s:e],
             iv=iv[s:e],
             **{key: arr[s:e] for key, arr in table_all.items()},
         )

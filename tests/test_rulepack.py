@@ -545,11 +545,21 @@ def test_stale_data_names_the_stalest_instrument(base: RiskSnapshot) -> None:
         "main: ETH-PERPETUAL last priced 7 min ago (warning 60 s, critical 5 min); "
         "1 of 1 ETH positions without a price for 60 s"
     )
+    # Never priced: missing since the position was opened, not forever. Opened a moment
+    # ago is not stale (positions may arrive just before their first price); opened
+    # 2 minutes ago without a price is.
     ts[eth] = 0
-    never = with_account(base, "main", positions=replace(pos, price_ts_ms=ts))
+    opened = pos.opened_ms.copy()
+    opened[eth] = base.as_of_ms - 2 * S
+    fresh = with_account(base, "main", positions=replace(pos, price_ts_ms=ts, opened_ms=opened))
+    assert "stale_data" not in firing(fresh)
+    opened[eth] = base.as_of_ms - 120 * S
+    never = with_account(base, "main", positions=replace(pos, price_ts_ms=ts, opened_ms=opened))
     (alert,) = firing(never)["stale_data"]
-    assert (alert.value, alert.severity) == (math.inf, "critical")
-    assert alert.summary.startswith("main: ETH-PERPETUAL never priced (")
+    assert (alert.value, alert.severity) == (120.0, "warning")
+    assert alert.summary.startswith(
+        "main: ETH-PERPETUAL not priced since it was opened 2 min ago ("
+    )
 
 
 def test_stale_data_when_prices_stop() -> None:
