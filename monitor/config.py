@@ -524,6 +524,9 @@ class RiskDriftRule(_RuleBase, frozen=True, tag="risk_drift"):
     clear: float = 0.10
     for_: Delay = msgspec.field(name="for", default=Delay("1m"))
     cooldown: Delay = Delay("15m")
+    #: Below this portfolio volatility (USD, annualised) risk shares are noise (a
+    #: delta-hedged book): the rule does not apply to the account.
+    min_volatility_usd: Annotated[float, Meta(ge=0)] = 100_000.0
 
 
 class ConcentrationRule(_RuleBase, frozen=True, tag="concentration"):
@@ -536,6 +539,8 @@ class ConcentrationRule(_RuleBase, frozen=True, tag="concentration"):
     for_: Delay = msgspec.field(name="for", default=Delay("1m"))
     cooldown: Delay = Delay("15m")
     measure: Literal["half_l1", "max_abs_drift"] = "half_l1"
+    #: As for ``risk_drift``: below this volatility (USD, annualised) it does not apply.
+    min_volatility_usd: Annotated[float, Meta(ge=0)] = 100_000.0
 
 
 class MarginUtilizationRule(_RuleBase, frozen=True, tag="margin_utilization"):

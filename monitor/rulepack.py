@@ -100,7 +100,7 @@ from monitor.config import (
 )
 from monitor.regime import ABSORPTION_FRACTION
 from monitor.rules import Reading, Rule, RuleEngine, RuleSpec
-from monitor.snapshot import AccountFigures, PositionTable, RiskSnapshot
+from monitor.snapshot import AccountFigures, AccountRisk, PositionTable, RiskSnapshot
 
 __all__ = ["RuleInput", "build_rules", "rule_engine"]
 
@@ -291,6 +291,17 @@ def _strongest_correlation(inp: RuleInput, name: str, others: Sequence[str]) -> 
 # --- risk parity -------------------------------------------------------------------------
 
 
+def _material(risk: AccountRisk, min_volatility_usd: float) -> bool:
+    """Whether an account carries enough risk for its risk shares to mean anything.
+
+    A delta-hedged book has a tiny sigma_p and shares that swing through +-100% with every
+    tick; drift from a risk-parity budget is then noise, not a finding. A volatility not
+    known yet (NaN) counts as material: the rule's own NaN handling holds the alert.
+    """
+    sigma = risk.contributions.sigma_usd
+    return not sigma < min_volatility_usd
+
+
 def _risk_drift(cfg: RiskDriftRule) -> Rule[RuleInput]:
     spec = _spec(cfg)
     levels = _levels(spec, lambda x: f"{_pts(x)} pts")
@@ -312,7 +323,7 @@ def _risk_drift(cfg: RiskDriftRule) -> Rule[RuleInput]:
     def read(inp: RuleInput) -> Iterator[Reading]:
         for account, fig in inp.snapshot.accounts.items():
             risk = fig.risk
-            if risk is None:
+            if risk is None or not _material(risk, cfg.min_volatility_usd):
                 continue
             shown = np.flatnonzero(risk.shown).tolist()
             names = [risk.underlyings[i] for i in shown]
@@ -352,7 +363,7 @@ def _concentration(cfg: ConcentrationRule) -> Rule[RuleInput]:
     def read(inp: RuleInput) -> Iterator[Reading]:
         for account, fig in inp.snapshot.accounts.items():
             risk = fig.risk
-            if risk is None:
+            if risk is None or not _material(risk, cfg.min_volatility_usd):
                 continue
             names = [risk.underlyings[i] for i in np.flatnonzero(risk.shown).tolist()]
             c = risk.contributions

@@ -544,6 +544,7 @@ def test_rules_override_by_name_and_keep_pack_order(tmp_path: Path) -> None:
         "clear": 0.1,
         "for": "1m",
         "cooldown": "15m",
+        "min_volatility_usd": 100_000.0,
         "enabled": True,
     }
     assert msgspec.convert(plain, type=Config, dec_hook=config._dec_hook) == cfg

@@ -653,3 +653,21 @@ def test_the_pack_is_deterministic_across_runs(base: RiskSnapshot) -> None:
     assert [t.idempotency_key for t in first[0]] == [t.idempotency_key for t in second[0]]
     assert [t.report() for t in first[0]] == [t.report() for t in second[0]]
     assert len(first[0]) >= 10
+
+
+def test_drift_rules_skip_accounts_without_material_risk(base: RiskSnapshot) -> None:
+    """A delta-hedged book's shares swing through +-100%: no drift alerts below the floor."""
+    snap = with_shares(base, {"BTC": 0.9, "ETH": 0.1}, {"BTC": 0.5, "ETH": 0.5})
+    risk = snap.accounts["main"].risk
+    assert risk is not None
+    assert risk.contributions.sigma_usd >= 100_000.0  # material: fires
+    assert "risk_drift" in firing(snap)
+    hedged = with_account(
+        snap,
+        "main",
+        risk=replace(risk, contributions=replace(risk.contributions, sigma_usd=60_000.0)),
+    )
+    assert "risk_drift" not in firing(hedged)
+    assert "concentration" not in firing(hedged)
+    cfg = config(risk_drift={"min_volatility_usd": 50_000.0})
+    assert "risk_drift" in firing(hedged, cfg=cfg)
