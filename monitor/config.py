@@ -401,6 +401,52 @@ def _env_name(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
+# --- margin model ------------------------------------------------------------------------
+
+
+class StressConfig(_Section, frozen=True):
+    """A named what-if revalued every evaluation: moves per underlying and a vol shift."""
+
+    name: str
+    moves: dict[str, Annotated[float, Meta(gt=-1.0)]] = msgspec.field(default_factory=dict)
+    default_move: Annotated[float, Meta(gt=-1.0)] = 0.0
+    vol_shift: Annotated[float, Meta(gt=-1.0)] = 0.0
+
+
+class MarginConfig(_Section, frozen=True):
+    """riskmon's own portfolio-margin model (defaults after Deribit's) and stresses."""
+
+    price_range: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.16
+    price_steps: Annotated[int, Meta(ge=1, le=50)] = 4
+    vol_range_up: Annotated[float, Meta(ge=0.0)] = 0.5
+    vol_range_down: Annotated[float, Meta(ge=0.0, lt=1.0)] = 0.25
+    short_term_vega_power: Annotated[float, Meta(ge=0.0)] = 0.3
+    long_term_vega_power: Annotated[float, Meta(ge=0.0)] = 0.13
+    min_days: Annotated[float, Meta(gt=0.0)] = 1.0
+    min_vol_shock_up: Annotated[float, Meta(ge=0.0)] = 0.5
+    extended_moves: tuple[Annotated[float, Meta(gt=-1.0)], ...] = (
+        -0.66,
+        -0.33,
+        0.5,
+        1.0,
+        2.0,
+        3.0,
+        4.0,
+        5.0,
+    )
+    extended_weight: Annotated[float, Meta(ge=0.0)] = 1.0
+    aggregation: Literal["sum", "joint"] = "sum"
+    max_move: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.9
+    stresses: tuple[StressConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for i, st in enumerate(self.stresses):
+            if st.name in seen:
+                raise _Invalid(("stresses", i, "name"), f"duplicate stress {_show(st.name)}")
+            seen.add(st.name)
+
+
 # --- alert delivery ----------------------------------------------------------------------
 
 
@@ -762,6 +808,7 @@ class Config(_Section, frozen=True):
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     estimator: EstimatorConfig = msgspec.field(default_factory=EstimatorConfig)
     risk: RiskConfig = msgspec.field(default_factory=RiskConfig)
+    margin: MarginConfig = msgspec.field(default_factory=MarginConfig)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     #: Every built-in rule once, in pack order; an entry given overrides that rule's
     #: defaults, a rule not given keeps them.

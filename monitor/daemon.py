@@ -25,6 +25,7 @@ from monitor.evaluation import RiskSettings
 from monitor.events import Event, Reason, Rejected
 from monitor.http import HttpServer
 from monitor.logs import RejectionLog
+from monitor.margin import MarginSettings, Stress
 from monitor.metrics import build_registry
 from monitor.notify import AlertDispatcher, NotifierStats
 from monitor.queue import EventQueue
@@ -65,6 +66,28 @@ def risk_settings(cfg: Config) -> RiskSettings:
         var_scenarios=r.var_scenarios,
         scenario_interval_ms=int(r.scenario_interval),
         regime_halflife_ms=int(r.regime_halflife),
+        margin=_margin_settings(cfg),
+        max_move=cfg.margin.max_move,
+    )
+
+
+def _margin_settings(cfg: Config) -> MarginSettings:
+    m = cfg.margin
+    return MarginSettings(
+        price_range=m.price_range,
+        price_steps=m.price_steps,
+        vol_range_up=m.vol_range_up,
+        vol_range_down=m.vol_range_down,
+        short_term_vega_power=m.short_term_vega_power,
+        long_term_vega_power=m.long_term_vega_power,
+        min_days=m.min_days,
+        min_vol_shock_up=m.min_vol_shock_up,
+        extended_moves=m.extended_moves,
+        extended_weight=m.extended_weight,
+        aggregation=m.aggregation,
+        stresses=tuple(
+            Stress(s.name, dict(s.moves), s.default_move, s.vol_shift) for s in m.stresses
+        ),
     )
 
 

@@ -718,8 +718,8 @@ def test_env_sets_budgets_as_an_inline_table() -> None:
         pytest.param(
             {"RISKMON_CONFG": "x"},
             "confg: unknown key in RISKMON_CONFG "
-            "(expected one of: server, log, engine, estimator, risk, alerts, rules, limits, "
-            "connectors)",
+            "(expected one of: server, log, engine, estimator, risk, margin, alerts, rules, "
+            "limits, connectors)",
             id="typo-of-allow-listed",
         ),
         pytest.param(
@@ -924,3 +924,31 @@ def test_duration_from_int() -> None:
         Duration(0)
     with pytest.raises(TypeError):
         Duration(True)
+
+
+def test_margin_section_maps_onto_the_margin_model(tmp_path: Path) -> None:
+    from monitor.daemon import risk_settings
+    from monitor.margin import Stress
+
+    cfg = load_config(
+        write(
+            tmp_path,
+            """
+[margin]
+price_range = 0.2
+aggregation = "joint"
+max_move = 0.5
+[[margin.stresses]]
+name = "vol +50%, BTC -20%"
+moves = { BTC = -0.2 }
+vol_shift = 0.5
+""",
+        ),
+        env={},
+    )
+    rs = risk_settings(cfg)
+    assert (rs.margin.price_range, rs.margin.aggregation, rs.max_move) == (0.2, "joint", 0.5)
+    assert rs.margin.stresses == (Stress("vol +50%, BTC -20%", {"BTC": -0.2}, 0.0, 0.5),)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "[margin]\nprice_range = 1.5\n"), env={})
+    assert str(info.value).startswith("margin.price_range:")
