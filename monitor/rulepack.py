@@ -809,9 +809,9 @@ def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:
                 continue
             g = inp.groups(account, table)
             worst = g.maxima(ages(snap.as_of_ms, table.price_ts_ms, table.opened_ms)).tolist()
+            first_opened = (-g.maxima(-table.opened_ms.astype(np.float64))).tolist()
             for k, name in enumerate(g.names):
-                opened = int(table.opened_ms[g.codes == k].min())
-                value = max(worst[k], index_age(inp, name, opened))
+                value = max(worst[k], index_age(inp, name, int(first_opened[k])))
                 describe = partial(text, inp, account, table, k, value)
                 yield Reading(account, name, value, describe)
 

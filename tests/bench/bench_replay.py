@@ -5,7 +5,8 @@ Prints figures; asserts nothing. Run: ``python tests/bench/bench_replay.py [--ev
 Figures printed, all over the same file:
   floor     bare typed msgspec decode (``Decoder.decode_lines`` over the whole file)
   reader    ``connectors.replay.iter_batches`` alone (chunked read + decode + validation)
-  engine    reader + ``Engine.replay`` + the final evaluation, in process
+  engine    reader + ``Engine.replay`` + the final evaluation, in process, built as
+            ``riskmon replay`` builds it (default risk settings and the rule pack)
   cli       the ``riskmon replay FILE`` command as a subprocess (interpreter start included)
 
 The recording mimics a Deribit-like feed: 10 underlyings x (index, perpetual, 3 futures),
@@ -22,13 +23,17 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import msgspec
 
 from connectors.replay import iter_batches
-from monitor.engine import Engine, EngineSettings
+from monitor.config import load_config
+from monitor.daemon import engine_settings, risk_settings
+from monitor.engine import Engine
 from monitor.events import Event, PositionEvent, PriceEvent, encode_event
+from monitor.rulepack import rule_engine
 
 T0 = 1_767_225_600_000
 
@@ -104,7 +109,10 @@ def main() -> None:
 
         def replay(eval_interval_ms: int = 250) -> None:
             nonlocal evaluations, eval_seconds
-            eng = Engine(EngineSettings(eval_interval_ms=eval_interval_ms))
+            # As `riskmon replay` builds it: default config, risk settings and the rule pack.
+            cfg = load_config(env={})
+            settings = replace(engine_settings(cfg), eval_interval_ms=eval_interval_ms)
+            eng = Engine(settings, risk=risk_settings(cfg), rules=rule_engine(cfg))
             spent = [0.0]
             eng.set_evaluation_observer(lambda s: spent.__setitem__(0, spent[0] + s))
             last = 0
