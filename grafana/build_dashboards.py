@@ -1323,6 +1323,62 @@ def operations() -> dash.Dashboard:
         w=6,
     )
 
+    b.row("Alerts")
+    b.add(
+        graph(
+            "Alerts firing",
+            "Alerts firing now per rule and severity (riskmon's rules, evaluated at every "
+            "evaluation); pending alerts (waiting out their `for`) dashed. Unit: alerts.",
+            "none",
+            [
+                Q(
+                    f"sum by (rule, severity) (riskmon_alerts_firing{{{i}}})",
+                    "{{rule}} {{severity}}",
+                ),
+                Q(f"sum by (rule) (riskmon_alerts_pending{{{i}}})", "{{rule}} pending"),
+            ],
+            minimum=0,
+            dashed=".* pending$",
+        ),
+        w=12,
+    )
+    b.add(
+        graph(
+            "Alert deliveries waiting",
+            "Alert transitions waiting in the outbox per notifier (they survive restarts). "
+            "Above zero for long: the receiver is down; see retries. Unit: transitions.",
+            "none",
+            [Q(f"riskmon_alert_notifications_pending{{{i}}}", "{{notifier}}")],
+            thresholds=[(None, GREEN), (1, ORANGE), (100, RED)],
+            minimum=0,
+        ),
+        w=12,
+    )
+    b.add(
+        graph(
+            "Alert deliveries",
+            "Per notifier: transitions delivered, retried (failed attempts that will be "
+            "retried) and failed for good, per second. Unit: transitions/s.",
+            "ops",
+            [
+                Q(
+                    f"rate(riskmon_alert_notifications_delivered_total{{{i}}}[5m])",
+                    "{{notifier}} delivered",
+                ),
+                Q(
+                    f"rate(riskmon_alert_notification_retries_total{{{i}}}[5m])",
+                    "{{notifier}} retries",
+                ),
+                Q(
+                    f"rate(riskmon_alert_notifications_failed_total{{{i}}}[5m])",
+                    "{{notifier}} failed",
+                ),
+            ],
+            minimum=0,
+            dashed=".* retries$",
+        ),
+        w=24,
+    )
     b.row("Process")
     b.add(
         graph(
