@@ -16,14 +16,13 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from tools import required_tool
+from tools import required_tool, running
 
 from monitor.alerting import Alert, AlertState, Severity, Transition
 from monitor.notify import AlertDispatcher, AlertmanagerNotifier
@@ -169,16 +168,6 @@ def transition(
         labels=labels or {},
     )
     return Transition(alert=alert, previous=previous, ts_ms=ts_ms)
-
-
-@asynccontextmanager
-async def running(d: AlertDispatcher) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(d.run(), name="test.dispatcher")
-        try:
-            yield
-        finally:
-            task.cancel()
 
 
 async def poll(

@@ -23,7 +23,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from tools import required_tool
+from tools import required_tool, running
 
 from monitor.alerting import Alert, AlertState, Severity, Transition
 from monitor.notify import AlertDispatcher, MqttNotifier, transition_payload
@@ -161,16 +161,6 @@ async def subscribed(port: int, name: str) -> AsyncIterator[Subscriber]:
             async with asyncio.timeout(10):
                 await ready.wait()
             yield sub
-        finally:
-            task.cancel()
-
-
-@asynccontextmanager
-async def running(d: AlertDispatcher) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(d.run(), name="test.dispatcher")
-        try:
-            yield
         finally:
             task.cancel()
 

@@ -14,7 +14,8 @@ import asyncio
 import random
 from pathlib import Path
 
-from test_notify_webhook import Receiver, running, transition, wait_until
+from test_notify_webhook import Receiver, transition, wait_until
+from tools import running
 
 from monitor.notify import AlertDispatcher, WebhookNotifier
 

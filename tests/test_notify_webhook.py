@@ -12,13 +12,13 @@ import asyncio
 import json
 import random
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
+from tools import running
 
 from monitor.alerting import Alert, AlertState, Severity, Transition
 from monitor.notify import AlertDispatcher, WebhookNotifier, transition_payload
@@ -137,16 +137,6 @@ class Receiver:
     def deduped(self) -> list[str]:
         """What a receiver that drops repeated ``Idempotency-Key`` values keeps, in order."""
         return list(dict.fromkeys(self.accepted_keys()))
-
-
-@asynccontextmanager
-async def running(d: AlertDispatcher) -> AsyncIterator[asyncio.Task[None]]:
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(d.run(), name="test.dispatcher")
-        try:
-            yield task
-        finally:
-            task.cancel()
 
 
 async def wait_until(pred: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:

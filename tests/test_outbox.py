@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from tools import running
 
 from monitor.alerting import Alert, AlertState, Severity, Transition
 from monitor.config import (
@@ -266,16 +267,6 @@ async def wait_until(pred: Callable[[], bool], timeout_s: float = 5.0) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("timed out")
-
-
-@asynccontextmanager
-async def running(d: AlertDispatcher) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(d.run(), name="test.dispatcher")
-        try:
-            yield
-        finally:
-            task.cancel()
 
 
 async def test_a_receiver_that_is_down_blocks_neither_the_others_nor_submit(

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from connectors.base import ConnectorStatus
-from monitor.notify import NotifierStats
+from monitor.notify import AlertDispatcher, NotifierStats
 from monitor.snapshot import RiskSnapshot
 from monitor.stats import EngineStats
 
@@ -52,3 +55,14 @@ class StaticView:
     connectors: list[ConnectorStatus] = field(default_factory=list)
     started_s: float = 1_767_225_000.0
     notifiers: dict[str, NotifierStats] = field(default_factory=dict)
+
+
+@asynccontextmanager
+async def running(dispatcher: AlertDispatcher) -> AsyncIterator[asyncio.Task[None]]:
+    """Run an alert dispatcher for the block's duration, owned by a TaskGroup."""
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(dispatcher.run(), name="test.dispatcher")
+        try:
+            yield task
+        finally:
+            task.cancel()
