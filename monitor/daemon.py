@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from connectors import build_connector
@@ -129,6 +130,9 @@ class Daemon:
         """``connectors`` defaults to those ``cfg.connectors`` describes."""
         self.cfg = cfg
         self._recorder = Recorder(record_path) if record_path is not None else None
+        # The scenario pass (full-revaluation VaR, scenario margin) runs here so a large
+        # option book does not stall the engine loop; numpy releases the GIL for it.
+        self._scenario_pool = ThreadPoolExecutor(1, thread_name_prefix="riskmon.scenarios")
         self._connectors: list[Connector] = (
             list(connectors)
             if connectors is not None
@@ -143,6 +147,7 @@ class Daemon:
             recorder=self._recorder,
             rules=rule_engine(cfg),
             history_limit=_HISTORY_LIMIT,
+            scenario_executor=self._scenario_pool,
         )
         self.registry, registry_metrics = build_registry(self)
         self.engine.set_evaluation_observer(registry_metrics.observe)
@@ -266,6 +271,7 @@ class Daemon:
                 for t in reversed(tasks):
                     t.cancel()
         finally:
+            self._scenario_pool.shutdown(wait=True, cancel_futures=True)
             await self.http.stop()
             if self._recorder is not None:
                 self._recorder.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
@@ -87,14 +88,16 @@ class Engine:
         recorder: Recorder | None = None,
         rules: RuleEngine[RuleInput] | None = None,
         history_limit: int | None = None,
+        scenario_executor: Executor | None = None,
     ) -> None:
         """``rules`` run at every evaluation, on the engine clock (none: no alerts).
 
         ``history_limit`` bounds ``alert_history`` (the daemon keeps the latest ones; a
         replay keeps the whole run, which is what a desk tunes its rules on).
+        ``scenario_executor``: live, the scenario pass runs there (see ``Evaluator``).
         """
         self.settings = s = settings or EngineSettings()
-        self._evaluator = Evaluator(risk)
+        self._evaluator = Evaluator(risk, executor=scenario_executor)
         self._rules = rules
         self._history: deque[Transition] = deque(maxlen=history_limit)
         self._history_view: tuple[Transition, ...] = ()

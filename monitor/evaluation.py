@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Final
 
 import numpy as np
@@ -46,6 +48,8 @@ __all__ = ["AccountState", "Evaluator", "RiskSettings"]
 FloatArray = npt.NDArray[np.float64]
 MS_PER_YEAR: Final = 365.0 * 86_400_000.0
 _SCENARIO_SEED: Final = 0  # fixed: the same scenarios every time, so VaR moves with the book
+#: What the scenario pass yields: full-revaluation VaR per book, margin model per account.
+_ScenarioResults = tuple[dict[str, "FullRevaluationVaR"], dict[str, dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +88,18 @@ class UnderlyingPrices:
 class Evaluator:
     """Builds snapshots; carries regime baselines and the scenario VaR between evaluations."""
 
-    def __init__(self, settings: RiskSettings | None = None) -> None:
+    def __init__(
+        self, settings: RiskSettings | None = None, *, executor: Executor | None = None
+    ) -> None:
+        """``executor``: where the scenario pass runs. ``None`` (replay): synchronously, at
+        the evaluation that finds it due, so a replay is deterministic. Live, a one-thread
+        executor keeps the engine loop evaluating while the pass runs (hundreds of ms for a
+        large option book); its figures are adopted at the first evaluation after it ends
+        and keep their own ``as_of``.
+        """
         self.settings = settings or RiskSettings()
+        self._executor = executor
+        self._pending: Future[_ScenarioResults] | None = None
         self._baselines = RegimeBaselines(self.settings.regime_halflife_ms)
         self._scenario_next = -(2**62)
         self._full: dict[str, FullRevaluationVaR] = {}
@@ -111,13 +125,26 @@ class Evaluator:
         horizon = s.var_horizon_ms / MS_PER_YEAR
         # Due on its clock, or as soon as an account has no figure yet (the first positions
         # after start, a new account), so nobody waits a whole interval for it.
-        if as_of_ms >= self._scenario_next or any(
+        self._adopt_scenarios()
+        due = as_of_ms >= self._scenario_next or any(
             a not in self._full for a in values.account_names
-        ):
-            self._full = self._full_revaluation(values, cov, horizon, as_of_ms)
-            self._margin_model = self._margin_models(
-                values, cov, venue, registry.underlyings, as_of_ms
+        )
+        if due and self._pending is None:
+            # Inputs are this evaluation's own arrays (never mutated) and copies of the
+            # engine's mutable containers, so the pass may run on another thread.
+            job = partial(
+                self._scenario_pass,
+                values,
+                cov,
+                dict(venue),
+                list(registry.underlyings),
+                horizon,
+                as_of_ms,
             )
+            if self._executor is None:
+                self._full, self._margin_model = job()
+            else:
+                self._pending = self._executor.submit(job)
             self._scenario_next = as_of_ms + s.scenario_interval_ms
         stresses = self._stresses(values, registry.underlyings)
 
@@ -206,6 +233,34 @@ class Evaluator:
             return None
         b = np.array([weights.get(n, 0.0) for n in names])
         return b if b.sum() > 0 else None
+
+    @property
+    def scenarios_pending(self) -> bool:
+        """Whether a scenario pass is running on the executor."""
+        return self._pending is not None and not self._pending.done()
+
+    def _adopt_scenarios(self) -> None:
+        """Take the results of a finished background pass (re-raising its error once)."""
+        pending = self._pending
+        if pending is None or not pending.done():
+            return
+        self._pending = None
+        self._full, self._margin_model = pending.result()
+
+    def _scenario_pass(
+        self,
+        values: BookValues,
+        cov: FloatArray,
+        venue: Mapping[str, AccountState],
+        underlyings: list[str],
+        horizon: float,
+        as_of_ms: int,
+    ) -> _ScenarioResults:
+        """Full-revaluation VaR, scenario margin and distance to call: the slow clock's work."""
+        return (
+            self._full_revaluation(values, cov, horizon, as_of_ms),
+            self._margin_models(values, cov, venue, underlyings, as_of_ms),
+        )
 
     def _margin_models(
         self,
