@@ -56,10 +56,11 @@ Demo book (USD cash 1,000,000 each; quantities in underlying units, multiplier 1
 - ``hedged``: 900k of spot BTC hedged with a short BTC perpetual: fully hedged for 3-6
   minutes, then the hedge is cut to 30-70% for 2-4 minutes, and so on.
 - ``options``: short strangles (about +-1 sd strikes, the expiry nearest 7 days) on BTC and
-  ETH, 2.25x equity in notional, delta-hedged with perpetuals at every open or roll and
+  ETH, 2.4x equity in notional, delta-hedged with perpetuals at every open or roll and
   whenever net delta leaves a 5% band; rolled a day before expiry; half bought back above
-  90% utilisation, resized to target below 25%. Utilisation sits near 35-45% in calm and
-  peaks at 50-80% in each volatile spell (it lags the regime by about a minute).
+  90% utilisation, resized to target below 25%. Utilisation sits near 37-44% in calm and
+  peaks at 60-82% in each volatile spell (it lags the regime by about a minute), so the
+  default ``margin_utilization`` warning (60%) fires and resolves in every spell.
 - ``basis``: long ETH spot, short the ETH future (1.5x equity), re-opened when the future
   rolls.
 Without BTC or ETH among the underlyings, the first underlying stands in for them.
@@ -188,7 +189,7 @@ _HEDGED_NOTIONAL: Final = 900_000.0
 _HEDGE_PARTIAL: Final = (0.3, 0.7)
 _HEDGE_FULL_S: Final = (180, 360)
 _HEDGE_PARTIAL_S: Final = (120, 240)
-_OPT_NOTIONAL: Final = 2.25  # strangle notional / equity
+_OPT_NOTIONAL: Final = 2.4  # strangle notional / equity: every volatile spell > 60%
 _OPT_TENOR_MS: Final = 7 * MS_PER_DAY
 _OPT_MIN_OPEN_MS: Final = 2 * MS_PER_DAY
 _OPT_ROLL_MS: Final = MS_PER_DAY

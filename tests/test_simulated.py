@@ -503,7 +503,9 @@ def test_options_margin_thins_in_volatile_regimes_and_recovers_in_calm(
     volatile_peaks = [max(util[i]) for i in complete if spans[i].regime is Regime.VOLATILE]
     calm_ends = [util[i][-1] for i in complete if spans[i].regime is Regime.CALM]
     assert len(volatile_peaks) >= 10
-    assert min(volatile_peaks) > 0.5
+    # Every volatile spell trips the default margin_utilization warning (60%): the demo
+    # shows a margin alert firing and resolving each time.
+    assert min(volatile_peaks) > 0.6
     assert max(volatile_peaks) < 0.9
     assert max(calm_ends) < 0.45
 
