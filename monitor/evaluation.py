@@ -26,7 +26,6 @@ from monitor.instruments import InstrumentRegistry
 from monitor.margin import MarginSettings, distance_to_call, scenario_margin, stress_pnl
 from monitor.regime import RegimeBaselines, RegimeFigures, regime_figures, vol_ratio
 from monitor.risk import (
-    OptionPositions,
     book_risk,
     revalue,
     scenario_returns,
@@ -339,17 +338,9 @@ class Evaluator:
         linear = values.linear_usd.T  # (n_und, k)
         linear = np.concatenate([linear, linear.sum(axis=1, keepdims=True)], axis=1)
         options = values.options
-        if options is not None:
+        if options is not None:  # the whole book as one more column
             q = options.quantity
-            options = OptionPositions(
-                underlying=options.underlying,
-                forward=options.forward,
-                strike=options.strike,
-                t=options.t,
-                vol=options.vol,
-                is_call=options.is_call,
-                quantity=np.concatenate([q, q.sum(axis=1, keepdims=True)], axis=1),
-            )
+            options = replace(options, quantity=np.hstack([q, q.sum(axis=1, keepdims=True)]))
         pnl = revalue(scen.returns, horizon, linear_usd=linear, options=options)
         var = var_full_revaluation(pnl.pnl_usd, s.var_confidence)
         out: dict[str, FullRevaluationVaR] = {}

@@ -48,8 +48,7 @@ import aiohttp
 from monitor import __version__
 from monitor.alerting import Alert, Transition
 from monitor.config import AlertmanagerConfig
-from monitor.notify.base import PermanentDeliveryError, RetryableDeliveryError, Session
-from monitor.notify.webhook import retry_after_s
+from monitor.notify.base import PermanentDeliveryError, Session, check_http_response
 from monitor.snapshot import iso_ms
 
 __all__ = ["AlertmanagerNotifier", "am_alert"]
@@ -58,7 +57,6 @@ log = logging.getLogger("riskmon.notify")
 
 #: Firing alerts are valid for this many resend intervals (Prometheus uses 4 too).
 VALID_FOR_RESENDS: Final = 4
-_RETRYABLE_4XX: Final = frozenset({408, 429})
 
 
 def _fmt(x: float) -> str:
@@ -162,15 +160,7 @@ class _AlertmanagerSession:
             allow_redirects=False,
         ) as resp:
             text = await resp.text(errors="replace")
-            status = resp.status
-            if 200 <= status < 300:
-                return
-            detail = f"HTTP {status} from Alertmanager: {text[:200]}"
-            if status >= 500 or status in _RETRYABLE_4XX:
-                raise RetryableDeliveryError(
-                    detail, retry_after=retry_after_s(resp.headers.get("Retry-After"))
-                )
-            raise PermanentDeliveryError(detail)
+            check_http_response(resp.status, text, resp.headers.get("Retry-After"), "Alertmanager")
 
     async def deliver(self, transition: Transition) -> None:
         n, alert = self._n, transition.alert

@@ -121,3 +121,32 @@ def transition_payload(transition: Transition) -> dict[str, Any]:
     doc["since_ms"] = a.since_ms
     doc["active_since_ms"] = a.active_since_ms
     return doc
+
+
+#: Client errors worth retrying (timeout, rate limit); other 4xx mean the request is wrong.
+_RETRYABLE_4XX: Final = frozenset({408, 429})
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """``Retry-After`` as delta-seconds; an HTTP date or garbage gives ``None``."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def check_http_response(status: int, text: str, retry_after: str | None, receiver: str) -> None:
+    """Classify an HTTP receiver's answer: return on 2xx, else raise the delivery error.
+
+    5xx, 408 and 429 are retryable (honouring ``Retry-After``); any other status,
+    redirects included, is permanent: resending the same request cannot succeed.
+    """
+    if 200 <= status < 300:
+        return
+    detail = f"HTTP {status} from {receiver}: {text[:200]}"
+    if status >= 500 or status in _RETRYABLE_4XX:
+        raise RetryableDeliveryError(detail, retry_after=retry_after_s(retry_after))
+    raise PermanentDeliveryError(detail)

@@ -29,27 +29,9 @@ import aiohttp
 from monitor import __version__
 from monitor.alerting import Transition
 from monitor.config import WebhookConfig
-from monitor.notify.base import (
-    PermanentDeliveryError,
-    RetryableDeliveryError,
-    Session,
-    transition_payload,
-)
+from monitor.notify.base import Session, check_http_response, transition_payload
 
 __all__ = ["WebhookNotifier"]
-
-_RETRYABLE_4XX: Final = frozenset({408, 429})
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """``Retry-After`` as delta-seconds; an HTTP date or garbage gives ``None``."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
 
 
 class WebhookNotifier:
@@ -113,12 +95,4 @@ class _WebhookSession:
             self._url, data=body.encode(), headers=headers, allow_redirects=False
         ) as resp:
             text = await resp.text(errors="replace")
-            status = resp.status
-            if 200 <= status < 300:
-                return
-            detail = f"HTTP {status} from webhook: {text[:200]}"
-            if status >= 500 or status in _RETRYABLE_4XX:
-                raise RetryableDeliveryError(
-                    detail, retry_after=retry_after_s(resp.headers.get("Retry-After"))
-                )
-            raise PermanentDeliveryError(detail)
+            check_http_response(resp.status, text, resp.headers.get("Retry-After"), "webhook")
