@@ -42,21 +42,27 @@ def _evaluator(engine: Engine) -> Evaluator:
     return ev
 
 
+def _wait_idle(engine: Engine) -> None:
+    deadline = time.monotonic() + 30
+    while _evaluator(engine).scenarios_pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _evaluator(engine).scenarios_pending
+
+
 def test_background_scenario_pass_matches_the_synchronous_one() -> None:
     sync = Engine(SETTINGS)
     with ThreadPoolExecutor(1) as pool:
         live = Engine(SETTINGS, scenario_executor=pool)
         for eng in (sync, live):
             eng.replay(_events(), "t")
-        # Both engines evaluated on event time during the replay; compare at a fresh as_of
-        # at which the pass is due for both.
+        # Both engines evaluated on event time during the replay, and the live one may
+        # still be running the pass it started then: let it end first. At a fresh as_of
+        # the pass is due again for both.
+        _wait_idle(live)
         as_of = T0 + 60_000
         expected = sync.evaluate(as_of)
-        first = live.evaluate(as_of)  # submits the pass and does not wait for it
-        deadline = time.monotonic() + 30
-        while _evaluator(live).scenarios_pending and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert not _evaluator(live).scenarios_pending
+        first = live.evaluate(as_of)  # adopts the earlier pass, submits a new one
+        _wait_idle(live)
         adopted = live.evaluate(as_of + 1_000)
 
     acc_first = first.accounts["a"]
