@@ -1,7 +1,7 @@
 """What every connector is, and what it talks to.
 
 A connector is an async producer: ``await connector.run(sink)`` runs until cancelled,
-pushing normalized events (``monitor.events``) into the sink. It owns its own socket,
+pushing normalized events (``monitor.model.events``) into the sink. It owns its own socket,
 heartbeats and reconnects; it never touches engine state. Parsing of venue messages lives
 in a pure function beside the transport so recorded messages test it without a socket.
 
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from monitor.events import Event, Rejected
+from monitor.model.events import Event, Rejected
 
 __all__ = ["Backoff", "Connector", "ConnectorStatus", "EventSink"]
 

@@ -1,6 +1,6 @@
 """Streaming readers of recorded events, for ``riskmon replay FILE``.
 
-:func:`iter_batches` reads a recording (``monitor.record`` writes them) in bounded chunks
+:func:`iter_batches` reads a recording (``monitor.engine.record`` writes them) in bounded chunks
 and yields :class:`Batch` es of decoded events, so a recording larger than memory replays.
 The format follows the suffix:
 
@@ -10,14 +10,14 @@ The format follows the suffix:
     :meth:`EventDecoder.decode_lines` call. Memory: about ``chunk_bytes`` plus its events
     (a single line longer than that is read whole).
 ``.parquet``
-    The columns of ``monitor.record.PARQUET_SCHEMA``, by name: extra columns are ignored,
+    The columns of ``monitor.engine.record.PARQUET_SCHEMA``, by name: extra columns are ignored,
     missing ones read as null, and null means "field absent". Batches hold ``chunk_rows``
     rows (the last one fewer); memory is bounded by ``chunk_rows`` plus the largest row
     group (Parquet decodes a row group's column chunk whole).
 
 Validation is the schema's, for both formats: a bad input (not JSON, unknown type, missing
 field, non-finite or out-of-range number, a timestamp that is not epoch ms, a truncated last
-line from a killed recorder) becomes a rejection with a ``monitor.events.Reason`` and its
+line from a killed recorder) becomes a rejection with a ``monitor.model.events.Reason`` and its
 1-based line (JSONL) or row (Parquet) number in the file, never an exception. Unknown
 instruments are accepted here: resolving instruments is the engine's job.
 
@@ -43,7 +43,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-from monitor.events import (
+from monitor.model.events import (
     Event,
     EventDecoder,
     InstrumentEvent,

@@ -38,7 +38,7 @@ Market model (numpy, vectorised over underlyings and over the whole option chain
   1 min): short expiries react fully, long ones partly. Smile on standardised moneyness
   ``z = ln(K/F) / (base * sqrt(max(T, 1 day)))``: ``iv = atm * min(1 - 0.05 z + 0.02 z**2, 3)``
   (the spec's ``atm*(1 + skew*ln(K/F) + curvature*ln(K/F)**2)`` with per-expiry
-  coefficients). Prices are :func:`monitor.greeks.black76_price` on the emitted ``iv`` and
+  coefficients). Prices are :func:`monitor.quant.greeks.black76_price` on the emitted ``iv`` and
   ``underlying_price`` (the forward), floored at 1e-8 of the forward (a venue's minimum mark).
 
 Events per step (3 underlyings)
@@ -88,8 +88,8 @@ import numpy as np
 import numpy.typing as npt
 
 from connectors.base import ConnectorStatus, EventSink
-from monitor.events import AccountEvent, Event, InstrumentEvent, PositionEvent, PriceEvent
-from monitor.greeks import black76_price
+from monitor.model.events import AccountEvent, Event, InstrumentEvent, PositionEvent, PriceEvent
+from monitor.quant.greeks import black76_price
 
 __all__ = [
     "DEFAULT_START_MS",

@@ -7,7 +7,7 @@ Built with grafana-foundation-sdk (the ``dashboard`` v1 JSON model that Grafana 
 The output is deterministic: fixed uids and panel ids, sorted keys, two-space indent and a
 trailing newline, so a change to this file shows up as a reviewable diff of the JSON.
 
-Metric names and labels: ``monitor/metrics.py``'s docstring (``tests/test_grafana.py`` checks
+Metric names and labels: ``monitor/serve/metrics.py``'s docstring (``tests/test_grafana.py`` checks
 every name used here against it). Units: DESIGN.md "Units" and README "How it computes".
 Every query goes through the ``datasource`` template variable, whose default is the
 provisioned Prometheus datasource (``grafana/provisioning/datasources/prometheus.yaml``,

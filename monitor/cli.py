@@ -111,9 +111,9 @@ def _run(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from connectors.replay import iter_batches
     from monitor.daemon import engine_settings, risk_settings
-    from monitor.engine import Engine
+    from monitor.engine.core import Engine
     from monitor.logs import RejectionLog, setup_logging
-    from monitor.rulepack import rule_engine
+    from monitor.rules.pack import rule_engine
 
     cfg = load_config(_config_path(args.config))
     setup_logging(cfg.log.level, "text" if sys.stderr.isatty() else cfg.log.format)
@@ -163,7 +163,7 @@ def _replay(args: argparse.Namespace) -> int:
 def _render(report: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return msgspec.json.format(msgspec.json.encode(report)).decode() + "\n"
-    from monitor.status import render_status
+    from monitor.serve.status import render_status
 
     return render_status(report) + "\n"
 
@@ -176,7 +176,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from monitor.status import fetch_report, render_status
+    from monitor.serve.status import fetch_report, render_status
 
     try:
         report = fetch_report(args.url.rstrip("/") + "/api/v1/snapshot", timeout_s=5.0)

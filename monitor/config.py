@@ -347,7 +347,7 @@ class RiskConfig(_Section, frozen=True):
                 raise _Invalid(("budgets", account), "weights must have a positive sum")
 
 
-# Epoch milliseconds in 2000..2200, as in monitor.events: outside is a unit mix-up.
+# Epoch milliseconds in 2000..2200, as in monitor.model.events: outside is a unit mix-up.
 EpochMs = Annotated[int, Meta(ge=946_684_800_000, le=7_258_118_400_000)]
 ConnectorName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
@@ -520,14 +520,14 @@ PositiveUsd = Annotated[float, Meta(gt=0)]
 class _RuleBase(_Section, frozen=True, kw_only=True, tag_field="name"):
     """Base of the ``[[rules]]`` union, tagged on ``name``: one class per built-in rule.
 
-    The rule engine's semantics (``monitor.rules``): a breach (the figure reaches
+    The rule engine's semantics (``monitor.rules.machine``): a breach (the figure reaches
     ``warning`` or ``critical``, beyond them in the rule's ``direction``) lasting ``for``
     fires; the alert resolves once the figure is strictly back past ``clear``
     (hysteresis); after a resolve, a new non-critical episode waits ``cooldown``.
 
     To add a rule: subclass with ``tag="<name>"``, set ``direction`` and redeclare every
     threshold with the rule's default, add the class to :data:`RuleConfig`, document it in
-    ``deploy/riskmon.example.toml`` and build it in ``monitor.rulepack``.
+    ``deploy/riskmon.example.toml`` and build it in ``monitor.rules.pack``.
     """
 
     direction: ClassVar[Literal["above", "below"]]
@@ -539,7 +539,7 @@ class _RuleBase(_Section, frozen=True, kw_only=True, tag_field="name"):
     cooldown: Delay
 
     def __post_init__(self) -> None:
-        from monitor.rules import check_thresholds
+        from monitor.rules.machine import check_thresholds
 
         problem = check_thresholds(
             self.direction, self.warning_level, self.critical_level, self.clear

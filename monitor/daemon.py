@@ -21,19 +21,19 @@ from pathlib import Path
 from connectors import build_connector
 from connectors.base import Backoff, Connector, ConnectorStatus
 from monitor.config import Config
-from monitor.engine import Engine, EngineSettings
-from monitor.evaluation import RiskSettings
-from monitor.events import Event, Reason, Rejected
-from monitor.http import HttpServer
+from monitor.engine.core import Engine, EngineSettings
+from monitor.engine.evaluation import RiskSettings
+from monitor.engine.queue import EventQueue
+from monitor.engine.record import Recorder
+from monitor.engine.stats import EngineStats
 from monitor.logs import RejectionLog
-from monitor.margin import MarginSettings, Stress
-from monitor.metrics import build_registry
+from monitor.model.events import Event, Reason, Rejected
+from monitor.model.snapshot import RiskSnapshot
 from monitor.notify import AlertDispatcher, NotifierStats
-from monitor.queue import EventQueue
-from monitor.record import Recorder
-from monitor.rulepack import rule_engine
-from monitor.snapshot import RiskSnapshot
-from monitor.stats import EngineStats
+from monitor.quant.margin import MarginSettings, Stress
+from monitor.rules.pack import rule_engine
+from monitor.serve.http import HttpServer
+from monitor.serve.metrics import build_registry
 
 __all__ = ["Daemon", "engine_settings", "risk_settings", "sd_notify"]
 

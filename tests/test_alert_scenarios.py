@@ -21,9 +21,9 @@ import pytest
 
 from monitor.config import load_config
 from monitor.daemon import engine_settings, risk_settings
-from monitor.engine import Engine
-from monitor.events import AccountEvent, Event, PositionEvent, PriceEvent, encode_event
-from monitor.rulepack import rule_engine
+from monitor.engine.core import Engine
+from monitor.model.events import AccountEvent, Event, PositionEvent, PriceEvent, encode_event
+from monitor.rules.pack import rule_engine
 
 T0 = 1_767_225_600_000
 SECONDS = 900

@@ -298,7 +298,7 @@ def test_alerts_carry_severity_and_actionable_annotations() -> None:
 
 
 def _documented_metrics() -> set[str]:
-    doc = ast.get_docstring(ast.parse((REPO / "monitor" / "metrics.py").read_text()))
+    doc = ast.get_docstring(ast.parse((REPO / "monitor" / "serve" / "metrics.py").read_text()))
     assert doc is not None
     return set(re.findall(r"\briskmon_[a-z0-9_]+", doc))
 
@@ -310,7 +310,7 @@ def test_rules_use_only_exported_metric_names() -> None:
     assert used, "no riskmon metric found in the rules"
     histogram_series = {f"{m}_{s}" for m in _documented_metrics() for s in ("bucket", "count")}
     unknown = used - _documented_metrics() - histogram_series
-    assert unknown == set(), f"not in monitor/metrics.py's docstring: {sorted(unknown)}"
+    assert unknown == set(), f"not in monitor/serve/metrics.py's docstring: {sorted(unknown)}"
 
 
 # -- Alertmanager -----------------------------------------------------------------------

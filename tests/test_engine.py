@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from monitor.engine import Engine, EngineSettings
-from monitor.events import (
+from monitor.engine.core import Engine, EngineSettings
+from monitor.model.events import (
     AccountEvent,
     Event,
     InstrumentEvent,

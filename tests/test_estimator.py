@@ -15,7 +15,7 @@ import numpy.typing as npt
 import polars as pl
 import pytest
 
-from monitor.estimator import RollingEstimator
+from monitor.quant.estimator import RollingEstimator
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from monitor.events import (
+from monitor.model.events import (
     AccountEvent,
     Event,
     EventDecoder,

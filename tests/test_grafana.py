@@ -5,7 +5,7 @@
 - Each dashboard is structurally sound: uid and title, unique panel ids, grid positions inside
   24 columns without overlaps, every datasource reference through the ``datasource`` template
   variable, every ``$variable`` defined, units and descriptions on every panel.
-- Every metric a PromQL expression names is documented in ``monitor/metrics.py``'s docstring
+- Every metric a PromQL expression names is documented in ``monitor/serve/metrics.py``'s docstring
   (or comes from prometheus_client's process/platform/GC collectors, or is Prometheus' own
   ``up``), every label matcher and legend label exists on the metrics of its expression.
 - Provisioning matches deploy/compose.yaml: the dashboard provider reads the mounted
@@ -35,7 +35,7 @@ from prometheus_client.process_collector import ProcessCollector
 from test_deploy import load_yaml
 from tools import required_tool, run
 
-import monitor.metrics
+import monitor.serve.metrics
 
 REPO = Path(__file__).resolve().parent.parent
 GRAFANA = REPO / "grafana"
@@ -254,7 +254,7 @@ class Documented:
 
 
 def documented_metrics(doc: str) -> dict[str, Documented]:
-    """The metric tables of ``monitor/metrics.py``'s docstring: name -> type and labels.
+    """The metric tables of ``monitor/serve/metrics.py``'s docstring: name -> type and labels.
 
     They are the literal blocks after a line ending in ``::``. A line is
     ``name[, name...]  [(note)]  type  [label, label...]``; names without a type continue on
@@ -398,8 +398,8 @@ def test_metric_names_parses_promql(expr: str, names: set[str]) -> None:
 
 
 def test_documented_metrics_parses_the_docstring() -> None:
-    assert monitor.metrics.__doc__
-    documented = documented_metrics(monitor.metrics.__doc__)
+    assert monitor.serve.metrics.__doc__
+    documented = documented_metrics(monitor.serve.metrics.__doc__)
     assert len(documented) >= 30
     events = documented["riskmon_events_total"]
     assert events == Documented("counter", frozenset({"source", "type"}))
@@ -445,8 +445,8 @@ def _dashboard_queries() -> Iterator[tuple[str, str, str]]:
 
 
 def test_every_metric_queried_is_documented_in_monitor_metrics() -> None:
-    assert monitor.metrics.__doc__
-    known = _exported_names(documented_metrics(monitor.metrics.__doc__))
+    assert monitor.serve.metrics.__doc__
+    known = _exported_names(documented_metrics(monitor.serve.metrics.__doc__))
     others = _client_collector_names() | {"up"}
     missing: dict[str, list[str]] = {}
     used: set[str] = set()
@@ -456,14 +456,14 @@ def test_every_metric_queried_is_documented_in_monitor_metrics() -> None:
             if metric not in known and metric not in others:
                 missing.setdefault(metric, []).append(dashboard)
     assert len(used) >= 60
-    assert not missing, "not in monitor/metrics.py's docstring:\n" + "\n".join(
+    assert not missing, "not in monitor/serve/metrics.py's docstring:\n" + "\n".join(
         f"  {m} ({', '.join(sorted(set(d)))})" for m, d in sorted(missing.items())
     )
 
 
 def test_label_matchers_and_legends_use_labels_the_metrics_have() -> None:
-    assert monitor.metrics.__doc__
-    known = _exported_names(documented_metrics(monitor.metrics.__doc__))
+    assert monitor.serve.metrics.__doc__
+    known = _exported_names(documented_metrics(monitor.serve.metrics.__doc__))
     errors = []
     for dashboard, expr, legend in _dashboard_queries():
         metrics = metric_names(expr)

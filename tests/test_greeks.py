@@ -16,8 +16,15 @@ import numpy.typing as npt
 import pytest
 import QuantLib as ql
 
-from monitor.greeks import DAYS_PER_YEAR, Black76, black76, black76_price, coin_delta, inverse_price
-from monitor.instruments import parse_name
+from monitor.model.instruments import parse_name
+from monitor.quant.greeks import (
+    DAYS_PER_YEAR,
+    Black76,
+    black76,
+    black76_price,
+    coin_delta,
+    inverse_price,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GREEKS = ("price", "delta", "gamma", "vega", "theta", "rho")

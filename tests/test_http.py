@@ -1,4 +1,4 @@
-"""monitor.http and monitor.status against the real server on a loopback port it picks."""
+"""monitor.serve.http and .status against the real server on a loopback port it picks."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tools import StaticView as View
 
 from connectors.base import ConnectorStatus
-from monitor.alerting import Alert, Transition
-from monitor.http import HttpServer, parse_listen
-from monitor.metrics import build_registry
-from monitor.snapshot import AccountFigures, AssetFigures, RiskSnapshot
-from monitor.status import StatusError, fetch_report, render_status
+from monitor.model.alert import Alert, Transition
+from monitor.model.snapshot import AccountFigures, AssetFigures, RiskSnapshot
+from monitor.serve.http import HttpServer, parse_listen
+from monitor.serve.metrics import build_registry
+from monitor.serve.status import StatusError, fetch_report, render_status
 
 AS_OF_MS = 1_767_225_600_250  # 2026-01-01T00:00:00.250Z
 

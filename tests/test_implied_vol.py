@@ -11,9 +11,9 @@ import numpy.typing as npt
 import pytest
 from scipy.special import ndtr
 
-from monitor.greeks import DAYS_PER_YEAR, black76_price
-from monitor.implied_vol import IVReason, implied_vol
-from monitor.instruments import parse_name
+from monitor.model.instruments import parse_name
+from monitor.quant.greeks import DAYS_PER_YEAR, black76_price
+from monitor.quant.implied_vol import IVReason, implied_vol
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EPS = float(np.finfo(np.float64).eps)

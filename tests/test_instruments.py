@@ -7,8 +7,8 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from monitor.events import InstrumentEvent, Reason, Rejected
-from monitor.instruments import Instrument, InstrumentRegistry, from_event, parse_name
+from monitor.model.events import InstrumentEvent, Reason, Rejected
+from monitor.model.instruments import Instrument, InstrumentRegistry, from_event, parse_name
 
 
 def _ms(y: int, m: int, d: int, h: int = 8) -> int:

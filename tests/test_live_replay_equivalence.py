@@ -16,7 +16,7 @@ import pytest
 from connectors.replay import iter_batches
 from monitor.config import load_config
 from monitor.daemon import Daemon, engine_settings
-from monitor.engine import Engine
+from monitor.engine.core import Engine
 
 CONFIG = """
 [server]

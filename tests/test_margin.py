@@ -1,4 +1,4 @@
-"""monitor.margin against a brute-force oracle written here.
+"""monitor.quant.margin against a brute-force oracle written here.
 
 The oracle is plain scalar Python: Black-76 with ``math.erfc``, the scenario list and vol
 shocks rebuilt from Deribit's published description (not from the module), one loop over
@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from monitor.margin import (
+from monitor.quant.margin import (
     MarginSettings,
     Stress,
     distance_to_call,
@@ -26,7 +26,7 @@ from monitor.margin import (
     stress_pnl,
     vega_scale,
 )
-from monitor.risk import OptionPositions, revalue
+from monitor.quant.risk import OptionPositions, revalue
 
 FloatArray = npt.NDArray[np.float64]
 UNDS = ("BTC", "ETH", "SOL")
@@ -518,7 +518,7 @@ def test_a_delta_hedged_book_is_further_from_a_call() -> None:
     assert out[1] > 1.5 * out[0]
 
 
-# -- against monitor.risk.revalue on a larger random book -----------------------------------
+# -- against monitor.quant.risk.revalue on a larger random book -----------------------------------
 
 
 def random_book(

@@ -7,10 +7,10 @@ import math
 import pytest
 from tools import StaticView
 
-from monitor.engine import Engine, EngineSettings
-from monitor.evaluation import RiskSettings
-from monitor.events import AccountEvent, Event, PositionEvent, PriceEvent
-from monitor.margin import MarginSettings, Stress
+from monitor.engine.core import Engine, EngineSettings
+from monitor.engine.evaluation import RiskSettings
+from monitor.model.events import AccountEvent, Event, PositionEvent, PriceEvent
+from monitor.quant.margin import MarginSettings, Stress
 
 T0 = 1_767_225_600_000
 SETTINGS = EngineSettings(
@@ -83,7 +83,7 @@ def test_account_without_venue_margin_has_no_distance() -> None:
 
 
 def test_margin_model_metrics() -> None:
-    from monitor.metrics import build_registry
+    from monitor.serve.metrics import build_registry
 
     eng = Engine(
         SETTINGS,

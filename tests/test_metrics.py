@@ -1,4 +1,4 @@
-"""monitor.metrics: values read from hand-built snapshots, vanishing label sets, promtool lint."""
+"""monitor.serve.metrics: values read from hand-built snapshots, vanishing labels, promtool lint."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from tools import StaticView, assert_promtool_clean
 
 from connectors.base import ConnectorStatus
 from monitor import __version__
-from monitor.metrics import RiskCollector, build_registry
-from monitor.snapshot import AccountFigures, AssetFigures, RiskSnapshot
-from monitor.stats import EngineStats
+from monitor.engine.stats import EngineStats
+from monitor.model.snapshot import AccountFigures, AssetFigures, RiskSnapshot
+from monitor.serve.metrics import RiskCollector, build_registry
 
 NAN = math.nan
 AS_OF_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -279,9 +279,9 @@ def test_exposition_passes_promtool_check_metrics() -> None:
 
 def engine_snapshot() -> RiskSnapshot:
     """A real evaluation: two accounts, a budget, venue margin, warm estimates."""
-    from monitor.engine import Engine, EngineSettings
-    from monitor.evaluation import RiskSettings
-    from monitor.events import AccountEvent, Event, PositionEvent, PriceEvent
+    from monitor.engine.core import Engine, EngineSettings
+    from monitor.engine.evaluation import RiskSettings
+    from monitor.model.events import AccountEvent, Event, PositionEvent, PriceEvent
 
     settings = EngineSettings(
         sample_interval_ms=1_000,

@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 from tools import required_tool, running
 
-from monitor.alerting import Alert, AlertState, Severity, Transition
+from monitor.model.alert import Alert, AlertState, Severity, Transition
 from monitor.notify import AlertDispatcher, AlertmanagerNotifier
 
 RESEND_S = 0.5

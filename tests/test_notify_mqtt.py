@@ -25,7 +25,7 @@ import aiomqtt
 import pytest
 from tools import required_tool, running
 
-from monitor.alerting import Alert, AlertState, Severity, Transition
+from monitor.model.alert import Alert, AlertState, Severity, Transition
 from monitor.notify import AlertDispatcher, MqttNotifier, transition_payload
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from aiohttp import web
 from tools import running
 
-from monitor.alerting import Alert, AlertState, Severity, Transition
+from monitor.model.alert import Alert, AlertState, Severity, Transition
 from monitor.notify import AlertDispatcher, WebhookNotifier, transition_payload
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z

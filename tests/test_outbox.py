@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 from tools import running
 
-from monitor.alerting import Alert, AlertState, Severity, Transition
 from monitor.config import (
     AlertmanagerConfig,
     AlertsConfig,
@@ -29,6 +28,7 @@ from monitor.config import (
     MqttAlertsConfig,
     WebhookConfig,
 )
+from monitor.model.alert import Alert, AlertState, Severity, Transition
 from monitor.notify import (
     AlertDispatcher,
     AlertmanagerNotifier,

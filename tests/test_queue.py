@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from monitor.events import AccountEvent, PositionEvent, PriceEvent
-from monitor.queue import EventQueue
+from monitor.engine.queue import EventQueue
+from monitor.model.events import AccountEvent, PositionEvent, PriceEvent
 
 TS = 1_767_225_600_000
 

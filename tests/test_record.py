@@ -11,7 +11,8 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 
 from connectors.replay import iter_batches
-from monitor.events import (
+from monitor.engine.record import PARQUET_SCHEMA, Recorder
+from monitor.model.events import (
     AccountEvent,
     Event,
     InstrumentEvent,
@@ -19,7 +20,6 @@ from monitor.events import (
     PriceEvent,
     encode_event,
 )
-from monitor.record import PARQUET_SCHEMA, Recorder
 
 TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 FORMATS = ["jsonl", "jsonl.gz", "parquet"]

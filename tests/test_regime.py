@@ -1,4 +1,4 @@
-"""monitor.regime against hand-derived values and a plain-Python EWMA."""
+"""monitor.quant.regime against hand-derived values and a plain-Python EWMA."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from monitor.estimator import RollingEstimator
-from monitor.regime import (
+from monitor.quant.estimator import RollingEstimator
+from monitor.quant.regime import (
     RegimeBaseline,
     RegimeBaselines,
     RegimeFigures,

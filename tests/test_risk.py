@@ -1,4 +1,4 @@
-"""monitor.risk against independent references.
+"""monitor.quant.risk against independent references.
 
 References used: closed forms derived by hand in the comments, finite differences of
 ``sigma_p`` (Euler's theorem), ``scipy.stats.norm`` for the normal quantile and tail mean,
@@ -15,8 +15,8 @@ import numpy.typing as npt
 import pytest
 from scipy import integrate, stats
 
-from monitor.greeks import black76
-from monitor.risk import (
+from monitor.quant.greeks import black76
+from monitor.quant.risk import (
     DEFAULT_HORIZON,
     OptionPositions,
     book_risk,
@@ -461,7 +461,7 @@ def test_option_repricing_matches_black76_per_scenario() -> None:
             )
             tol = 1e-9 * float(OPT_F[i])
             assert per_option[s, i] == pytest.approx(moved - base, rel=1e-9, abs=tol)
-    # The same figures through monitor.greeks.black76 (the engine's pricer).
+    # The same figures through monitor.quant.greeks.black76 (the engine's pricer).
     fm = OPT_F * np.exp(r[:, OPT_UND])
     ref = black76(fm, OPT_K, np.maximum(OPT_T - H, 0.0), OPT_VOL, OPT_CALL).price
     ref -= black76(OPT_F, OPT_K, OPT_T, OPT_VOL, OPT_CALL).price

@@ -1,4 +1,4 @@
-"""monitor.rulepack: every built-in rule fires on a book built to trip it, stays quiet on a
+"""monitor.rules.pack: every built-in rule fires on a book built to trip it, stays quiet on a
 calm one, and says what it saw with the numbers in its summary.
 
 Snapshots come from the real engine (positions, prices, venue margin); the figures a test
@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 from connectors.base import ConnectorStatus
-from monitor.alerting import Alert, Transition
 from monitor.config import AccountLimits, Config, RuleConfig, _dec_hook
-from monitor.engine import Engine, EngineSettings
-from monitor.events import AccountEvent, Event, PositionEvent, PriceEvent
-from monitor.regime import RegimeFigures
-from monitor.rulepack import RuleInput, build_rules, rule_engine
-from monitor.rules import RuleEngine
-from monitor.snapshot import RegimeReport, RiskSnapshot
+from monitor.engine.core import Engine, EngineSettings
+from monitor.model.alert import Alert, Transition
+from monitor.model.events import AccountEvent, Event, PositionEvent, PriceEvent
+from monitor.model.snapshot import RegimeReport, RiskSnapshot
+from monitor.quant.regime import RegimeFigures
+from monitor.rules.machine import RuleEngine
+from monitor.rules.pack import RuleInput, build_rules, rule_engine
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 S = 1_000

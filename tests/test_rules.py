@@ -1,4 +1,4 @@
-"""monitor.rules: the alert state machine (for, hysteresis, cooldown, severities, NaN, order)."""
+"""monitor.rules.machine: the alert state machine (for, hysteresis, cooldown, severity, NaN)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from monitor.alerting import Transition
-from monitor.rules import Reading, Rule, RuleEngine, RuleSpec, check_thresholds
+from monitor.model.alert import Transition
+from monitor.rules.machine import Reading, Rule, RuleEngine, RuleSpec, check_thresholds
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 S = 1_000

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from monitor.engine import Engine, EngineSettings
-from monitor.evaluation import Evaluator
-from monitor.events import AccountEvent, Event, PositionEvent, PriceEvent
+from monitor.engine.core import Engine, EngineSettings
+from monitor.engine.evaluation import Evaluator
+from monitor.model.events import AccountEvent, Event, PositionEvent, PriceEvent
 
 T0 = 1_767_225_600_000
 SETTINGS = EngineSettings(

@@ -1,7 +1,7 @@
 """The simulated market: determinism, valid events, and statistics that match its model.
 
 Every check recomputes what the stream should hold from the emitted events alone (numpy,
-``monitor.greeks.black76_price``, the documented margin model), never from the simulator's
+``monitor.quant.greeks.black76_price``, the documented margin model), never from the simulator's
 internals.
 """
 
@@ -25,7 +25,7 @@ from connectors.simulated import (
     RegimeSpan,
     SimulatedMarket,
 )
-from monitor.events import (
+from monitor.model.events import (
     AccountEvent,
     Event,
     EventDecoder,
@@ -35,8 +35,8 @@ from monitor.events import (
     Rejected,
     encode_event,
 )
-from monitor.greeks import black76_price
-from monitor.instruments import Instrument, InstrumentRegistry, from_event, parse_name
+from monitor.model.instruments import Instrument, InstrumentRegistry, from_event, parse_name
+from monitor.quant.greeks import black76_price
 
 START = 1_795_240_800_000  # 2026-11-21T06:00:00Z
 MS_PER_YEAR = 365 * 86_400_000

@@ -15,9 +15,9 @@ import pytest
 import QuantLib as ql
 from tools import StaticView
 
-from monitor.engine import Engine, EngineSettings
-from monitor.events import Event, InstrumentEvent, PositionEvent, PriceEvent, VenueGreeks
-from monitor.instruments import parse_name
+from monitor.engine.core import Engine, EngineSettings
+from monitor.model.events import Event, InstrumentEvent, PositionEvent, PriceEvent, VenueGreeks
+from monitor.model.instruments import parse_name
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 SPOT = {"BTC": 90_000.0, "ETH": 3_000.0}
@@ -168,7 +168,7 @@ def test_greeks_vs_venue_and_coin_delta_against_quantlib() -> None:
 def test_greeks_vs_venue_is_exported() -> None:
     from prometheus_client import CollectorRegistry
 
-    from monitor.metrics import build_registry
+    from monitor.serve.metrics import build_registry
 
     name = "ETH-30JAN26-3200-C"
     eng = Engine(EngineSettings())

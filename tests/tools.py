@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from connectors.base import ConnectorStatus
+from monitor.engine.stats import EngineStats
+from monitor.model.snapshot import RiskSnapshot
 from monitor.notify import AlertDispatcher, NotifierStats
-from monitor.snapshot import RiskSnapshot
-from monitor.stats import EngineStats
 
 
 def required_tool(name: str) -> str:

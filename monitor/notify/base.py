@@ -1,6 +1,6 @@
 """What every notifier is, what it sends, and how a delivery fails.
 
-A notifier turns one :class:`~monitor.alerting.Transition` into one message to one
+A notifier turns one :class:`~monitor.model.alert.Transition` into one message to one
 receiver. It does no queueing, retrying or bookkeeping of its own: the dispatcher
 (:mod:`monitor.notify.dispatch`) owns the outbox, the retry schedule and the counters, and
 drives each notifier through a :class:`Session` (a connection, or an HTTP client) that it
@@ -22,7 +22,7 @@ import math
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Protocol
 
-from monitor.alerting import Transition
+from monitor.model.alert import Transition
 
 __all__ = [
     "PAYLOAD_SCHEMA",

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Final
 
 from connectors.base import Backoff
-from monitor.alerting import Transition
 from monitor.config import AlertsConfig
+from monitor.model.alert import Transition
 from monitor.notify.alertmanager import AlertmanagerNotifier
 from monitor.notify.base import Notifier, PermanentDeliveryError, RetryableDeliveryError
 from monitor.notify.mqtt import MqttNotifier

@@ -30,8 +30,8 @@ from typing import Final
 
 import aiomqtt
 
-from monitor.alerting import Alert, Transition
 from monitor.config import MqttAlertsConfig
+from monitor.model.alert import Alert, Transition
 from monitor.notify.base import RetryableDeliveryError, Session, transition_payload
 
 __all__ = ["BOOK", "MqttNotifier", "alert_topic"]

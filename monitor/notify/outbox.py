@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from monitor.alerting import Alert, Transition
+from monitor.model.alert import Alert, Transition
 
 __all__ = ["DEFAULT_MAX_PENDING", "FORMAT_VERSION", "Outbox", "OutboxEntry"]
 

@@ -27,8 +27,8 @@ from typing import Final
 import aiohttp
 
 from monitor import __version__
-from monitor.alerting import Transition
 from monitor.config import WebhookConfig
+from monitor.model.alert import Transition
 from monitor.notify.base import Session, check_http_response, transition_payload
 
 __all__ = ["WebhookNotifier"]

@@ -23,10 +23,10 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 import numpy as np
 
 from monitor.config import Config
-from monitor.engine import Engine, EngineSettings
-from monitor.evaluation import RiskSettings
-from monitor.events import AccountEvent, Event, PositionEvent, PriceEvent
-from monitor.rulepack import rule_engine
+from monitor.engine.core import Engine, EngineSettings
+from monitor.engine.evaluation import RiskSettings
+from monitor.model.events import AccountEvent, Event, PositionEvent, PriceEvent
+from monitor.rules.pack import rule_engine
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 N_UND, N_ACC, N_OPT = 50, 20, 20_000

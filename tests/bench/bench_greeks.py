@@ -26,8 +26,8 @@ import py_vollib_vectorized as pvv  # noqa: E402
 import QuantLib as ql  # noqa: E402
 import scipy  # noqa: E402
 
-from monitor.greeks import black76  # noqa: E402
-from monitor.implied_vol import IVReason, implied_vol  # noqa: E402
+from monitor.quant.greeks import black76  # noqa: E402
+from monitor.quant.implied_vol import IVReason, implied_vol  # noqa: E402
 
 Arr = npt.NDArray[np.float64]
 

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from monitor.greeks import black76
-from monitor.margin import (
+from monitor.quant.greeks import black76
+from monitor.quant.margin import (
     Aggregation,
     MarginSettings,
     ScenarioMargin,
@@ -39,7 +39,7 @@ from monitor.margin import (
     scenario_margin,
     stress_pnl,
 )
-from monitor.risk import OptionPositions
+from monitor.quant.risk import OptionPositions
 
 FloatArray = npt.NDArray[np.float64]
 N_UND, N_ACC, N_OPT = 50, 20, 20_000

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from monitor.greeks import black76
-from monitor.regime import regime_figures
-from monitor.risk import (
+from monitor.quant.greeks import black76
+from monitor.quant.regime import regime_figures
+from monitor.quant.risk import (
     OptionPositions,
     ScenarioPnL,
     contributions,

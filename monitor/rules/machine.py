@@ -4,7 +4,7 @@ A :class:`Rule` reads one figure per *subject* from an input (a subject is an ac
 account and an underlying, an underlying, or the whole book: ``(account, underlying)`` with
 either ``None``) and the :class:`RuleEngine` moves each subject's alert through
 ``inactive -> pending -> firing -> resolved -> inactive``, producing a
-:class:`~monitor.alerting.Transition` for every move. Time is passed in (``now_ms``, the
+:class:`~monitor.model.alert.Transition` for every move. Time is passed in (``now_ms``, the
 engine clock: event time in a replay), so a replay fires the same alerts at the same times
 with the same idempotency keys.
 
@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Generic, Literal, TypeVar
 
-from monitor.alerting import Alert, AlertState, Severity, Transition
+from monitor.model.alert import Alert, AlertState, Severity, Transition
 
 __all__ = [
     "Direction",

@@ -22,7 +22,7 @@ class EngineStats:
     accepted
         ``(source, type) -> events`` applied to state.
     rejected
-        ``(source, reason) -> events`` refused (``monitor.events.Reason`` values).
+        ``(source, reason) -> events`` refused (``monitor.model.events.Reason`` values).
     conflated
         Price ticks replaced in the queue by a newer tick of the same instrument.
     evaluations

@@ -29,10 +29,11 @@ import numpy as np
 import numpy.typing as npt
 
 from connectors.base import ConnectorStatus
-from monitor.alerting import Transition
-from monitor.estimator import RollingEstimator
-from monitor.evaluation import AccountState, Evaluator, RiskSettings, UnderlyingPrices
-from monitor.events import (
+from monitor.engine.evaluation import AccountState, Evaluator, RiskSettings, UnderlyingPrices
+from monitor.engine.stats import EngineStats
+from monitor.engine.valuation import Book, MarketArrays, build_book
+from monitor.model.alert import Transition
+from monitor.model.events import (
     AccountEvent,
     Event,
     InstrumentEvent,
@@ -41,12 +42,11 @@ from monitor.events import (
     Reason,
     Rejected,
 )
-from monitor.instruments import InstrumentRegistry, from_event
-from monitor.rulepack import RuleInput
-from monitor.rules import RuleEngine
-from monitor.snapshot import RiskSnapshot
-from monitor.stats import EngineStats
-from monitor.valuation import Book, MarketArrays, build_book
+from monitor.model.instruments import InstrumentRegistry, from_event
+from monitor.model.snapshot import RiskSnapshot
+from monitor.quant.estimator import RollingEstimator
+from monitor.rules.machine import RuleEngine
+from monitor.rules.pack import RuleInput
 
 __all__ = ["Engine", "EngineSettings"]
 
@@ -72,7 +72,7 @@ class EngineSettings:
 
 
 class Recorder(Protocol):
-    """Where accepted events go for ``--record`` (``monitor.record.Recorder``)."""
+    """Where accepted events go for ``--record`` (``monitor.engine.record.Recorder``)."""
 
     def write(self, event: Event) -> None: ...
 

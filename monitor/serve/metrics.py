@@ -7,10 +7,10 @@ underlying, source, reason, type, connector, kind, estimator), never instrument 
 
 Two sources feed them, both read at scrape time by :class:`RiskCollector`:
 
-- the daemon's activity counters (:class:`~monitor.stats.EngineStats`, plain ints the engine
+- the daemon's activity counters (:class:`~monitor.engine.stats.EngineStats`, plain ints the engine
   bumps on the hot path, and :class:`~connectors.base.ConnectorStatus`), exported as counter
   and gauge families;
-- the latest immutable :class:`~monitor.snapshot.RiskSnapshot`, read by reference. A label
+- the latest immutable :class:`~monitor.model.snapshot.RiskSnapshot`, read by reference. A label
   set (an account, an underlying) that is absent from the current snapshot is not exported,
   so closed accounts and delisted assets vanish instead of freezing at their last value.
 
@@ -135,7 +135,7 @@ Conventions:
   price age is skipped for an asset that has had no tick.
 
 Threading: :meth:`RiskCollector.collect` reads the engine's ``EngineStats`` dicts without a
-lock, so scrapes must run on the engine's event loop (``monitor.http`` does). Do not serve
+lock, so scrapes must run on the engine's event loop (``monitor.serve.http`` does). Do not serve
 this registry from ``prometheus_client.start_http_server``, which scrapes from another thread.
 """
 
@@ -160,9 +160,9 @@ from prometheus_client.process_collector import ProcessCollector
 
 from connectors.base import ConnectorStatus
 from monitor import __version__
+from monitor.engine.stats import EngineStats
+from monitor.model.snapshot import AccountFigures, AccountRisk, RegimeReport, RiskSnapshot
 from monitor.notify import NotifierStats
-from monitor.snapshot import AccountFigures, AccountRisk, RegimeReport, RiskSnapshot
-from monitor.stats import EngineStats
 
 __all__ = [
     "EVALUATION_BUCKETS",
@@ -693,7 +693,7 @@ def build_registry(
     Returns
     -------
     registry, evaluation
-        Serve ``registry`` (``monitor.http.HttpServer``); call ``evaluation.observe(seconds)``
+        Serve ``registry`` (``monitor.serve.http.HttpServer``); call ``evaluation.observe(seconds)``
         once per evaluation from the engine.
     """
     registry = CollectorRegistry()

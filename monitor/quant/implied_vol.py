@@ -133,7 +133,7 @@ def implied_vol(
     ImpliedVol
         ``(iv, reason)``: float64 IVs (annualised, decimal; NaN where not solved) and
         :class:`IVReason` codes, both of the broadcast shape of the inputs. Where the option
-        has time value the IV reprices through :func:`monitor.greeks.black76_price` to the
+        has time value the IV reprices through :func:`monitor.quant.greeks.black76_price` to the
         input price's own precision (round trip within 1e-10 relative, tested).
 
     Notes

@@ -10,7 +10,6 @@ The report document (``report()``) is the public surface shared by ``riskmon rep
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,10 +18,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from monitor.alerting import Alert, Transition
-from monitor.events import SCHEMA_VERSION
-from monitor.regime import RegimeFigures
-from monitor.risk import Contributions, DeltaGammaVaR, DeltaNormalVaR
+from monitor.model.alert import Alert, Transition
+from monitor.model.events import SCHEMA_VERSION, iso_ms
+from monitor.quant.regime import RegimeFigures
+from monitor.quant.risk import Contributions, DeltaGammaVaR, DeltaNormalVaR
 
 __all__ = [
     "AccountFigures",
@@ -32,16 +31,9 @@ __all__ = [
     "PositionTable",
     "RegimeReport",
     "RiskSnapshot",
-    "iso_ms",
 ]
 
 FloatArray = npt.NDArray[np.float64]
-
-
-def iso_ms(ms: int) -> str:
-    """Epoch ms as ISO-8601 UTC with millisecond precision (``2026-11-21T06:00:00.250Z``)."""
-    t = _dt.datetime.fromtimestamp(ms / 1000.0, tz=_dt.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 def _num(x: float) -> float | None:
@@ -92,7 +84,7 @@ class PositionTable:
     ``price_ts_ms``: event time of the instrument's last price (0 = never); ``opened_ms``:
     event time the position was opened (neither is in the report).
     ``delta_coin`` (inverse options only, else NaN): the coin-terms delta a coin-margined
-    account carries, ``delta - coin premium`` (``monitor.greeks.coin_delta``).
+    account carries, ``delta - coin premium`` (``monitor.quant.greeks.coin_delta``).
     """
 
     instrument: tuple[str, ...]
@@ -211,7 +203,7 @@ class AccountRisk:
 
 @dataclass(frozen=True, slots=True)
 class RegimeReport:
-    """Regime figures now and their slow baselines (``monitor.regime``), per underlying."""
+    """Regime figures now and their slow baselines (``monitor.quant.regime``), per underlying."""
 
     underlyings: tuple[str, ...]
     current: RegimeFigures

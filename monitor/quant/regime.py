@@ -1,6 +1,6 @@
 """Regime checks: are the volatility and correlation assumptions still true? (pure numpy)
 
-Figures computed from the estimators' output (:class:`monitor.estimator.RollingEstimator`)
+Figures computed from the estimators' output (:class:`monitor.quant.estimator.RollingEstimator`)
 and the IVs the book is marked at, each tracked against a slow baseline so rules can alert
 when "the volatility assumptions are proven wrong or correlations spike":
 
@@ -12,7 +12,7 @@ when "the volatility assumptions are proven wrong or correlations spike":
   eigenvalues (Kritzman et al., 2011): near 1 when a few factors drive everything.
 
 The correlation figures use the assets with a fully known correlation submatrix (the NaN
-rule of :func:`monitor.risk.complete_assets`, optionally restricted to a caller's mask such
+rule of :func:`monitor.quant.risk.complete_assets`, optionally restricted to a caller's mask such
 as ``warm``). :class:`RegimeBaselines` keeps an EWMA of every figure on event time.
 No clock, no I/O.
 """
@@ -26,7 +26,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from monitor.risk import complete_assets
+from monitor.quant.risk import complete_assets
 
 __all__ = [
     "RegimeBaseline",
@@ -108,7 +108,7 @@ def average_correlation(corr: npt.ArrayLike, assets: npt.ArrayLike | None = None
     -------
     float
         ``sum_{i != j} rho_ij / (k (k - 1))`` over the ``k`` assets kept by
-        :func:`monitor.risk.complete_assets`; NaN when ``k < 2``.
+        :func:`monitor.quant.risk.complete_assets`; NaN when ``k < 2``.
     """
     return _average(_submatrix(corr, assets))
 

@@ -31,6 +31,7 @@ __all__ = [
     "Rejected",
     "VenueGreeks",
     "encode_event",
+    "iso_ms",
     "normalize",
     "to_epoch_ms",
 ]
@@ -140,6 +141,12 @@ class Rejected(Exception):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch ms as ISO-8601 UTC with millisecond precision (``2026-11-21T06:00:00.250Z``)."""
+    t = _dt.datetime.fromtimestamp(ms / 1000.0, tz=_dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 def to_epoch_ms(ts: Timestamp) -> int:

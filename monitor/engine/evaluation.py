@@ -1,7 +1,7 @@
 """One evaluation: engine state in, an immutable :class:`RiskSnapshot` out.
 
-Stages, each a pure function of its inputs (``monitor.valuation``, ``monitor.risk``,
-``monitor.regime``): value the book; per account and for the whole book, Euler risk
+Stages, each a pure function of its inputs (``monitor.engine.valuation``, ``monitor.quant.risk``,
+``monitor.quant.regime``): value the book; per account and for the whole book, Euler risk
 contributions against the risk-parity budget and parametric VaR/ES; full-revaluation VaR
 over a scenario set on its own slower clock (``risk.scenario_interval``, event time, so a
 replay recomputes it at the same moments); regime figures against their slow baselines;
@@ -21,26 +21,26 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from monitor.estimator import RollingEstimator
-from monitor.instruments import InstrumentRegistry
-from monitor.margin import MarginSettings, distance_to_call, scenario_margin, stress_pnl
-from monitor.regime import RegimeBaselines, RegimeFigures, regime_figures, vol_ratio
-from monitor.risk import (
-    book_risk,
-    revalue,
-    scenario_returns,
-    var_full_revaluation,
-)
-from monitor.snapshot import (
+from monitor.engine.valuation import Book, BookValues, MarketArrays, value_book
+from monitor.model.events import iso_ms
+from monitor.model.instruments import InstrumentRegistry
+from monitor.model.snapshot import (
     AccountFigures,
     AccountRisk,
     AssetFigures,
     FullRevaluationVaR,
     RegimeReport,
     RiskSnapshot,
-    iso_ms,
 )
-from monitor.valuation import Book, BookValues, MarketArrays, value_book
+from monitor.quant.estimator import RollingEstimator
+from monitor.quant.margin import MarginSettings, distance_to_call, scenario_margin, stress_pnl
+from monitor.quant.regime import RegimeBaselines, RegimeFigures, regime_figures, vol_ratio
+from monitor.quant.risk import (
+    book_risk,
+    revalue,
+    scenario_returns,
+    var_full_revaluation,
+)
 
 __all__ = ["AccountState", "Evaluator", "RiskSettings"]
 

@@ -30,8 +30,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from monitor.metrics import MonitorView
-from monitor.snapshot import RiskSnapshot, iso_ms
+from monitor.model.events import iso_ms
+from monitor.model.snapshot import RiskSnapshot
+from monitor.serve.metrics import MonitorView
 
 __all__ = ["DEFAULT_LISTEN", "HttpServer", "parse_listen"]
 
@@ -80,7 +81,7 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 
 class HttpServer:
-    """aiohttp server for a :class:`~monitor.metrics.MonitorView` and its registry.
+    """aiohttp server for a :class:`~monitor.serve.metrics.MonitorView` and its registry.
 
     Use as ``async with HttpServer(view, registry, listen) as server:`` or call
     :meth:`start` / :meth:`stop`. After start, :attr:`port` is the bound port (useful with

@@ -5,7 +5,7 @@ the order written, so ``riskmon replay PATH`` (``connectors.replay``) feeds the 
 same stream. The format follows the suffix:
 
 ``.jsonl``
-    One event per line, exactly :func:`monitor.events.encode_event` (schema v1).
+    One event per line, exactly :func:`monitor.model.events.encode_event` (schema v1).
 ``.jsonl.gz``
     The same lines, gzip-compressed. Each :meth:`Recorder.flush` ends with a zlib sync
     flush, so everything flushed can be decompressed even if the stream is never finished.
@@ -55,7 +55,7 @@ multiplier            float64   instrument
 inverse               bool      instrument
 ====================  ========  ===============================================
 
-Units are those of the event fields (``monitor.events``).
+Units are those of the event fields (``monitor.model.events``).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ import msgspec
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-from monitor.events import Event, encode_event, to_epoch_ms
+from monitor.model.events import Event, encode_event, to_epoch_ms
 
 __all__ = ["PARQUET_SCHEMA", "SUFFIXES", "Recorder"]
 

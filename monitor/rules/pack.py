@@ -1,7 +1,7 @@
 """The built-in rule pack: what riskmon alerts on out of the box (pure: no I/O, no clock).
 
 Every rule reads one figure per subject from a :class:`RuleInput` (the snapshot, plus the
-connectors' health when live) and is run by :class:`monitor.rules.RuleEngine`. Thresholds,
+connectors' health when live) and is run by :class:`monitor.rules.machine.RuleEngine`. Thresholds,
 ``for``, ``cooldown`` and the rule-specific keys come from ``[[rules]]`` in the config
 (defaults: :mod:`monitor.config`, documented in ``deploy/riskmon.example.toml``).
 
@@ -27,7 +27,7 @@ venue_delta_mismatch       account            ``|greeks_vs_venue.delta_usd|``, U
 venue_vega_mismatch        account            ``|greeks_vs_venue.vega|``, USD per vol pt
 =========================  =================  ==========================================
 
-Conventions (see :mod:`monitor.rules` for the state machine):
+Conventions (see :mod:`monitor.rules.machine` for the state machine):
 
 - A figure that *does not apply* yields no reading, so an alert on it resolves: an account
   without venue margin, no ``distance_to_call`` (or one that is not ``reachable``: no move
@@ -39,7 +39,7 @@ Conventions (see :mod:`monitor.rules` for the state machine):
   until every underlying involved is warm (``estimator.warmup``), a NaN from the risk core.
 - ``+inf`` is a value: an account with equity <= 0 and a positive maintenance margin (or
   scenario margin) reads as infinite utilisation. Such an
-  :class:`~monitor.alerting.Alert` carries ``value = inf`` (msgspec encodes it as
+  :class:`~monitor.model.alert.Alert` carries ``value = inf`` (msgspec encodes it as
   ``null``); its summary says what happened.
 - ``connector_down`` alerts carry the connector's name as ``account`` (and in the
   ``connector`` label): the alert identity is ``(rule, account, underlying)``.
@@ -98,9 +98,9 @@ from monitor.config import (
     VolBreakRule,
     VolVsImpliedRule,
 )
-from monitor.regime import ABSORPTION_FRACTION
-from monitor.rules import Reading, Rule, RuleEngine, RuleSpec
-from monitor.snapshot import AccountFigures, AccountRisk, PositionTable, RiskSnapshot
+from monitor.model.snapshot import AccountFigures, AccountRisk, PositionTable, RiskSnapshot
+from monitor.quant.regime import ABSORPTION_FRACTION
+from monitor.rules.machine import Reading, Rule, RuleEngine, RuleSpec
 
 __all__ = ["RuleInput", "build_rules", "rule_engine"]
 
@@ -910,7 +910,7 @@ def build_rules(
     """The enabled built-in rules, in the given order (default: ``Config().rules``).
 
     Each call builds fresh rule objects: ``hedge_offset`` keeps a watch list, so a pack
-    belongs to one :class:`~monitor.rules.RuleEngine`.
+    belongs to one :class:`~monitor.rules.machine.RuleEngine`.
     """
     configs = Config().rules if rules is None else rules
     return [_build(c, limits or {}) for c in configs if c.enabled]

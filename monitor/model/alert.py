@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from monitor.model.events import iso_ms
+
 __all__ = ["Alert", "AlertState", "Severity", "Transition"]
 
 Severity = Literal["warning", "critical"]
@@ -60,8 +62,6 @@ class Alert:
 
     def report(self) -> dict[str, Any]:
         """The alert as it appears in the report's ``alerts`` list."""
-        from monitor.snapshot import iso_ms
-
         return {
             "rule": self.rule,
             "severity": self.severity,
@@ -95,8 +95,6 @@ class Transition:
         return f"{a.key}/{a.active_since_ms}/{a.state}/{a.severity}/{self.ts_ms}"
 
     def report(self) -> dict[str, Any]:
-        from monitor.snapshot import iso_ms
-
         return {
             "ts": iso_ms(self.ts_ms),
             "from": self.previous,

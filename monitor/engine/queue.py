@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from monitor.events import Event, PriceEvent
+from monitor.model.events import Event, PriceEvent
 
 __all__ = ["EventQueue"]
 

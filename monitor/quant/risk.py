@@ -7,7 +7,7 @@ Conventions shared by every function:
 
 - ``x``: the exposure vector, shape ``(n,)``, USD: ``delta_usd`` summed per underlying.
 - ``cov``: shape ``(n, n)``, annualised (365-day) covariance of log returns, decimal^2 per
-  year, as :meth:`monitor.estimator.RollingEstimator.covariance` returns it (it may hold NaN
+  year, as :meth:`monitor.quant.estimator.RollingEstimator.covariance` returns it (it may hold NaN
   and need not be positive semi-definite).
 - ``horizon``: years of 365 days (default one day, ``1 / 365``); ``confidence`` in (0, 1)
   (default 0.99). VaR and ES are reported as positive numbers for a loss, USD over the
@@ -78,7 +78,7 @@ DEFAULT_HORIZON: Final = 1.0 / 365.0
 DEFAULT_MAX_ELEMENTS: Final = 1 << 17
 
 _PSD_RTOL: Final = 1e-12  # negative variance beyond this fraction of |x|'|S||x| is flagged
-_SD_MIN: Final = 1e-300  # as monitor.greeks: below this total sd an option is intrinsic
+_SD_MIN: Final = 1e-300  # as monitor.quant.greeks: below this total sd an option is intrinsic
 _INV_SQRT_2PI: Final = 1.0 / math.sqrt(2.0 * math.pi)
 _CF_ZMIN: Final = -8.0  # lower end of the tail over which Cornish-Fisher must be monotone
 

@@ -19,7 +19,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from monitor.events import InstrumentEvent, Kind, Reason, Rejected
+from monitor.model.events import InstrumentEvent, Kind, Reason, Rejected
 
 __all__ = ["Instrument", "InstrumentRegistry", "parse_expiry", "parse_name"]
 

@@ -3,7 +3,7 @@
 DESIGN.md "Risk definitions" (margin) and tracker issue 4. Pure numpy/scipy: no clock, no
 I/O, no logging. Everything is vectorised over option instruments, scenarios and books;
 options come deduplicated per instrument with one quantity column per book
-(:class:`monitor.risk.OptionPositions`, as ``BookValues.options`` holds them), linear
+(:class:`monitor.quant.risk.OptionPositions`, as ``BookValues.options`` holds them), linear
 positions as their USD value per underlying and book (``BookValues.linear_usd.T``).
 
 Scenario margin (after Deribit's portfolio margin)
@@ -44,7 +44,7 @@ Scenario margin (after Deribit's portfolio margin)
 
     Time is not advanced: Deribit's scenarios move price and volatility only (no theta),
     so the zero-move, vol-unchanged scenario has zero P&L. The base value is the model price
-    at the marked IV (not the venue mark), as in :func:`monitor.risk.revalue`.
+    at the marked IV (not the venue mark), as in :func:`monitor.quant.risk.revalue`.
 
 Distance to a margin call
     The smallest uniform move ``m`` of all underlyings, down and up separately, at which
@@ -68,8 +68,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import sparse
 
-from monitor.greeks import black76
-from monitor.risk import OptionPositions, _b76_block
+from monitor.quant.greeks import black76
+from monitor.quant.risk import OptionPositions, _b76_block
 
 __all__ = [
     "Aggregation",
@@ -100,7 +100,7 @@ VOL_UP: Final = 1
 VOL_SAME: Final = 0
 VOL_DOWN: Final = -1
 _VOL_LABEL: Final = {VOL_UP: "vol up", VOL_SAME: "vol unchanged", VOL_DOWN: "vol down"}
-_SD_MIN: Final = 1e-300  # as monitor.greeks / monitor.risk: below this sd an option is intrinsic
+_SD_MIN: Final = 1e-300  # as quant.greeks and quant.risk: below this sd an option is intrinsic
 _MAX_ELEMENTS: Final = 1 << 17  # bound on one (scenarios x options) block
 _NEWTON_MAX_ITER: Final = 100
 
@@ -351,7 +351,7 @@ def _linear(linear_usd: npt.ArrayLike, n: int) -> FloatArray:
 
 
 def _prepare(options: OptionPositions | None, n: int, k: int) -> _Options | None:
-    """Validate and keep the priceable, held rows (as :func:`monitor.risk.revalue` does)."""
+    """Validate and keep the priceable, held rows (as :func:`monitor.quant.risk.revalue` does)."""
     if options is None:
         return None
     und = np.asarray(options.underlying, dtype=np.int64)

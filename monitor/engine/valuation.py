@@ -19,11 +19,11 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from monitor.greeks import black76, coin_delta
-from monitor.implied_vol import IVReason, implied_vol
-from monitor.instruments import InstrumentRegistry
-from monitor.risk import OptionPositions
-from monitor.snapshot import AccountFigures, PositionTable
+from monitor.model.instruments import InstrumentRegistry
+from monitor.model.snapshot import AccountFigures, PositionTable
+from monitor.quant.greeks import black76, coin_delta
+from monitor.quant.implied_vol import IVReason, implied_vol
+from monitor.quant.risk import OptionPositions
 
 __all__ = ["Book", "BookValues", "MarketArrays", "build_book", "value_book"]
 
@@ -99,7 +99,7 @@ class MarketArrays:
     ``forward``: the venue's ``underlying_price`` (USD), NaN when none.
     ``price_ts_ms``: event time of the last price, epoch ms (0 = never).
     ``venue_greeks``: ``(n, 4)`` delta, gamma, vega, theta per unit as the venue published
-    them (``monitor.events.VenueGreeks`` units), NaN where it did not.
+    them (``monitor.model.events.VenueGreeks`` units), NaN where it did not.
     """
 
     price: FloatArray
