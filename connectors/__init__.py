@@ -1,29 +1,29 @@
 """Async producers of normalized events (see ``connectors.base``).
 
-:func:`build_connector` maps one ``[[connectors]]`` config entry to its connector; adding a
-venue is one config Struct in ``monitor.config`` and one branch here.
+Each connector's module declares its ``[[connectors]]`` entry (a ``ConnectorSettings``
+subclass that knows how to build the connector). Adding a venue is its own package plus one
+member of :data:`ConnectorConfig` here; ``monitor.config`` assembles the file's schema from it.
 """
 
 from __future__ import annotations
 
-from connectors.base import Connector
-from monitor.config import ConnectorConfig, SimulatedConnector
+from typing import Final, TypeAlias, cast, get_args
 
-__all__ = ["build_connector"]
+from connectors.base import Connector, ConnectorSettings
+from connectors.simulated import SimulatedConnector
+
+__all__ = ["CONNECTOR_TYPES", "ConnectorConfig", "build_connector"]
+
+#: Every connector type: the one registration line per connector.
+ConnectorConfig: TypeAlias = SimulatedConnector
+
+#: ``type`` tag -> config Struct, in declaration order (the first is the default).
+CONNECTOR_TYPES: Final[dict[str, type[ConnectorSettings]]] = {
+    cast(str, cls.__struct_config__.tag): cls
+    for cls in (get_args(ConnectorConfig) or (ConnectorConfig,))
+}
 
 
-def build_connector(cfg: ConnectorConfig) -> Connector:
-    """Instantiate the connector a config entry describes (imports it lazily)."""
-    if isinstance(cfg, SimulatedConnector):
-        from connectors.simulated import SimulatedMarket
-
-        return SimulatedMarket(
-            name=cfg.name,
-            seed=cfg.seed,
-            tick_interval_ms=int(cfg.tick_interval),
-            underlyings=tuple(cfg.underlyings),
-            start_ms=cfg.start_ms,
-            realtime=cfg.realtime,
-            duration_ms=None if cfg.duration is None else int(cfg.duration),
-        )
-    raise TypeError(f"no connector for config {type(cfg).__name__}")
+def build_connector(cfg: ConnectorSettings) -> Connector:
+    """Instantiate the connector a config entry describes."""
+    return cfg.build()

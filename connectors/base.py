@@ -5,19 +5,23 @@ pushing normalized events (``monitor.model.events``) into the sink. It owns its 
 heartbeats and reconnects; it never touches engine state. Parsing of venue messages lives
 in a pure function beside the transport so recorded messages test it without a socket.
 
-Reconnect policy is data: :class:`Backoff` is a capped, jittered exponential schedule.
+Reconnect policy is data: ``monitor.model.backoff.Backoff``. Each connector declares its
+own ``[[connectors]]`` entry as a :class:`ConnectorSettings` subclass in its own module.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Annotated, Protocol, runtime_checkable
+
+from msgspec import Meta
 
 from monitor.model.events import Event, Rejected
+from monitor.model.health import ConnectorStatus
+from monitor.model.settings import Section
 
-__all__ = ["Backoff", "Connector", "ConnectorStatus", "EventSink"]
+__all__ = ["Connector", "ConnectorName", "ConnectorSettings", "EventSink"]
+
+ConnectorName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
 
 class EventSink(Protocol):
@@ -32,23 +36,6 @@ class EventSink(Protocol):
     def reject(self, source: str, rejected: Rejected) -> None: ...
 
 
-@dataclass(slots=True)
-class ConnectorStatus:
-    """Live health of one connector, read by ``/-/ready`` and the metrics collector.
-
-    Times are epoch seconds of the wall clock, set by the connector's transport.
-    """
-
-    name: str
-    kind: str
-    connected: bool = False
-    reconnects: int = 0
-    messages: int = 0
-    last_message_s: float | None = None
-    last_error: str | None = None
-    delivered: bool = False  # has delivered at least one event since start
-
-
 @runtime_checkable
 class Connector(Protocol):
     """An async producer of normalized events."""
@@ -61,25 +48,18 @@ class Connector(Protocol):
         ...
 
 
-@dataclass(slots=True)
-class Backoff:
-    """Capped exponential backoff with full jitter (seconds).
+class ConnectorSettings(Section, frozen=True, tag_field="type"):
+    """Base of the ``[[connectors]]`` union, tagged on ``type``.
 
-    ``delays()`` yields ``uniform(0, min(cap, initial * factor**n))``, forever; call
-    ``reset()`` semantics by creating a fresh iterator after a connection that stayed up.
-
-    >>> d = Backoff(initial=1.0, cap=8.0, rng=random.Random(0)).delays()
-    >>> all(0.0 <= next(d) <= 8.0 for _ in range(100))
-    True
+    To add a connector type: subclass with ``tag="<type>"`` in the connector's own module,
+    redeclare ``name`` with the type as its default, implement :meth:`build`, and add the
+    class to ``connectors.ConnectorConfig`` (the one registration line). Fields whose name
+    ends in ``secret``/``password``/``token``/``api_key`` are redacted automatically;
+    ``__post_init__`` messages must not quote them.
     """
 
-    initial: float = 0.5
-    factor: float = 2.0
-    cap: float = 30.0
-    rng: random.Random = field(default_factory=random.Random)
+    name: ConnectorName
 
-    def delays(self) -> Iterator[float]:
-        ceiling = self.initial
-        while True:
-            yield self.rng.uniform(0.0, min(self.cap, ceiling))
-            ceiling = min(self.cap, ceiling * self.factor)
+    def build(self) -> Connector:
+        """The connector this entry describes."""
+        raise NotImplementedError(f"{type(self).__name__} does not build a connector")

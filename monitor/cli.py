@@ -117,7 +117,9 @@ def _replay(args: argparse.Namespace) -> int:
 
     cfg = load_config(_config_path(args.config))
     setup_logging(cfg.log.level, "text" if sys.stderr.isatty() else cfg.log.format)
-    engine = Engine(engine_settings(cfg), risk=risk_settings(cfg), rules=rule_engine(cfg))
+    engine = Engine(
+        engine_settings(cfg), risk=risk_settings(cfg), rules=rule_engine(cfg.rules, cfg.limits)
+    )
     reject_log = RejectionLog(log)
     started = time.perf_counter()
     events = 0

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from connectors import build_connector
-from connectors.base import Backoff, Connector, ConnectorStatus
+from connectors.base import Connector
 from monitor.config import Config
 from monitor.engine.core import Engine, EngineSettings
 from monitor.engine.evaluation import RiskSettings
@@ -27,7 +27,9 @@ from monitor.engine.queue import EventQueue
 from monitor.engine.record import Recorder
 from monitor.engine.stats import EngineStats
 from monitor.logs import RejectionLog
+from monitor.model.backoff import Backoff
 from monitor.model.events import Event, Reason, Rejected
+from monitor.model.health import ConnectorStatus
 from monitor.model.snapshot import RiskSnapshot
 from monitor.notify import AlertDispatcher, NotifierStats
 from monitor.quant.margin import MarginSettings, Stress
@@ -145,7 +147,7 @@ class Daemon:
             engine_settings(cfg),
             risk=risk_settings(cfg),
             recorder=self._recorder,
-            rules=rule_engine(cfg),
+            rules=rule_engine(cfg.rules, cfg.limits),
             history_limit=_HISTORY_LIMIT,
             scenario_executor=self._scenario_pool,
         )

@@ -2,7 +2,8 @@
 # The project's one test command (README "Run the tests"; .ci/run calls it).
 # Makes .venv, installs riskmon with its test extras, installs the real services the
 # integration tests start on their own loopback ports (mosquitto, promtool,
-# prometheus-alertmanager) when missing, then runs ruff, mypy and pytest.
+# prometheus-alertmanager) when missing, then runs ruff, mypy, the import contracts
+# (lint-imports, [tool.importlinter] in pyproject.toml) and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +28,5 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/pytest "$@"

@@ -67,7 +67,9 @@ def _events(spike: bool, margin: Sequence[tuple[float, float]]) -> list[Event]:
 
 def _replay_in_process(cfg_path: Path, events: list[Event]) -> list[dict[str, Any]]:
     cfg = load_config(cfg_path, env={})
-    eng = Engine(engine_settings(cfg), risk=risk_settings(cfg), rules=rule_engine(cfg))
+    eng = Engine(
+        engine_settings(cfg), risk=risk_settings(cfg), rules=rule_engine(cfg.rules, cfg.limits)
+    )
     assert eng.replay(events, "scenario") == []
     snap = eng.evaluate(max(e.ts or 0 for e in events))
     return [t.report() for t in snap.alert_history]

@@ -9,23 +9,24 @@ from typing import cast
 import msgspec
 import pytest
 
-from monitor import config
+from connectors import CONNECTOR_TYPES
+from connectors.base import ConnectorSettings
+from connectors.simulated import SimulatedConnector
 from monitor.config import (
-    RULE_TYPES,
-    AccountLimits,
+    NON_CONFIG_ENV_VARS,
     Config,
     ConfigError,
-    ConnectorDownRule,
-    Delay,
-    Duration,
     EstimatorConfig,
+    load_config,
+    redacted,
+)
+from monitor.model.settings import Delay, Duration, dec_hook, parse_delay, parse_duration
+from monitor.rules.config import (
+    RULE_TYPES,
+    AccountLimits,
+    ConnectorDownRule,
     HedgeOffsetRule,
     MarginUtilizationRule,
-    SimulatedConnector,
-    load_config,
-    parse_delay,
-    parse_duration,
-    redacted,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "riskmon.example.toml"
@@ -169,7 +170,7 @@ def test_redacted_is_the_config_in_file_form(tmp_path: Path) -> None:
     assert plain["estimator"]["halflife"] == "1h30m"
     assert plain["connectors"][0]["type"] == "simulated"
     assert plain["connectors"][0]["underlyings"] == ["BTC"]
-    again = msgspec.convert(plain, type=Config, dec_hook=config._dec_hook)
+    again = msgspec.convert(plain, type=Config, dec_hook=dec_hook)
     assert again == cfg
 
 
@@ -547,7 +548,7 @@ def test_rules_override_by_name_and_keep_pack_order(tmp_path: Path) -> None:
         "min_volatility_usd": 100_000.0,
         "enabled": True,
     }
-    assert msgspec.convert(plain, type=Config, dec_hook=config._dec_hook) == cfg
+    assert msgspec.convert(plain, type=Config, dec_hook=dec_hook) == cfg
 
 
 def test_rules_built_in_code_are_checked_and_completed() -> None:
@@ -661,7 +662,7 @@ def test_env_overrides_scalars(tmp_path: Path) -> None:
     assert cfg.risk.var_confidence == 0.975
     assert cfg.engine.queue_size == 10
     assert cfg.log.level == "debug"  # env beats file
-    assert "RISKMON_CONFIG" in config.NON_CONFIG_ENV_VARS
+    assert "RISKMON_CONFIG" in NON_CONFIG_ENV_VARS
 
 
 def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -802,7 +803,7 @@ def test_example_file_documents_every_key() -> None:
         assert isinstance(rule_info, msgspec.inspect.StructType)
         assert {f.encode_name for f in rule_info.fields} <= documented, name
         assert f'name = "{name}"' in lines
-    for cls in config._CONNECTOR_TYPES.values():
+    for cls in CONNECTOR_TYPES.values():
         info = msgspec.inspect.type_info(cls)
         assert isinstance(info, msgspec.inspect.StructType)
         assert keys(info) <= documented, cls.__name__
@@ -812,7 +813,7 @@ def test_example_file_documents_every_key() -> None:
 # --- secrets -----------------------------------------------------------------------------
 
 
-class VaultConnector(config._ConnectorBase, frozen=True, tag="vault"):
+class VaultConnector(ConnectorSettings, frozen=True, tag="vault"):
     """A stand-in for a venue connector that holds secrets."""
 
     name: str = "vault"

@@ -6,10 +6,12 @@ import asyncio
 import random
 from pathlib import Path
 
-from connectors.base import Backoff, ConnectorStatus, EventSink
+from connectors.base import EventSink
 from connectors.simulated import SimulatedMarket
 from monitor.config import load_config
 from monitor.daemon import Daemon
+from monitor.model.backoff import Backoff
+from monitor.model.health import ConnectorStatus
 
 
 class CrashingConnector:

@@ -15,8 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tools import StaticView as View
 
-from connectors.base import ConnectorStatus
 from monitor.model.alert import Alert, Transition
+from monitor.model.health import ConnectorStatus
 from monitor.model.snapshot import AccountFigures, AssetFigures, RiskSnapshot
 from monitor.serve.http import HttpServer, parse_listen
 from monitor.serve.metrics import build_registry

@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from tools import StaticView, assert_promtool_clean
 
-from connectors.base import ConnectorStatus
 from monitor import __version__
 from monitor.engine.stats import EngineStats
+from monitor.model.health import ConnectorStatus
 from monitor.model.snapshot import AccountFigures, AssetFigures, RiskSnapshot
 from monitor.serve.metrics import RiskCollector, build_registry
 

@@ -21,14 +21,8 @@ from pathlib import Path
 import pytest
 from tools import running
 
-from monitor.config import (
-    AlertmanagerConfig,
-    AlertsConfig,
-    Duration,
-    MqttAlertsConfig,
-    WebhookConfig,
-)
 from monitor.model.alert import Alert, AlertState, Severity, Transition
+from monitor.model.settings import Duration
 from monitor.notify import (
     AlertDispatcher,
     AlertmanagerNotifier,
@@ -38,6 +32,12 @@ from monitor.notify import (
     RetryableDeliveryError,
     Session,
     WebhookNotifier,
+)
+from monitor.notify.config import (
+    AlertmanagerConfig,
+    AlertsConfig,
+    MqttAlertsConfig,
+    WebhookConfig,
 )
 from monitor.notify.outbox import FORMAT_VERSION
 

@@ -17,13 +17,15 @@ import msgspec
 import numpy as np
 import pytest
 
-from connectors.base import ConnectorStatus
-from monitor.config import AccountLimits, Config, RuleConfig, _dec_hook
+from monitor.config import Config
 from monitor.engine.core import Engine, EngineSettings
 from monitor.model.alert import Alert, Transition
 from monitor.model.events import AccountEvent, Event, PositionEvent, PriceEvent
+from monitor.model.health import ConnectorStatus
+from monitor.model.settings import dec_hook
 from monitor.model.snapshot import RegimeReport, RiskSnapshot
 from monitor.quant.regime import RegimeFigures
+from monitor.rules.config import DEFAULT_RULES, AccountLimits, RuleConfig
 from monitor.rules.machine import RuleEngine
 from monitor.rules.pack import RuleInput, build_rules, rule_engine
 
@@ -172,7 +174,8 @@ def run(
     inputs: Sequence[RuleInput], cfg: Config | None = None
 ) -> tuple[list[Transition], list[Alert]]:
     """Evaluate each input once, the last one twice, ``STEP`` apart on the engine clock."""
-    eng: RuleEngine[RuleInput] = rule_engine(cfg or Config())
+    cfg = cfg or Config()
+    eng: RuleEngine[RuleInput] = rule_engine(cfg.rules, cfg.limits)
     moves: list[Transition] = []
     for k, inp in enumerate([*inputs, inputs[-1]]):
         moves += eng.evaluate(inp, T0 + 1_000 * STEP + k * STEP)
@@ -193,7 +196,7 @@ def config(*, limits: Mapping[str, AccountLimits] | None = None, **rules: dict[s
     """Config() with rule overrides by name (``hedge_offset={"for": "0s"}``)."""
     raw = [{"name": name, **keys} for name, keys in rules.items()]
     return msgspec.structs.replace(
-        Config(rules=msgspec.convert(raw, tuple[RuleConfig, ...], dec_hook=_dec_hook)),
+        Config(rules=msgspec.convert(raw, tuple[RuleConfig, ...], dec_hook=dec_hook)),
         limits=dict(limits or {}),
     )
 
@@ -578,7 +581,7 @@ def test_stale_data_when_prices_stop() -> None:
 def test_connector_down_fires_after_for_and_resolves_on_reconnect(base: RiskSnapshot) -> None:
     down = ConnectorStatus("deribit-main", "deribit", connected=False, reconnects=4)
     down.last_error = "ConnectionResetError: reset by peer"
-    eng = rule_engine(Config())
+    eng = rule_engine(DEFAULT_RULES, {})
     t = T0 + 10**6
     assert [x.alert.state for x in eng.evaluate(RuleInput(base, [down]), t)] == ["pending"]
     assert eng.evaluate(RuleInput(base, [down]), t + 29 * S) == []

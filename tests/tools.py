@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.base import ConnectorStatus
 from monitor.engine.stats import EngineStats
+from monitor.model.health import ConnectorStatus
 from monitor.model.snapshot import RiskSnapshot
 from monitor.notify import AlertDispatcher, NotifierStats
 

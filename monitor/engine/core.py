@@ -28,7 +28,6 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from connectors.base import ConnectorStatus
 from monitor.engine.evaluation import AccountState, Evaluator, RiskSettings, UnderlyingPrices
 from monitor.engine.stats import EngineStats
 from monitor.engine.valuation import Book, MarketArrays, build_book
@@ -42,6 +41,7 @@ from monitor.model.events import (
     Reason,
     Rejected,
 )
+from monitor.model.health import ConnectorStatus
 from monitor.model.instruments import InstrumentRegistry, from_event
 from monitor.model.snapshot import RiskSnapshot
 from monitor.quant.estimator import RollingEstimator

@@ -46,10 +46,10 @@ from typing import Any, Final
 import aiohttp
 
 from monitor import __version__
-from monitor.config import AlertmanagerConfig
 from monitor.model.alert import Alert, Transition
 from monitor.model.events import iso_ms
 from monitor.notify.base import PermanentDeliveryError, Session, check_http_response
+from monitor.notify.config import AlertmanagerConfig
 
 __all__ = ["AlertmanagerNotifier", "am_alert"]
 

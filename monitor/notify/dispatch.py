@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from connectors.base import Backoff
-from monitor.config import AlertsConfig
 from monitor.model.alert import Transition
+from monitor.model.backoff import Backoff
 from monitor.notify.alertmanager import AlertmanagerNotifier
 from monitor.notify.base import Notifier, PermanentDeliveryError, RetryableDeliveryError
+from monitor.notify.config import AlertsConfig
 from monitor.notify.mqtt import MqttNotifier
 from monitor.notify.outbox import DEFAULT_MAX_PENDING, Outbox, OutboxEntry
 from monitor.notify.webhook import WebhookNotifier

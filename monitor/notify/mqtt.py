@@ -30,9 +30,9 @@ from typing import Final
 
 import aiomqtt
 
-from monitor.config import MqttAlertsConfig
 from monitor.model.alert import Alert, Transition
 from monitor.notify.base import RetryableDeliveryError, Session, transition_payload
+from monitor.notify.config import MqttAlertsConfig
 
 __all__ = ["BOOK", "MqttNotifier", "alert_topic"]
 

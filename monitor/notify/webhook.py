@@ -27,9 +27,9 @@ from typing import Final
 import aiohttp
 
 from monitor import __version__
-from monitor.config import WebhookConfig
 from monitor.model.alert import Transition
 from monitor.notify.base import Session, check_http_response, transition_payload
+from monitor.notify.config import WebhookConfig
 
 __all__ = ["WebhookNotifier"]
 

@@ -3,7 +3,7 @@
 Every rule reads one figure per subject from a :class:`RuleInput` (the snapshot, plus the
 connectors' health when live) and is run by :class:`monitor.rules.machine.RuleEngine`. Thresholds,
 ``for``, ``cooldown`` and the rule-specific keys come from ``[[rules]]`` in the config
-(defaults: :mod:`monitor.config`, documented in ``deploy/riskmon.example.toml``).
+(defaults: :mod:`monitor.rules.config`, documented in ``deploy/riskmon.example.toml``).
 
 =========================  =================  ==========================================
 rule                       subject            figure (unit)
@@ -75,12 +75,14 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from connectors.base import ConnectorStatus
-from monitor.config import (
+from monitor.model.health import ConnectorStatus
+from monitor.model.snapshot import AccountFigures, AccountRisk, PositionTable, RiskSnapshot
+from monitor.quant.regime import ABSORPTION_FRACTION
+from monitor.rules.config import (
+    DEFAULT_RULES,
     AbsorptionSpikeRule,
     AccountLimits,
     ConcentrationRule,
-    Config,
     ConnectorDownRule,
     CorrelationSpikeRule,
     DistanceToCallRule,
@@ -98,8 +100,6 @@ from monitor.config import (
     VolBreakRule,
     VolVsImpliedRule,
 )
-from monitor.model.snapshot import AccountFigures, AccountRisk, PositionTable, RiskSnapshot
-from monitor.quant.regime import ABSORPTION_FRACTION
 from monitor.rules.machine import Reading, Rule, RuleEngine, RuleSpec
 
 __all__ = ["RuleInput", "build_rules", "rule_engine"]
@@ -907,15 +907,17 @@ def build_rules(
     rules: Sequence[RuleConfig] | None = None,
     limits: Mapping[str, AccountLimits] | None = None,
 ) -> list[Rule[RuleInput]]:
-    """The enabled built-in rules, in the given order (default: ``Config().rules``).
+    """The enabled built-in rules, in the given order (default: :data:`DEFAULT_RULES`).
 
     Each call builds fresh rule objects: ``hedge_offset`` keeps a watch list, so a pack
     belongs to one :class:`~monitor.rules.machine.RuleEngine`.
     """
-    configs = Config().rules if rules is None else rules
+    configs = DEFAULT_RULES if rules is None else rules
     return [_build(c, limits or {}) for c in configs if c.enabled]
 
 
-def rule_engine(cfg: Config) -> RuleEngine[RuleInput]:
-    """A rule engine running the built-in pack as ``cfg`` configures it."""
-    return RuleEngine(build_rules(cfg.rules, cfg.limits))
+def rule_engine(
+    rules: Sequence[RuleConfig], limits: Mapping[str, AccountLimits]
+) -> RuleEngine[RuleInput]:
+    """A rule engine running the built-in pack as ``[[rules]]`` and ``[limits]`` configure it."""
+    return RuleEngine(build_rules(rules, limits))

@@ -158,9 +158,9 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from connectors.base import ConnectorStatus
 from monitor import __version__
 from monitor.engine.stats import EngineStats
+from monitor.model.health import ConnectorStatus
 from monitor.model.snapshot import AccountFigures, AccountRisk, RegimeReport, RiskSnapshot
 from monitor.notify import NotifierStats
 

@@ -22,10 +22,10 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 
-from monitor.config import Config
 from monitor.engine.core import Engine, EngineSettings
 from monitor.engine.evaluation import RiskSettings
 from monitor.model.events import AccountEvent, Event, PositionEvent, PriceEvent
+from monitor.rules.config import DEFAULT_RULES
 from monitor.rules.pack import rule_engine
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
@@ -56,7 +56,7 @@ def build(
     eng = Engine(
         settings,
         risk=risk,
-        rules=rule_engine(Config()) if rules else None,
+        rules=rule_engine(DEFAULT_RULES, {}) if rules else None,
         scenario_executor=executor,
     )
     events: list[Event] = []

@@ -112,7 +112,9 @@ def main() -> None:
             # As `riskmon replay` builds it: default config, risk settings and the rule pack.
             cfg = load_config(env={})
             settings = replace(engine_settings(cfg), eval_interval_ms=eval_interval_ms)
-            eng = Engine(settings, risk=risk_settings(cfg), rules=rule_engine(cfg))
+            eng = Engine(
+                settings, risk=risk_settings(cfg), rules=rule_engine(cfg.rules, cfg.limits)
+            )
             spent = [0.0]
             eng.set_evaluation_observer(lambda s: spent.__setitem__(0, spent[0] + s))
             last = 0
