@@ -80,7 +80,9 @@ class Session:
         try:
             await self._ws.send(frame)
         except websockets.ConnectionClosed as exc:
-            raise SessionEnded(f"send on a closed connection ({exc.rcvd or 'no close frame'})")
+            raise SessionEnded(
+                f"send on a closed connection ({exc.rcvd or 'no close frame'})"
+            ) from None
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run ``coro`` as a task of this session (named ``<connector>.<name>``); it is

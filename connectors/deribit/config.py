@@ -58,7 +58,9 @@ class DeribitConnector(_ConnectorBase, frozen=True, tag="deribit"):
             if c in self.currencies[:i]:
                 raise _Invalid(("currencies", i), f"duplicate currency {c!r}")
         if self.client_secret and self.client_secret_file:
-            raise _Invalid(("client_secret_file",), "set client_secret or client_secret_file, not both")
+            raise _Invalid(
+                ("client_secret_file",), "set client_secret or client_secret_file, not both"
+            )
         has_secret = bool(self.client_secret or self.client_secret_file)
         if has_secret and not self.client_id:
             raise _Invalid(("client_id",), "a client secret needs its client_id")

@@ -120,7 +120,9 @@ _TICKER_MARK: Final = b'"channel":"ticker.'
 
 def _reason(exc: msgspec.MsgspecError) -> Reason:
     if isinstance(exc, msgspec.ValidationError):
-        return Reason.MISSING_FIELD if "missing required field" in str(exc) else Reason.INVALID_VALUE
+        return (
+            Reason.MISSING_FIELD if "missing required field" in str(exc) else Reason.INVALID_VALUE
+        )
     return Reason.MALFORMED_JSON
 
 
