@@ -38,6 +38,10 @@ from connectors.base import Backoff, ConnectorStatus
 __all__ = ["Session", "SessionEnded", "SessionHandler", "WebSocketRunner", "WsSettings"]
 
 log = logging.getLogger("riskmon.connectors")
+#: Handed to websockets: its DEBUG records carry frame contents (requests with secrets,
+#: answers with tokens), so this logger never goes below INFO, whatever the root level.
+_wire_log = logging.getLogger("riskmon.connectors.websockets")
+_wire_log.setLevel(logging.INFO)
 
 
 class SessionEnded(Exception):
@@ -75,10 +79,11 @@ class Session:
         self._ended: asyncio.Event = asyncio.Event()
         self.end_reason = ""
 
-    async def send(self, frame: str | bytes) -> None:
-        """Send one frame (text for ``str``)."""
+    async def send(self, frame: str | bytes, *, text: bool = True) -> None:
+        """Send one frame: a text frame (UTF-8 ``bytes`` are sent as text) unless ``text``
+        is False."""
         try:
-            await self._ws.send(frame)
+            await self._ws.send(frame, text=text)
         except websockets.ConnectionClosed as exc:
             raise SessionEnded(
                 f"send on a closed connection ({exc.rcvd or 'no close frame'})"
@@ -203,6 +208,7 @@ class WebSocketRunner:
             ping_interval=None,  # liveness is the venue heartbeat's job (module docstring)
             max_size=s.max_size,
             compression=None,
+            logger=_wire_log,
         ) as ws:
             try:
                 async with asyncio.TaskGroup() as tg:
