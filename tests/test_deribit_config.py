@@ -57,3 +57,18 @@ def test_secret_redacted_and_read_from_file(tmp_path: Path) -> None:
     (tmp_path / "empty").write_text("")
     with pytest.raises(ValueError, match="is empty"):
         read_secret(convert(client_id="abc", client_secret_file=str(tmp_path / "empty")))
+
+
+def test_build_deribit() -> None:
+    from connectors.base import Connector
+    from connectors.deribit import build_deribit
+
+    conn = build_deribit(convert(name="deribit-main", client_id="abc", client_secret="zz-SECRET"))
+    assert isinstance(conn, Connector)
+    assert (conn.status.name, conn.status.kind, conn.status.connected) == (
+        "deribit-main",
+        "deribit",
+        False,
+    )
+    assert conn.settings.heartbeat_s == 10.0
+    assert conn.authenticated

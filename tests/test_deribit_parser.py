@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from connectors.deribit import parser
-from connectors.deribit.messages import AccountSummary, Instrument, Ticker
+from connectors.deribit.messages import AccountSummary, Instrument, Position, Ticker
 from monitor.events import Reason, Rejected
 
 FIX = Path(__file__).parent / "fixtures"
@@ -99,17 +99,17 @@ def test_get_positions() -> None:
 def test_position_quantity_units() -> None:
     short_perp = msgspec.convert(
         {"instrument_name": "ETH-PERPETUAL", "kind": "future", "size": -1000.0,
-         "mark_price": 2500.0}, parser.Position
+         "mark_price": 2500.0}, Position
     )  # fmt: skip
     assert parser.position_quantity(short_perp) == -0.4
     option = msgspec.convert(
         {"instrument_name": "BTC-27DEC24-100000-C", "kind": "option", "size": -2.5},
-        parser.Position,
+        Position,
     )
     assert parser.position_quantity(option) == -2.5
     linear = msgspec.convert(
         {"instrument_name": "SOL_USDC-PERPETUAL", "kind": "future", "size": 12.0,
-         "size_currency": 12.0, "mark_price": 150.0}, parser.Position
+         "size_currency": 12.0, "mark_price": 150.0}, Position
     )  # fmt: skip
     assert parser.position_quantity(linear) == 12.0
 
