@@ -218,7 +218,6 @@ class WebSocketRunner:
                     async with asyncio.timeout(s.handshake_timeout_s):
                         await self._handler.on_open(session)
                     st.connected = self._live = True
-                    st.last_error = None
             finally:
                 st.connected = False
 
