@@ -33,7 +33,8 @@ from typing import Any, Protocol
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from connectors.base import Backoff, ConnectorStatus
+from monitor.model.backoff import Backoff
+from monitor.model.health import ConnectorStatus
 
 __all__ = ["Session", "SessionEnded", "SessionHandler", "WebSocketRunner", "WsSettings"]
 

@@ -9,11 +9,11 @@ import msgspec
 import pytest
 
 from connectors.deribit.config import DeribitConnector, read_secret
-from monitor.config import _dec_hook
+from monitor.model.settings import ConfigError, dec_hook
 
 
 def convert(**raw: Any) -> DeribitConnector:
-    return msgspec.convert({"type": "deribit", **raw}, DeribitConnector, dec_hook=_dec_hook)
+    return msgspec.convert({"type": "deribit", **raw}, DeribitConnector, dec_hook=dec_hook)
 
 
 def test_defaults() -> None:
@@ -52,18 +52,24 @@ def test_secret_redacted_and_read_from_file(tmp_path: Path) -> None:
     assert read_secret(c) == "zz-SECRET"
     f = tmp_path / "secret"
     f.write_text("from-file-SECRET\n")
+    f.chmod(0o600)
     c2 = convert(client_id="abc", client_secret_file=str(f))
     assert read_secret(c2) == "from-file-SECRET"
-    (tmp_path / "empty").write_text("")
-    with pytest.raises(ValueError, match="is empty"):
-        read_secret(convert(client_id="abc", client_secret_file=str(tmp_path / "empty")))
+    f.chmod(0o640)  # readable by the group: already leaked, refused
+    with pytest.raises(ConfigError, match="chmod 600") as info:
+        read_secret(c2)
+    assert "from-file-SECRET" not in str(info.value)
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    empty.chmod(0o600)
+    with pytest.raises(ConfigError, match="is empty"):
+        read_secret(convert(client_id="abc", client_secret_file=str(empty)))
 
 
-def test_build_deribit() -> None:
+def test_build() -> None:
     from connectors.base import Connector
-    from connectors.deribit import build_deribit
 
-    conn = build_deribit(convert(name="deribit-main", client_id="abc", client_secret="zz-SECRET"))
+    conn = convert(name="deribit-main", client_id="abc", client_secret="zz-SECRET").build()
     assert isinstance(conn, Connector)
     assert (conn.status.name, conn.status.kind, conn.status.connected) == (
         "deribit-main",

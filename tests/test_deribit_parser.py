@@ -12,7 +12,7 @@ import pytest
 
 from connectors.deribit import parser
 from connectors.deribit.messages import AccountSummary, Instrument, Position, Ticker
-from monitor.events import Reason, Rejected
+from monitor.model.events import Reason, Rejected
 
 FIX = Path(__file__).parent / "fixtures"
 

@@ -17,9 +17,16 @@ from dataclasses import dataclass, field
 import pytest
 from deribit_server import CLIENT_ID, CLIENT_SECRET, FakeDeribit, expected_quantity
 
-from connectors.base import Backoff
 from connectors.deribit.client import DeribitMarket, DeribitSettings
-from monitor.events import AccountEvent, Event, InstrumentEvent, PositionEvent, PriceEvent, Rejected
+from monitor.model.backoff import Backoff
+from monitor.model.events import (
+    AccountEvent,
+    Event,
+    InstrumentEvent,
+    PositionEvent,
+    PriceEvent,
+    Rejected,
+)
 
 TIMEOUT = 30.0
 

@@ -44,11 +44,13 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from connectors.base import Backoff, ConnectorStatus, EventSink
+from connectors.base import EventSink
 from connectors.deribit import parser
 from connectors.deribit.messages import AccountSummary, AuthResult, Instrument, RpcError, Ticker
 from connectors.ws import FatalConnectorError, Session, SessionEnded, WebSocketRunner, WsSettings
-from monitor.events import PositionEvent, Reason, Rejected
+from monitor.model.backoff import Backoff
+from monitor.model.events import PositionEvent, Reason, Rejected
+from monitor.model.health import ConnectorStatus
 
 __all__ = ["DeribitError", "DeribitMarket", "DeribitSettings", "RpcFailure"]
 

@@ -1,7 +1,6 @@
 """The ``[[connectors]] type = "deribit"`` config entry.
 
-The integrator adds :class:`DeribitConnector` to ``monitor.config.ConnectorConfig``; it is
-written against ``monitor.config``'s ``_ConnectorBase`` like the other connector entries.
+Registered in ``connectors.ConnectorConfig``.
 ``client_secret`` is redacted by its name (``...secret``); set it through
 ``RISKMON_CONNECTORS__DERIBIT__CLIENT_SECRET`` or ``client_secret_file`` (a file holding
 only the secret), never in the TOML file checked into a repository.
@@ -10,12 +9,12 @@ only the secret), never in the TOML file checked into a repository.
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 from msgspec import Meta
 
-from monitor.config import ConnectorName, Duration, _ConnectorBase, _Invalid, parse_duration
+from connectors.base import ConnectorName, ConnectorSettings
+from monitor.model.settings import Duration, Invalid, parse_duration, read_secret_file
 
 __all__ = ["MIN_HEARTBEAT_MS", "DeribitConnector", "read_secret"]
 
@@ -26,7 +25,11 @@ _URL_RE: Final = re.compile(r"^wss?://[^\s/]+(/\S*)?$")
 Currency = Annotated[str, Meta(pattern=r"^[A-Z0-9]{2,10}$")]
 
 
-class DeribitConnector(_ConnectorBase, frozen=True, tag="deribit"):
+if TYPE_CHECKING:
+    from connectors.deribit.client import DeribitMarket
+
+
+class DeribitConnector(ConnectorSettings, frozen=True, tag="deribit"):
     """Deribit over its JSON-RPC websocket: prices public, positions and account private.
 
     Without ``client_id`` it runs public-only: tickers of ``instruments`` (or, with
@@ -49,33 +52,53 @@ class DeribitConnector(_ConnectorBase, frozen=True, tag="deribit"):
 
     def __post_init__(self) -> None:
         if not _URL_RE.match(self.url):
-            raise _Invalid(("url",), f'expected a "wss://" or "ws://" URL; got {self.url!r}')
+            raise Invalid(("url",), f'expected a "wss://" or "ws://" URL; got {self.url!r}')
         if int(self.heartbeat) < MIN_HEARTBEAT_MS:
-            raise _Invalid(("heartbeat",), f"must be at least 10s (Deribit); got {self.heartbeat}")
+            raise Invalid(("heartbeat",), f"must be at least 10s (Deribit); got {self.heartbeat}")
         if int(self.heartbeat) % 1000:
-            raise _Invalid(("heartbeat",), f"must be whole seconds; got {self.heartbeat}")
+            raise Invalid(("heartbeat",), f"must be whole seconds; got {self.heartbeat}")
         for i, c in enumerate(self.currencies):
             if c in self.currencies[:i]:
-                raise _Invalid(("currencies", i), f"duplicate currency {c!r}")
+                raise Invalid(("currencies", i), f"duplicate currency {c!r}")
         if self.client_secret and self.client_secret_file:
-            raise _Invalid(
+            raise Invalid(
                 ("client_secret_file",), "set client_secret or client_secret_file, not both"
             )
         has_secret = bool(self.client_secret or self.client_secret_file)
         if has_secret and not self.client_id:
-            raise _Invalid(("client_id",), "a client secret needs its client_id")
+            raise Invalid(("client_id",), "a client secret needs its client_id")
         if self.client_id and not has_secret:
-            raise _Invalid(
+            raise Invalid(
                 ("client_secret",),
                 "client_id needs client_secret (RISKMON_CONNECTORS__<NAME>__CLIENT_SECRET) "
                 "or client_secret_file",
             )
         if self.ticker_interval == "raw" and not self.authenticated:
-            raise _Invalid(("ticker_interval",), '"raw" needs credentials (client_id and secret)')
+            raise Invalid(("ticker_interval",), '"raw" needs credentials (client_id and secret)')
 
     @property
     def authenticated(self) -> bool:
         return bool(self.client_id and (self.client_secret or self.client_secret_file))
+
+    def build(self) -> DeribitMarket:
+        """The connector this entry describes (the secret file is read at every auth)."""
+        from connectors.deribit.client import DeribitMarket, DeribitSettings
+
+        settings = DeribitSettings(
+            name=self.name,
+            url=self.url,
+            currencies=tuple(self.currencies),
+            subscribe=self.subscribe,
+            ticker_interval=self.ticker_interval,
+            heartbeat_s=self.heartbeat.seconds,
+            instruments=tuple(self.instruments),
+            client_id=self.client_id if self.authenticated else "",
+        )
+        if self.authenticated:
+            read_secret(self)  # a missing or world-readable file stops the start, clearly
+        return DeribitMarket(
+            settings, secret=(lambda: read_secret(self)) if self.authenticated else None
+        )
 
 
 def read_secret(cfg: DeribitConnector) -> str:
@@ -83,18 +106,12 @@ def read_secret(cfg: DeribitConnector) -> str:
 
     Raises
     ------
-    ValueError
-        The file cannot be read or is empty (the message names the path, never content).
+    ConfigError
+        The file cannot be read, is readable by group or others, or is empty (the message
+        names the path, never the content).
     """
     if cfg.client_secret:
         return cfg.client_secret
     if not cfg.client_secret_file:
         return ""
-    path = Path(cfg.client_secret_file)
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"client_secret_file {str(path)!r}: {exc.strerror}") from None
-    if not text:
-        raise ValueError(f"client_secret_file {str(path)!r} is empty")
-    return text
+    return read_secret_file(cfg.client_secret_file, f"connectors.{cfg.name}.client_secret_file")

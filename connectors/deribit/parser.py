@@ -47,7 +47,7 @@ from connectors.deribit.messages import (
     Ticker,
     TickerNotification,
 )
-from monitor.events import (
+from monitor.model.events import (
     AccountEvent,
     InstrumentEvent,
     PositionEvent,

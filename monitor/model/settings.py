@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from decimal import Decimal
@@ -35,6 +36,7 @@ __all__ = [
     "is_secret",
     "parse_delay",
     "parse_duration",
+    "read_secret_file",
     "show",
 ]
 
@@ -248,3 +250,32 @@ def format_path(segs: Sequence[PathSeg]) -> str:
 
 # Epoch milliseconds in 2000..2200, as in monitor.model.events: outside is a unit mix-up.
 EpochMs = Annotated[int, Meta(ge=946_684_800_000, le=7_258_118_400_000)]
+
+
+def read_secret_file(path: str, key: str) -> str:
+    """The secret stored in the file at ``path`` (one line; surrounding white space dropped).
+
+    Refused unless only its owner may read it: a secret readable by the group or the world
+    is already leaked. ``key`` is the config key path, for the error; the message never
+    quotes the file's content.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, unreadable, group/world readable, or empty.
+    """
+    try:
+        st = os.stat(path)
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                key,
+                f"{path} is readable by its group or others (mode {st.st_mode & 0o777:o}); "
+                f"make it private: chmod 600 {path}",
+            )
+        with open(path, encoding="utf-8") as fh:
+            secret = fh.read().strip()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+    if not secret:
+        raise ConfigError(key, f"{path} is empty")
+    return secret
