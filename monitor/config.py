@@ -348,7 +348,12 @@ def _check_connectors(raw: dict[str, Any]) -> None:
         if not isinstance(kind, str) or kind not in CONNECTOR_TYPES:
             raise ConfigError(
                 f"connectors[{i}].type",
-                f"unknown connector type {kind!r}; expected one of: {expected}",
+                f"unknown connector type {show(kind)}"
+                + (
+                    _suggest(kind, CONNECTOR_TYPES)
+                    if isinstance(kind, str)
+                    else f"; expected one of: {expected}"
+                ),
             )
 
 

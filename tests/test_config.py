@@ -346,7 +346,7 @@ def test_sections_are_frozen() -> None:
         pytest.param(
             '[[connectors]]\ntype = "simulated"\n[[connectors]]\ntype = "derbit"\n',
             "connectors[1].type",
-            "connectors[1].type: unknown connector type 'derbit'; expected one of: simulated, deribit",
+            'connectors[1].type: unknown connector type "derbit" (did you mean "deribit"?)',
             id="unknown-connector-type",
         ),
         pytest.param(
