@@ -207,7 +207,7 @@ def test_sections_are_frozen() -> None:
         pytest.param(
             "[server]\nbogus = 1\n",
             "server.bogus",
-            "server.bogus: unknown key (expected one of: listen)",
+            "server.bogus: unknown key (expected one of: listen, token_file, protect_metrics)",
             id="unknown-key-no-match",
         ),
         pytest.param(
