@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiomqtt
-import pytest
 from tools import Mosquitto, mosquitto_binary, wait_until
 
 from connectors.mqtt.client import MqttFeed
@@ -48,16 +47,6 @@ class Sink:
             for e in self.events
             if isinstance(e, PositionEvent)
         }
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(mosquitto_binary(), tmp_path, persistence=True)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def feed(port: int, client_id: str = "riskmon-test-desk") -> MqttFeed:

@@ -10,25 +10,14 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_daemon import Daemon, _samples
-from tools import Mosquitto, mosquitto_binary, required_tool
+from tools import Mosquitto, required_tool
 
 T0 = int(time.time() * 1000)
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(mosquitto_binary(), tmp_path, persistence=True)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def publish(port: int, topic: str, payload: Any) -> None:

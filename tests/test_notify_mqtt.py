@@ -10,30 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import pytest
-from tools import Mosquitto, mosquitto_binary, running, wait_until
+from tools import Mosquitto, running, wait_until
 
 from monitor.model.alert import Alert, AlertState, Severity, Transition
 from monitor.notify import AlertDispatcher, MqttNotifier, transition_payload
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 PREFIX = "desk1/alerts"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(mosquitto_binary(), tmp_path)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def transition(
