@@ -78,6 +78,7 @@ __all__ = [
     "EstimatorConfig",
     "LogConfig",
     "MarginConfig",
+    "MarketConfig",
     "RiskConfig",
     "ServerConfig",
     "StressConfig",
@@ -132,6 +133,14 @@ class LogConfig(Section, frozen=True):
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "text"] = "auto"
+
+
+class MarketConfig(Section, frozen=True):
+    """Market-data sanity checks applied by the engine before a price is believed."""
+
+    #: A tick of an index, spot, perpetual or future moving more than this fraction from the
+    #: instrument's current price is quarantined until the next tick confirms it; 0 = off.
+    max_tick_move: Annotated[float, Meta(ge=0.0)] = 0.5
 
 
 class EngineConfig(Section, frozen=True):
@@ -248,6 +257,7 @@ class Config(Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    market: MarketConfig = msgspec.field(default_factory=MarketConfig)
     estimator: EstimatorConfig = msgspec.field(default_factory=EstimatorConfig)
     risk: RiskConfig = msgspec.field(default_factory=RiskConfig)
     margin: MarginConfig = msgspec.field(default_factory=MarginConfig)
@@ -292,10 +302,19 @@ class Config(Section, frozen=True):
 # --- loading -----------------------------------------------------------------------------
 
 
-def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    listen: str | None = None,
+    seed: int | None = None,
+) -> Config:
     """Load the TOML file at ``path`` (None: defaults only), then apply ``env`` overrides.
 
     ``env`` defaults to ``os.environ``; pass ``{}`` to ignore the environment.
+    ``listen`` and ``seed`` are the command line's ``--listen`` (``server.listen``) and
+    ``--seed`` (the ``seed`` of every connector that has one); they override the file and
+    the environment and are validated like them, an error naming the flag.
 
     Raises
     ------
@@ -308,10 +327,32 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     _check_connectors(raw)
     _check_rules(raw)
     origins = _apply_env(raw, os.environ if env is None else env)
+    origins.update(_apply_flags(raw, listen, seed))
     try:
         return msgspec.convert(raw, type=Config, dec_hook=dec_hook)
     except msgspec.ValidationError as exc:
         raise _translate(exc, raw, origins) from None
+
+
+def _apply_flags(
+    raw: dict[str, Any], listen: str | None, seed: int | None
+) -> dict[tuple[PathSeg, ...], str]:
+    """Write the command line's overrides into ``raw``; return key path -> flag."""
+    origins: dict[tuple[PathSeg, ...], str] = {}
+    if listen is not None:
+        server = raw.setdefault("server", {})
+        if not isinstance(server, dict):
+            raise ConfigError("server", f"expected a table; got {show(server)} (in the file)")
+        server["listen"] = listen
+        origins["server", "listen"] = "--listen"
+    if seed is not None:
+        for i, entry in enumerate(raw.get("connectors") or ()):
+            kind = entry.get("type") if isinstance(entry, dict) else None
+            cls = CONNECTOR_TYPES.get(kind) if isinstance(kind, str) else None
+            if cls is not None and "seed" in cls.__struct_fields__:
+                entry["seed"] = seed
+                origins["connectors", i, "seed"] = "--seed"
+    return origins
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

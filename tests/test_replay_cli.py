@@ -160,11 +160,14 @@ def test_replay_table_and_out_file(
 
 
 def test_replay_of_missing_or_unsupported_file_fails_cleanly(tmp_path: Path) -> None:
+    # Bad usage: exit 2 with one line naming the file, no traceback.
     proc = _replay(str(tmp_path / "nope.jsonl"))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "cannot replay" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
     bad = tmp_path / "events.csv"
     bad.write_text("x\n")
     proc = _replay(str(bad))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "cannot replay" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -131,6 +131,10 @@ class Reason(enum.StrEnum):
     INVALID_VALUE = "invalid_value"
     INVALID_TIMESTAMP = "invalid_timestamp"
     UNKNOWN_INSTRUMENT = "unknown_instrument"
+    #: A price tick older than the instrument's current price: dropped, never applied.
+    OUT_OF_ORDER = "out_of_order"
+    #: A price tick that moved more than ``market.max_tick_move``: held until confirmed.
+    QUARANTINED = "quarantined"
     INTERNAL_ERROR = "internal_error"
 
 
