@@ -3,7 +3,8 @@
 One JSON object per message or per line. Every connector produces these and nothing else;
 the engine consumes nothing else. Decoding is msgspec's typed decoder, so structural checks
 (required fields, types, ``price > 0``, finite numbers: JSON has no NaN and msgspec rejects
-``1e999`` as out of range) run in C. What msgspec cannot express (timestamp range, option
+``1e999`` as out of range) run in C; ``NaN`` and ``Infinity`` literals, which some encoders
+write, are ``invalid_value`` like ``1e999``, not ``malformed_json``. What msgspec cannot express (timestamp range, option
 fields that belong together) is checked in :func:`normalize`.
 
 After decoding, ``ts`` is always ``int`` epoch milliseconds: :func:`normalize` converts
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import re
 from typing import TYPE_CHECKING, Annotated, Final, Literal, TypeAlias
 
 import msgspec
@@ -186,6 +188,23 @@ def normalize(event: Event) -> Event:
     return event
 
 
+_BYTE_AT: Final = re.compile(r"invalid character \(byte (\d+)\)")
+
+
+def _non_finite_literal(exc: msgspec.MsgspecError, message: bytes | str) -> str | None:
+    """``NaN``/``Infinity`` where msgspec found an invalid character: JSON has no such
+    numbers, but it is a value problem (the README's ``invalid_value``), not bad syntax."""
+    m = _BYTE_AT.search(str(exc))
+    if m is None:
+        return None
+    raw = message.encode() if isinstance(message, str) else message
+    at = raw[int(m.group(1)) :]
+    for word in (b"NaN", b"Infinity"):
+        if at.startswith(word):
+            return word.decode()
+    return None
+
+
 def _reason_of(exc: msgspec.MsgspecError) -> Reason:
     if isinstance(exc, msgspec.ValidationError):
         text = str(exc)
@@ -225,6 +244,9 @@ class EventDecoder:
         try:
             event = self._decoder.decode(message)
         except msgspec.MsgspecError as exc:
+            word = _non_finite_literal(exc, message)
+            if word is not None:
+                raise Rejected(Reason.INVALID_VALUE, f"non-finite number {word} ({exc})") from None
             raise Rejected(_reason_of(exc), str(exc)) from None
         return normalize(event)
 
