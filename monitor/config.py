@@ -26,6 +26,10 @@ case-insensitively (``RISKMON_ESTIMATOR__HALFLIFE=2h``, ``RISKMON_RISK__VAR_CONF
   password ``12345`` stays a string.
 - A table of free-form keys (``risk.budgets``) is set whole, as an inline TOML table:
   ``RISKMON_RISK__BUDGETS='{ main = { BTC = 0.5, ETH = 0.5 } }'``.
+- Optional tables (``[alerts.webhook]``, ``[alerts.mqtt]``, ``[alerts.alertmanager]``) take
+  their keys like any table: ``RISKMON_ALERTS__WEBHOOK__TOKEN``,
+  ``RISKMON_ALERTS__MQTT__PASSWORD``. Setting a key of one the file leaves out turns it on,
+  with that key and the defaults (a required key such as ``url`` must then be set too).
 - A ``RISKMON_`` variable that names no key is an error (a typo must not be silent), except
   the variables in :data:`NON_CONFIG_ENV_VARS`, which configure the process, not the daemon.
 
@@ -462,7 +466,7 @@ def _env_target(
                 raise ConfigError(
                     format_path([*segs, key]), f"unknown key in {var}{_suggest(key, fields)}"
                 )
-            node = fields[key]
+            node = _optional_struct(fields[key])
             table = isinstance(node, mi.StructType) or (not segs and key in _NAMED_LISTS)
             if last and not table:
                 return [*segs, key], node, cursor
@@ -516,6 +520,15 @@ _TABLE_EXAMPLES: Final = {
     "risk.budgets": "{ main = { BTC = 0.5, ETH = 0.5 } }",
     "limits": "{ main = { delta_usd = 2e6, vega = 5e4 } }",
 }
+
+
+def _optional_struct(node: mi.Type) -> mi.Type:
+    """An optional table (``WebhookConfig | None``) is a table: its Struct; else ``node``."""
+    if isinstance(node, mi.UnionType):
+        members = [m for m in node.types if not isinstance(m, mi.NoneType)]
+        if len(members) == 1 and isinstance(members[0], mi.StructType):
+            return members[0]
+    return node
 
 
 def _default_name(entry: dict[str, Any]) -> str:
