@@ -117,7 +117,9 @@ def test_hardening_out_of_order_replay_completes(tmp_path: Path) -> None:
     events: list[dict[str, Any]] = []
     for k, p in enumerate(_walk(400)):
         events.append({"type": "price", "ts": T0 + 300 * k, "instrument": "BTC", "price": p})
-    events.append({"type": "position", "ts": T0, "account": "a", "instrument": "BTC", "quantity": 1})
+    events.append(
+        {"type": "position", "ts": T0, "account": "a", "instrument": "BTC", "quantity": 1}
+    )
     last = events[399]["ts"]
     events.append({"type": "price", "ts": last - 500, "instrument": "BTC", "price": 1.0})
     rec = _jsonl(tmp_path / "ooo.jsonl", events)
@@ -407,3 +409,64 @@ def test_hardening_every_config_key_overridable_from_env(tmp_path: Path) -> None
     cfg = load_config(base_file, env={"RISKMON_ALERTS__WEBHOOK__TOKEN": "s3cret"})
     assert cfg.alerts.webhook is not None
     assert cfg.alerts.webhook.token == "s3cret"
+
+
+# --- 10. Parquet recordings survive a crash ---------------------------------------------------
+
+_WRITER = """
+import sys, time
+from monitor.engine.record import Recorder
+from monitor.model.events import PriceEvent
+rec = Recorder(sys.argv[1], flush_rows=50, segment_seconds=0.05)
+k = int(sys.argv[2])
+while True:
+    rec.write(PriceEvent(1767225600000 + k, "BTC", 90000.0 + k))
+    k += 1
+    if k % 50 == 0:
+        print(k, flush=True)
+        time.sleep(0.01)
+"""
+
+
+def _closed_segments(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return sorted(p.name for p in path.iterdir() if p.name.endswith(".parquet"))
+
+
+def test_hardening_parquet_recording_survives_kill_and_restart(tmp_path: Path) -> None:
+    path = tmp_path / "rec.parquet"
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    written: list[int] = []
+    for start in (0, 1_000_000):  # the second run is the restart, same path
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(path), str(start)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        before = len(_closed_segments(path))
+        while len(_closed_segments(path)) < before + 3 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "the writer died"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        proc.stdout.close()
+        assert len(_closed_segments(path)) >= before + 3
+    # Every closed segment reads whole; the ones left open are skipped (with a warning).
+    segments = _closed_segments(path)
+    for name in segments:
+        written += pq.read_table(path / name, columns=["ts"]).column("ts").to_pylist()
+    events = [e for b in iter_batches(path) for e in b.events]
+    assert [e.ts for e in events] == written
+    ts = [t - T0 for t in written]
+    first_run = [t for t in ts if t < 1_000_000]
+    second_run = [t - 1_000_000 for t in ts if t >= 1_000_000]
+    # Each run's closed segments hold its events from the start, in order, without a gap.
+    assert first_run == list(range(len(first_run)))
+    assert second_run == list(range(len(second_run)))
+    assert len(first_run) >= 150
+    assert len(second_run) >= 150

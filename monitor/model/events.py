@@ -4,8 +4,9 @@ One JSON object per message or per line. Every connector produces these and noth
 the engine consumes nothing else. Decoding is msgspec's typed decoder, so structural checks
 (required fields, types, ``price > 0``, finite numbers: JSON has no NaN and msgspec rejects
 ``1e999`` as out of range) run in C; ``NaN`` and ``Infinity`` literals, which some encoders
-write, are ``invalid_value`` like ``1e999``, not ``malformed_json``. What msgspec cannot express (timestamp range, option
-fields that belong together) is checked in :func:`normalize`.
+write, are ``invalid_value`` like ``1e999``, not ``malformed_json``. What msgspec cannot
+express (timestamp range, option fields that belong together) is checked in
+:func:`normalize`.
 
 After decoding, ``ts`` is always ``int`` epoch milliseconds: :func:`normalize` converts
 ISO-8601 strings and float milliseconds once, at the boundary, so the engine never does.
