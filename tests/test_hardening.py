@@ -367,7 +367,7 @@ def _leaves(
                     entry_t, entry, [*env, f.encode_name.upper(), var_name], [f.encode_name, i]
                 )
         elif isinstance(t, mi.StructType):
-            assert child is not None, f"the test's base config must set {path + [f.name]}"
+            assert child is not None, f"the test's base config must set {[*path, f.name]}"
             yield from _leaves(t, child, [*env, f.encode_name.upper()], [*path, f.encode_name])
         else:
             yield "RISKMON_" + "__".join([*env, f.encode_name.upper()]), [*path, f.encode_name]
@@ -390,12 +390,15 @@ def test_hardening_every_config_key_overridable_from_env(tmp_path: Path) -> None
     tried = set()
     for var, path in leaves:
         tried.add(var)
+        error: str | None = None
         try:
-            cfg = load_config(base_file, env={var: _SENTINEL})
+            cfg: Config | None = load_config(base_file, env={var: _SENTINEL})
         except ConfigError as exc:
+            cfg, error = None, str(exc)
+        if error is not None:
             # The key was found and its value checked: the error names the variable.
-            assert f"(from {var})" in str(exc), f"{var}: {exc}"
-            assert "unknown key" not in str(exc), f"{var}: {exc}"
+            assert f"(from {var})" in error, f"{var}: {error}"
+            assert "unknown key" not in error, f"{var}: {error}"
         else:
             assert _at(cfg, path) == _SENTINEL, var
     for var in (
