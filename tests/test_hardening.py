@@ -473,3 +473,46 @@ def test_hardening_parquet_recording_survives_kill_and_restart(tmp_path: Path) -
     assert second_run == list(range(len(second_run)))
     assert len(first_run) >= 150
     assert len(second_run) >= 150
+
+
+# --- 12. oversized requests ------------------------------------------------------------------
+
+
+class _NoView:
+    snapshot = None
+    connectors: list[Any] = []
+    stats = None
+    started_s = 0.0
+    notifiers: dict[str, Any] = {}
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "echo"),
+    [
+        (b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"aaaa"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Token: " + b"s" * 20_000 + b"\r\n\r\n", b"ssss"),
+    ],
+    ids=["100kB-url", "20kB-header"],
+)
+async def test_hardening_oversized_request_not_echoed_nor_logged_as_error(
+    request_bytes: bytes, echo: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import logging
+
+    from prometheus_client import CollectorRegistry
+
+    from monitor.serve.http import HttpServer
+
+    caplog.set_level(logging.DEBUG)
+    async with HttpServer(_NoView(), CollectorRegistry(), "127.0.0.1:0") as srv:  # type: ignore[arg-type]
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(request_bytes)
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), timeout=30)
+        writer.close()
+    assert response.startswith(b"HTTP/1.0 400 ") or response.startswith(b"HTTP/1.1 400 ")
+    assert echo not in response
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in caplog.records if r.exc_info]
+    assert all(echo.decode() not in r.getMessage() for r in caplog.records)
