@@ -480,10 +480,7 @@ def test_hardening_parquet_recording_survives_kill_and_restart(tmp_path: Path) -
 
 class _NoView:
     snapshot = None
-    connectors: list[Any] = []
-    stats = None
-    started_s = 0.0
-    notifiers: dict[str, Any] = {}
+    connectors: tuple[Any, ...] = ()
 
 
 @pytest.mark.parametrize(
