@@ -5,7 +5,7 @@ and yields :class:`Batch` es of decoded events, so a recording larger than memor
 The format follows the suffix:
 
 ``.jsonl`` / ``.jsonl.gz``
-    One JSON event per line (DESIGN.md, schema v1). Read ``chunk_bytes`` at a time (of
+    One JSON event per line (``monitor.model.events``). Read ``chunk_bytes`` at a time (of
     decompressed data), cut at the last newline; each chunk is decoded by one
     :meth:`EventDecoder.decode_lines` call. Memory: about ``chunk_bytes`` plus its events
     (a single line longer than that is read whole).

@@ -153,7 +153,7 @@ class EngineConfig(Section, frozen=True):
 
 
 class EstimatorConfig(Section, frozen=True):
-    """EWMA covariance on a fixed sample grid (DESIGN.md "Risk definitions")."""
+    """EWMA covariance of log returns on a fixed sample grid (``monitor.quant.estimator``)."""
 
     sample_interval: Duration = parse_duration("1s")
     halflife: Duration = parse_duration("10m")

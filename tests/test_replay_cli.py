@@ -53,7 +53,7 @@ def _make_ticks(seed: int = 11, n: int = 4_000) -> list[tuple[int, str, float]]:
 
 
 def _reference(ticks: list[tuple[int, str, float]]) -> tuple[dict[str, float], list[list[float]]]:
-    """DESIGN.md's definition, written out with Python loops and no numpy."""
+    """The README's definition, written out with Python loops and no numpy."""
     lam = 0.5 ** (DT / HALFLIFE)
     first = ticks[0][0]
     g = -(-first // DT) * DT

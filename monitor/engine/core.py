@@ -1,4 +1,4 @@
-"""The single-writer engine (DESIGN.md "Data flow").
+"""The single-writer engine: connectors -> queue -> engine -> immutable snapshots.
 
 Only the engine mutates market, book and account state, so nothing needs a lock; readers
 take :attr:`Engine.snapshot`, an immutable :class:`RiskSnapshot`, by reference.

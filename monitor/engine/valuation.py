@@ -4,7 +4,7 @@ Positions are flattened into a :class:`Book` (rebuilt only when positions or ins
 definitions change) sorted by account, so an account's positions are one contiguous slice
 and per-account sums are one ``np.add.reduceat``. No Python loop runs per position.
 
-Units (DESIGN.md "Units"): USD; ``delta`` underlying units, ``delta_usd = delta * S`` with
+Units (README "How it computes"): USD; ``delta`` underlying units, ``delta_usd = delta * S`` with
 S the underlying's index price; ``gamma`` underlying units per 1 USD; ``gamma_usd`` is the
 change of ``delta_usd`` for a 1% move, ``gamma * S**2 / 100``; ``vega`` USD per vol point;
 ``theta`` USD per calendar day. Position figures include quantity and multiplier.
@@ -200,7 +200,7 @@ def value_book(
         vol = market.iv[oi]
         need = np.isnan(vol) & np.isfinite(mark_usd)
         if need.any():
-            # No venue IV: solve it from the mark (DESIGN.md "Units"). Unsolvable ones stay
+            # No venue IV: solve it from the mark (Black-76 on the forward). Unsolvable ones stay
             # NaN and are counted by reason (below intrinsic, no time value, ...).
             solved = implied_vol(mark_usd[need], fwd[need], strike[need], t[need], is_call[need])
             vol = vol.copy()

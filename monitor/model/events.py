@@ -1,4 +1,4 @@
-"""Normalized events, schema v1 (DESIGN.md "Normalized events").
+"""Normalized events, schema v1 (the README's "Events" section is the user's reference).
 
 One JSON object per message or per line. Every connector produces these and nothing else;
 the engine consumes nothing else. Decoding is msgspec's typed decoder, so structural checks
@@ -77,7 +77,7 @@ class InstrumentEvent(Struct, tag_field="type", tag="instrument", omit_defaults=
 class VenueGreeks(Struct, omit_defaults=True, gc=False):
     """An option's Greeks as the venue publishes them, per one unit of underlying.
 
-    Units as riskmon's own (DESIGN.md "Units"): ``delta`` underlying units, ``gamma`` per
+    Units as riskmon's own (README "How it computes"): ``delta`` underlying units, ``gamma`` per
     1 USD move, ``vega`` USD per vol point, ``theta`` USD per calendar day. A connector
     converts its venue's units into these; riskmon reports the difference from its own.
     """

@@ -178,7 +178,7 @@ EVALUATION_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
 
-# AccountFigures.greeks key -> metric suffix (DESIGN.md "Units").
+# AccountFigures.greeks key -> metric suffix (units in the module docstring).
 _GREEKS: Final = (
     ("delta_usd", "delta_usd", "USD delta (delta x underlying price)"),
     ("gamma_usd", "gamma_usd", "USD change of delta_usd for a 1% move of the underlying"),
