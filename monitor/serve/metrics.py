@@ -110,6 +110,11 @@ with the estimator).
 
 Conventions:
 
+- ``reason`` of ``riskmon_rejected_events_total`` (``monitor.model.events.Reason``):
+  ``malformed_json``, ``unknown_type``, ``missing_field``, ``invalid_value``,
+  ``invalid_timestamp``, ``unknown_instrument``, ``out_of_order`` (a price tick older than
+  the instrument's current one, dropped), ``quarantined`` (a price tick beyond
+  ``market.max_tick_move``, held until confirmed), ``internal_error``.
 - ``estimator`` is ``"slow"`` (``estimator.halflife``) or ``"fast"`` (``fast_halflife``).
 - ``method`` is ``delta_normal``, ``delta_gamma`` (Cornish-Fisher) or ``full_revaluation``
   (scenario VaR, recomputed every ``risk.scenario_interval``); ``measure`` is
