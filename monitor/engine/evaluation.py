@@ -115,21 +115,8 @@ class Evaluator:
         self._regime_memo: tuple[FloatArray, npt.NDArray[np.bool_], RegimeFigures] | None = None
         self._margin_model: dict[str, dict[str, Any]] = {}
 
+    @np.errstate(all="ignore")  # non-finite results are handled (null + reason), not warned
     def evaluate(
-        self,
-        as_of_ms: int,
-        seq: int,
-        registry: InstrumentRegistry,
-        estimator: RollingEstimator,
-        book: Book,
-        market: MarketArrays,
-        prices: UnderlyingPrices,
-        venue: Mapping[str, AccountState],
-    ) -> RiskSnapshot:
-        with np.errstate(all="ignore"):  # non-finite results are handled, not warned about
-            return self._evaluate(as_of_ms, seq, registry, estimator, book, market, prices, venue)
-
-    def _evaluate(
         self,
         as_of_ms: int,
         seq: int,
