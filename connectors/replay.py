@@ -5,7 +5,7 @@ and yields :class:`Batch` es of decoded events, so a recording larger than memor
 The format follows the suffix:
 
 ``.jsonl`` / ``.jsonl.gz``
-    One JSON event per line (DESIGN.md, schema v1). Read ``chunk_bytes`` at a time (of
+    One JSON event per line (``monitor.model.events``). Read ``chunk_bytes`` at a time (of
     decompressed data), cut at the last newline; each chunk is decoded by one
     :meth:`EventDecoder.decode_lines` call. Memory: about ``chunk_bytes`` plus its events
     (a single line longer than that is read whole).
@@ -13,7 +13,10 @@ The format follows the suffix:
     The columns of ``monitor.engine.record.PARQUET_SCHEMA``, by name: extra columns are ignored,
     missing ones read as null, and null means "field absent". Batches hold ``chunk_rows``
     rows (the last one fewer); memory is bounded by ``chunk_rows`` plus the largest row
-    group (Parquet decodes a row group's column chunk whole).
+    group (Parquet decodes a row group's column chunk whole). A ``.parquet`` directory is
+    a segmented recording (``monitor.model.recording``): its closed segments are read in
+    order, rows numbered per segment; a segment left open by a crash is skipped with a
+    warning.
 
 Validation is the schema's, for both formats: a bad input (not JSON, unknown type, missing
 field, non-finite or out-of-range number, a timestamp that is not epoch ms, a truncated last
@@ -51,6 +54,7 @@ from monitor.model.events import (
     Rejected,
     to_epoch_ms,
 )
+from monitor.model.recording import parse_segment
 
 __all__ = ["SUFFIXES", "Batch", "iter_batches"]
 
@@ -66,10 +70,30 @@ class Batch:
 
     ``events`` are the accepted events in file order; ``rejections`` pair the 1-based line
     number (JSONL) or row number (Parquet) in the file with why it was refused.
+    ``first`` is the number of the chunk's first line (row) and ``skipped`` the numbers in
+    the chunk that hold no event (refused or blank), ascending: with them
+    :meth:`number_of` finds any event's line, for a refusal the engine makes later.
+    ``unit`` is ``"line"`` or ``"row"``, after the segment's name in a segment directory.
     """
 
     events: list[Event]
     rejections: list[tuple[int, Rejected]]
+    first: int = 1
+    skipped: tuple[int, ...] = ()
+    unit: str = "line"
+
+    def number_of(self, k: int) -> int:
+        """The line (row) number of ``events[k]``."""
+        n = self.first + k
+        for s in self.skipped:
+            if s > n:
+                break
+            n += 1
+        return n
+
+    def where(self, n: int) -> str:
+        """``"line 12"``, ``"row 12"`` or ``"segment-000002.parquet row 12"``."""
+        return f"{self.unit} {n}"
 
 
 def iter_batches(
@@ -103,6 +127,8 @@ def iter_batches(
     if name.endswith(".jsonl.gz"):
         return _jsonl_batches(_gzip_pieces(path, chunk_bytes), chunk_bytes)
     if name.endswith(".parquet"):
+        if path.is_dir():
+            return _segment_batches(path, chunk_rows)
         return _parquet_batches(path, chunk_rows)
     raise ValueError(
         f"cannot replay {str(path)!r}: the suffix must be one of {', '.join(SUFFIXES)}"
@@ -169,10 +195,20 @@ def _jsonl_batches(pieces: Iterable[bytes], chunk_bytes: int) -> Iterator[Batch]
         # rejects, so the outcome would depend on where chunks are cut. When that is not ruled
         # out, decode line by line (blank lines and trailing blanks also land here: rare).
         lines = newlines + (not chunk.endswith(b"\n"))
+        blank: list[int] = []
         if not rejections and not (clean and len(events) == lines):
-            events, rejections = _decode_each(decoder, chunk)
+            events, rejections, blank = _decode_each(decoder, chunk)
+        elif rejections:  # EventDecoder's line-by-line pass: find its blank lines too
+            blank = [n for n, line in enumerate(chunk.split(b"\n")) if not line.strip()]
         if events or rejections:
-            yield Batch(events, [(first_line + n, rej) for n, rej in rejections])
+            skipped = sorted([n for n, _ in rejections] + blank)
+            yield Batch(
+                events,
+                [(first_line + n, rej) for n, rej in rejections],
+                first_line,
+                tuple(first_line + n for n in skipped),
+                "line",
+            )
         first_line += newlines
 
 
@@ -200,16 +236,20 @@ def _scan_lines(chunk: bytes) -> tuple[int, bool]:
 
 def _decode_each(
     decoder: EventDecoder, chunk: bytes
-) -> tuple[list[Event], list[tuple[int, Rejected]]]:
+) -> tuple[list[Event], list[tuple[int, Rejected]], list[int]]:
+    """Events, rejections and blank lines (0-based line numbers in ``chunk``)."""
     events: list[Event] = []
     rejections: list[tuple[int, Rejected]] = []
+    blank: list[int] = []
     for n, line in enumerate(chunk.split(b"\n")):
         if line.strip():
             try:
                 events.append(decoder.decode(line))
             except Rejected as rej:
                 rejections.append((n, rej))
-    return events, rejections
+        else:
+            blank.append(n)
+    return events, rejections, blank
 
 
 # --- Parquet ----------------------------------------------------------------------------
@@ -284,7 +324,29 @@ _CLASSES: Final[dict[str, type[Event]]] = {
 }
 
 
-def _parquet_batches(path: Path, chunk_rows: int) -> Iterator[Batch]:
+def _segment_batches(directory: Path, chunk_rows: int) -> Iterator[Batch]:
+    """A Parquet recording's segment directory: its closed segments in order.
+
+    A segment still open (``.parquet.open``: the recorder was killed while writing it) has
+    no footer and cannot be read; it is skipped with a warning.
+    """
+    found = []
+    for entry in directory.iterdir():
+        parsed = parse_segment(entry.name)
+        if parsed is None:
+            continue
+        number, is_open = parsed
+        if is_open:
+            _log.warning(
+                "%s: skipping unfinished segment %s (recorder killed?)", directory, entry.name
+            )
+        else:
+            found.append((number, entry))
+    for _, seg in sorted(found):
+        yield from _parquet_batches(seg, chunk_rows, unit=f"{seg.name} row")
+
+
+def _parquet_batches(path: Path, chunk_rows: int, unit: str = "row") -> Iterator[Batch]:
     try:
         schema = pq.read_schema(path)
         # Dictionary-read strings: conversion then shares one str object per distinct value.
@@ -300,13 +362,14 @@ def _parquet_batches(path: Path, chunk_rows: int) -> Iterator[Batch]:
         for slices in _row_chunks(pf.iter_batches(batch_size=chunk_rows), chunk_rows):
             events: list[Event] = []
             rejections: list[tuple[int, Rejected]] = []
+            start = first_row
             for rb in slices:
                 batch = _convert(rb, first_row, decoder)
                 events += batch.events
                 rejections += batch.rejections
                 first_row += rb.num_rows
             if events or rejections:
-                yield Batch(events, rejections)
+                yield Batch(events, rejections, start, tuple(n for n, _ in rejections), unit)
 
 
 def _row_chunks(record_batches: Iterable[Any], chunk_rows: int) -> Iterator[list[Any]]:

@@ -789,6 +789,8 @@ class SimulatedMarket:
                 raise ValueError(f"underlying {u!r}: expected 1-20 of A-Z, 0-9")
         if len(set(names)) != len(names):
             raise ValueError("underlyings: duplicate name")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
         if tick_interval_ms <= 0:
             raise ValueError("tick_interval_ms must be positive")
         if duration_ms is not None and duration_ms < 0:
@@ -882,7 +884,8 @@ class SimulatedConnector(ConnectorSettings, frozen=True, tag="simulated"):
     """Seeded random-walk prices for the given underlyings (demo and tests)."""
 
     name: ConnectorName = "simulated"
-    seed: int = 7
+    #: Any integer >= 0 (numpy's seed sequences take no negative entropy).
+    seed: Annotated[int, Meta(ge=0)] = 7
     tick_interval: Duration = parse_duration("200ms")
     underlyings: Annotated[
         tuple[Annotated[str, Meta(pattern=r"^[A-Z0-9]{1,20}$")], ...], Meta(min_length=1)

@@ -1,14 +1,18 @@
 """riskmon's Grafana dashboards, generated from code and committed as JSON.
 
-    python grafana/build_dashboards.py           # (re)write grafana/dashboards/*.json
-    python grafana/build_dashboards.py --check   # exit 1 if the committed JSON is stale
+    .venv/bin/python grafana/build_dashboards.py           # (re)write dashboards/*.json
+    .venv/bin/python grafana/build_dashboards.py --check   # exit 1 if the JSON is stale
+
+It needs ``grafana-foundation-sdk`` (pinned in the ``test`` extra): run it with the
+interpreter of the venv ``bash tests/run.sh`` makes, or after
+``pip install -e '.[test]'``; a bare ``python3`` without it exits 2 saying so.
 
 Built with grafana-foundation-sdk (the ``dashboard`` v1 JSON model that Grafana 11 reads).
 The output is deterministic: fixed uids and panel ids, sorted keys, two-space indent and a
 trailing newline, so a change to this file shows up as a reviewable diff of the JSON.
 
 Metric names and labels: ``monitor/serve/metrics.py``'s docstring (``tests/test_grafana.py`` checks
-every name used here against it). Units: DESIGN.md "Units" and README "How it computes".
+every name used here against it). Units: README "How it computes".
 Every query goes through the ``datasource`` template variable, whose default is the
 provisioned Prometheus datasource (``grafana/provisioning/datasources/prometheus.yaml``,
 uid :data:`DATASOURCE_UID`).
@@ -26,6 +30,18 @@ from typing import Final
 
 # The v1 dashboard builders warn at import time that a v2 schema exists; Grafana 11 (the
 # image in deploy/compose.yaml) reads v1.
+try:
+    import grafana_foundation_sdk  # noqa: F401
+except ModuleNotFoundError:  # pragma: no cover - the test venv has it
+    if __name__ != "__main__":
+        raise
+    print(
+        "build_dashboards.py needs grafana-foundation-sdk (the 'test' extra): run "
+        "`.venv/bin/python grafana/build_dashboards.py` after `bash tests/run.sh`, or "
+        "`pip install -e '.[test]'` first",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from grafana_foundation_sdk.builders import common as common_builders

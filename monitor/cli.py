@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -25,8 +25,59 @@ __all__ = ["main"]
 log = logging.getLogger("riskmon")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line naming the argument (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {value}")
+    return value
+
+
+def _record_path(text: str) -> Path:
+    """``--record``: a recording's suffix picks its format; Parquet is a segment directory."""
+    from monitor.engine.record import SUFFIXES
+
+    path = Path(text)
+    name = path.name.lower()
+    if not name.endswith(SUFFIXES):
+        raise argparse.ArgumentTypeError(
+            f"cannot record to {text!r}: the suffix must be one of {', '.join(SUFFIXES)}"
+        )
+    if name.endswith(".parquet") and path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a file; a Parquet recording is a directory of segments "
+            "(give a new path, or the directory of an earlier recording to add to it)"
+        )
+    if not name.endswith(".parquet") and path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+    return path
+
+
+def _recording(text: str) -> Path:
+    """``replay FILE``: an existing recording with a suffix the reader knows."""
+    from connectors.replay import SUFFIXES
+
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"cannot replay {text!r}: no such file or directory")
+    if not path.name.lower().endswith(SUFFIXES):
+        raise argparse.ArgumentTypeError(
+            f"cannot replay {text!r}: the suffix must be one of {', '.join(SUFFIXES)}"
+        )
+    return path
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="riskmon", description="Streaming real-time risk monitor for crypto portfolios."
     )
     p.add_argument("--version", action="version", version=f"riskmon {__version__}")
@@ -34,12 +85,18 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon (no config: the simulated market)")
     run.add_argument("--config", type=Path, help="TOML config file (default: built-in)")
-    run.add_argument("--record", type=Path, help="write accepted events to .jsonl[.gz]/.parquet")
+    run.add_argument(
+        "--record",
+        type=_record_path,
+        help="write accepted events to .jsonl, .jsonl.gz, or .parquet (a directory of segments)",
+    )
     run.add_argument("--listen", help="HOST:PORT for HTTP (overrides server.listen)")
-    run.add_argument("--seed", type=int, help="seed of the simulated market(s)")
+    run.add_argument("--seed", type=_seed, help="seed (>= 0) of the simulated market(s)")
 
     rep = sub.add_parser("replay", help="replay a recording on event time and print the report")
-    rep.add_argument("file", type=Path, help=".jsonl, .jsonl.gz or .parquet events")
+    rep.add_argument(
+        "file", type=_recording, help=".jsonl, .jsonl.gz or .parquet (file or segment directory)"
+    )
     rep.add_argument("--config", type=Path, help="TOML config file (estimator and risk settings)")
     rep.add_argument("--report", choices=("json", "table"), default="json")
     rep.add_argument("--out", type=Path, help="write the report here instead of stdout")
@@ -69,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"riskmon: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (``riskmon check-config x.toml | head``): not an error of
+        # ours. Point stdout at /dev/null so the interpreter's final flush is quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
 
 
 def _config_path(arg: Path | None) -> str | Path | None:
@@ -77,24 +141,10 @@ def _config_path(arg: Path | None) -> str | Path | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import msgspec.structs
-
     from monitor.daemon import Daemon, install_signal_handlers
     from monitor.logs import setup_logging
 
-    cfg = load_config(_config_path(args.config))
-    if args.listen:
-        cfg = msgspec.structs.replace(
-            cfg, server=msgspec.structs.replace(cfg.server, listen=args.listen)
-        )
-    if args.seed is not None:
-        cfg = msgspec.structs.replace(
-            cfg,
-            connectors=tuple(
-                msgspec.structs.replace(c, seed=args.seed) if hasattr(c, "seed") else c
-                for c in cfg.connectors
-            ),
-        )
+    cfg = load_config(_config_path(args.config), listen=args.listen, seed=args.seed)
     setup_logging(cfg.log.level, cfg.log.format)
     log.info("starting riskmon %s", __version__, extra={"config": redacted(cfg)})
 
@@ -126,22 +176,20 @@ def _replay(args: argparse.Namespace) -> int:
     reject_log = RejectionLog(log)
     started = time.perf_counter()
     events = 0
-    last_ts: int | None = None
     try:
         for batch in iter_batches(args.file):
-            for line, rej in batch.rejections:
+            for n, rej in batch.rejections:
                 engine.reject("replay", rej)
-                reject_log("replay", rej.reason.value, f"line {line}: {rej.detail}")
-            for rej in engine.replay(batch.events, "replay"):
-                reject_log("replay", rej.reason.value, rej.detail)
+                reject_log("replay", rej.reason.value, f"{batch.where(n)}: {rej.detail}")
+            for k, rej in engine.replay(batch.events, "replay"):
+                where = batch.where(batch.number_of(k))
+                reject_log("replay", rej.reason.value, f"{where}: {rej.detail}")
             events += len(batch.events) + len(batch.rejections)
-            for ev in reversed(batch.events):
-                if ev.ts is not None:
-                    last_ts = ev.ts
-                    break
     except (OSError, ValueError) as exc:
         print(f"riskmon: cannot replay {args.file}: {exc}", file=sys.stderr)
         return 1
+    # Events are not in time order (venues' clocks differ): the report is as of the latest.
+    last_ts = engine.latest_event_ms
     if last_ts is None:
         print(f"riskmon: {args.file} holds no valid event", file=sys.stderr)
         return 1

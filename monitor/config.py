@@ -26,6 +26,10 @@ case-insensitively (``RISKMON_ESTIMATOR__HALFLIFE=2h``, ``RISKMON_RISK__VAR_CONF
   password ``12345`` stays a string.
 - A table of free-form keys (``risk.budgets``) is set whole, as an inline TOML table:
   ``RISKMON_RISK__BUDGETS='{ main = { BTC = 0.5, ETH = 0.5 } }'``.
+- Optional tables (``[alerts.webhook]``, ``[alerts.mqtt]``, ``[alerts.alertmanager]``) take
+  their keys like any table: ``RISKMON_ALERTS__WEBHOOK__TOKEN``,
+  ``RISKMON_ALERTS__MQTT__PASSWORD``. Setting a key of one the file leaves out turns it on,
+  with that key and the defaults (a required key such as ``url`` must then be set too).
 - A ``RISKMON_`` variable that names no key is an error (a typo must not be silent), except
   the variables in :data:`NON_CONFIG_ENV_VARS`, which configure the process, not the daemon.
 
@@ -78,6 +82,7 @@ __all__ = [
     "EstimatorConfig",
     "LogConfig",
     "MarginConfig",
+    "MarketConfig",
     "RiskConfig",
     "ServerConfig",
     "StressConfig",
@@ -141,13 +146,21 @@ class LogConfig(Section, frozen=True):
     format: Literal["auto", "json", "text"] = "auto"
 
 
+class MarketConfig(Section, frozen=True):
+    """Market-data sanity checks applied by the engine before a price is believed."""
+
+    #: A tick of an index, spot, perpetual or future moving more than this fraction from the
+    #: instrument's current price is quarantined until the next tick confirms it; 0 = off.
+    max_tick_move: Annotated[float, Meta(ge=0.0)] = 0.5
+
+
 class EngineConfig(Section, frozen=True):
     #: Bound on queued non-price events (prices are conflated and never queue up).
     queue_size: Annotated[int, Meta(gt=0)] = 100_000
 
 
 class EstimatorConfig(Section, frozen=True):
-    """EWMA covariance on a fixed sample grid (DESIGN.md "Risk definitions")."""
+    """EWMA covariance of log returns on a fixed sample grid (``monitor.quant.estimator``)."""
 
     sample_interval: Duration = parse_duration("1s")
     halflife: Duration = parse_duration("10m")
@@ -255,6 +268,7 @@ class Config(Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    market: MarketConfig = msgspec.field(default_factory=MarketConfig)
     estimator: EstimatorConfig = msgspec.field(default_factory=EstimatorConfig)
     risk: RiskConfig = msgspec.field(default_factory=RiskConfig)
     margin: MarginConfig = msgspec.field(default_factory=MarginConfig)
@@ -299,10 +313,19 @@ class Config(Section, frozen=True):
 # --- loading -----------------------------------------------------------------------------
 
 
-def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    listen: str | None = None,
+    seed: int | None = None,
+) -> Config:
     """Load the TOML file at ``path`` (None: defaults only), then apply ``env`` overrides.
 
     ``env`` defaults to ``os.environ``; pass ``{}`` to ignore the environment.
+    ``listen`` and ``seed`` are the command line's ``--listen`` (``server.listen``) and
+    ``--seed`` (the ``seed`` of every connector that has one); they override the file and
+    the environment and are validated like them, an error naming the flag.
 
     Raises
     ------
@@ -315,10 +338,32 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     _check_connectors(raw)
     _check_rules(raw)
     origins = _apply_env(raw, os.environ if env is None else env)
+    origins.update(_apply_flags(raw, listen, seed))
     try:
         return msgspec.convert(raw, type=Config, dec_hook=dec_hook)
     except msgspec.ValidationError as exc:
         raise _translate(exc, raw, origins) from None
+
+
+def _apply_flags(
+    raw: dict[str, Any], listen: str | None, seed: int | None
+) -> dict[tuple[PathSeg, ...], str]:
+    """Write the command line's overrides into ``raw``; return key path -> flag."""
+    origins: dict[tuple[PathSeg, ...], str] = {}
+    if listen is not None:
+        server = raw.setdefault("server", {})
+        if not isinstance(server, dict):
+            raise ConfigError("server", f"expected a table; got {show(server)} (in the file)")
+        server["listen"] = listen
+        origins["server", "listen"] = "--listen"
+    if seed is not None:
+        for i, entry in enumerate(raw.get("connectors") or ()):
+            kind = entry.get("type") if isinstance(entry, dict) else None
+            cls = CONNECTOR_TYPES.get(kind) if isinstance(kind, str) else None
+            if cls is not None and "seed" in cls.__struct_fields__:
+                entry["seed"] = seed
+                origins["connectors", i, "seed"] = "--seed"
+    return origins
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -433,7 +478,7 @@ def _env_target(
                 raise ConfigError(
                     format_path([*segs, key]), f"unknown key in {var}{_suggest(key, fields)}"
                 )
-            node = fields[key]
+            node = _optional_struct(fields[key])
             table = isinstance(node, mi.StructType) or (not segs and key in _NAMED_LISTS)
             if last and not table:
                 return [*segs, key], node, cursor
@@ -487,6 +532,15 @@ _TABLE_EXAMPLES: Final = {
     "risk.budgets": "{ main = { BTC = 0.5, ETH = 0.5 } }",
     "limits": "{ main = { delta_usd = 2e6, vega = 5e4 } }",
 }
+
+
+def _optional_struct(node: mi.Type) -> mi.Type:
+    """An optional table (``WebhookConfig | None``) is a table: its Struct; else ``node``."""
+    if isinstance(node, mi.UnionType):
+        members = [m for m in node.types if not isinstance(m, mi.NoneType)]
+        if len(members) == 1 and isinstance(members[0], mi.StructType):
+            return members[0]
+    return node
 
 
 def _default_name(entry: dict[str, Any]) -> str:

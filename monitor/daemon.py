@@ -48,7 +48,7 @@ _HISTORY_LIMIT = 10_000
 
 
 def engine_settings(cfg: Config) -> EngineSettings:
-    """The engine's timing from the ``[estimator]`` and ``[risk]`` sections."""
+    """The engine's timing from ``[estimator]`` and ``[risk]``, its tick bound from ``[market]``."""
     e, r = cfg.estimator, cfg.risk
     return EngineSettings(
         sample_interval_ms=int(e.sample_interval),
@@ -57,6 +57,7 @@ def engine_settings(cfg: Config) -> EngineSettings:
         warmup_ms=int(e.warmup),
         max_gap_ms=int(e.max_gap),
         eval_interval_ms=int(r.eval_interval),
+        max_tick_move=cfg.market.max_tick_move,
     )
 
 

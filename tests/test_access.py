@@ -125,7 +125,10 @@ def test_a_planted_secret_reaches_no_output(tmp_path: Path) -> None:
         '[[connectors]]\ntype = "mqtt"\nname = "desk"\nport = 9\nusername = "u"\n'
         'max_backoff = "1s"\n'
     )
-    env = {"RISKMON_CONNECTORS__DESK__PASSWORD": secret}
+    env = {
+        "RISKMON_CONNECTORS__DESK__PASSWORD": secret,
+        "RISKMON_ALERTS__MQTT__PASSWORD": secret,  # an optional table the file leaves out
+    }
     outputs: list[str] = []
     check = subprocess.run(
         [sys.executable, "-m", "monitor", "check-config", str(cfg)],

@@ -173,17 +173,20 @@ def test_rejections_are_counted_and_state_kept() -> None:
             PriceEvent(T0, "BTC", 1.0),
             PriceEvent(T0, "NOT-A-NAME!", 1.0),
             PositionEvent(T0, "a", "BTC", 1.0),  # an index is not tradable
-            PriceEvent(T0 + 1, "BTC", 2.0),
+            PriceEvent(T0 + 1, "BTC", 1.25),
         ],
         "src",
     )
-    assert [r.reason for r in rejected] == [Reason.UNKNOWN_INSTRUMENT, Reason.INVALID_VALUE]
+    assert [(k, r.reason) for k, r in rejected] == [
+        (1, Reason.UNKNOWN_INSTRUMENT),
+        (2, Reason.INVALID_VALUE),
+    ]
     assert eng.stats.rejected == {
         ("src", "unknown_instrument"): 1,
         ("src", "invalid_value"): 1,
     }
     assert eng.stats.accepted[("src", "price")] == 2
-    assert eng.evaluate(T0 + 1).assets.price.tolist() == [2.0]
+    assert eng.evaluate(T0 + 1).assets.price.tolist() == [1.25]
     with pytest.raises(Rejected):
         eng.apply(PriceEvent(T0, "??", 1.0), "src")
 

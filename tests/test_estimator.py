@@ -1,6 +1,6 @@
 """RollingEstimator against independent computations.
 
-The reference below is the RiskMetrics recursion of DESIGN.md written with plain Python
+The reference below is the README's RiskMetrics recursion written with plain Python
 loops and floats (no numpy matrix operations), so it shares no code path with the
 vectorised estimator.
 """

@@ -52,7 +52,7 @@ def test_naive_iso_is_utc_and_offsets_are_honoured() -> None:
     ("message", "reason", "mentions"),
     [
         (b"not json", Reason.MALFORMED_JSON, "malformed"),
-        (b'{"type":"price","ts":1,"instrument":"BTC","price":NaN}', Reason.MALFORMED_JSON, ""),
+        (b'{"type":"price","ts":1,"instrument":"BTC","price":NaN}', Reason.INVALID_VALUE, "NaN"),
         (
             b'{"type":"price","ts":%d,"instrument":"BTC","price":1e999}' % TS,
             Reason.INVALID_VALUE,

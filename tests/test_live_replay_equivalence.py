@@ -2,7 +2,7 @@
 
 The daemon runs the simulated market on the wall clock, recording every accepted event;
 replaying the recording on event time must rebuild the same estimator state, because both
-sample on event time (DESIGN.md "Time is passed in").
+sample on event time (time is passed in, never read from the wall clock).
 """
 
 from __future__ import annotations

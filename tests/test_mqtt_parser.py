@@ -89,7 +89,7 @@ def test_garbage_payloads_are_counted_by_reason() -> None:
         b"[1, {": Reason.MALFORMED_JSON,
         b'{"type":"trade","ts":1767225600000}': Reason.UNKNOWN_TYPE,
         b'{"type":"price","ts":1767225600000,"instrument":"BTC","price":NaN}': (
-            Reason.MALFORMED_JSON  # JSON has no NaN: the decoder stops at the token
+            Reason.INVALID_VALUE  # JSON has no NaN, but the publisher meant a number
         ),
         b'{"type":"price","ts":1767225600,"instrument":"BTC","price":1}': (
             Reason.INVALID_TIMESTAMP  # seconds, not milliseconds

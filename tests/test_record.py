@@ -100,6 +100,8 @@ def test_parquet_has_the_documented_schema_with_nulls(tmp_path: Path) -> None:
     with Recorder(path, flush_rows=4) as rec:
         for ev in EVENTS:
             rec.write(ev)
+    assert sorted(p.name for p in path.iterdir()) == ["segment-000001.parquet"]
+    path = path / "segment-000001.parquet"  # closed: one complete Parquet file
     pf = pq.ParquetFile(path)
     assert pf.schema_arrow == PARQUET_SCHEMA
     assert pf.metadata.num_row_groups == 3  # 4 + 4 + 2
@@ -173,17 +175,21 @@ def test_killed_jsonl_recorders_keep_what_was_flushed(tmp_path: Path) -> None:
         assert _replayed(killed) == EVENTS[:8]
 
 
-def test_unclosed_parquet_is_unreadable_as_documented(tmp_path: Path) -> None:
+def test_parquet_segments_roll_and_an_unclosed_one_costs_only_itself(tmp_path: Path) -> None:
     path = tmp_path / "rec.parquet"
-    rec = Recorder(path, flush_rows=2)
-    for ev in EVENTS:
+    now = [0.0]
+    rec = Recorder(path, flush_rows=2, segment_seconds=10.0, clock=lambda: now[0])
+    for k, ev in enumerate(EVENTS):
+        now[0] = 3.0 * k  # segments close at the first flush 10 s after they open
         rec.write(ev)
     rec.flush()
-    killed = tmp_path / "killed.parquet"
-    killed.write_bytes(path.read_bytes())  # row groups, no footer
+    names = sorted(p.name for p in path.iterdir())
+    # Flushes (every 2 events) at t = 3, 9, 15, 21, 27. Segment 1 opens at the first (t=3)
+    # and closes at t=15 (12 s old) holding EVENTS[:6]; segment 2 opens at t=21, still open.
+    assert names == ["segment-000001.parquet", "segment-000002.parquet.open"]
+    # What SIGKILL leaves: the closed segment replays, the open one is skipped.
+    assert _replayed(path) == EVENTS[:6]
     rec.close()
-    with pytest.raises(ValueError, match="not a readable Parquet file"):
-        list(iter_batches(killed))
     assert _replayed(path) == EVENTS
 
 
@@ -219,6 +225,19 @@ def test_existing_parquet_is_never_overwritten(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         Recorder(path)
     assert path.read_bytes() == b"yesterday's recording"
+
+
+def test_parquet_restart_opens_the_next_segment(tmp_path: Path) -> None:
+    path = tmp_path / "rec.parquet"
+    with Recorder(path) as rec:
+        rec.write(EVENTS[1])
+    with Recorder(path) as rec:  # a daemon restarted with the same --record path
+        rec.write(EVENTS[2])
+    assert sorted(p.name for p in path.iterdir()) == [
+        "segment-000001.parquet",
+        "segment-000002.parquet",
+    ]
+    assert _replayed(path) == [EVENTS[1], EVENTS[2]]
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "jsonl.gz"])

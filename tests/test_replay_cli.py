@@ -53,7 +53,7 @@ def _make_ticks(seed: int = 11, n: int = 4_000) -> list[tuple[int, str, float]]:
 
 
 def _reference(ticks: list[tuple[int, str, float]]) -> tuple[dict[str, float], list[list[float]]]:
-    """DESIGN.md's definition, written out with Python loops and no numpy."""
+    """The README's definition, written out with Python loops and no numpy."""
     lam = 0.5 ** (DT / HALFLIFE)
     first = ticks[0][0]
     g = -(-first // DT) * DT
@@ -160,11 +160,14 @@ def test_replay_table_and_out_file(
 
 
 def test_replay_of_missing_or_unsupported_file_fails_cleanly(tmp_path: Path) -> None:
+    # Bad usage: exit 2 with one line naming the file, no traceback.
     proc = _replay(str(tmp_path / "nope.jsonl"))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "cannot replay" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
     bad = tmp_path / "events.csv"
     bad.write_text("x\n")
     proc = _replay(str(bad))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "cannot replay" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

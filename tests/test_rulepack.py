@@ -2,7 +2,7 @@
 calm one, and says what it saw with the numbers in its summary.
 
 Snapshots come from the real engine (positions, prices, venue margin); the figures a test
-needs to control exactly (risk shares, regime, issue 4's margin model) are then set with
+needs to control exactly (risk shares, regime, the own margin model) are then set with
 ``dataclasses.replace``.
 """
 
@@ -80,7 +80,7 @@ def engine() -> Engine:
 
 
 def calm_margin(**changes: Any) -> dict[str, Any]:
-    """``accounts.main.margin`` in the report's form (issue 4), far from any threshold."""
+    """``accounts.main.margin`` as the report has it, far from any threshold."""
     margin: dict[str, Any] = {
         "equity": 1_000_000.0,
         "initial_margin": 150_000.0,
@@ -233,7 +233,7 @@ def test_the_calm_book_is_read_by_every_rule(base: RiskSnapshot) -> None:
 
 
 def test_the_real_engine_margin_model_is_read(base: RiskSnapshot) -> None:
-    """Whatever issue 4's model reports for this book, the margin rules read it quietly."""
+    """Whatever the own margin model reports for this book, the margin rules read it quietly."""
     snap = engine().evaluate(END)
     m = snap.accounts["main"].extra["margin"]
     assert m["utilization"] == pytest.approx(0.10)

@@ -1,6 +1,6 @@
 """Option positions through the engine, against QuantLib's Black calculator.
 
-Position figures must follow DESIGN.md "Units": quantity x multiplier x per-unit Greek,
+Position figures must follow the README's units: quantity x multiplier x per-unit Greek,
 ``delta_usd = delta x S``, ``gamma_usd = gamma x S^2 / 100``, vega per vol point, theta per
 calendar day; inverse options are marked in coin (USD = coin x forward).
 """

@@ -1,4 +1,4 @@
-"""The single-writer engine (DESIGN.md "Data flow").
+"""The single-writer engine: connectors -> queue -> engine -> immutable snapshots.
 
 Only the engine mutates market, book and account state, so nothing needs a lock; readers
 take :attr:`Engine.snapshot`, an immutable :class:`RiskSnapshot`, by reference.
@@ -13,7 +13,21 @@ Two clocks, both fed from outside (the engine never reads the wall clock):
   longer than ``max_gap``) restarts the grid instead, so an outage is not read as a calm
   market.
 * the **evaluation clock** is passed to :meth:`Engine.evaluate_due`: wall time live, event
-  time in replay. An evaluation as of ``t`` sees every event with ``ts <= t``.
+  time in replay. An evaluation as of ``t`` sees every event with ``ts <= t``. The clock
+  never goes back: an evaluation asked for a time before the last one is made as of the
+  last one.
+
+Events from several venues are never perfectly ordered. An event older than the clock is
+still applied when it is a snapshot (a position or an account: the latest one received is
+the venue's latest word). A price tick older than the instrument's current price is dropped
+and counted (``out_of_order``): it never overwrites a newer price.
+
+A price tick of an index, spot, perpetual or future that moves more than
+``max_tick_move`` (a fraction: 0.5 = 50%) from the instrument's current price is
+*quarantined*: counted (``quarantined``), not applied. The next tick of that instrument
+decides: within ``max_tick_move`` of the quarantined price, the move was real and both are
+applied in order; otherwise the quarantined tick is discarded. One bad tick therefore never
+reaches the estimator. Option marks are not checked (cheap options double routinely).
 """
 
 from __future__ import annotations
@@ -40,6 +54,7 @@ from monitor.model.events import (
     PriceEvent,
     Reason,
     Rejected,
+    iso_ms,
 )
 from monitor.model.health import ConnectorStatus
 from monitor.model.instruments import InstrumentRegistry, from_event
@@ -69,6 +84,9 @@ class EngineSettings:
     warmup_ms: int = 300_000
     max_gap_ms: int = 60_000
     eval_interval_ms: int = 250
+    #: Quarantine bound on a price tick's relative move (``[market] max_tick_move``);
+    #: 0 turns the quarantine off.
+    max_tick_move: float = 0.5
 
 
 class Recorder(Protocol):
@@ -115,6 +133,8 @@ class Engine:
         cap = 64
         self._price = np.full(cap, np.nan)
         self._price_ts = np.zeros(cap, dtype=np.int64)
+        self._guarded: list[bool] = []  # per instrument: price moves are bounded (not options)
+        self._suspect: dict[int, PriceEvent] = {}  # quarantined tick per instrument
         self._iv = np.full(cap, np.nan)
         self._fwd = np.full(cap, np.nan)
         self._venue_greeks = np.full((cap, 4), np.nan)  # delta, gamma, vega, theta per unit
@@ -127,6 +147,8 @@ class Engine:
         self._dt = s.sample_interval_ms
         self._grid_next = _NO_TS  # next grid point to close; _NO_TS before the first tick
         self._eval_next = _NO_TS
+        self._clock_ms = _NO_TS  # as of the last evaluation: never goes back
+        self._latest_ms = _NO_TS  # the latest event time seen (events are not in order)
         self._seq = 0
 
     def set_alert_sink(
@@ -148,8 +170,15 @@ class Engine:
     def apply(self, event: Event, source: str) -> None:
         """Apply one event and count it. Raises :class:`Rejected` (state unchanged)."""
         t = type(event)
+        ts = event.ts
+        if ts is not None and ts > self._latest_ms:
+            self._latest_ms = ts
         if t is PriceEvent:
-            self._apply_price(event)  # type: ignore[arg-type]
+            try:
+                self._apply_price(event)  # type: ignore[arg-type]
+            except Rejected as rej:
+                self._record_quarantined(event, rej)
+                raise
         elif t is PositionEvent:
             self._apply_position(event)  # type: ignore[arg-type]
         elif t is AccountEvent:
@@ -164,24 +193,39 @@ class Engine:
         """Count a refused input (the caller logs it, rate-limited)."""
         self.stats.rejected[(source, rejected.reason.value)] += 1
 
-    def replay(self, events: Iterable[Event], source: str) -> list[Rejected]:
+    def _record_quarantined(self, event: Event, rej: Rejected) -> None:
+        # A quarantined tick may be believed later: the recording keeps it, so a replay
+        # of the recording decides the same way the live run did.
+        if rej.reason is Reason.QUARANTINED and self._recorder is not None:
+            self._recorder.write(event)
+
+    def replay(self, events: Iterable[Event], source: str) -> list[tuple[int, Rejected]]:
         """Apply events in order on *event time*: evaluations fire as time passes.
 
         The hot path of ``riskmon replay``: price ticks of known instruments are applied
         inline; everything else goes through :meth:`apply`. Returns the rejections (already
-        counted).
+        counted), each with the index in ``events`` of the event refused.
         """
-        rejected: list[Rejected] = []
+        rejected: list[tuple[int, Rejected]] = []
         index = self._index
         prices = 0
-        for ev in events:
+        latest = self._latest_ms
+        for k, ev in enumerate(events):
             ts = ev.ts
             if ts is not None and ts > self._eval_next:
                 self.evaluate_due(ts)
             if type(ev) is PriceEvent:
+                if ev.ts > latest:
+                    latest = ev.ts
                 i = index.get(ev.instrument)
                 if i is not None:
-                    self._set_price(i, ev)
+                    try:
+                        self._set_price(i, ev)
+                    except Rejected as rej:
+                        self._record_quarantined(ev, rej)
+                        self.reject(source, rej)
+                        rejected.append((k, rej))
+                        continue
                     if self._recorder is not None:
                         self._recorder.write(ev)
                     prices += 1
@@ -190,7 +234,9 @@ class Engine:
                 self.apply(ev, source)
             except Rejected as rej:
                 self.reject(source, rej)
-                rejected.append(rej)
+                rejected.append((k, rej))
+            latest = max(latest, self._latest_ms)
+        self._latest_ms = latest
         if prices:
             self.stats.accepted[(source, "price")] += prices
         return rejected
@@ -202,6 +248,15 @@ class Engine:
             self._index[name] = i
             self._grow(len(self.registry))
         return i
+
+    def _sync_guarded(self, changed: int | None = None) -> None:
+        """Which instruments' ticks the quarantine checks (all but options): append the
+        instruments registered since, and refresh ``changed`` (a redefined one)."""
+        insts = self.registry.instruments
+        guarded = self._guarded
+        guarded.extend(inst.kind != "option" for inst in insts[len(guarded) :])
+        if changed is not None:
+            guarded[changed] = insts[changed].kind != "option"
 
     def _grow(self, n: int) -> None:
         cap = len(self._price)
@@ -218,6 +273,41 @@ class Engine:
         self._set_price(self._slot(ev.instrument), ev)
 
     def _set_price(self, i: int, ev: PriceEvent) -> None:
+        """Apply a tick, unless it is out of order (dropped) or quarantined (held).
+
+        Raises :class:`Rejected` (``out_of_order`` or ``quarantined``) when not applied.
+        """
+        ts = ev.ts
+        if ts < self._price_ts[i]:
+            raise Rejected(
+                Reason.OUT_OF_ORDER,
+                f"{ev.instrument} tick at {iso_ms(ts)} is older than its current price "
+                f"({iso_ms(int(self._price_ts[i]))}); dropped",
+            )
+        bound = self.settings.max_tick_move
+        if bound > 0.0:
+            if i >= len(self._guarded):
+                self._sync_guarded()
+            old = self._price[i]
+            if self._guarded[i] and old == old:  # a known price to compare with (not NaN)
+                suspect = self._suspect.pop(i, None)
+                if abs(ev.price / old - 1.0) > bound:
+                    if suspect is None or abs(ev.price / suspect.price - 1.0) > bound:
+                        self._suspect[i] = ev
+                        if ts > self._grid_next:  # the clock moves on; the price does not
+                            self._close_grid(ts)
+                        raise Rejected(
+                            Reason.QUARANTINED,
+                            f"{ev.instrument} tick {ev.price:.6g} moves "
+                            f"{ev.price / old - 1.0:+.1%} from {old:.6g} (more than "
+                            f"max_tick_move {bound:g}); held until the next tick confirms it",
+                        )
+                    self._store_price(i, suspect)  # confirmed: the move was real
+                    if ts < suspect.ts:
+                        return
+        self._store_price(i, ev)
+
+    def _store_price(self, i: int, ev: PriceEvent) -> None:
         ts = ev.ts
         if ts > self._grid_next:
             self._close_grid(ts)
@@ -258,6 +348,7 @@ class Engine:
         self._index[inst.name] = i
         self._index.setdefault(inst.underlying, self.registry.index_of(inst.underlying))
         self._grow(len(self.registry))
+        self._sync_guarded(i)
         self._book = None
 
     # -- sample clock (event time) ----------------------------------------------------
@@ -294,6 +385,11 @@ class Engine:
     # -- evaluation clock ---------------------------------------------------------------
 
     @property
+    def latest_event_ms(self) -> int | None:
+        """The latest event time applied or refused so far (None before any)."""
+        return None if self._latest_ms == _NO_TS else self._latest_ms
+
+    @property
     def next_evaluation_ms(self) -> int:
         return self._eval_next
 
@@ -315,8 +411,14 @@ class Engine:
         return self.evaluate(as_of)
 
     def evaluate(self, as_of_ms: int) -> RiskSnapshot:
-        """Revalue everything as of ``as_of_ms`` and publish the snapshot."""
+        """Revalue everything as of ``as_of_ms`` and publish the snapshot.
+
+        The clock never goes back: a time before the previous evaluation's is taken as
+        that one (events reach the engine out of order; the report is as of the latest).
+        """
         started = time.perf_counter()
+        as_of_ms = max(as_of_ms, self._clock_ms)
+        self._clock_ms = as_of_ms
         reg = self.registry
         n = len(reg)
         if self._book is None or self._book_version != reg.version:

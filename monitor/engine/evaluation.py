@@ -7,6 +7,11 @@ over a scenario set on its own slower clock (``risk.scenario_interval``, event t
 replay recomputes it at the same moments); regime figures against their slow baselines;
 venue-reported margin. The :class:`Evaluator` holds only what evaluations carry forward:
 the regime baselines and the last scenario VaR.
+
+An evaluation never fails because of market data. A figure whose inputs are not finite (a
+price so large that a sum overflows, scenario P&L beyond float range) is NaN, reported as
+``null``, and the snapshot's ``unknown`` names it with the reason (``accounts.a.var``:
+"exposure not finite"); the other figures and accounts are evaluated as usual.
 """
 
 from __future__ import annotations
@@ -47,8 +52,12 @@ __all__ = ["AccountState", "Evaluator", "RiskSettings"]
 FloatArray = npt.NDArray[np.float64]
 MS_PER_YEAR: Final = 365.0 * 86_400_000.0
 _SCENARIO_SEED: Final = 0  # fixed: the same scenarios every time, so VaR moves with the book
-#: What the scenario pass yields: full-revaluation VaR per book, margin model per account.
-_ScenarioResults = tuple[dict[str, "FullRevaluationVaR"], dict[str, dict[str, Any]]]
+#: What the scenario pass yields: full-revaluation VaR per book, margin model per account,
+#: and the figures it could not compute (report path -> reason).
+_ScenarioResults = tuple[dict[str, "FullRevaluationVaR"], dict[str, dict[str, Any]], dict[str, str]]
+#: What numerical code raises on inputs it cannot take (``np.linalg.LinAlgError`` is a
+#: ValueError): caught per stage, so one bad figure does not stop the evaluation.
+_NUMERIC_ERRORS: Final = (ValueError, ArithmeticError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +111,11 @@ class Evaluator:
         self._baselines = RegimeBaselines(self.settings.regime_halflife_ms)
         self._scenario_next = -(2**62)
         self._full: dict[str, FullRevaluationVaR] = {}
+        self._scenario_unknown: dict[str, str] = {}
         self._regime_memo: tuple[FloatArray, npt.NDArray[np.bool_], RegimeFigures] | None = None
         self._margin_model: dict[str, dict[str, Any]] = {}
 
+    @np.errstate(all="ignore")  # non-finite results are handled (null + reason), not warned
     def evaluate(
         self,
         as_of_ms: int,
@@ -117,6 +128,7 @@ class Evaluator:
         venue: Mapping[str, AccountState],
     ) -> RiskSnapshot:
         s = self.settings
+        unknown: dict[str, str] = {}
         n_und = len(registry.underlyings)
         cov = _pad(estimator.covariance() if estimator.n_assets else np.zeros((0, 0)), n_und)
         assets = _asset_figures(registry, estimator, prices, n_und)
@@ -141,27 +153,51 @@ class Evaluator:
                 as_of_ms,
             )
             if self._executor is None:
-                self._full, self._margin_model = job()
+                self._full, self._margin_model, self._scenario_unknown = job()
             else:
                 self._pending = self._executor.submit(job)
             self._scenario_next = as_of_ms + s.scenario_interval_ms
-        stresses = self._stresses(values, registry.underlyings)
+        try:
+            stresses = self._stresses(values, registry.underlyings)
+        except _NUMERIC_ERRORS as exc:
+            stresses = {}
+            unknown["accounts.*.margin.stresses"] = _reason(exc)
+        unknown.update(self._scenario_unknown)
 
         names = tuple(registry.underlyings)
         book_names = values.account_names
+        keys = [*(f"accounts.{a}" for a in book_names), "total"]
         held_any: npt.NDArray[np.bool_] = np.any(values.held, axis=0)
         x = np.vstack([values.exposure, values.exposure.sum(axis=0)])
         g = np.vstack([values.gamma_cash, values.gamma_cash.sum(axis=0)])
         held = np.vstack([values.held, held_any])
+        # A book whose exposure overflowed has no risk figures (null), the others do.
+        bad = ~(np.isfinite(x).all(axis=1) & np.isfinite(g).all(axis=1))
+        for j in np.flatnonzero(bad).tolist():
+            unknown[f"{keys[j]}.risk"] = "exposure or gamma not finite (a price out of range?)"
+        x[bad] = 0.0
+        g[bad] = 0.0
         budgets = [self._budget(names, s.budgets.get(a)) for a in book_names] + [None]
-        risks = book_risk(x, g, cov, budgets, s.var_confidence, horizon)
+        try:
+            risks = book_risk(x, g, cov, budgets, s.var_confidence, horizon)
+        except _NUMERIC_ERRORS as exc:
+            bad[:] = True
+            for key in keys:
+                unknown[f"{key}.risk"] = _reason(exc)
+            risks = book_risk(x * 0.0, g * 0.0, np.zeros_like(cov), budgets, 0.99, horizon)
 
         def account_risk(j: int, key: str) -> AccountRisk:
             budget = budgets[j]
             shown = held[j] if budget is None else held[j] | (budget > 0)
             r = risks[j]
             return AccountRisk(
-                names, shown, r.contributions, r.delta_normal, r.delta_gamma, self._full.get(key)
+                names,
+                shown,
+                r.contributions,
+                r.delta_normal,
+                r.delta_gamma,
+                self._full.get(key),
+                known=not bad[j],
             )
 
         accounts: dict[str, AccountFigures] = {}
@@ -178,15 +214,21 @@ class Evaluator:
                 accounts[name] = AccountFigures(None, {}, {}, extra={"margin": margin})
         total = replace(values.total, risk=account_risk(len(book_names), _BOOK))
 
-        current = self._regime(assets, values.marked_iv)
-        baseline = self._baselines.update(current, as_of_ms)
+        regime: RegimeReport | None = None
+        try:
+            current = self._regime(assets, values.marked_iv)
+            baseline = self._baselines.update(current, as_of_ms, warm=assets.warm)
+            regime = RegimeReport(names, current, baseline)
+        except _NUMERIC_ERRORS as exc:
+            unknown["regime"] = _reason(exc)
         return RiskSnapshot(
             as_of_ms=as_of_ms,
             seq=seq,
             assets=assets,
             accounts=accounts,
             total=total,
-            regime=RegimeReport(names, current, baseline),
+            regime=regime,
+            unknown=unknown,
         )
 
     def _regime(self, assets: AssetFigures, marked_iv: FloatArray) -> RegimeFigures:
@@ -244,7 +286,7 @@ class Evaluator:
         if pending is None or not pending.done():
             return
         self._pending = None
-        self._full, self._margin_model = pending.result()
+        self._full, self._margin_model, self._scenario_unknown = pending.result()
 
     def _scenario_pass(
         self,
@@ -255,11 +297,24 @@ class Evaluator:
         horizon: float,
         as_of_ms: int,
     ) -> _ScenarioResults:
-        """Full-revaluation VaR, scenario margin and distance to call: the slow clock's work."""
-        return (
-            self._full_revaluation(values, cov, horizon, as_of_ms),
-            self._margin_models(values, cov, venue, underlyings, as_of_ms),
-        )
+        """Full-revaluation VaR, scenario margin and distance to call: the slow clock's work.
+
+        Never raises for numerical reasons: what cannot be computed is left out (null in
+        the report) and named in the third result with its reason.
+        """
+        unknown: dict[str, str] = {}
+        with np.errstate(all="ignore"):
+            try:
+                full = self._full_revaluation(values, cov, horizon, as_of_ms, unknown)
+            except _NUMERIC_ERRORS as exc:
+                full = {}
+                unknown["accounts.*.var.full_revaluation"] = _reason(exc)
+            try:
+                margin = self._margin_models(values, cov, venue, underlyings, as_of_ms)
+            except _NUMERIC_ERRORS as exc:
+                margin = {}
+                unknown["accounts.*.margin.scenario_margin"] = _reason(exc)
+        return full, margin, unknown
 
     def _margin_models(
         self,
@@ -308,7 +363,7 @@ class Evaluator:
                     },
                 }
             out[name] = {
-                "scenario_margin": float(sm.margin_usd[j]),
+                "scenario_margin": _opt(sm.margin_usd[j]),
                 "worst_scenario": sm.worst_scenario[j],
                 "distance_to_call": distance,
                 "scenarios_as_of": iso_ms(as_of_ms),
@@ -327,9 +382,18 @@ class Evaluator:
         }
 
     def _full_revaluation(
-        self, values: BookValues, cov: FloatArray, horizon: float, as_of_ms: int
+        self,
+        values: BookValues,
+        cov: FloatArray,
+        horizon: float,
+        as_of_ms: int,
+        unknown: dict[str, str],
     ) -> dict[str, FullRevaluationVaR]:
-        """Scenario VaR of every account and of the book in one revaluation pass."""
+        """Scenario VaR of every account and of the book in one revaluation pass.
+
+        A book whose scenario P&L is not finite everywhere gets no figure (``unknown``
+        says why); the others are computed as usual.
+        """
         s = self.settings
         k = len(values.account_names)
         if k == 0 or cov.shape[0] == 0:
@@ -341,14 +405,23 @@ class Evaluator:
         if options is not None:  # the whole book as one more column
             q = options.quantity
             options = replace(options, quantity=np.hstack([q, q.sum(axis=1, keepdims=True)]))
-        pnl = revalue(scen.returns, horizon, linear_usd=linear, options=options)
-        var = var_full_revaluation(pnl.pnl_usd, s.var_confidence)
+        pnl = revalue(scen.returns, horizon, linear_usd=linear, options=options).pnl_usd
+        books = (*values.account_names, _BOOK)
+        finite = np.isfinite(pnl).all(axis=0)
+        for j in np.flatnonzero(~finite).tolist():
+            key = "total" if books[j] == _BOOK else f"accounts.{books[j]}"
+            unknown[f"{key}.var.full_revaluation"] = (
+                "scenario P&L not finite (a price out of range?)"
+            )
         out: dict[str, FullRevaluationVaR] = {}
-        for j, name in enumerate((*values.account_names, _BOOK)):
-            out[name] = FullRevaluationVaR(
-                var_usd=float(var.var_usd[j]),
-                es_usd=float(var.es_usd[j]),
-                worst_usd=float(var.worst_usd[j]),
+        if not finite.any():
+            return out
+        var = var_full_revaluation(pnl[:, finite], s.var_confidence)
+        for c, j in enumerate(np.flatnonzero(finite).tolist()):
+            out[books[j]] = FullRevaluationVaR(
+                var_usd=float(var.var_usd[c]),
+                es_usd=float(var.es_usd[c]),
+                worst_usd=float(var.worst_usd[c]),
                 scenarios=var.n_scenarios,
                 as_of_ms=as_of_ms,
             )
@@ -397,6 +470,11 @@ def _asset_figures(
 
 def _opt(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
+
+
+def _reason(exc: Exception) -> str:
+    """A numerical failure as a one-line reason for the report (no traceback, bounded)."""
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 def _margin(

@@ -1,4 +1,4 @@
-"""The bounded queue between connectors and the engine (DESIGN.md "Data flow").
+"""The bounded queue between connectors (producers) and the engine (the single consumer).
 
 Price ticks are conflated: only the latest tick per instrument waits, so a burst of
 tickers costs memory bounded by the number of instruments and the engine never works

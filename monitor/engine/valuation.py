@@ -4,7 +4,7 @@ Positions are flattened into a :class:`Book` (rebuilt only when positions or ins
 definitions change) sorted by account, so an account's positions are one contiguous slice
 and per-account sums are one ``np.add.reduceat``. No Python loop runs per position.
 
-Units (DESIGN.md "Units"): USD; ``delta`` underlying units, ``delta_usd = delta * S`` with
+Units (README "How it computes"): USD; ``delta`` underlying units, ``delta_usd = delta * S`` with
 S the underlying's index price; ``gamma`` underlying units per 1 USD; ``gamma_usd`` is the
 change of ``delta_usd`` for a 1% move, ``gamma * S**2 / 100``; ``vega`` USD per vol point;
 ``theta`` USD per calendar day. Position figures include quantity and multiplier.
@@ -12,6 +12,7 @@ change of ``delta_usd`` for a 1% move, ``gamma * S**2 / 100``; ``vega`` USD per 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -156,7 +157,8 @@ def value_book(
     Options without a venue IV get one solved from their mark; ``total.extra["iv_unsolved"]``
     counts positions whose IV could not be solved, by reason. Positions whose underlying has
     no index price (or whose option has no IV) have NaN figures; sums skip them and
-    ``extra["unpriced_positions"]`` counts them, so missing data is visible, never zero.
+    ``extra["unpriced_positions"]`` counts them, so missing data is visible, never zero. A
+    sum with no priced position in it (an exposure, an account's Greeks) is NaN: unknown.
     """
     n_und = len(registry.underlyings)
     if book.size == 0:
@@ -198,7 +200,7 @@ def value_book(
         vol = market.iv[oi]
         need = np.isnan(vol) & np.isfinite(mark_usd)
         if need.any():
-            # No venue IV: solve it from the mark (DESIGN.md "Units"). Unsolvable ones stay
+            # No venue IV: solve it from the mark (Black-76 on the forward). Unsolvable ones stay
             # NaN and are counted by reason (below intrinsic, no time value, ...).
             solved = implied_vol(mark_usd[need], fwd[need], strike[need], t[need], is_call[need])
             vol = vol.copy()
@@ -252,6 +254,8 @@ def value_book(
     size = n_acc * n_und
     exposure = _weighted_counts(flat, clean_dusd, size).reshape(shape)
     held = np.bincount(flat, minlength=size).reshape(shape) > 0
+    # A sum over nothing known is unknown, not 0: NaN (null) where no position is priced.
+    priced = _weighted_counts(flat, (~unpriced).astype(np.float64), size).reshape(shape) > 0
     gamma_cash = _weighted_counts(flat, np.where(unpriced, 0.0, gamma * spot * spot), size)
     gamma_cash = gamma_cash.reshape(shape)
     linear_usd = _weighted_counts(flat, np.where(is_opt, 0.0, clean_dusd), size).reshape(shape)
@@ -263,7 +267,10 @@ def value_book(
     )
 
     names = registry.underlyings
-    exp_rows, held_rows = exposure.tolist(), held.tolist()
+    priced_any: npt.NDArray[np.bool_] = np.any(priced, axis=0)
+    exp_rows = np.where(priced, exposure, np.nan).tolist()
+    held_rows = held.tolist()
+    none_priced = unpriced_count == np.diff(book.starts)
     accounts: dict[str, AccountFigures] = {}
     for k, name in enumerate(book.accounts):
         s, e = int(book.starts[k]), int(book.starts[k + 1])
@@ -283,17 +290,24 @@ def value_book(
             extra["greeks_vs_venue"] = vs_venue[k]
         accounts[name] = AccountFigures(
             positions=table,
-            greeks={key: float(sums[key][k]) for key in GREEK_KEYS},
+            greeks={key: math.nan if none_priced[k] else float(sums[key][k]) for key in GREEK_KEYS},
             exposure_usd=exp,
             extra=extra,
         )
     held_any: npt.NDArray[np.bool_] = np.any(held, axis=0)
     total = AccountFigures(
         positions=None,
-        greeks={key: float(sums[key].sum()) for key in GREEK_KEYS},
+        greeks={
+            key: math.nan if none_priced.all() else float(sums[key].sum()) for key in GREEK_KEYS
+        },
         exposure_usd={
             u: x
-            for u, x, h in zip(names, exposure.sum(axis=0).tolist(), held_any.tolist(), strict=True)
+            for u, x, h in zip(
+                names,
+                np.where(priced_any, exposure.sum(axis=0), np.nan).tolist(),
+                held_any.tolist(),
+                strict=True,
+            )
             if h
         },
         extra={"unpriced_positions": int(unpriced.sum()), "iv_unsolved": iv_unsolved},

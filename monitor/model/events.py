@@ -1,10 +1,12 @@
-"""Normalized events, schema v1 (DESIGN.md "Normalized events").
+"""Normalized events, schema v1 (the README's "Events" section is the user's reference).
 
 One JSON object per message or per line. Every connector produces these and nothing else;
 the engine consumes nothing else. Decoding is msgspec's typed decoder, so structural checks
 (required fields, types, ``price > 0``, finite numbers: JSON has no NaN and msgspec rejects
-``1e999`` as out of range) run in C. What msgspec cannot express (timestamp range, option
-fields that belong together) is checked in :func:`normalize`.
+``1e999`` as out of range) run in C; ``NaN`` and ``Infinity`` literals, which some encoders
+write, are ``invalid_value`` like ``1e999``, not ``malformed_json``. What msgspec cannot
+express (timestamp range, option fields that belong together) is checked in
+:func:`normalize`.
 
 After decoding, ``ts`` is always ``int`` epoch milliseconds: :func:`normalize` converts
 ISO-8601 strings and float milliseconds once, at the boundary, so the engine never does.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import re
 from typing import TYPE_CHECKING, Annotated, Final, Literal, TypeAlias
 
 import msgspec
@@ -74,7 +77,7 @@ class InstrumentEvent(Struct, tag_field="type", tag="instrument", omit_defaults=
 class VenueGreeks(Struct, omit_defaults=True, gc=False):
     """An option's Greeks as the venue publishes them, per one unit of underlying.
 
-    Units as riskmon's own (DESIGN.md "Units"): ``delta`` underlying units, ``gamma`` per
+    Units as riskmon's own (README "How it computes"): ``delta`` underlying units, ``gamma`` per
     1 USD move, ``vega`` USD per vol point, ``theta`` USD per calendar day. A connector
     converts its venue's units into these; riskmon reports the difference from its own.
     """
@@ -131,6 +134,10 @@ class Reason(enum.StrEnum):
     INVALID_VALUE = "invalid_value"
     INVALID_TIMESTAMP = "invalid_timestamp"
     UNKNOWN_INSTRUMENT = "unknown_instrument"
+    #: A price tick older than the instrument's current price: dropped, never applied.
+    OUT_OF_ORDER = "out_of_order"
+    #: A price tick that moved more than ``market.max_tick_move``: held until confirmed.
+    QUARANTINED = "quarantined"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -182,6 +189,23 @@ def normalize(event: Event) -> Event:
     return event
 
 
+_BYTE_AT: Final = re.compile(r"invalid character \(byte (\d+)\)")
+
+
+def _non_finite_literal(exc: msgspec.MsgspecError, message: bytes | str) -> str | None:
+    """``NaN``/``Infinity`` where msgspec found an invalid character: JSON has no such
+    numbers, but it is a value problem (the README's ``invalid_value``), not bad syntax."""
+    m = _BYTE_AT.search(str(exc))
+    if m is None:
+        return None
+    raw = message.encode() if isinstance(message, str) else message
+    at = raw[int(m.group(1)) :]
+    for word in (b"NaN", b"Infinity"):
+        if at.startswith(word):
+            return word.decode()
+    return None
+
+
 def _reason_of(exc: msgspec.MsgspecError) -> Reason:
     if isinstance(exc, msgspec.ValidationError):
         text = str(exc)
@@ -221,6 +245,9 @@ class EventDecoder:
         try:
             event = self._decoder.decode(message)
         except msgspec.MsgspecError as exc:
+            word = _non_finite_literal(exc, message)
+            if word is not None:
+                raise Rejected(Reason.INVALID_VALUE, f"non-finite number {word} ({exc})") from None
             raise Rejected(_reason_of(exc), str(exc)) from None
         return normalize(event)
 

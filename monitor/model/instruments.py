@@ -1,6 +1,6 @@
 """Instruments: Deribit-form names, and the registry that numbers them for the engine.
 
-Names (DESIGN.md): ``BTC`` (the underlying's USD index), ``BTC_USDC`` (spot),
+Names (Deribit's form, README "Events"): ``BTC`` (the underlying's USD index), ``BTC_USDC`` (spot),
 ``BTC-PERPETUAL`` / ``BTC_USDC-PERPETUAL``, ``BTC-27DEC26`` (future),
 ``BTC-27DEC26-60000-C`` / ``XRP_USDC-30MAY25-2d5-P`` (option; ``d`` is Deribit's decimal
 point). Expiry is 08:00 UTC. The underlying is the part before ``_`` or ``-``.

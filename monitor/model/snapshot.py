@@ -41,6 +41,15 @@ def _num(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
+def _nulled(doc: Any) -> Any:
+    """The same document with every figure (number or flag) ``null``; names and lists kept."""
+    if isinstance(doc, dict):
+        return {k: _nulled(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return doc
+    return None if isinstance(doc, bool | int | float) else doc
+
+
 @dataclass(frozen=True, slots=True)
 class AssetFigures:
     """Per-underlying market and estimator figures, aligned with ``names`` (shape ``(n,)``).
@@ -76,7 +85,7 @@ class AssetFigures:
 class PositionTable:
     """Per-position figures of one account, aligned arrays of length ``len(instrument)``.
 
-    Position Greeks are multiplied by quantity and multiplier (DESIGN.md "Units"):
+    Position Greeks are multiplied by quantity and multiplier (README "How it computes"):
     ``delta`` underlying units, ``delta_usd`` USD, ``gamma`` underlying units per 1 USD,
     ``gamma_usd`` USD change of ``delta_usd`` for a 1% move, ``vega`` USD per vol point,
     ``theta`` USD per calendar day. ``value_usd`` is the mark value: premium for options,
@@ -145,6 +154,8 @@ class AccountRisk:
     Arrays in ``contributions`` and ``delta_normal`` are aligned with ``underlyings`` (every
     registered underlying); the report lists the ``shown`` ones (held or budgeted).
     Units: USD; ``volatility`` annualised; VaR/ES over the configured horizon.
+    ``known`` False: the inputs were not finite, every figure is reported as ``null``
+    (``RiskSnapshot.unknown`` says why).
     """
 
     underlyings: tuple[str, ...]
@@ -153,8 +164,17 @@ class AccountRisk:
     delta_normal: DeltaNormalVaR
     delta_gamma: DeltaGammaVaR
     full_revaluation: FullRevaluationVaR | None
+    known: bool = True
 
     def report(self) -> dict[str, Any]:
+        doc = self._report()
+        if self.known:
+            return doc
+        var = doc["var"]
+        settings = {"confidence": var["confidence"], "horizon_days": var["horizon_days"]}
+        return {**_nulled(doc), "var": {**_nulled(var), **settings}}
+
+    def _report(self) -> dict[str, Any]:
         c, dn, dg = self.contributions, self.delta_normal, self.delta_gamma
         contrib: dict[str, Any] = {}
         components: dict[str, Any] = {}
@@ -232,7 +252,7 @@ class RegimeReport:
 class AccountFigures:
     """Figures of one account (or of the whole book, for ``total``).
 
-    ``exposure_usd`` is the exposure vector x of DESIGN.md: ``delta_usd`` summed per
+    ``exposure_usd`` is the exposure vector x of the risk figures: ``delta_usd`` summed per
     underlying over spot, perpetuals, futures and options. ``greeks`` holds the sums
     ``delta_usd``, ``gamma_usd``, ``vega``, ``theta`` (USD units as in :class:`PositionTable`).
     ``extra`` carries figures later stages add (contributions, var, margin) under their
@@ -272,6 +292,10 @@ class RiskSnapshot:
     alert_history: tuple[Transition, ...] = ()
     evaluation_seconds: float = 0.0
     regime: RegimeReport | None = None
+    #: Figures that could not be computed from this evaluation's inputs, by report path
+    #: (``accounts.a.var.full_revaluation``, ``total.risk``), with the reason: their values
+    #: are ``null``. Empty when everything is known.
+    unknown: Mapping[str, str] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         """The report document (README "Report JSON")."""
@@ -296,4 +320,5 @@ class RiskSnapshot:
             "regime": None if self.regime is None else self.regime.report(),
             "alerts": [a.report() for a in self.alerts],
             "alert_history": [t.report() for t in self.alert_history],
+            "unknown": dict(self.unknown),
         }

@@ -1,6 +1,6 @@
 """Rolling RiskMetrics EWMA covariance of log returns on a fixed sample grid.
 
-DESIGN.md "Risk definitions": the engine owns the grid (it decides from event time when a
+On a grid of event time: the engine owns the grid (it decides from event time when a
 grid point closes) and hands :meth:`RollingEstimator.sample` the USD index price of every
 underlying at each closed grid point. The estimator never reads a clock.
 

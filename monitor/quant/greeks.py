@@ -1,8 +1,8 @@
 """Black-76 option pricing and Greeks on the forward, vectorised over numpy arrays.
 
 Crypto venues price options on the forward (Deribit's ``underlying_price``) with no
-discounting, so everything here is undiscounted Black-76 (rate 0). Units follow DESIGN.md
-"Units":
+discounting, so everything here is undiscounted Black-76 (rate 0). Units (riskmon's
+throughout):
 
 - ``forward``, ``strike``, prices: USD per one unit of underlying (one BTC).
 - ``t``: years of 365 days (crypto trades every day). ``vol``: annualised decimal (0.55).

@@ -1,6 +1,6 @@
 """Own margin figures: scenario margin, distance to a margin call, stress what-ifs.
 
-DESIGN.md "Risk definitions" (margin) and tracker issue 4. Pure numpy/scipy: no clock, no
+riskmon's own margin model beside the venue's figures. Pure numpy/scipy: no clock, no
 I/O, no logging. Everything is vectorised over option instruments, scenarios and books;
 options come deduplicated per instrument with one quantity column per book
 (:class:`monitor.quant.risk.OptionPositions`, as ``BookValues.options`` holds them), linear

@@ -280,17 +280,33 @@ class RegimeBaselines:
         self._avg = RegimeBaseline(halflife_ms)
         self._ar = RegimeBaseline(halflife_ms)
 
-    def update(self, figures: RegimeFigures, ts_ms: int) -> RegimeFigures:
+    def update(
+        self, figures: RegimeFigures, ts_ms: int, warm: npt.ArrayLike | None = None
+    ) -> RegimeFigures:
         """Absorb one evaluation's figures; return the baselines (current value included).
 
         With a halflife of hours and evaluations every 250 ms, one evaluation moves the
         baseline by a few millionths of the gap, so including it does not mask a jump.
         ``assets_used`` is copied from ``figures``.
+
+        ``warm``: shape ``(n,)`` bool, the assets whose estimator is warm (default all). A
+        cold estimator's volatility is a guess from a few returns, so a baseline starts
+        only once it is warm: the per-asset figures of cold assets are not absorbed, and
+        the correlation figures only when they are computed over warm assets alone (at
+        least two).
         """
+        vr, rti = figures.vol_ratio, figures.realised_to_implied
+        avg, ar = figures.average_correlation, figures.absorption_ratio
+        if warm is not None:
+            w = np.asarray(warm, dtype=bool)
+            vr = np.where(w, vr, np.nan)
+            rti = np.where(w, rti, np.nan)
+            if np.any(figures.assets_used & ~w):
+                avg = ar = math.nan
         return RegimeFigures(
-            vol_ratio=self._vr.update(figures.vol_ratio, ts_ms),
-            realised_to_implied=self._rti.update(figures.realised_to_implied, ts_ms),
-            average_correlation=float(self._avg.update(figures.average_correlation, ts_ms)),
-            absorption_ratio=float(self._ar.update(figures.absorption_ratio, ts_ms)),
+            vol_ratio=self._vr.update(vr, ts_ms),
+            realised_to_implied=self._rti.update(rti, ts_ms),
+            average_correlation=float(self._avg.update(avg, ts_ms)),
+            absorption_ratio=float(self._ar.update(ar, ts_ms)),
             assets_used=figures.assets_used.copy(),
         )

@@ -1,6 +1,6 @@
 """Risk contributions, VaR/ES and full-revaluation scenario P&L (pure numpy/scipy).
 
-DESIGN.md "Risk definitions" and "Units". Everything here is a pure function of arrays: no
+Units: USD, volatility annualised on 365 days. Everything here is a pure function of arrays: no
 clock, no I/O, no logging; vectorised over underlyings, scenarios and positions.
 
 Conventions shared by every function:
@@ -70,7 +70,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-#: Default VaR confidence (DESIGN.md: 99%).
+#: Default VaR confidence: 99%.
 DEFAULT_CONFIDENCE: Final = 0.99
 #: Default VaR horizon, years of 365 days (one day).
 DEFAULT_HORIZON: Final = 1.0 / 365.0

@@ -32,7 +32,7 @@ Conventions (see :mod:`monitor.rules.machine` for the state machine):
 - A figure that *does not apply* yields no reading, so an alert on it resolves: an account
   without venue margin, no ``distance_to_call`` (or one that is not ``reachable``: no move
   within the searched range calls the account), an account without a limit, an
-  underlying the book no longer holds. Margin figures from issue 4 (``scenario_margin``,
+  underlying the book no longer holds. Margin figures of riskmon's own model (``scenario_margin``,
   ``worst_scenario``, ``distance_to_call``) are read defensively: absent or ``None`` means
   the rule does not evaluate that account.
 - A figure *unknown for now* yields NaN, which holds the alert: risk and regime figures

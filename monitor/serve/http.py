@@ -21,18 +21,26 @@ Handlers run on the engine's event loop and read the view by reference, never un
 (the engine is the single writer and publishes immutable snapshots). The only real work is
 rendering: the scrape, and encoding the report, which is done once per snapshot and cached.
 The access log is off; scrapes every few seconds would drown everything else.
+
+A request the HTTP parser refuses (a 100 kB URL, a 20 kB header, not HTTP at all) is the
+client's problem: it gets a plain ``400 Bad Request`` that does not echo its input (which
+may hold a token), and the log gets one debug line without a traceback.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Final, Self
 
 import msgspec
 import numpy as np
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
@@ -86,6 +94,45 @@ def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+class _QuietRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering unparsable requests without echo or ERROR."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not (isinstance(exc, HttpProcessingError) and 400 <= status < 500):
+            return super().handle_error(request, status, exc, message)
+        # exc's text quotes the request (aiohttp echoes it): name only its kind.
+        _log.debug("refused a malformed HTTP request: %s (%d)", type(exc).__name__, status)
+        phrase = HTTPStatus(status).phrase
+        resp = web.Response(status=status, text=f"{status} {phrase}\n")
+        resp.force_close()
+        return resp
+
+
+class _QuietServer(web.Server):
+    """A ``web.Server`` whose connections use :class:`_QuietRequestHandler`."""
+
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        # aiohttp builds the handler itself; same slots, so the subclass can take it over.
+        handler.__class__ = _QuietRequestHandler
+        return handler
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _QuietServer  # only __call__ differs
+        return server
+
+
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=_encoder.encode(body), status=status, content_type=_JSON)
 
@@ -134,9 +181,7 @@ class HttpServer:
         """Bind and serve. Raises ``OSError`` when the address is taken or not available."""
         if self._runner is not None:
             raise RuntimeError("HttpServer already started")
-        runner = web.AppRunner(
-            self._app(), access_log=None, shutdown_timeout=self._shutdown_timeout_s
-        )
+        runner = _Runner(self._app(), access_log=None, shutdown_timeout=self._shutdown_timeout_s)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self._host, self._port)

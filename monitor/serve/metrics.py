@@ -110,6 +110,11 @@ with the estimator).
 
 Conventions:
 
+- ``reason`` of ``riskmon_rejected_events_total`` (``monitor.model.events.Reason``):
+  ``malformed_json``, ``unknown_type``, ``missing_field``, ``invalid_value``,
+  ``invalid_timestamp``, ``unknown_instrument``, ``out_of_order`` (a price tick older than
+  the instrument's current one, dropped), ``quarantined`` (a price tick beyond
+  ``market.max_tick_move``, held until confirmed), ``internal_error``.
 - ``estimator`` is ``"slow"`` (``estimator.halflife``) or ``"fast"`` (``fast_halflife``).
 - ``method`` is ``delta_normal``, ``delta_gamma`` (Cornish-Fisher) or ``full_revaluation``
   (scenario VaR, recomputed every ``risk.scenario_interval``); ``measure`` is
@@ -178,7 +183,7 @@ EVALUATION_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
 
-# AccountFigures.greeks key -> metric suffix (DESIGN.md "Units").
+# AccountFigures.greeks key -> metric suffix (units in the module docstring).
 _GREEKS: Final = (
     ("delta_usd", "delta_usd", "USD delta (delta x underlying price)"),
     ("gamma_usd", "gamma_usd", "USD change of delta_usd for a 1% move of the underlying"),

@@ -18,7 +18,7 @@ __all__ = ["SNAPSHOT_PATH", "StatusError", "fetch_report", "render_status"]
 
 SNAPSHOT_PATH: Final = "/api/v1/snapshot"
 
-# Greeks in the order a desk reads them; keys as in the report (DESIGN.md "Units").
+# Greeks in the order a desk reads them; keys and units as in the report JSON.
 _GREEK_ORDER: Final = ("delta_usd", "gamma_usd", "vega", "theta")
 _NA: Final = "-"
 

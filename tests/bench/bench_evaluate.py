@@ -1,4 +1,4 @@
-"""Benchmark: one full evaluation of the reference book (tracker issue 3).
+"""Benchmark: one full evaluation of the reference book.
 
 50 underlyings, 20,000 option positions (plus a perpetual hedge per underlying) over 20
 accounts, marked with venue IVs, warm estimator. Prints figures; asserts nothing.

@@ -1,6 +1,6 @@
-"""Benchmark: scenario margin, distance to call and stresses on the reference book (issue 4).
+"""Benchmark: scenario margin, distance to call and stresses on the reference book.
 
-The reference book of tracker issue 3, built as ``bench_evaluate.build`` builds it but
+The reference book of bench_evaluate.py, built as ``bench_evaluate.build`` builds it but
 straight into the arrays the engine hands the margin stage (no replay): 50 underlyings,
 6 expiries x 17 strikes x call/put per underlying (10,200 instruments), 20 accounts holding
 1,000 distinct options each (20,000 option positions, deduplicated per instrument into an
