@@ -61,14 +61,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 from scipy import sparse
 
-from monitor.quant.greeks import black76
+from monitor.quant.greeks import black76, coin_delta
 from monitor.quant.risk import OptionPositions, _b76_block
 
 __all__ = [
@@ -90,7 +90,8 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
-Aggregation = Literal["sum", "joint"]
+Aggregation = Literal["per_currency", "sum", "joint"]
+ParametersSource = Literal["defaults", "venue"]
 
 DAYS_PER_YEAR: Final = 365.0
 #: The expiry, in days, at which a vol shock applies unscaled (Deribit's 30 days).
@@ -140,6 +141,67 @@ class Stress:
 
 
 @dataclass(frozen=True, slots=True)
+class UnderlyingParams:
+    """Scenario and delta-shock parameters of one underlying (Deribit's ``currency_pair``
+    block of ``model_params``); ``None`` keeps the :class:`MarginSettings` value.
+
+    Field meanings are those of :class:`MarginSettings`; ``delta_shock_threshold`` (USD),
+    ``max_delta_shock`` and ``delta_shock_slope`` are Deribit's
+    ``delta_total_liq_shock_threshold``, ``max_delta_shock`` and ``m_inc``.
+    """
+
+    price_range: float | None = None
+    vol_range_up: float | None = None
+    vol_range_down: float | None = None
+    short_term_vega_power: float | None = None
+    long_term_vega_power: float | None = None
+    min_vol_shock_up: float | None = None
+    extended_weight: float | None = None
+    delta_shock_threshold: float | None = None
+    max_delta_shock: float | None = None
+    delta_shock_slope: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CurrencyParams:
+    """Roll-shock and dampener parameters of one settlement currency (Deribit's
+    ``currency`` block of ``model_params``).
+
+    Attributes
+    ----------
+    min_annualised_move
+        Smallest roll move, fraction (0.01): the perpetual's, and any expiry's floor.
+    annualised_move_risk
+        Roll move of an expiry ``d`` days out: ``exp(annualised_move_risk * d / 365) - 1``.
+    extended_dampener
+        USD amount that moves each extended scenario's P&L toward zero, scaled by how far
+        the move lies beyond ``price_range`` (module notes).
+    """
+
+    min_annualised_move: float = 0.01
+    annualised_move_risk: float = 0.075
+    extended_dampener: float = 100_000.0
+
+    def __post_init__(self) -> None:
+        for name in ("min_annualised_move", "annualised_move_risk", "extended_dampener"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0.0):
+                raise ValueError(f"{name} must be finite and >= 0, got {v}")
+
+
+#: Deribit's published values where they differ from :class:`MarginSettings`' (BTC's).
+DEFAULT_UNDERLYINGS: Final[Mapping[str, UnderlyingParams]] = {
+    "ETH": UnderlyingParams(price_range=0.18, vol_range_up=0.4, delta_shock_slope=0.000004),
+}
+#: Deribit's published roll and dampener values per settlement currency.
+DEFAULT_CURRENCIES: Final[Mapping[str, CurrencyParams]] = {
+    "BTC": CurrencyParams(0.01, 0.075, 100_000.0),
+    "ETH": CurrencyParams(0.005, 0.05, 200_000.0),
+    "USD": CurrencyParams(0.01, 0.1, 25_000.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class MarginSettings:
     """``[margin]``: scenario-margin parameters (defaults: Deribit BTC, module notes).
 
@@ -164,8 +226,26 @@ class MarginSettings:
         Deribit's ``extended_table_factor``: an extended move ``m`` counts
         ``extended_weight * price_range / |m|`` of its P&L.
     aggregation
-        ``"sum"``: each underlying moved alone, worst losses added; ``"joint"``: every
-        underlying moved by the same scenario at once.
+        ``"per_currency"``: the portfolio-margin model, one figure per settlement currency
+        (:func:`portfolio_margin`), the scenario margin the sum of their worst cases;
+        ``"sum"``: each underlying moved alone in USD, worst losses added; ``"joint"``:
+        every underlying moved by the same scenario at once, in USD.
+    mm_factor
+        Maintenance margin = ``mm_factor`` x risk-matrix margin.
+    dampener
+        Apply the extended dampener (module notes) to the extended scenarios.
+    delta_shock_threshold, max_delta_shock, delta_shock_slope
+        Delta shock (module notes): USD of net delta below which it is 0, its largest
+        fraction of the delta, and its growth per coin of delta beyond the threshold.
+    underlyings
+        Per-underlying overrides of the fields above (default: Deribit's ETH values).
+    currencies
+        Roll-shock and dampener parameters per settlement currency (``"USD"`` for
+        USD-settled instruments, the coin's name for inverse ones); a coin not listed
+        takes :class:`CurrencyParams`' defaults (Deribit's BTC values).
+    parameters_source
+        ``"defaults"`` (configured values) or ``"venue"`` (the venue's ``model_params``,
+        :func:`params_from_model_params`), reported with the figures.
     stresses
         What-ifs for :func:`stress_pnl`.
     """
@@ -180,7 +260,19 @@ class MarginSettings:
     min_vol_shock_up: float = 0.5
     extended_moves: tuple[float, ...] = (-0.66, -0.33, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
     extended_weight: float = 1.0
-    aggregation: Aggregation = "sum"
+    aggregation: Aggregation = "per_currency"
+    mm_factor: float = 0.8
+    dampener: bool = True
+    delta_shock_threshold: float = 20_000_000.0
+    max_delta_shock: float = 0.1
+    delta_shock_slope: float = 0.00005
+    underlyings: Mapping[str, UnderlyingParams] = field(
+        default_factory=lambda: dict(DEFAULT_UNDERLYINGS)
+    )
+    currencies: Mapping[str, CurrencyParams] = field(
+        default_factory=lambda: dict(DEFAULT_CURRENCIES)
+    )
+    parameters_source: ParametersSource = "defaults"
     stresses: tuple[Stress, ...] = ()
 
     def __post_init__(self) -> None:
@@ -195,17 +287,30 @@ class MarginSettings:
             "long_term_vega_power",
             "min_vol_shock_up",
             "extended_weight",
+            "mm_factor",
+            "delta_shock_threshold",
+            "max_delta_shock",
+            "delta_shock_slope",
         ):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0.0):
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
+        for u, over in self.underlyings.items():
+            for name in (f.name for f in fields(UnderlyingParams)):
+                v = getattr(over, name)
+                if v is not None and not (math.isfinite(v) and v >= 0.0):
+                    raise ValueError(f"underlyings.{u}.{name} must be finite and >= 0, got {v}")
+            if over.price_range is not None and not 0.0 < over.price_range < 1.0:
+                raise ValueError(f"underlyings.{u}.price_range must be in (0, 1)")
         if not (math.isfinite(self.min_days) and self.min_days > 0.0):
             raise ValueError(f"min_days must be > 0, got {self.min_days}")
         for m in self.extended_moves:
             if not (math.isfinite(m) and m > -1.0 and m != 0.0):
                 raise ValueError(f"extended moves must be > -1 and not 0, got {m}")
-        if self.aggregation not in ("sum", "joint"):
-            raise ValueError(f"aggregation must be 'sum' or 'joint', got {self.aggregation!r}")
+        if self.aggregation not in ("per_currency", "sum", "joint"):
+            raise ValueError(
+                f"aggregation must be 'per_currency', 'sum' or 'joint', got {self.aggregation!r}"
+            )
         names = [s.name for s in self.stresses]
         if len(set(names)) != len(names):
             raise ValueError("stress names must be unique")
@@ -335,6 +440,7 @@ class _Options:
     lnfk: FloatArray
     qty: FloatArray  # (i, k)
     unpriced: int
+    keep: IntArray | None = None  # rows of the input kept (from _prepare)
 
     @property
     def size(self) -> int:
@@ -386,6 +492,7 @@ def _prepare(options: OptionPositions | None, n: int, k: int) -> _Options | None
         lnfk=np.log(f / kk),
         qty=q[keep],
         unpriced=unpriced,
+        keep=keep,
     )
 
 
@@ -954,3 +1061,598 @@ def _refine(
         a[idx], b[idx], x[idx] = aa, bb, x_new
         active[idx[done]] = False
     return x
+
+
+# -- portfolio margin per settlement currency -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LinearPositions:
+    """Spot, perpetual and future positions for :func:`portfolio_margin`, ``j`` rows.
+
+    Attributes
+    ----------
+    underlying
+        Shape ``(j,)`` int: index of the underlying.
+    quantity
+        Shape ``(j, k)``: underlying units per book (contracts x multiplier). An inverse
+        contract sized in USD (``N``) holds ``N / S`` at today's index price ``S``.
+    t
+        Shape ``(j,)``: years to expiry (futures); NaN without one (perpetual, spot).
+    inverse
+        Shape ``(j,)`` bool: settles in the underlying's coin, P&L ``N (1/S0 - 1/S1)``.
+    rolls
+        Shape ``(j,)`` bool: counted in the roll shock (perpetuals and futures, not spot).
+    """
+
+    underlying: IntArray
+    quantity: FloatArray
+    t: FloatArray
+    inverse: BoolArray
+    rolls: BoolArray
+
+
+@dataclass(frozen=True, slots=True)
+class CurrencyMargin:
+    """The model's figures for one settlement currency, arrays ``(k,)`` over books.
+
+    Amounts are in the currency's own unit (coin for an inverse currency, USD for
+    ``"USD"``); ``usd_per_unit`` converts them (the coin's index price today, or 1).
+
+    Attributes
+    ----------
+    currency
+        ``"BTC"`` (inverse instruments on BTC) or ``"USD"`` (USD-settled ones).
+    worst_case
+        Worst loss over the standard and (weighted, dampened) extended scenarios, >= 0.
+    worst_scenario
+        Its name per book (``"+16% vol up"``; for ``"USD"`` per underlying:
+        ``"BTC +16% vol up + ETH -18% vol up"``); ``None`` where the worst case is 0.
+    roll_shock, delta_shock
+        Module notes.
+    risk_matrix_margin
+        ``worst_case + roll_shock + delta_shock``.
+    maintenance_margin
+        ``mm_factor x risk_matrix_margin``.
+    held
+        The book holds a position settling in this currency.
+    """
+
+    currency: str
+    usd_per_unit: float
+    worst_case: FloatArray
+    worst_scenario: tuple[str | None, ...]
+    roll_shock: FloatArray
+    delta_shock: FloatArray
+    risk_matrix_margin: FloatArray
+    maintenance_margin: FloatArray
+    held: BoolArray
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioMargin:
+    """:func:`portfolio_margin` of ``k`` books.
+
+    Attributes
+    ----------
+    currencies
+        One entry per settlement currency any book holds.
+    worst_case_usd, maintenance_margin_usd
+        Shape ``(k,)``: sums over currencies in USD at today's index prices.
+    parameters_source
+        ``"defaults"`` or ``"venue"`` (:attr:`MarginSettings.parameters_source`).
+    unpriced
+        Option rows left out (as :class:`ScenarioMargin`).
+    """
+
+    currencies: tuple[CurrencyMargin, ...]
+    worst_case_usd: FloatArray
+    maintenance_margin_usd: FloatArray
+    parameters_source: ParametersSource
+    unpriced: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Params:
+    """Per-underlying parameter arrays ``(n,)`` (settings merged with overrides) and the
+    currency parameters of each (underlying, settlement) pair, arrays ``(n, 2)`` with
+    column 0 USD-settled, column 1 coin-settled."""
+
+    price_range: FloatArray
+    vol_up: FloatArray
+    vol_down: FloatArray
+    power_short: FloatArray
+    power_long: FloatArray
+    min_up: FloatArray
+    ext_weight: FloatArray
+    ds_threshold: FloatArray
+    ds_max: FloatArray
+    ds_slope: FloatArray
+    min_move: FloatArray
+    move_risk: FloatArray
+    dampener: FloatArray
+
+
+def _params(s: MarginSettings, names: Sequence[str]) -> _Params:
+    def col(field_name: str, default: float) -> FloatArray:
+        vals = [getattr(s.underlyings.get(u, UnderlyingParams()), field_name) for u in names]
+        return np.array([default if v is None else v for v in vals], dtype=np.float64)
+
+    usd = s.currencies.get("USD", CurrencyParams())
+    coin = [s.currencies.get(u, CurrencyParams()) for u in names]
+
+    def pair(attr: str) -> FloatArray:
+        out = np.empty((len(names), 2))
+        out[:, 0] = getattr(usd, attr)
+        out[:, 1] = [getattr(c, attr) for c in coin]
+        return out
+
+    return _Params(
+        price_range=col("price_range", s.price_range),
+        vol_up=col("vol_range_up", s.vol_range_up),
+        vol_down=col("vol_range_down", s.vol_range_down),
+        power_short=col("short_term_vega_power", s.short_term_vega_power),
+        power_long=col("long_term_vega_power", s.long_term_vega_power),
+        min_up=col("min_vol_shock_up", s.min_vol_shock_up),
+        ext_weight=col("extended_weight", s.extended_weight),
+        ds_threshold=col("delta_shock_threshold", s.delta_shock_threshold),
+        ds_max=col("max_delta_shock", s.max_delta_shock),
+        ds_slope=col("delta_shock_slope", s.delta_shock_slope),
+        min_move=pair("min_annualised_move"),
+        move_risk=pair("annualised_move_risk"),
+        dampener=pair("extended_dampener"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Entries:
+    """The (position, column) pairs the model revalues: option entries ``o_*`` and linear
+    entries ``l_*``, each with the column (book, or book at a moved price) it belongs to.
+    Forwards and inverse quantities are already at the column's prices."""
+
+    o: _Options  # qty of shape (e, 1)
+    o_inv: BoolArray
+    o_col: IntArray
+    l_und: IntArray
+    l_t: FloatArray
+    l_inv: BoolArray
+    l_rolls: BoolArray
+    l_qty: FloatArray
+    l_col: IntArray
+
+
+def _subset_options(o: _Options, rows: IntArray, scale: FloatArray, qty: FloatArray) -> _Options:
+    """Option rows ``rows`` with forwards times ``scale`` and quantity ``qty`` (entries)."""
+    fwd = o.fwd[rows] * scale
+    return _Options(
+        und=o.und[rows],
+        fwd=fwd,
+        strike=o.strike[rows],
+        t=o.t[rows],
+        vol=o.vol[rows],
+        call=o.call[rows],
+        w=o.w[rows],
+        lnfk=np.log(fwd / o.strike[rows]),
+        qty=qty[:, None],
+        unpriced=0,
+    )
+
+
+def _pm_scenarios(
+    p: _Params, s: MarginSettings
+) -> tuple[FloatArray, IntArray, BoolArray, FloatArray]:
+    """Moves ``(m, n)`` per underlying, vol states and extended flags ``(m,)``, and the
+    scenario weights ``(m, n, 2)`` (USD-settled, coin-settled)."""
+    steps = np.arange(-s.price_steps, s.price_steps + 1, dtype=np.float64) / s.price_steps
+    ext = np.asarray(s.extended_moves, dtype=np.float64)
+    n = p.price_range.size
+    std = steps[:, None] * p.price_range[None, :]  # (2 steps + 1, n)
+    moves = np.concatenate([np.repeat(std, 3, axis=0), np.repeat(ext[:, None], n, axis=1)])
+    states = np.array([VOL_UP, VOL_SAME, VOL_DOWN], dtype=np.int64)
+    vol_state = np.concatenate([np.tile(states, steps.size), np.full(ext.size, VOL_UP)])
+    extended = np.concatenate([np.zeros(3 * steps.size, dtype=bool), np.ones(ext.size, bool)])
+    weights = np.ones((moves.shape[0], n, 2))
+    if ext.size:
+        m = moves[extended]  # (E, n)
+        w_usd = p.ext_weight * p.price_range / np.abs(m)
+        weights[extended, :, 0] = w_usd
+        weights[extended, :, 1] = w_usd * (1.0 + m) / (1.0 + np.sign(m) * p.price_range)
+    return moves, vol_state, extended, weights
+
+
+def _pm_core(
+    e: _Entries,
+    index: FloatArray,
+    p: _Params,
+    s: MarginSettings,
+    n_cols: int,
+) -> tuple[FloatArray, IntArray, FloatArray, FloatArray, BoolArray, FloatArray]:
+    """The model on entries: per (column, underlying, settlement) ``(P, n, 2)``.
+
+    ``index`` has shape ``(P, n)``: each column's index prices, USD. Returns the worst case,
+    its scenario index, roll shock and delta shock (settlement units), whether the pair is
+    held, and the scenario moves ``(m, n)``.
+    """
+    n = index.shape[1]
+    moves, vol_state, extended, weights = _pm_scenarios(p, s)
+    m = moves.shape[0]
+    size = n_cols * n * 2
+    agg = np.zeros((size, m))
+    o = e.o
+    ne = o.size
+    delta_o = np.zeros(ne)
+    if ne:
+        u = o.und
+        sig = o.vol
+        days = np.maximum(o.t * DAYS_PER_YEAR, s.min_days)
+        power = np.where(days < REFERENCE_DAYS, p.power_short[u], p.power_long[u])
+        scale = (REFERENCE_DAYS / days) ** power
+        up = np.maximum(sig * (1.0 + p.vol_up[u] * scale), p.min_up[u])
+        down = np.maximum(sig * (1.0 - p.vol_down[u] * scale), 0.0)
+        sd_states = np.stack([up, sig, down]) * np.sqrt(o.t)  # (3, e)
+        state_row = 1 - vol_state
+        sd0 = sig * np.sqrt(o.t)
+        key = (e.o_col * n + u) * 2 + e.o_inv.astype(np.int64)
+        qty = o.qty[:, 0]
+        for c in _chunks(m, ne):
+            width = c.stop - c.start
+            base = _values(np.zeros((1, width)), o, c, sd0[c])
+            r = np.log1p(moves[:, u[c]])
+            growth = np.exp(r) if e.o_inv[c].any() else None
+            v = _values(r, o, c, sd_states[:, c][state_row])
+            inv_c = e.o_inv[c]
+            if growth is not None:  # coin value: USD value / the moved forward
+                fw = o.fwd[c]
+                v = np.where(inv_c, v / (fw * growth), v)
+                base = np.where(inv_c, base / fw, base)
+            v -= base
+            mat = sparse.csr_array((qty[c], (key[c], np.arange(width))), shape=(size, width))
+            agg += np.asarray(mat @ v.T)
+        g = black76(o.fwd, o.strike, o.t, o.vol, o.call)
+        unit = np.where(e.o_inv, coin_delta(g.delta, g.price, o.fwd), g.delta)
+        delta_o = qty * unit
+    if e.l_und.size:
+        lu = e.l_und
+        mv = moves[:, lu]  # (m, j)
+        s_now = index[e.l_col, lu]
+        unit_pnl = np.where(e.l_inv[None, :], mv / (1.0 + mv), mv * s_now[None, :])
+        key = (e.l_col * n + lu) * 2 + e.l_inv.astype(np.int64)
+        mat = sparse.csr_array((e.l_qty, (key, np.arange(lu.size))), shape=(size, lu.size))
+        agg += np.asarray(mat @ unit_pnl.T)
+    vec = agg.reshape(n_cols, n, 2, m) * np.moveaxis(weights, 0, -1)[None]
+
+    if s.dampener and extended.any():
+        ext_m = moves[extended]  # (E, n)
+        beyond = np.maximum(np.abs(ext_m) / p.price_range - 1.0, 0.0)  # (E, n)
+        amt = np.empty((n_cols, n, 2, ext_m.shape[0]))
+        amt[:, :, 0, :] = (beyond.T * p.dampener[:, 0, None])[None]
+        coin_den = (1.0 + np.sign(ext_m) * p.price_range).T[None] * index[:, :, None]
+        amt[:, :, 1, :] = beyond.T[None] * p.dampener[None, :, 1, None] / coin_den
+        x = vec[..., extended]
+        vec[..., extended] = np.sign(x) * np.maximum(np.abs(x) - amt, 0.0)
+
+    loss = -vec  # (P, n, 2, m)
+    order = np.lexsort((vol_state != VOL_SAME, extended))
+    top = loss.max(axis=-1)
+    near = loss[..., order] >= (top - 1e-12 * np.abs(top))[..., None]
+    worst_idx: IntArray = order[np.argmax(near, axis=-1)]
+    worst = np.maximum(top, 0.0)
+
+    # Roll shock: net delta per (column, underlying, settlement, expiry).
+    d_all = np.concatenate([delta_o, e.l_qty])
+    und_all = np.concatenate([o.und, e.l_und])
+    inv_all = np.concatenate([e.o_inv, e.l_inv]).astype(np.int64)
+    col_all = np.concatenate([e.o_col, e.l_col])
+    t_all = np.concatenate([o.t, np.where(np.isfinite(e.l_t), e.l_t, -1.0)])
+    rolls = np.concatenate([np.ones(ne, dtype=bool), e.l_rolls])
+    pair = (col_all * n + und_all) * 2 + inv_all
+    delta_pair = np.bincount(pair, weights=d_all, minlength=size).reshape(n_cols, n, 2)
+    held = np.bincount(pair, minlength=size).reshape(n_cols, n, 2) > 0
+    roll = np.zeros(size)
+    if rolls.any():
+        keys = np.column_stack([pair[rolls].astype(np.float64), t_all[rolls]])
+        uniq, grp = np.unique(keys, axis=0, return_inverse=True)
+        net = np.bincount(grp.reshape(-1), weights=d_all[rolls], minlength=len(uniq))
+        g_pair = uniq[:, 0].astype(np.int64)
+        g_und = (g_pair // 2) % n
+        g_inv = g_pair % 2
+        g_t = uniq[:, 1]
+        floor = p.min_move[g_und, g_inv]
+        factor = np.where(
+            g_t < 0.0, floor, np.maximum(floor, np.expm1(p.move_risk[g_und, g_inv] * g_t))
+        )
+        roll = np.bincount(g_pair, weights=factor * np.abs(net), minlength=size)
+    roll = roll.reshape(n_cols, n, 2)
+    # Settlement units: coin as is, USD-settled amounts of underlying units times the index.
+    to_settle = np.stack([index, np.ones_like(index)], axis=-1)  # (P, n, 2)
+    roll = roll * to_settle
+    ad = np.abs(delta_pair)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        excess = np.maximum(ad - (p.ds_threshold[None, :] / index)[..., None], 0.0)
+    frac = np.minimum(p.ds_slope[None, :, None] * excess, p.ds_max[None, :, None])
+    dshock = np.where(ad > 0.0, ad * frac, 0.0) * to_settle
+    return worst, worst_idx, roll, dshock, held, moves
+
+
+def _scenario_label(move: float, state: int, ext: bool) -> str:
+    return f"{_pct(move)} {_VOL_LABEL[state]}" + (" (extended)" if ext else "")
+
+
+def _linear_entries(
+    linear: LinearPositions | None, n: int, k: int
+) -> tuple[IntArray, IntArray, LinearPositions]:
+    if linear is None:
+        z = np.zeros(0, dtype=np.int64)
+        empty = LinearPositions(
+            z, np.zeros((0, k)), np.zeros(0), np.zeros(0, bool), np.zeros(0, bool)
+        )
+        return z, z, empty
+    q = np.asarray(linear.quantity, dtype=np.float64)
+    j = np.asarray(linear.underlying).shape[0]
+    if q.shape != (j, k):
+        raise ValueError(f"linear.quantity must have shape ({j}, {k}), got {q.shape}")
+    if j and (np.min(linear.underlying) < 0 or np.max(linear.underlying) >= n):
+        raise ValueError(f"linear.underlying must index the {n} underlyings")
+    q = np.where(np.isfinite(q), q, 0.0)
+    rows, cols = np.nonzero(q)
+    return rows, cols, replace(linear, quantity=q)
+
+
+def _entries_for(
+    o: _Options | None,
+    o_inverse: BoolArray,
+    lin: LinearPositions,
+    l_rows: IntArray,
+    l_cols: IntArray,
+    books: IntArray,
+    scale: FloatArray,
+) -> _Entries:
+    """Entries of columns ``p`` = book ``books[p]`` with every price times ``scale[p]``."""
+    k_books = int(books.max()) + 1 if books.size else 0
+
+    def expand(rows: IntArray, cols: IntArray) -> tuple[IntArray, IntArray]:
+        """For each column p, the entries whose book is ``books[p]``: (entry, column)."""
+        if books.size == 0:
+            z = np.zeros(0, dtype=np.int64)
+            return z, z
+        order = np.argsort(cols, kind="stable")
+        counts = np.bincount(cols, minlength=max(k_books, 1))
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        per = counts[books] if books.size else np.zeros(0, dtype=np.int64)
+        total = int(per.sum())
+        col = np.repeat(np.arange(books.size), per)
+        first = np.repeat(starts[books] - np.concatenate([[0], np.cumsum(per)[:-1]]), per)
+        ent = order[first + np.arange(total)]
+        return ent.astype(np.int64), col.astype(np.int64)
+
+    if o is not None and o.size:
+        rows, cols = np.nonzero(o.qty)
+        ent, col = expand(rows, cols)
+        r_opt = rows[ent]
+        sub = _subset_options(o, r_opt, scale[col], o.qty[r_opt, cols[ent]])
+        o_inv = o_inverse[r_opt]
+    else:
+        sub = _subset_options(_empty_options(), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+        o_inv, col = np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+    ent_l, col_l = expand(l_rows, l_cols)
+    rl = l_rows[ent_l]
+    inv_l = lin.inverse[rl]
+    qty_l = lin.quantity[rl, l_cols[ent_l]]
+    qty_l = np.where(inv_l, qty_l / scale[col_l], qty_l)  # USD notional held: N / S1
+    return _Entries(
+        o=sub,
+        o_inv=o_inv,
+        o_col=col,
+        l_und=lin.underlying[rl].astype(np.int64),
+        l_t=lin.t[rl],
+        l_inv=inv_l,
+        l_rolls=lin.rolls[rl],
+        l_qty=qty_l,
+        l_col=col_l,
+    )
+
+
+def _empty_options() -> _Options:
+    z = np.zeros(0)
+    return _Options(np.zeros(0, np.int64), z, z, z, z, np.zeros(0, bool), z, z, np.zeros((0, 1)), 0)
+
+
+def portfolio_margin(
+    linear: LinearPositions | None,
+    options: OptionPositions | None,
+    index_usd: npt.ArrayLike,
+    underlyings: Sequence[str],
+    settings: MarginSettings | None = None,
+) -> PortfolioMargin:
+    """Deribit-style portfolio margin per settlement currency (module notes), per book.
+
+    Parameters
+    ----------
+    linear
+        Spot, perpetuals and futures, ``quantity`` ``(j, k)``; ``None`` without any.
+    options
+        Deduplicated options, ``quantity`` ``(i, k)``; ``options.inverse`` says which
+        settle in coin (value in coin = USD value / forward).
+    index_usd
+        Shape ``(n,)``: each underlying's index price today, USD (converts coin amounts).
+    underlyings
+        The ``n`` names; a coin-settled currency is named after its underlying.
+    settings
+        Parameters (defaults: Deribit's published values).
+
+    Returns
+    -------
+    PortfolioMargin
+        Per currency held by any book: worst case, roll shock, delta shock, risk-matrix
+        margin and maintenance margin in the currency's unit, and USD totals.
+    """
+    s = settings or MarginSettings()
+    names = tuple(underlyings)
+    n = len(names)
+    index = np.asarray(index_usd, dtype=np.float64)
+    if index.shape != (n,):
+        raise ValueError(f"index_usd must have shape ({n},), got {index.shape}")
+    k = _book_count(linear, options)
+    o = _prepare(options, n, k)
+    o_inv = _inverse_rows(options, o)
+    l_rows, l_cols, lin = _linear_entries(linear, n, k)
+    books = np.arange(k, dtype=np.int64)
+    ent = _entries_for(o, o_inv, lin, l_rows, l_cols, books, np.ones(k))
+    p = _params(s, names)
+    cols_index = np.broadcast_to(index, (k, n))
+    worst, idx, roll, dshock, held, moves = _pm_core(ent, cols_index, p, s, k)
+    sc = margin_scenarios(s)
+    currencies: list[CurrencyMargin] = []
+    usd_total = np.zeros(k)
+    mm_total = np.zeros(k)
+
+    def label(b: int, u: int, settle: int) -> str:
+        j = int(idx[b, u, settle])
+        return _scenario_label(float(moves[j, u]), int(sc.vol_state[j]), bool(sc.extended[j]))
+
+    for settle in (1, 0):
+        held_any = held[:, :, settle].any(axis=0)
+        groups = [[u] for u in np.flatnonzero(held_any).tolist()] if settle else []
+        if not settle and held_any.any():
+            groups = [np.flatnonzero(held_any).tolist()]
+        for us in groups:
+            wc = worst[:, us, settle]  # (k, g)
+            rs = roll[:, us, settle].sum(axis=1)
+            ds = dshock[:, us, settle].sum(axis=1)
+            w = wc.sum(axis=1)
+            rmm = w + rs + ds
+            mm = s.mm_factor * rmm
+            unit = float(index[us[0]]) if settle else 1.0
+            labels: list[str | None] = []
+            for b in range(k):  # names only: one string per book
+                lost = [u for u in us if worst[b, u, settle] > 0.0]
+                lost.sort(key=lambda u: -worst[b, u, settle])
+                if settle:
+                    labels.append(label(b, lost[0], settle) if lost else None)
+                else:
+                    parts = [f"{names[u]} {label(b, u, settle)}" for u in lost]
+                    labels.append(" + ".join(parts) or None)
+            currencies.append(
+                CurrencyMargin(
+                    currency=names[us[0]] if settle else "USD",
+                    usd_per_unit=unit,
+                    worst_case=w,
+                    worst_scenario=tuple(labels),
+                    roll_shock=rs,
+                    delta_shock=ds,
+                    risk_matrix_margin=rmm,
+                    maintenance_margin=mm,
+                    held=np.asarray(held[:, us, settle].any(axis=1), dtype=bool),
+                )
+            )
+            usd_total += w * unit
+            mm_total += mm * unit
+    return PortfolioMargin(
+        currencies=tuple(currencies),
+        worst_case_usd=usd_total,
+        maintenance_margin_usd=mm_total,
+        parameters_source=s.parameters_source,
+        unpriced=0 if o is None else o.unpriced,
+    )
+
+
+def _book_count(linear: LinearPositions | None, options: OptionPositions | None) -> int:
+    for q in (
+        None if linear is None else linear.quantity,
+        None if options is None else options.quantity,
+    ):
+        if q is not None:
+            a = np.asarray(q)
+            if a.ndim != 2:
+                raise ValueError(f"quantity must be 2-D (rows, books), got shape {a.shape}")
+            return int(a.shape[1])
+    return 0
+
+
+def _inverse_rows(options: OptionPositions | None, o: _Options | None) -> BoolArray:
+    """``options.inverse`` for the rows :func:`_prepare` kept."""
+    if options is None or o is None:
+        return np.zeros(0, dtype=bool)
+    inv = options.inverse
+    i = np.asarray(options.underlying).shape[0]
+    full = np.zeros(i, dtype=bool) if inv is None else np.asarray(inv, dtype=bool)
+    if full.shape != (i,):
+        raise ValueError(f"options.inverse must have shape ({i},), got {full.shape}")
+    return full[o.keep] if o.keep is not None else full
+
+
+_PAIR_KEYS: Final = {
+    "price_range": "price_range",
+    "volatility_range_up": "vol_range_up",
+    "volatility_range_down": "vol_range_down",
+    "short_term_vega_power": "short_term_vega_power",
+    "long_term_vega_power": "long_term_vega_power",
+    "min_volatility_for_shock_up": "min_vol_shock_up",
+    "extended_table_factor": "extended_weight",
+    "delta_total_liq_shock_threshold": "delta_shock_threshold",
+    "max_delta_shock": "max_delta_shock",
+    "m_inc": "delta_shock_slope",
+}
+_CURRENCY_KEYS: Final = ("min_annualised_move", "annualised_move_risk", "extended_dampener")
+
+
+def params_from_model_params(
+    model_params: Mapping[str, object], base: MarginSettings
+) -> MarginSettings:
+    """``base`` with the parameters of a Deribit ``model_params`` object (as
+    ``private/pme/simulate`` returns it) and ``parameters_source = "venue"``.
+
+    ``currency_pair.<coin>_usd`` sets that underlying's scenario and delta-shock
+    parameters, ``currency.<coin>`` (and ``currency.usd``) its roll and dampener
+    parameters, ``general.mm_factor`` and ``general.buckets_count`` the maintenance factor
+    and the moves per side. Keys riskmon does not model (``pnl_offset``, ``haircut``,
+    ``max_offsetable_pnl``, ...) are ignored. A venue connector calls this with what the
+    account's API returns; pure, no I/O.
+
+    Raises
+    ------
+    ValueError
+        A block that is not an object, or a value that is not a finite number >= 0.
+    """
+
+    def block(obj: object, where: str) -> Mapping[str, object]:
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"model_params.{where} must be an object")
+        return obj
+
+    def number(obj: Mapping[str, object], key: str, where: str) -> float | None:
+        v = obj.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError(f"model_params.{where}.{key} must be a finite number, got {v!r}")
+        return float(v)
+
+    underlyings = dict(base.underlyings)
+    for pair, raw in block(model_params.get("currency_pair", {}), "currency_pair").items():
+        values = block(raw, f"currency_pair.{pair}")
+        coin = pair.split("_", 1)[0].upper()
+        given = {
+            ours: number(values, theirs, f"currency_pair.{pair}")
+            for theirs, ours in _PAIR_KEYS.items()
+        }
+        prev = underlyings.get(coin, UnderlyingParams())
+        underlyings[coin] = replace(prev, **{key: v for key, v in given.items() if v is not None})
+    currencies = dict(base.currencies)
+    for cur, raw in block(model_params.get("currency", {}), "currency").items():
+        values = block(raw, f"currency.{cur}")
+        name = cur.upper()
+        prev_c = currencies.get(name, CurrencyParams())
+        got = {key: number(values, key, f"currency.{cur}") for key in _CURRENCY_KEYS}
+        currencies[name] = replace(prev_c, **{key: v for key, v in got.items() if v is not None})
+    general = block(model_params.get("general", {}), "general")
+    mm_factor = number(general, "mm_factor", "general")
+    buckets = number(general, "buckets_count", "general")
+    return replace(
+        base,
+        underlyings=underlyings,
+        currencies=currencies,
+        mm_factor=base.mm_factor if mm_factor is None else mm_factor,
+        price_steps=base.price_steps if buckets is None else int(buckets),
+        parameters_source="venue",
+    )
