@@ -829,6 +829,59 @@ def _move_grid(max_move: float, points: int) -> FloatArray:
     return out
 
 
+def _scan_moves(
+    max_move: float, grid_points: int, o: _Options | None
+) -> tuple[FloatArray, FloatArray]:
+    """The moves the distance scan looks at, down (magnitudes) and up, ascending.
+
+    :func:`_move_grid`, plus, for each short-dated option (total sd ``sigma sqrt(t)`` under
+    twice the grid's spacing where the option sits), the move that puts it at the money
+    (``K / F - 1``, its strike) and moves ``j sd / 2`` either side of it (``j = 1..4``): its
+    P&L bends over a width of about ``sd``, so a dip between two grid points is seen. A
+    longer-dated option's P&L is smooth over two grid steps.
+    """
+    base = _move_grid(max_move, grid_points)
+    down, up = [base], [base]
+    if o is not None and o.size:
+        atm = o.strike / o.fwd - 1.0
+        sd = o.vol * np.sqrt(o.t)
+        spacing = np.interp(np.abs(atm), base[1:], np.diff(base), left=base[0])
+        short = sd < 2.0 * spacing
+        if short.any():
+            j = 0.5 * np.arange(-4, 5, dtype=np.float64)
+            ratio = (o.strike / o.fwd)[short]
+            pts = (ratio[:, None] * np.exp(j[None, :] * sd[short, None]) - 1.0).ravel()
+            up.append(pts[(pts > 0.0) & (pts < max_move)])
+            down.append(-pts[(pts < 0.0) & (pts > -max_move)])
+    return np.unique(np.concatenate(down)), np.unique(np.concatenate(up))
+
+
+def _first_crossings(
+    g: tuple[FloatArray, FloatArray],
+    grids: tuple[FloatArray, FloatArray],
+    headroom: FloatArray,
+) -> tuple[BoolArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Per direction and book, the first scan point with ``g <= 0`` and the cell before it.
+
+    ``g[d]`` has shape ``(len(grids[d]), k)``. Returns ``reach``, ``lo``, ``hi``, ``g(lo)``,
+    ``g(hi)``, each ``(2, k)``; ``lo`` is 0 (where ``g`` is the headroom) for the first cell.
+    """
+    k = headroom.shape[0]
+    out = np.zeros((5, 2, k))
+    for d in (0, 1):  # two directions, not a loop over data
+        gd, grid = g[d], grids[d]
+        below = gd <= 0.0  # NaN headroom compares False
+        first = np.argmax(below, axis=0)  # (k,)
+        prev = np.maximum(first - 1, 0)
+        cols = np.arange(k)
+        out[0, d] = below.any(axis=0)
+        out[1, d] = np.where(first > 0, grid[prev], 0.0)
+        out[2, d] = grid[first]
+        out[3, d] = np.where(first > 0, gd[prev, cols], headroom)
+        out[4, d] = gd[first, cols]
+    return out[0].astype(bool), out[1], out[2], out[3], out[4]
+
+
 def _basket_sigma(
     cov: npt.ArrayLike, exposure: npt.ArrayLike, held: BoolArray, n: int, k: int
 ) -> FloatArray:
@@ -890,9 +943,12 @@ def distance_to_call(
     tol
         Accuracy of the returned move.
     grid_points
-        Scan points per direction (:func:`_move_grid`). A crossing that goes below and
-        back above maintenance margin between two scan points is not seen; the scan finds
-        the first scan point at or below it and the root is refined in the cell before.
+        Base scan points per direction (:func:`_move_grid`), to which :func:`_scan_moves`
+        adds each short-dated option's strike and moves within two of its sds, spaced by
+        half an sd. The scan finds the first point at or below maintenance margin and the
+        root is refined in the cell before: the move is the smallest one unless the book's
+        P&L dips below and back within one cell, which the added points rule out for
+        options (the P&L of an option bends over a width of about its sd).
 
     Returns
     -------
@@ -900,7 +956,8 @@ def distance_to_call(
 
     Notes
     -----
-    Scan: ``2 x grid_points`` moves x ``i`` instruments, one matrix product into the books.
+    Scan: ``2 x grid_points`` moves (plus 9 per short-dated option, deduplicated) x ``i``
+    instruments, one matrix product into the books.
     Refinement: safeguarded Newton (bisection whenever a Newton step leaves the bracket) on
     the books' (instrument, book) pairs, all books and both directions at once, the
     derivative from Black-76 delta; typically 4-6 iterations.
@@ -930,11 +987,11 @@ def distance_to_call(
     sigma_1d = _basket_sigma(cov, exposure, held.T, n, k)
 
     # -- scan: g(move) = headroom + P&L(move) on the grid, both directions ---------------
-    grid = _move_grid(max_move, grid_points)  # (G,)
+    grids = _scan_moves(max_move, grid_points, o)  # (down magnitudes, up moves)
     sign = np.array([-1.0, 1.0])
-    moves = (sign[:, None] * grid[None, :]).reshape(-1)  # (2G,): down then up
+    moves = np.concatenate([-grids[0], grids[1]])  # down then up
     lin_tot = lin.sum(axis=0)  # (k,): uniform move, so the linear P&L is lin_tot * move
-    pnl = moves[:, None] * lin_tot[None, :]  # (2G, k)
+    pnl = moves[:, None] * lin_tot[None, :]  # (moves, k)
     if o is not None and has_opt:
         sd0 = o.vol * np.sqrt(o.t)
         r = np.log1p(moves)
@@ -944,17 +1001,10 @@ def distance_to_call(
             v = _values(np.repeat(r[:, None], width, axis=1), o, c, sd0[c])
             v -= base
             pnl += v @ o.qty[c]
-    g = (headroom[None, :] + pnl).reshape(2, grid_points, k)
-    below = g <= 0.0  # NaN headroom compares False
-    reach = below.any(axis=1)  # (2, k)
-    first = np.argmax(below, axis=1)  # (2, k)
-    hi = grid[first]
-    lo = np.where(first > 0, grid[np.maximum(first - 1, 0)], 0.0)
-    g_hi = np.take_along_axis(g, first[:, None, :], axis=1)[:, 0, :]
-    g_lo = np.where(
-        first > 0,
-        np.take_along_axis(g, np.maximum(first - 1, 0)[:, None, :], axis=1)[:, 0, :],
-        headroom[None, :],
+    g_all = headroom[None, :] + pnl
+    split = grids[0].size
+    reach, lo, hi, g_lo, g_hi = _first_crossings(
+        (g_all[:split], g_all[split:]), grids, headroom
     )
     called = valid & (headroom <= 0.0)
     reach &= valid[None, :]
