@@ -12,12 +12,14 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import norm
+from scipy.optimize import brentq
 
 from monitor.quant.margin import (
     CurrencyParams,
     LinearPositions,
     MarginSettings,
+    distance_to_call,
+    distance_to_call_model,
     params_from_model_params,
     portfolio_margin,
 )
@@ -31,14 +33,18 @@ OPTIONS = [(-10.0, 66_000.0, 30.0, True), (5.0, 60_000.0, 7.0, False)]
 PERP_USD = -100_000.0  # short 100,000 USD of BTC-PERPETUAL (inverse)
 
 
+def ncdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
 def b76(f: float, k: float, t: float, sigma: float, call: bool) -> tuple[float, float]:
     """Black-76 price (USD) and delta, by hand."""
     sd = sigma * math.sqrt(t)
     d1 = (math.log(f / k) + 0.5 * sd * sd) / sd
     d2 = d1 - sd
     if call:
-        return f * norm.cdf(d1) - k * norm.cdf(d2), norm.cdf(d1)
-    return k * norm.cdf(-d2) - f * norm.cdf(-d1), norm.cdf(d1) - 1.0
+        return f * ncdf(d1) - k * ncdf(d2), ncdf(d1)
+    return k * ncdf(-d2) - f * ncdf(-d1), ncdf(d1) - 1.0
 
 
 def shocked(sigma: float, days: float, state: str) -> float:
@@ -52,36 +58,38 @@ def shocked(sigma: float, days: float, state: str) -> float:
     return sigma
 
 
-def coin_pnl(move: float, state: str) -> float:
-    """The book's P&L in BTC when BTC moves by ``move`` and vol goes ``state``."""
-    s1 = S0 * (1.0 + move)
-    pnl = PERP_USD * (1.0 / S0 - 1.0 / s1)  # inverse perpetual: N (1/S0 - 1/S1)
+def coin_pnl(move: float, state: str, s0: float = S0) -> float:
+    """The book's P&L in BTC when BTC moves from ``s0`` by ``move`` and vol goes
+    ``state``."""
+    s1 = s0 * (1.0 + move)
+    pnl = PERP_USD * (1.0 / s0 - 1.0 / s1)  # inverse perpetual: N (1/S0 - 1/S1)
     for q, k, days, call in OPTIONS:
-        v0 = b76(S0, k, days / 365.0, IV, call)[0] / S0
+        v0 = b76(s0, k, days / 365.0, IV, call)[0] / s0
         v1 = b76(s1, k, days / 365.0, shocked(IV, days, state), call)[0] / s1
         pnl += q * (v1 - v0)
     return pnl
 
 
-def worked_example_by_hand() -> dict[str, float]:
+def worked_example_by_hand(s0: float = S0) -> dict[str, float]:
+    """Every component of the model, in BTC, with BTC (index and forwards) at ``s0``."""
     pr = 0.16
     vector: list[float] = []
     for j in range(-4, 5):
         for state in ("up", "same", "down"):
-            vector.append(coin_pnl(pr * j / 4.0, state))
+            vector.append(coin_pnl(pr * j / 4.0, state, s0))
     for m in (-0.66, -0.33, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0):
         side = math.copysign(1.0, m)
-        weighted = coin_pnl(m, "up") * pr / abs(m) * (1.0 + m) / (1.0 + side * pr)
-        damp = (abs(m) / pr - 1.0) * 100_000.0 / ((1.0 + side * pr) * S0)
+        weighted = coin_pnl(m, "up", s0) * pr / abs(m) * (1.0 + m) / (1.0 + side * pr)
+        damp = (abs(m) / pr - 1.0) * 100_000.0 / ((1.0 + side * pr) * s0)
         vector.append(math.copysign(max(abs(weighted) - damp, 0.0), weighted))
     worst = max(0.0, -min(vector))
     # Roll shock: every expiry's net coin delta at max(1%, exp(7.5% d/365) - 1), the
     # perpetual at 1%. Coin delta of an inverse option: delta - value / forward.
-    roll = 0.01 * abs(PERP_USD / S0)
+    roll = 0.01 * abs(PERP_USD / s0)
     for q, k, days, call in OPTIONS:
-        v, d = b76(S0, k, days / 365.0, IV, call)
+        v, d = b76(s0, k, days / 365.0, IV, call)
         factor = max(0.01, math.exp(0.075 * days / 365.0) - 1.0)
-        roll += factor * abs(q * (d - v / S0))
+        roll += factor * abs(q * (d - v / s0))
     rmm = worst + roll  # delta shock 0: 7 BTC of delta is far below 20M USD
     return {"worst_case": worst, "roll_shock": roll, "rmm": rmm, "mm": 0.8 * rmm}
 
@@ -308,3 +316,48 @@ def test_roll_shock_of_a_long_dated_future_uses_the_annualised_move() -> None:
     settings = MarginSettings(currencies={"BTC": CurrencyParams(0.01, 0.075, 100_000.0)})
     (btc,) = portfolio_margin(linear, None, np.array([40_000.0]), ["BTC"], settings).currencies
     assert btc.roll_shock[0] == pytest.approx(3.0 * (math.exp(0.075 * t) - 1.0), rel=1e-12)
+
+
+def test_distance_with_recomputed_maintenance_margin_matches_brute_force() -> None:
+    """Worked example with 150,000 USD equity: the call upward with the model's MM
+    recomputed at each moved price, against a fine scan and Brent's root of the hand
+    computation; holding today's MM instead puts the call further away."""
+    equity = 150_000.0
+
+    def usd_pnl(m: float) -> float:
+        pnl = PERP_USD * m
+        for q, k, days, call in OPTIONS:
+            t = days / 365.0
+            pnl += q * (b76(S0 * (1.0 + m), k, t, IV, call)[0] - b76(S0, k, t, IV, call)[0])
+        return pnl
+
+    def g(m: float) -> float:
+        s1 = S0 * (1.0 + m)
+        return equity + usd_pnl(m) - worked_example_by_hand(s1)["mm"] * s1
+
+    def first_root(sign: float) -> float:
+        prev = 0.0
+        for j in range(1, 601):
+            x = 0.0005 * j
+            if g(sign * x) <= 0.0:
+                return float(brentq(lambda y: g(sign * y), prev, x, xtol=1e-12))
+            prev = x
+        return math.nan
+
+    up = first_root(1.0)
+    down = first_root(-1.0)
+    linear, options = worked_example_book()
+    lin_usd = np.array([[PERP_USD]])
+    d = distance_to_call_model([equity], lin_usd, options, linear, [S0], ["BTC"])
+    assert d.maintenance_margin_usd[0] == pytest.approx(worked_example_by_hand()["mm"] * S0)
+    assert d.reachable_up[0]
+    assert d.up[0] == pytest.approx(up, abs=1e-6)
+    if math.isnan(down):
+        assert not d.reachable_down[0]
+        assert math.isnan(d.down[0])
+    else:
+        assert d.down[0] == pytest.approx(down, abs=1e-6)
+    held = distance_to_call(
+        [equity], d.maintenance_margin_usd, lin_usd, options, np.array([[0.36]]), [[1.0]]
+    )
+    assert held.up[0] > d.up[0] + 0.01  # short gamma: holding MM overstates the distance

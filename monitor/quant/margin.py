@@ -60,7 +60,7 @@ Distance to a margin call
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Final, Literal
 
@@ -1003,9 +1003,7 @@ def distance_to_call(
             pnl += v @ o.qty[c]
     g_all = headroom[None, :] + pnl
     split = grids[0].size
-    reach, lo, hi, g_lo, g_hi = _first_crossings(
-        (g_all[:split], g_all[split:]), grids, headroom
-    )
+    reach, lo, hi, g_lo, g_hi = _first_crossings((g_all[:split], g_all[split:]), grids, headroom)
     called = valid & (headroom <= 0.0)
     reach &= valid[None, :]
     reach |= called[None, :]
@@ -1706,3 +1704,204 @@ def params_from_model_params(
         price_steps=base.price_steps if buckets is None else int(buckets),
         parameters_source="venue",
     )
+
+
+# -- distance to a call with the model's maintenance margin recomputed ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDistance:
+    """Distance to a call with riskmon's maintenance margin recomputed at every move,
+    arrays ``(k,)`` (as :class:`DistanceToCall`: positive fractions, NaN where no move
+    within ``max_move`` reaches a call or equity is unknown).
+
+    Attributes
+    ----------
+    down, up
+        Smallest uniform move at which ``equity + P&L(move) <= MM_model(move)``.
+    reachable_down, reachable_up
+        The call is reached within ``max_move`` (including already called).
+    maintenance_margin_usd
+        ``MM_model`` today (move 0), USD.
+    """
+
+    down: FloatArray
+    up: FloatArray
+    reachable_down: BoolArray
+    reachable_up: BoolArray
+    maintenance_margin_usd: FloatArray
+
+
+_REGULA_MAX_ITER: Final = 60
+
+
+def distance_to_call_model(
+    equity: npt.ArrayLike,
+    linear_usd: npt.ArrayLike,
+    options: OptionPositions | None,
+    linear: LinearPositions | None,
+    index_usd: npt.ArrayLike,
+    underlyings: Sequence[str],
+    settings: MarginSettings | None = None,
+    max_move: float = 0.9,
+    *,
+    tol: float = 1e-7,
+    grid_points: int = 16,
+) -> ModelDistance:
+    """Smallest uniform move, down and up, at which equity reaches the model's margin.
+
+    ``g(m) = equity + P&L(m) - MM(m)``: ``P&L`` by full revaluation in USD (every forward
+    and index price times ``1 + m``, IV held, time not advanced), ``MM(m)`` the
+    :func:`portfolio_margin` maintenance margin in USD of the book at the moved prices
+    (the vol shocks apply to the held IVs; an inverse contract keeps its USD size, so its
+    coin quantity becomes ``N / S1``).
+
+    Parameters
+    ----------
+    equity
+        Shape ``(k,)``, USD (NaN = unknown: no figure).
+    linear_usd
+        Shape ``(n, k)``: USD value of the linear positions (their P&L is ``value x m``).
+    options, linear
+        As :func:`portfolio_margin` (``options`` also carries the option P&L).
+    index_usd, underlyings, settings
+        As :func:`portfolio_margin`.
+    max_move
+        Search bound, fraction in (0, 1).
+    tol
+        Accuracy of the returned move.
+    grid_points
+        Base scan points per direction; short-dated options add points as in
+        :func:`distance_to_call`.
+
+    Notes
+    -----
+    ``MM(m)`` is a maximum over scenarios, so ``g`` is continuous with kinks: a scan finds
+    the first point with ``g <= 0`` and the Illinois variant of regula falsi (bisection
+    when it stalls) refines it, all books and both directions at once. Each evaluation
+    revalues every option a book holds in the 35 scenarios.
+    """
+    s = settings or MarginSettings()
+    if not 0.0 < max_move < 1.0:
+        raise ValueError(f"max_move must be in (0, 1), got {max_move}")
+    lin_usd = np.asarray(linear_usd, dtype=np.float64)
+    if lin_usd.ndim != 2:
+        raise ValueError(f"linear_usd must be 2-D (n, k), got shape {lin_usd.shape}")
+    n, k = lin_usd.shape
+    lin_usd = _linear(lin_usd, n)
+    names = tuple(underlyings)
+    if len(names) != n:
+        raise ValueError(f"{len(names)} underlying names for {n} underlyings")
+    eq = np.asarray(equity, dtype=np.float64)
+    if eq.shape != (k,):
+        raise ValueError(f"equity must have shape ({k},)")
+    index = np.asarray(index_usd, dtype=np.float64)
+    if index.shape != (n,):
+        raise ValueError(f"index_usd must have shape ({n},), got {index.shape}")
+    o = _prepare(options, n, k)
+    o_inv = _inverse_rows(options, o)
+    l_rows, l_cols, lpos = _linear_entries(linear, n, k)
+    p = _params(s, names)
+    lin_tot = lin_usd.sum(axis=0)
+
+    def g_and_mm(books: IntArray, moves: FloatArray) -> tuple[FloatArray, FloatArray]:
+        cols = books.size
+        if cols == 0:
+            return np.zeros(0), np.zeros(0)
+        scale = 1.0 + moves
+        ent = _entries_for(o, o_inv, lpos, l_rows, l_cols, books, scale)
+        cols_index = index[None, :] * scale[:, None]
+        worst, _, roll, dshock, _, _ = _pm_core(ent, cols_index, p, s, cols)
+        to_usd = np.stack([np.ones_like(cols_index), cols_index], axis=-1)
+        mm = s.mm_factor * ((worst + roll + dshock) * to_usd).sum(axis=(1, 2))
+        pnl = lin_tot[books] * moves
+        eo = ent.o
+        if eo.size:
+            f1 = eo.fwd
+            f0 = f1 / scale[ent.o_col]
+            dv = black76(f1, eo.strike, eo.t, eo.vol, eo.call).price
+            dv -= black76(f0, eo.strike, eo.t, eo.vol, eo.call).price
+            pnl += np.bincount(ent.o_col, weights=eo.qty[:, 0] * dv, minlength=cols)
+        return eq[books] + pnl - mm, mm
+
+    all_books = np.arange(k, dtype=np.int64)
+    g0, mm0 = g_and_mm(all_books, np.zeros(k))
+    valid = np.isfinite(g0)
+    called = valid & (g0 <= 0.0)
+    live = np.flatnonzero(valid & ~called)
+    grids = _scan_moves(max_move, grid_points, o)
+    dist = np.full((2, k), np.nan)
+    dist[:, called] = 0.0
+    reach = np.zeros((2, k), dtype=bool)
+    reach[:, called] = True
+    for d, sgn in ((0, -1.0), (1, 1.0)):  # two directions, not a loop over data
+        grid = grids[d]
+        if live.size == 0 or grid.size == 0:
+            continue
+        books = np.repeat(live, grid.size)
+        mv = np.tile(sgn * grid, live.size)
+        g = g_and_mm(books, mv)[0].reshape(live.size, grid.size).T  # (G, live)
+        r, lo, hi, g_lo, g_hi = _first_crossings((g, g), (grid, grid), g0[live])
+        hit = np.flatnonzero(r[0])
+        reach[d, live[hit]] = True
+        if hit.size:
+            dist[d, live[hit]] = _regula_falsi(
+                lambda b, x, sg=sgn: g_and_mm(b, sg * x)[0],
+                live[hit],
+                lo[0, hit],
+                hi[0, hit],
+                g_lo[0, hit],
+                g_hi[0, hit],
+                tol,
+            )
+    return ModelDistance(
+        down=dist[0],
+        up=dist[1],
+        reachable_down=reach[0],
+        reachable_up=reach[1],
+        maintenance_margin_usd=mm0,
+    )
+
+
+def _regula_falsi(
+    g: Callable[[IntArray, FloatArray], FloatArray],
+    books: IntArray,
+    a: FloatArray,
+    b: FloatArray,
+    ga: FloatArray,
+    gb: FloatArray,
+    tol: float,
+) -> FloatArray:
+    """Root of ``g(book, x)`` in ``(a, b]`` with ``g(a) > 0 >= g(b)``, per book (Illinois
+    regula falsi; a bisection step whenever the bracket shrinks by less than half)."""
+    a, b, ga, gb = a.copy(), b.copy(), ga.copy(), gb.copy()
+    active = np.ones(books.size, dtype=bool)
+    side = np.zeros(books.size, dtype=np.int64)  # which end was kept last: -1 a, +1 b
+    bisect = np.zeros(books.size, dtype=bool)
+    for _ in range(_REGULA_MAX_ITER):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        aa, bb, fa, fb = a[idx], b[idx], ga[idx], gb[idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = bb - fb * (bb - aa) / (fb - fa)
+        mid = 0.5 * (aa + bb)
+        x = np.where(np.isfinite(x) & (x > aa) & (x < bb) & ~bisect[idx], x, mid)
+        fx = g(books[idx], x)
+        pos = fx > 0.0
+        width = bb - aa
+        # Illinois: halve the function value at the end kept twice in a row.
+        keep_b = pos & (side[idx] == 1)
+        keep_a = ~pos & (side[idx] == -1)
+        fb = np.where(keep_b, 0.5 * fb, fb)
+        fa = np.where(keep_a, 0.5 * fa, fa)
+        aa, fa = np.where(pos, x, aa), np.where(pos, fx, fa)
+        bb, fb = np.where(pos, bb, x), np.where(pos, fb, fx)
+        side[idx] = np.where(pos, 1, -1)
+        # A step that did not halve the bracket is followed by a bisection, so the
+        # bracket at least halves every two steps.
+        bisect[idx] = (bb - aa) > 0.5 * width
+        a[idx], b[idx], ga[idx], gb[idx] = aa, bb, fa, fb
+        done = (bb - aa <= tol) | (fx == 0.0)
+        active[idx[done]] = False
+    return b
