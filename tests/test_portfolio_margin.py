@@ -50,7 +50,7 @@ def b76(f: float, k: float, t: float, sigma: float, call: bool) -> tuple[float, 
 def shocked(sigma: float, days: float, state: str) -> float:
     """Deribit's vol shock of an option ``days`` from expiry (BTC parameters)."""
     power = 0.3 if days < 30.0 else 0.13
-    scale = (30.0 / max(days, 1.0)) ** power
+    scale = math.pow(30.0 / max(days, 1.0), power)
     if state == "up":
         return max(sigma * (1.0 + 0.5 * scale), 0.5)
     if state == "down":

@@ -62,6 +62,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from typing import Final, Literal
 
 import numpy as np
@@ -1824,6 +1825,9 @@ def distance_to_call_model(
             pnl += np.bincount(ent.o_col, weights=eo.qty[:, 0] * dv, minlength=cols)
         return eq[books] + pnl - mm, mm
 
+    def g_signed(sign: float, books: IntArray, x: FloatArray) -> FloatArray:
+        return g_and_mm(books, sign * x)[0]
+
     all_books = np.arange(k, dtype=np.int64)
     g0, mm0 = g_and_mm(all_books, np.zeros(k))
     valid = np.isfinite(g0)
@@ -1846,7 +1850,7 @@ def distance_to_call_model(
         reach[d, live[hit]] = True
         if hit.size:
             dist[d, live[hit]] = _regula_falsi(
-                lambda b, x, sg=sgn: g_and_mm(b, sg * x)[0],
+                partial(g_signed, sgn),
                 live[hit],
                 lo[0, hit],
                 hi[0, hit],
