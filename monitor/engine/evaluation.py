@@ -33,7 +33,17 @@ from monitor.model.snapshot import (
     RiskSnapshot,
 )
 from monitor.quant.estimator import RollingEstimator
-from monitor.quant.margin import MarginSettings, distance_to_call, scenario_margin, stress_pnl
+from monitor.quant.margin import (
+    LinearPositions,
+    MarginSettings,
+    ModelDistance,
+    PortfolioMargin,
+    distance_to_call,
+    distance_to_call_model,
+    portfolio_margin,
+    scenario_margin,
+    stress_pnl,
+)
 from monitor.quant.regime import RegimeBaselines, RegimeFigures, regime_figures, vol_ratio
 from monitor.quant.risk import (
     book_risk,
@@ -139,6 +149,9 @@ class Evaluator:
                 list(registry.underlyings),
                 horizon,
                 as_of_ms,
+                _MarginInputs(
+                    _linear_positions(book, registry, prices.price, as_of_ms), prices.price.copy()
+                ),
             )
             if self._executor is None:
                 self._full, self._margin_model = job()
@@ -254,11 +267,12 @@ class Evaluator:
         underlyings: list[str],
         horizon: float,
         as_of_ms: int,
+        inputs: _MarginInputs,
     ) -> _ScenarioResults:
         """Full-revaluation VaR, scenario margin and distance to call: the slow clock's work."""
         return (
             self._full_revaluation(values, cov, horizon, as_of_ms),
-            self._margin_models(values, cov, venue, underlyings, as_of_ms),
+            self._margin_models(values, cov, venue, underlyings, as_of_ms, inputs),
         )
 
     def _margin_models(
@@ -268,18 +282,33 @@ class Evaluator:
         venue: Mapping[str, AccountState],
         underlyings: list[str],
         as_of_ms: int,
+        inputs: _MarginInputs,
     ) -> dict[str, dict[str, Any]]:
-        """Scenario margin and distance to a margin call of every account (scenario clock).
+        """Scenario margin, the portfolio-margin model and distance to a margin call of
+        every account (scenario clock).
 
         Distance to a call needs the venue's equity and maintenance margin (held fixed while
-        the underlyings move, IV held); without them it is ``None``, never a guess.
+        the underlyings move, IV held; and riskmon's model margin recomputed at each move);
+        without them it is ``None``, never a guess.
         """
         names = values.account_names
         if not names:
             return {}
         s = self.settings
         lin = values.linear_usd.T  # (n_und, k)
-        sm = scenario_margin(lin, values.options, s.margin, underlyings)
+        pm = portfolio_margin(
+            inputs.linear,
+            values.options,
+            inputs.index,
+            underlyings,
+            s.margin,
+            n_books=len(names),
+        )
+        if s.margin.aggregation == "per_currency":
+            sm_usd, sm_names = pm.worst_case_usd, _worst_names(pm)
+        else:
+            sm = scenario_margin(lin, values.options, s.margin, underlyings)
+            sm_usd, sm_names = sm.margin_usd, list(sm.worst_scenario)
         nan = math.nan
         equity = np.array([venue[a].equity if a in venue else nan for a in names])
         mm = np.array(
@@ -294,6 +323,16 @@ class Evaluator:
         dc = distance_to_call(
             equity, mm, lin, values.options, cov, values.exposure, max_move=s.max_move
         )
+        dm = distance_to_call_model(
+            np.where(dc.valid, equity, np.nan),
+            lin,
+            values.options,
+            inputs.linear,
+            inputs.index,
+            underlyings,
+            s.margin,
+            max_move=s.max_move,
+        )
         out: dict[str, dict[str, Any]] = {}
         for j, name in enumerate(names):
             distance = None
@@ -306,12 +345,15 @@ class Evaluator:
                         "down": bool(dc.reachable_down[j]),
                         "up": bool(dc.reachable_up[j]),
                     },
+                    "recomputed": _recomputed(dm, dc.sigma_1d[j], j),
                 }
             out[name] = {
-                "scenario_margin": float(sm.margin_usd[j]),
-                "worst_scenario": sm.worst_scenario[j],
+                "scenario_margin": _opt(sm_usd[j]),
+                "worst_scenario": sm_names[j],
                 "distance_to_call": distance,
                 "scenarios_as_of": iso_ms(as_of_ms),
+                "model": _model_report(pm, j),
+                "model_maintenance_margin_usd": _opt(pm.maintenance_margin_usd[j]),
             }
         return out
 
@@ -436,7 +478,117 @@ def _margin(
             "worst_scenario": None,
             "distance_to_call": None,
             "scenarios_as_of": None,
+            "model": {},
+            "model_maintenance_margin_usd": None,
         }
+    )
+    ours, venue_mm = margin["model_maintenance_margin_usd"], margin["maintenance_margin"]
+    margin["model_to_venue_mm"] = (
+        _opt(ours / venue_mm)
+        if ours is not None and venue_mm is not None and venue_mm > 0.0
+        else None
     )
     margin["stresses"] = dict(stresses or {})
     return margin
+
+
+@dataclass(frozen=True, slots=True)
+class _MarginInputs:
+    """What the portfolio-margin model needs beyond :class:`BookValues`: the linear
+    positions with expiry and settlement, and the index prices (USD, registry order)."""
+
+    linear: LinearPositions | None
+    index: FloatArray
+
+
+def _linear_positions(
+    book: Book, registry: InstrumentRegistry, index: FloatArray, as_of_ms: int
+) -> LinearPositions | None:
+    """Spot, perpetual and future positions per instrument x account, in underlying units
+    (an inverse contract's USD size over today's index price), for the margin model.
+    Positions whose underlying has no index price are left out, as in ``linear_usd``."""
+    if book.size == 0:
+        return None
+    i = book.instrument
+    kind = registry.column("kind_code")[i]
+    keep = np.flatnonzero((kind != _OPTION_KIND) & np.isfinite(index[book.underlying]))
+    if keep.size == 0:
+        return None
+    uniq, first, row = np.unique(i[keep], return_index=True, return_inverse=True)
+    qty = np.zeros((uniq.size, len(book.accounts)))
+    mult = np.asarray(registry.column("multiplier")[i[keep]], dtype=np.float64)
+    np.add.at(qty, (row.reshape(-1), book.account[keep]), book.quantity[keep] * mult)
+    expiry = registry.column("expiry_ms")[uniq].astype(np.float64)
+    ukind = kind[keep][first]
+    return LinearPositions(
+        underlying=book.underlying[keep][first],
+        quantity=qty,
+        t=np.where(ukind == _FUTURE_KIND, np.maximum(expiry - as_of_ms, 0.0) / MS_PER_YEAR, np.nan),
+        inverse=np.asarray(registry.column("inverse")[uniq], dtype=bool),
+        rolls=(ukind == _FUTURE_KIND) | (ukind == _PERPETUAL_KIND),
+    )
+
+
+def _worst_names(pm: PortfolioMargin) -> list[str | None]:
+    """Per book, the worst scenario of each currency with a loss, largest USD loss first:
+    ``"BTC -16% vol up + BTC +16% vol up (BTC-settled)"``."""
+    k = pm.worst_case_usd.shape[0]
+    out: list[str | None] = []
+    for b in range(k):  # names only: one string per book
+        parts = [
+            (c.worst_case[b] * c.usd_per_unit, c.worst_scenario[b], c.currency)
+            for c in pm.currencies
+            if c.worst_scenario[b] is not None
+        ]
+        parts.sort(key=lambda p: -p[0])
+        out.append(
+            " + ".join(
+                str(name) if cur == "USD" else f"{cur} {name} ({cur}-settled)"
+                for _, name, cur in parts
+            )
+            or None
+        )
+    return out
+
+
+def _model_report(pm: PortfolioMargin, j: int) -> dict[str, dict[str, Any]]:
+    """``margin.model``: per settlement currency the book holds, each component in the
+    currency's unit and in USD."""
+    out: dict[str, dict[str, Any]] = {}
+    for c in pm.currencies:
+        if not c.held[j]:
+            continue
+        fig: dict[str, Any] = {"unit": c.currency, "worst_scenario": c.worst_scenario[j]}
+        for key in _MODEL_KEYS:
+            v = float(getattr(c, key)[j])
+            fig[key] = _opt(v)
+            fig[f"{key}_usd"] = _opt(v * c.usd_per_unit)
+        fig["parameters_source"] = pm.parameters_source
+        out[c.currency] = fig
+    return out
+
+
+def _recomputed(dm: ModelDistance, sigma_1d: float, j: int) -> dict[str, Any]:
+    """The distance with riskmon's model margin recomputed along the move."""
+    down, up = float(dm.down[j]), float(dm.up[j])
+    known = math.isfinite(sigma_1d) and sigma_1d > 0.0
+    sig_down = abs(math.log1p(-down)) / sigma_1d if known and down < 1.0 else math.nan
+    sig_up = abs(math.log1p(up)) / sigma_1d if known else math.nan
+    return {
+        "down": _opt(down),
+        "up": _opt(up),
+        "sigmas": {"down": _opt(sig_down), "up": _opt(sig_up)},
+        "reachable": {"down": bool(dm.reachable_down[j]), "up": bool(dm.reachable_up[j])},
+    }
+
+
+_MODEL_KEYS: Final = (
+    "worst_case",
+    "roll_shock",
+    "delta_shock",
+    "risk_matrix_margin",
+    "maintenance_margin",
+)
+_OPTION_KIND: Final = 4
+_FUTURE_KIND: Final = 3
+_PERPETUAL_KIND: Final = 2

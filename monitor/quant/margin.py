@@ -1512,6 +1512,8 @@ def portfolio_margin(
     index_usd: npt.ArrayLike,
     underlyings: Sequence[str],
     settings: MarginSettings | None = None,
+    *,
+    n_books: int | None = None,
 ) -> PortfolioMargin:
     """Deribit-style portfolio margin per settlement currency (module notes), per book.
 
@@ -1528,6 +1530,8 @@ def portfolio_margin(
         The ``n`` names; a coin-settled currency is named after its underlying.
     settings
         Parameters (defaults: Deribit's published values).
+    n_books
+        ``k``, needed when neither ``linear`` nor ``options`` is given.
 
     Returns
     -------
@@ -1541,7 +1545,7 @@ def portfolio_margin(
     index = np.asarray(index_usd, dtype=np.float64)
     if index.shape != (n,):
         raise ValueError(f"index_usd must have shape ({n},), got {index.shape}")
-    k = _book_count(linear, options)
+    k = _book_count(linear, options) if n_books is None else n_books
     o = _prepare(options, n, k)
     o_inv = _inverse_rows(options, o)
     l_rows, l_cols, lin = _linear_entries(linear, n, k)
