@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.optimize import brentq
 
+from monitor.config import load_config
+from monitor.daemon import risk_settings
 from monitor.quant.margin import (
     CurrencyParams,
     LinearPositions,
@@ -361,3 +364,21 @@ def test_distance_with_recomputed_maintenance_margin_matches_brute_force() -> No
         [equity], d.maintenance_margin_usd, lin_usd, options, np.array([[0.36]]), [[1.0]]
     )
     assert held.up[0] > d.up[0] + 0.01  # short gamma: holding MM overstates the distance
+
+
+def test_config_overrides_merge_over_the_published_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "riskmon.toml"
+    path.write_text(
+        "[margin]\nmm_factor = 0.75\n"
+        "[margin.currencies.BTC]\nextended_dampener = 50000.0\n"
+        "[margin.underlyings.ETH]\nprice_range = 0.2\n",
+        encoding="utf-8",
+    )
+    m = risk_settings(load_config(path, env={})).margin
+    assert m.mm_factor == 0.75
+    assert m.currencies["BTC"] == CurrencyParams(0.01, 0.075, 50_000.0)
+    assert m.currencies["ETH"] == CurrencyParams(0.005, 0.05, 200_000.0)  # kept
+    assert m.currencies["USD"] == CurrencyParams(0.01, 0.1, 25_000.0)
+    assert m.underlyings["ETH"].price_range == 0.2
+    assert m.underlyings["ETH"].vol_range_up == 0.4  # the built-in ETH value stays
+    assert m.aggregation == "per_currency"
