@@ -1013,9 +1013,9 @@ def margin() -> dash.Dashboard:
             "Model maintenance margin vs the venue's",
             "riskmon's portfolio-margin model (Deribit's recipe per settlement currency: worst "
             "case + roll shock + delta shock, x mm_factor) over the venue's maintenance margin "
-            "(1 = agreement). Far from 1 is a model or data problem: compare margin.model in "
-            "the report with the venue. Unit: ratio.",
-            "none",
+            "(100% = agreement). Far from 100% is a model or data problem: compare margin.model in "
+            "the report with the venue. Unit: % (100% = agreement).",
+            "percentunit",
             [Q(f"riskmon_account_model_to_venue_mm_ratio{{{ACC}}}", "{{account}}")],
             thresholds=[(None, ORANGE), (0.8, GREEN), (1.25, ORANGE)],
             minimum=0,
