@@ -1282,7 +1282,7 @@ def _subset_options(o: _Options, rows: IntArray, scale: FloatArray, qty: FloatAr
         call=o.call[rows],
         w=o.w[rows],
         lnfk=np.log(fwd / o.strike[rows]),
-        qty=qty[:, None],
+        qty=qty if qty.ndim == 2 else qty[:, None],
         unpriced=0,
     )
 
@@ -1316,20 +1316,27 @@ def _pm_core(
     s: MarginSettings,
     n_cols: int,
 ) -> tuple[FloatArray, IntArray, FloatArray, FloatArray, BoolArray, FloatArray]:
-    """The model on entries: per (column, underlying, settlement) ``(P, n, 2)``.
+    """The model on entries: per (column, book, underlying, settlement) ``(P, K, n, 2)``.
 
-    ``index`` has shape ``(P, n)``: each column's index prices, USD. Returns the worst case,
-    its scenario index, roll shock and delta shock (settlement units), whether the pair is
-    held, and the scenario moves ``(m, n)``.
+    Entries carry one quantity column per book (``K`` of them, shared by every column);
+    ``index`` has shape ``(P, n)``: each column's index prices, USD. Returns the worst
+    case, its scenario index, roll shock and delta shock (settlement units), whether the
+    pair is held, and the scenario moves ``(m, n)``.
     """
     n = index.shape[1]
+    n_books = e.o.qty.shape[1]
     moves, vol_state, extended, weights = _pm_scenarios(p, s)
     m = moves.shape[0]
-    size = n_cols * n * 2
+    size = n_cols * n_books * n * 2
     agg = np.zeros((size, m))
     o = e.o
     ne = o.size
-    delta_o = np.zeros(ne)
+    o_rows, o_books = np.nonzero(o.qty)  # row-major: sorted by entry
+    o_pair = ((e.o_col[o_rows] * n_books + o_books) * n + o.und[o_rows]) * 2 + e.o_inv[
+        o_rows
+    ].astype(np.int64)
+    o_q = o.qty[o_rows, o_books]
+    unit_o = np.zeros(ne)
     if ne:
         u = o.und
         sig = o.vol
@@ -1341,84 +1348,90 @@ def _pm_core(
         sd_states = np.stack([up, sig, down]) * np.sqrt(o.t)  # (3, e)
         state_row = 1 - vol_state
         sd0 = sig * np.sqrt(o.t)
-        key = (e.o_col * n + u) * 2 + e.o_inv.astype(np.int64)
-        qty = o.qty[:, 0]
         for c in _chunks(m, ne):
             width = c.stop - c.start
             base = _values(np.zeros((1, width)), o, c, sd0[c])
             r = np.log1p(moves[:, u[c]])
-            growth = np.exp(r) if e.o_inv[c].any() else None
-            v = _values(r, o, c, sd_states[:, c][state_row])
             inv_c = e.o_inv[c]
+            growth = np.exp(r) if inv_c.any() else None
+            v = _values(r, o, c, sd_states[:, c][state_row])
             if growth is not None:  # coin value: USD value / the moved forward
                 fw = o.fwd[c]
                 v = np.where(inv_c, v / (fw * growth), v)
                 base = np.where(inv_c, base / fw, base)
             v -= base
-            mat = sparse.csr_array((qty[c], (key[c], np.arange(width))), shape=(size, width))
+            lo, hi = np.searchsorted(o_rows, [c.start, c.stop])
+            mat = sparse.csr_array(
+                (o_q[lo:hi], (o_pair[lo:hi], o_rows[lo:hi] - c.start)), shape=(size, width)
+            )
             agg += np.asarray(mat @ v.T)
         g = black76(o.fwd, o.strike, o.t, o.vol, o.call)
-        unit = np.where(e.o_inv, coin_delta(g.delta, g.price, o.fwd), g.delta)
-        delta_o = qty * unit
-    if e.l_und.size:
-        lu = e.l_und
-        mv = moves[:, lu]  # (m, j)
-        s_now = index[e.l_col, lu]
-        unit_pnl = np.where(e.l_inv[None, :], mv / (1.0 + mv), mv * s_now[None, :])
-        key = (e.l_col * n + lu) * 2 + e.l_inv.astype(np.int64)
-        mat = sparse.csr_array((e.l_qty, (key, np.arange(lu.size))), shape=(size, lu.size))
+        unit_o = np.where(e.o_inv, coin_delta(g.delta, g.price, o.fwd), g.delta)
+    l_rows, l_books = np.nonzero(e.l_qty)
+    lu = e.l_und[l_rows]
+    l_inv = e.l_inv[l_rows]
+    l_col = e.l_col[l_rows]
+    l_pair = ((l_col * n_books + l_books) * n + lu) * 2 + l_inv.astype(np.int64)
+    l_q = e.l_qty[l_rows, l_books]
+    if l_rows.size:
+        mv = moves[:, lu]  # (m, nonzeros)
+        s_now = index[l_col, lu]
+        unit_pnl = np.where(l_inv[None, :], mv / (1.0 + mv), mv * s_now[None, :])
+        mat = sparse.csr_array(
+            (l_q, (l_pair, np.arange(l_rows.size))), shape=(size, l_rows.size)
+        )
         agg += np.asarray(mat @ unit_pnl.T)
-    vec = agg.reshape(n_cols, n, 2, m) * np.moveaxis(weights, 0, -1)[None]
+    shape = (n_cols, n_books, n, 2)
+    vec = agg.reshape(*shape, m) * np.moveaxis(weights, 0, -1)[None, None]
 
     if s.dampener and extended.any():
         ext_m = moves[extended]  # (E, n)
-        beyond = np.maximum(np.abs(ext_m) / p.price_range - 1.0, 0.0)  # (E, n)
-        amt = np.empty((n_cols, n, 2, ext_m.shape[0]))
-        amt[:, :, 0, :] = (beyond.T * p.dampener[:, 0, None])[None]
+        beyond = np.maximum(np.abs(ext_m) / p.price_range - 1.0, 0.0).T  # (n, E)
+        amt = np.empty((n_cols, 1, n, 2, ext_m.shape[0]))
+        amt[:, 0, :, 0, :] = (beyond * p.dampener[:, 0, None])[None]
         coin_den = (1.0 + np.sign(ext_m) * p.price_range).T[None] * index[:, :, None]
-        amt[:, :, 1, :] = beyond.T[None] * p.dampener[None, :, 1, None] / coin_den
+        amt[:, 0, :, 1, :] = beyond[None] * p.dampener[None, :, 1, None] / coin_den
         x = vec[..., extended]
         vec[..., extended] = np.sign(x) * np.maximum(np.abs(x) - amt, 0.0)
 
-    loss = -vec  # (P, n, 2, m)
+    loss = -vec
     order = np.lexsort((vol_state != VOL_SAME, extended))
     top = loss.max(axis=-1)
     near = loss[..., order] >= (top - 1e-12 * np.abs(top))[..., None]
     worst_idx: IntArray = order[np.argmax(near, axis=-1)]
     worst = np.maximum(top, 0.0)
 
-    # Roll shock: net delta per (column, underlying, settlement, expiry).
-    d_all = np.concatenate([delta_o, e.l_qty])
-    und_all = np.concatenate([o.und, e.l_und])
-    inv_all = np.concatenate([e.o_inv, e.l_inv]).astype(np.int64)
-    col_all = np.concatenate([e.o_col, e.l_col])
-    t_all = np.concatenate([o.t, np.where(np.isfinite(e.l_t), e.l_t, -1.0)])
-    rolls = np.concatenate([np.ones(ne, dtype=bool), e.l_rolls])
-    pair = (col_all * n + und_all) * 2 + inv_all
-    delta_pair = np.bincount(pair, weights=d_all, minlength=size).reshape(n_cols, n, 2)
-    held = np.bincount(pair, minlength=size).reshape(n_cols, n, 2) > 0
+    # Roll shock: net delta per (column, book, underlying, settlement, expiry).
+    d_all = np.concatenate([unit_o[o_rows] * o_q, l_q])
+    pair = np.concatenate([o_pair, l_pair])
+    t_all = np.concatenate([o.t[o_rows], np.where(np.isfinite(e.l_t), e.l_t, -1.0)[l_rows]])
+    rolls = np.concatenate([np.ones(o_rows.size, dtype=bool), e.l_rolls[l_rows]])
+    delta_pair = np.bincount(pair, weights=d_all, minlength=size).reshape(shape)
+    held = np.bincount(pair, minlength=size).reshape(shape) > 0
     roll = np.zeros(size)
     if rolls.any():
-        keys = np.column_stack([pair[rolls].astype(np.float64), t_all[rolls]])
-        uniq, grp = np.unique(keys, axis=0, return_inverse=True)
-        net = np.bincount(grp.reshape(-1), weights=d_all[rolls], minlength=len(uniq))
-        g_pair = uniq[:, 0].astype(np.int64)
+        # Group by (pair, expiry): expiries numbered, then one integer key per group.
+        t_values, t_id = np.unique(t_all[rolls], return_inverse=True)
+        key = pair[rolls] * t_values.size + t_id.reshape(-1)
+        net_all = np.bincount(key, weights=d_all[rolls], minlength=size * t_values.size)
+        groups = np.flatnonzero(np.bincount(key, minlength=size * t_values.size))
+        net = net_all[groups]
+        g_pair = groups // t_values.size
         g_und = (g_pair // 2) % n
         g_inv = g_pair % 2
-        g_t = uniq[:, 1]
+        g_t = t_values[groups % t_values.size]
         floor = p.min_move[g_und, g_inv]
         factor = np.where(
             g_t < 0.0, floor, np.maximum(floor, np.expm1(p.move_risk[g_und, g_inv] * g_t))
         )
         roll = np.bincount(g_pair, weights=factor * np.abs(net), minlength=size)
-    roll = roll.reshape(n_cols, n, 2)
     # Settlement units: coin as is, USD-settled amounts of underlying units times the index.
-    to_settle = np.stack([index, np.ones_like(index)], axis=-1)  # (P, n, 2)
-    roll = roll * to_settle
+    to_settle = np.stack([index, np.ones_like(index)], axis=-1)[:, None]  # (P, 1, n, 2)
+    roll = roll.reshape(shape) * to_settle
     ad = np.abs(delta_pair)
     with np.errstate(invalid="ignore", divide="ignore"):
-        excess = np.maximum(ad - (p.ds_threshold[None, :] / index)[..., None], 0.0)
-    frac = np.minimum(p.ds_slope[None, :, None] * excess, p.ds_max[None, :, None])
+        excess = np.maximum(ad - (p.ds_threshold[None, :] / index)[:, None, :, None], 0.0)
+    frac = np.minimum(p.ds_slope[:, None] * excess, p.ds_max[:, None])
     dshock = np.where(ad > 0.0, ad * frac, 0.0) * to_settle
     return worst, worst_idx, roll, dshock, held, moves
 
@@ -1496,8 +1509,42 @@ def _entries_for(
         l_t=lin.t[rl],
         l_inv=inv_l,
         l_rolls=lin.rolls[rl],
-        l_qty=qty_l,
+        l_qty=qty_l[:, None],
         l_col=col_l,
+    )
+
+
+def _entries_moved(
+    o: _Options | None, o_inverse: BoolArray, lin: LinearPositions, scale: FloatArray, k: int
+) -> _Entries:
+    """Entries of every book at each of ``P`` moves (column ``p``: every price times
+    ``scale[p]``): option and linear rows repeated per column, one quantity column per
+    book, so an option held by several books is valued once per column."""
+    n_cols = scale.size
+    if o is not None and o.size:
+        rows = np.tile(np.arange(o.size), n_cols)
+        col = np.repeat(np.arange(n_cols), o.size)
+        sub = _subset_options(o, rows, scale[col], o.qty[rows])
+        o_inv = o_inverse[rows]
+    else:
+        sub = replace(_empty_options(), qty=np.zeros((0, k)))
+        o_inv, col = np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+    j = lin.underlying.shape[0]
+    lrows = np.tile(np.arange(j), n_cols)
+    lcol = np.repeat(np.arange(n_cols), j)
+    inv = lin.inverse[lrows]
+    q = lin.quantity[lrows]
+    q = np.where(inv[:, None], q / scale[lcol][:, None], q)  # USD notional held: N / S1
+    return _Entries(
+        o=sub,
+        o_inv=o_inv,
+        o_col=col,
+        l_und=lin.underlying[lrows].astype(np.int64),
+        l_t=lin.t[lrows],
+        l_inv=inv,
+        l_rolls=lin.rolls[lrows],
+        l_qty=q,
+        l_col=lcol,
     )
 
 
@@ -1548,12 +1595,12 @@ def portfolio_margin(
     k = _book_count(linear, options) if n_books is None else n_books
     o = _prepare(options, n, k)
     o_inv = _inverse_rows(options, o)
-    l_rows, l_cols, lin = _linear_entries(linear, n, k)
-    books = np.arange(k, dtype=np.int64)
-    ent = _entries_for(o, o_inv, lin, l_rows, l_cols, books, np.ones(k))
+    _, _, lin = _linear_entries(linear, n, k)
+    ent = _entries_moved(o, o_inv, lin, np.ones(1), k)
     p = _params(s, names)
-    cols_index = np.broadcast_to(index, (k, n))
-    worst, idx, roll, dshock, held, moves = _pm_core(ent, cols_index, p, s, k)
+    core = _pm_core(ent, index[None, :], p, s, 1)
+    worst, idx, roll, dshock, held = (a[0] for a in core[:5])
+    moves = core[5]
     sc = margin_scenarios(s)
     currencies: list[CurrencyMargin] = []
     usd_total = np.zeros(k)
@@ -1809,31 +1856,49 @@ def distance_to_call_model(
     p = _params(s, names)
     lin_tot = lin_usd.sum(axis=0)
 
-    def g_and_mm(books: IntArray, moves: FloatArray) -> tuple[FloatArray, FloatArray]:
+    def model_mm(ent: _Entries, cols_index: FloatArray, cols: int) -> FloatArray:
+        """``(P, K)``: the model's maintenance margin in USD of each column and book."""
+        worst, _, roll, dshock, _, _ = _pm_core(ent, cols_index, p, s, cols)
+        to_usd = np.stack([np.ones_like(cols_index), cols_index], axis=-1)[:, None]
+        out: FloatArray = s.mm_factor * ((worst + roll + dshock) * to_usd).sum(axis=(2, 3))
+        return out
+
+    def g_problems(books: IntArray, moves: FloatArray) -> FloatArray:
+        """``g`` of each (book, move) problem: entries of that book only."""
         cols = books.size
-        if cols == 0:
-            return np.zeros(0), np.zeros(0)
         scale = 1.0 + moves
         ent = _entries_for(o, o_inv, lpos, l_rows, l_cols, books, scale)
-        cols_index = index[None, :] * scale[:, None]
-        worst, _, roll, dshock, _, _ = _pm_core(ent, cols_index, p, s, cols)
-        to_usd = np.stack([np.ones_like(cols_index), cols_index], axis=-1)
-        mm = s.mm_factor * ((worst + roll + dshock) * to_usd).sum(axis=(1, 2))
+        mm = model_mm(ent, index[None, :] * scale[:, None], cols)[:, 0]
         pnl = lin_tot[books] * moves
         eo = ent.o
         if eo.size:
             f1 = eo.fwd
-            f0 = f1 / scale[ent.o_col]
             dv = black76(f1, eo.strike, eo.t, eo.vol, eo.call).price
-            dv -= black76(f0, eo.strike, eo.t, eo.vol, eo.call).price
+            dv -= black76(f1 / scale[ent.o_col], eo.strike, eo.t, eo.vol, eo.call).price
             pnl += np.bincount(ent.o_col, weights=eo.qty[:, 0] * dv, minlength=cols)
-        return eq[books] + pnl - mm, mm
+        out: FloatArray = eq[books] + pnl - mm
+        return out
+
+    def g_grid(moves: FloatArray) -> FloatArray:
+        """``g`` of every book at each move, ``(moves, k)``: each option valued once per
+        move."""
+        scale = 1.0 + moves
+        ent = _entries_moved(o, o_inv, lpos, scale, k)
+        mm = model_mm(ent, index[None, :] * scale[:, None], moves.size)
+        pnl = moves[:, None] * lin_tot[None, :]
+        if o is not None and o.size:
+            eo = ent.o
+            dv = black76(eo.fwd, eo.strike, eo.t, eo.vol, eo.call).price
+            dv -= np.tile(black76(o.fwd, o.strike, o.t, o.vol, o.call).price, moves.size)
+            pnl += dv.reshape(moves.size, o.size) @ o.qty
+        out: FloatArray = eq[None, :] + pnl - mm
+        return out
 
     def g_signed(sign: float, books: IntArray, x: FloatArray) -> FloatArray:
-        return g_and_mm(books, sign * x)[0]
+        return g_problems(books, sign * x)
 
-    all_books = np.arange(k, dtype=np.int64)
-    g0, mm0 = g_and_mm(all_books, np.zeros(k))
+    mm0 = model_mm(_entries_moved(o, o_inv, lpos, np.ones(1), k), index[None, :], 1)[0]
+    g0 = eq - mm0
     valid = np.isfinite(g0)
     called = valid & (g0 <= 0.0)
     live = np.flatnonzero(valid & ~called)
@@ -1846,9 +1911,7 @@ def distance_to_call_model(
         grid = grids[d]
         if live.size == 0 or grid.size == 0:
             continue
-        books = np.repeat(live, grid.size)
-        mv = np.tile(sgn * grid, live.size)
-        g = g_and_mm(books, mv)[0].reshape(live.size, grid.size).T  # (G, live)
+        g = g_grid(sgn * grid)[:, live]  # (G, live)
         r, lo, hi, g_lo, g_hi = _first_crossings((g, g), (grid, grid), g0[live])
         hit = np.flatnonzero(r[0])
         reach[d, live[hit]] = True
