@@ -266,6 +266,7 @@ class MarginConfig(Section, frozen=True):
     underlyings: dict[str, UnderlyingMarginConfig] = msgspec.field(default_factory=dict)
     currencies: dict[str, CurrencyMarginConfig] = msgspec.field(default_factory=dict)
     max_move: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.9
+    recompute_distance: bool = True
     stresses: tuple[StressConfig, ...] = ()
 
     def __post_init__(self) -> None:

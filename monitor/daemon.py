@@ -82,6 +82,7 @@ def risk_settings(cfg: Config) -> RiskSettings:
         regime_halflife_ms=int(r.regime_halflife),
         margin=_margin_settings(cfg),
         max_move=cfg.margin.max_move,
+        recompute_distance=cfg.margin.recompute_distance,
     )
 
 

@@ -192,3 +192,9 @@ def test_worked_example_through_the_engine_reports_the_model_per_currency() -> N
     assert get(
         "riskmon_account_distance_to_call_recomputed_ratio", direction="up"
     ) == pytest.approx(float(pure.up[0]), abs=1e-6)
+
+    off = Engine(SETTINGS, risk=RiskSettings(recompute_distance=False))
+    off.replay(events, "t")
+    margin_off = off.evaluate(t_eval).accounts["a"].extra["margin"]
+    assert margin_off["distance_to_call"]["recomputed"] is None
+    assert margin_off["distance_to_call"]["up"] == margin["distance_to_call"]["up"]

@@ -74,6 +74,8 @@ class RiskSettings:
     margin: MarginSettings = field(default_factory=MarginSettings)
     #: Distance to a margin call is searched within +-this move (0.9 = 90%).
     max_move: float = 0.9
+    #: Also compute the distance with riskmon's model margin recomputed at each move.
+    recompute_distance: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +326,7 @@ class Evaluator:
             equity, mm, lin, values.options, cov, values.exposure, max_move=s.max_move
         )
         dm = distance_to_call_model(
-            np.where(dc.valid, equity, np.nan),
+            np.where(dc.valid & s.recompute_distance, equity, np.nan),
             lin,
             values.options,
             inputs.linear,
@@ -345,7 +347,9 @@ class Evaluator:
                         "down": bool(dc.reachable_down[j]),
                         "up": bool(dc.reachable_up[j]),
                     },
-                    "recomputed": _recomputed(dm, dc.sigma_1d[j], j),
+                    "recomputed": (
+                        _recomputed(dm, dc.sigma_1d[j], j) if s.recompute_distance else None
+                    ),
                 }
             out[name] = {
                 "scenario_margin": _opt(sm_usd[j]),

@@ -1377,9 +1377,7 @@ def _pm_core(
         mv = moves[:, lu]  # (m, nonzeros)
         s_now = index[l_col, lu]
         unit_pnl = np.where(l_inv[None, :], mv / (1.0 + mv), mv * s_now[None, :])
-        mat = sparse.csr_array(
-            (l_q, (l_pair, np.arange(l_rows.size))), shape=(size, l_rows.size)
-        )
+        mat = sparse.csr_array((l_q, (l_pair, np.arange(l_rows.size))), shape=(size, l_rows.size))
         agg += np.asarray(mat @ unit_pnl.T)
     shape = (n_cols, n_books, n, 2)
     vec = agg.reshape(*shape, m) * np.moveaxis(weights, 0, -1)[None, None]
