@@ -1,22 +1,23 @@
-"""Own margin figures: scenario margin, distance to a margin call, stress what-ifs.
+"""Own margin figures: portfolio margin as Deribit computes it, scenario margin, distance
+to a margin call, stress what-ifs.
 
-DESIGN.md "Risk definitions" (margin) and tracker issue 4. Pure numpy/scipy: no clock, no
-I/O, no logging. Everything is vectorised over option instruments, scenarios and books;
-options come deduplicated per instrument with one quantity column per book
-(:class:`monitor.quant.risk.OptionPositions`, as ``BookValues.options`` holds them), linear
-positions as their USD value per underlying and book (``BookValues.linear_usd.T``).
+Pure numpy/scipy: no clock, no I/O, no logging. Everything is vectorised over option
+instruments, scenarios and books; options come deduplicated per instrument with one
+quantity column per book (:class:`monitor.quant.risk.OptionPositions`, as
+``BookValues.options`` holds them), linear positions as their USD value per underlying and
+book (``BookValues.linear_usd.T``) or, for the portfolio-margin model, per instrument with
+expiry and settlement (:class:`LinearPositions`).
 
-Scenario margin (after Deribit's portfolio margin)
-    Sources: Deribit's "Portfolio Margin" article
-    (support.deribit.com/hc/en-us/articles/25944756247837) for the structure: a maximum
+Scenario grid (Deribit's portfolio margin)
+    Sources: Deribit's support article "Portfolio Margin" for the structure: a maximum
     price move of +-16% in 9 evenly spaced buckets including 0, each with volatility up,
     same and down; an "extended table" of moves -66%, -33%, +50%, +100%, +200%, +300%,
     +400%, +500% on volatility up only, counting "only a fraction of simulated P&L", with a
-    dampener. Deribit's API (``private/pme/simulate``, ``model_params`` for ``btc_usd``,
-    docs.deribit.com) for the values: ``price_range`` 0.16, ``buckets_count`` 4 (moves per
-    side), ``volatility_range_up`` 0.5, ``volatility_range_down`` 0.25,
-    ``short_term_vega_power`` 0.3, ``long_term_vega_power`` 0.13,
-    ``min_volatility_for_shock_up`` 0.5, ``extended_table_factor`` 1.
+    dampener. Deribit's API (``private/pme/simulate`` and its ``model_params``) for the
+    values: BTC ``price_range`` 0.16, ``buckets_count`` 4 (moves per side),
+    ``volatility_range_up`` 0.5, ``volatility_range_down`` 0.25, ``short_term_vega_power``
+    0.3, ``long_term_vega_power`` 0.13, ``min_volatility_for_shock_up`` 0.5,
+    ``extended_table_factor`` 1; ETH ``price_range`` 0.18 and ``volatility_range_up`` 0.4.
 
     A shock applies to each option's own IV ``sigma`` with days to expiry ``D``::
 
@@ -25,36 +26,68 @@ Scenario margin (after Deribit's portfolio margin)
         vol up   = max(sigma * (1 + vol_range_up * scale), min_vol_shock_up)
         vol down = max(sigma * (1 - vol_range_down * scale), 0)
 
-    (the published formula of Deribit-replicating tools, e.g. docs.oreome.com "Advanced Risk
-    Scenarios", and of Paradex's copy of the model; the scale is continuous at 30 days).
-    The P&L of an extended move ``m`` counts with weight
-    ``extended_weight * price_range / |m|`` (0.24 at -66%, 0.032 at +500%): Deribit's
-    "fraction of simulated P&L", as Paradex publishes it for the same table.
+    ``min_days`` (1 day) floors ``D``: Deribit publishes no floor, and without one the down
+    shock of an option in its last hours takes its IV to 0. Time is not advanced: the
+    zero-move, vol-unchanged scenario has zero P&L. The base value is the model price at the
+    marked IV (not the venue mark), as in :func:`monitor.quant.risk.revalue`.
 
-    Departures: (1) ``min_days`` (1 day) floors ``D`` in the scale: Deribit publishes no
-    floor, and without one the down shock of an option in its last hours takes its IV to 0
-    (Paradex floors at 1 day too). (2) Deribit's extended dampener (``extended_dampener``,
-    a per-currency amount) is not applied: its formula is not published; leaving it out can
-    only raise the figure. (3) Deribit's contingencies (per short option, offsetting
-    futures) and the ``mm_factor`` between its IM and MM are not modelled: this is the
-    stress loss, not Deribit's requirement. (4) Deribit margins each settlement currency
-    separately; here cross-underlying aggregation is ``"sum"`` (each underlying moved on its
-    own, worst losses added: Deribit's per-currency figure summed, conservative) or
-    ``"joint"`` (every underlying moved by the same scenario at once).
+Portfolio margin per settlement currency (:func:`portfolio_margin`, Deribit's S:PM)
+    Positions are grouped by settlement currency: an inverse instrument (Deribit's BTC and
+    ETH options, futures and perpetuals) settles in its underlying's coin, any other in
+    USD. P&L vectors are in the settlement currency: an inverse option is worth its USD
+    value over its forward, an inverse future or perpetual of USD size ``N`` makes
+    ``N (1/S0 - 1/S1) = q m / (1 + m)`` coin (``q = N / S0``). Per currency:
 
-    Time is not advanced: Deribit's scenarios move price and volatility only (no theta),
-    so the zero-move, vol-unchanged scenario has zero P&L. The base value is the model price
-    at the marked IV (not the venue mark), as in :func:`monitor.quant.risk.revalue`.
+    - worst case: the largest loss over the 27 standard scenarios and the 8 extended ones,
+      an extended move ``m`` weighted ``extended_weight * price_range / |m|``, in coin
+      further ``* (1 + m) / (1 + sign(m) price_range)`` (which makes an inverse linear
+      position's extended loss equal its +-``price_range`` one, as the published vectors
+      show). The USD currency holds one vector per underlying; its worst case is their sum.
+    - extended dampener (``dampener``, a reconstruction): each extended scenario's summed
+      P&L moves toward zero by ``D (|m| / price_range - 1)`` USD, in coin over
+      ``(1 + sign(m) price_range) S0``, ``D`` the currency's ``extended_dampener`` (BTC
+      100,000, ETH 200,000, USD 25,000). Deribit names the parameter and shows its effect
+      (the extended vectors of its examples are 0 after it) but does not publish the
+      formula; this is the form third-party replications use, and it reproduces both
+      published examples. Without it the figure can only be higher.
+    - roll shock: the sum over expiries of ``|net delta| * max(min_annualised_move,
+      exp(annualised_move_risk * days / 365) - 1)``, perpetuals at ``min_annualised_move``;
+      net delta in the currency's terms (an inverse option's coin delta, delta less its coin
+      value; a future's coin size). Spot positions do not roll.
+    - delta shock: ``|delta| * min(delta_shock_slope * max(|delta| - threshold / S0, 0),
+      max_delta_shock)``, 0 while ``|delta| S0`` stays under ``delta_shock_threshold`` (20M
+      USD). The threshold and cap are published; the linear growth per coin of delta
+      beyond the threshold (Deribit's ``m_inc``) is a reconstruction.
+    - risk-matrix margin = worst case + roll shock + delta shock; maintenance margin =
+      ``mm_factor`` (0.8) x risk-matrix margin. Each in coin and in USD at today's index.
+
+    Checked against Deribit's ``private/pme/simulate`` example (BTC perpetual and future)
+    and a captured ETH response: worst case and roll shock equal to the printed digits;
+    the venue rounds the worst case to 1e-9 coin before adding the shocks, so its
+    risk-matrix and maintenance margins differ from these by up to 4e-10 coin.
+
+    Not modelled: the correlation contingency and haircuts of cross-currency margin
+    (X:PM), ``pnl_offset`` (it scales gains, so it cannot change a worst case within one
+    currency), per-option and offsetting-futures contingencies of older Deribit models,
+    open-order margin. :func:`params_from_model_params` takes the venue's own parameters.
+
+Scenario margin in USD (:func:`scenario_margin`, aggregation ``"sum"`` or ``"joint"``)
+    Every position revalued in USD over the grid: ``"sum"`` moves each underlying on its
+    own and adds the worst losses, ``"joint"`` moves every underlying by the same scenario.
+    Extended moves are weighted ``extended_weight * price_range / |m|``, not dampened.
 
 Distance to a margin call
     The smallest uniform move ``m`` of all underlyings, down and up separately, at which
     ``equity + P&L(m) <= maintenance margin``, with ``P&L(m)`` by full revaluation (every
-    forward times ``1 + m``, IV held, time not advanced) and the maintenance margin held
-    at the venue's figure (in truth it changes with the book's value; the venue's model is
-    not ours to replicate). Found by a scan of a move grid, refined by safeguarded Newton.
-    In sigmas: ``|ln(1 + m)| / sigma_1d``, with ``sigma_1d = sqrt(w' S w / 365)`` the
-    1-day standard deviation of the log return of the book's basket of underlyings,
-    ``w = |x| / sum |x|`` (gross exposure weights), ``S`` the annualised covariance.
+    forward times ``1 + m``, IV held, time not advanced). :func:`distance_to_call` holds
+    the maintenance margin at the venue's figure; :func:`distance_to_call_model` recomputes
+    riskmon's own (the portfolio-margin model at the moved prices), which for a
+    short-gamma book comes sooner. Found by a scan of a move grid (finer around each
+    short-dated option's strike, :func:`_scan_moves`) refined in the first cell that
+    reaches the call. In sigmas: ``|ln(1 + m)| / sigma_1d``, with ``sigma_1d = sqrt(w' S w
+    / 365)`` the 1-day standard deviation of the log return of the book's basket of
+    underlyings, ``w = |x| / sum |x|`` (gross exposure weights), ``S`` the annualised
+    covariance.
 """
 
 from __future__ import annotations
@@ -73,15 +106,27 @@ from monitor.quant.greeks import black76, coin_delta
 from monitor.quant.risk import OptionPositions, _b76_block
 
 __all__ = [
+    "DEFAULT_CURRENCIES",
+    "DEFAULT_UNDERLYINGS",
     "Aggregation",
+    "CurrencyMargin",
+    "CurrencyParams",
     "DistanceToCall",
+    "LinearPositions",
     "MarginScenarios",
     "MarginSettings",
+    "ModelDistance",
+    "ParametersSource",
+    "PortfolioMargin",
     "ScenarioMargin",
     "Stress",
     "StressPnL",
+    "UnderlyingParams",
     "distance_to_call",
+    "distance_to_call_model",
     "margin_scenarios",
+    "params_from_model_params",
+    "portfolio_margin",
     "scenario_margin",
     "shocked_vols",
     "stress_pnl",
@@ -218,7 +263,7 @@ class MarginSettings:
     short_term_vega_power, long_term_vega_power
         Exponent ``p`` of the expiry scale ``(30 / days) ** p`` below / from 30 days.
     min_days
-        Floor on days to expiry in the scale (departure, module notes).
+        Floor on days to expiry in the scale (module notes).
     min_vol_shock_up
         Vol up is at least this IV (annualised decimal).
     extended_moves
