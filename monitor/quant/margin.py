@@ -502,6 +502,20 @@ def _linear(linear_usd: npt.ArrayLike, n: int) -> FloatArray:
     return lin
 
 
+def _linear_named(
+    linear_usd: npt.ArrayLike, underlyings: Sequence[str]
+) -> tuple[FloatArray, tuple[str, ...]]:
+    """``linear_usd`` as a finite ``(n, k)`` array and the ``n`` underlying names."""
+    lin = np.asarray(linear_usd, dtype=np.float64)
+    if lin.ndim != 2:
+        raise ValueError(f"linear_usd must be 2-D (n, k), got shape {lin.shape}")
+    lin = _linear(lin, lin.shape[0])
+    names = tuple(underlyings)
+    if len(names) != lin.shape[0]:
+        raise ValueError(f"{len(names)} underlying names for {lin.shape[0]} underlyings")
+    return lin, names
+
+
 def _prepare(options: OptionPositions | None, n: int, k: int) -> _Options | None:
     """Validate and keep the priceable, held rows (as :func:`monitor.quant.risk.revalue` does)."""
     if options is None:
@@ -692,14 +706,10 @@ def scenario_margin(
     sparse ``(n k x i) @ (i x m)`` product; no loop per position or scenario.
     """
     s = settings or MarginSettings()
-    lin = np.asarray(linear_usd, dtype=np.float64)
-    if lin.ndim != 2:
-        raise ValueError(f"linear_usd must be 2-D (n, k), got shape {lin.shape}")
+    n_rows = np.shape(linear_usd)[0] if np.ndim(linear_usd) else 0
+    default = tuple(f"U{j}" for j in range(n_rows))
+    lin, names = _linear_named(linear_usd, default if underlyings is None else underlyings)
     n, k = lin.shape
-    lin = _linear(lin, n)
-    names = tuple(underlyings) if underlyings is not None else tuple(f"U{j}" for j in range(n))
-    if len(names) != n:
-        raise ValueError(f"{len(names)} underlying names for {n} underlyings")
     sc = margin_scenarios(s)
     pnl = sc.moves[:, None, None] * lin[None, :, :]  # (m, n, k)
     o = _prepare(options, n, k)
@@ -792,14 +802,8 @@ def stress_pnl(
     StressPnL
         ``pnl_usd`` of shape ``(len(stresses), k)``.
     """
-    lin = np.asarray(linear_usd, dtype=np.float64)
-    if lin.ndim != 2:
-        raise ValueError(f"linear_usd must be 2-D (n, k), got shape {lin.shape}")
+    lin, names = _linear_named(linear_usd, underlyings)
     n, k = lin.shape
-    lin = _linear(lin, n)
-    names = tuple(underlyings)
-    if len(names) != n:
-        raise ValueError(f"{len(names)} underlying names for {n} underlyings")
     col = {u: j for j, u in enumerate(names)}
     ns = len(stresses)
     moves = np.array([[st.default_move] * n for st in stresses], dtype=np.float64).reshape(ns, n)
@@ -1541,19 +1545,35 @@ def _entries_for(
         o_inv, col = np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
     ent_l, col_l = expand(l_rows, l_cols)
     rl = l_rows[ent_l]
-    inv_l = lin.inverse[rl]
-    qty_l = lin.quantity[rl, l_cols[ent_l]]
-    qty_l = np.where(inv_l, qty_l / scale[col_l], qty_l)  # USD notional held: N / S1
+    return _assemble(
+        sub, o_inv, col, lin, rl, lin.quantity[rl, l_cols[ent_l]][:, None], col_l, scale
+    )
+
+
+def _assemble(
+    sub: _Options,
+    o_inv: BoolArray,
+    o_col: IntArray,
+    lin: LinearPositions,
+    l_rows: IntArray,
+    l_qty: FloatArray,
+    l_col: IntArray,
+    scale: FloatArray,
+) -> _Entries:
+    """Entries from option entries and linear rows ``l_rows`` (quantities ``l_qty`` of
+    shape ``(rows, K)`` at today's prices) in columns ``l_col``."""
+    inv = lin.inverse[l_rows]
+    q = np.where(inv[:, None], l_qty / scale[l_col][:, None], l_qty)  # USD size held: N / S1
     return _Entries(
         o=sub,
         o_inv=o_inv,
-        o_col=col,
-        l_und=lin.underlying[rl].astype(np.int64),
-        l_t=lin.t[rl],
-        l_inv=inv_l,
-        l_rolls=lin.rolls[rl],
-        l_qty=qty_l[:, None],
-        l_col=col_l,
+        o_col=o_col,
+        l_und=lin.underlying[l_rows].astype(np.int64),
+        l_t=lin.t[l_rows],
+        l_inv=inv,
+        l_rolls=lin.rolls[l_rows],
+        l_qty=q,
+        l_col=l_col,
     )
 
 
@@ -1575,20 +1595,7 @@ def _entries_moved(
     j = lin.underlying.shape[0]
     lrows = np.tile(np.arange(j), n_cols)
     lcol = np.repeat(np.arange(n_cols), j)
-    inv = lin.inverse[lrows]
-    q = lin.quantity[lrows]
-    q = np.where(inv[:, None], q / scale[lcol][:, None], q)  # USD notional held: N / S1
-    return _Entries(
-        o=sub,
-        o_inv=o_inv,
-        o_col=col,
-        l_und=lin.underlying[lrows].astype(np.int64),
-        l_t=lin.t[lrows],
-        l_inv=inv,
-        l_rolls=lin.rolls[lrows],
-        l_qty=q,
-        l_col=lcol,
-    )
+    return _assemble(sub, o_inv, col, lin, lrows, lin.quantity[lrows], lcol, scale)
 
 
 def _empty_options() -> _Options:
@@ -1879,14 +1886,8 @@ def distance_to_call_model(
     s = settings or MarginSettings()
     if not 0.0 < max_move < 1.0:
         raise ValueError(f"max_move must be in (0, 1), got {max_move}")
-    lin_usd = np.asarray(linear_usd, dtype=np.float64)
-    if lin_usd.ndim != 2:
-        raise ValueError(f"linear_usd must be 2-D (n, k), got shape {lin_usd.shape}")
+    lin_usd, names = _linear_named(linear_usd, underlyings)
     n, k = lin_usd.shape
-    lin_usd = _linear(lin_usd, n)
-    names = tuple(underlyings)
-    if len(names) != n:
-        raise ValueError(f"{len(names)} underlying names for {n} underlyings")
     eq = np.asarray(equity, dtype=np.float64)
     if eq.shape != (k,):
         raise ValueError(f"equity must have shape ({k},)")
