@@ -36,9 +36,9 @@ import numpy.typing as npt
 from monitor.quant.greeks import black76
 from monitor.quant.margin import (
     Aggregation,
+    LinearPositions,
     MarginSettings,
     ScenarioMargin,
-    LinearPositions,
     Stress,
     distance_to_call,
     distance_to_call_model,
