@@ -228,7 +228,8 @@ def test_the_calm_book_is_read_by_every_rule(base: RiskSnapshot) -> None:
         regime=regime(base, realised_to_implied={"BTC": 1.0}),
     )
     inp = RuleInput(snap, CONNECTED)
-    read = {r.name: list(r.read(inp)) for r in build_rules(Config().rules, limits)}
+    rules = config(model_margin_divergence={"accounts": ["main"]}).rules
+    read = {r.name: list(r.read(inp)) for r in build_rules(rules, limits)}
     assert set(read) == {r.rule for r in Config().rules}
     assert all(read[name] for name in read), [name for name in read if not read[name]]
     finite = {name: [x.value for x in rs if math.isfinite(x.value)] for name, rs in read.items()}
@@ -317,8 +318,10 @@ def test_model_margin_divergence_either_way(
     """Venue MM 100,000: riskmon's 250,000 is 150% above it, 70,000 puts the venue's 43%
     above riskmon's (1/0.7 - 1), 110,000 is within the 25% warning."""
     snap = with_margin(base, model_maintenance_margin_usd=ours)
-    cfg = config(model_margin_divergence={"for": "0s"})
+    cfg = config(model_margin_divergence={"for": "0s", "accounts": ["main"]})
     alerts = firing(snap, cfg=cfg).get("model_margin_divergence", [])
+    unlisted = config(model_margin_divergence={"for": "0s"})  # not a portfolio-margin account
+    assert firing(snap, cfg=unlisted).get("model_margin_divergence", []) == []
     if severity is None:
         assert alerts == []
         return

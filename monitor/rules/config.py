@@ -289,7 +289,12 @@ class VenueVegaMismatchRule(_RuleBase, frozen=True, tag="venue_vega_mismatch"):
 
 class ModelMarginDivergenceRule(_RuleBase, frozen=True, tag="model_margin_divergence"):
     """Per account: how far riskmon's model maintenance margin and the venue's disagree,
-    ``max(r, 1/r) - 1`` with ``r`` their ratio (0.25 = one is 25% above the other)."""
+    ``max(r, 1/r) - 1`` with ``r`` their ratio (0.25 = one is 25% above the other).
+
+    Only for the accounts listed in ``accounts``: those the venue margins with portfolio
+    margin (Deribit S:PM), where the two should agree. An account on standard margin
+    would diverge by design.
+    """
 
     direction = "above"
     warning: Threshold = 0.25
@@ -297,6 +302,7 @@ class ModelMarginDivergenceRule(_RuleBase, frozen=True, tag="model_margin_diverg
     clear: float = 0.2
     for_: Delay = msgspec.field(name="for", default=Delay("2m"))
     cooldown: Delay = Delay("30m")
+    accounts: tuple[str, ...] = ()
 
 
 #: Every built-in rule, in pack order (the order alerts are reported in).

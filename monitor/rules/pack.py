@@ -26,6 +26,7 @@ connector_down             connector          1 while disconnected, else 0
 venue_delta_mismatch       account            ``|greeks_vs_venue.delta_usd|``, USD
 venue_vega_mismatch        account            ``|greeks_vs_venue.vega|``, USD per vol pt
 model_margin_divergence    account            ``max(r, 1/r) - 1``, r = model MM / venue MM
+                                              (the accounts listed in ``accounts`` only)
 =========================  =================  ==========================================
 
 Conventions (see :mod:`monitor.rules.machine` for the state machine):
@@ -875,9 +876,11 @@ def _model_margin_divergence(cfg: ModelMarginDivergenceRule) -> Rule[RuleInput]:
             "compare margin.model with the venue's figures"
         )
 
+    watched = frozenset(cfg.accounts)
+
     def read(inp: RuleInput) -> Iterator[Reading]:
         for account, fig in inp.snapshot.accounts.items():
-            m = _margin(fig)
+            m = _margin(fig) if account in watched else None
             if m is None:
                 continue
             ours = _number(m.get("model_maintenance_margin_usd"))
