@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -382,3 +383,19 @@ def test_config_overrides_merge_over_the_published_defaults(tmp_path: Path) -> N
     assert m.underlyings["ETH"].price_range == 0.2
     assert m.underlyings["ETH"].vol_range_up == 0.4  # the built-in ETH value stays
     assert m.aggregation == "per_currency"
+
+
+def test_an_underlying_without_a_price_that_no_book_holds_changes_nothing() -> None:
+    """ETH registered but never priced (NaN index) and not held: BTC's figures and the
+    recomputed distance are those of the BTC book alone."""
+    linear, options = worked_example_book()
+    two_lin = replace(linear, quantity=linear.quantity)
+    alone = portfolio_margin(linear, options, np.array([S0]), ["BTC"])
+    both = portfolio_margin(two_lin, options, np.array([S0, math.nan]), ["BTC", "ETH"])
+    assert [c.currency for c in both.currencies] == ["BTC"]
+    assert both.maintenance_margin_usd[0] == pytest.approx(alone.maintenance_margin_usd[0])
+    d1 = distance_to_call_model([150_000.0], [[PERP_USD]], options, linear, [S0], ["BTC"])
+    d2 = distance_to_call_model(
+        [150_000.0], [[PERP_USD], [0.0]], options, linear, [S0, math.nan], ["BTC", "ETH"]
+    )
+    assert d2.up[0] == pytest.approx(d1.up[0], abs=1e-9)

@@ -1902,9 +1902,11 @@ def distance_to_call_model(
 
     def model_mm(ent: _Entries, cols_index: FloatArray, cols: int) -> FloatArray:
         """``(P, K)``: the model's maintenance margin in USD of each column and book."""
-        worst, _, roll, dshock, _, _ = _pm_core(ent, cols_index, p, s, cols)
+        worst, _, roll, dshock, held, _ = _pm_core(ent, cols_index, p, s, cols)
         to_usd = np.stack([np.ones_like(cols_index), cols_index], axis=-1)[:, None]
-        out: FloatArray = s.mm_factor * ((worst + roll + dshock) * to_usd).sum(axis=(2, 3))
+        # Pairs a book does not hold count 0 (their index price may be unknown).
+        rmm = np.where(held, (worst + roll + dshock) * to_usd, 0.0)
+        out: FloatArray = s.mm_factor * rmm.sum(axis=(2, 3))
         return out
 
     def g_problems(books: IntArray, moves: FloatArray) -> FloatArray:
