@@ -267,6 +267,7 @@ class MarginConfig(Section, frozen=True):
     currencies: dict[str, CurrencyMarginConfig] = msgspec.field(default_factory=dict)
     max_move: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.9
     recompute_distance: bool = True
+    recompute_interval: Duration = parse_duration("30s")
     stresses: tuple[StressConfig, ...] = ()
 
     def __post_init__(self) -> None:

@@ -83,6 +83,7 @@ def risk_settings(cfg: Config) -> RiskSettings:
         margin=_margin_settings(cfg),
         max_move=cfg.margin.max_move,
         recompute_distance=cfg.margin.recompute_distance,
+        recompute_interval_ms=int(cfg.margin.recompute_interval),
     )
 
 

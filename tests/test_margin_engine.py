@@ -198,3 +198,25 @@ def test_worked_example_through_the_engine_reports_the_model_per_currency() -> N
     margin_off = off.evaluate(t_eval).accounts["a"].extra["margin"]
     assert margin_off["distance_to_call"]["recomputed"] is None
     assert margin_off["distance_to_call"]["up"] == margin["distance_to_call"]["up"]
+
+
+def test_recomputed_distance_runs_on_its_own_clock() -> None:
+    """Scenario passes every 5 s from the first (at 0 s); the recomputed distance at most
+    every 30 s: the pass at 30 s recomputes it, the one at 40 s carries it forward."""
+    eng = Engine(SETTINGS, risk=RiskSettings(recompute_interval_ms=30_000))
+    events: list[Event] = [PriceEvent(T0 + 1_000 * k, "BTC", 90_000.0) for k in range(41)]
+    events += [
+        PositionEvent(T0, "a", "BTC-PERPETUAL", 10.0),
+        AccountEvent(T0, "a", 400_000.0, None, 100_000.0),
+    ]
+    events.sort(key=lambda e: e.ts or 0)
+    eng.replay(events, "t")
+    margin = eng.evaluate(T0 + 40_000).accounts["a"].extra["margin"]
+    assert margin["scenarios_as_of"] == iso_ms(T0 + 40_000)
+    rec = margin["distance_to_call"]["recomputed"]
+    assert rec["as_of"] == iso_ms(T0 + 30_000)
+    # 900,000 USD long, no options: MM recomputed = 0.8 x (0.16 + 0.01) x 900k x (1 + m);
+    # the fall m < 0 solves 400k + 900k m = 0.136 x 900k x (1 + m).
+    x = 900_000.0
+    mm = 0.8 * 0.17 * x
+    assert rec["down"] == pytest.approx((400_000.0 - mm) / (x - mm), rel=1e-6)

@@ -74,8 +74,10 @@ class RiskSettings:
     margin: MarginSettings = field(default_factory=MarginSettings)
     #: Distance to a margin call is searched within +-this move (0.9 = 90%).
     max_move: float = 0.9
-    #: Also compute the distance with riskmon's model margin recomputed at each move.
+    #: Also compute the distance with riskmon's model margin recomputed at each move,
+    #: on its own clock (a scenario pass at most this often computes it).
     recompute_distance: bool = True
+    recompute_interval_ms: int = 30_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,10 @@ class Evaluator:
         self._full: dict[str, FullRevaluationVaR] = {}
         self._regime_memo: tuple[FloatArray, npt.NDArray[np.bool_], RegimeFigures] | None = None
         self._margin_model: dict[str, dict[str, Any]] = {}
+        self._recompute_next = -(2**62)
+        self._pending_recompute = False
+        #: The last recomputed distance per account (None: it has none), with its as_of.
+        self._recomputed: dict[str, dict[str, Any] | None] = {}
 
     def evaluate(
         self,
@@ -141,6 +147,12 @@ class Evaluator:
             a not in self._full for a in values.account_names
         )
         if due and self._pending is None:
+            # The distance with the model margin recomputed is the slow pass's slowest
+            # part: on its own clock, and for an account that has none yet.
+            recompute = s.recompute_distance and (
+                as_of_ms >= self._recompute_next
+                or any(a not in self._recomputed for a in values.account_names)
+            )
             # Inputs are this evaluation's own arrays (never mutated) and copies of the
             # engine's mutable containers, so the pass may run on another thread.
             job = partial(
@@ -152,14 +164,19 @@ class Evaluator:
                 horizon,
                 as_of_ms,
                 _MarginInputs(
-                    _linear_positions(book, registry, prices.price, as_of_ms), prices.price.copy()
+                    _linear_positions(book, registry, prices.price, as_of_ms),
+                    prices.price.copy(),
+                    recompute,
                 ),
             )
             if self._executor is None:
-                self._full, self._margin_model = job()
+                self._take(job(), recompute)
             else:
                 self._pending = self._executor.submit(job)
+                self._pending_recompute = recompute
             self._scenario_next = as_of_ms + s.scenario_interval_ms
+            if recompute:
+                self._recompute_next = as_of_ms + s.recompute_interval_ms
         stresses = self._stresses(values, registry.underlyings)
 
         names = tuple(registry.underlyings)
@@ -259,7 +276,18 @@ class Evaluator:
         if pending is None or not pending.done():
             return
         self._pending = None
-        self._full, self._margin_model = pending.result()
+        self._take(pending.result(), self._pending_recompute)
+
+    def _take(self, results: _ScenarioResults, recomputed: bool) -> None:
+        """Adopt a scenario pass; a pass that did not recompute the model-margin distance
+        carries the last one forward (it keeps its own ``as_of``)."""
+        self._full, self._margin_model = results
+        for name, fig in self._margin_model.items():
+            distance = fig.get("distance_to_call")
+            if recomputed:
+                self._recomputed[name] = None if distance is None else distance["recomputed"]
+            elif distance is not None:
+                distance["recomputed"] = self._recomputed.get(name)
 
     def _scenario_pass(
         self,
@@ -326,7 +354,7 @@ class Evaluator:
             equity, mm, lin, values.options, cov, values.exposure, max_move=s.max_move
         )
         dm = distance_to_call_model(
-            np.where(dc.valid & s.recompute_distance, equity, np.nan),
+            np.where(dc.valid & inputs.recompute, equity, np.nan),
             lin,
             values.options,
             inputs.linear,
@@ -348,7 +376,7 @@ class Evaluator:
                         "up": bool(dc.reachable_up[j]),
                     },
                     "recomputed": (
-                        _recomputed(dm, dc.sigma_1d[j], j) if s.recompute_distance else None
+                        _recomputed(dm, dc.sigma_1d[j], j, as_of_ms) if inputs.recompute else None
                     ),
                 }
             out[name] = {
@@ -503,6 +531,7 @@ class _MarginInputs:
 
     linear: LinearPositions | None
     index: FloatArray
+    recompute: bool = False
 
 
 def _linear_positions(
@@ -572,7 +601,7 @@ def _model_report(pm: PortfolioMargin, j: int) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _recomputed(dm: ModelDistance, sigma_1d: float, j: int) -> dict[str, Any]:
+def _recomputed(dm: ModelDistance, sigma_1d: float, j: int, as_of_ms: int) -> dict[str, Any]:
     """The distance with riskmon's model margin recomputed along the move."""
     down, up = float(dm.down[j]), float(dm.up[j])
     known = math.isfinite(sigma_1d) and sigma_1d > 0.0
@@ -583,6 +612,7 @@ def _recomputed(dm: ModelDistance, sigma_1d: float, j: int) -> dict[str, Any]:
         "up": _opt(up),
         "sigmas": {"down": _opt(sig_down), "up": _opt(sig_up)},
         "reachable": {"down": bool(dm.reachable_down[j]), "up": bool(dm.reachable_up[j])},
+        "as_of": iso_ms(as_of_ms),
     }
 
 
