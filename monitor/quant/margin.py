@@ -1397,12 +1397,13 @@ def _pm_core(
         sd_states = np.stack([up, sig, down]) * np.sqrt(o.t)  # (3, e)
         state_row = 1 - vol_state
         sd0 = sig * np.sqrt(o.t)
+        log_moves = np.log1p(moves)  # (m, n): each option takes its underlying's column
         for c in _chunks(m, ne):
             width = c.stop - c.start
             base = _values(np.zeros((1, width)), o, c, sd0[c])
-            r = np.log1p(moves[:, u[c]])
+            r = log_moves[:, u[c]]
             inv_c = e.o_inv[c]
-            growth = np.exp(r) if inv_c.any() else None
+            growth = 1.0 + moves[:, u[c]] if inv_c.any() else None
             v = _values(r, o, c, sd_states[:, c][state_row])
             if growth is not None:  # coin value: USD value / the moved forward
                 fw = o.fwd[c]
