@@ -353,15 +353,19 @@ class Evaluator:
         dc = distance_to_call(
             equity, mm, lin, values.options, cov, values.exposure, max_move=s.max_move
         )
-        dm = distance_to_call_model(
-            np.where(dc.valid & inputs.recompute, equity, np.nan),
-            lin,
-            values.options,
-            inputs.linear,
-            inputs.index,
-            underlyings,
-            s.margin,
-            max_move=s.max_move,
+        dm = (
+            distance_to_call_model(
+                np.where(dc.valid, equity, np.nan),
+                lin,
+                values.options,
+                inputs.linear,
+                inputs.index,
+                underlyings,
+                s.margin,
+                max_move=s.max_move,
+            )
+            if inputs.recompute
+            else None
         )
         out: dict[str, dict[str, Any]] = {}
         for j, name in enumerate(names):
@@ -376,7 +380,7 @@ class Evaluator:
                         "up": bool(dc.reachable_up[j]),
                     },
                     "recomputed": (
-                        _recomputed(dm, dc.sigma_1d[j], j, as_of_ms) if inputs.recompute else None
+                        None if dm is None else _recomputed(dm, dc.sigma_1d[j], j, as_of_ms)
                     ),
                 }
             out[name] = {
