@@ -1026,6 +1026,58 @@ def margin() -> dash.Dashboard:
     )
     b.add(
         graph(
+            "Model maintenance margin vs the venue's",
+            "riskmon's portfolio-margin model (Deribit's recipe per settlement currency: worst "
+            "case + roll shock + delta shock, x mm_factor) over the venue's maintenance margin "
+            "(100% = agreement). Far from 100% is a model or data problem: compare margin.model in "
+            "the report with the venue. Unit: % (100% = agreement).",
+            "percentunit",
+            [Q(f"riskmon_account_model_to_venue_mm_ratio{{{ACC}}}", "{{account}}")],
+            thresholds=[(None, ORANGE), (0.8, GREEN), (1.25, ORANGE)],
+            minimum=0,
+        ),
+        w=12,
+    )
+    b.add(
+        graph(
+            "Model margin by currency and component",
+            "riskmon's model per account and settlement currency: worst case, roll shock, "
+            "delta shock and maintenance margin, in USD at today's index price. Unit: USD.",
+            "currencyUSD",
+            [
+                Q(
+                    f"riskmon_account_model_margin_usd{{{ACC}}}",
+                    "{{account}} {{currency}} {{component}}",
+                )
+            ],
+        ),
+        w=12,
+    )
+    b.add(
+        graph(
+            "Distance to a call, model margin recomputed",
+            "The distance to a margin call with riskmon's model maintenance margin recomputed "
+            "at every moved price (short gamma: closer than the venue-MM-held figure), down "
+            "(solid) and up (dashed). Unit: %.",
+            "percentunit",
+            [
+                Q(
+                    f'riskmon_account_distance_to_call_recomputed_ratio{{{ACC}, direction="down"}}',
+                    "{{account}} down",
+                ),
+                Q(
+                    f'riskmon_account_distance_to_call_recomputed_ratio{{{ACC}, direction="up"}}',
+                    "{{account}} up",
+                ),
+            ],
+            thresholds=[(None, RED), (0.05, ORANGE), (0.15, GREEN)],
+            minimum=0,
+            dashed=".* up$",
+        ),
+        w=12,
+    )
+    b.add(
+        graph(
             "Stress scenarios",
             "P&L of each configured stress ([[margin.stresses]]) per account, revalued every "
             "evaluation. A loss is negative. Unit: USD.",

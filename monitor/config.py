@@ -78,6 +78,7 @@ __all__ = [
     "NON_CONFIG_ENV_VARS",
     "Config",
     "ConfigError",
+    "CurrencyMarginConfig",
     "EngineConfig",
     "EstimatorConfig",
     "LogConfig",
@@ -86,6 +87,7 @@ __all__ = [
     "RiskConfig",
     "ServerConfig",
     "StressConfig",
+    "UnderlyingMarginConfig",
     "load_config",
     "redacted",
 ]
@@ -228,6 +230,31 @@ class StressConfig(Section, frozen=True):
     vol_shift: Annotated[float, Meta(gt=-1.0)] = 0.0
 
 
+class UnderlyingMarginConfig(Section, frozen=True):
+    """``[margin.underlyings.<U>]``: one underlying's scenario and delta-shock parameters;
+    a key not given keeps the built-in value for that underlying, else ``[margin]``'s."""
+
+    price_range: Annotated[float, Meta(gt=0.0, lt=1.0)] | None = None
+    vol_range_up: Annotated[float, Meta(ge=0.0)] | None = None
+    vol_range_down: Annotated[float, Meta(ge=0.0, lt=1.0)] | None = None
+    short_term_vega_power: Annotated[float, Meta(ge=0.0)] | None = None
+    long_term_vega_power: Annotated[float, Meta(ge=0.0)] | None = None
+    min_vol_shock_up: Annotated[float, Meta(ge=0.0)] | None = None
+    extended_weight: Annotated[float, Meta(ge=0.0)] | None = None
+    delta_shock_threshold: Annotated[float, Meta(ge=0.0)] | None = None
+    max_delta_shock: Annotated[float, Meta(ge=0.0)] | None = None
+    delta_shock_slope: Annotated[float, Meta(ge=0.0)] | None = None
+
+
+class CurrencyMarginConfig(Section, frozen=True):
+    """``[margin.currencies.<C>]``: one settlement currency's roll-shock and dampener
+    parameters; a key not given keeps the built-in value."""
+
+    min_annualised_move: Annotated[float, Meta(ge=0.0)] | None = None
+    annualised_move_risk: Annotated[float, Meta(ge=0.0)] | None = None
+    extended_dampener: Annotated[float, Meta(ge=0.0)] | None = None
+
+
 class MarginConfig(Section, frozen=True):
     """riskmon's own portfolio-margin model (defaults after Deribit's) and stresses."""
 
@@ -250,8 +277,17 @@ class MarginConfig(Section, frozen=True):
         5.0,
     )
     extended_weight: Annotated[float, Meta(ge=0.0)] = 1.0
-    aggregation: Literal["sum", "joint"] = "sum"
+    aggregation: Literal["per_currency", "sum", "joint"] = "per_currency"
+    mm_factor: Annotated[float, Meta(ge=0.0)] = 0.8
+    dampener: bool = True
+    delta_shock_threshold: Annotated[float, Meta(ge=0.0)] = 20_000_000.0
+    max_delta_shock: Annotated[float, Meta(ge=0.0)] = 0.1
+    delta_shock_slope: Annotated[float, Meta(ge=0.0)] = 0.00005
+    underlyings: dict[str, UnderlyingMarginConfig] = msgspec.field(default_factory=dict)
+    currencies: dict[str, CurrencyMarginConfig] = msgspec.field(default_factory=dict)
     max_move: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.9
+    recompute_distance: bool = True
+    recompute_interval: Duration = parse_duration("30s")
     stresses: tuple[StressConfig, ...] = ()
 
     def __post_init__(self) -> None:

@@ -16,7 +16,11 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from connectors import build_connector
 from connectors.base import Connector
@@ -33,7 +37,14 @@ from monitor.model.health import ConnectorStatus
 from monitor.model.settings import read_secret_file
 from monitor.model.snapshot import RiskSnapshot
 from monitor.notify import AlertDispatcher, NotifierStats
-from monitor.quant.margin import MarginSettings, Stress
+from monitor.quant.margin import (
+    DEFAULT_CURRENCIES,
+    DEFAULT_UNDERLYINGS,
+    CurrencyParams,
+    MarginSettings,
+    Stress,
+    UnderlyingParams,
+)
 from monitor.rules.pack import rule_engine
 from monitor.serve.http import HttpServer
 from monitor.serve.metrics import build_registry
@@ -73,6 +84,8 @@ def risk_settings(cfg: Config) -> RiskSettings:
         regime_halflife_ms=int(r.regime_halflife),
         margin=_margin_settings(cfg),
         max_move=cfg.margin.max_move,
+        recompute_distance=cfg.margin.recompute_distance,
+        recompute_interval_ms=int(cfg.margin.recompute_interval),
     )
 
 
@@ -90,10 +103,38 @@ def _margin_settings(cfg: Config) -> MarginSettings:
         extended_moves=m.extended_moves,
         extended_weight=m.extended_weight,
         aggregation=m.aggregation,
+        mm_factor=m.mm_factor,
+        dampener=m.dampener,
+        delta_shock_threshold=m.delta_shock_threshold,
+        max_delta_shock=m.max_delta_shock,
+        delta_shock_slope=m.delta_shock_slope,
+        underlyings={
+            **DEFAULT_UNDERLYINGS,
+            **{
+                u: replace(DEFAULT_UNDERLYINGS.get(u, UnderlyingParams()), **_given(o))
+                for u, o in m.underlyings.items()
+            },
+        },
+        currencies={
+            **DEFAULT_CURRENCIES,
+            **{
+                c: replace(DEFAULT_CURRENCIES.get(c, CurrencyParams()), **_given(o))
+                for c, o in m.currencies.items()
+            },
+        },
         stresses=tuple(
             Stress(s.name, dict(s.moves), s.default_move, s.vol_shift) for s in m.stresses
         ),
     )
+
+
+def _given(section: msgspec.Struct) -> dict[str, Any]:
+    """The keys of a per-underlying or per-currency margin table that were set."""
+    return {
+        name: getattr(section, name)
+        for name in section.__struct_fields__
+        if getattr(section, name) is not None
+    }
 
 
 def sd_notify(message: str) -> bool:

@@ -587,3 +587,27 @@ def column_of(opts: OptionPositions, b: int) -> OptionPositions:
         opts.is_call,
         opts.quantity[:, b],
     )
+
+
+@pytest.mark.parametrize("centre", [0.059, 0.0555, -0.047])
+def test_distance_sees_a_short_dated_dip_between_scan_points(centre: float) -> None:
+    """A short butterfly with 0.5% wings 30 minutes from expiry: its loss is a narrow dip
+    around the body. The first call is where brute force finds it, not missed between
+    scan points."""
+    f = 60_000.0
+    t = 30.0 / (365.0 * 1_440.0)
+    body = f * (1.0 + centre)
+    wings = (body * 0.995, body * 1.005)
+    legs = [
+        Pos(0, 0, -100.0, Opt(0, f, wings[0], t, 0.6, True)),
+        Pos(0, 0, 200.0, Opt(0, f, body, t, 0.6, True)),
+        Pos(0, 0, -100.0, Opt(0, f, wings[1], t, 0.6, True)),
+    ]
+    lin, opts = arrays(legs, 1, 3)
+    headroom = 8_000.0  # the dip is about 12,700 USD deep at its body
+    want = oracle_distance(legs, headroom, 1.0 if centre > 0 else -1.0)
+    assert 0.03 < want < 0.07  # the dip reaches the call, near its body
+    d = distance_to_call([headroom + 1_000.0], [1_000.0], lin, opts, COV, [[0.0, 0.0, 0.0]])
+    got, flag = (d.up[0], d.reachable_up[0]) if centre > 0 else (d.down[0], d.reachable_down[0])
+    assert flag
+    assert got == pytest.approx(want, abs=1e-6)

@@ -9,7 +9,7 @@ from tools import StaticView
 
 from monitor.engine.core import Engine, EngineSettings
 from monitor.engine.evaluation import RiskSettings
-from monitor.model.events import AccountEvent, Event, PositionEvent, PriceEvent
+from monitor.model.events import AccountEvent, Event, PositionEvent, PriceEvent, iso_ms
 from monitor.quant.margin import MarginSettings, Stress
 
 T0 = 1_767_225_600_000
@@ -111,3 +111,112 @@ def test_margin_model_metrics() -> None:
     assert get("riskmon_account_distance_to_call_ratio", direction="up") is None
     assert get("riskmon_account_call_reachable", direction="up") == 0.0
     assert get("riskmon_account_stress_pnl_usd", stress="crash") == pytest.approx(-45_000.0)
+
+
+def test_worked_example_through_the_engine_reports_the_model_per_currency() -> None:
+    """The portfolio-margin worked example (inverse BTC options and perpetual) as events:
+    margin.model, the recomputed distance and the model-to-venue ratio, in the report and
+    the metrics, equal to the pure model's figures (themselves checked by hand in
+    test_portfolio_margin)."""
+    from test_portfolio_margin import PERP_USD, S0, worked_example_book, worked_example_by_hand
+
+    from monitor.model.events import InstrumentEvent
+    from monitor.quant.margin import distance_to_call_model
+    from monitor.serve.metrics import build_registry
+
+    day = 86_400_000
+    iso = iso_ms
+    t_eval = T0 + 2_000
+    t_model = T0 + 1_000  # the scenario pass runs at the account's first evaluation
+    events: list[Event] = [
+        InstrumentEvent("BTC-PERPETUAL", "perpetual", "BTC", inverse=True),
+        InstrumentEvent(
+            "C30", "option", "BTC", iso(t_model + 30 * day), 66_000.0, "call", inverse=True
+        ),
+        InstrumentEvent(
+            "P7", "option", "BTC", iso(t_model + 7 * day), 60_000.0, "put", inverse=True
+        ),
+        PriceEvent(T0, "BTC", S0),
+        PriceEvent(T0, "BTC-PERPETUAL", S0),
+        PriceEvent(T0, "C30", 0.02, iv=0.6, underlying_price=S0),
+        PriceEvent(T0, "P7", 0.03, iv=0.6, underlying_price=S0),
+        PositionEvent(T0, "a", "C30", -10.0),
+        PositionEvent(T0, "a", "P7", 5.0),
+        PositionEvent(T0, "a", "BTC-PERPETUAL", PERP_USD / S0),
+        AccountEvent(T0, "a", 150_000.0, 90_000.0, 60_000.0),
+        PriceEvent(t_eval, "BTC", S0),
+    ]
+    eng = Engine(SETTINGS)
+    eng.replay(events, "t")
+    snap = eng.evaluate(t_eval)
+    margin = snap.accounts["a"].extra["margin"]
+    hand = worked_example_by_hand()
+    assert margin["scenarios_as_of"] == iso(t_model)  # expiries 30 and 7 days after it
+    btc = margin["model"]["BTC"]
+    assert set(margin["model"]) == {"BTC"}
+    assert btc["unit"] == "BTC"
+    assert btc["parameters_source"] == "defaults"
+    assert btc["worst_scenario"] == "+16% vol up"
+    for key, want in (
+        ("worst_case", hand["worst_case"]),
+        ("roll_shock", hand["roll_shock"]),
+        ("risk_matrix_margin", hand["rmm"]),
+        ("maintenance_margin", hand["mm"]),
+    ):
+        assert btc[key] == pytest.approx(want, rel=1e-6), key
+        assert btc[f"{key}_usd"] == pytest.approx(want * S0, rel=1e-6), key
+    assert btc["delta_shock"] == 0.0
+    mm_usd = hand["mm"] * S0
+    assert margin["model_maintenance_margin_usd"] == pytest.approx(mm_usd, rel=1e-6)
+    assert margin["model_to_venue_mm"] == pytest.approx(mm_usd / 60_000.0, rel=1e-6)
+    assert margin["scenario_margin"] == pytest.approx(hand["worst_case"] * S0, rel=1e-6)
+    assert margin["worst_scenario"] == "BTC +16% vol up (BTC-settled)"
+    linear, options = worked_example_book()
+    pure = distance_to_call_model([150_000.0], [[PERP_USD]], options, linear, [S0], ["BTC"])
+    rec = margin["distance_to_call"]["recomputed"]
+    assert rec["up"] == pytest.approx(float(pure.up[0]), abs=1e-6)
+    assert rec["reachable"]["up"] is True
+
+    registry = build_registry(StaticView(snap), process_metrics=False)[0]
+
+    def get(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"account": "a", **labels})
+
+    assert get(
+        "riskmon_account_model_margin_usd", currency="BTC", component="maintenance_margin"
+    ) == pytest.approx(mm_usd, rel=1e-6)
+    assert get("riskmon_account_model_maintenance_margin_usd") == pytest.approx(mm_usd, rel=1e-6)
+    assert get("riskmon_account_model_to_venue_mm_ratio") == pytest.approx(
+        mm_usd / 60_000.0, rel=1e-6
+    )
+    assert get(
+        "riskmon_account_distance_to_call_recomputed_ratio", direction="up"
+    ) == pytest.approx(float(pure.up[0]), abs=1e-6)
+
+    off = Engine(SETTINGS, risk=RiskSettings(recompute_distance=False))
+    off.replay(events, "t")
+    margin_off = off.evaluate(t_eval).accounts["a"].extra["margin"]
+    assert margin_off["distance_to_call"]["recomputed"] is None
+    assert margin_off["distance_to_call"]["up"] == margin["distance_to_call"]["up"]
+
+
+def test_recomputed_distance_runs_on_its_own_clock() -> None:
+    """Scenario passes every 5 s from the first (at 0 s); the recomputed distance at most
+    every 30 s: the pass at 30 s recomputes it, the one at 40 s carries it forward."""
+    eng = Engine(SETTINGS, risk=RiskSettings(recompute_interval_ms=30_000))
+    events: list[Event] = [PriceEvent(T0 + 1_000 * k, "BTC", 90_000.0) for k in range(41)]
+    events += [
+        PositionEvent(T0, "a", "BTC-PERPETUAL", 10.0),
+        AccountEvent(T0, "a", 400_000.0, None, 100_000.0),
+    ]
+    events.sort(key=lambda e: e.ts or 0)
+    eng.replay(events, "t")
+    margin = eng.evaluate(T0 + 40_000).accounts["a"].extra["margin"]
+    assert margin["scenarios_as_of"] == iso_ms(T0 + 40_000)
+    rec = margin["distance_to_call"]["recomputed"]
+    assert rec["as_of"] == iso_ms(T0 + 30_000)
+    # 900,000 USD long, no options: MM recomputed = 0.8 x (0.16 + 0.01) x 900k x (1 + m);
+    # the fall m < 0 solves 400k + 900k m = 0.136 x 900k x (1 + m).
+    x = 900_000.0
+    mm = 0.8 * 0.17 * x
+    assert rec["down"] == pytest.approx((400_000.0 - mm) / (x - mm), rel=1e-6)

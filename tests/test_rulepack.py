@@ -98,6 +98,9 @@ def calm_margin(**changes: Any) -> dict[str, Any]:
             "reachable": {"down": True, "up": False},
         },
         "stresses": {},
+        "model": {},
+        "model_maintenance_margin_usd": 105_000.0,
+        "model_to_venue_mm": 1.05,
     }
     margin.update(changes)
     return margin
@@ -225,7 +228,8 @@ def test_the_calm_book_is_read_by_every_rule(base: RiskSnapshot) -> None:
         regime=regime(base, realised_to_implied={"BTC": 1.0}),
     )
     inp = RuleInput(snap, CONNECTED)
-    read = {r.name: list(r.read(inp)) for r in build_rules(Config().rules, limits)}
+    rules = config(model_margin_divergence={"accounts": ["main"]}).rules
+    read = {r.name: list(r.read(inp)) for r in build_rules(rules, limits)}
     assert set(read) == {r.rule for r in Config().rules}
     assert all(read[name] for name in read), [name for name in read if not read[name]]
     finite = {name: [x.value for x in rs if math.isfinite(x.value)] for name, rs in read.items()}
@@ -303,6 +307,29 @@ def test_margin_utilization_fires_with_headroom(base: RiskSnapshot) -> None:
         "main: margin utilisation 78% (warning 60%, critical 80%); "
         "headroom 210,000 USD of 950,000 USD equity"
     )
+
+
+@pytest.mark.parametrize(
+    ("ours", "severity"), [(250_000.0, "critical"), (70_000.0, "warning"), (110_000.0, None)]
+)
+def test_model_margin_divergence_either_way(
+    base: RiskSnapshot, ours: float, severity: str | None
+) -> None:
+    """Venue MM 100,000: riskmon's 250,000 is 150% above it, 70,000 puts the venue's 43%
+    above riskmon's (1/0.7 - 1), 110,000 is within the 25% warning."""
+    snap = with_margin(base, model_maintenance_margin_usd=ours)
+    cfg = config(model_margin_divergence={"for": "0s", "accounts": ["main"]})
+    alerts = firing(snap, cfg=cfg).get("model_margin_divergence", [])
+    unlisted = config(model_margin_divergence={"for": "0s"})  # not a portfolio-margin account
+    assert firing(snap, cfg=unlisted).get("model_margin_divergence", []) == []
+    if severity is None:
+        assert alerts == []
+        return
+    (alert,) = alerts
+    r = ours / 100_000.0
+    assert alert.severity == severity
+    assert alert.value == pytest.approx(max(r, 1.0 / r) - 1.0, rel=1e-12)
+    assert "the venue's 100,000 USD" in alert.summary
 
 
 def test_margin_utilization_with_equity_gone_is_critical(base: RiskSnapshot) -> None:

@@ -38,7 +38,17 @@ from monitor.model.snapshot import (
     RiskSnapshot,
 )
 from monitor.quant.estimator import RollingEstimator
-from monitor.quant.margin import MarginSettings, distance_to_call, scenario_margin, stress_pnl
+from monitor.quant.margin import (
+    LinearPositions,
+    MarginSettings,
+    ModelDistance,
+    PortfolioMargin,
+    distance_to_call,
+    distance_to_call_model,
+    portfolio_margin,
+    scenario_margin,
+    stress_pnl,
+)
 from monitor.quant.regime import RegimeBaselines, RegimeFigures, regime_figures, vol_ratio
 from monitor.quant.risk import (
     book_risk,
@@ -73,6 +83,10 @@ class RiskSettings:
     margin: MarginSettings = field(default_factory=MarginSettings)
     #: Distance to a margin call is searched within +-this move (0.9 = 90%).
     max_move: float = 0.9
+    #: Also compute the distance with riskmon's model margin recomputed at each move,
+    #: on its own clock (a scenario pass at most this often computes it).
+    recompute_distance: bool = True
+    recompute_interval_ms: int = 30_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +128,10 @@ class Evaluator:
         self._scenario_unknown: dict[str, str] = {}
         self._regime_memo: tuple[FloatArray, npt.NDArray[np.bool_], RegimeFigures] | None = None
         self._margin_model: dict[str, dict[str, Any]] = {}
+        self._recompute_next = -(2**62)
+        self._pending_recompute = False
+        #: The last recomputed distance per account (None: it has none), with its as_of.
+        self._recomputed: dict[str, dict[str, Any] | None] = {}
 
     @np.errstate(all="ignore")  # non-finite results are handled (null + reason), not warned
     def evaluate(
@@ -141,6 +159,12 @@ class Evaluator:
             a not in self._full for a in values.account_names
         )
         if due and self._pending is None:
+            # The distance with the model margin recomputed is the slow pass's slowest
+            # part: on its own clock, and for an account that has none yet.
+            recompute = s.recompute_distance and (
+                as_of_ms >= self._recompute_next
+                or any(a not in self._recomputed for a in values.account_names)
+            )
             # Inputs are this evaluation's own arrays (never mutated) and copies of the
             # engine's mutable containers, so the pass may run on another thread.
             job = partial(
@@ -151,12 +175,20 @@ class Evaluator:
                 list(registry.underlyings),
                 horizon,
                 as_of_ms,
+                _MarginInputs(
+                    _linear_positions(book, registry, prices.price, as_of_ms),
+                    prices.price.copy(),
+                    recompute,
+                ),
             )
             if self._executor is None:
-                self._full, self._margin_model, self._scenario_unknown = job()
+                self._take(job(), recompute)
             else:
                 self._pending = self._executor.submit(job)
+                self._pending_recompute = recompute
             self._scenario_next = as_of_ms + s.scenario_interval_ms
+            if recompute:
+                self._recompute_next = as_of_ms + s.recompute_interval_ms
         try:
             stresses = self._stresses(values, registry.underlyings)
         except _NUMERIC_ERRORS as exc:
@@ -286,7 +318,18 @@ class Evaluator:
         if pending is None or not pending.done():
             return
         self._pending = None
-        self._full, self._margin_model, self._scenario_unknown = pending.result()
+        self._take(pending.result(), self._pending_recompute)
+
+    def _take(self, results: _ScenarioResults, recomputed: bool) -> None:
+        """Adopt a scenario pass; a pass that did not recompute the model-margin distance
+        carries the last one forward (it keeps its own ``as_of``)."""
+        self._full, self._margin_model, self._scenario_unknown = results
+        for name, fig in self._margin_model.items():
+            distance = fig.get("distance_to_call")
+            if recomputed:
+                self._recomputed[name] = None if distance is None else distance["recomputed"]
+            elif distance is not None:
+                distance["recomputed"] = self._recomputed.get(name)
 
     def _scenario_pass(
         self,
@@ -296,6 +339,7 @@ class Evaluator:
         underlyings: list[str],
         horizon: float,
         as_of_ms: int,
+        inputs: _MarginInputs,
     ) -> _ScenarioResults:
         """Full-revaluation VaR, scenario margin and distance to call: the slow clock's work.
 
@@ -310,7 +354,7 @@ class Evaluator:
                 full = {}
                 unknown["accounts.*.var.full_revaluation"] = _reason(exc)
             try:
-                margin = self._margin_models(values, cov, venue, underlyings, as_of_ms)
+                margin = self._margin_models(values, cov, venue, underlyings, as_of_ms, inputs)
             except _NUMERIC_ERRORS as exc:
                 margin = {}
                 unknown["accounts.*.margin.scenario_margin"] = _reason(exc)
@@ -323,18 +367,33 @@ class Evaluator:
         venue: Mapping[str, AccountState],
         underlyings: list[str],
         as_of_ms: int,
+        inputs: _MarginInputs,
     ) -> dict[str, dict[str, Any]]:
-        """Scenario margin and distance to a margin call of every account (scenario clock).
+        """Scenario margin, the portfolio-margin model and distance to a margin call of
+        every account (scenario clock).
 
         Distance to a call needs the venue's equity and maintenance margin (held fixed while
-        the underlyings move, IV held); without them it is ``None``, never a guess.
+        the underlyings move, IV held; and riskmon's model margin recomputed at each move);
+        without them it is ``None``, never a guess.
         """
         names = values.account_names
         if not names:
             return {}
         s = self.settings
         lin = values.linear_usd.T  # (n_und, k)
-        sm = scenario_margin(lin, values.options, s.margin, underlyings)
+        pm = portfolio_margin(
+            inputs.linear,
+            values.options,
+            inputs.index,
+            underlyings,
+            s.margin,
+            n_books=len(names),
+        )
+        if s.margin.aggregation == "per_currency":
+            sm_usd, sm_names = pm.worst_case_usd, _worst_names(pm)
+        else:
+            sm = scenario_margin(lin, values.options, s.margin, underlyings)
+            sm_usd, sm_names = sm.margin_usd, list(sm.worst_scenario)
         nan = math.nan
         equity = np.array([venue[a].equity if a in venue else nan for a in names])
         mm = np.array(
@@ -349,6 +408,20 @@ class Evaluator:
         dc = distance_to_call(
             equity, mm, lin, values.options, cov, values.exposure, max_move=s.max_move
         )
+        dm = (
+            distance_to_call_model(
+                np.where(dc.valid, equity, np.nan),
+                lin,
+                values.options,
+                inputs.linear,
+                inputs.index,
+                underlyings,
+                s.margin,
+                max_move=s.max_move,
+            )
+            if inputs.recompute
+            else None
+        )
         out: dict[str, dict[str, Any]] = {}
         for j, name in enumerate(names):
             distance = None
@@ -361,12 +434,17 @@ class Evaluator:
                         "down": bool(dc.reachable_down[j]),
                         "up": bool(dc.reachable_up[j]),
                     },
+                    "recomputed": (
+                        None if dm is None else _recomputed(dm, dc.sigma_1d[j], j, as_of_ms)
+                    ),
                 }
             out[name] = {
-                "scenario_margin": _opt(sm.margin_usd[j]),
-                "worst_scenario": sm.worst_scenario[j],
+                "scenario_margin": _opt(sm_usd[j]),
+                "worst_scenario": sm_names[j],
                 "distance_to_call": distance,
                 "scenarios_as_of": iso_ms(as_of_ms),
+                "model": _model_report(pm, j),
+                "model_maintenance_margin_usd": _opt(pm.maintenance_margin_usd[j]),
             }
         return out
 
@@ -514,7 +592,119 @@ def _margin(
             "worst_scenario": None,
             "distance_to_call": None,
             "scenarios_as_of": None,
+            "model": {},
+            "model_maintenance_margin_usd": None,
         }
+    )
+    ours, venue_mm = margin["model_maintenance_margin_usd"], margin["maintenance_margin"]
+    margin["model_to_venue_mm"] = (
+        _opt(ours / venue_mm)
+        if ours is not None and venue_mm is not None and venue_mm > 0.0
+        else None
     )
     margin["stresses"] = dict(stresses or {})
     return margin
+
+
+@dataclass(frozen=True, slots=True)
+class _MarginInputs:
+    """What the portfolio-margin model needs beyond :class:`BookValues`: the linear
+    positions with expiry and settlement, and the index prices (USD, registry order)."""
+
+    linear: LinearPositions | None
+    index: FloatArray
+    recompute: bool = False
+
+
+def _linear_positions(
+    book: Book, registry: InstrumentRegistry, index: FloatArray, as_of_ms: int
+) -> LinearPositions | None:
+    """Spot, perpetual and future positions per instrument x account, in underlying units
+    (an inverse contract's USD size over today's index price), for the margin model.
+    Positions whose underlying has no index price are left out, as in ``linear_usd``."""
+    if book.size == 0:
+        return None
+    i = book.instrument
+    kind = registry.column("kind_code")[i]
+    keep = np.flatnonzero((kind != _OPTION_KIND) & np.isfinite(index[book.underlying]))
+    if keep.size == 0:
+        return None
+    uniq, first, row = np.unique(i[keep], return_index=True, return_inverse=True)
+    qty = np.zeros((uniq.size, len(book.accounts)))
+    mult = np.asarray(registry.column("multiplier")[i[keep]], dtype=np.float64)
+    np.add.at(qty, (row.reshape(-1), book.account[keep]), book.quantity[keep] * mult)
+    expiry = registry.column("expiry_ms")[uniq].astype(np.float64)
+    ukind = kind[keep][first]
+    return LinearPositions(
+        underlying=book.underlying[keep][first],
+        quantity=qty,
+        t=np.where(ukind == _FUTURE_KIND, np.maximum(expiry - as_of_ms, 0.0) / MS_PER_YEAR, np.nan),
+        inverse=np.asarray(registry.column("inverse")[uniq], dtype=bool),
+        rolls=(ukind == _FUTURE_KIND) | (ukind == _PERPETUAL_KIND),
+    )
+
+
+def _worst_names(pm: PortfolioMargin) -> list[str | None]:
+    """Per book, the worst scenario of each currency with a loss, largest USD loss first:
+    ``"BTC -16% vol up + BTC +16% vol up (BTC-settled)"``."""
+    k = pm.worst_case_usd.shape[0]
+    out: list[str | None] = []
+    for b in range(k):  # names only: one string per book
+        parts = [
+            (c.worst_case[b] * c.usd_per_unit, c.worst_scenario[b], c.currency)
+            for c in pm.currencies
+            if c.worst_scenario[b] is not None
+        ]
+        parts.sort(key=lambda p: -p[0])
+        out.append(
+            " + ".join(
+                str(name) if cur == "USD" else f"{cur} {name} ({cur}-settled)"
+                for _, name, cur in parts
+            )
+            or None
+        )
+    return out
+
+
+def _model_report(pm: PortfolioMargin, j: int) -> dict[str, dict[str, Any]]:
+    """``margin.model``: per settlement currency the book holds, each component in the
+    currency's unit and in USD."""
+    out: dict[str, dict[str, Any]] = {}
+    for c in pm.currencies:
+        if not c.held[j]:
+            continue
+        fig: dict[str, Any] = {"unit": c.currency, "worst_scenario": c.worst_scenario[j]}
+        for key in _MODEL_KEYS:
+            v = float(getattr(c, key)[j])
+            fig[key] = _opt(v)
+            fig[f"{key}_usd"] = _opt(v * c.usd_per_unit)
+        fig["parameters_source"] = pm.parameters_source
+        out[c.currency] = fig
+    return out
+
+
+def _recomputed(dm: ModelDistance, sigma_1d: float, j: int, as_of_ms: int) -> dict[str, Any]:
+    """The distance with riskmon's model margin recomputed along the move."""
+    down, up = float(dm.down[j]), float(dm.up[j])
+    known = math.isfinite(sigma_1d) and sigma_1d > 0.0
+    sig_down = abs(math.log1p(-down)) / sigma_1d if known and down < 1.0 else math.nan
+    sig_up = abs(math.log1p(up)) / sigma_1d if known else math.nan
+    return {
+        "down": _opt(down),
+        "up": _opt(up),
+        "sigmas": {"down": _opt(sig_down), "up": _opt(sig_up)},
+        "reachable": {"down": bool(dm.reachable_down[j]), "up": bool(dm.reachable_up[j])},
+        "as_of": iso_ms(as_of_ms),
+    }
+
+
+_MODEL_KEYS: Final = (
+    "worst_case",
+    "roll_shock",
+    "delta_shock",
+    "risk_matrix_margin",
+    "maintenance_margin",
+)
+_OPTION_KIND: Final = 4
+_FUTURE_KIND: Final = 3
+_PERPETUAL_KIND: Final = 2

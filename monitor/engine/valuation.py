@@ -209,8 +209,8 @@ def value_book(
             for code, count in zip(*np.unique(bad, return_counts=True), strict=True):
                 iv_unsolved[IVReason(int(code)).name.lower()] = int(count)
         g = black76(fwd, strike, t, vol, is_call)
-        opt_inputs = (oi, fwd, strike, t, vol, is_call)
         inverse = registry.column("inverse")[oi]
+        opt_inputs = (oi, fwd, strike, t, vol, is_call, inverse)
         if inverse.any():
             # What a coin-margined account carries: delta less the coin premium.
             unit_coin_delta[o] = np.where(inverse, coin_delta(g.delta, g.price, fwd), np.nan)
@@ -343,7 +343,7 @@ def _option_book(
     marked = np.full(n_und, np.nan)
     if inputs is None or not priced.any():
         return None, marked
-    inst, fwd, strike, t, vol, is_call = inputs
+    inst, fwd, strike, t, vol, is_call, inverse_opt = inputs
     keep = priced[is_opt]  # option rows (in ``inputs`` order) that are priced
     rows = np.flatnonzero(priced)
     uniq, first, inverse = np.unique(inst[keep], return_index=True, return_inverse=True)
@@ -357,6 +357,7 @@ def _option_book(
         vol=vol[keep][first],
         is_call=is_call[keep][first],
         quantity=qty,
+        inverse=inverse_opt[keep][first],
     )
     w = np.abs(vega[rows])
     den = _weighted_counts(und[rows], w, n_und)

@@ -1,22 +1,23 @@
-"""Own margin figures: scenario margin, distance to a margin call, stress what-ifs.
+"""Own margin figures: portfolio margin as Deribit computes it, scenario margin, distance
+to a margin call, stress what-ifs.
 
-riskmon's own margin model beside the venue's figures. Pure numpy/scipy: no clock, no
-I/O, no logging. Everything is vectorised over option instruments, scenarios and books;
-options come deduplicated per instrument with one quantity column per book
+riskmon's own margin model beside the venue's figures. Pure numpy/scipy: no clock, no I/O,
+no logging. Everything is vectorised over option instruments, scenarios and books; options
+come deduplicated per instrument with one quantity column per book
 (:class:`monitor.quant.risk.OptionPositions`, as ``BookValues.options`` holds them), linear
-positions as their USD value per underlying and book (``BookValues.linear_usd.T``).
+positions as their USD value per underlying and book (``BookValues.linear_usd.T``) or, for the portfolio-margin model, per instrument with
+expiry and settlement (:class:`LinearPositions`).
 
-Scenario margin (after Deribit's portfolio margin)
-    Sources: Deribit's "Portfolio Margin" article
-    (support.deribit.com/hc/en-us/articles/25944756247837) for the structure: a maximum
+Scenario grid (Deribit's portfolio margin)
+    Sources: Deribit's support article "Portfolio Margin" for the structure: a maximum
     price move of +-16% in 9 evenly spaced buckets including 0, each with volatility up,
     same and down; an "extended table" of moves -66%, -33%, +50%, +100%, +200%, +300%,
     +400%, +500% on volatility up only, counting "only a fraction of simulated P&L", with a
-    dampener. Deribit's API (``private/pme/simulate``, ``model_params`` for ``btc_usd``,
-    docs.deribit.com) for the values: ``price_range`` 0.16, ``buckets_count`` 4 (moves per
-    side), ``volatility_range_up`` 0.5, ``volatility_range_down`` 0.25,
-    ``short_term_vega_power`` 0.3, ``long_term_vega_power`` 0.13,
-    ``min_volatility_for_shock_up`` 0.5, ``extended_table_factor`` 1.
+    dampener. Deribit's API (``private/pme/simulate`` and its ``model_params``) for the
+    values: BTC ``price_range`` 0.16, ``buckets_count`` 4 (moves per side),
+    ``volatility_range_up`` 0.5, ``volatility_range_down`` 0.25, ``short_term_vega_power``
+    0.3, ``long_term_vega_power`` 0.13, ``min_volatility_for_shock_up`` 0.5,
+    ``extended_table_factor`` 1; ETH ``price_range`` 0.18 and ``volatility_range_up`` 0.4.
 
     A shock applies to each option's own IV ``sigma`` with days to expiry ``D``::
 
@@ -25,62 +26,107 @@ Scenario margin (after Deribit's portfolio margin)
         vol up   = max(sigma * (1 + vol_range_up * scale), min_vol_shock_up)
         vol down = max(sigma * (1 - vol_range_down * scale), 0)
 
-    (the published formula of Deribit-replicating tools, e.g. docs.oreome.com "Advanced Risk
-    Scenarios", and of Paradex's copy of the model; the scale is continuous at 30 days).
-    The P&L of an extended move ``m`` counts with weight
-    ``extended_weight * price_range / |m|`` (0.24 at -66%, 0.032 at +500%): Deribit's
-    "fraction of simulated P&L", as Paradex publishes it for the same table.
+    ``min_days`` (1 day) floors ``D``: Deribit publishes no floor, and without one the down
+    shock of an option in its last hours takes its IV to 0. Time is not advanced: the
+    zero-move, vol-unchanged scenario has zero P&L. The base value is the model price at the
+    marked IV (not the venue mark), as in :func:`monitor.quant.risk.revalue`.
 
-    Departures: (1) ``min_days`` (1 day) floors ``D`` in the scale: Deribit publishes no
-    floor, and without one the down shock of an option in its last hours takes its IV to 0
-    (Paradex floors at 1 day too). (2) Deribit's extended dampener (``extended_dampener``,
-    a per-currency amount) is not applied: its formula is not published; leaving it out can
-    only raise the figure. (3) Deribit's contingencies (per short option, offsetting
-    futures) and the ``mm_factor`` between its IM and MM are not modelled: this is the
-    stress loss, not Deribit's requirement. (4) Deribit margins each settlement currency
-    separately; here cross-underlying aggregation is ``"sum"`` (each underlying moved on its
-    own, worst losses added: Deribit's per-currency figure summed, conservative) or
-    ``"joint"`` (every underlying moved by the same scenario at once).
+Portfolio margin per settlement currency (:func:`portfolio_margin`, Deribit's S:PM)
+    Positions are grouped by settlement currency: an inverse instrument (Deribit's BTC and
+    ETH options, futures and perpetuals) settles in its underlying's coin, any other in
+    USD. P&L vectors are in the settlement currency: an inverse option is worth its USD
+    value over its forward, an inverse future or perpetual of USD size ``N`` makes
+    ``N (1/S0 - 1/S1) = q m / (1 + m)`` coin (``q = N / S0``). Per currency:
 
-    Time is not advanced: Deribit's scenarios move price and volatility only (no theta),
-    so the zero-move, vol-unchanged scenario has zero P&L. The base value is the model price
-    at the marked IV (not the venue mark), as in :func:`monitor.quant.risk.revalue`.
+    - worst case: the largest loss over the 27 standard scenarios and the 8 extended ones,
+      an extended move ``m`` weighted ``extended_weight * price_range / |m|``, in coin
+      further ``* (1 + m) / (1 + sign(m) price_range)`` (which makes an inverse linear
+      position's extended loss equal its +-``price_range`` one, as the published vectors
+      show). The USD currency holds one vector per underlying; its worst case is their sum.
+    - extended dampener (``dampener``, a reconstruction): each extended scenario's summed
+      P&L moves toward zero by ``D (|m| / price_range - 1)`` USD, in coin over
+      ``(1 + sign(m) price_range) S0``, ``D`` the currency's ``extended_dampener`` (BTC
+      100,000, ETH 200,000, USD 25,000). Deribit names the parameter and shows its effect
+      (the extended vectors of its examples are 0 after it) but does not publish the
+      formula; this is the form third-party replications use, and it reproduces both
+      published examples. Without it the figure can only be higher.
+    - roll shock: the sum over expiries of ``|net delta| * max(min_annualised_move,
+      exp(annualised_move_risk * days / 365) - 1)``, perpetuals at ``min_annualised_move``;
+      net delta in the currency's terms (an inverse option's coin delta, delta less its coin
+      value; a future's coin size). Spot positions do not roll.
+    - delta shock: ``|delta| * min(delta_shock_slope * max(|delta| - threshold / S0, 0),
+      max_delta_shock)``, 0 while ``|delta| S0`` stays under ``delta_shock_threshold`` (20M
+      USD). The threshold and cap are published; the linear growth per coin of delta
+      beyond the threshold (Deribit's ``m_inc``) is a reconstruction.
+    - risk-matrix margin = worst case + roll shock + delta shock; maintenance margin =
+      ``mm_factor`` (0.8) x risk-matrix margin. Each in coin and in USD at today's index.
+
+    Checked against Deribit's ``private/pme/simulate`` example (BTC perpetual and future)
+    and a captured ETH response: worst case and roll shock equal to the printed digits;
+    the venue rounds the worst case to 1e-9 coin before adding the shocks, so its
+    risk-matrix and maintenance margins differ from these by up to 4e-10 coin.
+
+    Not modelled: the correlation contingency and haircuts of cross-currency margin
+    (X:PM), ``pnl_offset`` (it scales gains, so it cannot change a worst case within one
+    currency), per-option and offsetting-futures contingencies of older Deribit models,
+    open-order margin. :func:`params_from_model_params` takes the venue's own parameters.
+
+Scenario margin in USD (:func:`scenario_margin`, aggregation ``"sum"`` or ``"joint"``)
+    Every position revalued in USD over the grid: ``"sum"`` moves each underlying on its
+    own and adds the worst losses, ``"joint"`` moves every underlying by the same scenario.
+    Extended moves are weighted ``extended_weight * price_range / |m|``, not dampened.
 
 Distance to a margin call
     The smallest uniform move ``m`` of all underlyings, down and up separately, at which
     ``equity + P&L(m) <= maintenance margin``, with ``P&L(m)`` by full revaluation (every
-    forward times ``1 + m``, IV held, time not advanced) and the maintenance margin held
-    at the venue's figure (in truth it changes with the book's value; the venue's model is
-    not ours to replicate). Found by a scan of a move grid, refined by safeguarded Newton.
-    In sigmas: ``|ln(1 + m)| / sigma_1d``, with ``sigma_1d = sqrt(w' S w / 365)`` the
-    1-day standard deviation of the log return of the book's basket of underlyings,
-    ``w = |x| / sum |x|`` (gross exposure weights), ``S`` the annualised covariance.
+    forward times ``1 + m``, IV held, time not advanced). :func:`distance_to_call` holds
+    the maintenance margin at the venue's figure; :func:`distance_to_call_model` recomputes
+    riskmon's own (the portfolio-margin model at the moved prices), which for a
+    short-gamma book comes sooner. Found by a scan of a move grid (finer around each
+    short-dated option's strike, :func:`_scan_moves`) refined in the first cell that
+    reaches the call. In sigmas: ``|ln(1 + m)| / sigma_1d``, with ``sigma_1d = sqrt(w' S w
+    / 365)`` the 1-day standard deviation of the log return of the book's basket of
+    underlyings, ``w = |x| / sum |x|`` (gross exposure weights), ``S`` the annualised
+    covariance.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 from scipy import sparse
 
-from monitor.quant.greeks import black76
+from monitor.quant.greeks import black76, coin_delta
 from monitor.quant.risk import OptionPositions, _b76_block
 
 __all__ = [
+    "DEFAULT_CURRENCIES",
+    "DEFAULT_UNDERLYINGS",
     "Aggregation",
+    "CurrencyMargin",
+    "CurrencyParams",
     "DistanceToCall",
+    "LinearPositions",
     "MarginScenarios",
     "MarginSettings",
+    "ModelDistance",
+    "ParametersSource",
+    "PortfolioMargin",
     "ScenarioMargin",
     "Stress",
     "StressPnL",
+    "UnderlyingParams",
     "distance_to_call",
+    "distance_to_call_model",
     "margin_scenarios",
+    "params_from_model_params",
+    "portfolio_margin",
     "scenario_margin",
     "shocked_vols",
     "stress_pnl",
@@ -90,7 +136,8 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
-Aggregation = Literal["sum", "joint"]
+Aggregation = Literal["per_currency", "sum", "joint"]
+ParametersSource = Literal["defaults", "venue"]
 
 DAYS_PER_YEAR: Final = 365.0
 #: The expiry, in days, at which a vol shock applies unscaled (Deribit's 30 days).
@@ -140,6 +187,67 @@ class Stress:
 
 
 @dataclass(frozen=True, slots=True)
+class UnderlyingParams:
+    """Scenario and delta-shock parameters of one underlying (Deribit's ``currency_pair``
+    block of ``model_params``); ``None`` keeps the :class:`MarginSettings` value.
+
+    Field meanings are those of :class:`MarginSettings`; ``delta_shock_threshold`` (USD),
+    ``max_delta_shock`` and ``delta_shock_slope`` are Deribit's
+    ``delta_total_liq_shock_threshold``, ``max_delta_shock`` and ``m_inc``.
+    """
+
+    price_range: float | None = None
+    vol_range_up: float | None = None
+    vol_range_down: float | None = None
+    short_term_vega_power: float | None = None
+    long_term_vega_power: float | None = None
+    min_vol_shock_up: float | None = None
+    extended_weight: float | None = None
+    delta_shock_threshold: float | None = None
+    max_delta_shock: float | None = None
+    delta_shock_slope: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CurrencyParams:
+    """Roll-shock and dampener parameters of one settlement currency (Deribit's
+    ``currency`` block of ``model_params``).
+
+    Attributes
+    ----------
+    min_annualised_move
+        Smallest roll move, fraction (0.01): the perpetual's, and any expiry's floor.
+    annualised_move_risk
+        Roll move of an expiry ``d`` days out: ``exp(annualised_move_risk * d / 365) - 1``.
+    extended_dampener
+        USD amount that moves each extended scenario's P&L toward zero, scaled by how far
+        the move lies beyond ``price_range`` (module notes).
+    """
+
+    min_annualised_move: float = 0.01
+    annualised_move_risk: float = 0.075
+    extended_dampener: float = 100_000.0
+
+    def __post_init__(self) -> None:
+        for name in ("min_annualised_move", "annualised_move_risk", "extended_dampener"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0.0):
+                raise ValueError(f"{name} must be finite and >= 0, got {v}")
+
+
+#: Deribit's published values where they differ from :class:`MarginSettings`' (BTC's).
+DEFAULT_UNDERLYINGS: Final[Mapping[str, UnderlyingParams]] = {
+    "ETH": UnderlyingParams(price_range=0.18, vol_range_up=0.4, delta_shock_slope=0.000004),
+}
+#: Deribit's published roll and dampener values per settlement currency.
+DEFAULT_CURRENCIES: Final[Mapping[str, CurrencyParams]] = {
+    "BTC": CurrencyParams(0.01, 0.075, 100_000.0),
+    "ETH": CurrencyParams(0.005, 0.05, 200_000.0),
+    "USD": CurrencyParams(0.01, 0.1, 25_000.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class MarginSettings:
     """``[margin]``: scenario-margin parameters (defaults: Deribit BTC, module notes).
 
@@ -155,7 +263,7 @@ class MarginSettings:
     short_term_vega_power, long_term_vega_power
         Exponent ``p`` of the expiry scale ``(30 / days) ** p`` below / from 30 days.
     min_days
-        Floor on days to expiry in the scale (departure, module notes).
+        Floor on days to expiry in the scale (module notes).
     min_vol_shock_up
         Vol up is at least this IV (annualised decimal).
     extended_moves
@@ -164,8 +272,26 @@ class MarginSettings:
         Deribit's ``extended_table_factor``: an extended move ``m`` counts
         ``extended_weight * price_range / |m|`` of its P&L.
     aggregation
-        ``"sum"``: each underlying moved alone, worst losses added; ``"joint"``: every
-        underlying moved by the same scenario at once.
+        ``"per_currency"``: the portfolio-margin model, one figure per settlement currency
+        (:func:`portfolio_margin`), the scenario margin the sum of their worst cases;
+        ``"sum"``: each underlying moved alone in USD, worst losses added; ``"joint"``:
+        every underlying moved by the same scenario at once, in USD.
+    mm_factor
+        Maintenance margin = ``mm_factor`` x risk-matrix margin.
+    dampener
+        Apply the extended dampener (module notes) to the extended scenarios.
+    delta_shock_threshold, max_delta_shock, delta_shock_slope
+        Delta shock (module notes): USD of net delta below which it is 0, its largest
+        fraction of the delta, and its growth per coin of delta beyond the threshold.
+    underlyings
+        Per-underlying overrides of the fields above (default: Deribit's ETH values).
+    currencies
+        Roll-shock and dampener parameters per settlement currency (``"USD"`` for
+        USD-settled instruments, the coin's name for inverse ones); a coin not listed
+        takes :class:`CurrencyParams`' defaults (Deribit's BTC values).
+    parameters_source
+        ``"defaults"`` (configured values) or ``"venue"`` (the venue's ``model_params``,
+        :func:`params_from_model_params`), reported with the figures.
     stresses
         What-ifs for :func:`stress_pnl`.
     """
@@ -180,7 +306,19 @@ class MarginSettings:
     min_vol_shock_up: float = 0.5
     extended_moves: tuple[float, ...] = (-0.66, -0.33, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
     extended_weight: float = 1.0
-    aggregation: Aggregation = "sum"
+    aggregation: Aggregation = "per_currency"
+    mm_factor: float = 0.8
+    dampener: bool = True
+    delta_shock_threshold: float = 20_000_000.0
+    max_delta_shock: float = 0.1
+    delta_shock_slope: float = 0.00005
+    underlyings: Mapping[str, UnderlyingParams] = field(
+        default_factory=lambda: dict(DEFAULT_UNDERLYINGS)
+    )
+    currencies: Mapping[str, CurrencyParams] = field(
+        default_factory=lambda: dict(DEFAULT_CURRENCIES)
+    )
+    parameters_source: ParametersSource = "defaults"
     stresses: tuple[Stress, ...] = ()
 
     def __post_init__(self) -> None:
@@ -195,17 +333,30 @@ class MarginSettings:
             "long_term_vega_power",
             "min_vol_shock_up",
             "extended_weight",
+            "mm_factor",
+            "delta_shock_threshold",
+            "max_delta_shock",
+            "delta_shock_slope",
         ):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0.0):
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
+        for u, over in self.underlyings.items():
+            for name in (f.name for f in fields(UnderlyingParams)):
+                v = getattr(over, name)
+                if v is not None and not (math.isfinite(v) and v >= 0.0):
+                    raise ValueError(f"underlyings.{u}.{name} must be finite and >= 0, got {v}")
+            if over.price_range is not None and not 0.0 < over.price_range < 1.0:
+                raise ValueError(f"underlyings.{u}.price_range must be in (0, 1)")
         if not (math.isfinite(self.min_days) and self.min_days > 0.0):
             raise ValueError(f"min_days must be > 0, got {self.min_days}")
         for m in self.extended_moves:
             if not (math.isfinite(m) and m > -1.0 and m != 0.0):
                 raise ValueError(f"extended moves must be > -1 and not 0, got {m}")
-        if self.aggregation not in ("sum", "joint"):
-            raise ValueError(f"aggregation must be 'sum' or 'joint', got {self.aggregation!r}")
+        if self.aggregation not in ("per_currency", "sum", "joint"):
+            raise ValueError(
+                f"aggregation must be 'per_currency', 'sum' or 'joint', got {self.aggregation!r}"
+            )
         names = [s.name for s in self.stresses]
         if len(set(names)) != len(names):
             raise ValueError("stress names must be unique")
@@ -335,6 +486,7 @@ class _Options:
     lnfk: FloatArray
     qty: FloatArray  # (i, k)
     unpriced: int
+    keep: IntArray | None = None  # rows of the input kept (from _prepare)
 
     @property
     def size(self) -> int:
@@ -348,6 +500,20 @@ def _linear(linear_usd: npt.ArrayLike, n: int) -> FloatArray:
     if not np.isfinite(lin).all():
         raise ValueError("linear_usd must be finite")
     return lin
+
+
+def _linear_named(
+    linear_usd: npt.ArrayLike, underlyings: Sequence[str]
+) -> tuple[FloatArray, tuple[str, ...]]:
+    """``linear_usd`` as a finite ``(n, k)`` array and the ``n`` underlying names."""
+    lin = np.asarray(linear_usd, dtype=np.float64)
+    if lin.ndim != 2:
+        raise ValueError(f"linear_usd must be 2-D (n, k), got shape {lin.shape}")
+    lin = _linear(lin, lin.shape[0])
+    names = tuple(underlyings)
+    if len(names) != lin.shape[0]:
+        raise ValueError(f"{len(names)} underlying names for {lin.shape[0]} underlyings")
+    return lin, names
 
 
 def _prepare(options: OptionPositions | None, n: int, k: int) -> _Options | None:
@@ -386,6 +552,7 @@ def _prepare(options: OptionPositions | None, n: int, k: int) -> _Options | None
         lnfk=np.log(f / kk),
         qty=q[keep],
         unpriced=unpriced,
+        keep=keep,
     )
 
 
@@ -539,14 +706,10 @@ def scenario_margin(
     sparse ``(n k x i) @ (i x m)`` product; no loop per position or scenario.
     """
     s = settings or MarginSettings()
-    lin = np.asarray(linear_usd, dtype=np.float64)
-    if lin.ndim != 2:
-        raise ValueError(f"linear_usd must be 2-D (n, k), got shape {lin.shape}")
+    n_rows = np.shape(linear_usd)[0] if np.ndim(linear_usd) else 0
+    default = tuple(f"U{j}" for j in range(n_rows))
+    lin, names = _linear_named(linear_usd, default if underlyings is None else underlyings)
     n, k = lin.shape
-    lin = _linear(lin, n)
-    names = tuple(underlyings) if underlyings is not None else tuple(f"U{j}" for j in range(n))
-    if len(names) != n:
-        raise ValueError(f"{len(names)} underlying names for {n} underlyings")
     sc = margin_scenarios(s)
     pnl = sc.moves[:, None, None] * lin[None, :, :]  # (m, n, k)
     o = _prepare(options, n, k)
@@ -639,14 +802,8 @@ def stress_pnl(
     StressPnL
         ``pnl_usd`` of shape ``(len(stresses), k)``.
     """
-    lin = np.asarray(linear_usd, dtype=np.float64)
-    if lin.ndim != 2:
-        raise ValueError(f"linear_usd must be 2-D (n, k), got shape {lin.shape}")
+    lin, names = _linear_named(linear_usd, underlyings)
     n, k = lin.shape
-    lin = _linear(lin, n)
-    names = tuple(underlyings)
-    if len(names) != n:
-        raise ValueError(f"{len(names)} underlying names for {n} underlyings")
     col = {u: j for j, u in enumerate(names)}
     ns = len(stresses)
     moves = np.array([[st.default_move] * n for st in stresses], dtype=np.float64).reshape(ns, n)
@@ -722,6 +879,59 @@ def _move_grid(max_move: float, points: int) -> FloatArray:
     return out
 
 
+def _scan_moves(
+    max_move: float, grid_points: int, o: _Options | None
+) -> tuple[FloatArray, FloatArray]:
+    """The moves the distance scan looks at, down (magnitudes) and up, ascending.
+
+    :func:`_move_grid`, plus, for each short-dated option (total sd ``sigma sqrt(t)`` under
+    twice the grid's spacing where the option sits), the move that puts it at the money
+    (``K / F - 1``, its strike) and moves ``j sd / 2`` either side of it (``j = 1..4``): its
+    P&L bends over a width of about ``sd``, so a dip between two grid points is seen. A
+    longer-dated option's P&L is smooth over two grid steps.
+    """
+    base = _move_grid(max_move, grid_points)
+    down, up = [base], [base]
+    if o is not None and o.size:
+        atm = o.strike / o.fwd - 1.0
+        sd = o.vol * np.sqrt(o.t)
+        spacing = np.interp(np.abs(atm), base[1:], np.diff(base), left=base[0])
+        short = sd < 2.0 * spacing
+        if short.any():
+            j = 0.5 * np.arange(-4, 5, dtype=np.float64)
+            ratio = (o.strike / o.fwd)[short]
+            pts = (ratio[:, None] * np.exp(j[None, :] * sd[short, None]) - 1.0).ravel()
+            up.append(pts[(pts > 0.0) & (pts < max_move)])
+            down.append(-pts[(pts < 0.0) & (pts > -max_move)])
+    return np.unique(np.concatenate(down)), np.unique(np.concatenate(up))
+
+
+def _first_crossings(
+    g: tuple[FloatArray, FloatArray],
+    grids: tuple[FloatArray, FloatArray],
+    headroom: FloatArray,
+) -> tuple[BoolArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Per direction and book, the first scan point with ``g <= 0`` and the cell before it.
+
+    ``g[d]`` has shape ``(len(grids[d]), k)``. Returns ``reach``, ``lo``, ``hi``, ``g(lo)``,
+    ``g(hi)``, each ``(2, k)``; ``lo`` is 0 (where ``g`` is the headroom) for the first cell.
+    """
+    k = headroom.shape[0]
+    out = np.zeros((5, 2, k))
+    for d in (0, 1):  # two directions, not a loop over data
+        gd, grid = g[d], grids[d]
+        below = gd <= 0.0  # NaN headroom compares False
+        first = np.argmax(below, axis=0)  # (k,)
+        prev = np.maximum(first - 1, 0)
+        cols = np.arange(k)
+        out[0, d] = below.any(axis=0)
+        out[1, d] = np.where(first > 0, grid[prev], 0.0)
+        out[2, d] = grid[first]
+        out[3, d] = np.where(first > 0, gd[prev, cols], headroom)
+        out[4, d] = gd[first, cols]
+    return out[0].astype(bool), out[1], out[2], out[3], out[4]
+
+
 def _basket_sigma(
     cov: npt.ArrayLike, exposure: npt.ArrayLike, held: BoolArray, n: int, k: int
 ) -> FloatArray:
@@ -783,9 +993,12 @@ def distance_to_call(
     tol
         Accuracy of the returned move.
     grid_points
-        Scan points per direction (:func:`_move_grid`). A crossing that goes below and
-        back above maintenance margin between two scan points is not seen; the scan finds
-        the first scan point at or below it and the root is refined in the cell before.
+        Base scan points per direction (:func:`_move_grid`), to which :func:`_scan_moves`
+        adds each short-dated option's strike and moves within two of its sds, spaced by
+        half an sd. The scan finds the first point at or below maintenance margin and the
+        root is refined in the cell before: the move is the smallest one unless the book's
+        P&L dips below and back within one cell, which the added points rule out for
+        options (the P&L of an option bends over a width of about its sd).
 
     Returns
     -------
@@ -793,7 +1006,8 @@ def distance_to_call(
 
     Notes
     -----
-    Scan: ``2 x grid_points`` moves x ``i`` instruments, one matrix product into the books.
+    Scan: ``2 x grid_points`` moves (plus 9 per short-dated option, deduplicated) x ``i``
+    instruments, one matrix product into the books.
     Refinement: safeguarded Newton (bisection whenever a Newton step leaves the bracket) on
     the books' (instrument, book) pairs, all books and both directions at once, the
     derivative from Black-76 delta; typically 4-6 iterations.
@@ -823,11 +1037,11 @@ def distance_to_call(
     sigma_1d = _basket_sigma(cov, exposure, held.T, n, k)
 
     # -- scan: g(move) = headroom + P&L(move) on the grid, both directions ---------------
-    grid = _move_grid(max_move, grid_points)  # (G,)
+    grids = _scan_moves(max_move, grid_points, o)  # (down magnitudes, up moves)
     sign = np.array([-1.0, 1.0])
-    moves = (sign[:, None] * grid[None, :]).reshape(-1)  # (2G,): down then up
+    moves = np.concatenate([-grids[0], grids[1]])  # down then up
     lin_tot = lin.sum(axis=0)  # (k,): uniform move, so the linear P&L is lin_tot * move
-    pnl = moves[:, None] * lin_tot[None, :]  # (2G, k)
+    pnl = moves[:, None] * lin_tot[None, :]  # (moves, k)
     if o is not None and has_opt:
         sd0 = o.vol * np.sqrt(o.t)
         r = np.log1p(moves)
@@ -837,18 +1051,9 @@ def distance_to_call(
             v = _values(np.repeat(r[:, None], width, axis=1), o, c, sd0[c])
             v -= base
             pnl += v @ o.qty[c]
-    g = (headroom[None, :] + pnl).reshape(2, grid_points, k)
-    below = g <= 0.0  # NaN headroom compares False
-    reach = below.any(axis=1)  # (2, k)
-    first = np.argmax(below, axis=1)  # (2, k)
-    hi = grid[first]
-    lo = np.where(first > 0, grid[np.maximum(first - 1, 0)], 0.0)
-    g_hi = np.take_along_axis(g, first[:, None, :], axis=1)[:, 0, :]
-    g_lo = np.where(
-        first > 0,
-        np.take_along_axis(g, np.maximum(first - 1, 0)[:, None, :], axis=1)[:, 0, :],
-        headroom[None, :],
-    )
+    g_all = headroom[None, :] + pnl
+    split = grids[0].size
+    reach, lo, hi, g_lo, g_hi = _first_crossings((g_all[:split], g_all[split:]), grids, headroom)
     called = valid & (headroom <= 0.0)
     reach &= valid[None, :]
     reach |= called[None, :]
@@ -954,3 +1159,867 @@ def _refine(
         a[idx], b[idx], x[idx] = aa, bb, x_new
         active[idx[done]] = False
     return x
+
+
+# -- portfolio margin per settlement currency -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LinearPositions:
+    """Spot, perpetual and future positions for :func:`portfolio_margin`, ``j`` rows.
+
+    Attributes
+    ----------
+    underlying
+        Shape ``(j,)`` int: index of the underlying.
+    quantity
+        Shape ``(j, k)``: underlying units per book (contracts x multiplier). An inverse
+        contract sized in USD (``N``) holds ``N / S`` at today's index price ``S``.
+    t
+        Shape ``(j,)``: years to expiry (futures); NaN without one (perpetual, spot).
+    inverse
+        Shape ``(j,)`` bool: settles in the underlying's coin, P&L ``N (1/S0 - 1/S1)``.
+    rolls
+        Shape ``(j,)`` bool: counted in the roll shock (perpetuals and futures, not spot).
+    """
+
+    underlying: IntArray
+    quantity: FloatArray
+    t: FloatArray
+    inverse: BoolArray
+    rolls: BoolArray
+
+
+@dataclass(frozen=True, slots=True)
+class CurrencyMargin:
+    """The model's figures for one settlement currency, arrays ``(k,)`` over books.
+
+    Amounts are in the currency's own unit (coin for an inverse currency, USD for
+    ``"USD"``); ``usd_per_unit`` converts them (the coin's index price today, or 1).
+
+    Attributes
+    ----------
+    currency
+        ``"BTC"`` (inverse instruments on BTC) or ``"USD"`` (USD-settled ones).
+    worst_case
+        Worst loss over the standard and (weighted, dampened) extended scenarios, >= 0.
+    worst_scenario
+        Its name per book (``"+16% vol up"``; for ``"USD"`` per underlying:
+        ``"BTC +16% vol up + ETH -18% vol up"``); ``None`` where the worst case is 0.
+    roll_shock, delta_shock
+        Module notes.
+    risk_matrix_margin
+        ``worst_case + roll_shock + delta_shock``.
+    maintenance_margin
+        ``mm_factor x risk_matrix_margin``.
+    held
+        The book holds a position settling in this currency.
+    """
+
+    currency: str
+    usd_per_unit: float
+    worst_case: FloatArray
+    worst_scenario: tuple[str | None, ...]
+    roll_shock: FloatArray
+    delta_shock: FloatArray
+    risk_matrix_margin: FloatArray
+    maintenance_margin: FloatArray
+    held: BoolArray
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioMargin:
+    """:func:`portfolio_margin` of ``k`` books.
+
+    Attributes
+    ----------
+    currencies
+        One entry per settlement currency any book holds.
+    worst_case_usd, maintenance_margin_usd
+        Shape ``(k,)``: sums over currencies in USD at today's index prices.
+    parameters_source
+        ``"defaults"`` or ``"venue"`` (:attr:`MarginSettings.parameters_source`).
+    unpriced
+        Option rows left out (as :class:`ScenarioMargin`).
+    """
+
+    currencies: tuple[CurrencyMargin, ...]
+    worst_case_usd: FloatArray
+    maintenance_margin_usd: FloatArray
+    parameters_source: ParametersSource
+    unpriced: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Params:
+    """Per-underlying parameter arrays ``(n,)`` (settings merged with overrides) and the
+    currency parameters of each (underlying, settlement) pair, arrays ``(n, 2)`` with
+    column 0 USD-settled, column 1 coin-settled."""
+
+    price_range: FloatArray
+    vol_up: FloatArray
+    vol_down: FloatArray
+    power_short: FloatArray
+    power_long: FloatArray
+    min_up: FloatArray
+    ext_weight: FloatArray
+    ds_threshold: FloatArray
+    ds_max: FloatArray
+    ds_slope: FloatArray
+    min_move: FloatArray
+    move_risk: FloatArray
+    dampener: FloatArray
+
+
+def _params(s: MarginSettings, names: Sequence[str]) -> _Params:
+    def col(field_name: str, default: float) -> FloatArray:
+        vals = [getattr(s.underlyings.get(u, UnderlyingParams()), field_name) for u in names]
+        return np.array([default if v is None else v for v in vals], dtype=np.float64)
+
+    usd = s.currencies.get("USD", CurrencyParams())
+    coin = [s.currencies.get(u, CurrencyParams()) for u in names]
+
+    def pair(attr: str) -> FloatArray:
+        out = np.empty((len(names), 2))
+        out[:, 0] = getattr(usd, attr)
+        out[:, 1] = [getattr(c, attr) for c in coin]
+        return out
+
+    return _Params(
+        price_range=col("price_range", s.price_range),
+        vol_up=col("vol_range_up", s.vol_range_up),
+        vol_down=col("vol_range_down", s.vol_range_down),
+        power_short=col("short_term_vega_power", s.short_term_vega_power),
+        power_long=col("long_term_vega_power", s.long_term_vega_power),
+        min_up=col("min_vol_shock_up", s.min_vol_shock_up),
+        ext_weight=col("extended_weight", s.extended_weight),
+        ds_threshold=col("delta_shock_threshold", s.delta_shock_threshold),
+        ds_max=col("max_delta_shock", s.max_delta_shock),
+        ds_slope=col("delta_shock_slope", s.delta_shock_slope),
+        min_move=pair("min_annualised_move"),
+        move_risk=pair("annualised_move_risk"),
+        dampener=pair("extended_dampener"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Entries:
+    """The (position, column) pairs the model revalues: option entries ``o_*`` and linear
+    entries ``l_*``, each with the column (book, or book at a moved price) it belongs to.
+    Forwards and inverse quantities are already at the column's prices."""
+
+    o: _Options  # qty of shape (e, 1)
+    o_inv: BoolArray
+    o_col: IntArray
+    l_und: IntArray
+    l_t: FloatArray
+    l_inv: BoolArray
+    l_rolls: BoolArray
+    l_qty: FloatArray
+    l_col: IntArray
+
+
+def _subset_options(o: _Options, rows: IntArray, scale: FloatArray, qty: FloatArray) -> _Options:
+    """Option rows ``rows`` with forwards times ``scale`` and quantity ``qty`` (entries)."""
+    fwd = o.fwd[rows] * scale
+    return _Options(
+        und=o.und[rows],
+        fwd=fwd,
+        strike=o.strike[rows],
+        t=o.t[rows],
+        vol=o.vol[rows],
+        call=o.call[rows],
+        w=o.w[rows],
+        lnfk=np.log(fwd / o.strike[rows]),
+        qty=qty if qty.ndim == 2 else qty[:, None],
+        unpriced=0,
+    )
+
+
+def _pm_scenarios(
+    p: _Params, s: MarginSettings
+) -> tuple[FloatArray, IntArray, BoolArray, FloatArray]:
+    """Moves ``(m, n)`` per underlying, vol states and extended flags ``(m,)``, and the
+    scenario weights ``(m, n, 2)`` (USD-settled, coin-settled)."""
+    steps = np.arange(-s.price_steps, s.price_steps + 1, dtype=np.float64) / s.price_steps
+    ext = np.asarray(s.extended_moves, dtype=np.float64)
+    n = p.price_range.size
+    std = steps[:, None] * p.price_range[None, :]  # (2 steps + 1, n)
+    moves = np.concatenate([np.repeat(std, 3, axis=0), np.repeat(ext[:, None], n, axis=1)])
+    states = np.array([VOL_UP, VOL_SAME, VOL_DOWN], dtype=np.int64)
+    vol_state = np.concatenate([np.tile(states, steps.size), np.full(ext.size, VOL_UP)])
+    extended = np.concatenate([np.zeros(3 * steps.size, dtype=bool), np.ones(ext.size, bool)])
+    weights = np.ones((moves.shape[0], n, 2))
+    if ext.size:
+        m = moves[extended]  # (E, n)
+        w_usd = p.ext_weight * p.price_range / np.abs(m)
+        weights[extended, :, 0] = w_usd
+        weights[extended, :, 1] = w_usd * (1.0 + m) / (1.0 + np.sign(m) * p.price_range)
+    return moves, vol_state, extended, weights
+
+
+def _pm_core(
+    e: _Entries,
+    index: FloatArray,
+    p: _Params,
+    s: MarginSettings,
+    n_cols: int,
+) -> tuple[FloatArray, IntArray, FloatArray, FloatArray, BoolArray, FloatArray]:
+    """The model on entries: per (column, book, underlying, settlement) ``(P, K, n, 2)``.
+
+    Entries carry one quantity column per book (``K`` of them, shared by every column);
+    ``index`` has shape ``(P, n)``: each column's index prices, USD. Returns the worst
+    case, its scenario index, roll shock and delta shock (settlement units), whether the
+    pair is held, and the scenario moves ``(m, n)``.
+    """
+    n = index.shape[1]
+    n_books = e.o.qty.shape[1]
+    moves, vol_state, extended, weights = _pm_scenarios(p, s)
+    m = moves.shape[0]
+    size = n_cols * n_books * n * 2
+    agg = np.zeros((size, m))
+    o = e.o
+    ne = o.size
+    o_rows, o_books = np.nonzero(o.qty)  # row-major: sorted by entry
+    o_pair = ((e.o_col[o_rows] * n_books + o_books) * n + o.und[o_rows]) * 2 + e.o_inv[
+        o_rows
+    ].astype(np.int64)
+    o_q = o.qty[o_rows, o_books]
+    unit_o = np.zeros(ne)
+    if ne:
+        u = o.und
+        sig = o.vol
+        days = np.maximum(o.t * DAYS_PER_YEAR, s.min_days)
+        power = np.where(days < REFERENCE_DAYS, p.power_short[u], p.power_long[u])
+        scale = (REFERENCE_DAYS / days) ** power
+        up = np.maximum(sig * (1.0 + p.vol_up[u] * scale), p.min_up[u])
+        down = np.maximum(sig * (1.0 - p.vol_down[u] * scale), 0.0)
+        sd_states = np.stack([up, sig, down]) * np.sqrt(o.t)  # (3, e)
+        state_row = 1 - vol_state
+        sd0 = sig * np.sqrt(o.t)
+        log_moves = np.log1p(moves)  # (m, n): each option takes its underlying's column
+        for c in _chunks(m, ne):
+            width = c.stop - c.start
+            base = _values(np.zeros((1, width)), o, c, sd0[c])
+            r = log_moves[:, u[c]]
+            inv_c = e.o_inv[c]
+            growth = 1.0 + moves[:, u[c]] if inv_c.any() else None
+            v = _values(r, o, c, sd_states[:, c][state_row])
+            if growth is not None:  # coin value: USD value / the moved forward
+                fw = o.fwd[c]
+                v = np.where(inv_c, v / (fw * growth), v)
+                base = np.where(inv_c, base / fw, base)
+            v -= base
+            lo, hi = np.searchsorted(o_rows, [c.start, c.stop])
+            mat = sparse.csr_array(
+                (o_q[lo:hi], (o_pair[lo:hi], o_rows[lo:hi] - c.start)), shape=(size, width)
+            )
+            agg += np.asarray(mat @ v.T)
+        g = black76(o.fwd, o.strike, o.t, o.vol, o.call)
+        unit_o = np.where(e.o_inv, coin_delta(g.delta, g.price, o.fwd), g.delta)
+    l_rows, l_books = np.nonzero(e.l_qty)
+    lu = e.l_und[l_rows]
+    l_inv = e.l_inv[l_rows]
+    l_col = e.l_col[l_rows]
+    l_pair = ((l_col * n_books + l_books) * n + lu) * 2 + l_inv.astype(np.int64)
+    l_q = e.l_qty[l_rows, l_books]
+    if l_rows.size:
+        mv = moves[:, lu]  # (m, nonzeros)
+        s_now = index[l_col, lu]
+        unit_pnl = np.where(l_inv[None, :], mv / (1.0 + mv), mv * s_now[None, :])
+        mat = sparse.csr_array((l_q, (l_pair, np.arange(l_rows.size))), shape=(size, l_rows.size))
+        agg += np.asarray(mat @ unit_pnl.T)
+    shape = (n_cols, n_books, n, 2)
+    vec = agg.reshape(*shape, m) * np.moveaxis(weights, 0, -1)[None, None]
+
+    if s.dampener and extended.any():
+        ext_m = moves[extended]  # (E, n)
+        beyond = np.maximum(np.abs(ext_m) / p.price_range - 1.0, 0.0).T  # (n, E)
+        amt = np.empty((n_cols, 1, n, 2, ext_m.shape[0]))
+        amt[:, 0, :, 0, :] = (beyond * p.dampener[:, 0, None])[None]
+        coin_den = (1.0 + np.sign(ext_m) * p.price_range).T[None] * index[:, :, None]
+        amt[:, 0, :, 1, :] = beyond[None] * p.dampener[None, :, 1, None] / coin_den
+        x = vec[..., extended]
+        vec[..., extended] = np.sign(x) * np.maximum(np.abs(x) - amt, 0.0)
+
+    loss = -vec
+    order = np.lexsort((vol_state != VOL_SAME, extended))
+    top = loss.max(axis=-1)
+    near = loss[..., order] >= (top - 1e-12 * np.abs(top))[..., None]
+    worst_idx: IntArray = order[np.argmax(near, axis=-1)]
+    worst = np.maximum(top, 0.0)
+
+    # Roll shock: net delta per (column, book, underlying, settlement, expiry).
+    d_all = np.concatenate([unit_o[o_rows] * o_q, l_q])
+    pair = np.concatenate([o_pair, l_pair])
+    t_all = np.concatenate([o.t[o_rows], np.where(np.isfinite(e.l_t), e.l_t, -1.0)[l_rows]])
+    rolls = np.concatenate([np.ones(o_rows.size, dtype=bool), e.l_rolls[l_rows]])
+    delta_pair = np.bincount(pair, weights=d_all, minlength=size).reshape(shape)
+    held = np.bincount(pair, minlength=size).reshape(shape) > 0
+    roll = np.zeros(size)
+    if rolls.any():
+        # Group by (pair, expiry): expiries numbered, then one integer key per group.
+        t_values, t_id = np.unique(t_all[rolls], return_inverse=True)
+        key = pair[rolls] * t_values.size + t_id.reshape(-1)
+        net_all = np.bincount(key, weights=d_all[rolls], minlength=size * t_values.size)
+        groups = np.flatnonzero(np.bincount(key, minlength=size * t_values.size))
+        net = net_all[groups]
+        g_pair = groups // t_values.size
+        g_und = (g_pair // 2) % n
+        g_inv = g_pair % 2
+        g_t = t_values[groups % t_values.size]
+        floor = p.min_move[g_und, g_inv]
+        factor = np.where(
+            g_t < 0.0, floor, np.maximum(floor, np.expm1(p.move_risk[g_und, g_inv] * g_t))
+        )
+        roll = np.bincount(g_pair, weights=factor * np.abs(net), minlength=size)
+    # Settlement units: coin as is, USD-settled amounts of underlying units times the index.
+    to_settle = np.stack([index, np.ones_like(index)], axis=-1)[:, None]  # (P, 1, n, 2)
+    roll = roll.reshape(shape) * to_settle
+    ad = np.abs(delta_pair)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        excess = np.maximum(ad - (p.ds_threshold[None, :] / index)[:, None, :, None], 0.0)
+    frac = np.minimum(p.ds_slope[:, None] * excess, p.ds_max[:, None])
+    dshock = np.where(ad > 0.0, ad * frac, 0.0) * to_settle
+    return worst, worst_idx, roll, dshock, held, moves
+
+
+def _scenario_label(move: float, state: int, ext: bool) -> str:
+    return f"{_pct(move)} {_VOL_LABEL[state]}" + (" (extended)" if ext else "")
+
+
+def _linear_entries(
+    linear: LinearPositions | None, n: int, k: int
+) -> tuple[IntArray, IntArray, LinearPositions]:
+    if linear is None:
+        z = np.zeros(0, dtype=np.int64)
+        empty = LinearPositions(
+            z, np.zeros((0, k)), np.zeros(0), np.zeros(0, bool), np.zeros(0, bool)
+        )
+        return z, z, empty
+    q = np.asarray(linear.quantity, dtype=np.float64)
+    j = np.asarray(linear.underlying).shape[0]
+    if q.shape != (j, k):
+        raise ValueError(f"linear.quantity must have shape ({j}, {k}), got {q.shape}")
+    if j and (np.min(linear.underlying) < 0 or np.max(linear.underlying) >= n):
+        raise ValueError(f"linear.underlying must index the {n} underlyings")
+    q = np.where(np.isfinite(q), q, 0.0)
+    rows, cols = np.nonzero(q)
+    return rows, cols, replace(linear, quantity=q)
+
+
+def _entries_for(
+    o: _Options | None,
+    o_inverse: BoolArray,
+    lin: LinearPositions,
+    l_rows: IntArray,
+    l_cols: IntArray,
+    books: IntArray,
+    scale: FloatArray,
+) -> _Entries:
+    """Entries of columns ``p`` = book ``books[p]`` with every price times ``scale[p]``."""
+    k_books = int(books.max()) + 1 if books.size else 0
+
+    def expand(rows: IntArray, cols: IntArray) -> tuple[IntArray, IntArray]:
+        """For each column p, the entries whose book is ``books[p]``: (entry, column)."""
+        if books.size == 0:
+            z = np.zeros(0, dtype=np.int64)
+            return z, z
+        order = np.argsort(cols, kind="stable")
+        counts = np.bincount(cols, minlength=max(k_books, 1))
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        per = counts[books] if books.size else np.zeros(0, dtype=np.int64)
+        total = int(per.sum())
+        col = np.repeat(np.arange(books.size), per)
+        first = np.repeat(starts[books] - np.concatenate([[0], np.cumsum(per)[:-1]]), per)
+        ent = order[first + np.arange(total)]
+        return ent.astype(np.int64), col.astype(np.int64)
+
+    if o is not None and o.size:
+        rows, cols = np.nonzero(o.qty)
+        ent, col = expand(rows, cols)
+        r_opt = rows[ent]
+        sub = _subset_options(o, r_opt, scale[col], o.qty[r_opt, cols[ent]])
+        o_inv = o_inverse[r_opt]
+    else:
+        sub = _subset_options(_empty_options(), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+        o_inv, col = np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+    ent_l, col_l = expand(l_rows, l_cols)
+    rl = l_rows[ent_l]
+    return _assemble(
+        sub, o_inv, col, lin, rl, lin.quantity[rl, l_cols[ent_l]][:, None], col_l, scale
+    )
+
+
+def _assemble(
+    sub: _Options,
+    o_inv: BoolArray,
+    o_col: IntArray,
+    lin: LinearPositions,
+    l_rows: IntArray,
+    l_qty: FloatArray,
+    l_col: IntArray,
+    scale: FloatArray,
+) -> _Entries:
+    """Entries from option entries and linear rows ``l_rows`` (quantities ``l_qty`` of
+    shape ``(rows, K)`` at today's prices) in columns ``l_col``."""
+    inv = lin.inverse[l_rows]
+    q = np.where(inv[:, None], l_qty / scale[l_col][:, None], l_qty)  # USD size held: N / S1
+    return _Entries(
+        o=sub,
+        o_inv=o_inv,
+        o_col=o_col,
+        l_und=lin.underlying[l_rows].astype(np.int64),
+        l_t=lin.t[l_rows],
+        l_inv=inv,
+        l_rolls=lin.rolls[l_rows],
+        l_qty=q,
+        l_col=l_col,
+    )
+
+
+def _entries_moved(
+    o: _Options | None, o_inverse: BoolArray, lin: LinearPositions, scale: FloatArray, k: int
+) -> _Entries:
+    """Entries of every book at each of ``P`` moves (column ``p``: every price times
+    ``scale[p]``): option and linear rows repeated per column, one quantity column per
+    book, so an option held by several books is valued once per column."""
+    n_cols = scale.size
+    if o is not None and o.size:
+        rows = np.tile(np.arange(o.size), n_cols)
+        col = np.repeat(np.arange(n_cols), o.size)
+        sub = _subset_options(o, rows, scale[col], o.qty[rows])
+        o_inv = o_inverse[rows]
+    else:
+        sub = replace(_empty_options(), qty=np.zeros((0, k)))
+        o_inv, col = np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+    j = lin.underlying.shape[0]
+    lrows = np.tile(np.arange(j), n_cols)
+    lcol = np.repeat(np.arange(n_cols), j)
+    return _assemble(sub, o_inv, col, lin, lrows, lin.quantity[lrows], lcol, scale)
+
+
+def _empty_options() -> _Options:
+    z = np.zeros(0)
+    return _Options(np.zeros(0, np.int64), z, z, z, z, np.zeros(0, bool), z, z, np.zeros((0, 1)), 0)
+
+
+def portfolio_margin(
+    linear: LinearPositions | None,
+    options: OptionPositions | None,
+    index_usd: npt.ArrayLike,
+    underlyings: Sequence[str],
+    settings: MarginSettings | None = None,
+    *,
+    n_books: int | None = None,
+) -> PortfolioMargin:
+    """Deribit-style portfolio margin per settlement currency (module notes), per book.
+
+    Parameters
+    ----------
+    linear
+        Spot, perpetuals and futures, ``quantity`` ``(j, k)``; ``None`` without any.
+    options
+        Deduplicated options, ``quantity`` ``(i, k)``; ``options.inverse`` says which
+        settle in coin (value in coin = USD value / forward).
+    index_usd
+        Shape ``(n,)``: each underlying's index price today, USD (converts coin amounts).
+    underlyings
+        The ``n`` names; a coin-settled currency is named after its underlying.
+    settings
+        Parameters (defaults: Deribit's published values).
+    n_books
+        ``k``, needed when neither ``linear`` nor ``options`` is given.
+
+    Returns
+    -------
+    PortfolioMargin
+        Per currency held by any book: worst case, roll shock, delta shock, risk-matrix
+        margin and maintenance margin in the currency's unit, and USD totals.
+    """
+    s = settings or MarginSettings()
+    names = tuple(underlyings)
+    n = len(names)
+    index = np.asarray(index_usd, dtype=np.float64)
+    if index.shape != (n,):
+        raise ValueError(f"index_usd must have shape ({n},), got {index.shape}")
+    k = _book_count(linear, options) if n_books is None else n_books
+    o = _prepare(options, n, k)
+    o_inv = _inverse_rows(options, o)
+    _, _, lin = _linear_entries(linear, n, k)
+    ent = _entries_moved(o, o_inv, lin, np.ones(1), k)
+    p = _params(s, names)
+    core = _pm_core(ent, index[None, :], p, s, 1)
+    worst, idx, roll, dshock, held = (a[0] for a in core[:5])
+    moves = core[5]
+    sc = margin_scenarios(s)
+    currencies: list[CurrencyMargin] = []
+    usd_total = np.zeros(k)
+    mm_total = np.zeros(k)
+
+    def label(b: int, u: int, settle: int) -> str:
+        j = int(idx[b, u, settle])
+        return _scenario_label(float(moves[j, u]), int(sc.vol_state[j]), bool(sc.extended[j]))
+
+    for settle in (1, 0):
+        held_any = held[:, :, settle].any(axis=0)
+        groups = [[u] for u in np.flatnonzero(held_any).tolist()] if settle else []
+        if not settle and held_any.any():
+            groups = [np.flatnonzero(held_any).tolist()]
+        for us in groups:
+            wc = worst[:, us, settle]  # (k, g)
+            rs = roll[:, us, settle].sum(axis=1)
+            ds = dshock[:, us, settle].sum(axis=1)
+            w = wc.sum(axis=1)
+            rmm = w + rs + ds
+            mm = s.mm_factor * rmm
+            unit = float(index[us[0]]) if settle else 1.0
+            labels: list[str | None] = []
+            for b in range(k):  # names only: one string per book
+                lost = [u for u in us if worst[b, u, settle] > 0.0]
+                lost.sort(key=lambda u: -worst[b, u, settle])
+                if settle:
+                    labels.append(label(b, lost[0], settle) if lost else None)
+                else:
+                    parts = [f"{names[u]} {label(b, u, settle)}" for u in lost]
+                    labels.append(" + ".join(parts) or None)
+            currencies.append(
+                CurrencyMargin(
+                    currency=names[us[0]] if settle else "USD",
+                    usd_per_unit=unit,
+                    worst_case=w,
+                    worst_scenario=tuple(labels),
+                    roll_shock=rs,
+                    delta_shock=ds,
+                    risk_matrix_margin=rmm,
+                    maintenance_margin=mm,
+                    held=np.asarray(held[:, us, settle].any(axis=1), dtype=bool),
+                )
+            )
+            usd_total += w * unit
+            mm_total += mm * unit
+    return PortfolioMargin(
+        currencies=tuple(currencies),
+        worst_case_usd=usd_total,
+        maintenance_margin_usd=mm_total,
+        parameters_source=s.parameters_source,
+        unpriced=0 if o is None else o.unpriced,
+    )
+
+
+def _book_count(linear: LinearPositions | None, options: OptionPositions | None) -> int:
+    for q in (
+        None if linear is None else linear.quantity,
+        None if options is None else options.quantity,
+    ):
+        if q is not None:
+            a = np.asarray(q)
+            if a.ndim != 2:
+                raise ValueError(f"quantity must be 2-D (rows, books), got shape {a.shape}")
+            return int(a.shape[1])
+    return 0
+
+
+def _inverse_rows(options: OptionPositions | None, o: _Options | None) -> BoolArray:
+    """``options.inverse`` for the rows :func:`_prepare` kept."""
+    if options is None or o is None:
+        return np.zeros(0, dtype=bool)
+    inv = options.inverse
+    i = np.asarray(options.underlying).shape[0]
+    full = np.zeros(i, dtype=bool) if inv is None else np.asarray(inv, dtype=bool)
+    if full.shape != (i,):
+        raise ValueError(f"options.inverse must have shape ({i},), got {full.shape}")
+    return full[o.keep] if o.keep is not None else full
+
+
+_PAIR_KEYS: Final = {
+    "price_range": "price_range",
+    "volatility_range_up": "vol_range_up",
+    "volatility_range_down": "vol_range_down",
+    "short_term_vega_power": "short_term_vega_power",
+    "long_term_vega_power": "long_term_vega_power",
+    "min_volatility_for_shock_up": "min_vol_shock_up",
+    "extended_table_factor": "extended_weight",
+    "delta_total_liq_shock_threshold": "delta_shock_threshold",
+    "max_delta_shock": "max_delta_shock",
+    "m_inc": "delta_shock_slope",
+}
+_CURRENCY_KEYS: Final = ("min_annualised_move", "annualised_move_risk", "extended_dampener")
+
+
+def params_from_model_params(
+    model_params: Mapping[str, object], base: MarginSettings
+) -> MarginSettings:
+    """``base`` with the parameters of a Deribit ``model_params`` object (as
+    ``private/pme/simulate`` returns it) and ``parameters_source = "venue"``.
+
+    ``currency_pair.<coin>_usd`` sets that underlying's scenario and delta-shock
+    parameters, ``currency.<coin>`` (and ``currency.usd``) its roll and dampener
+    parameters, ``general.mm_factor`` and ``general.buckets_count`` the maintenance factor
+    and the moves per side. Keys riskmon does not model (``pnl_offset``, ``haircut``,
+    ``max_offsetable_pnl``, ...) are ignored. A venue connector calls this with what the
+    account's API returns; pure, no I/O.
+
+    Raises
+    ------
+    ValueError
+        A block that is not an object, or a value that is not a finite number >= 0.
+    """
+
+    def block(obj: object, where: str) -> Mapping[str, object]:
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"model_params.{where} must be an object")
+        return obj
+
+    def number(obj: Mapping[str, object], key: str, where: str) -> float | None:
+        v = obj.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError(f"model_params.{where}.{key} must be a finite number, got {v!r}")
+        return float(v)
+
+    underlyings = dict(base.underlyings)
+    for pair, raw in block(model_params.get("currency_pair", {}), "currency_pair").items():
+        values = block(raw, f"currency_pair.{pair}")
+        coin = pair.split("_", 1)[0].upper()
+        given = {
+            ours: number(values, theirs, f"currency_pair.{pair}")
+            for theirs, ours in _PAIR_KEYS.items()
+        }
+        prev = underlyings.get(coin, UnderlyingParams())
+        underlyings[coin] = replace(prev, **{key: v for key, v in given.items() if v is not None})
+    currencies = dict(base.currencies)
+    for cur, raw in block(model_params.get("currency", {}), "currency").items():
+        values = block(raw, f"currency.{cur}")
+        name = cur.upper()
+        prev_c = currencies.get(name, CurrencyParams())
+        got = {key: number(values, key, f"currency.{cur}") for key in _CURRENCY_KEYS}
+        currencies[name] = replace(prev_c, **{key: v for key, v in got.items() if v is not None})
+    general = block(model_params.get("general", {}), "general")
+    mm_factor = number(general, "mm_factor", "general")
+    buckets = number(general, "buckets_count", "general")
+    return replace(
+        base,
+        underlyings=underlyings,
+        currencies=currencies,
+        mm_factor=base.mm_factor if mm_factor is None else mm_factor,
+        price_steps=base.price_steps if buckets is None else int(buckets),
+        parameters_source="venue",
+    )
+
+
+# -- distance to a call with the model's maintenance margin recomputed ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDistance:
+    """Distance to a call with riskmon's maintenance margin recomputed at every move,
+    arrays ``(k,)`` (as :class:`DistanceToCall`: positive fractions, NaN where no move
+    within ``max_move`` reaches a call or equity is unknown).
+
+    Attributes
+    ----------
+    down, up
+        Smallest uniform move at which ``equity + P&L(move) <= MM_model(move)``.
+    reachable_down, reachable_up
+        The call is reached within ``max_move`` (including already called).
+    maintenance_margin_usd
+        ``MM_model`` today (move 0), USD.
+    """
+
+    down: FloatArray
+    up: FloatArray
+    reachable_down: BoolArray
+    reachable_up: BoolArray
+    maintenance_margin_usd: FloatArray
+
+
+_REGULA_MAX_ITER: Final = 60
+
+
+def distance_to_call_model(
+    equity: npt.ArrayLike,
+    linear_usd: npt.ArrayLike,
+    options: OptionPositions | None,
+    linear: LinearPositions | None,
+    index_usd: npt.ArrayLike,
+    underlyings: Sequence[str],
+    settings: MarginSettings | None = None,
+    max_move: float = 0.9,
+    *,
+    tol: float = 1e-7,
+    grid_points: int = 16,
+) -> ModelDistance:
+    """Smallest uniform move, down and up, at which equity reaches the model's margin.
+
+    ``g(m) = equity + P&L(m) - MM(m)``: ``P&L`` by full revaluation in USD (every forward
+    and index price times ``1 + m``, IV held, time not advanced), ``MM(m)`` the
+    :func:`portfolio_margin` maintenance margin in USD of the book at the moved prices
+    (the vol shocks apply to the held IVs; an inverse contract keeps its USD size, so its
+    coin quantity becomes ``N / S1``).
+
+    Parameters
+    ----------
+    equity
+        Shape ``(k,)``, USD (NaN = unknown: no figure).
+    linear_usd
+        Shape ``(n, k)``: USD value of the linear positions (their P&L is ``value x m``).
+    options, linear
+        As :func:`portfolio_margin` (``options`` also carries the option P&L).
+    index_usd, underlyings, settings
+        As :func:`portfolio_margin`.
+    max_move
+        Search bound, fraction in (0, 1).
+    tol
+        Accuracy of the returned move.
+    grid_points
+        Base scan points per direction; short-dated options add points as in
+        :func:`distance_to_call`.
+
+    Notes
+    -----
+    ``MM(m)`` is a maximum over scenarios, so ``g`` is continuous with kinks: a scan finds
+    the first point with ``g <= 0`` and the Illinois variant of regula falsi (bisection
+    when it stalls) refines it, all books and both directions at once. Each evaluation
+    revalues every option a book holds in the 35 scenarios.
+    """
+    s = settings or MarginSettings()
+    if not 0.0 < max_move < 1.0:
+        raise ValueError(f"max_move must be in (0, 1), got {max_move}")
+    lin_usd, names = _linear_named(linear_usd, underlyings)
+    n, k = lin_usd.shape
+    eq = np.asarray(equity, dtype=np.float64)
+    if eq.shape != (k,):
+        raise ValueError(f"equity must have shape ({k},)")
+    index = np.asarray(index_usd, dtype=np.float64)
+    if index.shape != (n,):
+        raise ValueError(f"index_usd must have shape ({n},), got {index.shape}")
+    o = _prepare(options, n, k)
+    o_inv = _inverse_rows(options, o)
+    l_rows, l_cols, lpos = _linear_entries(linear, n, k)
+    p = _params(s, names)
+    lin_tot = lin_usd.sum(axis=0)
+
+    def model_mm(ent: _Entries, cols_index: FloatArray, cols: int) -> FloatArray:
+        """``(P, K)``: the model's maintenance margin in USD of each column and book."""
+        worst, _, roll, dshock, held, _ = _pm_core(ent, cols_index, p, s, cols)
+        to_usd = np.stack([np.ones_like(cols_index), cols_index], axis=-1)[:, None]
+        # Pairs a book does not hold count 0 (their index price may be unknown).
+        rmm = np.where(held, (worst + roll + dshock) * to_usd, 0.0)
+        out: FloatArray = s.mm_factor * rmm.sum(axis=(2, 3))
+        return out
+
+    def g_problems(books: IntArray, moves: FloatArray) -> FloatArray:
+        """``g`` of each (book, move) problem: entries of that book only."""
+        cols = books.size
+        scale = 1.0 + moves
+        ent = _entries_for(o, o_inv, lpos, l_rows, l_cols, books, scale)
+        mm = model_mm(ent, index[None, :] * scale[:, None], cols)[:, 0]
+        pnl = lin_tot[books] * moves
+        eo = ent.o
+        if eo.size:
+            f1 = eo.fwd
+            dv = black76(f1, eo.strike, eo.t, eo.vol, eo.call).price
+            dv -= black76(f1 / scale[ent.o_col], eo.strike, eo.t, eo.vol, eo.call).price
+            pnl += np.bincount(ent.o_col, weights=eo.qty[:, 0] * dv, minlength=cols)
+        out: FloatArray = eq[books] + pnl - mm
+        return out
+
+    def g_grid(moves: FloatArray) -> FloatArray:
+        """``g`` of every book at each move, ``(moves, k)``: each option valued once per
+        move."""
+        scale = 1.0 + moves
+        ent = _entries_moved(o, o_inv, lpos, scale, k)
+        mm = model_mm(ent, index[None, :] * scale[:, None], moves.size)
+        pnl = moves[:, None] * lin_tot[None, :]
+        if o is not None and o.size:
+            eo = ent.o
+            dv = black76(eo.fwd, eo.strike, eo.t, eo.vol, eo.call).price
+            dv -= np.tile(black76(o.fwd, o.strike, o.t, o.vol, o.call).price, moves.size)
+            pnl += dv.reshape(moves.size, o.size) @ o.qty
+        out: FloatArray = eq[None, :] + pnl - mm
+        return out
+
+    def g_signed(sign: float, books: IntArray, x: FloatArray) -> FloatArray:
+        return g_problems(books, sign * x)
+
+    mm0 = model_mm(_entries_moved(o, o_inv, lpos, np.ones(1), k), index[None, :], 1)[0]
+    g0 = eq - mm0
+    valid = np.isfinite(g0)
+    called = valid & (g0 <= 0.0)
+    live = np.flatnonzero(valid & ~called)
+    grids = _scan_moves(max_move, grid_points, o)
+    dist = np.full((2, k), np.nan)
+    dist[:, called] = 0.0
+    reach = np.zeros((2, k), dtype=bool)
+    reach[:, called] = True
+    for d, sgn in ((0, -1.0), (1, 1.0)):  # two directions, not a loop over data
+        grid = grids[d]
+        if live.size == 0 or grid.size == 0:
+            continue
+        g = g_grid(sgn * grid)[:, live]  # (G, live)
+        r, lo, hi, g_lo, g_hi = _first_crossings((g, g), (grid, grid), g0[live])
+        hit = np.flatnonzero(r[0])
+        reach[d, live[hit]] = True
+        if hit.size:
+            dist[d, live[hit]] = _regula_falsi(
+                partial(g_signed, sgn),
+                live[hit],
+                lo[0, hit],
+                hi[0, hit],
+                g_lo[0, hit],
+                g_hi[0, hit],
+                tol,
+            )
+    return ModelDistance(
+        down=dist[0],
+        up=dist[1],
+        reachable_down=reach[0],
+        reachable_up=reach[1],
+        maintenance_margin_usd=mm0,
+    )
+
+
+def _regula_falsi(
+    g: Callable[[IntArray, FloatArray], FloatArray],
+    books: IntArray,
+    a: FloatArray,
+    b: FloatArray,
+    ga: FloatArray,
+    gb: FloatArray,
+    tol: float,
+) -> FloatArray:
+    """Root of ``g(book, x)`` in ``(a, b]`` with ``g(a) > 0 >= g(b)``, per book (Illinois
+    regula falsi; a bisection step whenever the bracket shrinks by less than half)."""
+    a, b, ga, gb = a.copy(), b.copy(), ga.copy(), gb.copy()
+    active = np.ones(books.size, dtype=bool)
+    side = np.zeros(books.size, dtype=np.int64)  # which end was kept last: -1 a, +1 b
+    bisect = np.zeros(books.size, dtype=bool)
+    for _ in range(_REGULA_MAX_ITER):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        aa, bb, fa, fb = a[idx], b[idx], ga[idx], gb[idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = bb - fb * (bb - aa) / (fb - fa)
+        mid = 0.5 * (aa + bb)
+        x = np.where(np.isfinite(x) & (x > aa) & (x < bb) & ~bisect[idx], x, mid)
+        fx = g(books[idx], x)
+        pos = fx > 0.0
+        width = bb - aa
+        # Illinois: halve the function value at the end kept twice in a row.
+        keep_b = pos & (side[idx] == 1)
+        keep_a = ~pos & (side[idx] == -1)
+        fb = np.where(keep_b, 0.5 * fb, fb)
+        fa = np.where(keep_a, 0.5 * fa, fa)
+        aa, fa = np.where(pos, x, aa), np.where(pos, fx, fa)
+        bb, fb = np.where(pos, bb, x), np.where(pos, fb, fx)
+        side[idx] = np.where(pos, 1, -1)
+        # A step that did not halve the bracket is followed by a bisection, so the
+        # bracket at least halves every two steps.
+        bisect[idx] = (bb - aa) > 0.5 * width
+        a[idx], b[idx], ga[idx], gb[idx] = aa, bb, fa, fb
+        done = (bb - aa <= tol) | (fx == 0.0)
+        active[idx[done]] = False
+    return b

@@ -815,6 +815,9 @@ class OptionPositions:
         Shape ``(i,)`` or ``(i, k)``: units of underlying held (contracts x multiplier), one
         column per book (account). Dedupe positions per instrument and pass one column per
         account: the Black-76 work is per row, the aggregation a matrix product.
+    inverse
+        Shape ``(i,)`` bool: the option settles in its underlying's coin (Deribit's BTC and
+        ETH options), which the portfolio-margin model needs; ``None``: none does.
     """
 
     underlying: IntArray
@@ -824,6 +827,7 @@ class OptionPositions:
     vol: FloatArray
     is_call: BoolArray
     quantity: FloatArray
+    inverse: BoolArray | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ __all__ = [
     "DistanceToCallSigmasRule",
     "HedgeOffsetRule",
     "MarginUtilizationRule",
+    "ModelMarginDivergenceRule",
     "NetDeltaLimitRule",
     "NetVegaLimitRule",
     "RiskDriftRule",
@@ -286,6 +287,24 @@ class VenueVegaMismatchRule(_RuleBase, frozen=True, tag="venue_vega_mismatch"):
     cooldown: Delay = Delay("30m")
 
 
+class ModelMarginDivergenceRule(_RuleBase, frozen=True, tag="model_margin_divergence"):
+    """Per account: how far riskmon's model maintenance margin and the venue's disagree,
+    ``max(r, 1/r) - 1`` with ``r`` their ratio (0.25 = one is 25% above the other).
+
+    Only for the accounts listed in ``accounts``: those the venue margins with portfolio
+    margin (Deribit S:PM), where the two should agree. An account on standard margin
+    would diverge by design.
+    """
+
+    direction = "above"
+    warning: Threshold = 0.25
+    critical: Threshold = 0.5
+    clear: float = 0.2
+    for_: Delay = msgspec.field(name="for", default=Delay("2m"))
+    cooldown: Delay = Delay("30m")
+    accounts: tuple[str, ...] = ()
+
+
 #: Every built-in rule, in pack order (the order alerts are reported in).
 RuleConfig: TypeAlias = (
     RiskDriftRule
@@ -305,6 +324,7 @@ RuleConfig: TypeAlias = (
     | ConnectorDownRule
     | VenueDeltaMismatchRule
     | VenueVegaMismatchRule
+    | ModelMarginDivergenceRule
 )
 
 RULE_TYPES: Final[dict[str, type[RuleConfig]]] = {

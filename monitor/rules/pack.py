@@ -25,6 +25,8 @@ stale_data                 account, und.      age of the oldest price a position
 connector_down             connector          1 while disconnected, else 0
 venue_delta_mismatch       account            ``|greeks_vs_venue.delta_usd|``, USD
 venue_vega_mismatch        account            ``|greeks_vs_venue.vega|``, USD per vol pt
+model_margin_divergence    account            ``max(r, 1/r) - 1``, r = model MM / venue MM
+                                              (the accounts listed in ``accounts`` only)
 =========================  =================  ==========================================
 
 Conventions (see :mod:`monitor.rules.machine` for the state machine):
@@ -89,6 +91,7 @@ from monitor.rules.config import (
     DistanceToCallSigmasRule,
     HedgeOffsetRule,
     MarginUtilizationRule,
+    ModelMarginDivergenceRule,
     NetDeltaLimitRule,
     NetVegaLimitRule,
     RiskDriftRule,
@@ -862,6 +865,35 @@ def _venue_mismatch(
     return Rule(spec, read)
 
 
+def _model_margin_divergence(cfg: ModelMarginDivergenceRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _pct)
+
+    def text(account: str, ours: float, venue: float, value: float) -> str:
+        return (
+            f"{account}: riskmon's model maintenance margin {_usd(ours)} against the venue's "
+            f"{_usd(venue)}, {_pct(value)} apart ({levels}): a model or data problem, "
+            "compare margin.model with the venue's figures"
+        )
+
+    watched = frozenset(cfg.accounts)
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for account, fig in inp.snapshot.accounts.items():
+            m = _margin(fig) if account in watched else None
+            if m is None:
+                continue
+            ours = _number(m.get("model_maintenance_margin_usd"))
+            venue = _number(m.get("maintenance_margin"))
+            if ours is None or venue is None or venue <= 0.0 or ours < 0.0:
+                continue
+            r = ours / venue
+            value = INF if r == 0.0 else max(r, 1.0 / r) - 1.0
+            yield Reading(account, None, value, partial(text, account, ours, venue, value))
+
+    return Rule(spec, read)
+
+
 # --- the pack ----------------------------------------------------------------------------
 
 
@@ -901,6 +933,8 @@ def _build(cfg: RuleConfig, limits: Mapping[str, AccountLimits]) -> Rule[RuleInp
             return _venue_mismatch(cfg, "delta_usd", "delta", "USD")
         case VenueVegaMismatchRule():
             return _venue_mismatch(cfg, "vega", "vega", "USD per vol point")
+        case ModelMarginDivergenceRule():
+            return _model_margin_divergence(cfg)
 
 
 def build_rules(

@@ -91,6 +91,10 @@ Risk figures from the snapshot (name, type, labels)::
     riskmon_account_distance_to_call_ratio             gauge      account, direction
     riskmon_account_distance_to_call_sigmas            gauge      account, direction
     riskmon_account_call_reachable                     gauge      account, direction
+    riskmon_account_distance_to_call_recomputed_ratio  gauge      account, direction
+    riskmon_account_model_margin_usd                   gauge      account, currency, component
+    riskmon_account_model_maintenance_margin_usd       gauge      account
+    riskmon_account_model_to_venue_mm_ratio            gauge      account
     riskmon_account_stress_pnl_usd                     gauge      account, stress
     riskmon_regime_vol_ratio                           gauge      underlying
     riskmon_regime_realised_to_implied                 gauge      underlying
@@ -125,7 +129,16 @@ Conventions:
   to a margin call: ``direction`` is ``down`` or ``up``, the uniform move of all underlyings
   (as a fraction, 0.12 = 12%, and in 1-day sigmas) at which equity falls to maintenance
   margin; not exported where no move within ``margin.max_move`` reaches the call, which
-  ``riskmon_account_call_reachable`` (0/1) says. ``stress`` names come from the config.
+  ``riskmon_account_call_reachable`` (0/1) says. ``..._recomputed_ratio``: the same move
+  with riskmon's model maintenance margin recomputed at each moved price instead of the
+  venue's held. ``stress`` names come from the config.
+- riskmon's portfolio-margin model (Deribit's recipe, per settlement currency):
+  ``riskmon_account_model_margin_usd`` with ``currency`` (``BTC`` for inverse BTC
+  instruments, ``USD`` for USD-settled ones) and ``component`` (``worst_case``,
+  ``roll_shock``, ``delta_shock``, ``risk_matrix_margin``, ``maintenance_margin``), in
+  USD; ``..._model_maintenance_margin_usd`` its total over currencies;
+  ``..._model_to_venue_mm_ratio`` that total over the venue's maintenance margin (1 =
+  agreement), for accounts whose venue reports one.
 - ``riskmon_account_greeks_vs_venue``: riskmon's Greeks minus the venue's, summed over the
   positions the venue published Greeks for; ``greek`` is ``delta_usd``, ``gamma_usd``,
   ``vega`` or ``theta`` (USD units as above). Exported only for such accounts.
@@ -428,6 +441,27 @@ class _Families:
             "1 if a move within margin.max_move reaches a margin call.",
             ("account", "direction"),
         )
+        self.distance_recomputed = g(
+            "riskmon_account_distance_to_call_recomputed_ratio",
+            "Uniform move that brings equity to riskmon's model maintenance margin, "
+            "recomputed at each moved price.",
+            ("account", "direction"),
+        )
+        self.model_margin = g(
+            "riskmon_account_model_margin_usd",
+            "riskmon's portfolio-margin model per settlement currency and component, USD.",
+            ("account", "currency", "component"),
+        )
+        self.model_mm = g(
+            "riskmon_account_model_maintenance_margin_usd",
+            "riskmon's model maintenance margin over all settlement currencies, USD.",
+            ("account",),
+        )
+        self.model_to_venue = g(
+            "riskmon_account_model_to_venue_mm_ratio",
+            "riskmon's model maintenance margin over the venue's.",
+            ("account",),
+        )
         self.stress_pnl = g(
             "riskmon_account_stress_pnl_usd",
             "P&L of a configured stress scenario, USD (a loss is negative).",
@@ -683,8 +717,28 @@ def _account(f: _Families, account: str, figures: AccountFigures) -> None:
                     _put(f.distance_ratio, dl, distance[direction])
                 if distance["sigmas"][direction] is not None:
                     _put(f.distance_sigmas, dl, distance["sigmas"][direction])
+                recomputed = distance.get("recomputed") or {}
+                if recomputed.get(direction) is not None:
+                    _put(f.distance_recomputed, dl, recomputed[direction])
+        for currency, fig in (margin.get("model") or {}).items():
+            for component in _MODEL_COMPONENTS:
+                if fig.get(f"{component}_usd") is not None:
+                    _put(f.model_margin, (account, currency, component), fig[f"{component}_usd"])
+        if margin.get("model_maintenance_margin_usd") is not None:
+            _put(f.model_mm, labels, margin["model_maintenance_margin_usd"])
+        if margin.get("model_to_venue_mm") is not None:
+            _put(f.model_to_venue, labels, margin["model_to_venue_mm"])
         for stress, pnl in margin.get("stresses", {}).items():
             _put(f.stress_pnl, (account, stress), pnl)
+
+
+_MODEL_COMPONENTS: Final = (
+    "worst_case",
+    "roll_shock",
+    "delta_shock",
+    "risk_matrix_margin",
+    "maintenance_margin",
+)
 
 
 def build_registry(

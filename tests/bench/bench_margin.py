@@ -16,6 +16,10 @@ Figures (median and best of ``--repeat`` runs):
                     the scan alone) and once with headroom at half the joint scenario margin
                     (most accounts refined)
   stresses          three named stresses
+  portfolio margin  the per-settlement-currency model (35 scenarios per position, roll and
+                    delta shocks)
+  distance, model   distance to call with the model's MM recomputed at each scan point
+                    (2 x 16 base moves) and refined by regula falsi
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ import numpy.typing as npt
 from monitor.quant.greeks import black76
 from monitor.quant.margin import (
     Aggregation,
+    LinearPositions,
     MarginSettings,
     ScenarioMargin,
     Stress,
     distance_to_call,
+    distance_to_call_model,
+    portfolio_margin,
     scenario_margin,
     stress_pnl,
 )
@@ -149,6 +156,37 @@ def main() -> None:
     )
     line("distance to call (all refined)", med, best)
 
+    index = options.forward[np.unique(options.underlying, return_index=True)[1]] / 1.001
+    perps = LinearPositions(
+        underlying=np.arange(N_UND, dtype=np.int64),
+        quantity=np.where(linear != 0.0, linear / index[:, None], 0.0),
+        t=np.full(N_UND, np.nan),
+        inverse=np.zeros(N_UND, dtype=bool),
+        rolls=np.ones(N_UND, dtype=bool),
+    )
+    med, best, pm = timed(
+        lambda: portfolio_margin(perps, options, index, names, MarginSettings()), args.repeat
+    )
+    line("portfolio margin (per currency)", med, best)
+    model_repeat = max(1, args.repeat // 5)
+    med, best, dm1 = timed(
+        lambda: distance_to_call_model(equity, linear, options, perps, index, names),
+        model_repeat,
+    )
+    print(
+        f"{'distance, model MM (venue equity)':<34} median {med:7.2f} ms   best {best:7.2f} ms"
+        f"   ({model_repeat} runs)"
+    )
+    tight_eq = pm.maintenance_margin_usd * 1.5
+    med, best, dm2 = timed(
+        lambda: distance_to_call_model(tight_eq, linear, options, perps, index, names),
+        model_repeat,
+    )
+    print(
+        f"{'distance, model MM (all refined)':<34} median {med:7.2f} ms   best {best:7.2f} ms"
+        f"   ({model_repeat} runs)"
+    )
+
     stresses = [
         Stress("vol +50%, U00 -20%", {"U00": -0.2}, vol_shift=0.5),
         Stress("all -30%", default_move=-0.3),
@@ -174,6 +212,13 @@ def main() -> None:
         f"({np.nanmedian(d2.sigmas_down):.2f} sigma), up median {np.nanmedian(d2.up):.4f} "
         f"({np.nanmedian(d2.sigmas_up):.2f} sigma); reachable down "
         f"{int(d2.reachable_down.sum())}, up {int(d2.reachable_up.sum())}"
+    )
+    print(
+        f"portfolio margin MM: median {np.median(pm.maintenance_margin_usd):,.0f} USD; "
+        f"distance with model MM, equity 1.5 x MM: reachable down "
+        f"{int(dm2.reachable_down.sum())}, up {int(dm2.reachable_up.sum())}, down median "
+        f"{np.nanmedian(dm2.down):.4f}; venue equity: reachable down "
+        f"{int(dm1.reachable_down.sum())}, up {int(dm1.reachable_up.sum())}"
     )
     pnl0 = zip(st.names, st.pnl_usd[:, 0].tolist(), strict=True)
     print("stress P&L, acc00: " + ", ".join(f"{n}: {p:,.0f}" for n, p in pnl0))
