@@ -5,8 +5,9 @@ riskmon's own margin model beside the venue's figures. Pure numpy/scipy: no cloc
 no logging. Everything is vectorised over option instruments, scenarios and books; options
 come deduplicated per instrument with one quantity column per book
 (:class:`monitor.quant.risk.OptionPositions`, as ``BookValues.options`` holds them), linear
-positions as their USD value per underlying and book (``BookValues.linear_usd.T``) or, for the portfolio-margin model, per instrument with
-expiry and settlement (:class:`LinearPositions`).
+positions as their USD value per underlying and book (``BookValues.linear_usd.T``) or, for
+the portfolio-margin model, per instrument with expiry and settlement
+(:class:`LinearPositions`).
 
 Scenario grid (Deribit's portfolio margin)
     Sources: Deribit's support article "Portfolio Margin" for the structure: a maximum
