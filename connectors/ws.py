@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -152,6 +152,10 @@ class WebSocketRunner:
         a handler can blank secrets that a library might echo.
     clock
         Wall clock, epoch seconds (``status.last_message_s``).
+    url
+        Resolves the URL before each connection (a venue whose URL carries a per-session
+        credential, such as Binance's listenKey); an exception in it ends the attempt like
+        a refused connection. Default: ``settings.url``.
     """
 
     def __init__(
@@ -162,8 +166,10 @@ class WebSocketRunner:
         *,
         scrub: Callable[[str], str] = lambda s: s,
         clock: Callable[[], float] = time.time,
+        url: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         self.settings = settings
+        self._url = url
         self._handler = handler
         self._status = status
         self._scrub = scrub
@@ -202,8 +208,12 @@ class WebSocketRunner:
     async def _session(self) -> None:
         s = self.settings
         st = self._status
+        url = s.url
+        if self._url is not None:
+            async with asyncio.timeout(s.handshake_timeout_s):
+                url = await self._url()
         async with connect(
-            s.url,
+            url,
             open_timeout=s.open_timeout_s,
             close_timeout=s.close_timeout_s,
             ping_interval=None,  # liveness is the venue heartbeat's job (module docstring)
