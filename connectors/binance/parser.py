@@ -273,16 +273,23 @@ def price_events(msg: MarkPriceUpdate) -> tuple[PriceEvent, PriceEvent]:
         ``unknown_instrument`` for a symbol that does not map (module docstring),
         ``invalid_timestamp`` for an ``E`` that is not epoch ms.
     """
-    name = instrument_name(msg.symbol)
-    if name is None:
+    names = _names(msg.symbol)
+    if names is None:
         raise Rejected(Reason.UNKNOWN_INSTRUMENT, f"symbol {msg.symbol!r}")
     ts = msg.event_time
     if not _TS_MIN <= ts <= _TS_MAX:
         _check_ts(ts)
     return (
-        PriceEvent(ts=ts, instrument=name, price=msg.mark),
-        PriceEvent(ts=ts, instrument=index_name(name.split("_", 1)[0]), price=msg.index),
+        PriceEvent(ts=ts, instrument=names[0], price=msg.mark),
+        PriceEvent(ts=ts, instrument=names[1], price=msg.index),
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _names(symbol: str) -> tuple[str, str] | None:
+    """``(contract name, index name)`` of a symbol (the hot path's one lookup)."""
+    name = instrument_name(symbol)
+    return None if name is None else (name, index_name(name.split("_", 1)[0]))
 
 
 def funding(msg: MarkPriceUpdate) -> tuple[float, int] | None:
