@@ -16,12 +16,12 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import aiohttp
 import pytest
 from binance_server import API_KEY, API_SECRET, FakeBinance
+from tools import RecordingSink, until
 
 from connectors.binance.client import BinanceFutures, BinanceSettings
 from connectors.binance.parser import instrument_name
@@ -29,54 +29,10 @@ from connectors.ws import FatalConnectorError
 from monitor.model.backoff import Backoff
 from monitor.model.events import (
     AccountEvent,
-    Event,
     InstrumentEvent,
     PositionEvent,
     PriceEvent,
-    Rejected,
 )
-
-TIMEOUT = 30.0
-
-
-@dataclass
-class Sink:
-    events: list[Event] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)
-
-    async def put(self, event: Event, source: str) -> None:
-        assert source == "binance"
-        self.events.append(event)
-
-    def reject(self, source: str, rejected: Rejected) -> None:
-        self.rejected.append(rejected)
-
-    def folded(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for ev in self.events:
-            if isinstance(ev, PositionEvent):
-                assert ev.account == "binance"
-                out[ev.instrument] = ev.quantity
-        return {k: v for k, v in out.items() if v != 0.0}
-
-    def equity(self) -> float | None:
-        accts = [e for e in self.events if isinstance(e, AccountEvent)]
-        return accts[-1].equity if accts else None
-
-    def quantities(self, instrument: str) -> list[float]:
-        return [
-            e.quantity
-            for e in self.events
-            if isinstance(e, PositionEvent) and e.instrument == instrument
-        ]
-
-
-async def until(cond: Callable[[], bool], what: str, limit_s: float = TIMEOUT) -> None:
-    """Wait for ``cond`` (polled; the limit is generous, a failure, never a measurement)."""
-    async with asyncio.timeout(limit_s):
-        while not cond():  # noqa: ASYNC110 - the conditions span server and client state
-            await asyncio.sleep(0.01)
-    assert cond(), what
 
 
 def truth(server: FakeBinance) -> dict[str, float]:
@@ -88,7 +44,7 @@ def truth(server: FakeBinance) -> dict[str, float]:
     return out
 
 
-def settled(server: FakeBinance, sink: Sink) -> Callable[[], bool]:
+def settled(server: FakeBinance, sink: RecordingSink) -> Callable[[], bool]:
     def check() -> bool:
         f, t = sink.folded(), truth(server)
         return (
@@ -125,12 +81,12 @@ async def server() -> AsyncIterator[FakeBinance]:
 
 
 @pytest.fixture
-async def running(server: FakeBinance) -> AsyncIterator[tuple[BinanceFutures, Sink]]:
+async def running(server: FakeBinance) -> AsyncIterator[tuple[BinanceFutures, RecordingSink]]:
     await server.change("BTCUSDT", 0.5, notify=False)
     await server.change("ETHUSDT", 2.0, side="LONG", notify=False)
     await server.change("ETHUSDT", -0.5, side="SHORT", notify=False)
     conn = connector(server)
-    sink = Sink()
+    sink = RecordingSink("binance")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.binance")
         await until(lambda: conn.status.connected, "connected")
@@ -140,9 +96,12 @@ async def running(server: FakeBinance) -> AsyncIterator[tuple[BinanceFutures, Si
 
 
 async def test_snapshot_prices_index_and_keepalive(
-    server: FakeBinance, running: tuple[BinanceFutures, Sink]
+    server: FakeBinance, running: tuple[BinanceFutures, RecordingSink]
 ) -> None:
     conn, sink = running
+    assert {e.account for e in sink.events if isinstance(e, PositionEvent | AccountEvent)} == {
+        "binance"
+    }
     # Hedge-mode ETH legs net: 2.0 long - 0.5 short.
     assert sink.folded() == {"BTC_USDT-PERPETUAL": 0.5, "ETH_USDT-PERPETUAL": 1.5}
     acct = next(e for e in sink.events if isinstance(e, AccountEvent))
@@ -184,7 +143,7 @@ async def test_snapshot_prices_index_and_keepalive(
 
 
 async def test_updates_merge_and_funding_fee_keeps_positions(
-    server: FakeBinance, running: tuple[BinanceFutures, Sink]
+    server: FakeBinance, running: tuple[BinanceFutures, RecordingSink]
 ) -> None:
     conn, sink = running
     # Only the changed leg is pushed: the other symbols stay as they were.
@@ -207,7 +166,9 @@ async def test_updates_merge_and_funding_fee_keeps_positions(
     assert conn.status.connected
 
 
-async def test_burst_cut_midway(server: FakeBinance, running: tuple[BinanceFutures, Sink]) -> None:
+async def test_burst_cut_midway(
+    server: FakeBinance, running: tuple[BinanceFutures, RecordingSink]
+) -> None:
     conn, sink = running
     for i in range(20):
         await server.change("BTCUSDT", float(i + 1))
@@ -225,7 +186,7 @@ async def test_burst_cut_midway(server: FakeBinance, running: tuple[BinanceFutur
 
 
 async def test_24_hour_cut_by_the_server(
-    server: FakeBinance, running: tuple[BinanceFutures, Sink]
+    server: FakeBinance, running: tuple[BinanceFutures, RecordingSink]
 ) -> None:
     conn, sink = running
     await server.change("BTCUSDT", -3.0, notify=False)  # unseen until the new snapshot
@@ -238,7 +199,7 @@ async def test_24_hour_cut_by_the_server(
 async def test_planned_reconnect_before_the_24_hour_cut(server: FakeBinance) -> None:
     await server.change("BTCUSDT", 1.0, notify=False)
     conn = connector(server, max_session_s=0.5)
-    sink = Sink()
+    sink = RecordingSink("binance")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.binance")
         await until(lambda: server.handshakes >= 3 and conn.status.connected, "two planned ends")
@@ -250,7 +211,7 @@ async def test_planned_reconnect_before_the_24_hour_cut(server: FakeBinance) -> 
 
 
 async def test_listen_key_expired_gives_a_new_key_and_snapshot(
-    server: FakeBinance, running: tuple[BinanceFutures, Sink]
+    server: FakeBinance, running: tuple[BinanceFutures, RecordingSink]
 ) -> None:
     conn, sink = running
     await server.expire_keys()
@@ -262,7 +223,7 @@ async def test_listen_key_expired_gives_a_new_key_and_snapshot(
 
 
 async def test_keepalive_answered_1125_gives_a_new_key(
-    server: FakeBinance, running: tuple[BinanceFutures, Sink]
+    server: FakeBinance, running: tuple[BinanceFutures, RecordingSink]
 ) -> None:
     conn, sink = running
     server.forget_keys()
@@ -273,7 +234,7 @@ async def test_keepalive_answered_1125_gives_a_new_key(
 
 
 async def test_update_during_the_snapshot_is_not_overwritten(
-    server: FakeBinance, running: tuple[BinanceFutures, Sink]
+    server: FakeBinance, running: tuple[BinanceFutures, RecordingSink]
 ) -> None:
     conn, sink = running
     server.snapshot_delay_s = 0.5  # the answer is computed, then held back
@@ -303,7 +264,7 @@ async def test_clock_skewed_by_5s(server: FakeBinance, skew_ms: int) -> None:
             assert (resp.status, (await resp.json())["code"]) == (400, -1021)
     server.timestamp_rejections = 0
     conn = connector(server)
-    sink = Sink()
+    sink = RecordingSink("binance")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.binance")
         await until(lambda: conn.status.connected, "connected")
@@ -315,7 +276,7 @@ async def test_clock_skewed_by_5s(server: FakeBinance, skew_ms: int) -> None:
 
 
 async def test_429_backs_off_for_retry_after(
-    server: FakeBinance, running: tuple[BinanceFutures, Sink]
+    server: FakeBinance, running: tuple[BinanceFutures, RecordingSink]
 ) -> None:
     conn, sink = running
     server.rate_limit_next = 1.0
@@ -338,7 +299,7 @@ async def test_418_ban_stops_every_call_and_says_until_when(
     caplog.set_level(logging.INFO)
     await server.change("BTCUSDT", 1.0, notify=False)
     conn = connector(server)
-    sink = Sink()
+    sink = RecordingSink("binance")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.binance")
         await until(settled(server, sink), "snapshot")
@@ -363,7 +324,7 @@ async def test_secrets_never_leak(server: FakeBinance, caplog: pytest.LogCapture
     caplog.set_level(logging.DEBUG)
     await server.change("BTCUSDT", 1.0, notify=False)
     conn = connector(server)
-    sink = Sink()
+    sink = RecordingSink("binance")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.binance")
         await until(settled(server, sink), "snapshot")
@@ -386,7 +347,7 @@ async def test_secrets_never_leak(server: FakeBinance, caplog: pytest.LogCapture
         secret=lambda: "WRONG-secret-PLANTED-77",
     )
     with pytest.raises(FatalConnectorError) as info:
-        await bad.run(Sink())
+        await bad.run(RecordingSink("binance"))
     assert "-1022" in str(info.value)
     keys = [q.split("streams=")[1] for _, _, p, q in server.requests if "streams=" in q]
     logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp"))
@@ -417,7 +378,7 @@ async def test_public_only_without_a_key(server: FakeBinance) -> None:
             backoff=Backoff(initial=0.02, cap=0.2),
         )
     )
-    sink = Sink()
+    sink = RecordingSink("binance")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.binance")
         await until(lambda: conn.status.connected, "connected")

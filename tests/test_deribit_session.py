@@ -12,58 +12,25 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
 import pytest
 from deribit_server import CLIENT_ID, CLIENT_SECRET, FakeDeribit, expected_quantity
+from tools import RecordingSink, until
 
 from connectors.deribit.client import DeribitMarket, DeribitSettings
 from monitor.model.backoff import Backoff
 from monitor.model.events import (
     AccountEvent,
-    Event,
     InstrumentEvent,
-    PositionEvent,
     PriceEvent,
-    Rejected,
 )
-
-TIMEOUT = 30.0
-
-
-@dataclass
-class Sink:
-    events: list[Event] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)
-
-    async def put(self, event: Event, source: str) -> None:
-        assert source == "deribit"
-        self.events.append(event)
-
-    def reject(self, source: str, rejected: Rejected) -> None:
-        self.rejected.append(rejected)
-
-    def folded(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for ev in self.events:
-            if isinstance(ev, PositionEvent):
-                out[ev.instrument] = ev.quantity
-        return {k: v for k, v in out.items() if v != 0.0}
-
-
-async def until(cond: Callable[[], bool], what: str, limit_s: float = TIMEOUT) -> None:
-    """Wait for ``cond`` (polled; the limit is generous, a failure, never a measurement)."""
-    async with asyncio.timeout(limit_s):
-        while not cond():  # noqa: ASYNC110 - the conditions span server and client state
-            await asyncio.sleep(0.01)
-    assert cond(), what
 
 
 def truth(server: FakeDeribit) -> dict[str, float]:
     return {n: expected_quantity(n, s) for n, s in server.positions.items()}
 
 
-def settled(server: FakeDeribit, sink: Sink) -> Callable[[], bool]:
+def settled(server: FakeDeribit, sink: RecordingSink) -> Callable[[], bool]:
     def check() -> bool:
         f, t = sink.folded(), truth(server)
         return f.keys() == t.keys() and all(f[k] == pytest.approx(t[k]) for k in t)
@@ -93,11 +60,11 @@ def market(server: FakeDeribit, **kw: object) -> DeribitMarket:
 
 
 @pytest.fixture
-async def running(server: FakeDeribit) -> AsyncIterator[tuple[DeribitMarket, Sink]]:
+async def running(server: FakeDeribit) -> AsyncIterator[tuple[DeribitMarket, RecordingSink]]:
     await server.change("BTC-PERPETUAL", 1000.0, notify=False)
     await server.change("BTC-27DEC30-60000-C", -2.5, notify=False)
     conn = market(server)
-    sink = Sink()
+    sink = RecordingSink("deribit")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.deribit")
         await until(lambda: conn.status.connected, "connected")
@@ -107,7 +74,7 @@ async def running(server: FakeDeribit) -> AsyncIterator[tuple[DeribitMarket, Sin
 
 
 async def test_handshake_snapshot_and_prices(
-    server: FakeDeribit, running: tuple[DeribitMarket, Sink]
+    server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
     conn, sink = running
     # The snapshot: BTC-PERPETUAL 1000 USD at a 50,000 mark = 0.02 BTC; the option in coin.
@@ -137,7 +104,7 @@ async def test_handshake_snapshot_and_prices(
 
 
 async def test_disconnect_mid_burst(
-    server: FakeDeribit, running: tuple[DeribitMarket, Sink]
+    server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
     conn, sink = running
     for i in range(20):
@@ -152,7 +119,7 @@ async def test_disconnect_mid_burst(
 
 
 async def test_garbage_frames_are_counted(
-    server: FakeDeribit, running: tuple[DeribitMarket, Sink]
+    server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
     conn, sink = running
     await server.send_raw("this is not json")
@@ -177,7 +144,7 @@ async def test_garbage_frames_are_counted(
 
 
 async def test_stall_is_detected_and_recovered(
-    server: FakeDeribit, running: tuple[DeribitMarket, Sink]
+    server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
     conn, sink = running
     server.stall()  # socket open, no data, no heartbeat, no answers
@@ -190,7 +157,7 @@ async def test_stall_is_detected_and_recovered(
 
 
 async def test_refused_connections_then_recovery(
-    server: FakeDeribit, running: tuple[DeribitMarket, Sink]
+    server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
     conn, sink = running
     server.refusing = True
@@ -209,7 +176,7 @@ async def test_refused_connections_then_recovery(
 
 
 async def test_rate_limit_ends_the_session(
-    server: FakeDeribit, running: tuple[DeribitMarket, Sink]
+    server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
     conn, sink = running
     server.rate_limit_next = True
@@ -225,7 +192,7 @@ async def test_token_refresh_and_no_secret_in_logs(
     caplog.set_level(logging.DEBUG)
     server.expires_in = 1  # refresh at 0.8 s
     conn = market(server)
-    sink = Sink()
+    sink = RecordingSink("deribit")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.deribit")
         await until(lambda: server.refreshes >= 2, "two refreshes")
@@ -252,7 +219,7 @@ async def test_public_only_without_credentials(server: FakeDeribit) -> None:
         backoff=Backoff(initial=0.02, cap=0.2),
     )
     conn = DeribitMarket(settings)
-    sink = Sink()
+    sink = RecordingSink("deribit")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.deribit")
         await until(lambda: conn.status.connected, "connected")

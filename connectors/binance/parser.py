@@ -32,10 +32,11 @@ import datetime as _dt
 import functools
 import math
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final
 
 import msgspec
 
+from connectors.base import decode as _decode
 from connectors.binance.messages import (
     Account,
     AccountUpdate,
@@ -106,7 +107,6 @@ _IGNORED: Final = frozenset(
     }
 )
 _MARK: Final = b"@markPrice"
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,21 +137,6 @@ _account = msgspec.json.Decoder(Account, strict=False)
 _server_time = msgspec.json.Decoder(ServerTime, strict=False)
 _listen_key = msgspec.json.Decoder(ListenKey)
 _error = msgspec.json.Decoder(ApiError, strict=False)
-
-
-def _reason(exc: msgspec.MsgspecError) -> Reason:
-    if isinstance(exc, msgspec.ValidationError):
-        return (
-            Reason.MISSING_FIELD if "missing required field" in str(exc) else Reason.INVALID_VALUE
-        )
-    return Reason.MALFORMED_JSON
-
-
-def _decode(decoder: msgspec.json.Decoder[T], raw: bytes | msgspec.Raw, what: str) -> T:
-    try:
-        return decoder.decode(raw)
-    except msgspec.MsgspecError as exc:
-        raise Rejected(_reason(exc), f"{what}: {exc}") from None
 
 
 def _check_ts(ts: int) -> int:
