@@ -10,6 +10,7 @@ timeouts; no test asserts how long something took.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -73,6 +74,17 @@ def connector(server: FakeBinance, **kw: object) -> BinanceFutures:
     return BinanceFutures(settings, secret=lambda: API_SECRET)
 
 
+@contextlib.asynccontextmanager
+async def running_connector(conn: BinanceFutures, sink: RecordingSink) -> AsyncIterator[None]:
+    """Run ``conn`` into ``sink`` for the block; it is cancelled when the block ends."""
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(conn.run(sink), name="test.binance")
+        try:
+            yield
+        finally:
+            task.cancel()
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[FakeBinance]:
     srv = FakeBinance()
@@ -87,12 +99,10 @@ async def running(server: FakeBinance) -> AsyncIterator[tuple[BinanceFutures, Re
     await server.change("ETHUSDT", -0.5, side="SHORT", notify=False)
     conn = connector(server)
     sink = RecordingSink("binance")
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(conn.run(sink), name="test.binance")
+    async with running_connector(conn, sink):
         await until(lambda: conn.status.connected, "connected")
         await until(settled(server, sink), "initial snapshot")
         yield conn, sink
-        task.cancel()
 
 
 async def test_snapshot_prices_index_and_keepalive(
@@ -200,13 +210,11 @@ async def test_planned_reconnect_before_the_24_hour_cut(server: FakeBinance) -> 
     await server.change("BTCUSDT", 1.0, notify=False)
     conn = connector(server, max_session_s=0.5)
     sink = RecordingSink("binance")
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(conn.run(sink), name="test.binance")
+    async with running_connector(conn, sink):
         await until(lambda: server.handshakes >= 3 and conn.status.connected, "two planned ends")
         await server.change("BTCUSDT", 2.0, notify=False)
         await until(lambda: server.snapshots >= 4, "a later snapshot")
         await until(settled(server, sink), "truth")
-        task.cancel()
     assert "24-hour cut" in (conn.status.last_error or "")
 
 
@@ -265,12 +273,10 @@ async def test_clock_skewed_by_5s(server: FakeBinance, skew_ms: int) -> None:
     server.timestamp_rejections = 0
     conn = connector(server)
     sink = RecordingSink("binance")
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(conn.run(sink), name="test.binance")
+    async with running_connector(conn, sink):
         await until(lambda: conn.status.connected, "connected")
         await until(settled(server, sink), "snapshot")
         await until(lambda: server.account_calls >= 4, "signed refreshes")
-        task.cancel()
     assert server.timestamp_rejections == 0
     assert server.handshakes == 1
 
@@ -300,8 +306,7 @@ async def test_418_ban_stops_every_call_and_says_until_when(
     await server.change("BTCUSDT", 1.0, notify=False)
     conn = connector(server)
     sink = RecordingSink("binance")
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(conn.run(sink), name="test.binance")
+    async with running_connector(conn, sink):
         await until(settled(server, sink), "snapshot")
         server.ban(2.0)
         await server.drop_all()  # the reconnect's first call is answered 418
@@ -311,7 +316,6 @@ async def test_418_ban_stops_every_call_and_says_until_when(
         await server.change("BTCUSDT", -1.0, notify=False)
         await until(lambda: conn.status.connected, "resumed after the ban")
         await until(settled(server, sink), "truth after the ban")
-        task.cancel()
     # At most one call already on its way when the ban began; none started during it.
     assert server.requests_during_ban <= 1
     banned = [r for r in caplog.records if "IP banned (HTTP 418)" in r.getMessage()]
@@ -325,8 +329,7 @@ async def test_secrets_never_leak(server: FakeBinance, caplog: pytest.LogCapture
     await server.change("BTCUSDT", 1.0, notify=False)
     conn = connector(server)
     sink = RecordingSink("binance")
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(conn.run(sink), name="test.binance")
+    async with running_connector(conn, sink):
         await until(settled(server, sink), "snapshot")
         server.forget_keys()  # -1125: an error path
         await until(lambda: server.keys_issued >= 2 and conn.status.connected, "new key")
@@ -334,7 +337,6 @@ async def test_secrets_never_leak(server: FakeBinance, caplog: pytest.LogCapture
         await until(lambda: "418" in (conn.status.last_error or ""), "ban logged")
         await server.drop_all()
         await until(lambda: server.handshakes >= 3 and conn.status.connected, "reconnected")
-        task.cancel()
     # A wrong secret: refused for good (-1022), and its error quotes neither secret.
     bad = BinanceFutures(
         BinanceSettings(
@@ -350,7 +352,8 @@ async def test_secrets_never_leak(server: FakeBinance, caplog: pytest.LogCapture
         await bad.run(RecordingSink("binance"))
     assert "-1022" in str(info.value)
     keys = [q.split("streams=")[1] for _, _, p, q in server.requests if "streams=" in q]
-    logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp"))
+    # Every record but the test server's own access log (it shows the requests it got).
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name != "aiohttp.access")
     assert "reconnecting" in logged  # the connector did log, so the checks below can fail
     seen = "\n".join(
         [
@@ -379,8 +382,7 @@ async def test_public_only_without_a_key(server: FakeBinance) -> None:
         )
     )
     sink = RecordingSink("binance")
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(conn.run(sink), name="test.binance")
+    async with running_connector(conn, sink):
         await until(lambda: conn.status.connected, "connected")
         await until(
             lambda: any(
@@ -389,6 +391,5 @@ async def test_public_only_without_a_key(server: FakeBinance) -> None:
             ),
             "price",
         )
-        task.cancel()
     assert server.requests == []  # no REST call at all
     assert not any(isinstance(e, PositionEvent | AccountEvent) for e in sink.events)

@@ -473,18 +473,33 @@ class BinanceFutures:
             await asyncio.sleep(s.account_min_gap_s)
 
     async def _keepalive_loop(self, session: Session) -> None:
+        """``PUT`` the listenKey every ``keepalive_s``; a failed one is retried within a
+        minute (the key lives 60 minutes), -1125 ends the session (a new key and snapshot)."""
         rest = self._require_rest()
+        delay = self.settings.keepalive_s
         while True:
-            await asyncio.sleep(self.settings.keepalive_s)
+            await asyncio.sleep(delay)
+            delay = self.settings.keepalive_s
             try:
                 await rest.keyed("PUT", "/fapi/v1/listenKey")
-            except RateLimited:
-                continue  # a key that expires meanwhile sends listenKeyExpired
+                continue
             except BinanceApiError as exc:
                 if exc.code == _LISTEN_KEY_DOES_NOT_EXIST:
                     session.end("listenKey does not exist (-1125): a new key and a new snapshot")
                     return
-                raise
+                reason = str(exc)
+            except SessionEnded as exc:
+                reason = str(exc)
+            except RateLimited:
+                reason = ""  # already logged, with until when
+            # Retry soon; a key that expires meanwhile sends listenKeyExpired (a new session).
+            delay = min(delay, 60.0)
+            if reason:
+                log.warning(
+                    "binance listenKey keep-alive failed: %s",
+                    self._scrub(reason),
+                    extra={"connector": self.settings.name},
+                )
 
     async def _planned_reconnect(self, session: Session) -> None:
         await asyncio.sleep(self.settings.max_session_s)
