@@ -64,12 +64,11 @@ def connector(server: FakeBinance, **kw: object) -> BinanceFutures:
         symbols=("BTCUSDT",),
         api_key=API_KEY,
         request_timeout_s=5.0,
-        keepalive_s=0.2,  # private test hooks: Binance's are 30 min, 23.5 h, 5 s
-        account_interval_s=0.2,
-        account_min_gap_s=0.01,
         liveness_s=5.0,
         backoff=Backoff(initial=0.02, cap=0.2, rng=random.Random(1)),
-        **kw,  # type: ignore[arg-type]
+        account_min_gap_s=0.01,
+        # Private test hooks (Binance's: PUT every 30 min, equity every 5 s).
+        **{"keepalive_s": 0.2, "account_interval_s": 0.2, **kw},  # type: ignore[arg-type]
     )
     return BinanceFutures(settings, secret=lambda: API_SECRET)
 
@@ -263,7 +262,7 @@ async def test_clock_skewed_by_5s(server: FakeBinance, skew_ms: int) -> None:
     await server.change("BTCUSDT", 1.25, notify=False)
     # The server refuses a request signed on our clock: the check below can fail.
     async with aiohttp.ClientSession() as http:
-        query = urlencode({"recvWindow": 5000, "timestamp": round(time.time() * 1000)})
+        query = urlencode({"recvWindow": 2000, "timestamp": round(time.time() * 1000)})
         sig = hmac.new(API_SECRET.encode(), query.encode(), hashlib.sha256).hexdigest()
         async with http.get(
             f"{server.rest_url}/fapi/v3/account?{query}&signature={sig}",
@@ -271,7 +270,7 @@ async def test_clock_skewed_by_5s(server: FakeBinance, skew_ms: int) -> None:
         ) as resp:
             assert (resp.status, (await resp.json())["code"]) == (400, -1021)
     server.timestamp_rejections = 0
-    conn = connector(server)
+    conn = connector(server, recv_window_ms=2_000)  # the skew is well outside the window
     sink = RecordingSink("binance")
     async with running_connector(conn, sink):
         await until(lambda: conn.status.connected, "connected")
@@ -393,3 +392,27 @@ async def test_public_only_without_a_key(server: FakeBinance) -> None:
         )
     assert server.requests == []  # no REST call at all
     assert not any(isinstance(e, PositionEvent | AccountEvent) for e in sink.events)
+
+
+async def test_margin_call_is_logged_and_refreshes_equity(
+    server: FakeBinance, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    await server.change("ETHUSDT", 1.327, side="LONG", notify=False)
+    conn = connector(server, account_interval_s=3_600.0)  # no periodic refresh in this test
+    sink = RecordingSink("binance")
+    async with running_connector(conn, sink):
+        await until(settled(server, sink), "snapshot")
+        server.equity = 3.16812045
+        # Binance's documented MARGIN_CALL (USD-M docs, User Data Streams, Event: Margin
+        # Call), on the account's stream.
+        key = next(iter(server.keys))
+        await server.send_raw(
+            '{"stream":"' + key + '","data":{"e":"MARGIN_CALL","E":1587727187525,'
+            '"cw":"3.16812045","p":[{"s":"ETHUSDT","ps":"LONG","pa":"1.327","mt":"CROSSED",'
+            '"iw":"0","mp":"187.17127","up":"-1.166074","mm":"1.614445"}]}}'
+        )
+        await until(lambda: sink.equity() == 3.16812045, "equity refreshed at once")
+    assert any("MARGIN_CALL" in r.getMessage() for r in caplog.records)
+    assert not sink.rejected
+    assert sink.folded() == {"ETH_USDT-PERPETUAL": 1.327}

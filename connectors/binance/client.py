@@ -370,6 +370,10 @@ class BinanceFutures:
                 fut = self._replies.pop(msg.id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg.error)
+            elif type(msg) is parser.Ignored and msg.event == "MARGIN_CALL":
+                # Binance's own warning: say so, and take the account's figures now.
+                log.warning("binance sent MARGIN_CALL", extra={"connector": name})
+                self._account_due.set()
         except Rejected as rej:
             sink.reject(name, rej)
         except (SessionEnded, asyncio.CancelledError):
