@@ -194,6 +194,13 @@ def test_account_update_with_positions_nets_hedge_mode_legs() -> None:
     assert book.held() == {"BTCUSDT": 0.010, "ETHUSDT": -0.010}
 
 
+def test_account_update_with_a_time_in_seconds_is_refused() -> None:
+    payload = {**doc("account_update_positions.json"), "T": 1603093193}
+    with pytest.raises(Rejected) as info:
+        parser.parse_frame(stream("listenkey", payload))
+    assert info.value.reason == Reason.INVALID_TIMESTAMP
+
+
 def test_account_update_without_positions_merges_nothing_away() -> None:
     book = PositionBook()
     book.update("BTCUSDT", "LONG", 0.010, 1603093100000)

@@ -233,7 +233,9 @@ def parse_frame(raw: bytes) -> Frame:
         if event == "markPriceUpdate":
             return _decode(_mark, env.data, "markPriceUpdate")
         if event == "ACCOUNT_UPDATE":
-            return _decode(_account_update, env.data, "ACCOUNT_UPDATE")
+            update = _decode(_account_update, env.data, "ACCOUNT_UPDATE")
+            _check_ts(update.transaction_time)  # the time its positions carry
+            return update
         if event == "listenKeyExpired":
             return _decode(_expired, env.data, "listenKeyExpired")
         if event in _IGNORED:
