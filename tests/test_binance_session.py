@@ -416,3 +416,25 @@ async def test_margin_call_is_logged_and_refreshes_equity(
     assert any("MARGIN_CALL" in r.getMessage() for r in caplog.records)
     assert not sink.rejected
     assert sink.folded() == {"ETH_USDT-PERPETUAL": 1.327}
+
+
+async def test_garbage_frames_are_counted_and_the_session_goes_on(
+    server: FakeBinance, running: tuple[BinanceFutures, RecordingSink]
+) -> None:
+    conn, sink = running
+    await server.send_raw("this is not json")
+    await server.send_raw(
+        '{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1767225600000,'
+        '"s":"BTCUSDT","p":"abc","i":"1","r":"","T":0}}'
+    )
+    await server.send_raw('{"stream":"x","data":{"e":"SOMETHING_NEW","E":1767225600000}}')
+    await until(lambda: len(sink.rejected) >= 3, "three rejections")
+    assert [r.reason.value for r in sink.rejected[:3]] == [
+        "malformed_json",
+        "invalid_value",
+        "unknown_type",
+    ]
+    await server.change("BTCUSDT", -0.75)
+    await until(settled(server, sink), "still streaming after garbage")
+    assert conn.status.connected
+    assert server.handshakes == 1
