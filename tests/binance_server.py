@@ -7,10 +7,12 @@ One aiohttp app serves both halves of the protocol the connector uses:
   query string is verified with the planted secret, and ``timestamp`` is checked against
   ``recvWindow`` on the server's clock (which a test may skew), answering -1021 as Binance
   does. Every answer carries ``X-MBX-USED-WEIGHT-1M``.
-- Websocket: the combined stream ``/stream?streams=<listenKey>``; ``SUBSCRIBE`` of
-  ``<symbol>@markPrice@1s`` (a mark frame per subscribed symbol every ``mark_interval_s``),
-  ``ACCOUNT_UPDATE`` of the changed leg only (:meth:`FakeBinance.change`), balance-only
-  updates (:meth:`FakeBinance.funding_fee`), ``listenKeyExpired`` (:meth:`expire_keys`).
+- Websockets, routed by path as Binance routes USD-M streams: ``/market/stream`` (combined:
+  ``SUBSCRIBE`` of ``<symbol>@markPrice@1s``, a mark frame per subscribed symbol every
+  ``mark_interval_s``, wrapped in ``{"stream", "data"}``) and ``/private/ws?listenKey=<key>``
+  (bare payloads: ``ACCOUNT_UPDATE`` of the changed leg only (:meth:`FakeBinance.change`),
+  balance-only updates (:meth:`FakeBinance.funding_fee`), ``listenKeyExpired``
+  (:meth:`expire_keys`)). The legacy ``/ws`` and ``/stream`` paths are not served.
 
 Faults a test switches on: the 24-hour cut (:meth:`drop_all`), keys that vanish (a
 keep-alive gets -1125), a clock skew, HTTP 429 and 418 with ``Retry-After`` (requests that
@@ -42,7 +44,7 @@ MARKS = {"BTCUSDT": (50_000.0, 49_990.0), "ETHUSDT": (2_500.0, 2_499.5)}
 @dataclass
 class Conn:
     ws: web.WebSocketResponse
-    key: str | None
+    key: str | None  # the user data socket's listenKey; None: a market socket
     symbols: set[str] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
 
@@ -57,9 +59,11 @@ class FakeBinance:
         self.maint_margin = 100.0
         self.keys: set[str] = set()
         self.keys_issued = 0
+        self.issued: list[str] = []  # every listenKey handed out
         self.keepalives = 0
         self.conns: list[Conn] = []
-        self.handshakes = 0
+        self.handshakes = 0  # market sockets opened (one per connector session)
+        self.private_handshakes = 0
         self.snapshots = 0
         self.account_calls = 0
         self.requests: list[tuple[float, str, str, str]] = []  # monotonic, method, path, query
@@ -88,7 +92,8 @@ class FakeBinance:
         app.router.add_put("/fapi/v1/listenKey", self._listen_key_put)
         app.router.add_get("/fapi/v3/positionRisk", self._position_risk)
         app.router.add_get("/fapi/v3/account", self._account)
-        app.router.add_get("/stream", self._stream)
+        app.router.add_get("/market/stream", self._market)
+        app.router.add_get("/private/ws", self._private)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -167,7 +172,7 @@ class FakeBinance:
         for c in self.live:
             if c.key is not None and c.key in self.keys:
                 with contextlib.suppress(Exception):
-                    await c.ws.send_str(json.dumps({"stream": c.key, "data": payload}))
+                    await c.ws.send_str(json.dumps(payload))
 
     async def expire_keys(self) -> None:
         """Every key expires: ``listenKeyExpired`` on its streams; a PUT now gets -1125."""
@@ -175,7 +180,7 @@ class FakeBinance:
             if c.key is not None and c.key in self.keys:
                 msg = {"e": "listenKeyExpired", "E": str(self.now_ms()), "listenKey": c.key}
                 with contextlib.suppress(Exception):
-                    await c.ws.send_str(json.dumps({"stream": c.key, "data": msg}))
+                    await c.ws.send_str(json.dumps(msg))
         self.keys.clear()
 
     def forget_keys(self) -> None:
@@ -187,9 +192,17 @@ class FakeBinance:
         for c in self.live:
             await c.ws.close(code=code, message=b"24h")
 
-    async def send_raw(self, frame: str) -> None:
+    async def drop_private(self) -> None:
+        """Close only the user data sockets."""
         for c in self.live:
-            await c.ws.send_str(frame)
+            if c.key is not None:
+                await c.ws.close(code=1001, message=b"going away")
+
+    async def send_raw(self, frame: str, *, private: bool = False) -> None:
+        """Send ``frame`` as is on every market socket (``private``: every user data one)."""
+        for c in self.live:
+            if (c.key is not None) == private:
+                await c.ws.send_str(frame)
 
     def ban(self, retry_after: float) -> None:
         self.ban_next = retry_after
@@ -266,6 +279,7 @@ class FakeBinance:
         key = secrets.token_hex(32)
         self.keys = {key}  # one active key per account
         self.keys_issued += 1
+        self.issued.append(key)
         return self._reply(200, {"listenKey": key})
 
     async def _listen_key_put(self, request: web.Request) -> web.Response:
@@ -315,14 +329,11 @@ class FakeBinance:
 
     # --- websocket --------------------------------------------------------------------------
 
-    async def _stream(self, request: web.Request) -> web.StreamResponse:
-        key = request.query.get("streams")
-        if key is not None and key not in self.keys:
-            return web.Response(status=400, text="invalid listenKey")
+    async def _market(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.handshakes += 1
-        conn = Conn(ws, key)
+        conn = Conn(ws, None)
         self.conns.append(conn)
         conn.task = asyncio.create_task(self._marks(conn))
         try:
@@ -330,16 +341,31 @@ class FakeBinance:
                 if msg.type != WSMsgType.TEXT:
                     continue
                 req = json.loads(msg.data)
-                if req.get("method") == "SUBSCRIBE":
-                    for s in req["params"]:
-                        conn.symbols.add(s.split("@", 1)[0].upper())
+                if req.get("method") == "SUBSCRIBE" and all(
+                    "@markPrice" in p for p in req["params"]
+                ):
+                    for p in req["params"]:
+                        conn.symbols.add(p.split("@", 1)[0].upper())
                     await ws.send_str(json.dumps({"result": None, "id": req["id"]}))
                 else:
                     await ws.send_str(
-                        json.dumps({"code": 0, "msg": "Unknown property", "id": req.get("id")})
+                        json.dumps({"code": 2, "msg": "Invalid request", "id": req.get("id")})
                     )
         finally:
             conn.task.cancel()
+        return ws
+
+    async def _private(self, request: web.Request) -> web.StreamResponse:
+        key = request.query.get("listenKey")
+        if key is None or key not in self.keys:
+            return web.Response(status=400, text="invalid listenKey")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.private_handshakes += 1
+        conn = Conn(ws, key)
+        self.conns.append(conn)
+        async for _ in ws:  # nothing is expected from the client
+            pass
         return ws
 
     async def _marks(self, conn: Conn) -> None:

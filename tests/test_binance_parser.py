@@ -37,8 +37,13 @@ def body(name: str) -> bytes:
 
 
 def stream(name: str, payload: Any) -> bytes:
-    """As the combined stream (``/stream``) sends a payload."""
+    """As the market socket (``/market/stream``, combined) sends a payload."""
     return json.dumps({"stream": name, "data": payload}).encode()
+
+
+def bare(payload: Any) -> bytes:
+    """As the user data socket (``/private/ws``) sends a payload."""
+    return json.dumps(payload).encode()
 
 
 # --- names -------------------------------------------------------------------------------
@@ -161,6 +166,8 @@ def test_frames_that_are_not_data() -> None:
         parser.parse_frame(stream("x", {"e": "somethingNew", "E": 1}))
     assert info.value.reason == Reason.UNKNOWN_TYPE
     order = {"e": "ORDER_TRADE_UPDATE", "E": 1568879465651, "T": 1568879465650, "o": {}}
+    assert parser.parse_frame(bare(order)) == parser.Ignored("ORDER_TRADE_UPDATE")
+    # A combined stream carries user data the same way.
     assert parser.parse_frame(stream("key", order)) == parser.Ignored("ORDER_TRADE_UPDATE")
 
 
@@ -168,7 +175,7 @@ def test_frames_that_are_not_data() -> None:
 
 
 def test_account_update_with_positions_nets_hedge_mode_legs() -> None:
-    msg = parser.parse_frame(stream("listenkey", doc("account_update_positions.json")))
+    msg = parser.parse_frame(bare(doc("account_update_positions.json")))
     assert isinstance(msg, AccountUpdate)
     assert (msg.event_time, msg.transaction_time, msg.data.reason) == (
         1603093193284,
@@ -197,7 +204,7 @@ def test_account_update_with_positions_nets_hedge_mode_legs() -> None:
 def test_account_update_with_a_time_in_seconds_is_refused() -> None:
     payload = {**doc("account_update_positions.json"), "T": 1603093193}
     with pytest.raises(Rejected) as info:
-        parser.parse_frame(stream("listenkey", payload))
+        parser.parse_frame(bare(payload))
     assert info.value.reason == Reason.INVALID_TIMESTAMP
 
 
@@ -205,7 +212,7 @@ def test_account_update_without_positions_merges_nothing_away() -> None:
     book = PositionBook()
     book.update("BTCUSDT", "LONG", 0.010, 1603093100000)
     book.update("ETHUSDT", "SHORT", -0.010, 1603093100000)
-    msg = parser.parse_frame(stream("listenkey", doc("account_update_balances_only.json")))
+    msg = parser.parse_frame(bare(doc("account_update_balances_only.json")))
     assert isinstance(msg, AccountUpdate)
     assert msg.data.positions == []
     assert [(b.asset, b.wallet) for b in msg.data.balances] == [("BNB", 0.02575839)]
@@ -215,7 +222,7 @@ def test_account_update_without_positions_merges_nothing_away() -> None:
 
 
 def test_listen_key_expired_with_its_time_as_a_string() -> None:
-    msg = parser.parse_frame(stream("listenkey", doc("listen_key_expired.json")))
+    msg = parser.parse_frame(bare(doc("listen_key_expired.json")))
     assert isinstance(msg, ListenKeyExpired)
     assert msg.event_time == 1736996475556
     assert "WsCMN0a4" not in repr(msg)

@@ -350,7 +350,8 @@ async def test_secrets_never_leak(server: FakeBinance, caplog: pytest.LogCapture
     with pytest.raises(FatalConnectorError) as info:
         await bad.run(RecordingSink("binance"))
     assert "-1022" in str(info.value)
-    keys = [q.split("streams=")[1] for _, _, p, q in server.requests if "streams=" in q]
+    keys = server.issued
+    assert len(keys) >= 3
     # Every record but the test server's own access log (it shows the requests it got).
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name != "aiohttp.access")
     assert "reconnecting" in logged  # the connector did log, so the checks below can fail
@@ -406,11 +407,11 @@ async def test_margin_call_is_logged_and_refreshes_equity(
         server.equity = 3.16812045
         # Binance's documented MARGIN_CALL (USD-M docs, User Data Streams, Event: Margin
         # Call), on the account's stream.
-        key = next(iter(server.keys))
         await server.send_raw(
-            '{"stream":"' + key + '","data":{"e":"MARGIN_CALL","E":1587727187525,'
+            '{"e":"MARGIN_CALL","E":1587727187525,'
             '"cw":"3.16812045","p":[{"s":"ETHUSDT","ps":"LONG","pa":"1.327","mt":"CROSSED",'
-            '"iw":"0","mp":"187.17127","up":"-1.166074","mm":"1.614445"}]}}'
+            '"iw":"0","mp":"187.17127","up":"-1.166074","mm":"1.614445"}]}',
+            private=True,
         )
         await until(lambda: sink.equity() == 3.16812045, "equity refreshed at once")
     assert any("MARGIN_CALL" in r.getMessage() for r in caplog.records)
@@ -427,7 +428,7 @@ async def test_garbage_frames_are_counted_and_the_session_goes_on(
         '{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1767225600000,'
         '"s":"BTCUSDT","p":"abc","i":"1","r":"","T":0}}'
     )
-    await server.send_raw('{"stream":"x","data":{"e":"SOMETHING_NEW","E":1767225600000}}')
+    await server.send_raw('{"e":"SOMETHING_NEW","E":1767225600000}', private=True)
     await until(lambda: len(sink.rejected) >= 3, "three rejections")
     assert [r.reason.value for r in sink.rejected[:3]] == [
         "malformed_json",
@@ -438,3 +439,16 @@ async def test_garbage_frames_are_counted_and_the_session_goes_on(
     await until(settled(server, sink), "still streaming after garbage")
     assert conn.status.connected
     assert server.handshakes == 1
+
+
+async def test_user_data_socket_closing_rebuilds_the_session(
+    server: FakeBinance, running: tuple[BinanceFutures, RecordingSink]
+) -> None:
+    conn, sink = running
+    await server.change("ETHUSDT", 0.0, side="LONG", notify=False)  # unseen: needs a snapshot
+    await server.drop_private()  # the market socket stays open on Binance's side
+    await until(lambda: server.private_handshakes >= 2 and conn.status.connected, "rebuilt")
+    await until(settled(server, sink), "truth after the rebuild")
+    assert "user_data: closed" in (conn.status.last_error or "")
+    assert server.handshakes == 2  # the market socket was rebuilt with it
+    assert server.keys_issued == 2

@@ -1,19 +1,26 @@
 """The Binance USD-M futures connector: one combined stream on
 :class:`connectors.ws.WebSocketRunner` and a signed REST client (aiohttp).
 
+Binance routes USD-M streams by path (since 2026-04-23 the legacy ``/ws`` and ``/stream``
+deliver neither): mark prices on ``{ws_url}/market``, user data on ``{ws_url}/private``.
+A session holds both sockets (:meth:`connectors.ws.Session.attach`): ``connected`` means
+both are up, and the end of either ends the session, which rebuilds both.
+
 Per session (every connect and reconnect), in order:
 
-1. With credentials, before connecting: the server time offset (``GET /fapi/v1/time``:
-   signed requests carry ``timestamp`` = local clock + offset, so a skewed clock does not
-   get -1021), then a listenKey (``POST /fapi/v1/listenKey``); the session's URL is
-   ``{ws_url}/stream?streams=<listenKey>`` (public only: ``{ws_url}/stream``).
-2. ``SUBSCRIBE`` ``<symbol>@markPrice@1s`` for the configured symbols and every symbol held.
-   A mark frame arrives every second per symbol: the liveness budget is on them.
+1. ``{ws_url}/market/stream``, then ``SUBSCRIBE`` ``<symbol>@markPrice@1s`` for the
+   configured symbols and every symbol held. A mark frame arrives every second per symbol:
+   the liveness budget is on them.
+2. With credentials: the server time offset (``GET /fapi/v1/time``: signed requests carry
+   ``timestamp`` = local clock + offset, so a skewed clock does not get -1021), a listenKey
+   (``POST /fapi/v1/listenKey``), and the user data socket
+   ``{ws_url}/private/ws?listenKey=<key>`` (quiet by nature: its liveness is a websocket
+   ping).
 3. With credentials, the snapshot: ``GET /fapi/v3/positionRisk`` and ``GET /fapi/v3/account``
    (HMAC-SHA256 signed, ``recvWindow``). It replaces the positions (quantity 0 for symbols
    no longer held) except what ``ACCOUNT_UPDATE`` changed while it was in flight and is newer
-   (:class:`connectors.binance.book.PositionBook`). The stream is already connected, so
-   nothing falls between the snapshot and the stream.
+   (:class:`connectors.binance.book.PositionBook`). The user data socket is already open,
+   so nothing falls between the snapshot and the stream.
 4. Session tasks: the listenKey keep-alive (``PUT`` every ``keepalive_s``, 30 min); the
    equity refresh (``/fapi/v3/account`` after every ``ACCOUNT_UPDATE``, and every
    ``account_interval_s`` since unrealized PnL moves with the mark); the planned reconnect
@@ -95,6 +102,8 @@ class BinanceSettings:
     #: Least spacing of two equity refreshes (a burst of updates makes one or two).
     account_min_gap_s: float = 0.5
     liveness_s: float = 15.0
+    #: The user data socket is quiet by nature: a websocket ping this often proves it alive.
+    user_ping_s: float = 20.0
     #: Of Binance's 2,400 per minute: above it the periodic equity refresh waits.
     weight_soft_limit: int = 1_800
     #: 429/418 without a ``Retry-After``: how long to stop.
@@ -263,7 +272,7 @@ class BinanceFutures:
         s = settings
         self._runner = WebSocketRunner(
             WsSettings(
-                url=f"{s.ws_url.rstrip('/')}/stream",
+                url=f"{s.ws_url.rstrip('/')}/market/stream",
                 liveness_s=s.liveness_s,
                 handshake_timeout_s=max(6.0 * s.request_timeout_s, 30.0),
                 backoff=s.backoff or Backoff(initial=0.5, cap=30.0),
@@ -272,7 +281,6 @@ class BinanceFutures:
             self._status,
             scrub=self._scrub,
             clock=clock,
-            url=self._session_url,
         )
         self._sink: EventSink | None = None
         self._rest: _Rest | None = None
@@ -321,10 +329,20 @@ class BinanceFutures:
         self._subscribed.clear()
         self.book.abandon_snapshot()
 
-    async def _session_url(self) -> str:
-        base = f"{self.settings.ws_url.rstrip('/')}/stream"
-        if self._secret is None:
-            return base
+    async def on_open(self, session: Session) -> None:
+        s = self.settings
+        held = {sym for sym in self.held if parser.instrument_name(sym) is not None}
+        await self._subscribe(session, sorted({*s.symbols, *held}))
+        if self._secret is not None:
+            await self._open_user_data(session)
+            await self._snapshot()
+            await self._subscribe(session, sorted(self.held))
+            session.spawn(self._keepalive_loop(session), "listen_key_keepalive")
+            session.spawn(self._account_loop(), "account")
+        session.spawn(self._planned_reconnect(session), "planned_reconnect")
+
+    async def _open_user_data(self, session: Session) -> None:
+        """Time offset, a listenKey, and the user data socket (module docstring, step 2)."""
         rest = self._require_rest()
         await rest.sync_time()
         body = await rest.keyed("POST", "/fapi/v1/listenKey")
@@ -333,18 +351,8 @@ class BinanceFutures:
         except Rejected as rej:
             raise SessionEnded(f"POST /fapi/v1/listenKey: {rej.reason.value}") from None
         self._listen_keys.append(key)
-        return f"{base}?streams={key}"
-
-    async def on_open(self, session: Session) -> None:
-        s = self.settings
-        held = {sym for sym in self.held if parser.instrument_name(sym) is not None}
-        await self._subscribe(session, sorted({*s.symbols, *held}))
-        if self._secret is not None:
-            await self._snapshot()
-            await self._subscribe(session, sorted(self.held))
-            session.spawn(self._keepalive_loop(session), "listen_key_keepalive")
-            session.spawn(self._account_loop(), "account")
-        session.spawn(self._planned_reconnect(session), "planned_reconnect")
+        url = f"{self.settings.ws_url.rstrip('/')}/private/ws?listenKey={key}"
+        await session.attach(url, "user_data", ping_interval_s=self.settings.user_ping_s)
 
     async def on_frame(self, session: Session, frame: bytes) -> None:
         sink = self._sink

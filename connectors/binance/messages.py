@@ -68,9 +68,11 @@ class MarkPriceFrame(Struct, frozen=True, gc=False):
 
 
 class Envelope(Struct, frozen=True, gc=False):
-    """Any frame of the combined stream: a stream payload (``stream`` + ``data``), or the
-    answer to a ``SUBSCRIBE`` (``id`` with ``result`` null, or ``code``/``msg``)."""
+    """Any frame: a combined-stream payload (``stream`` + ``data``), a bare payload (the
+    user data socket's: ``e`` at the top), or the answer to a ``SUBSCRIBE`` (``id`` with
+    ``result`` null, or ``code``/``msg``)."""
 
+    event: str | None = field(default=None, name="e")
     stream: str | None = None
     data: msgspec.Raw = _EMPTY
     id: int | None = None

@@ -200,7 +200,9 @@ def index_declaration(underlying: str) -> InstrumentEvent:
 
 
 def parse_frame(raw: bytes) -> Frame:
-    """Classify one frame of the combined stream (``/stream?streams=...``).
+    """Classify one frame of the market socket (``/market/stream``, combined: each payload
+    wrapped in ``{"stream", "data"}``) or of the user data socket (``/private/ws``, bare
+    payloads).
 
     A mark price frame is decoded in one typed pass (the hot path). Example (Binance's
     documented USD-M ``<symbol>@markPrice@1s`` payload, as the combined stream wraps it)::
@@ -210,8 +212,8 @@ def parse_frame(raw: bytes) -> Frame:
                   "p": "11794.15000000", "i": "11784.62659091", "P": "11784.25641265",
                   "r": "0.00038167", "T": 1562306400000}}
 
-    User data payloads (the stream named by the listenKey) are ``ACCOUNT_UPDATE`` and
-    ``listenKeyExpired``; order and trade events are :class:`Ignored`. ``{"result": null,
+    User data payloads are ``ACCOUNT_UPDATE`` and ``listenKeyExpired``; order and trade
+    events (and ``MARGIN_CALL``, which the transport logs) are :class:`Ignored`. ``{"result": null,
     "id": 1}`` answers a ``SUBSCRIBE``.
 
     Raises
@@ -229,21 +231,26 @@ def parse_frame(raw: bytes) -> Frame:
             # Say which field, via the slow path below.
     env = _decode(_envelope, raw, "frame")
     if env.stream is not None and len(env.data):
-        event = _decode(_head, env.data, "stream payload").event
-        if event == "markPriceUpdate":
-            return _decode(_mark, env.data, "markPriceUpdate")
-        if event == "ACCOUNT_UPDATE":
-            update = _decode(_account_update, env.data, "ACCOUNT_UPDATE")
-            _check_ts(update.transaction_time)  # the time its positions carry
-            return update
-        if event == "listenKeyExpired":
-            return _decode(_expired, env.data, "listenKeyExpired")
-        if event in _IGNORED:
-            return Ignored(event)
-        raise Rejected(Reason.UNKNOWN_TYPE, f"event {event!r}")
+        return _payload(env.data, _decode(_head, env.data, "stream payload").event)
+    if env.event is not None:
+        return _payload(raw, env.event)
     if env.id is not None:
         return Reply(env.id, None if env.code is None else f"{env.code} {env.msg or ''}".strip())
     raise Rejected(Reason.UNKNOWN_TYPE, "frame without stream or id")
+
+
+def _payload(data: bytes | msgspec.Raw, event: str) -> Frame:
+    if event == "markPriceUpdate":
+        return _decode(_mark, data, "markPriceUpdate")
+    if event == "ACCOUNT_UPDATE":
+        update = _decode(_account_update, data, "ACCOUNT_UPDATE")
+        _check_ts(update.transaction_time)  # the time its positions carry
+        return update
+    if event == "listenKeyExpired":
+        return _decode(_expired, data, "listenKeyExpired")
+    if event in _IGNORED:
+        return Ignored(event)
+    raise Rejected(Reason.UNKNOWN_TYPE, f"event {event!r}")
 
 
 def price_events(msg: MarkPriceUpdate) -> tuple[PriceEvent, PriceEvent]:
