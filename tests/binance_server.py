@@ -77,6 +77,7 @@ class FakeBinance:
         self.requests_during_ban = 0
         self.limited_at: float | None = None  # monotonic time of the last 429
         self.snapshot_delay_s = 0.0
+        self.refuse_private = False  # HTTP 503 to user data socket handshakes
         self._weight = 0
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -356,6 +357,8 @@ class FakeBinance:
         return ws
 
     async def _private(self, request: web.Request) -> web.StreamResponse:
+        if self.refuse_private:
+            return web.Response(status=503, text="refusing")
         key = request.query.get("listenKey")
         if key is None or key not in self.keys:
             return web.Response(status=400, text="invalid listenKey")

@@ -452,3 +452,22 @@ async def test_user_data_socket_closing_rebuilds_the_session(
     assert "user_data: closed" in (conn.status.last_error or "")
     assert server.handshakes == 2  # the market socket was rebuilt with it
     assert server.keys_issued == 2
+
+
+async def test_refused_user_data_socket_keeps_the_connector_down_until_it_opens(
+    server: FakeBinance, running: tuple[BinanceFutures, RecordingSink]
+) -> None:
+    conn, sink = running
+    server.refuse_private = True
+    await server.drop_all()
+    await until(lambda: "user_data: InvalidStatus" in (conn.status.last_error or ""), "refused")
+    await until(lambda: server.handshakes >= 4, "several attempts")
+    # The market socket opens each time, but a session without its user data socket is
+    # not a session: never connected meanwhile, and no snapshot taken.
+    assert not conn.status.connected
+    snapshots = server.snapshots
+    await server.change("BTCUSDT", 6.0, notify=False)
+    server.refuse_private = False
+    await until(lambda: conn.status.connected, "connected again")
+    await until(settled(server, sink), "truth after the refusals")
+    assert server.snapshots == snapshots + 1
