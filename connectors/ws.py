@@ -266,7 +266,6 @@ class WebSocketRunner:
         opened: asyncio.Future[None],
     ) -> None:
         s = self.settings
-        st = self._status
         try:
             ws = await connect(
                 url,
@@ -282,34 +281,27 @@ class WebSocketRunner:
             opened.set_exception(SessionEnded(f"{name}: {describe(exc)}"))
             return
         opened.set_result(None)
-        handler = self._handler
-        clock = self._clock
         try:
-            while True:
-                try:
-                    frame = await ws.recv(decode=False)
-                except websockets.ConnectionClosed as exc:
-                    code = exc.rcvd.code if exc.rcvd is not None else "none"
-                    raise SessionEnded(f"{name}: closed (code {code})") from None
-                st.messages += 1
-                st.last_message_s = clock()
-                await handler.on_frame(session, frame)
+            await self._receive(ws, session, name)
         finally:
             await ws.close()
 
-    async def _receive(self, ws: ClientConnection, session: Session) -> None:
+    async def _receive(self, ws: ClientConnection, session: Session, name: str = "") -> None:
+        """Hand every frame of ``ws`` to the handler. The session's first socket (no
+        ``name``) is held to the frame budget; an attached one is pinged instead."""
         st = self._status
         handler = self._handler
         clock = self._clock
+        prefix = f"{name}: " if name else ""
         while True:
             try:
-                async with asyncio.timeout(session.liveness_s):
+                async with asyncio.timeout(None if name else session.liveness_s):
                     frame = await ws.recv(decode=False)
             except TimeoutError:
                 raise SessionEnded(f"stalled: no frame for {session.liveness_s:g}s") from None
             except websockets.ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd is not None else "none"
-                raise SessionEnded(f"closed by peer (code {code})") from None
+                raise SessionEnded(f"{prefix}closed by peer (code {code})") from None
             st.messages += 1
             st.last_message_s = clock()
             await handler.on_frame(session, frame)

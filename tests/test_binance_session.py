@@ -449,7 +449,7 @@ async def test_user_data_socket_closing_rebuilds_the_session(
     await server.drop_private()  # the market socket stays open on Binance's side
     await until(lambda: server.private_handshakes >= 2 and conn.status.connected, "rebuilt")
     await until(settled(server, sink), "truth after the rebuild")
-    assert "user_data: closed" in (conn.status.last_error or "")
+    assert "user_data: closed by peer" in (conn.status.last_error or "")
     assert server.handshakes == 2  # the market socket was rebuilt with it
     assert server.keys_issued == 2
 
