@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show the live snapshot of a running daemon")
     st.add_argument("--url", default="http://127.0.0.1:9321", help="daemon base URL")
     st.add_argument("--json", action="store_true", help="print the raw report JSON")
+    st.add_argument(
+        "--token-file", type=Path, help="bearer token file, when the daemon has [server] token_file"
+    )
     return p
 
 
@@ -178,10 +181,14 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from monitor.model.settings import read_secret_file
     from monitor.serve.status import fetch_report, render_status
 
+    token = (
+        None if args.token_file is None else read_secret_file(str(args.token_file), "--token-file")
+    )
     try:
-        report = fetch_report(args.url.rstrip("/") + "/api/v1/snapshot", timeout_s=5.0)
+        report = fetch_report(args.url.rstrip("/") + "/api/v1/snapshot", timeout_s=5.0, token=token)
     except OSError as exc:
         print(f"riskmon: {exc}", file=sys.stderr)
         return 1

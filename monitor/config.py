@@ -96,9 +96,16 @@ class ServerConfig(Section, frozen=True):
     """HTTP server for ``/metrics`` and ``/api/v1``: loopback unless told otherwise."""
 
     listen: str = "127.0.0.1:9321"
+    #: A file holding a bearer token (mode 600): ``/api/*`` then wants
+    #: ``Authorization: Bearer <token>``. Unset: open (fine on loopback).
+    token_file: str | None = None
+    #: With a token, ``/metrics`` wants it too (give Prometheus ``authorization``).
+    protect_metrics: bool = False
 
     def __post_init__(self) -> None:
         _split_listen(self.listen)
+        if self.protect_metrics and self.token_file is None:
+            raise Invalid(("protect_metrics",), "needs token_file (the token to protect it with)")
 
     @property
     def host(self) -> str:

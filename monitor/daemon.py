@@ -30,6 +30,7 @@ from monitor.logs import RejectionLog
 from monitor.model.backoff import Backoff
 from monitor.model.events import Event, Reason, Rejected
 from monitor.model.health import ConnectorStatus
+from monitor.model.settings import read_secret_file
 from monitor.model.snapshot import RiskSnapshot
 from monitor.notify import AlertDispatcher, NotifierStats
 from monitor.quant.margin import MarginSettings, Stress
@@ -160,6 +161,12 @@ class Daemon:
         self.alerts = AlertDispatcher.from_config(cfg.alerts)
         self.engine.set_alert_sink(lambda: self.connectors, self.alerts.submit)
         self.http: HttpServer | None = None
+        # Read at start, so a missing or world-readable token file stops it, clearly.
+        self._token = (
+            None
+            if cfg.server.token_file is None
+            else read_secret_file(cfg.server.token_file, "server.token_file")
+        )
 
     # -- MonitorView --------------------------------------------------------------------
 
@@ -250,7 +257,14 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
-        self.http = HttpServer(self, self.registry, self.cfg.server.listen)
+        server = self.cfg.server
+        self.http = HttpServer(
+            self,
+            self.registry,
+            server.listen,
+            token=self._token,
+            protect_metrics=server.protect_metrics,
+        )
         await self.http.start()
         log.info(
             "riskmon listening",

@@ -174,12 +174,15 @@ class FakeDeribit:
         for c in self.live:
             c.stalled = True
 
-    async def push_ticker(self, name: str, mark: float, ts: int) -> None:
+    async def push_ticker(
+        self, name: str, mark: float, ts: int, extra: dict[str, Any] | None = None
+    ) -> None:
+        """A ticker notification; ``extra`` adds fields (``mark_iv``, ``greeks``, ...)."""
         for c in self.live:
             ch = next((x for x in c.channels if x.startswith(f"ticker.{name}.")), None)
             if ch is not None and not c.stalled:
                 data = {"instrument_name": name, "mark_price": mark, "timestamp": ts,
-                        "index_price": mark, "state": "open"}  # fmt: skip
+                        "index_price": mark, "state": "open", **(extra or {})}  # fmt: skip
                 await self._notify(c, ch, data)
 
     async def push_index(self, index: str, price: float, ts: int) -> None:

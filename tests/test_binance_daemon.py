@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from binance_server import API_KEY, API_SECRET, FakeBinance
-from tools import until
+from tools import wait_until
 
 from monitor.config import load_config
 from monitor.daemon import Daemon
@@ -58,7 +58,7 @@ async def test_daemon_reports_binance_positions_and_equity(tmp_path: Path) -> No
             )
 
         try:
-            await until(settled, "report equals the server's truth")
+            await wait_until(settled, "report equals the server's truth")
             (status,) = daemon.connectors
             assert (status.name, status.kind, status.connected) == (
                 "binance",

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 from binance_server import API_KEY, API_SECRET, FakeBinance
-from tools import RecordingSink, until
+from tools import RecordingSink, wait_until
 
 from connectors.binance.client import BinanceFutures, BinanceSettings
 from connectors.binance.parser import instrument_name
@@ -99,8 +99,8 @@ async def running(server: FakeBinance) -> AsyncIterator[tuple[BinanceFutures, Re
     conn = connector(server)
     sink = RecordingSink("binance")
     async with running_connector(conn, sink):
-        await until(lambda: conn.status.connected, "connected")
-        await until(settled(server, sink), "initial snapshot")
+        await wait_until(lambda: conn.status.connected, "connected")
+        await wait_until(settled(server, sink), "initial snapshot")
         yield conn, sink
 
 
@@ -122,7 +122,7 @@ async def test_snapshot_prices_index_and_keepalive(
     )
     # Mark prices of BTCUSDT (configured) and ETHUSDT (held, added automatically), each
     # with Binance's index of its underlying, declared before its first price.
-    await until(
+    await wait_until(
         lambda: (
             {"ETH_USDT-PERPETUAL", "ETH.binance"}
             <= {e.instrument for e in sink.events if isinstance(e, PriceEvent)}
@@ -144,7 +144,7 @@ async def test_snapshot_prices_index_and_keepalive(
     ]
     assert min(i for i, e in decl if e.instrument == "BTC.binance") < first_index
     # The listenKey is kept alive on the live session, which stays the only one.
-    await until(lambda: server.keepalives >= 3, "keep-alive PUTs")
+    await wait_until(lambda: server.keepalives >= 3, "keep-alive PUTs")
     assert conn.status.connected
     assert (server.handshakes, server.keys_issued, server.timestamp_rejections) == (1, 1, 0)
     assert conn.funding["BTC_USDT-PERPETUAL"][0] == 0.0001
@@ -157,14 +157,14 @@ async def test_updates_merge_and_funding_fee_keeps_positions(
     conn, sink = running
     # Only the changed leg is pushed: the other symbols stay as they were.
     await server.change("ETHUSDT", 0.0, side="SHORT")
-    await until(settled(server, sink), "merged one leg")
+    await wait_until(settled(server, sink), "merged one leg")
     assert sink.folded() == {"BTC_USDT-PERPETUAL": 0.5, "ETH_USDT-PERPETUAL": 2.0}
     await server.change("SOLUSDT", -40.0)
-    await until(settled(server, sink), "a new symbol")
+    await wait_until(settled(server, sink), "a new symbol")
     assert sink.folded()["SOL_USDT-PERPETUAL"] == -40.0
     # A crossed funding fee: balances only, no positions. Positions stay; equity follows.
     await server.funding_fee(-12.5)
-    await until(settled(server, sink), "equity after the funding fee")
+    await wait_until(settled(server, sink), "equity after the funding fee")
     assert sink.equity() == 9_987.5
     assert sink.folded() == {
         "BTC_USDT-PERPETUAL": 0.5,
@@ -184,8 +184,8 @@ async def test_burst_cut_midway(
         if i == 9:
             await server.drop_all()  # the rest of the burst is never sent
     await server.change("ETHUSDT", 0.0, side="LONG", notify=False)  # changed while away
-    await until(lambda: server.handshakes >= 2 and conn.status.connected, "reconnected")
-    await until(settled(server, sink), "truth after the reconnect")
+    await wait_until(lambda: server.handshakes >= 2 and conn.status.connected, "reconnected")
+    await wait_until(settled(server, sink), "truth after the reconnect")
     assert sink.folded()["BTC_USDT-PERPETUAL"] == 20.0
     # No stale value after a newer one: the quantities only ever grew, as the server's did.
     seen = sink.quantities("BTC_USDT-PERPETUAL")
@@ -200,8 +200,8 @@ async def test_24_hour_cut_by_the_server(
     conn, sink = running
     await server.change("BTCUSDT", -3.0, notify=False)  # unseen until the new snapshot
     await server.drop_all(code=1001)
-    await until(lambda: server.handshakes >= 2 and conn.status.connected, "reconnected")
-    await until(settled(server, sink), "truth after the cut")
+    await wait_until(lambda: server.handshakes >= 2 and conn.status.connected, "reconnected")
+    await wait_until(settled(server, sink), "truth after the cut")
     assert "closed by peer" in (conn.status.last_error or "")
 
 
@@ -210,10 +210,12 @@ async def test_planned_reconnect_before_the_24_hour_cut(server: FakeBinance) -> 
     conn = connector(server, max_session_s=0.5)
     sink = RecordingSink("binance")
     async with running_connector(conn, sink):
-        await until(lambda: server.handshakes >= 3 and conn.status.connected, "two planned ends")
+        await wait_until(
+            lambda: server.handshakes >= 3 and conn.status.connected, "two planned ends"
+        )
         await server.change("BTCUSDT", 2.0, notify=False)
-        await until(lambda: server.snapshots >= 4, "a later snapshot")
-        await until(settled(server, sink), "truth")
+        await wait_until(lambda: server.snapshots >= 4, "a later snapshot")
+        await wait_until(settled(server, sink), "truth")
     assert "24-hour cut" in (conn.status.last_error or "")
 
 
@@ -223,8 +225,8 @@ async def test_listen_key_expired_gives_a_new_key_and_snapshot(
     conn, sink = running
     await server.expire_keys()
     await server.change("BTCUSDT", 9.0, notify=False)  # nothing arrives on a dead key
-    await until(lambda: server.keys_issued >= 2 and conn.status.connected, "new key")
-    await until(settled(server, sink), "truth after the new snapshot")
+    await wait_until(lambda: server.keys_issued >= 2 and conn.status.connected, "new key")
+    await wait_until(settled(server, sink), "truth after the new snapshot")
     assert "listenKeyExpired" in (conn.status.last_error or "")
     assert server.snapshots >= 2
 
@@ -234,10 +236,10 @@ async def test_keepalive_answered_1125_gives_a_new_key(
 ) -> None:
     conn, sink = running
     server.forget_keys()
-    await until(lambda: server.keys_issued >= 2 and conn.status.connected, "new key")
+    await wait_until(lambda: server.keys_issued >= 2 and conn.status.connected, "new key")
     assert "-1125" in (conn.status.last_error or "")
     await server.change("BTCUSDT", 4.0)
-    await until(settled(server, sink), "streaming on the new key")
+    await wait_until(settled(server, sink), "streaming on the new key")
 
 
 async def test_update_during_the_snapshot_is_not_overwritten(
@@ -247,12 +249,12 @@ async def test_update_during_the_snapshot_is_not_overwritten(
     server.snapshot_delay_s = 0.5  # the answer is computed, then held back
     before = server.snapshots
     await server.drop_all()
-    await until(lambda: server.snapshots > before, "snapshot requested")
+    await wait_until(lambda: server.snapshots > before, "snapshot requested")
     # Newer than the snapshot's view, pushed on the new session while the answer travels.
     await server.change("BTCUSDT", 7.0)
-    await until(lambda: conn.status.connected, "reconnected")
+    await wait_until(lambda: conn.status.connected, "reconnected")
     server.snapshot_delay_s = 0.0
-    await until(settled(server, sink), "the update survives the older snapshot")
+    await wait_until(settled(server, sink), "the update survives the older snapshot")
     assert sink.quantities("BTC_USDT-PERPETUAL")[-1] == 7.0
 
 
@@ -273,9 +275,9 @@ async def test_clock_skewed_by_5s(server: FakeBinance, skew_ms: int) -> None:
     conn = connector(server, recv_window_ms=2_000)  # the skew is well outside the window
     sink = RecordingSink("binance")
     async with running_connector(conn, sink):
-        await until(lambda: conn.status.connected, "connected")
-        await until(settled(server, sink), "snapshot")
-        await until(lambda: server.account_calls >= 4, "signed refreshes")
+        await wait_until(lambda: conn.status.connected, "connected")
+        await wait_until(settled(server, sink), "snapshot")
+        await wait_until(lambda: server.account_calls >= 4, "signed refreshes")
     assert server.timestamp_rejections == 0
     assert server.handshakes == 1
 
@@ -285,16 +287,16 @@ async def test_429_backs_off_for_retry_after(
 ) -> None:
     conn, sink = running
     server.rate_limit_next = 1.0
-    await until(lambda: "HTTP 429" in (conn.status.last_error or ""), "429 seen")
+    await wait_until(lambda: "HTTP 429" in (conn.status.last_error or ""), "429 seen")
     limited_at = server.limited_at
     assert limited_at is not None
-    await until(lambda: server.requests[-1][0] >= limited_at + 1.0, "calls resume after it")
+    await wait_until(lambda: server.requests[-1][0] >= limited_at + 1.0, "calls resume after it")
     # Nothing sooner than Retry-After, but for at most one call that was already on its
     # way when the 429 was answered (the keep-alive and the equity refresh run side by side).
     sooner = [t for t, *_ in server.requests if limited_at < t < limited_at + 1.0]
     assert len(sooner) <= 1
     await server.funding_fee(5.0)
-    await until(settled(server, sink), "truth after the stop")
+    await wait_until(settled(server, sink), "truth after the stop")
     assert conn.status.connected
 
 
@@ -306,15 +308,15 @@ async def test_418_ban_stops_every_call_and_says_until_when(
     conn = connector(server)
     sink = RecordingSink("binance")
     async with running_connector(conn, sink):
-        await until(settled(server, sink), "snapshot")
+        await wait_until(settled(server, sink), "snapshot")
         server.ban(2.0)
         await server.drop_all()  # the reconnect's first call is answered 418
-        await until(lambda: "IP banned (HTTP 418)" in (conn.status.last_error or ""), "ban")
+        await wait_until(lambda: "IP banned (HTTP 418)" in (conn.status.last_error or ""), "ban")
         assert not conn.status.connected
         server.equity = 20_000.0
         await server.change("BTCUSDT", -1.0, notify=False)
-        await until(lambda: conn.status.connected, "resumed after the ban")
-        await until(settled(server, sink), "truth after the ban")
+        await wait_until(lambda: conn.status.connected, "resumed after the ban")
+        await wait_until(settled(server, sink), "truth after the ban")
     # At most one call already on its way when the ban began; none started during it.
     assert server.requests_during_ban <= 1
     banned = [r for r in caplog.records if "IP banned (HTTP 418)" in r.getMessage()]
@@ -329,13 +331,13 @@ async def test_secrets_never_leak(server: FakeBinance, caplog: pytest.LogCapture
     conn = connector(server)
     sink = RecordingSink("binance")
     async with running_connector(conn, sink):
-        await until(settled(server, sink), "snapshot")
+        await wait_until(settled(server, sink), "snapshot")
         server.forget_keys()  # -1125: an error path
-        await until(lambda: server.keys_issued >= 2 and conn.status.connected, "new key")
+        await wait_until(lambda: server.keys_issued >= 2 and conn.status.connected, "new key")
         server.ban(0.5)
-        await until(lambda: "418" in (conn.status.last_error or ""), "ban logged")
+        await wait_until(lambda: "418" in (conn.status.last_error or ""), "ban logged")
         await server.drop_all()
-        await until(lambda: server.handshakes >= 3 and conn.status.connected, "reconnected")
+        await wait_until(lambda: server.handshakes >= 3 and conn.status.connected, "reconnected")
     # A wrong secret: refused for good (-1022), and its error quotes neither secret.
     bad = BinanceFutures(
         BinanceSettings(
@@ -383,8 +385,8 @@ async def test_public_only_without_a_key(server: FakeBinance) -> None:
     )
     sink = RecordingSink("binance")
     async with running_connector(conn, sink):
-        await until(lambda: conn.status.connected, "connected")
-        await until(
+        await wait_until(lambda: conn.status.connected, "connected")
+        await wait_until(
             lambda: any(
                 isinstance(e, PriceEvent) and e.instrument == "ETH_USDT-PERPETUAL"
                 for e in sink.events
@@ -403,7 +405,7 @@ async def test_margin_call_is_logged_and_refreshes_equity(
     conn = connector(server, account_interval_s=3_600.0)  # no periodic refresh in this test
     sink = RecordingSink("binance")
     async with running_connector(conn, sink):
-        await until(settled(server, sink), "snapshot")
+        await wait_until(settled(server, sink), "snapshot")
         server.equity = 3.16812045
         # Binance's documented MARGIN_CALL (USD-M docs, User Data Streams, Event: Margin
         # Call), on the account's stream.
@@ -413,7 +415,7 @@ async def test_margin_call_is_logged_and_refreshes_equity(
             '"iw":"0","mp":"187.17127","up":"-1.166074","mm":"1.614445"}]}',
             private=True,
         )
-        await until(lambda: sink.equity() == 3.16812045, "equity refreshed at once")
+        await wait_until(lambda: sink.equity() == 3.16812045, "equity refreshed at once")
     assert any("MARGIN_CALL" in r.getMessage() for r in caplog.records)
     assert not sink.rejected
     assert sink.folded() == {"ETH_USDT-PERPETUAL": 1.327}
@@ -429,14 +431,14 @@ async def test_garbage_frames_are_counted_and_the_session_goes_on(
         '"s":"BTCUSDT","p":"abc","i":"1","r":"","T":0}}'
     )
     await server.send_raw('{"e":"SOMETHING_NEW","E":1767225600000}', private=True)
-    await until(lambda: len(sink.rejected) >= 3, "three rejections")
+    await wait_until(lambda: len(sink.rejected) >= 3, "three rejections")
     assert [r.reason.value for r in sink.rejected[:3]] == [
         "malformed_json",
         "invalid_value",
         "unknown_type",
     ]
     await server.change("BTCUSDT", -0.75)
-    await until(settled(server, sink), "still streaming after garbage")
+    await wait_until(settled(server, sink), "still streaming after garbage")
     assert conn.status.connected
     assert server.handshakes == 1
 
@@ -447,8 +449,8 @@ async def test_user_data_socket_closing_rebuilds_the_session(
     conn, sink = running
     await server.change("ETHUSDT", 0.0, side="LONG", notify=False)  # unseen: needs a snapshot
     await server.drop_private()  # the market socket stays open on Binance's side
-    await until(lambda: server.private_handshakes >= 2 and conn.status.connected, "rebuilt")
-    await until(settled(server, sink), "truth after the rebuild")
+    await wait_until(lambda: server.private_handshakes >= 2 and conn.status.connected, "rebuilt")
+    await wait_until(settled(server, sink), "truth after the rebuild")
     assert "user_data: closed by peer" in (conn.status.last_error or "")
     assert server.handshakes == 2  # the market socket was rebuilt with it
     assert server.keys_issued == 2
@@ -460,14 +462,16 @@ async def test_refused_user_data_socket_keeps_the_connector_down_until_it_opens(
     conn, sink = running
     server.refuse_private = True
     await server.drop_all()
-    await until(lambda: "user_data: InvalidStatus" in (conn.status.last_error or ""), "refused")
-    await until(lambda: server.handshakes >= 4, "several attempts")
+    await wait_until(
+        lambda: "user_data: InvalidStatus" in (conn.status.last_error or ""), "refused"
+    )
+    await wait_until(lambda: server.handshakes >= 4, "several attempts")
     # The market socket opens each time, but a session without its user data socket is
     # not a session: never connected meanwhile, and no snapshot taken.
     assert not conn.status.connected
     snapshots = server.snapshots
     await server.change("BTCUSDT", 6.0, notify=False)
     server.refuse_private = False
-    await until(lambda: conn.status.connected, "connected again")
-    await until(settled(server, sink), "truth after the refusals")
+    await wait_until(lambda: conn.status.connected, "connected again")
+    await wait_until(settled(server, sink), "truth after the refusals")
     assert server.snapshots == snapshots + 1

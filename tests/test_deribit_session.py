@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 from deribit_server import CLIENT_ID, CLIENT_SECRET, FakeDeribit, expected_quantity
-from tools import RecordingSink, until
+from tools import RecordingSink, wait_until
 
 from connectors.deribit.client import DeribitMarket, DeribitSettings
 from monitor.model.backoff import Backoff
@@ -67,8 +67,8 @@ async def running(server: FakeDeribit) -> AsyncIterator[tuple[DeribitMarket, Rec
     sink = RecordingSink("deribit")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.deribit")
-        await until(lambda: conn.status.connected, "connected")
-        await until(settled(server, sink), "initial snapshot")
+        await wait_until(lambda: conn.status.connected, "connected")
+        await wait_until(settled(server, sink), "initial snapshot")
         yield conn, sink
         task.cancel()
 
@@ -88,17 +88,17 @@ async def test_handshake_snapshot_and_prices(
     assert not any(isinstance(e, AccountEvent) for e in sink.events)
     await server.push_index("btc_usd", 50_000.0, 1_767_225_600_000)
     await server.push_index("eth_usd", 2_000.0, 1_767_225_600_000)
-    await until(lambda: any(isinstance(e, AccountEvent) for e in sink.events), "account")
+    await wait_until(lambda: any(isinstance(e, AccountEvent) for e in sink.events), "account")
     acct = next(e for e in sink.events if isinstance(e, AccountEvent))
     assert (acct.equity, acct.maintenance_margin) == (10 * 50_000.0 + 10 * 2_000.0, 0.5 * 52_000)
     # Tickers of held instruments are subscribed and parsed.
     await server.push_ticker("BTC-PERPETUAL", 50_123.5, 1_767_225_600_100)
-    await until(
+    await wait_until(
         lambda: any(isinstance(e, PriceEvent) and e.price == 50_123.5 for e in sink.events),
         "ticker",
     )
     # Heartbeat: test_requests are answered (the server closes a session that misses one).
-    await until(lambda: server.test_requests_answered >= 3, "test_request answers")
+    await wait_until(lambda: server.test_requests_answered >= 3, "test_request answers")
     assert conn.status.connected
     assert server.handshakes == 1
 
@@ -112,8 +112,8 @@ async def test_disconnect_mid_burst(
         if i == 9:
             await server.drop_all()  # the rest of the burst is never sent
     await server.change("BTC-27DEC30-60000-C", 0.0, notify=False)  # closed while away
-    await until(lambda: server.handshakes >= 2 and conn.status.connected, "reconnected")
-    await until(settled(server, sink), "truth after the reconnect")
+    await wait_until(lambda: server.handshakes >= 2 and conn.status.connected, "reconnected")
+    await wait_until(settled(server, sink), "truth after the reconnect")
     assert "BTC-27DEC30-60000-C" not in sink.folded()
     assert conn.status.reconnects >= 1
 
@@ -131,14 +131,14 @@ async def test_garbage_frames_are_counted(
     await server.send_raw(
         '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"x.y","data":{}}}'
     )
-    await until(lambda: len(sink.rejected) >= 3, "three rejections")
+    await wait_until(lambda: len(sink.rejected) >= 3, "three rejections")
     assert [r.reason.value for r in sink.rejected[:3]] == [
         "malformed_json",
         "invalid_value",
         "unknown_type",
     ]
     await server.change("ETH-PERPETUAL", -500.0)
-    await until(settled(server, sink), "still streaming after garbage")
+    await wait_until(settled(server, sink), "still streaming after garbage")
     assert conn.status.connected
     assert server.handshakes == 1
 
@@ -150,10 +150,10 @@ async def test_stall_is_detected_and_recovered(
     server.stall()  # socket open, no data, no heartbeat, no answers
     await server.change("BTC-PERPETUAL", 2000.0, notify=False)
     # The stalled session is replaced: a second handshake, and the reason on the status.
-    await until(lambda: server.handshakes >= 2 and conn.status.connected, "recovered")
+    await wait_until(lambda: server.handshakes >= 2 and conn.status.connected, "recovered")
     assert "stalled" in (conn.status.last_error or "")
     assert conn.status.reconnects >= 1
-    await until(settled(server, sink), "truth after the stall")
+    await wait_until(settled(server, sink), "truth after the stall")
 
 
 async def test_refused_connections_then_recovery(
@@ -162,17 +162,17 @@ async def test_refused_connections_then_recovery(
     conn, sink = running
     server.refusing = True
     await server.drop_all()
-    await until(lambda: not conn.status.connected, "disconnected")
+    await wait_until(lambda: not conn.status.connected, "disconnected")
     before = server.handshakes
     await server.change("ETH-PERPETUAL", 700.0, notify=False)
-    await until(lambda: conn.status.reconnects >= 3, "several refused attempts")
+    await wait_until(lambda: conn.status.reconnects >= 3, "several refused attempts")
     # While refused, no session exists and the status says so.
     assert not conn.status.connected
     assert server.handshakes == before
     assert not server.live
     server.refusing = False
-    await until(lambda: conn.status.connected, "reconnected")
-    await until(settled(server, sink), "truth after refusals")
+    await wait_until(lambda: conn.status.connected, "reconnected")
+    await wait_until(settled(server, sink), "truth after refusals")
 
 
 async def test_rate_limit_ends_the_session(
@@ -182,8 +182,8 @@ async def test_rate_limit_ends_the_session(
     server.rate_limit_next = True
     await server.change("BTC-PERPETUAL", -3000.0, notify=False)
     await server.drop_all()  # the next session's first private call gets 10028
-    await until(lambda: server.handshakes >= 3 and conn.status.connected, "past the 10028")
-    await until(settled(server, sink), "truth after 10028")
+    await wait_until(lambda: server.handshakes >= 3 and conn.status.connected, "past the 10028")
+    await wait_until(settled(server, sink), "truth after 10028")
 
 
 async def test_token_refresh_and_no_secret_in_logs(
@@ -195,9 +195,9 @@ async def test_token_refresh_and_no_secret_in_logs(
     sink = RecordingSink("deribit")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.deribit")
-        await until(lambda: server.refreshes >= 2, "two refreshes")
+        await wait_until(lambda: server.refreshes >= 2, "two refreshes")
         await server.drop_all()
-        await until(lambda: server.handshakes >= 2 and conn.status.connected, "reconnected")
+        await wait_until(lambda: server.handshakes >= 2 and conn.status.connected, "reconnected")
         task.cancel()
     grants = [p["grant_type"] for p in server.auth_params_seen]
     assert grants[:3] == ["client_credentials", "refresh_token", "refresh_token"]
@@ -222,9 +222,9 @@ async def test_public_only_without_credentials(server: FakeDeribit) -> None:
     sink = RecordingSink("deribit")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.deribit")
-        await until(lambda: conn.status.connected, "connected")
+        await wait_until(lambda: conn.status.connected, "connected")
         await server.push_ticker("BTC-PERPETUAL", 42_000.0, 1_767_225_600_000)
-        await until(lambda: any(isinstance(e, PriceEvent) for e in sink.events), "price")
+        await wait_until(lambda: any(isinstance(e, PriceEvent) for e in sink.events), "price")
         task.cancel()
     methods = {m for m, _ in server.requests}
     assert "public/auth" not in methods

@@ -9,91 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import shutil
-import signal
-import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import pytest
-from tools import required_tool, running
+from tools import Mosquitto, running, wait_until
 
 from monitor.model.alert import Alert, AlertState, Severity, Transition
 from monitor.notify import AlertDispatcher, MqttNotifier, transition_payload
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 PREFIX = "desk1/alerts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Mosquitto:
-    """A broker of the test's own, on a free loopback port; restartable on that port."""
-
-    def __init__(self, binary: str, tmp: Path) -> None:
-        self.binary = binary
-        self.port = free_port()
-        self.config = tmp / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n"
-        )
-        self.log = tmp / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [self.binary, "-c", str(self.config)], stdout=out, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as s:
-                s.settimeout(0.5)
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mosquitto did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
-def mosquitto_binary() -> str:
-    # Debian installs it in /usr/sbin, which is not on every user's PATH.
-    sbin = Path("/usr/sbin/mosquitto")
-    if shutil.which("mosquitto") is None and os.access(sbin, os.X_OK):
-        return str(sbin)
-    return required_tool("mosquitto")
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(mosquitto_binary(), tmp_path)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def transition(
@@ -120,15 +49,6 @@ def transition(
         summary=f"{account or 'book'}: {rule} step {i}",
     )
     return Transition(alert=alert, previous=previous, ts_ms=ts)
-
-
-async def wait_until(pred: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
-    step_s = 0.02
-    for _ in range(int(timeout_s / step_s)):
-        if pred():
-            return
-        await asyncio.sleep(step_s)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Subscriber:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -109,9 +112,72 @@ class RecordingSink:
         return accounts[-1].equity if accounts else None
 
 
-async def until(cond: Callable[[], bool], what: str, limit_s: float = 30.0) -> None:
-    """Wait for ``cond`` (polled; the limit is generous, a failure, never a measurement)."""
-    async with asyncio.timeout(limit_s):
-        while not cond():  # noqa: ASYNC110 - the conditions span server and client state
-            await asyncio.sleep(0.01)
-    assert cond(), what
+async def wait_until(pred: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Wait for ``pred()`` to hold, polling; generous by default so load cannot fail a test."""
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+# --- a real Mosquitto -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    """A broker of the test's own, on a free loopback port; restartable on that port.
+
+    With ``persistence`` it saves sessions and queued QoS 1 messages to ``tmp`` on a clean
+    stop and reloads them on start, as a production broker would be configured.
+    """
+
+    def __init__(self, binary: str, tmp: Path, *, persistence: bool = False) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.config = tmp / "mosquitto.conf"
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "log_dest stderr"]
+        if persistence:
+            lines += ["persistence true", f"persistence_location {tmp}/"]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.log = tmp / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, "-c", str(self.config)], stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mosquitto did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def mosquitto_binary() -> str:
+    # Debian installs it in /usr/sbin, which is not on every user's PATH.
+    sbin = Path("/usr/sbin/mosquitto")
+    if shutil.which("mosquitto") is None and os.access(sbin, os.X_OK):
+        return str(sbin)
+    return required_tool("mosquitto")

@@ -12,6 +12,11 @@ Routes (GET; HEAD too)::
     /api/v1/snapshot   the report JSON (``RiskSnapshot.report()``); 503
                        {"error": "no snapshot yet"} before the first evaluation
 
+Access: with a bearer token (``[server] token_file``), every ``/api/`` route (and
+``/metrics`` with ``protect_metrics``) wants ``Authorization: Bearer <token>``, compared in
+constant time; anything else is 401 with nothing of the request echoed. The health probes
+stay open (an orchestrator must reach them).
+
 Handlers run on the engine's event loop and read the view by reference, never under a lock
 (the engine is the single writer and publishes immutable snapshots). The only real work is
 rendering: the scrape, and encoding the report, which is done once per snapshot and cached.
@@ -20,6 +25,7 @@ The access log is off; scrapes every few seconds would drown everything else.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from types import TracebackType
 from typing import Any, Final, Self
@@ -76,6 +82,10 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port_s)
 
 
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=_encoder.encode(body), status=status, content_type=_JSON)
 
@@ -95,8 +105,14 @@ class HttpServer:
         listen: str = DEFAULT_LISTEN,
         *,
         shutdown_timeout_s: float = 2.0,
+        token: str | None = None,
+        protect_metrics: bool = False,
     ) -> None:
+        """``token``: a bearer token for ``/api/*`` (and ``/metrics`` with
+        ``protect_metrics``); None leaves them open (the default bind is loopback)."""
         self._view = view
+        self._token = None if token is None else token.encode()
+        self._protected: tuple[str, ...] = ("/api/", "/metrics") if protect_metrics else ("/api/",)
         self._registry = registry
         self._host, self._port = parse_listen(listen)
         self._shutdown_timeout_s = shutdown_timeout_s
@@ -106,7 +122,7 @@ class HttpServer:
         self._report_cache: tuple[RiskSnapshot, bytes] | None = None
 
     def _app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._authorize] if self._token else [])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/-/healthy", self._healthy)
         app.router.add_get("/-/ready", self._ready)
@@ -131,6 +147,10 @@ class HttpServer:
         self._runner = runner
         self._port = int(runner.addresses[0][1])
         _log.info("HTTP listening on %s", self.url)
+        if self._token is None and not _is_loopback(self._host):
+            _log.warning(
+                "HTTP on %s serves the book without a token: set [server] token_file", self.url
+            )
 
     async def stop(self) -> None:
         """Stop serving (in-flight requests get ``shutdown_timeout_s`` to finish)."""
@@ -161,6 +181,24 @@ class HttpServer:
         return f"http://{host}:{self._port}"
 
     # Handlers. They run on the engine's loop: see the module docstring.
+
+    @web.middleware
+    async def _authorize(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith(self._protected):
+            given = request.headers.get("Authorization", "")
+            scheme, _, credential = given.partition(" ")
+            expected = self._token or b""
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                credential.strip().encode(), expected
+            ):
+                return web.Response(
+                    body=_encoder.encode({"error": "unauthorized"}),
+                    status=401,
+                    content_type=_JSON,
+                    headers={"WWW-Authenticate": 'Bearer realm="riskmon"'},
+                )
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))

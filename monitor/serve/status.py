@@ -30,7 +30,7 @@ class StatusError(OSError):
     """
 
 
-def fetch_report(url: str, timeout_s: float) -> dict[str, Any]:
+def fetch_report(url: str, timeout_s: float, token: str | None = None) -> dict[str, Any]:
     """GET the report JSON from a running daemon.
 
     Parameters
@@ -40,6 +40,8 @@ def fetch_report(url: str, timeout_s: float) -> dict[str, Any]:
         the full snapshot URL.
     timeout_s
         Connect and read timeout, seconds.
+    token
+        Bearer token, for a daemon with ``[server] token_file``.
 
     Raises
     ------
@@ -52,7 +54,10 @@ def fetch_report(url: str, timeout_s: float) -> dict[str, Any]:
         raise StatusError(f"{url!r} is not an http:// URL of a riskmon daemon")
     if parts.path in ("", "/"):
         url = urllib.parse.urlunsplit(parts._replace(path=SNAPSHOT_PATH))
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    headers = {"Accept": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             body: bytes = response.read()

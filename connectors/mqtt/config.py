@@ -1,0 +1,74 @@
+"""The ``[[connectors]]`` entry of ``type = "mqtt"`` (see ``deploy/mqtt.example.toml``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from msgspec import Meta
+
+from connectors.base import ConnectorName, ConnectorSettings
+from monitor.model.settings import Duration, Invalid, parse_duration, show
+
+if TYPE_CHECKING:
+    from connectors.mqtt.client import MqttFeed
+
+__all__ = ["MqttConnector"]
+
+
+class MqttConnector(ConnectorSettings, frozen=True, tag="mqtt"):
+    """Schema-v1 events from the desk's order system over MQTT 5.
+
+    The session is persistent (clean start off, ``session_expiry``): while riskmon is
+    stopped or reconnecting, the broker queues what is published at QoS 1 for it, so a
+    restart of either side loses nothing (the broker must persist its state to survive
+    its own restart: ``persistence true`` in Mosquitto). The password comes from the
+    environment (``RISKMON_CONNECTORS__<NAME>__PASSWORD``) or from ``password_file``.
+    """
+
+    name: ConnectorName = "mqtt"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=1, le=65535)] = 1883
+    #: Subscribes ``{prefix}/prices/#``, ``positions/#``, ``accounts/#``, ``instruments/#``.
+    topic_prefix: Annotated[str, Meta(pattern=r"^[^#+\s]+$")] = "riskmon"
+    #: The broker keys the persistent session on it; default ``riskmon-<name>``.
+    client_id: str | None = None
+    qos: Literal[0, 1, 2] = 1
+    #: How long the broker keeps the session (and queues for it) while riskmon is away.
+    session_expiry: Duration = parse_duration("1d")
+    keepalive: Duration = parse_duration("30s")
+    max_backoff: Duration = parse_duration("30s")
+    username: str | None = None
+    password: str | None = None
+    #: A file holding the password (mode 600 or stricter), instead of ``password``.
+    password_file: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.topic_prefix.startswith("/") or self.topic_prefix.endswith("/"):
+            raise Invalid(
+                ("topic_prefix",),
+                f"expected no leading or trailing '/'; got {show(self.topic_prefix)}",
+            )
+        if self.password is not None and self.password_file is not None:
+            raise Invalid(("password_file",), "set password or password_file, not both")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise Invalid(("key_file",), "cert_file and key_file go together")
+        if not self.tls:
+            for key in ("ca_file", "cert_file", "key_file"):
+                if getattr(self, key) is not None:
+                    raise Invalid((key,), "only used with tls = true")
+        if int(self.keepalive) < 1000:
+            raise Invalid(("keepalive",), f"expected at least 1s; got {self.keepalive}")
+
+    @property
+    def identifier(self) -> str:
+        """The MQTT client id."""
+        return self.client_id or f"riskmon-{self.name}"
+
+    def build(self) -> MqttFeed:
+        from connectors.mqtt.client import MqttFeed
+
+        return MqttFeed(self)

@@ -1,0 +1,194 @@
+"""The MQTT connector against a real Mosquitto on a loopback port the test picks.
+
+Never the broker that may already listen on 1883. The publisher is a real aiomqtt client at
+QoS 1; the connector runs exactly as the daemon runs it (``build()`` then ``run(sink)``)
+into a sink that keeps what it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiomqtt
+from tools import Mosquitto, mosquitto_binary, wait_until
+
+from connectors.mqtt.client import MqttFeed
+from connectors.mqtt.config import MqttConnector
+from monitor.model.backoff import Backoff
+from monitor.model.events import Event, PositionEvent, PriceEvent, Reason, Rejected
+
+T0 = 1_767_225_600_000
+
+
+class Sink:
+    """Keeps every event and rejection a connector hands over."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.rejected: list[Rejected] = []
+
+    async def put(self, event: Event, source: str) -> None:
+        assert source == "desk"
+        self.events.append(event)
+
+    def reject(self, source: str, rejected: Rejected) -> None:
+        assert source == "desk"
+        self.rejected.append(rejected)
+
+    def positions(self) -> dict[tuple[str, str], float]:
+        """The book the events describe: last quantity per (account, instrument)."""
+        return {
+            (e.account, e.instrument): e.quantity
+            for e in self.events
+            if isinstance(e, PositionEvent)
+        }
+
+
+def feed(port: int, client_id: str = "riskmon-test-desk") -> MqttFeed:
+    cfg = MqttConnector(name="desk", port=port, client_id=client_id, topic_prefix="desk1")
+    # Short, seeded backoff: the restart test waits for the reconnect, not for the cap.
+    return MqttFeed(cfg, backoff=Backoff(initial=0.1, cap=0.5, rng=random.Random(1)))
+
+
+@asynccontextmanager
+async def running(f: MqttFeed, sink: Sink) -> AsyncIterator[None]:
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(f.run(sink), name="test.mqtt-feed")
+        try:
+            await wait_until(lambda: f.status.connected, "the feed to connect")
+            yield
+        finally:
+            task.cancel()
+
+
+@asynccontextmanager
+async def publisher(port: int) -> AsyncIterator[aiomqtt.Client]:
+    async with aiomqtt.Client("127.0.0.1", port, identifier="test-publisher") as client:
+        yield client
+
+
+def position(i: int, qty: float, account: str = "main") -> bytes:
+    return json.dumps(
+        {
+            "type": "position",
+            "ts": T0 + i,
+            "account": account,
+            "instrument": f"BTC-27MAR26-{80_000 + 1_000 * (i % 20)}-C",
+            "quantity": qty,
+        }
+    ).encode()
+
+
+async def test_prices_and_positions_flow_with_their_values(broker: Mosquitto) -> None:
+    sink = Sink()
+    f = feed(broker.port)
+    async with running(f, sink), publisher(broker.port) as pub:
+        await pub.publish(
+            "desk1/prices/BTC",
+            json.dumps({"type": "price", "ts": T0, "instrument": "BTC", "price": 87_000.25}),
+            qos=1,
+        )
+        batch = [json.loads(position(i, 0.5 * i - 3.0)) for i in range(10)]
+        await pub.publish("desk1/positions/main", json.dumps(batch), qos=1)
+        await wait_until(lambda: len(sink.events) == 11, "11 events")
+    assert sink.events[0] == PriceEvent(ts=T0, instrument="BTC", price=87_000.25)
+    assert sink.positions() == {
+        ("main", f"BTC-27MAR26-{80_000 + 1_000 * i}-C"): 0.5 * i - 3.0 for i in range(10)
+    }
+    assert sink.rejected == []
+    assert f.status.messages == 2
+    assert not f.status.connected  # cancelled: the status says so
+
+
+async def test_malformed_payloads_are_rejected_by_reason_and_the_feed_goes_on(
+    broker: Mosquitto,
+) -> None:
+    sink = Sink()
+    f = feed(broker.port)
+    async with running(f, sink), publisher(broker.port) as pub:
+        await pub.publish("desk1/prices/BTC", b"{garbage", qos=1)
+        await pub.publish("desk1/positions/main", position(1, 1.0).replace(b"1.0", b'"one"'), qos=1)
+        await pub.publish("desk1/prices/BTC", position(2, 1.0), qos=1)  # wrong category
+        await pub.publish(
+            "desk1/prices/BTC",
+            b'{"type":"price","ts":1767225600000,"instrument":"BTC","price":-5}',
+            qos=1,
+        )
+        await pub.publish("desk1/positions/main", position(3, 7.0), qos=1)
+        await wait_until(lambda: len(sink.events) == 1, "the good position")
+    assert sink.positions() == {("main", "BTC-27MAR26-83000-C"): 7.0}
+    assert sorted(r.reason.value for r in sink.rejected) == sorted(
+        [
+            Reason.MALFORMED_JSON.value,
+            Reason.INVALID_VALUE.value,  # a quantity that is a string
+            Reason.UNKNOWN_TYPE.value,
+            Reason.INVALID_VALUE.value,  # negative price
+        ]
+    )
+
+
+async def test_broker_killed_and_restarted_mid_stream_loses_nothing(broker: Mosquitto) -> None:
+    sink = Sink()
+    f = feed(broker.port)
+    truth: dict[tuple[str, str], float] = {}
+    async with running(f, sink):
+        async with publisher(broker.port) as pub:
+            for i in range(50):
+                await pub.publish("desk1/positions/main", position(i, float(i)), qos=1)
+                truth[("main", f"BTC-27MAR26-{80_000 + 1_000 * (i % 20)}-C")] = float(i)
+        await wait_until(lambda: sink.positions() == truth, "the first burst")
+        broker.stop()  # SIGTERM: the broker saves its sessions, as a production one does
+        await wait_until(lambda: not f.status.connected, "the feed to see the broker gone")
+        reconnects = f.status.reconnects
+        broker.start()
+        await wait_until(lambda: f.status.connected, "the feed to reconnect by itself")
+        assert f.status.reconnects > reconnects
+        async with publisher(broker.port) as pub:
+            for i in range(50, 100):
+                await pub.publish("desk1/positions/main", position(i, -float(i)), qos=1)
+                truth[("main", f"BTC-27MAR26-{80_000 + 1_000 * (i % 20)}-C")] = -float(i)
+        await wait_until(lambda: sink.positions() == truth, "the second burst")
+    positions = [e for e in sink.events if isinstance(e, PositionEvent)]
+    assert len(positions) == 100  # no loss, no duplicate
+    assert [e.ts for e in positions] == [T0 + i for i in range(100)]
+
+
+async def test_a_position_published_while_riskmon_was_away_arrives_after_it_starts(
+    broker: Mosquitto,
+) -> None:
+    first = Sink()
+    async with running(feed(broker.port), first):
+        pass  # the broker now holds a persistent session for this client id
+    async with publisher(broker.port) as pub:
+        await pub.publish("desk1/positions/main", position(4, 2.5), qos=1)
+        await pub.publish("desk1/positions/hedge", position(5, -1.0, "hedge"), qos=1)
+    later = Sink()
+    async with running(feed(broker.port), later):
+        await wait_until(lambda: len(later.events) == 2, "the queued positions")
+    assert later.positions() == {
+        ("main", "BTC-27MAR26-84000-C"): 2.5,
+        ("hedge", "BTC-27MAR26-85000-C"): -1.0,
+    }
+    assert first.events == []
+
+
+async def test_status_is_down_while_the_broker_refuses(tmp_path: Path) -> None:
+    b = Mosquitto(mosquitto_binary(), tmp_path)  # never started: connections are refused
+    sink = Sink()
+    f = feed(b.port)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(f.run(sink))
+        await wait_until(lambda: f.status.reconnects >= 2, "a few refused attempts")
+        assert not f.status.connected
+        assert f.status.last_error
+        b.start()
+        try:
+            await wait_until(lambda: f.status.connected, "the connection once it listens")
+        finally:
+            task.cancel()
+            b.stop()
