@@ -8,8 +8,9 @@ One aiohttp app serves both halves of the protocol the connector uses:
   ``recvWindow`` on the server's clock (which a test may skew), answering -1021 as Binance
   does. Every answer carries ``X-MBX-USED-WEIGHT-1M``.
 - Websockets, routed by path as Binance routes USD-M streams: ``/market/stream`` (combined:
-  ``SUBSCRIBE`` of ``<symbol>@markPrice@1s``, a mark frame per subscribed symbol every
-  ``mark_interval_s``, wrapped in ``{"stream", "data"}``) and ``/private/ws?listenKey=<key>``
+  ``?streams=`` and ``SUBSCRIBE`` of ``<symbol>@markPrice@1s``, a mark frame per subscribed
+  symbol every ``mark_interval_s``, wrapped in ``{"stream", "data"}``) and
+  ``/private/ws?listenKey=<key>``
   (bare payloads: ``ACCOUNT_UPDATE`` of the changed leg only (:meth:`FakeBinance.change`),
   balance-only updates (:meth:`FakeBinance.funding_fee`), ``listenKeyExpired``
   (:meth:`expire_keys`)). The legacy ``/ws`` and ``/stream`` paths are not served.
@@ -335,6 +336,8 @@ class FakeBinance:
         await ws.prepare(request)
         self.handshakes += 1
         conn = Conn(ws, None)
+        for name in filter(None, request.query.get("streams", "").split("/")):
+            conn.symbols.add(name.split("@", 1)[0].upper())
         self.conns.append(conn)
         conn.task = asyncio.create_task(self._marks(conn))
         try:

@@ -8,9 +8,9 @@ both are up, and the end of either ends the session, which rebuilds both.
 
 Per session (every connect and reconnect), in order:
 
-1. ``{ws_url}/market/stream``, then ``SUBSCRIBE`` ``<symbol>@markPrice@1s`` for the
-   configured symbols and every symbol held. A mark frame arrives every second per symbol:
-   the liveness budget is on them.
+1. ``{ws_url}/market/stream?streams=<symbol>@markPrice@1s/...`` for the configured
+   symbols, then ``SUBSCRIBE`` for every other symbol held. A mark frame arrives every
+   second per symbol: the liveness budget is on them.
 2. With credentials: the server time offset (``GET /fapi/v1/time``: signed requests carry
    ``timestamp`` = local clock + offset, so a skewed clock does not get -1021), a listenKey
    (``POST /fapi/v1/listenKey``), and the user data socket
@@ -272,7 +272,8 @@ class BinanceFutures:
         s = settings
         self._runner = WebSocketRunner(
             WsSettings(
-                url=f"{s.ws_url.rstrip('/')}/market/stream",
+                url=f"{s.ws_url.rstrip('/')}/market/stream?streams="
+                + "/".join(_stream(sym) for sym in s.symbols),
                 liveness_s=s.liveness_s,
                 handshake_timeout_s=max(6.0 * s.request_timeout_s, 30.0),
                 backoff=s.backoff or Backoff(initial=0.5, cap=30.0),
@@ -331,8 +332,9 @@ class BinanceFutures:
 
     async def on_open(self, session: Session) -> None:
         s = self.settings
+        self._subscribed.update(s.symbols)  # in the URL
         held = {sym for sym in self.held if parser.instrument_name(sym) is not None}
-        await self._subscribe(session, sorted({*s.symbols, *held}))
+        await self._subscribe(session, sorted(held))
         if self._secret is not None:
             await self._open_user_data(session)
             await self._snapshot()
@@ -521,7 +523,7 @@ class BinanceFutures:
 
     async def _subscribe(self, session: Session, symbols: list[str]) -> None:
         """``SUBSCRIBE`` the mark price streams of ``symbols`` and wait for each answer."""
-        streams = [f"{sym.lower()}@markPrice@1s" for sym in symbols if sym not in self._subscribed]
+        streams = [_stream(sym) for sym in symbols if sym not in self._subscribed]
         for i in range(0, len(streams), _SUBSCRIBE_CHUNK):
             chunk = streams[i : i + _SUBSCRIBE_CHUNK]
             rid = next(self._ids)
@@ -564,3 +566,8 @@ class BinanceFutures:
 
 
 _encoder = msgspec.json.Encoder()
+
+
+def _stream(symbol: str) -> str:
+    """The mark price stream of a symbol: ``btcusdt@markPrice@1s``."""
+    return f"{symbol.lower()}@markPrice@1s"
