@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Final, TypeAlias, cast, get_args
 
 from connectors.base import Connector, ConnectorSettings
+from connectors.binance.config import BinanceFuturesConnector
 from connectors.deribit.config import DeribitConnector
 from connectors.mqtt.config import MqttConnector
 from connectors.simulated import SimulatedConnector
@@ -17,7 +18,9 @@ from connectors.simulated import SimulatedConnector
 __all__ = ["CONNECTOR_TYPES", "ConnectorConfig", "build_connector"]
 
 #: Every connector type: the one registration line per connector.
-ConnectorConfig: TypeAlias = SimulatedConnector | DeribitConnector | MqttConnector
+ConnectorConfig: TypeAlias = (
+    SimulatedConnector | DeribitConnector | MqttConnector | BinanceFuturesConnector
+)
 
 #: ``type`` tag -> config Struct, in declaration order (the first is the default).
 CONNECTOR_TYPES: Final[dict[str, type[ConnectorSettings]]] = {

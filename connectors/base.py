@@ -11,15 +11,18 @@ own ``[[connectors]]`` entry as a :class:`ConnectorSettings` subclass in its own
 
 from __future__ import annotations
 
-from typing import Annotated, Protocol, runtime_checkable
+from typing import Annotated, Protocol, TypeVar, runtime_checkable
 
+import msgspec
 from msgspec import Meta
 
-from monitor.model.events import Event, Rejected
+from monitor.model.events import Event, Reason, Rejected
 from monitor.model.health import ConnectorStatus
 from monitor.model.settings import Section
 
-__all__ = ["Connector", "ConnectorName", "ConnectorSettings", "EventSink"]
+__all__ = ["Connector", "ConnectorName", "ConnectorSettings", "EventSink", "decode"]
+
+T = TypeVar("T")
 
 ConnectorName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
@@ -63,3 +66,22 @@ class ConnectorSettings(Section, frozen=True, tag_field="type"):
     def build(self) -> Connector:
         """The connector this entry describes."""
         raise NotImplementedError(f"{type(self).__name__} does not build a connector")
+
+
+def decode(decoder: msgspec.json.Decoder[T], raw: bytes | msgspec.Raw, what: str) -> T:
+    """Decode a venue message with a typed decoder; what does not decode is refused.
+
+    Raises
+    ------
+    Rejected
+        ``missing_field`` (a required field absent), ``invalid_value`` (a field of the wrong
+        type or out of range), ``malformed_json`` (not JSON); the detail starts with ``what``.
+    """
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        reason = Reason.MISSING_FIELD if "missing required field" in text else Reason.INVALID_VALUE
+        raise Rejected(reason, f"{what}: {text}") from None
+    except msgspec.MsgspecError as exc:
+        raise Rejected(Reason.MALFORMED_JSON, f"{what}: {exc}") from None

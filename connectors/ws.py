@@ -15,6 +15,11 @@ session; ``reconnects`` counts connection attempts after the first; ``messages``
 ``last_message_s`` count frames received (heartbeats included); ``last_error`` says why the
 last session ended (never a frame's content, so never a token).
 
+A venue that splits its streams over several sockets (Binance's market and user data)
+opens the others with :meth:`Session.attach`: they are part of the session, their frames
+go to the same handler, and the end of any of them ends the session (so ``connected``
+means every socket of the session is up, and a reconnect rebuilds them all).
+
 Liveness: a session with no frame at all for ``liveness_s`` is stalled and is closed and
 replaced. The budget is on *any* frame, so a venue heartbeat keeps a quiet subscription
 alive: a channel that is silent (a far option nobody trades) is normal, a silent socket is
@@ -72,13 +77,38 @@ class WsSettings:
 class Session:
     """One live connection, as a handler sees it: send frames, own tasks, end it."""
 
-    def __init__(self, ws: ClientConnection, tg: asyncio.TaskGroup, name: str, liveness_s: float):
+    def __init__(
+        self,
+        ws: ClientConnection,
+        tg: asyncio.TaskGroup,
+        name: str,
+        liveness_s: float,
+        attach: Callable[[Session, str, str, float], Coroutine[Any, Any, None]] | None = None,
+    ):
         self._ws = ws
         self._tg = tg
         self._name = name
         self.liveness_s = liveness_s
+        self._attach = attach
         self._ended: asyncio.Event = asyncio.Event()
         self.end_reason = ""
+
+    async def attach(self, url: str, name: str, *, ping_interval_s: float = 20.0) -> None:
+        """Open another socket for this session and return once it is open.
+
+        Its frames go to the handler's ``on_frame`` like the first socket's. It may be quiet
+        by nature (a user data stream), so its liveness is a websocket ping every
+        ``ping_interval_s`` (a pong later than that closes it), not the frame budget. Its
+        close, for whatever reason, ends the session.
+
+        Raises
+        ------
+        SessionEnded
+            It could not be opened.
+        """
+        if self._attach is None:
+            raise SessionEnded(f"{name}: this session cannot open other sockets")
+        await self._attach(self, url, name, ping_interval_s)
 
     async def send(self, frame: str | bytes, *, text: bool = True) -> None:
         """Send one frame: a text frame (UTF-8 ``bytes`` are sent as text) unless ``text``
@@ -213,7 +243,7 @@ class WebSocketRunner:
         ) as ws:
             try:
                 async with asyncio.TaskGroup() as tg:
-                    session = Session(ws, tg, st.name, s.liveness_s)
+                    session = Session(ws, tg, st.name, s.liveness_s, self._attach)
                     tg.create_task(session._watch(), name=f"{st.name}.watch")
                     tg.create_task(self._receive(ws, session), name=f"{st.name}.receive")
                     async with asyncio.timeout(s.handshake_timeout_s):
@@ -222,19 +252,56 @@ class WebSocketRunner:
             finally:
                 st.connected = False
 
-    async def _receive(self, ws: ClientConnection, session: Session) -> None:
+    async def _attach(self, session: Session, url: str, name: str, ping_s: float) -> None:
+        opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        session.spawn(self._attached(session, url, name, ping_s, opened), name)
+        await opened
+
+    async def _attached(
+        self,
+        session: Session,
+        url: str,
+        name: str,
+        ping_s: float,
+        opened: asyncio.Future[None],
+    ) -> None:
+        s = self.settings
+        try:
+            ws = await connect(
+                url,
+                open_timeout=s.open_timeout_s,
+                close_timeout=s.close_timeout_s,
+                ping_interval=ping_s,
+                ping_timeout=ping_s,
+                max_size=s.max_size,
+                compression=None,
+                logger=_wire_log,
+            )
+        except Exception as exc:  # the caller learns it; the session ends through it
+            opened.set_exception(SessionEnded(f"{name}: {describe(exc)}"))
+            return
+        opened.set_result(None)
+        try:
+            await self._receive(ws, session, name)
+        finally:
+            await ws.close()
+
+    async def _receive(self, ws: ClientConnection, session: Session, name: str = "") -> None:
+        """Hand every frame of ``ws`` to the handler. The session's first socket (no
+        ``name``) is held to the frame budget; an attached one is pinged instead."""
         st = self._status
         handler = self._handler
         clock = self._clock
+        prefix = f"{name}: " if name else ""
         while True:
             try:
-                async with asyncio.timeout(session.liveness_s):
+                async with asyncio.timeout(None if name else session.liveness_s):
                     frame = await ws.recv(decode=False)
             except TimeoutError:
                 raise SessionEnded(f"stalled: no frame for {session.liveness_s:g}s") from None
             except websockets.ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd is not None else "none"
-                raise SessionEnded(f"closed by peer (code {code})") from None
+                raise SessionEnded(f"{prefix}closed by peer (code {code})") from None
             st.messages += 1
             st.last_message_s = clock()
             await handler.on_frame(session, frame)

@@ -352,7 +352,8 @@ def test_sections_are_frozen() -> None:
         pytest.param(
             '[[connectors]]\nname = "x"\n',
             "connectors[0].type",
-            "connectors[0].type: missing; expected one of: simulated, deribit, mqtt",
+            "connectors[0].type: missing; expected one of: simulated, deribit, mqtt, "
+            "binance_futures",
             id="missing-connector-type",
         ),
         pytest.param(

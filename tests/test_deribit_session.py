@@ -12,58 +12,25 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
 import pytest
 from deribit_server import CLIENT_ID, CLIENT_SECRET, FakeDeribit, expected_quantity
+from tools import RecordingSink, wait_until
 
 from connectors.deribit.client import DeribitMarket, DeribitSettings
 from monitor.model.backoff import Backoff
 from monitor.model.events import (
     AccountEvent,
-    Event,
     InstrumentEvent,
-    PositionEvent,
     PriceEvent,
-    Rejected,
 )
-
-TIMEOUT = 30.0
-
-
-@dataclass
-class Sink:
-    events: list[Event] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)
-
-    async def put(self, event: Event, source: str) -> None:
-        assert source == "deribit"
-        self.events.append(event)
-
-    def reject(self, source: str, rejected: Rejected) -> None:
-        self.rejected.append(rejected)
-
-    def folded(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for ev in self.events:
-            if isinstance(ev, PositionEvent):
-                out[ev.instrument] = ev.quantity
-        return {k: v for k, v in out.items() if v != 0.0}
-
-
-async def until(cond: Callable[[], bool], what: str, limit_s: float = TIMEOUT) -> None:
-    """Wait for ``cond`` (polled; the limit is generous, a failure, never a measurement)."""
-    async with asyncio.timeout(limit_s):
-        while not cond():  # noqa: ASYNC110 - the conditions span server and client state
-            await asyncio.sleep(0.01)
-    assert cond(), what
 
 
 def truth(server: FakeDeribit) -> dict[str, float]:
     return {n: expected_quantity(n, s) for n, s in server.positions.items()}
 
 
-def settled(server: FakeDeribit, sink: Sink) -> Callable[[], bool]:
+def settled(server: FakeDeribit, sink: RecordingSink) -> Callable[[], bool]:
     def check() -> bool:
         f, t = sink.folded(), truth(server)
         return f.keys() == t.keys() and all(f[k] == pytest.approx(t[k]) for k in t)
@@ -93,21 +60,21 @@ def market(server: FakeDeribit, **kw: object) -> DeribitMarket:
 
 
 @pytest.fixture
-async def running(server: FakeDeribit) -> AsyncIterator[tuple[DeribitMarket, Sink]]:
+async def running(server: FakeDeribit) -> AsyncIterator[tuple[DeribitMarket, RecordingSink]]:
     await server.change("BTC-PERPETUAL", 1000.0, notify=False)
     await server.change("BTC-27DEC30-60000-C", -2.5, notify=False)
     conn = market(server)
-    sink = Sink()
+    sink = RecordingSink("deribit")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.deribit")
-        await until(lambda: conn.status.connected, "connected")
-        await until(settled(server, sink), "initial snapshot")
+        await wait_until(lambda: conn.status.connected, "connected")
+        await wait_until(settled(server, sink), "initial snapshot")
         yield conn, sink
         task.cancel()
 
 
 async def test_handshake_snapshot_and_prices(
-    server: FakeDeribit, running: tuple[DeribitMarket, Sink]
+    server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
     conn, sink = running
     # The snapshot: BTC-PERPETUAL 1000 USD at a 50,000 mark = 0.02 BTC; the option in coin.
@@ -121,23 +88,23 @@ async def test_handshake_snapshot_and_prices(
     assert not any(isinstance(e, AccountEvent) for e in sink.events)
     await server.push_index("btc_usd", 50_000.0, 1_767_225_600_000)
     await server.push_index("eth_usd", 2_000.0, 1_767_225_600_000)
-    await until(lambda: any(isinstance(e, AccountEvent) for e in sink.events), "account")
+    await wait_until(lambda: any(isinstance(e, AccountEvent) for e in sink.events), "account")
     acct = next(e for e in sink.events if isinstance(e, AccountEvent))
     assert (acct.equity, acct.maintenance_margin) == (10 * 50_000.0 + 10 * 2_000.0, 0.5 * 52_000)
     # Tickers of held instruments are subscribed and parsed.
     await server.push_ticker("BTC-PERPETUAL", 50_123.5, 1_767_225_600_100)
-    await until(
+    await wait_until(
         lambda: any(isinstance(e, PriceEvent) and e.price == 50_123.5 for e in sink.events),
         "ticker",
     )
     # Heartbeat: test_requests are answered (the server closes a session that misses one).
-    await until(lambda: server.test_requests_answered >= 3, "test_request answers")
+    await wait_until(lambda: server.test_requests_answered >= 3, "test_request answers")
     assert conn.status.connected
     assert server.handshakes == 1
 
 
 async def test_disconnect_mid_burst(
-    server: FakeDeribit, running: tuple[DeribitMarket, Sink]
+    server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
     conn, sink = running
     for i in range(20):
@@ -145,14 +112,14 @@ async def test_disconnect_mid_burst(
         if i == 9:
             await server.drop_all()  # the rest of the burst is never sent
     await server.change("BTC-27DEC30-60000-C", 0.0, notify=False)  # closed while away
-    await until(lambda: server.handshakes >= 2 and conn.status.connected, "reconnected")
-    await until(settled(server, sink), "truth after the reconnect")
+    await wait_until(lambda: server.handshakes >= 2 and conn.status.connected, "reconnected")
+    await wait_until(settled(server, sink), "truth after the reconnect")
     assert "BTC-27DEC30-60000-C" not in sink.folded()
     assert conn.status.reconnects >= 1
 
 
 async def test_garbage_frames_are_counted(
-    server: FakeDeribit, running: tuple[DeribitMarket, Sink]
+    server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
     conn, sink = running
     await server.send_raw("this is not json")
@@ -164,59 +131,59 @@ async def test_garbage_frames_are_counted(
     await server.send_raw(
         '{"jsonrpc":"2.0","method":"subscription","params":{"channel":"x.y","data":{}}}'
     )
-    await until(lambda: len(sink.rejected) >= 3, "three rejections")
+    await wait_until(lambda: len(sink.rejected) >= 3, "three rejections")
     assert [r.reason.value for r in sink.rejected[:3]] == [
         "malformed_json",
         "invalid_value",
         "unknown_type",
     ]
     await server.change("ETH-PERPETUAL", -500.0)
-    await until(settled(server, sink), "still streaming after garbage")
+    await wait_until(settled(server, sink), "still streaming after garbage")
     assert conn.status.connected
     assert server.handshakes == 1
 
 
 async def test_stall_is_detected_and_recovered(
-    server: FakeDeribit, running: tuple[DeribitMarket, Sink]
+    server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
     conn, sink = running
     server.stall()  # socket open, no data, no heartbeat, no answers
     await server.change("BTC-PERPETUAL", 2000.0, notify=False)
     # The stalled session is replaced: a second handshake, and the reason on the status.
-    await until(lambda: server.handshakes >= 2 and conn.status.connected, "recovered")
+    await wait_until(lambda: server.handshakes >= 2 and conn.status.connected, "recovered")
     assert "stalled" in (conn.status.last_error or "")
     assert conn.status.reconnects >= 1
-    await until(settled(server, sink), "truth after the stall")
+    await wait_until(settled(server, sink), "truth after the stall")
 
 
 async def test_refused_connections_then_recovery(
-    server: FakeDeribit, running: tuple[DeribitMarket, Sink]
+    server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
     conn, sink = running
     server.refusing = True
     await server.drop_all()
-    await until(lambda: not conn.status.connected, "disconnected")
+    await wait_until(lambda: not conn.status.connected, "disconnected")
     before = server.handshakes
     await server.change("ETH-PERPETUAL", 700.0, notify=False)
-    await until(lambda: conn.status.reconnects >= 3, "several refused attempts")
+    await wait_until(lambda: conn.status.reconnects >= 3, "several refused attempts")
     # While refused, no session exists and the status says so.
     assert not conn.status.connected
     assert server.handshakes == before
     assert not server.live
     server.refusing = False
-    await until(lambda: conn.status.connected, "reconnected")
-    await until(settled(server, sink), "truth after refusals")
+    await wait_until(lambda: conn.status.connected, "reconnected")
+    await wait_until(settled(server, sink), "truth after refusals")
 
 
 async def test_rate_limit_ends_the_session(
-    server: FakeDeribit, running: tuple[DeribitMarket, Sink]
+    server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
     conn, sink = running
     server.rate_limit_next = True
     await server.change("BTC-PERPETUAL", -3000.0, notify=False)
     await server.drop_all()  # the next session's first private call gets 10028
-    await until(lambda: server.handshakes >= 3 and conn.status.connected, "past the 10028")
-    await until(settled(server, sink), "truth after 10028")
+    await wait_until(lambda: server.handshakes >= 3 and conn.status.connected, "past the 10028")
+    await wait_until(settled(server, sink), "truth after 10028")
 
 
 async def test_token_refresh_and_no_secret_in_logs(
@@ -225,12 +192,12 @@ async def test_token_refresh_and_no_secret_in_logs(
     caplog.set_level(logging.DEBUG)
     server.expires_in = 1  # refresh at 0.8 s
     conn = market(server)
-    sink = Sink()
+    sink = RecordingSink("deribit")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.deribit")
-        await until(lambda: server.refreshes >= 2, "two refreshes")
+        await wait_until(lambda: server.refreshes >= 2, "two refreshes")
         await server.drop_all()
-        await until(lambda: server.handshakes >= 2 and conn.status.connected, "reconnected")
+        await wait_until(lambda: server.handshakes >= 2 and conn.status.connected, "reconnected")
         task.cancel()
     grants = [p["grant_type"] for p in server.auth_params_seen]
     assert grants[:3] == ["client_credentials", "refresh_token", "refresh_token"]
@@ -252,12 +219,12 @@ async def test_public_only_without_credentials(server: FakeDeribit) -> None:
         backoff=Backoff(initial=0.02, cap=0.2),
     )
     conn = DeribitMarket(settings)
-    sink = Sink()
+    sink = RecordingSink("deribit")
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(conn.run(sink), name="test.deribit")
-        await until(lambda: conn.status.connected, "connected")
+        await wait_until(lambda: conn.status.connected, "connected")
         await server.push_ticker("BTC-PERPETUAL", 42_000.0, 1_767_225_600_000)
-        await until(lambda: any(isinstance(e, PriceEvent) for e in sink.events), "price")
+        await wait_until(lambda: any(isinstance(e, PriceEvent) for e in sink.events), "price")
         task.cancel()
     methods = {m for m, _ in server.requests}
     assert "public/auth" not in methods

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from monitor.engine.stats import EngineStats
+from monitor.model.events import AccountEvent, Event, PositionEvent, Rejected
 from monitor.model.health import ConnectorStatus
 from monitor.model.snapshot import RiskSnapshot
 from monitor.notify import AlertDispatcher, NotifierStats
@@ -69,6 +70,46 @@ async def running(dispatcher: AlertDispatcher) -> AsyncIterator[asyncio.Task[Non
             yield task
         finally:
             task.cancel()
+
+
+# --- venue connectors --------------------------------------------------------------------
+
+
+@dataclass
+class RecordingSink:
+    """An ``EventSink`` that keeps what one connector (``source``) delivers."""
+
+    source: str
+    events: list[Event] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    async def put(self, event: Event, source: str) -> None:
+        assert source == self.source
+        self.events.append(event)
+
+    def reject(self, source: str, rejected: Rejected) -> None:
+        self.rejected.append(rejected)
+
+    def folded(self) -> dict[str, float]:
+        """The last quantity per instrument, positions at 0 left out."""
+        out: dict[str, float] = {}
+        for ev in self.events:
+            if isinstance(ev, PositionEvent):
+                out[ev.instrument] = ev.quantity
+        return {k: v for k, v in out.items() if v != 0.0}
+
+    def quantities(self, instrument: str) -> list[float]:
+        """Every quantity delivered for ``instrument``, in order."""
+        return [
+            e.quantity
+            for e in self.events
+            if isinstance(e, PositionEvent) and e.instrument == instrument
+        ]
+
+    def equity(self) -> float | None:
+        """The latest account event's equity."""
+        accounts = [e for e in self.events if isinstance(e, AccountEvent)]
+        return accounts[-1].equity if accounts else None
 
 
 async def wait_until(pred: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:

@@ -29,10 +29,11 @@ import datetime as _dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final
 
 import msgspec
 
+from connectors.base import decode as _decode
 from connectors.deribit.messages import (
     AccountSummary,
     Changes,
@@ -75,7 +76,6 @@ __all__ = [
 _TS_MIN: Final = 946_684_800_000
 _TS_MAX: Final = 7_258_118_400_000
 _QUOTES: Final = ("usd", "usdc", "usdt")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,21 +116,6 @@ _platform = msgspec.json.Decoder(PlatformState)
 _positions = msgspec.json.Decoder(list[Position])
 _instruments = msgspec.json.Decoder(list[Instrument])
 _TICKER_MARK: Final = b'"channel":"ticker.'
-
-
-def _reason(exc: msgspec.MsgspecError) -> Reason:
-    if isinstance(exc, msgspec.ValidationError):
-        return (
-            Reason.MISSING_FIELD if "missing required field" in str(exc) else Reason.INVALID_VALUE
-        )
-    return Reason.MALFORMED_JSON
-
-
-def _decode(decoder: msgspec.json.Decoder[T], raw: bytes | msgspec.Raw, what: str) -> T:
-    try:
-        return decoder.decode(raw)
-    except msgspec.MsgspecError as exc:
-        raise Rejected(_reason(exc), f"{what}: {exc}") from None
 
 
 def parse_frame(raw: bytes) -> Frame:

@@ -1,6 +1,6 @@
 """Drift attribution: why did an underlying's share of risk change? (pure numpy)
 
-DESIGN.md "Risk definitions": share ``p_i = x_i (S x)_i / (x' S x)``. Between a reference
+Risk shares as the report defines them: share ``p_i = x_i (S x)_i / (x' S x)``. Between a reference
 state ``(x0, S0)`` (the budget's set time, the last rebalance, or a look-back) and now
 ``(x1, S1)`` the share moves by ``p(x1, S1) - p(x0, S0)``. Writing ``S = D C D`` (``D`` the
 diagonal of volatilities, ``C`` the correlation matrix), a share is a function of three

@@ -1,7 +1,7 @@
 """Rebalance suggestion: the exposures that put every risk share back on its budget.
 
-DESIGN.md "Risk definitions": share ``p_i = x_i (S x)_i / x'Sx``, budget ``b`` (``b_i >= 0``,
-sum 1). Pure numpy/scipy: no clock, no I/O, no logging.
+Risk shares as the report defines them: share ``p_i = x_i (S x)_i / x'Sx``, budget ``b``
+(``b_i >= 0``, sum 1). Pure numpy/scipy: no clock, no I/O, no logging.
 
 Risk budgeting (Spinu's convex formulation)
     For a PD covariance ``S`` and ``b > 0`` the strictly convex problem::

@@ -1,6 +1,6 @@
 """Hedge suggestion: the linear trade per underlying that brings net delta to a target.
 
-DESIGN.md "Units": ``delta_usd`` per underlying (USD per unit proportional move),
+Units as the report defines them: ``delta_usd`` per underlying (USD per unit proportional move),
 ``gamma_usd`` (change of ``delta_usd`` per 1% move from the options' convexity), ``vega``
 (USD per vol point). Pure numpy: no clock, no I/O, no logging.
 

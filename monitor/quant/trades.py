@@ -3,7 +3,7 @@
 Shared by the rebalance (:mod:`monitor.quant.budgeting`) and the hedge
 (:mod:`monitor.quant.hedging`) suggestions. A linear instrument (spot, perpetual, future)
 changes the exposure of its underlying by a fixed ``usd_per_contract`` per contract
-(DESIGN.md "Units": ``delta_usd`` of spot and perpetuals is ``q x S``, of futures
+(as the report defines it: ``delta_usd`` of spot and perpetuals is ``q x S``, of futures
 ``q x F``):
 
 - linear (USDC/USDT-margined) perpetual or spot: ``multiplier x price``;
