@@ -154,6 +154,10 @@ class MarketConfig(Section, frozen=True):
     #: A tick of an index, spot, perpetual or future moving more than this fraction from the
     #: instrument's current price is quarantined until the next tick confirms it; 0 = off.
     max_tick_move: Annotated[float, Meta(ge=0.0)] = 0.5
+    #: Which connector's index ticks feed each underlying's index (``{ BTC = "deribit" }``);
+    #: an underlying not named here takes the first connector that prices it. The others'
+    #: index ticks are kept apart as ``<underlying>.<connector>`` (README "Connectors").
+    index_sources: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class EngineConfig(Section, frozen=True):
@@ -344,6 +348,13 @@ class Config(Section, frozen=True):
                     "punctuation, as in environment variables)",
                 )
             seen[key] = i
+        names = [c.name for c in self.connectors]
+        for underlying, source in self.market.index_sources.items():
+            if source not in names:
+                raise Invalid(
+                    ("market", "index_sources", underlying),
+                    f"no connector named {show(source)}{_suggest(source, names)}",
+                )
 
 
 # --- loading -----------------------------------------------------------------------------

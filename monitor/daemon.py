@@ -29,6 +29,7 @@ from monitor.engine.core import Engine, EngineSettings
 from monitor.engine.evaluation import RiskSettings
 from monitor.engine.queue import EventQueue
 from monitor.engine.record import Recorder
+from monitor.engine.sources import IndexSources
 from monitor.engine.stats import EngineStats
 from monitor.logs import RejectionLog
 from monitor.model.backoff import Backoff
@@ -194,6 +195,8 @@ class Daemon:
             history_limit=_HISTORY_LIMIT,
             scenario_executor=self._scenario_pool,
         )
+        # Live only: a recording holds the routed events, so a replay needs no routing.
+        self.index_sources = IndexSources(self.engine.registry, cfg.market.index_sources)
         self.registry, registry_metrics = build_registry(self)
         self.engine.set_evaluation_observer(registry_metrics.observe)
         self._queue = EventQueue(cfg.engine.queue_size)
@@ -248,15 +251,17 @@ class Daemon:
 
     async def _engine_loop(self) -> None:
         engine, queue = self.engine, self._queue
+        route = self.index_sources.route
         step = engine.settings.eval_interval_ms
         engine.evaluate_due(_wall_ms())  # starts the evaluation clock
         flushed_s = time.monotonic()
         while True:
             wait_s = max(0.0, (engine.next_evaluation_ms + 1 - _wall_ms()) / 1000.0)
             await queue.wait(min(wait_s, step / 1000.0))
-            for event, source in queue.drain():
+            for received, source in queue.drain():
                 try:
-                    engine.apply(event, source)
+                    for event in route(received, source):
+                        engine.apply(event, source)
                 except Rejected as rej:
                     self.reject(source, rej)
                 except Exception:  # a bug must cost one event, not the daemon
