@@ -146,8 +146,13 @@ class EstimatorConfig(Section, frozen=True):
     halflife: Duration = parse_duration("10m")
     fast_halflife: Duration = parse_duration("1m")
     warmup: Duration = parse_duration("5m")
-    #: An outage longer than this restarts the sample grid without a return.
+    #: An index silent for longer than this is stale: it contributes no return until it
+    #: ticks again (the first return after the silence is dropped); all silent: the grid
+    #: restarts.
     max_gap: Duration = parse_duration("1m")
+    #: Half-life of the estimator behind VaR/ES (delta-normal, delta-gamma, full
+    #: revaluation): a 1-day VaR from hours to days of returns, not the last half hour.
+    var_halflife: Duration = parse_duration("1d")
 
     def __post_init__(self) -> None:
         if self.fast_halflife >= self.halflife:

@@ -56,6 +56,7 @@ def engine_settings(cfg: Config) -> EngineSettings:
         warmup_ms=int(e.warmup),
         max_gap_ms=int(e.max_gap),
         eval_interval_ms=int(r.eval_interval),
+        var_halflife_ms=int(e.var_halflife),
     )
 
 

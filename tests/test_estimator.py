@@ -35,10 +35,13 @@ def reference(
     """Per-step covariance S (NaN without a joint return) and returns per asset.
 
     ``rows`` are the sampled prices (NaN, <= 0 or inf = no price), one per grid step;
-    ``None`` means the previous prices are forgotten.
+    ``None`` means the previous prices are forgotten. Variances over each asset's own
+    history; off the diagonal ``sd_i sd_j rho_ij`` with ``rho_ij`` measured over the pair's
+    joint steps (both variances over the same steps as the covariance).
     """
     n = max(len(r) for r in rows if r is not None)
     raw = [[0.0] * n for _ in range(n)]
+    sq = [[0.0] * n for _ in range(n)]  # r_i^2 over the steps joint with j
     wgt = [[0.0] * n for _ in range(n)]
     cnt = [0] * n
     prev: list[float] = [math.nan] * n
@@ -61,11 +64,20 @@ def reference(
                 rj = ret[j]
                 if ri is not None and rj is not None:
                     raw[i][j] = lam * raw[i][j] + (1.0 - lam) * ri * rj
+                    sq[i][j] = lam * sq[i][j] + (1.0 - lam) * ri * ri
                     wgt[i][j] = lam * wgt[i][j] + (1.0 - lam)
         prev = cur
-    cov = [
-        [raw[i][j] / wgt[i][j] if wgt[i][j] > 0.0 else math.nan for j in range(n)] for i in range(n)
-    ]
+    var = [raw[i][i] / wgt[i][i] if wgt[i][i] > 0.0 else math.nan for i in range(n)]
+    cov = [[math.nan] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(n):
+            if wgt[i][j] == 0.0:
+                continue
+            if i == j:
+                cov[i][j] = var[i]
+            elif sq[i][j] > 0.0 and sq[j][i] > 0.0:
+                rho = raw[i][j] / math.sqrt(sq[i][j] * sq[j][i])
+                cov[i][j] = math.sqrt(var[i] * var[j]) * rho
     return cov, cnt
 
 
@@ -204,19 +216,20 @@ def test_late_joiner_leaves_others_untouched(appended: bool) -> None:
     np.testing.assert_array_equal(est.returns[:3], base.returns)
     assert est.returns[3] == len(prices) - k - 1
 
-    # Its own row and column: the recursion started at its first return (prices from k on).
-    # Its correlations divide by the others' full-history variances: from the full reference.
+    # Its own row and column: its variance and its correlations start at its first return
+    # (prices from k on); its covariances scale those correlations by the others'
+    # full-history volatilities: from the full reference.
     full = as_rows(prices)
     for t in range(k):
         full[t] = [*prices[t, :3], math.nan]
     for fast, halflife in ((False, HALFLIFE_MS), (True, FAST_HALFLIFE_MS)):
-        cov, vol, _, _ = ref_figures(as_rows(prices[k:]), halflife)
-        np.testing.assert_allclose(est.covariance(fast)[3], cov[3], rtol=1e-9, atol=0.0)
-        np.testing.assert_allclose(est.covariance(fast)[:, 3], cov[:, 3], rtol=1e-9, atol=0.0)
+        _, vol, corr, _ = ref_figures(as_rows(prices[k:]), halflife)
         np.testing.assert_allclose(est.volatility(fast)[3], vol[3], rtol=1e-9, atol=0.0)
-        _, _, corr, _ = ref_figures(full, halflife)
         np.testing.assert_allclose(est.correlation(fast)[3], corr[3], rtol=1e-9, atol=0.0)
         np.testing.assert_allclose(est.correlation(fast)[:, 3], corr[:, 3], rtol=1e-9, atol=0.0)
+        cov, _, _, _ = ref_figures(full, halflife)
+        np.testing.assert_allclose(est.covariance(fast)[3], cov[3], rtol=1e-9, atol=0.0)
+        np.testing.assert_allclose(est.covariance(fast)[:, 3], cov[:, 3], rtol=1e-9, atol=0.0)
 
 
 # -- 4. steps > 1 -------------------------------------------------------------------------
@@ -414,24 +427,40 @@ def test_rejects_shrinking_and_bad_arguments() -> None:
 # -- correlation details ------------------------------------------------------------------
 
 
-def test_pairwise_correlation_is_clipped() -> None:
-    # Asset 0 has a long calm history; asset 1 joins during a burst of identical returns.
-    # Its covariance with asset 0 only sees the burst, so |S_01| > sqrt(S_00 S_11).
+def test_late_joiner_in_a_spike_gets_its_true_correlation() -> None:
+    # Asset 0 has a long calm history; asset 1 joins during a volatility spike, correlated
+    # 0.5 with asset 0. The pair's correlation must be the one of their joint returns
+    # (weighted as the EWMA weighs them), not a spike-time covariance over a calm-time
+    # variance (which gave 1.83, clipped to 1, and a book with zero risk).
+    rng = np.random.default_rng(3)
     est = RollingEstimator(INTERVAL_MS, 60_000, 10_000, 0)
-    p0 = 100.0
-    for t in range(300):
-        p0 *= 1.0001 if t % 2 else 1 / 1.0001
-        est.sample(np.array([p0, np.nan]))
-    p1 = 10.0
-    for _ in range(5):
-        p0 *= 1.01
-        p1 *= 1.01
-        est.sample(np.array([p0, p1]))
-    cov = est.covariance()
-    assert cov[0, 1] / math.sqrt(cov[0, 0] * cov[1, 1]) > 1.0  # the raw ratio leaves [-1, 1]
+    calm = 0.3 * math.sqrt(INTERVAL_MS / YEAR_MS)
+    r0 = calm * rng.standard_normal(600)
+    p0 = 100.0 * np.exp(np.cumsum(r0))
+    for p in p0:
+        est.sample(np.array([p, np.nan]))
+    z = rng.standard_normal((120, 2))
+    spike = 3.0 * calm
+    j0 = spike * z[:, 0]
+    j1 = spike * (0.5 * z[:, 0] + math.sqrt(0.75) * z[:, 1])
+    q0 = p0[-1] * np.exp(np.cumsum(j0))
+    q1 = 10.0 * np.exp(np.cumsum(j1))
+    for a, b in zip(q0, q1, strict=True):
+        est.sample(np.array([a, b]))
+    # Joint returns: asset 1's first price yields none.
+    a0, a1 = j0[1:], j1[1:]
+    hl = 60_000 / INTERVAL_MS
+
+    def ewm(x: FloatArray) -> float:
+        return float(pl.Series(x).ewm_mean(half_life=hl, adjust=True)[-1])
+
+    rho = ewm(a0 * a1) / math.sqrt(ewm(a0 * a0) * ewm(a1 * a1))
     corr = est.correlation()
-    assert corr[0, 1] == 1.0
-    assert corr[1, 0] == 1.0
+    assert corr[0, 1] == pytest.approx(rho, rel=1e-9)
+    assert 0.2 < corr[0, 1] < 0.8  # near the true 0.5, far from the old 1.0
+    var0 = ewm(np.concatenate([r0[1:], j0]) ** 2) / INTERVAL_MS * YEAR_MS
+    var1 = ewm(a1 * a1) / INTERVAL_MS * YEAR_MS
+    assert est.covariance()[0, 1] == pytest.approx(math.sqrt(var0 * var1) * rho, rel=1e-9)
 
 
 def test_zero_variance_correlation_is_nan() -> None:

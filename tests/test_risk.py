@@ -23,6 +23,7 @@ from monitor.quant.risk import (
     complete_assets,
     contributions,
     normal_draws,
+    psd_covariance,
     revalue,
     scenario_returns,
     var_delta_gamma,
@@ -151,21 +152,52 @@ def test_complete_assets_drops_the_asset_in_most_nan_pairs_then_the_newest() -> 
     np.testing.assert_array_equal(complete_assets(c, [True, False, True]), [True, False, True])
 
 
-def test_non_psd_is_clamped_and_flagged() -> None:
-    # |rho| > 1 from pairwise estimates: x' S x = 1 - 2 * 1.0 + 0.25 = -0.75 for x = [1, -1].
+def test_non_psd_is_repaired_and_a_book_with_exposure_keeps_its_risk() -> None:
+    # Pairwise correlation 2.0 (|rho| > 1): x' S x = 1 - 2 * 1.0 + 0.25 = -0.75 for
+    # x = [1, -1], which used to be clamped to a zero volatility and a zero VaR. Repaired,
+    # the correlation is 1 (the nearest valid one, up to the 1e-8 eigenvalue floor), so
+    # sigma_p = |1 * 1 - 1 * 0.5| = 0.5 by hand.
     cov = np.array([[1.0, 1.0], [1.0, 0.25]])
     c = contributions(np.array([1.0, -1.0]), cov)
     assert c.non_psd
-    assert c.sigma_usd == 0.0
+    assert c.sigma_usd == pytest.approx(0.5, rel=1e-6)
     v = var_delta_normal(np.array([1.0, -1.0]), cov)
     assert v.non_psd
-    assert v.var_usd == 0.0
+    assert v.var_usd == pytest.approx(stats.norm.ppf(0.99) * 0.5 * math.sqrt(H), rel=1e-6)
+    [b] = book_risk(np.array([[1.0, -1.0]]), np.zeros((1, 2)), cov, [None])
+    assert b.contributions.non_psd
+    assert b.contributions.sigma_usd == pytest.approx(0.5, rel=1e-6)
     sc = scenario_returns(cov, H, 100, 0)
-    assert sc.non_psd
     assert np.isfinite(sc.returns).all()
     # A PSD matrix with an exact hedge is not flagged (rounding only).
     ok = np.array([[0.25, 0.25], [0.25, 0.25]])
     assert not contributions(np.array([3.0, -3.0]), ok).non_psd
+    assert not psd_covariance(ok).repaired
+
+
+def test_psd_repair_of_three_valid_pairs_that_disagree() -> None:
+    # Each pairwise correlation is in [-1, 1], the three together are not a correlation
+    # matrix (eigenvalue -0.8 by hand: 1 - 0.9 - 0.9).
+    rho = np.array([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]])
+    assert np.linalg.eigvalsh(rho)[0] == pytest.approx(-0.8, abs=1e-12)
+    sd = np.array([0.5, 0.8, 0.3])
+    cov = rho * np.outer(sd, sd)
+    cov[1, 2] = cov[2, 1] = np.nan  # and an unknown pair: the complete block is {0, 1}
+    assert not psd_covariance(cov).repaired  # 2x2 block with |rho| < 1 is PSD
+    cov[1, 2] = cov[2, 1] = 0.9 * 0.8 * 0.3
+    rep = psd_covariance(cov)
+    assert rep.repaired
+    assert rep.min_eigenvalue == pytest.approx(-0.8, abs=1e-12)
+    np.testing.assert_allclose(np.diagonal(rep.cov), sd**2, rtol=1e-12)  # variances kept
+    corr = rep.cov / np.outer(sd, sd)
+    assert np.linalg.eigvalsh(corr)[0] >= 0.0
+    # Every direction has risk: the smallest sigma_p over unit exposures is positive.
+    rng = np.random.default_rng(1)
+    for x in rng.standard_normal((200, 3)):
+        c = contributions(x, cov)
+        assert c.non_psd
+        assert c.sigma_usd > 0.0
+        assert c.sigma_usd == pytest.approx(math.sqrt(x @ rep.cov @ x), rel=1e-9)
 
 
 def test_input_errors() -> None:
