@@ -36,7 +36,9 @@ from monitor.quant.estimator import RollingEstimator
 from monitor.quant.margin import MarginSettings, distance_to_call, scenario_margin, stress_pnl
 from monitor.quant.regime import RegimeBaselines, RegimeFigures, regime_figures, vol_ratio
 from monitor.quant.risk import (
+    PSDRepair,
     book_risk,
+    psd_covariance,
     revalue,
     scenario_returns,
     var_full_revaluation,
@@ -104,6 +106,9 @@ class Evaluator:
         self._full: dict[str, FullRevaluationVaR] = {}
         self._regime_memo: tuple[FloatArray, npt.NDArray[np.bool_], RegimeFigures] | None = None
         self._margin_model: dict[str, dict[str, Any]] = {}
+        # The estimator's covariances (identity: one per sample) and their PSD repairs.
+        self._psd_memo: tuple[object, PSDRepair, PSDRepair] | None = None
+        self._repairs = 0
 
     def evaluate(
         self,
@@ -118,8 +123,18 @@ class Evaluator:
     ) -> RiskSnapshot:
         s = self.settings
         n_und = len(registry.underlyings)
-        cov = _pad(estimator.covariance() if estimator.n_assets else np.zeros((0, 0)), n_und)
+        slow, var_rep = self._covariances(estimator, n_und)
+        # Risk uses PSD covariances: the slow one (volatility, contributions, margin), the
+        # VaR estimator's (VaR/ES of every method).
+        cov, var_cov = slow.cov, var_rep.cov
         assets = _asset_figures(registry, estimator, prices, n_und)
+        assets = replace(
+            assets,
+            stale=_stale(prices, as_of_ms, estimator.max_gap_ms),
+            psd_repaired=slow.repaired,
+            min_eigenvalue=slow.min_eigenvalue,
+            covariance_repairs=self._repairs,
+        )
         values = value_book(book, market, registry, as_of_ms)
         horizon = s.var_horizon_ms / MS_PER_YEAR
         # Due on its clock, or as soon as an account has no figure yet (the first positions
@@ -135,6 +150,7 @@ class Evaluator:
                 self._scenario_pass,
                 values,
                 cov,
+                var_cov,
                 dict(venue),
                 list(registry.underlyings),
                 horizon,
@@ -155,13 +171,22 @@ class Evaluator:
         held = np.vstack([values.held, held_any])
         budgets = [self._budget(names, s.budgets.get(a)) for a in book_names] + [None]
         risks = book_risk(x, g, cov, budgets, s.var_confidence, horizon)
+        var_risks = book_risk(x, g, var_cov, budgets, s.var_confidence, horizon)
+        slow_hl, _, var_hl = (h / 1000.0 for h in estimator.halflives_ms)
 
         def account_risk(j: int, key: str) -> AccountRisk:
             budget = budgets[j]
             shown = held[j] if budget is None else held[j] | (budget > 0)
-            r = risks[j]
+            r, v = risks[j], var_risks[j]
             return AccountRisk(
-                names, shown, r.contributions, r.delta_normal, r.delta_gamma, self._full.get(key)
+                names,
+                shown,
+                r.contributions,
+                v.delta_normal,
+                v.delta_gamma,
+                self._full.get(key),
+                volatility_halflife_s=slow_hl,
+                var_halflife_s=var_hl,
             )
 
         accounts: dict[str, AccountFigures] = {}
@@ -188,6 +213,22 @@ class Evaluator:
             total=total,
             regime=RegimeReport(names, current, baseline),
         )
+
+    def _covariances(self, est: RollingEstimator, n: int) -> tuple[PSDRepair, PSDRepair]:
+        """The slow and VaR covariances, padded to ``n`` and made PSD, once per sample.
+
+        A sample whose covariances needed a repair is counted (``covariance_repairs``).
+        """
+        slow = est.covariance() if est.n_assets else np.zeros((0, 0))
+        memo = self._psd_memo
+        if memo is not None and memo[0] is slow and memo[1].cov.shape[0] == n:
+            return memo[1], memo[2]
+        var = est.covariance(var=True) if est.n_assets else slow
+        reps = psd_covariance(_pad(slow, n)), psd_covariance(_pad(var, n))
+        if memo is None or memo[0] is not slow:
+            self._repairs += reps[0].repaired or reps[1].repaired
+        self._psd_memo = (slow, *reps)
+        return reps
 
     def _regime(self, assets: AssetFigures, marked_iv: FloatArray) -> RegimeFigures:
         """Regime figures; the correlation ones only when the estimator has a new sample.
@@ -250,14 +291,16 @@ class Evaluator:
         self,
         values: BookValues,
         cov: FloatArray,
+        var_cov: FloatArray,
         venue: Mapping[str, AccountState],
         underlyings: list[str],
         horizon: float,
         as_of_ms: int,
     ) -> _ScenarioResults:
-        """Full-revaluation VaR, scenario margin and distance to call: the slow clock's work."""
+        """Full-revaluation VaR (on the VaR estimator's ``var_cov``), scenario margin and
+        distance to call (``cov``): the slow clock's work."""
         return (
-            self._full_revaluation(values, cov, horizon, as_of_ms),
+            self._full_revaluation(values, var_cov, horizon, as_of_ms),
             self._margin_models(values, cov, venue, underlyings, as_of_ms),
         )
 
@@ -393,6 +436,16 @@ def _asset_figures(
         warm=_fit(est.warm if has else np.zeros(0, dtype=bool), n, False),
         correlation=_pad(est.correlation() if has else np.zeros((0, 0)), n),
     )
+
+
+def _stale(
+    prices: UnderlyingPrices, as_of_ms: int, max_gap_ms: int | None
+) -> npt.NDArray[np.bool_]:
+    """Priced indices silent for longer than ``max_gap_ms`` as of ``as_of_ms``."""
+    if max_gap_ms is None:
+        return np.zeros(len(prices.price), dtype=bool)
+    out: npt.NDArray[np.bool_] = np.isfinite(prices.price) & (as_of_ms - prices.ts_ms > max_gap_ms)
+    return out
 
 
 def _opt(x: float) -> float | None:
