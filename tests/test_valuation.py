@@ -261,3 +261,29 @@ def test_every_instrument_kind_matches_bump_and_reprice_of_the_scenario_revaluat
     future = values.accounts["future"].positions
     assert future is not None
     assert future.delta_usd[0] == pytest.approx(-50.0 * f)  # -4.725M, not -50 S = -4.50M
+
+
+def test_an_expired_option_without_iv_does_not_blank_the_marked_iv() -> None:
+    """The book's marked IV is the |vega|-weighted mean over its options: an option past
+    expiry without a venue IV has vega 0 and no IV (none can be solved), and 0 x NaN used
+    to blank the underlying's mean (realised_to_implied null, a firing vol_vs_implied
+    alert resolved). It is left out and counted; the live option's IV is the mean."""
+    live, expired = "ETH-30JAN26-3200-C", "ETH-1JAN26-3000-C"  # the second expired at 08:00
+    start = T0 + 9 * 3_600_000  # 2026-01-01T09:00Z
+    a = 0.001  # ETH's log moves alternate +a, -a each second: slow vol a sqrt(steps/year)
+    events: list[Event] = [
+        PriceEvent(start, live, 100.0, 0.7, 3_010.0),
+        PriceEvent(start, expired, 5.0),  # a stale mark, no IV
+        PositionEvent(start, "a", live, 2.0),
+        PositionEvent(start, "a", expired, 1.0),
+    ]
+    events += [
+        PriceEvent(start + 1_000 * k, "ETH", 3_000.0 * math.exp(a * (k % 2))) for k in range(61)
+    ]
+    eng = Engine(EngineSettings())
+    eng.replay(events, "t")
+    snap = eng.evaluate(start + 60_000)
+    assert snap.total.extra["marked_iv_skipped"] == 1
+    vol = a * math.sqrt(365 * 86_400)
+    regime = snap.report()["regime"]["underlyings"]["ETH"]
+    assert regime["realised_to_implied"] == pytest.approx(vol / 0.7, rel=1e-9)
