@@ -593,7 +593,8 @@ def risk() -> dash.Dashboard:
     b.add(
         graph(
             "Exposure per underlying",
-            "Net delta in USD per account and underlying: delta_usd (delta x index price) "
+            "Net delta in USD per account and underlying: delta_usd (delta x F, the forward "
+            "or future price the position moves with; the index for spot and perpetuals) "
             "summed over spot, perpetuals, futures and options. Positive = long. Unit: USD.",
             "currencyUSD",
             [Q(f"riskmon_account_exposure_usd{{{ACC_UND}}}", "{{account}} {{underlying}}")],
@@ -603,12 +604,16 @@ def risk() -> dash.Dashboard:
         h=9,
     )
     greeks = [
-        ("Delta", "delta_usd", "USD delta: delta x underlying price, summed. Unit: USD."),
+        (
+            "Delta",
+            "delta_usd",
+            "USD delta: delta x F (forward, future or index), summed. Unit: USD.",
+        ),
         (
             "Gamma",
             "gamma_usd",
             "gamma_usd: the USD change of delta_usd for a 1% move of the underlyings "
-            "(gamma x S^2 / 100). Unit: USD per 1% move.",
+            "(gamma x F^2 / 100). Unit: USD per 1% move.",
         ),
         (
             "Vega",

@@ -207,7 +207,7 @@ def value_book(
         vol = market.iv[oi]
         need = np.isnan(vol) & np.isfinite(mark_usd)
         if need.any():
-            # No venue IV: solve it from the mark (DESIGN.md "Units"). Unsolvable ones stay
+            # No venue IV: solve it from the mark. Unsolvable ones stay
             # NaN and are counted by reason (below intrinsic, no time value, ...).
             solved = implied_vol(mark_usd[need], fwd[need], strike[need], t[need], is_call[need])
             vol = vol.copy()

@@ -89,7 +89,7 @@ class AssetFigures:
 class PositionTable:
     """Per-position figures of one account, aligned arrays of length ``len(instrument)``.
 
-    Position Greeks are multiplied by quantity and multiplier (DESIGN.md "Units"):
+    Position Greeks are multiplied by quantity and multiplier:
     ``delta`` underlying units, ``delta_usd`` USD, ``gamma`` underlying units per 1 USD,
     ``gamma_usd`` USD change of ``delta_usd`` for a 1% move, ``vega`` USD per vol point,
     ``theta`` USD per calendar day. ``value_usd`` is the mark value: premium for options,
@@ -254,7 +254,7 @@ class RegimeReport:
 class AccountFigures:
     """Figures of one account (or of the whole book, for ``total``).
 
-    ``exposure_usd`` is the exposure vector x of DESIGN.md: ``delta_usd`` summed per
+    ``exposure_usd`` is the exposure vector x: ``delta_usd`` summed per
     underlying over spot, perpetuals, futures and options. ``greeks`` holds the sums
     ``delta_usd``, ``gamma_usd``, ``vega``, ``theta`` (USD units as in :class:`PositionTable`).
     ``extra`` carries figures later stages add (contributions, var, margin) under their

@@ -1,7 +1,8 @@
 """Risk contributions, VaR/ES and full-revaluation scenario P&L (pure numpy/scipy).
 
-DESIGN.md "Risk definitions" and "Units". Everything here is a pure function of arrays: no
-clock, no I/O, no logging; vectorised over underlyings, scenarios and positions.
+Units: USD, volatility annualised on 365 days, VaR and ES as positive losses. Everything
+here is a pure function of arrays: no clock, no I/O, no logging; vectorised over
+underlyings, scenarios and positions.
 
 Conventions shared by every function:
 
@@ -78,7 +79,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-#: Default VaR confidence (DESIGN.md: 99%).
+#: Default VaR confidence (99%).
 DEFAULT_CONFIDENCE: Final = 0.99
 #: Default VaR horizon, years of 365 days (one day).
 DEFAULT_HORIZON: Final = 1.0 / 365.0
@@ -537,9 +538,9 @@ def var_delta_gamma(
     x
         Shape ``(n,)``, exposure per underlying, USD (``delta_usd`` summed).
     gamma_cash
-        Shape ``(n,)``, ``sum(gamma * S**2)`` per underlying over the positions, USD per unit
-        log return squared (``gamma`` in underlying units per USD, ``S`` the index price);
-        equal to ``100 * gamma_usd`` summed per underlying.
+        Shape ``(n,)``, ``sum(gamma * F**2)`` per underlying over the positions, USD per unit
+        log return squared (``gamma`` in underlying units per USD, ``F`` the forward the
+        position moves with, ``F -> F e^r``); equal to ``100 * gamma_usd`` summed.
     cov
         Shape ``(n, n)``, annualised covariance of log returns.
     confidence, horizon
@@ -551,8 +552,8 @@ def var_delta_gamma(
 
     Notes
     -----
-    The P&L is the second-order expansion in the log returns ``r`` (``S -> S e^r``), whose
-    diagonal Hessian is ``G_ii = gamma_cash_i + x_i``: ``d2V/dr2 = gamma S^2 + delta S``.
+    The P&L is the second-order expansion in the log returns ``r`` (``F -> F e^r``), whose
+    diagonal Hessian is ``G_ii = gamma_cash_i + x_i``: ``d2V/dr2 = gamma F^2 + delta F``.
     The ``x_i`` term is the convexity of ``e^r`` that every position has (a long spot
     position gains ``x (e^r - 1) = x (r + r^2/2 + ...)``), so the expansion agrees with
     :func:`revalue` to second order. With ``M = G S h`` and ``V = S h``, the cumulants are::

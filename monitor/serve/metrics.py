@@ -190,7 +190,7 @@ EVALUATION_BUCKETS: Final = (
 
 # AccountFigures.greeks key -> metric suffix (DESIGN.md "Units").
 _GREEKS: Final = (
-    ("delta_usd", "delta_usd", "USD delta (delta x underlying price)"),
+    ("delta_usd", "delta_usd", "USD delta (delta x the forward or price it moves with)"),
     ("gamma_usd", "gamma_usd", "USD change of delta_usd for a 1% move of the underlying"),
     ("vega", "vega_usd", "USD per 1 vol point (0.01) of implied volatility"),
     ("theta", "theta_usd", "USD per calendar day of time decay"),
