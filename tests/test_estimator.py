@@ -37,9 +37,14 @@ def reference(
     ``rows`` are the sampled prices (NaN, <= 0 or inf = no price), one per grid step;
     ``None`` means the previous prices are forgotten. Variances over each asset's own
     history; off the diagonal ``sd_i sd_j rho_ij`` with ``rho_ij`` measured over the pair's
-    joint steps (both variances over the same steps as the covariance).
+    joint steps (both variances over the same steps as the covariance). The cross products
+    add the lead-lag terms: when asset i's price moves, its move times asset j's log moves
+    after the sample of i's previous move and before this one (each pair of moves once;
+    j's move on the same sample is the plain product).
     """
     n = max(len(r) for r in rows if r is not None)
+    nan = math.nan
+    start = [[nan] * n for _ in range(n)]  # ln P_j at the sample before i's interval began
     raw = [[0.0] * n for _ in range(n)]
     sq = [[0.0] * n for _ in range(n)]  # r_i^2 over the steps joint with j
     wgt = [[0.0] * n for _ in range(n)]
@@ -58,12 +63,34 @@ def reference(
             if not (math.isnan(cur[i]) or math.isnan(prev[i])):
                 ret[i] = math.log(cur[i] / prev[i])
                 cnt[i] += 1
+        lp = [math.log(p) if math.isfinite(p) else nan for p in prev]
+        lead = [[0.0] * n for _ in range(n)]
+        for i in range(n):
+            ri = ret[i]
+            if ri is None or ri == 0.0:
+                continue
+            for j in range(n):
+                d = lp[j] - start[i][j]
+                if j != i and math.isfinite(d):
+                    lead[i][j] = ri * d
+        # An interval starts at a move (or a first price): j's moves from now on pair
+        # with it (all prices are observed at the sample: none ticked after another).
+        lc = [math.log(p) if math.isfinite(p) else nan for p in cur]
+        chain = [i for i in range(n) if math.isfinite(cur[i]) and math.isnan(prev[i])]
+        for i in range(n):
+            ri = ret[i]
+            if (ri is not None and ri != 0.0) or i in chain:
+                start[i] = list(lc)
+        for i in chain:  # the others' intervals pair with a new asset's moves from now on
+            for k in range(n):
+                start[k][i] = lc[i]
         for i in range(n):
             ri = ret[i]
             for j in range(n):
                 rj = ret[j]
                 if ri is not None and rj is not None:
-                    raw[i][j] = lam * raw[i][j] + (1.0 - lam) * ri * rj
+                    prod = ri * rj + lead[i][j] + lead[j][i]
+                    raw[i][j] = lam * raw[i][j] + (1.0 - lam) * prod
                     sq[i][j] = lam * sq[i][j] + (1.0 - lam) * ri * ri
                     wgt[i][j] = lam * wgt[i][j] + (1.0 - lam)
         prev = cur
@@ -77,7 +104,9 @@ def reference(
                 cov[i][j] = var[i]
             elif sq[i][j] > 0.0 and sq[j][i] > 0.0:
                 rho = raw[i][j] / math.sqrt(sq[i][j] * sq[j][i])
-                cov[i][j] = math.sqrt(var[i] * var[j]) * rho
+                cov[i][j] = math.sqrt(var[i] * var[j]) * min(1.0, max(-1.0, rho))
+            else:  # one of them never moved on their joint steps
+                cov[i][j] = 0.0
     return cov, cnt
 
 
@@ -170,19 +199,30 @@ def test_matches_loop_recursion_on_gbm(holes: bool) -> None:
 
 
 def test_matches_polars_adjusted_ewm_mean() -> None:
+    # Every price moves at every step, all observed at the sample (synchronous feeds): no
+    # interval overlaps another step's, so there are no lead-lag terms. Variances and
+    # correlations are adjusted EWM means (polars), the correlation with both variances
+    # over the same steps.
     prices = gbm_prices(2_000, seed=3)
     est = make()
     for row in prices:
         est.sample(row)
     r = np.diff(np.log(prices), axis=0)
     for fast, halflife_ms in ((False, HALFLIFE_MS), (True, FAST_HALFLIFE_MS)):
+
+        def ewm(x: FloatArray, hl: float = halflife_ms / INTERVAL_MS) -> float:
+            return float(pl.Series(x).ewm_mean(half_life=hl, adjust=True)[-1])
+
         per_step = est.covariance(fast) / ANN
+        var = [ewm(r[:, i] * r[:, i]) for i in range(4)]
         for i in range(4):
+            assert per_step[i, i] == pytest.approx(var[i], rel=1e-9, abs=0.0)
             for j in range(4):
-                s = pl.Series(r[:, i] * r[:, j]).ewm_mean(
-                    half_life=halflife_ms / INTERVAL_MS, adjust=True
-                )
-                assert per_step[i, j] == pytest.approx(s[-1], rel=1e-9, abs=0.0)
+                if i == j:
+                    continue
+                rho = ewm(r[:, i] * r[:, j]) / math.sqrt(var[i] * var[j])
+                want = math.sqrt(var[i] * var[j]) * rho
+                assert per_step[i, j] == pytest.approx(want, rel=1e-9, abs=0.0)
 
 
 # -- 3. late joiner -----------------------------------------------------------------------
@@ -216,18 +256,18 @@ def test_late_joiner_leaves_others_untouched(appended: bool) -> None:
     np.testing.assert_array_equal(est.returns[:3], base.returns)
     assert est.returns[3] == len(prices) - k - 1
 
-    # Its own row and column: its variance and its correlations start at its first return
-    # (prices from k on); its covariances scale those correlations by the others'
-    # full-history volatilities: from the full reference.
+    # Its own row and column: the loop reference over the same rows (NaN for it before k).
+    # Its variance and correlations start at its first return; its covariances scale those
+    # correlations by the others' full-history volatilities.
     full = as_rows(prices)
     for t in range(k):
         full[t] = [*prices[t, :3], math.nan]
     for fast, halflife in ((False, HALFLIFE_MS), (True, FAST_HALFLIFE_MS)):
-        _, vol, corr, _ = ref_figures(as_rows(prices[k:]), halflife)
+        _, vol, _, _ = ref_figures(as_rows(prices[k:]), halflife)
         np.testing.assert_allclose(est.volatility(fast)[3], vol[3], rtol=1e-9, atol=0.0)
+        cov, _, corr, _ = ref_figures(full, halflife)
         np.testing.assert_allclose(est.correlation(fast)[3], corr[3], rtol=1e-9, atol=0.0)
         np.testing.assert_allclose(est.correlation(fast)[:, 3], corr[:, 3], rtol=1e-9, atol=0.0)
-        cov, _, _, _ = ref_figures(full, halflife)
         np.testing.assert_allclose(est.covariance(fast)[3], cov[3], rtol=1e-9, atol=0.0)
         np.testing.assert_allclose(est.covariance(fast)[:, 3], cov[:, 3], rtol=1e-9, atol=0.0)
 
@@ -447,7 +487,7 @@ def test_late_joiner_in_a_spike_gets_its_true_correlation() -> None:
     q1 = 10.0 * np.exp(np.cumsum(j1))
     for a, b in zip(q0, q1, strict=True):
         est.sample(np.array([a, b]))
-    # Joint returns: asset 1's first price yields none.
+    # Joint returns: asset 1's first price yields none (synchronous: no lead-lag terms).
     a0, a1 = j0[1:], j1[1:]
     hl = 60_000 / INTERVAL_MS
 

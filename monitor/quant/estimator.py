@@ -100,6 +100,7 @@ class RollingEstimator:
         "_raw",
         "_rr",
         "_sample_interval_ms",
+        "_snap",
         "_stale",
         "_tmp",
         "_warmup_ms",
@@ -109,6 +110,7 @@ class RollingEstimator:
     _jq: FloatArray
     _count: IntArray
     _prev: FloatArray
+    _snap: FloatArray
     _stale: BoolArray
 
     def __init__(
@@ -155,7 +157,9 @@ class RollingEstimator:
         count = np.zeros((cap, cap), dtype=np.int64)
         prev = np.full(cap, np.nan, dtype=np.float64)
         stale = np.zeros(cap, dtype=np.bool_)
+        snap = np.full((cap, cap), np.nan, dtype=np.float64)
         if n:
+            snap[:n, :n] = self._snap[:n, :n]
             raw[:, :n, :n] = self._raw[:, :n, :n]
             jq[:, :n, :n] = self._jq[:, :n, :n]
             count[:n, :n] = self._count[:n, :n]
@@ -166,6 +170,9 @@ class RollingEstimator:
         self._count = count  # N, joint returns, (cap, cap); zero outside [:n, :n]
         self._prev = prev  # last sample's prices, (cap,); NaN = unknown
         self._stale = stale  # (cap,): stale at the last sample
+        # Lead-lag state: _snap[i, j] is ln P_j at the sample before i's price last moved
+        # (the start of i's open interval); NaN = unknown.
+        self._snap = snap
         # Scratch, overwritten on every sample.
         self._cur = np.empty(cap, dtype=np.float64)
         self._rr = np.empty((cap, cap), dtype=np.float64)
@@ -232,10 +239,10 @@ class RollingEstimator:
         k = steps - 1
         live = np.full(n, k, dtype=np.int64)  # zero-return steps each asset may take
         gap = self._max_gap_ms
-        if ages_ms is not None and gap is not None:
-            ages = np.asarray(ages_ms, dtype=np.float64)
-            if ages.shape != (n,):
-                raise ValueError(f"ages_ms must have shape ({n},), got {ages.shape}")
+        ages = None if ages_ms is None else np.asarray(ages_ms, dtype=np.float64)
+        if ages is not None and ages.shape != (n,):
+            raise ValueError(f"ages_ms must have shape ({n},), got {ages.shape}")
+        if ages is not None and gap is not None:
             fresh = ~(ages > gap)  # NaN age: unknown, not stale
             # Step s (0-based) is at age ages + s * dt: fresh while that is <= gap.
             with np.errstate(invalid="ignore"):
@@ -256,8 +263,30 @@ class RollingEstimator:
 
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             r = np.log(cur / prev)  # NaN where either price is unknown
+            lp_prev = np.log(prev)
         has = np.isfinite(r)
         r[~has] = 0.0
+        # Asynchronous feeds (module notes): asset i's price moved now, ending its interval
+        # that started at its previous move; pair it with the moves of j since that start
+        # (the intervals that can overlap it), once per pair.
+        moved = has & (r != 0.0)
+        snap = self._snap[:n, :n]
+        lead = lp_prev[None, :] - snap  # j's log move since the start of i's interval
+        lead[~np.isfinite(lead)] = 0.0
+        lead *= r[:, None]  # only rows that moved are non-zero
+        np.fill_diagonal(lead, 0.0)
+        lead += lead.T
+        chain = use & ~np.isfinite(prev)  # a first price (or the first after a silence)
+        starts = np.flatnonzero(moved | chain)  # i's next interval starts at its tick now
+        if starts.size:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lp_cur = np.log(cur)
+            # j's price at i's tick: now if j's last tick was at or before it, else the
+            # previous sample's (j's move within this step may come after i's tick).
+            tick = np.zeros(n) if ages is None else -np.nan_to_num(ages, nan=0.0)
+            before = tick[None, :] <= tick[starts, None]
+            snap[starts] = np.where(before, lp_cur[None, :], lp_prev[None, :])
+            snap[:, chain] = lp_cur[chain]
         np.copyto(prev, cur)
         prev[stale] = np.nan  # the next return of a stale asset would span the silence
 
@@ -268,11 +297,13 @@ class RollingEstimator:
         mask = self._mask[:n, :n]
         count = self._count[:n, :n]
 
-        # First step, pairs with a joint return: R <- R + (1 - lam) * (r_i r_j - R), and
-        # Q <- Q + (1 - lam) * (r_i^2 - Q). r is 0 off the mask, so r_i r_j needs no
-        # masking; R and Q do.
+        # First step, pairs with a joint return: R <- R + (1 - lam) * (r_i r_j + lead - R),
+        # and Q <- Q + (1 - lam) * (r_i^2 - Q), only on the mask.
         np.logical_and(has[:, None], has[None, :], out=mask)
-        for acc, prod in ((raw, np.multiply(r[:, None], r[None, :], out=rr)), (jq, None)):
+        np.multiply(r[:, None], r[None, :], out=rr)
+        rr += lead
+        rr *= mask  # a lead-lag term needs both assets' returns on this step too
+        for acc, prod in ((raw, rr), (jq, None)):
             if prod is None:
                 prod = np.multiply(mask, (r * r)[:, None], out=rr)
             np.multiply(mask, acc, out=tmp)
@@ -379,7 +410,11 @@ class RollingEstimator:
         with np.errstate(invalid="ignore", divide="ignore"):
             weight = -np.expm1(np.diagonal(count) * self._loglam[k, 0, 0])  # W_ii
             sd = np.sqrt(np.diagonal(self._raw[k, :n, :n]) / weight * self._ann)
-        out: FloatArray = np.multiply.outer(sd, sd) * self._rho(k)
+        rho = self._rho(k)
+        # No move of one of them on their joint steps: the correlation is undefined and the
+        # covariance 0 (a constant price, a stablecoin index).
+        rho[np.isnan(rho) & (count > 0)] = 0.0
+        out: FloatArray = np.multiply.outer(sd, sd) * rho
         d = np.flatnonzero(np.diagonal(count) > 0)
         out[d, d] = sd[d] * sd[d]
         return out
@@ -388,10 +423,13 @@ class RollingEstimator:
         """Joint-history correlation ``R_ij / sqrt(Q_ij Q_ji)``; NaN where undefined."""
         n = self._n
         q = self._jq[k, :n, :n]
+        qq = q * q.T
         with np.errstate(invalid="ignore", divide="ignore"):
-            out: FloatArray = self._raw[k, :n, :n] / np.sqrt(q * q.T)
-        out[self._count[:n, :n] == 0] = np.nan
-        np.clip(out, -1.0, 1.0, out=out)  # rounding only: |rho| <= 1 by Cauchy-Schwarz
+            out: FloatArray = self._raw[k, :n, :n] / np.sqrt(qq)
+        out[(self._count[:n, :n] == 0) | ~(qq > 0.0)] = np.nan
+        # Contemporaneous products alone are within [-1, 1] (Cauchy-Schwarz); the lead-lag
+        # terms can push a noisy estimate past 1: clipped.
+        np.clip(out, -1.0, 1.0, out=out)
         return out
 
     def volatility(self, fast: bool = False, *, var: bool = False) -> FloatArray:
