@@ -9,8 +9,8 @@ Definition, per pair of assets ``(i, j)`` and per decay ``lam = 0.5 ** (interval
 - ``r_i = ln(P_i,t / P_i,t-1)`` between consecutive samples where both prices are known;
 - only on steps where *both* assets have a return (zero mean)::
 
-      R_ij <- lam * R_ij + (1 - lam) * r_i * r_j        W_ij <- lam * W_ij + (1 - lam)
-      Q_ij <- lam * Q_ij + (1 - lam) * r_i * r_i
+      R_ij <- lam * R_ij + (1 - lam) * (r_i * r_j + lead-lag terms)
+      Q_ij <- lam * Q_ij + (1 - lam) * r_i * r_i        W_ij <- lam * W_ij + (1 - lam)
 
   from ``R = Q = W = 0``. ``R_ii / W_ii`` is asset ``i``'s per-step variance (its own
   history); ``rho_ij = R_ij / sqrt(Q_ij Q_ji)`` is the pair's correlation over the pair's
@@ -19,13 +19,27 @@ Definition, per pair of assets ``(i, j)`` and per decay ``lam = 0.5 ** (interval
 The variances are the bias-corrected EWMA (the ``adjust=True`` exponentially weighted mean
 of ``r_i^2``) over each asset's history, so an asset that starts ticking late joins without
 touching the other assets' entries. A correlation is measured with both variances over the
-same steps as the covariance, so it is always within ``[-1, 1]`` (Cauchy-Schwarz); an
-asset that joins during a volatility spike no longer divides a spike-time covariance by a
-calm-time variance. Since ``W`` only moves on joint steps, ``W_ij = 1 - lam ** N_ij`` where
-``N_ij`` counts the joint returns; the estimator keeps ``N`` (exact integers) instead of
-``W``. A correlation matrix assembled from pairs of different ages can still fail to be
+same steps as the covariance, so an asset that joins during a volatility spike no longer
+divides a spike-time covariance by a calm-time variance (a ratio of 1.83). Since ``W``
+only moves on joint steps, ``W_ij = 1 - lam ** N_ij`` where ``N_ij`` counts the joint
+returns; the estimator keeps ``N`` (exact integers) instead of ``W``. A correlation matrix
+assembled from pairs of different ages (or from the lead-lag terms below) can fail to be
 positive semi-definite with three or more assets: ``monitor.quant.risk.psd_covariance``
 repairs it before risk uses it.
+
+Asynchronous feeds (the Epps effect). The price at a grid point is each index's last tick,
+and indices tick out of step: a move of BTC at 0.9 s and the matching move of ETH at 1.2 s
+land on different grid steps, so products of same-step returns see only part of the
+co-movement (a true 0.9 measured 0.81, 0.34 and 0.17 at mean tick gaps of 0.1, 1 and 2 s).
+The cross products therefore follow Hayashi-Yoshida on the grid: an index's *interval*
+runs from one move of its price to the next, and whenever asset ``i``'s price moves, its
+return is multiplied by every move of ``j`` whose interval may overlap ``i``'s (those after
+``j``'s price as it stood at ``i``'s previous tick, known from the tick times the engine
+passes as ``ages_ms``), each pair of moves once; moves on the same step are the plain
+product. Pairs that may overlap but do not add noise, not bias; variances are unchanged
+(each index's own returns chain without gaps). With feeds all observed at the sample (no
+``ages_ms``) and moving every step this is the plain EWMA of ``r_i r_j``. Such cross
+products are not bounded by the variances: a correlation is clipped to ``[-1, 1]``.
 
 Staleness is per asset: an index that has not ticked for longer than ``max_gap`` is
 *stale*; it contributes no return (neither a real one nor the zero returns of a repeated
@@ -212,8 +226,9 @@ class RollingEstimator:
             Shape ``(n,)``: ms from each index's last tick to the first grid point closed
             (>= 0). With ``max_gap_ms``, an asset older than that is stale (module notes):
             no return, and its price is forgotten so the next one yields none either; one
-            that turns stale during the ``steps`` stops receiving zero returns there.
-            Default: no asset is stale.
+            that turns stale during the ``steps`` stops receiving zero returns there. The
+            tick times also order the moves within a step for the lead-lag terms. Default:
+            every price observed at the grid point, no asset stale.
 
         Raises
         ------
