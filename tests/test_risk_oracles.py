@@ -258,3 +258,42 @@ def test_correlation_of_asynchronous_feeds_is_not_biased_toward_zero(mean_gap_s:
     names = snap.assets.names
     vol = {name: float(snap.assets.volatility[names.index(name)]) for name in ("BTC", "ETH")}
     assert vol == {"BTC": pytest.approx(0.6, rel=0.05), "ETH": pytest.approx(0.8, rel=0.05)}
+
+
+def test_var_uses_the_slow_var_estimator_and_volatility_the_halflife_one(tmp_path: Path) -> None:
+    # 50 minutes of BTC moving +-a per second, then 10 minutes of +-3a. The bias-corrected
+    # EWMA of r^2 with decay lam is sum lam^age r^2 / sum lam^age: in closed form, with
+    # N1 = 3000 returns of a^2 then N2 = 599 of 9 a^2 (the last grid point is closed only
+    # by a later tick, so the last price yields no return), it is
+    # (a^2 lam^N2 (1 - lam^N1) + 9 a^2 (1 - lam^N2)) / (1 - lam^(N1 + N2)).
+    # volatility_usd follows estimator.halflife (10 min), VaR estimator.var_halflife (1 day).
+    a, n1, n2 = 0.001, 3_000, 600
+    lines = []
+    p0 = 90_000.0
+    for k in range(n1 + n2 + 1):
+        m = a if k <= n1 else 3 * a
+        price = p0 * math.exp(m if k % 2 else 0.0)
+        lines.append({"type": "price", "ts": T0 + k * DT, "instrument": "BTC", "price": price})
+        if k == 1:
+            lines.append(
+                {"type": "position", "ts": T0 + DT, "account": "main",
+                 "instrument": "BTC-PERPETUAL", "quantity": 10.0}
+            )  # fmt: skip
+    path = tmp_path / "rec.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    report = _replay(path)
+
+    def ewm_var(halflife_s: float) -> float:
+        lam, m = 0.5 ** (1.0 / halflife_s), n2 - 1
+        num = a * a * lam**m * (1 - lam**n1) + 9 * a * a * (1 - lam**m)
+        return num / (1 - lam ** (n1 + m)) * YEAR_MS / DT
+
+    x = 10.0 * lines[-1]["price"]  # type: ignore[operator]
+    main = report["accounts"]["main"]  # type: ignore[index]
+    slow, var = math.sqrt(ewm_var(600.0)), math.sqrt(ewm_var(86_400.0))
+    assert report["assets"]["BTC"]["volatility"] == pytest.approx(slow, rel=1e-9)  # type: ignore[index]
+    assert main["volatility_usd"] == pytest.approx(x * slow, rel=1e-9)
+    assert main["var"]["delta_normal"]["var_usd"] == pytest.approx(
+        Z * x * var * math.sqrt(H), rel=1e-9
+    )
+    assert var < 0.7 * slow  # the two estimators tell different stories here
