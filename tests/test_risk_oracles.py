@@ -29,9 +29,15 @@ Z = float(stats.norm.ppf(0.99))
 ES_MULT = float(stats.norm.pdf(Z)) / 0.01
 
 
-def _replay(path: Path) -> dict[str, object]:
+def _replay(path: Path, config: str = "") -> dict[str, object]:
+    """``riskmon replay`` of ``path`` (with a config file of ``config``), its JSON report."""
+    args = [str(path)]
+    if config:
+        cfg = path.with_suffix(".toml")
+        cfg.write_text(config)
+        args += ["--config", str(cfg)]
     proc = subprocess.run(
-        [sys.executable, "-m", "monitor", "replay", str(path)],
+        [sys.executable, "-m", "monitor", "replay", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -281,7 +287,7 @@ def test_var_uses_the_slow_var_estimator_and_volatility_the_halflife_one(tmp_pat
             )  # fmt: skip
     path = tmp_path / "rec.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    report = _replay(path)
+    report = _replay(path, '[risk]\neval_interval = "1m"\nscenario_interval = "1h"\n')
 
     def ewm_var(halflife_s: float) -> float:
         lam, m = 0.5 ** (1.0 / halflife_s), n2 - 1
