@@ -349,7 +349,8 @@ def test_risk_margin_and_regime_figures_match_closed_forms() -> None:
     # (Full revaluation runs on its own clock, on the covariance of its as_of: its closed
     # form is pinned in test_risk_oracles.py.)
     full = value(registry, "riskmon_account_var_usd", account="main", method="full_revaluation")
-    assert full is not None and full > 0.0
+    assert full is not None
+    assert full > 0.0
     # a perfectly hedged account has no risk share to speak of: not exported, not NaN
     assert value(registry, "riskmon_account_risk_share", account="hedged", underlying="BTC") is None
     assert value(registry, "riskmon_account_volatility_usd", account="hedged") == 0.0
