@@ -292,7 +292,7 @@ def test_var_uses_the_slow_var_estimator_and_volatility_the_halflife_one(tmp_pat
     def ewm_var(halflife_s: float) -> float:
         lam, m = 0.5 ** (1.0 / halflife_s), n2 - 1
         num = a * a * lam**m * (1 - lam**n1) + 9 * a * a * (1 - lam**m)
-        return num / (1 - lam ** (n1 + m)) * YEAR_MS / DT
+        return float(num / (1 - lam ** (n1 + m)) * YEAR_MS / DT)
 
     x = 10.0 * lines[-1]["price"]  # type: ignore[operator]
     main = report["accounts"]["main"]  # type: ignore[index]
