@@ -177,10 +177,17 @@ def test_replay_report_matches_independent_recursion(
     main = report["accounts"]["main"]
     assert main["exposure_usd"]["BTC"] == pytest.approx(2 * last["BTC"], rel=1e-12)
     assert main["exposure_usd"]["ETH"] == pytest.approx(-30 * last["ETH"], rel=1e-12)
-    # four garbage lines were rejected, logged, and did not stop the replay
-    assert "rejected" in proc.stderr
-    assert "malformed_json" in proc.stderr
-    assert "unknown_instrument" in proc.stderr
+    # four garbage lines were rejected, each logged with its reason, and counted by reason
+    # in the summary; they did not stop the replay
+    logs = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    reasons = sorted(r["reason"] for r in logs if r["msg"].startswith("rejected event"))
+    assert reasons == ["invalid_value", "malformed_json", "malformed_json", "unknown_instrument"]
+    [summary] = [r for r in logs if r["msg"].startswith("replayed")]
+    assert summary["rejected_by_reason"] == {
+        "malformed_json": 2,
+        "invalid_value": 1,
+        "unknown_instrument": 1,
+    }
 
 
 def test_replay_table_and_out_file(
