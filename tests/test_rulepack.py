@@ -658,7 +658,7 @@ def test_the_pack_is_deterministic_across_runs(base: RiskSnapshot) -> None:
     # What the inputs trip, in order: each breach opens a pending episode (critical: drift
     # 0.4 on both legs, utilisation 0.9, scenario margin 90% of equity, vol ratio 3x,
     # average correlation 0.9) that the next, calm snapshot closes before its `for`.
-    episodes = [
+    episodes: list[list[tuple[str, str | None, str | None]]] = [
         [
             ("risk_drift", "main", "BTC"),
             ("risk_drift", "main", "ETH"),

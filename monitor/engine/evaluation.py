@@ -224,7 +224,7 @@ class Evaluator:
         if memo is not None and memo[0] is slow and memo[1].cov.shape[0] == n:
             return memo[1], memo[2]
         var = est.covariance(var=True) if est.n_assets else slow
-        reps = psd_covariance(_pad(slow, n)), psd_covariance(_pad(var, n))
+        reps = psd_covariance(_pad(slow, n), diagnose=True), psd_covariance(_pad(var, n))
         if memo is None or memo[0] is not slow:
             self._repairs += reps[0].repaired or reps[1].repaired
         self._psd_memo = (slow, *reps)

@@ -43,6 +43,7 @@ Flat or hedged book
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Final
@@ -175,7 +176,8 @@ class PSDRepair:
         True when the block was not PSD and was rebuilt.
     min_eigenvalue
         Smallest eigenvalue of the input's correlation block before repair (NaN with fewer
-        than two assets of positive variance).
+        than two assets of positive variance, or when a Cholesky factorisation proved the
+        block positive definite and ``diagnose`` was false).
     """
 
     cov: FloatArray
@@ -183,13 +185,16 @@ class PSDRepair:
     min_eigenvalue: float
 
 
-def psd_covariance(cov: npt.ArrayLike) -> PSDRepair:
+def psd_covariance(cov: npt.ArrayLike, *, diagnose: bool = False) -> PSDRepair:
     """Positive semi-definite covariance rebuilt from clipped correlation eigenvalues.
 
     Parameters
     ----------
     cov
         Shape ``(n, n)``, annualised covariance (NaN = unknown).
+    diagnose
+        Always compute ``min_eigenvalue`` (an eigen-decomposition); otherwise a block that a
+        Cholesky factorisation accepts (the usual case, ``O(n^3 / 3)``) is returned at once.
 
     Returns
     -------
@@ -215,6 +220,12 @@ def psd_covariance(cov: npt.ArrayLike) -> PSDRepair:
     sd = np.sqrt(diag[idx])
     corr = c[block] / np.multiply.outer(sd, sd)
     corr = 0.5 * (corr + corr.T)
+    if not diagnose:
+        try:
+            np.linalg.cholesky(corr)
+            return PSDRepair(c, False, math.nan)
+        except np.linalg.LinAlgError:
+            pass  # not positive definite: decide on the eigenvalues
     lam, q = np.linalg.eigh(corr)
     lowest = float(lam[0])
     if lowest >= -_PSD_EIG_TOL:
@@ -651,6 +662,16 @@ def _dg_figures(
     return max(var, 0.0), max(es, 0.0), "simulation"
 
 
+@functools.lru_cache(maxsize=4)
+def _dg_draws(n: int) -> tuple[FloatArray, FloatArray]:
+    """The fixed draws of :func:`_quadratic_var` and their squares, read-only, per size."""
+    w = normal_draws(_DG_DRAWS, n, seed=0)
+    w2 = w * w
+    w.flags.writeable = False
+    w2.flags.writeable = False
+    return w, w2
+
+
 def _quadratic_var(
     x: FloatArray, gam: FloatArray, v: FloatArray, confidence: float
 ) -> tuple[float, float]:
@@ -668,8 +689,8 @@ def _quadratic_var(
     quad = a.T @ (gam[idx, None] * a)
     mu, pm = np.linalg.eigh(0.5 * (quad + quad.T))
     b = pm.T @ (a.T @ x[idx])
-    w = normal_draws(_DG_DRAWS, idx.size, seed=0)
-    pnl = w @ b + 0.5 * ((w * w) @ mu)
+    w, w2 = _dg_draws(idx.size)
+    pnl = w @ b + 0.5 * (w2 @ mu)
     res = var_full_revaluation(pnl, confidence)
     return float(res.var_usd), float(res.es_usd)
 
