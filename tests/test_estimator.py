@@ -539,3 +539,46 @@ def test_caller_array_is_not_kept() -> None:
     row[:] = [200.0, 20.0]  # the engine reuses its buffer
     est.sample(np.array([101.0, 10.1]))
     assert est.covariance()[0, 0] == pytest.approx(math.log(1.01) ** 2 * ANN, rel=1e-12)
+
+
+# -- staleness per asset -------------------------------------------------------------------
+
+
+def test_a_stale_asset_contributes_no_return_and_the_others_go_on() -> None:
+    # Asset 0's index is silent for longer than max_gap at grid points 100..149 (its last
+    # price repeats): no return there, and the first after the silence is dropped, exactly
+    # as if its price were unknown at those points; the other assets are untouched.
+    prices = gbm_prices(600, seed=13)
+    ages = np.zeros(prices.shape)
+    ages[100:150, 0] = 10_000.0  # ms since its last tick, > max_gap
+    held = prices.copy()
+    held[100:150, 0] = prices[99, 0]  # what the engine would hand over: the last price
+    est = RollingEstimator(INTERVAL_MS, HALFLIFE_MS, FAST_HALFLIFE_MS, WARMUP_MS, max_gap_ms=5_000)
+    for row, age in zip(held, ages, strict=True):
+        est.sample(row, ages_ms=age)
+    unknown = prices.copy()
+    unknown[100:150, 0] = np.nan
+    assert_matches_reference(est, as_rows(unknown))
+    assert not est.stale.any()
+    est.sample(held[-1], ages_ms=np.array([6_000.0, 0.0, 0.0, 0.0]))
+    np.testing.assert_array_equal(est.stale, [True, False, False, False])
+
+
+def test_steps_stop_feeding_zero_returns_once_an_asset_is_stale() -> None:
+    # A tick closes 10 grid points at once (nothing ticked in between); max_gap 5 s.
+    # Asset 0 last ticked 2.5 s before the first of them: it takes the grid points at ages
+    # 2.5, 3.5 and 4.5 s (the first step's return plus 2 zero returns), then is stale.
+    # Asset 1 ticked at the first point: ages 0 to 5 s, the return plus 5 zero returns.
+    est = RollingEstimator(INTERVAL_MS, HALFLIFE_MS, FAST_HALFLIFE_MS, 0, max_gap_ms=5_000)
+    est.sample(np.array([100.0, 50.0]))
+    est.sample(np.array([101.0, 51.0]), steps=10, ages_ms=np.array([2_500.0, 0.0]))
+    np.testing.assert_array_equal(est.returns, [3, 6])
+    np.testing.assert_array_equal(est.joint_returns[0, 1], 3)
+    np.testing.assert_array_equal(est.stale, [True, True])
+    lam = 0.5 ** (INTERVAL_MS / HALFLIFE_MS)
+    # One return ln(1.01) then 2 zero returns: EWMA ln(1.01)^2 lam^2 / (1 - lam^3).
+    want = math.log(1.01) ** 2 * lam**2 / (1 - lam**3) * ANN
+    assert est.covariance()[0, 0] == pytest.approx(want, rel=1e-12)
+    # The next prices start new chains: no return spans the silence.
+    est.sample(np.array([120.0, 60.0]), ages_ms=np.array([0.0, 0.0]))
+    np.testing.assert_array_equal(est.returns, [3, 6])

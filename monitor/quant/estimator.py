@@ -227,8 +227,8 @@ class RollingEstimator:
             (>= 0). With ``max_gap_ms``, an asset older than that is stale (module notes):
             no return, and its price is forgotten so the next one yields none either; one
             that turns stale during the ``steps`` stops receiving zero returns there. The
-            tick times also order the moves within a step for the lead-lag terms. Default:
-            every price observed at the grid point, no asset stale.
+            tick times also order the moves within a step for the lead-lag terms. NaN (or
+            the default, ``None``): observed at the grid point, not stale.
 
         Raises
         ------
@@ -254,16 +254,16 @@ class RollingEstimator:
         k = steps - 1
         live = np.full(n, k, dtype=np.int64)  # zero-return steps each asset may take
         gap = self._max_gap_ms
-        ages = None if ages_ms is None else np.asarray(ages_ms, dtype=np.float64)
-        if ages is not None and ages.shape != (n,):
-            raise ValueError(f"ages_ms must have shape ({n},), got {ages.shape}")
+        ages = None if ages_ms is None else np.array(ages_ms, dtype=np.float64)
+        if ages is not None:
+            if ages.shape != (n,):
+                raise ValueError(f"ages_ms must have shape ({n},), got {ages.shape}")
+            ages[~np.isfinite(ages)] = 0.0  # unknown: as if it ticked at the grid point
         if ages is not None and gap is not None:
-            fresh = ~(ages > gap)  # NaN age: unknown, not stale
+            fresh = ages <= gap
             # Step s (0-based) is at age ages + s * dt: fresh while that is <= gap.
-            with np.errstate(invalid="ignore"):
-                room = np.floor((gap - ages) / self._sample_interval_ms)
-            live = np.where(fresh, np.clip(np.nan_to_num(room, nan=k), 0, k), 0)
-            live = live.astype(np.int64)
+            room = np.floor((gap - ages) / self._sample_interval_ms)
+            live = np.where(fresh, np.clip(room, 0, k), 0).astype(np.int64)
             stale = priced & (~fresh | (live < k))
         else:
             fresh = np.ones(n, dtype=np.bool_)
@@ -298,7 +298,7 @@ class RollingEstimator:
                 lp_cur = np.log(cur)
             # j's price at i's tick: now if j's last tick was at or before it, else the
             # previous sample's (j's move within this step may come after i's tick).
-            tick = np.zeros(n) if ages is None else -np.nan_to_num(ages, nan=0.0)
+            tick = np.zeros(n) if ages is None else -ages
             before = tick[None, :] <= tick[starts, None]
             snap[starts] = np.where(before, lp_cur[None, :], lp_prev[None, :])
             snap[:, chain] = lp_cur[chain]
