@@ -576,8 +576,9 @@ def test_steps_stop_feeding_zero_returns_once_an_asset_is_stale() -> None:
     np.testing.assert_array_equal(est.joint_returns[0, 1], 3)
     np.testing.assert_array_equal(est.stale, [True, True])
     lam = 0.5 ** (INTERVAL_MS / HALFLIFE_MS)
-    # One return ln(1.01) then 2 zero returns: EWMA ln(1.01)^2 lam^2 / (1 - lam^3).
-    want = math.log(1.01) ** 2 * lam**2 / (1 - lam**3) * ANN
+    # One return ln(1.01) then 2 zero returns: the bias-corrected EWMA of the squares is
+    # ln(1.01)^2 lam^2 (1 - lam) / (1 - lam^3).
+    want = math.log(1.01) ** 2 * lam**2 * (1 - lam) / (1 - lam**3) * ANN
     assert est.covariance()[0, 0] == pytest.approx(want, rel=1e-12)
     # The next prices start new chains: no return spans the silence.
     est.sample(np.array([120.0, 60.0]), ages_ms=np.array([0.0, 0.0]))
