@@ -230,6 +230,22 @@ def test_the_calm_book_is_read_by_every_rule(base: RiskSnapshot) -> None:
     assert all(read[name] for name in read), [name for name in read if not read[name]]
     finite = {name: [x.value for x in rs if math.isfinite(x.value)] for name, rs in read.items()}
     assert all(finite.values()), [n for n, v in finite.items() if not v]
+    # ... and what they read is the figure each rule is documented to compare, from the
+    # snapshot's own inputs: a ratio to equity or to the limit, the venue differences.
+    got = {(name, x.account, x.underlying): x.value for name, rs in read.items() for x in rs}
+    main = snap.accounts["main"]
+    margin = main.extra["margin"]
+    equity = margin["equity"]
+    assert got["margin_utilization", "main", None] == margin["maintenance_margin"] / equity
+    assert got["scenario_margin", "main", None] == margin["scenario_margin"] / equity
+    assert got["distance_to_call", "main", None] == margin["distance_to_call"]["down"]
+    assert got["net_delta_limit", "main", None] == pytest.approx(
+        abs(main.greeks["delta_usd"]) / 1e6, rel=1e-12
+    )
+    assert got["venue_delta_mismatch", "main", None] == 10.0
+    assert got["venue_vega_mismatch", "main", None] == 1.0
+    assert got["vol_vs_implied", None, "BTC"] == 1.0
+    assert got["connector_down", "deribit-main", None] == 0.0
 
 
 def test_the_real_engine_margin_model_is_read(base: RiskSnapshot) -> None:
