@@ -166,6 +166,12 @@ class EstimatorConfig(Section, frozen=True):
                 f"must be shorter than fast_halflife ({self.fast_halflife}); "
                 f"got {self.sample_interval}",
             )
+        if self.var_halflife <= self.sample_interval:
+            raise Invalid(
+                ("var_halflife",),
+                f"must be longer than sample_interval ({self.sample_interval}); "
+                f"got {self.var_halflife}",
+            )
 
 
 Weight = Annotated[float, Meta(ge=0)]
