@@ -494,6 +494,18 @@ def market() -> dash.Dashboard:
         ),
         w=12,
     )
+    b.add(
+        single(
+            "Index stale",
+            "1 while the underlying's index has been silent longer than estimator.max_gap: "
+            "it contributes no return (not a calm market) until it ticks again.",
+            "none",
+            [Q(f"riskmon_asset_stale{{{UND}}}", "{{underlying}}")],
+            thresholds=[(None, GREEN), (1, RED)],
+            mappings={"0": ("fresh", GREEN), "1": ("stale", RED)},
+        ),
+        w=12,
+    )
 
     b.row("Regime (solid: now; dashed: its slow EWMA baseline)")
     b.add(
@@ -1200,6 +1212,19 @@ def operations() -> dash.Dashboard:
             "restarted (no return across the gap), per interval. Unit: count.",
             "short",
             [Q(f"increase(riskmon_estimator_gaps_total{{{i}}}[{RATE}])", "{{instance}}")],
+            minimum=0,
+            bars=True,
+        ),
+        w=6,
+    )
+    b.add(
+        graph(
+            "Covariance repairs",
+            "Estimator samples whose covariance was not positive semi-definite and was "
+            "repaired before risk used it (correlation eigenvalues raised to a floor), per "
+            "interval. Unit: count.",
+            "short",
+            [Q(f"increase(riskmon_covariance_repairs_total{{{i}}}[{RATE}])", "{{instance}}")],
             minimum=0,
             bars=True,
         ),
