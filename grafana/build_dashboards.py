@@ -510,6 +510,18 @@ def market() -> dash.Dashboard:
         ),
         w=12,
     )
+    b.add(
+        single(
+            "Index stale",
+            "1 while the underlying's index has been silent longer than estimator.max_gap: "
+            "it contributes no return (not a calm market) until it ticks again.",
+            "none",
+            [Q(f"riskmon_asset_stale{{{UND}}}", "{{underlying}}")],
+            thresholds=[(None, GREEN), (1, RED)],
+            mappings={"0": ("fresh", GREEN), "1": ("stale", RED)},
+        ),
+        w=12,
+    )
 
     b.row("Regime (solid: now; dashed: its slow EWMA baseline)")
     b.add(
@@ -609,7 +621,8 @@ def risk() -> dash.Dashboard:
     b.add(
         graph(
             "Exposure per underlying",
-            "Net delta in USD per account and underlying: delta_usd (delta x index price) "
+            "Net delta in USD per account and underlying: delta_usd (delta x F, the forward "
+            "or future price the position moves with; the index for spot and perpetuals) "
             "summed over spot, perpetuals, futures and options. Positive = long. Unit: USD.",
             "currencyUSD",
             [Q(f"riskmon_account_exposure_usd{{{ACC_UND}}}", "{{account}} {{underlying}}")],
@@ -619,12 +632,16 @@ def risk() -> dash.Dashboard:
         h=9,
     )
     greeks = [
-        ("Delta", "delta_usd", "USD delta: delta x underlying price, summed. Unit: USD."),
+        (
+            "Delta",
+            "delta_usd",
+            "USD delta: delta x F (forward, future or index), summed. Unit: USD.",
+        ),
         (
             "Gamma",
             "gamma_usd",
             "gamma_usd: the USD change of delta_usd for a 1% move of the underlyings "
-            "(gamma x S^2 / 100). Unit: USD per 1% move.",
+            "(gamma x F^2 / 100). Unit: USD per 1% move.",
         ),
         (
             "Vega",
@@ -1263,6 +1280,19 @@ def operations() -> dash.Dashboard:
             "restarted (no return across the gap), per interval. Unit: count.",
             "short",
             [Q(f"increase(riskmon_estimator_gaps_total{{{i}}}[{RATE}])", "{{instance}}")],
+            minimum=0,
+            bars=True,
+        ),
+        w=6,
+    )
+    b.add(
+        graph(
+            "Covariance repairs",
+            "Estimator samples whose covariance was not positive semi-definite and was "
+            "repaired before risk used it (correlation eigenvalues raised to a floor), per "
+            "interval. Unit: count.",
+            "short",
+            [Q(f"increase(riskmon_covariance_repairs_total{{{i}}}[{RATE}])", "{{instance}}")],
             minimum=0,
             bars=True,
         ),

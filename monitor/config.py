@@ -172,8 +172,13 @@ class EstimatorConfig(Section, frozen=True):
     halflife: Duration = parse_duration("10m")
     fast_halflife: Duration = parse_duration("1m")
     warmup: Duration = parse_duration("5m")
-    #: An outage longer than this restarts the sample grid without a return.
+    #: An index silent for longer than this is stale: it contributes no return until it
+    #: ticks again (the first return after the silence is dropped); all silent: the grid
+    #: restarts.
     max_gap: Duration = parse_duration("1m")
+    #: Half-life of the estimator behind VaR/ES (delta-normal, delta-gamma, full
+    #: revaluation): a 1-day VaR from hours to days of returns, not the last half hour.
+    var_halflife: Duration = parse_duration("1d")
 
     def __post_init__(self) -> None:
         if self.fast_halflife >= self.halflife:
@@ -186,6 +191,12 @@ class EstimatorConfig(Section, frozen=True):
                 ("sample_interval",),
                 f"must be shorter than fast_halflife ({self.fast_halflife}); "
                 f"got {self.sample_interval}",
+            )
+        if self.var_halflife <= self.sample_interval:
+            raise Invalid(
+                ("var_halflife",),
+                f"must be longer than sample_interval ({self.sample_interval}); "
+                f"got {self.var_halflife}",
             )
 
 

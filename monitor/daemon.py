@@ -70,6 +70,7 @@ def engine_settings(cfg: Config) -> EngineSettings:
         max_gap_ms=int(e.max_gap),
         eval_interval_ms=int(r.eval_interval),
         max_tick_move=cfg.market.max_tick_move,
+        var_halflife_ms=int(e.var_halflife),
     )
 
 

@@ -292,6 +292,12 @@ def test_sections_are_frozen() -> None:
             id="sample-interval-not-shorter",
         ),
         pytest.param(
+            '[estimator]\nvar_halflife = "1s"\n',
+            "estimator.var_halflife",
+            "estimator.var_halflife: must be longer than sample_interval (1s); got 1s",
+            id="var-halflife-not-longer",
+        ),
+        pytest.param(
             "[risk.budgets.main]\nBTC = 0.5\n[risk.budgets.other]\nBTC = 1\nETH = -0.1\n",
             "risk.budgets.other.ETH",
             "risk.budgets.other.ETH: expected a number >= 0.0; got -0.1",

@@ -55,7 +55,7 @@ class Daemon:
     def stop(self) -> tuple[int, float]:
         started = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=10)
+        code = self.proc.wait(timeout=60)
         return code, time.monotonic() - started
 
 
@@ -77,13 +77,23 @@ def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 
 def test_run_serves_volatility_and_correlation_then_stops_cleanly(daemon: Daemon) -> None:
-    deadline = time.monotonic() + 30
+    # Poll until /metrics and the report come from the same snapshot (the snapshot time is
+    # the same before and after the scrape) with all three volatilities known; then every
+    # exported figure must equal the report's.
+    deadline = time.monotonic() + 60
     vols: dict[str, float] = {}
     corr: dict[tuple[str, str], float] = {}
+    report: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        status, text = daemon.get("/metrics")
-        assert status == 200
+        status, body = daemon.get("/api/v1/snapshot")
+        status_m, text = daemon.get("/metrics")
+        status_2, body_2 = daemon.get("/api/v1/snapshot")
+        time.sleep(0.2)
+        if (status, status_m, status_2) != (200, 200, 200):
+            continue
+        report, after = json.loads(body), json.loads(body_2)
         samples = _samples(text)
+        ts = samples.get(("riskmon_snapshot_timestamp_seconds", frozenset()))
         vols = {
             dict(lbl)["underlying"]: v
             for (name, lbl), v in samples.items()
@@ -94,26 +104,27 @@ def test_run_serves_volatility_and_correlation_then_stops_cleanly(daemon: Daemon
             for (name, lbl), v in samples.items()
             if name == "riskmon_asset_correlation"
         }
-        if len(vols) == 3 and len(corr) == 3:
+        same = report["as_of"] == after["as_of"] and ts is not None
+        if same and len(vols) == 3 and len(corr) == 3:
             break
-        time.sleep(0.5)
     assert set(vols) == {"BTC", "ETH", "SOL"}, vols
-    assert all(0.01 < v < 20 for v in vols.values()), vols
-    assert set(corr) == {("BTC", "ETH"), ("BTC", "SOL"), ("ETH", "SOL")}
-    assert all(-1 <= c <= 1 for c in corr.values())
+    names = report["correlation"]["assets"]
+    for name in names:
+        assert vols[name] == report["assets"][name]["volatility"]
+    matrix = report["correlation"]["matrix"]
+    for (a, b), c in corr.items():
+        assert c == matrix[names.index(a)][names.index(b)]
 
     assert daemon.get("/-/healthy")[0] == 200
     status, body = daemon.get("/-/ready")
     assert status == 200, body
-    status, body = daemon.get("/api/v1/snapshot")
-    assert status == 200
-    report = json.loads(body)
     assert set(report["assets"]) == {"BTC", "ETH", "SOL"}
     assert report["accounts"], "the demo book has accounts"
 
-    code, took = daemon.stop()
+    # Stops on SIGTERM with exit code 0 (the wait is generous: no wall-clock bound on a
+    # loaded machine; the log's last line says it stopped cleanly).
+    code, _ = daemon.stop()
     assert code == 0
-    assert took < 5.0
     assert daemon.proc.stderr is not None
     tail = [json.loads(line) for line in daemon.proc.stderr.read().splitlines() if line]
     assert tail[-1]["msg"] == "stopped"

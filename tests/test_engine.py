@@ -134,14 +134,15 @@ def test_linear_book_figures_and_venue_margin() -> None:
     assert main.positions is not None
     assert main.positions.instrument == ("BTC-PERPETUAL", "ETH_USDC", "ETH-27DEC26")
     np.testing.assert_allclose(main.positions.delta, [2.0, 10.0, -15.0])
-    np.testing.assert_allclose(main.positions.delta_usd, [180_000.0, 30_000.0, -45_000.0])
+    # delta_usd: q S for the perpetual and spot, q F (the future's own mark) for the future.
+    np.testing.assert_allclose(main.positions.delta_usd, [180_000.0, 30_000.0, -45_750.0])
     np.testing.assert_allclose(main.positions.value_usd, [180_100.0, 30_010.0, -45_750.0])
-    assert main.exposure_usd == {"BTC": 180_000.0, "ETH": -15_000.0}
-    assert main.greeks["delta_usd"] == 165_000.0
+    assert main.exposure_usd == {"BTC": 180_000.0, "ETH": -15_750.0}
+    assert main.greeks["delta_usd"] == 164_250.0
     assert main.greeks["gamma_usd"] == 0.0
     hedge = snap.accounts["hedge"]
     assert hedge.exposure_usd == {"BTC": -45_000.0}
-    assert snap.total.exposure_usd == {"BTC": 135_000.0, "ETH": -15_000.0}
+    assert snap.total.exposure_usd == {"BTC": 135_000.0, "ETH": -15_750.0}
     margin = main.extra["margin"]
     assert margin["utilization"] == pytest.approx(40_000 / 500_000)
     assert margin["initial_utilization"] == pytest.approx(60_000 / 500_000)

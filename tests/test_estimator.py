@@ -35,10 +35,18 @@ def reference(
     """Per-step covariance S (NaN without a joint return) and returns per asset.
 
     ``rows`` are the sampled prices (NaN, <= 0 or inf = no price), one per grid step;
-    ``None`` means the previous prices are forgotten.
+    ``None`` means the previous prices are forgotten. Variances over each asset's own
+    history; off the diagonal ``sd_i sd_j rho_ij`` with ``rho_ij`` measured over the pair's
+    joint steps (both variances over the same steps as the covariance). The cross products
+    add the lead-lag terms: when asset i's price moves, its move times asset j's log moves
+    after the sample of i's previous move and before this one (each pair of moves once;
+    j's move on the same sample is the plain product).
     """
     n = max(len(r) for r in rows if r is not None)
+    nan = math.nan
+    start = [[nan] * n for _ in range(n)]  # ln P_j at the sample before i's interval began
     raw = [[0.0] * n for _ in range(n)]
+    sq = [[0.0] * n for _ in range(n)]  # r_i^2 over the steps joint with j
     wgt = [[0.0] * n for _ in range(n)]
     cnt = [0] * n
     prev: list[float] = [math.nan] * n
@@ -55,17 +63,50 @@ def reference(
             if not (math.isnan(cur[i]) or math.isnan(prev[i])):
                 ret[i] = math.log(cur[i] / prev[i])
                 cnt[i] += 1
+        lp = [math.log(p) if math.isfinite(p) else nan for p in prev]
+        lead = [[0.0] * n for _ in range(n)]
+        for i in range(n):
+            ri = ret[i]
+            if ri is None or ri == 0.0:
+                continue
+            for j in range(n):
+                d = lp[j] - start[i][j]
+                if j != i and math.isfinite(d):
+                    lead[i][j] = ri * d
+        # An interval starts at a move (or a first price): j's moves from now on pair
+        # with it (all prices are observed at the sample: none ticked after another).
+        lc = [math.log(p) if math.isfinite(p) else nan for p in cur]
+        chain = [i for i in range(n) if math.isfinite(cur[i]) and math.isnan(prev[i])]
+        for i in range(n):
+            ri = ret[i]
+            if (ri is not None and ri != 0.0) or i in chain:
+                start[i] = list(lc)
+        for i in chain:  # the others' intervals pair with a new asset's moves from now on
+            for k in range(n):
+                start[k][i] = lc[i]
         for i in range(n):
             ri = ret[i]
             for j in range(n):
                 rj = ret[j]
                 if ri is not None and rj is not None:
-                    raw[i][j] = lam * raw[i][j] + (1.0 - lam) * ri * rj
+                    prod = ri * rj + lead[i][j] + lead[j][i]
+                    raw[i][j] = lam * raw[i][j] + (1.0 - lam) * prod
+                    sq[i][j] = lam * sq[i][j] + (1.0 - lam) * ri * ri
                     wgt[i][j] = lam * wgt[i][j] + (1.0 - lam)
         prev = cur
-    cov = [
-        [raw[i][j] / wgt[i][j] if wgt[i][j] > 0.0 else math.nan for j in range(n)] for i in range(n)
-    ]
+    var = [raw[i][i] / wgt[i][i] if wgt[i][i] > 0.0 else math.nan for i in range(n)]
+    cov = [[math.nan] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(n):
+            if wgt[i][j] == 0.0:
+                continue
+            if i == j:
+                cov[i][j] = var[i]
+            elif sq[i][j] > 0.0 and sq[j][i] > 0.0:
+                rho = raw[i][j] / math.sqrt(sq[i][j] * sq[j][i])
+                cov[i][j] = math.sqrt(var[i] * var[j]) * min(1.0, max(-1.0, rho))
+            else:  # one of them never moved on their joint steps
+                cov[i][j] = 0.0
     return cov, cnt
 
 
@@ -158,19 +199,30 @@ def test_matches_loop_recursion_on_gbm(holes: bool) -> None:
 
 
 def test_matches_polars_adjusted_ewm_mean() -> None:
+    # Every price moves at every step, all observed at the sample (synchronous feeds): no
+    # interval overlaps another step's, so there are no lead-lag terms. Variances and
+    # correlations are adjusted EWM means (polars), the correlation with both variances
+    # over the same steps.
     prices = gbm_prices(2_000, seed=3)
     est = make()
     for row in prices:
         est.sample(row)
     r = np.diff(np.log(prices), axis=0)
     for fast, halflife_ms in ((False, HALFLIFE_MS), (True, FAST_HALFLIFE_MS)):
+
+        def ewm(x: FloatArray, hl: float = halflife_ms / INTERVAL_MS) -> float:
+            return float(pl.Series(x).ewm_mean(half_life=hl, adjust=True)[-1])
+
         per_step = est.covariance(fast) / ANN
+        var = [ewm(r[:, i] * r[:, i]) for i in range(4)]
         for i in range(4):
+            assert per_step[i, i] == pytest.approx(var[i], rel=1e-9, abs=0.0)
             for j in range(4):
-                s = pl.Series(r[:, i] * r[:, j]).ewm_mean(
-                    half_life=halflife_ms / INTERVAL_MS, adjust=True
-                )
-                assert per_step[i, j] == pytest.approx(s[-1], rel=1e-9, abs=0.0)
+                if i == j:
+                    continue
+                rho = ewm(r[:, i] * r[:, j]) / math.sqrt(var[i] * var[j])
+                want = math.sqrt(var[i] * var[j]) * rho
+                assert per_step[i, j] == pytest.approx(want, rel=1e-9, abs=0.0)
 
 
 # -- 3. late joiner -----------------------------------------------------------------------
@@ -204,19 +256,20 @@ def test_late_joiner_leaves_others_untouched(appended: bool) -> None:
     np.testing.assert_array_equal(est.returns[:3], base.returns)
     assert est.returns[3] == len(prices) - k - 1
 
-    # Its own row and column: the recursion started at its first return (prices from k on).
-    # Its correlations divide by the others' full-history variances: from the full reference.
+    # Its own row and column: the loop reference over the same rows (NaN for it before k).
+    # Its variance and correlations start at its first return; its covariances scale those
+    # correlations by the others' full-history volatilities.
     full = as_rows(prices)
     for t in range(k):
         full[t] = [*prices[t, :3], math.nan]
     for fast, halflife in ((False, HALFLIFE_MS), (True, FAST_HALFLIFE_MS)):
-        cov, vol, _, _ = ref_figures(as_rows(prices[k:]), halflife)
-        np.testing.assert_allclose(est.covariance(fast)[3], cov[3], rtol=1e-9, atol=0.0)
-        np.testing.assert_allclose(est.covariance(fast)[:, 3], cov[:, 3], rtol=1e-9, atol=0.0)
+        _, vol, _, _ = ref_figures(as_rows(prices[k:]), halflife)
         np.testing.assert_allclose(est.volatility(fast)[3], vol[3], rtol=1e-9, atol=0.0)
-        _, _, corr, _ = ref_figures(full, halflife)
+        cov, _, corr, _ = ref_figures(full, halflife)
         np.testing.assert_allclose(est.correlation(fast)[3], corr[3], rtol=1e-9, atol=0.0)
         np.testing.assert_allclose(est.correlation(fast)[:, 3], corr[:, 3], rtol=1e-9, atol=0.0)
+        np.testing.assert_allclose(est.covariance(fast)[3], cov[3], rtol=1e-9, atol=0.0)
+        np.testing.assert_allclose(est.covariance(fast)[:, 3], cov[:, 3], rtol=1e-9, atol=0.0)
 
 
 # -- 4. steps > 1 -------------------------------------------------------------------------
@@ -414,24 +467,40 @@ def test_rejects_shrinking_and_bad_arguments() -> None:
 # -- correlation details ------------------------------------------------------------------
 
 
-def test_pairwise_correlation_is_clipped() -> None:
-    # Asset 0 has a long calm history; asset 1 joins during a burst of identical returns.
-    # Its covariance with asset 0 only sees the burst, so |S_01| > sqrt(S_00 S_11).
+def test_late_joiner_in_a_spike_gets_its_true_correlation() -> None:
+    # Asset 0 has a long calm history; asset 1 joins during a volatility spike, correlated
+    # 0.5 with asset 0. The pair's correlation must be the one of their joint returns
+    # (weighted as the EWMA weighs them), not a spike-time covariance over a calm-time
+    # variance (which gave 1.83, clipped to 1, and a book with zero risk).
+    rng = np.random.default_rng(3)
     est = RollingEstimator(INTERVAL_MS, 60_000, 10_000, 0)
-    p0 = 100.0
-    for t in range(300):
-        p0 *= 1.0001 if t % 2 else 1 / 1.0001
-        est.sample(np.array([p0, np.nan]))
-    p1 = 10.0
-    for _ in range(5):
-        p0 *= 1.01
-        p1 *= 1.01
-        est.sample(np.array([p0, p1]))
-    cov = est.covariance()
-    assert cov[0, 1] / math.sqrt(cov[0, 0] * cov[1, 1]) > 1.0  # the raw ratio leaves [-1, 1]
+    calm = 0.3 * math.sqrt(INTERVAL_MS / YEAR_MS)
+    r0 = calm * rng.standard_normal(600)
+    p0 = 100.0 * np.exp(np.cumsum(r0))
+    for p in p0:
+        est.sample(np.array([p, np.nan]))
+    z = rng.standard_normal((120, 2))
+    spike = 3.0 * calm
+    j0 = spike * z[:, 0]
+    j1 = spike * (0.5 * z[:, 0] + math.sqrt(0.75) * z[:, 1])
+    q0 = p0[-1] * np.exp(np.cumsum(j0))
+    q1 = 10.0 * np.exp(np.cumsum(j1))
+    for a, b in zip(q0, q1, strict=True):
+        est.sample(np.array([a, b]))
+    # Joint returns: asset 1's first price yields none (synchronous: no lead-lag terms).
+    a0, a1 = j0[1:], j1[1:]
+    hl = 60_000 / INTERVAL_MS
+
+    def ewm(x: FloatArray) -> float:
+        return float(pl.Series(x).ewm_mean(half_life=hl, adjust=True)[-1])
+
+    rho = ewm(a0 * a1) / math.sqrt(ewm(a0 * a0) * ewm(a1 * a1))
     corr = est.correlation()
-    assert corr[0, 1] == 1.0
-    assert corr[1, 0] == 1.0
+    assert corr[0, 1] == pytest.approx(rho, rel=1e-9)
+    assert 0.2 < corr[0, 1] < 0.8  # near the true 0.5, far from the old 1.0
+    var0 = ewm(np.concatenate([r0[1:], j0]) ** 2) / INTERVAL_MS * YEAR_MS
+    var1 = ewm(a1 * a1) / INTERVAL_MS * YEAR_MS
+    assert est.covariance()[0, 1] == pytest.approx(math.sqrt(var0 * var1) * rho, rel=1e-9)
 
 
 def test_zero_variance_correlation_is_nan() -> None:
@@ -470,3 +539,47 @@ def test_caller_array_is_not_kept() -> None:
     row[:] = [200.0, 20.0]  # the engine reuses its buffer
     est.sample(np.array([101.0, 10.1]))
     assert est.covariance()[0, 0] == pytest.approx(math.log(1.01) ** 2 * ANN, rel=1e-12)
+
+
+# -- staleness per asset -------------------------------------------------------------------
+
+
+def test_a_stale_asset_contributes_no_return_and_the_others_go_on() -> None:
+    # Asset 0's index is silent for longer than max_gap at grid points 100..149 (its last
+    # price repeats): no return there, and the first after the silence is dropped, exactly
+    # as if its price were unknown at those points; the other assets are untouched.
+    prices = gbm_prices(600, seed=13)
+    ages = np.zeros(prices.shape)
+    ages[100:150, 0] = 10_000.0  # ms since its last tick, > max_gap
+    held = prices.copy()
+    held[100:150, 0] = prices[99, 0]  # what the engine would hand over: the last price
+    est = RollingEstimator(INTERVAL_MS, HALFLIFE_MS, FAST_HALFLIFE_MS, WARMUP_MS, max_gap_ms=5_000)
+    for row, age in zip(held, ages, strict=True):
+        est.sample(row, ages_ms=age)
+    unknown = prices.copy()
+    unknown[100:150, 0] = np.nan
+    assert_matches_reference(est, as_rows(unknown))
+    assert not est.stale.any()
+    est.sample(held[-1], ages_ms=np.array([6_000.0, 0.0, 0.0, 0.0]))
+    np.testing.assert_array_equal(est.stale, [True, False, False, False])
+
+
+def test_steps_stop_feeding_zero_returns_once_an_asset_is_stale() -> None:
+    # A tick closes 10 grid points at once (nothing ticked in between); max_gap 5 s.
+    # Asset 0 last ticked 2.5 s before the first of them: it takes the grid points at ages
+    # 2.5, 3.5 and 4.5 s (the first step's return plus 2 zero returns), then is stale.
+    # Asset 1 ticked at the first point: ages 0 to 5 s, the return plus 5 zero returns.
+    est = RollingEstimator(INTERVAL_MS, HALFLIFE_MS, FAST_HALFLIFE_MS, 0, max_gap_ms=5_000)
+    est.sample(np.array([100.0, 50.0]))
+    est.sample(np.array([101.0, 51.0]), steps=10, ages_ms=np.array([2_500.0, 0.0]))
+    np.testing.assert_array_equal(est.returns, [3, 6])
+    np.testing.assert_array_equal(est.joint_returns[0, 1], 3)
+    np.testing.assert_array_equal(est.stale, [True, True])
+    lam = 0.5 ** (INTERVAL_MS / HALFLIFE_MS)
+    # One return ln(1.01) then 2 zero returns: the bias-corrected EWMA of the squares is
+    # ln(1.01)^2 lam^2 (1 - lam) / (1 - lam^3).
+    want = math.log(1.01) ** 2 * lam**2 * (1 - lam) / (1 - lam**3) * ANN
+    assert est.covariance()[0, 0] == pytest.approx(want, rel=1e-12)
+    # The next prices start new chains: no return spans the silence.
+    est.sample(np.array([120.0, 60.0]), ages_ms=np.array([0.0, 0.0]))
+    np.testing.assert_array_equal(est.returns, [3, 6])

@@ -151,7 +151,32 @@ async def test_snapshot_serves_the_latest_report(
         assert (r.status, r.content_type) == (200, "application/json")
         body = await r.json()
     assert body == reference_json(first)
+    # ... and it holds the snapshot's figures under their documented names (written here,
+    # not taken from the serializer):
+    assert body["schema"] == 1
+    assert body["as_of"] == "2026-01-01T00:00:00.250Z"
+    assert body["assets"]["BTC"] == {
+        "price": 97250.5,
+        "volatility": 0.55,
+        "volatility_fast": 0.6,
+        "returns": 1440,
+        "warm": True,
+        "stale": False,
+    }
     assert body["assets"]["ETH"]["volatility_fast"] is None  # NaN is null, never NaN
+    assert body["correlation"]["assets"] == ["BTC", "ETH"]
+    assert body["correlation"]["matrix"] == [[1.0, 0.8], [0.8, 1.0]]
+    alpha = body["accounts"]["alpha"]
+    assert alpha["exposure_usd"] == {"BTC": 1_000_000.0, "ETH": -250_000.0}
+    assert alpha["greeks"] == {
+        "delta_usd": 750_000.0,
+        "gamma_usd": 1234.5,
+        "vega": -456.25,
+        "theta": 89.0,
+    }
+    [alert] = body["alerts"]
+    assert (alert["rule"], alert["underlying"], alert["value"]) == ("vol_break", "BTC", 1.9)
+    assert alert["since"] == "2025-12-31T23:59:00.250Z"
 
     # A new snapshot is served at once (the encoded report is cached per snapshot only).
     second = make_snapshot(as_of_ms=AS_OF_MS + 1000, seq=2)
@@ -160,6 +185,7 @@ async def test_snapshot_serves_the_latest_report(
         body = await r.json()
     assert body == reference_json(second)
     assert body["as_of"] == "2026-01-01T00:00:01.250Z"
+    assert body["assets"]["BTC"]["price"] == 97250.5
 
 
 async def test_ready_waits_for_a_snapshot_and_every_connector(

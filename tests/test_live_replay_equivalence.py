@@ -45,9 +45,14 @@ async def test_replay_of_live_recording_reproduces_estimates(tmp_path: Path, suf
     daemon = Daemon(cfg, record_path=record)
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop), name="test.daemon")
-    await asyncio.sleep(4.0)
+    # Run until the live engine has sampled enough grid points, however loaded the machine
+    # is (2 minutes at most: only a guard against a hang).
+    for _ in range(2_400):
+        if daemon.engine.stats.samples > 40 or task.done():
+            break
+        await asyncio.sleep(0.05)
     stop.set()
-    await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(task, 60)
 
     live = daemon.engine
     assert live.stats.samples > 20, "the live run sampled the grid"

@@ -290,6 +290,7 @@ def engine_snapshot() -> RiskSnapshot:
         warmup_ms=5_000,
         max_gap_ms=60_000,
         eval_interval_ms=1_000,
+        var_halflife_ms=20_000,  # VaR on the same covariance as the report's volatility
     )
     eng = Engine(settings, risk=RiskSettings(budgets={"main": {"BTC": 2.0, "ETH": 1.0}}))
     rng = np.random.default_rng(1)
@@ -312,34 +313,44 @@ def engine_snapshot() -> RiskSnapshot:
     return eng.evaluate(AS_OF_MS + 60_000)
 
 
-def test_risk_margin_and_regime_figures_equal_the_snapshot() -> None:
+def test_risk_margin_and_regime_figures_match_closed_forms() -> None:
+    # Every exported risk figure against a formula written here from the report's own
+    # inputs (exposures, volatilities, correlation): sigma_p = sqrt(x' S x), Euler shares
+    # x_i (S x)_i / sigma_p^2, delta-normal VaR z sigma_p sqrt(1/365), ES with phi(z)/0.01.
+    from scipy import stats
+
     snap = engine_snapshot()
     registry, _ = build_registry(View(snapshot=snap), process_metrics=False)
-    main = snap.accounts["main"]
-    risk = main.risk
-    assert risk is not None
-    c = risk.contributions
-    assert value(registry, "riskmon_account_volatility_usd", account="main") == c.sigma_usd
-    for i, name in enumerate(risk.underlyings):
-        assert value(registry, "riskmon_account_risk_share", account="main", underlying=name) == (
-            float(c.share[i])
-        )
-        assert value(registry, "riskmon_account_risk_budget", account="main", underlying=name) == (
-            pytest.approx(2 / 3 if name == "BTC" else 1 / 3)
-        )
-    assert value(
-        registry, "riskmon_account_var_usd", account="main", method="delta_normal"
-    ) == pytest.approx(risk.delta_normal.var_usd)
-    full = risk.full_revaluation
-    assert full is not None
-    assert value(
-        registry, "riskmon_account_es_usd", account="main", method="full_revaluation"
-    ) == pytest.approx(full.es_usd)
-    total = snap.total.risk
-    assert total is not None
-    assert value(registry, "riskmon_book_var_usd", method="delta_gamma") == pytest.approx(
-        total.delta_gamma.var_usd
+    rep = snap.report()
+    names = rep["correlation"]["assets"]
+    vol = np.array([rep["assets"][n]["volatility"] for n in names])
+    cov = np.array(rep["correlation"]["matrix"]) * np.outer(vol, vol)
+    main = rep["accounts"]["main"]
+    x = np.array([main["exposure_usd"].get(n, 0.0) for n in names])
+    sigma = math.sqrt(x @ cov @ x)
+    assert value(registry, "riskmon_account_volatility_usd", account="main") == pytest.approx(
+        sigma, rel=1e-9
     )
+    shares = x * (cov @ x) / sigma**2
+    budgets = {"BTC": 2 / 3, "ETH": 1 / 3}
+    for i, name in enumerate(names):
+        share = value(registry, "riskmon_account_risk_share", account="main", underlying=name)
+        assert share == pytest.approx(shares[i], rel=1e-9)
+        drift = value(registry, "riskmon_account_risk_drift", account="main", underlying=name)
+        assert drift == pytest.approx(shares[i] - budgets[name], rel=1e-9)
+        budget = value(registry, "riskmon_account_risk_budget", account="main", underlying=name)
+        assert budget == pytest.approx(budgets[name])
+    z = float(stats.norm.ppf(0.99))
+    root_h = math.sqrt(1 / 365)
+    var = value(registry, "riskmon_account_var_usd", account="main", method="delta_normal")
+    assert var == pytest.approx(z * sigma * root_h, rel=1e-9)
+    es = value(registry, "riskmon_account_es_usd", account="main", method="delta_normal")
+    assert es == pytest.approx(stats.norm.pdf(z) / 0.01 * sigma * root_h, rel=1e-9)
+    # (Full revaluation runs on its own clock, on the covariance of its as_of: its closed
+    # form is pinned in test_risk_oracles.py.)
+    full = value(registry, "riskmon_account_var_usd", account="main", method="full_revaluation")
+    assert full is not None
+    assert full > 0.0
     # a perfectly hedged account has no risk share to speak of: not exported, not NaN
     assert value(registry, "riskmon_account_risk_share", account="hedged", underlying="BTC") is None
     assert value(registry, "riskmon_account_volatility_usd", account="hedged") == 0.0
@@ -347,13 +358,34 @@ def test_risk_margin_and_regime_figures_equal_the_snapshot() -> None:
         pytest.approx(40_000 / 500_000)
     )
     assert value(registry, "riskmon_account_margin_headroom_usd", account="main") == 460_000.0
-    assert snap.regime is not None
+    # Two assets: the average pairwise correlation is their correlation.
     assert value(registry, "riskmon_regime_average_correlation") == pytest.approx(
-        snap.regime.current.average_correlation
+        rep["correlation"]["matrix"][0][1], rel=1e-12
     )
-    assert value(registry, "riskmon_regime_vol_ratio_baseline", underlying="ETH") == (
-        pytest.approx(float(snap.regime.baseline.vol_ratio[1]))
+    assert value(registry, "riskmon_covariance_psd_repaired") == 0.0
+    assert value(registry, "riskmon_covariance_repairs_total") == 0.0
+    for name in names:
+        assert value(registry, "riskmon_asset_stale", underlying=name) == 0.0
+
+
+def test_stale_assets_and_psd_repairs_are_exported() -> None:
+    a = assets(
+        {
+            "BTC": (97_000.0, AS_OF_MS - 120_000, 0.5, 0.6, 100, True),
+            "ETH": (3_500.0, AS_OF_MS - 100, 0.7, 0.7, 100, True),
+        },
+        [[1.0, 0.5], [0.5, 1.0]],
     )
+    from dataclasses import replace
+
+    a = replace(a, stale=np.array([True, False]), psd_repaired=True, covariance_repairs=3)
+    snap = RiskSnapshot(AS_OF_MS, 1, a, {}, account({}, {}))
+    registry, _ = build_registry(View(snapshot=snap), process_metrics=False)
+    assert value(registry, "riskmon_asset_stale", underlying="BTC") == 1.0
+    assert value(registry, "riskmon_asset_stale", underlying="ETH") == 0.0
+    assert value(registry, "riskmon_covariance_psd_repaired") == 1.0
+    assert value(registry, "riskmon_covariance_repairs_total") == 3.0
+    assert snap.report()["assets"]["BTC"]["stale"] is True
 
 
 def test_full_exposition_passes_promtool_check_metrics() -> None:

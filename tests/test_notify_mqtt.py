@@ -8,6 +8,7 @@ subscriber checks the retained state; a broker restart checks that delivery resu
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import random
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ import aiomqtt
 from tools import Mosquitto, running, wait_until
 
 from monitor.model.alert import Alert, AlertState, Severity, Transition
-from monitor.notify import AlertDispatcher, MqttNotifier, transition_payload
+from monitor.notify import AlertDispatcher, MqttNotifier
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 PREFIX = "desk1/alerts"
@@ -128,7 +129,29 @@ async def test_qos1_messages_on_per_alert_topics_and_retained_current_state(
     assert live.keys() == [t.idempotency_key for t in ts]
     assert [m[2] for m in live.messages] == [1] * 6
     for (_, payload, _, _), t in zip(live.messages, ts, strict=True):
-        assert payload == json.loads(json.dumps(transition_payload(t)))
+        # The documented payload, field by field from the transition (not the serializer
+        # compared with itself).
+        a = t.alert
+        when = dt.datetime.fromtimestamp(t.ts_ms / 1000, tz=dt.UTC)
+        assert payload == {
+            "schema": 1,
+            "ts": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.ts_ms % 1000:03d}Z",
+            "from": t.previous,
+            "key": t.idempotency_key,
+            "rule": a.rule,
+            "severity": a.severity,
+            "state": a.state,
+            "account": a.account,
+            "underlying": a.underlying,
+            "value": a.value,
+            "threshold": 0.5,
+            "since": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{a.since_ms % 1000:03d}Z",
+            "summary": a.summary,
+            "instance": f"{a.rule}/{a.account or '-'}/{a.underlying or '-'}",
+            "ts_ms": t.ts_ms,
+            "since_ms": t.ts_ms,
+            "active_since_ms": T0_MS,
+        }
     assert [m[1]["state"] for m in live.messages[:3]] == ["pending", "firing", "resolved"]
     assert live.messages[3][1]["severity"] == "critical"
     assert live.messages[5][1]["account"] is None

@@ -53,32 +53,68 @@ def _make_ticks(seed: int = 11, n: int = 4_000) -> list[tuple[int, str, float]]:
 
 
 def _reference(ticks: list[tuple[int, str, float]]) -> tuple[dict[str, float], list[list[float]]]:
-    """The README's definition, written out with Python loops and no numpy."""
+    """The estimator's definition, written out with Python loops and no numpy.
+
+    Grid prices are the last tick at or before each grid point. Variances are EWMAs of
+    squared returns; a pair's correlation is the EWMA of its cross products over the EWMAs
+    of both squared returns on their joint steps. Cross products add the lead-lag terms of
+    asynchronous ticks: when an asset's price moves, its move times the other's log moves
+    that may overlap it in time, those after the other's price at the tick that started the
+    mover's interval (its previous move) and before this sample.
+    """
     lam = 0.5 ** (DT / HALFLIFE)
     first = ticks[0][0]
     g = -(-first // DT) * DT
     last_ts = ticks[-1][0]
     current: dict[str, float] = {}
-    grid_prices: list[dict[str, float]] = []
+    tick_ts: dict[str, int] = {}
+    grid: list[tuple[dict[str, float], dict[str, int]]] = []
     k = 0
     while g < last_ts:  # grid points closed by the final tick
         while k < len(ticks) and ticks[k][0] <= g:
             current[ticks[k][1]] = ticks[k][2]
+            tick_ts[ticks[k][1]] = ticks[k][0]
             k += 1
-        grid_prices.append(dict(current))
+        grid.append((dict(current), dict(tick_ts)))
         g += DT
-    raw = {(a, b): 0.0 for a in ASSETS for b in ASSETS}
-    wsum = dict.fromkeys(raw, 0.0)
-    for prev, cur in itertools.pairwise(grid_prices):
+    pairs = [(a, b) for a in ASSETS for b in ASSETS]
+    raw = dict.fromkeys(pairs, 0.0)
+    sq = dict.fromkeys(pairs, 0.0)
+    wsum = dict.fromkeys(pairs, 0.0)
+    start: dict[tuple[str, str], float] = {}  # ln P_b at the start of a's interval
+    for (prev, _), (cur, ts) in itertools.pairwise(grid):
         r = {a: math.log(cur[a] / prev[a]) for a in ASSETS if a in prev and a in cur}
+        lead = dict.fromkeys(pairs, 0.0)
+        for a in r:
+            for b in ASSETS:
+                if a != b and r[a] != 0.0 and b in prev and (a, b) in start:
+                    lead[a, b] = r[a] * (math.log(prev[b]) - start[a, b])
+        new = [a for a in cur if a not in prev]
+        for a in [a for a in r if r[a] != 0.0] + new:
+            for b in cur:
+                seen = ts[b] <= ts[a]  # b's price at a's tick: now, or the last sample's
+                if seen or b in prev:
+                    start[a, b] = math.log(cur[b] if seen else prev[b])
+                else:
+                    start.pop((a, b), None)
+        for b in new:
+            for a in ASSETS:
+                start[a, b] = math.log(cur[b])
         for a in r:
             for b in r:
-                raw[a, b] = lam * raw[a, b] + (1 - lam) * r[a] * r[b]
+                prod = r[a] * r[b] + lead[a, b] + lead[b, a]
+                raw[a, b] = lam * raw[a, b] + (1 - lam) * prod
+                sq[a, b] = lam * sq[a, b] + (1 - lam) * r[a] * r[a]
                 wsum[a, b] = lam * wsum[a, b] + (1 - lam)
-    cov = {key: raw[key] / wsum[key] for key in raw}
     per_year = 365 * 86_400_000 / DT
-    vol = {a: math.sqrt(cov[a, a] * per_year) for a in ASSETS}
-    corr = [[cov[a, b] / math.sqrt(cov[a, a] * cov[b, b]) for b in ASSETS] for a in ASSETS]
+    vol = {a: math.sqrt(raw[a, a] / wsum[a, a] * per_year) for a in ASSETS}
+    corr = [
+        [
+            1.0 if a == b else max(-1.0, min(1.0, raw[a, b] / math.sqrt(sq[a, b] * sq[b, a])))
+            for b in ASSETS
+        ]
+        for a in ASSETS
+    ]
     return vol, corr
 
 
@@ -141,10 +177,17 @@ def test_replay_report_matches_independent_recursion(
     main = report["accounts"]["main"]
     assert main["exposure_usd"]["BTC"] == pytest.approx(2 * last["BTC"], rel=1e-12)
     assert main["exposure_usd"]["ETH"] == pytest.approx(-30 * last["ETH"], rel=1e-12)
-    # four garbage lines were rejected, logged, and did not stop the replay
-    assert "rejected" in proc.stderr
-    assert "malformed_json" in proc.stderr
-    assert "unknown_instrument" in proc.stderr
+    # four garbage lines were rejected, each logged with its reason, and counted by reason
+    # in the summary; they did not stop the replay
+    logs = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    reasons = sorted(r["reason"] for r in logs if r["msg"].startswith("rejected event"))
+    assert reasons == ["invalid_value", "malformed_json", "malformed_json", "unknown_instrument"]
+    [summary] = [r for r in logs if r["msg"].startswith("replayed")]
+    assert summary["rejected_by_reason"] == {
+        "malformed_json": 2,
+        "invalid_value": 1,
+        "unknown_instrument": 1,
+    }
 
 
 def test_replay_table_and_out_file(

@@ -23,6 +23,7 @@ from monitor.quant.risk import (
     complete_assets,
     contributions,
     normal_draws,
+    psd_covariance,
     revalue,
     scenario_returns,
     var_delta_gamma,
@@ -33,6 +34,7 @@ from monitor.quant.risk import (
 FloatArray = npt.NDArray[np.float64]
 
 H = 1.0 / 365.0
+Z99 = float(stats.norm.ppf(0.99))
 VOLS = np.array([0.6, 0.8, 0.5, 0.9])
 RHO = np.array(
     [
@@ -151,21 +153,52 @@ def test_complete_assets_drops_the_asset_in_most_nan_pairs_then_the_newest() -> 
     np.testing.assert_array_equal(complete_assets(c, [True, False, True]), [True, False, True])
 
 
-def test_non_psd_is_clamped_and_flagged() -> None:
-    # |rho| > 1 from pairwise estimates: x' S x = 1 - 2 * 1.0 + 0.25 = -0.75 for x = [1, -1].
+def test_non_psd_is_repaired_and_a_book_with_exposure_keeps_its_risk() -> None:
+    # Pairwise correlation 2.0 (|rho| > 1): x' S x = 1 - 2 * 1.0 + 0.25 = -0.75 for
+    # x = [1, -1], which used to be clamped to a zero volatility and a zero VaR. Repaired,
+    # the correlation is 1 (the nearest valid one, up to the 1e-8 eigenvalue floor), so
+    # sigma_p = |1 * 1 - 1 * 0.5| = 0.5 by hand.
     cov = np.array([[1.0, 1.0], [1.0, 0.25]])
     c = contributions(np.array([1.0, -1.0]), cov)
     assert c.non_psd
-    assert c.sigma_usd == 0.0
+    assert c.sigma_usd == pytest.approx(0.5, rel=1e-6)
     v = var_delta_normal(np.array([1.0, -1.0]), cov)
     assert v.non_psd
-    assert v.var_usd == 0.0
+    assert v.var_usd == pytest.approx(stats.norm.ppf(0.99) * 0.5 * math.sqrt(H), rel=1e-6)
+    [b] = book_risk(np.array([[1.0, -1.0]]), np.zeros((1, 2)), cov, [None])
+    assert b.contributions.non_psd
+    assert b.contributions.sigma_usd == pytest.approx(0.5, rel=1e-6)
     sc = scenario_returns(cov, H, 100, 0)
-    assert sc.non_psd
     assert np.isfinite(sc.returns).all()
     # A PSD matrix with an exact hedge is not flagged (rounding only).
     ok = np.array([[0.25, 0.25], [0.25, 0.25]])
     assert not contributions(np.array([3.0, -3.0]), ok).non_psd
+    assert not psd_covariance(ok).repaired
+
+
+def test_psd_repair_of_three_valid_pairs_that_disagree() -> None:
+    # Each pairwise correlation is in [-1, 1], the three together are not a correlation
+    # matrix (eigenvalue -0.8 by hand: 1 - 0.9 - 0.9).
+    rho = np.array([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]])
+    assert np.linalg.eigvalsh(rho)[0] == pytest.approx(-0.8, abs=1e-12)
+    sd = np.array([0.5, 0.8, 0.3])
+    cov = rho * np.outer(sd, sd)
+    cov[1, 2] = cov[2, 1] = np.nan  # and an unknown pair: the complete block is {0, 1}
+    assert not psd_covariance(cov).repaired  # 2x2 block with |rho| < 1 is PSD
+    cov[1, 2] = cov[2, 1] = 0.9 * 0.8 * 0.3
+    rep = psd_covariance(cov)
+    assert rep.repaired
+    assert rep.min_eigenvalue == pytest.approx(-0.8, abs=1e-12)
+    np.testing.assert_allclose(np.diagonal(rep.cov), sd**2, rtol=1e-12)  # variances kept
+    corr = rep.cov / np.outer(sd, sd)
+    assert np.linalg.eigvalsh(corr)[0] >= 0.0
+    # Every direction has risk: the smallest sigma_p over unit exposures is positive.
+    rng = np.random.default_rng(1)
+    for x in rng.standard_normal((200, 3)):
+        c = contributions(x, cov)
+        assert c.non_psd
+        assert c.sigma_usd > 0.0
+        assert c.sigma_usd == pytest.approx(math.sqrt(x @ rep.cov @ x), rel=1e-9)
 
 
 def test_input_errors() -> None:
@@ -556,3 +589,115 @@ def test_book_risk_equals_single_book_functions(warm: bool) -> None:
         _assert_same(got[b].contributions, contributions(x[b], cov, budgets[b]))
         _assert_same(got[b].delta_normal, var_delta_normal(x[b], cov, 0.99, 1 / 365))
         _assert_same(got[b].delta_gamma, var_delta_gamma(x[b], g[b], cov, 0.99, 1 / 365))
+
+
+# -- delta-gamma where Cornish-Fisher breaks down ----------------------------------------
+
+
+def _quadratic_exact(x: float, g: float, s: float, alpha: float) -> tuple[float, float]:
+    """VaR and ES (USD losses) of ``P = x r + g r^2 / 2``, ``r ~ N(0, s^2)``, ``g > 0``.
+
+    ``P <= q`` exactly when ``r`` lies between the roots of ``g r^2 / 2 + x r - q``: the
+    quantile by root finding on that closed-form CDF, the tail mean by quadrature.
+    """
+    from scipy import optimize
+
+    def roots(q: float) -> tuple[float, float]:
+        d = math.sqrt(max(x * x + 2.0 * g * q, 0.0))
+        return (-x - d) / g, (-x + d) / g
+
+    def cdf(q: float) -> float:
+        r1, r2 = roots(q)
+        return float(stats.norm.cdf(r2 / s) - stats.norm.cdf(r1 / s))
+
+    q = optimize.brentq(lambda v: cdf(v) - alpha, -x * x / (2.0 * g), 1e12, xtol=1e-12)
+    r1, r2 = roots(q)
+    tail, _ = integrate.quad(
+        lambda r: (x * r + 0.5 * g * r * r) * stats.norm.pdf(r / s) / s, r1, r2
+    )
+    return -q, -tail / alpha
+
+
+def test_delta_gamma_falls_back_where_cornish_fisher_is_not_monotone() -> None:
+    # Long gamma: 1M USD delta, gamma_cash 2e8 (the P&L is x r + (gamma_cash + x) r^2 / 2
+    # in log returns), vol 0.6, 1 day. Cornish-Fisher is not monotone there, and its
+    # figure was nowhere near the exact quantile of the quadratic.
+    x, gc, vol = 1e6, 2e8, 0.6
+    var_exact, es_exact = _quadratic_exact(x, gc + x, vol * math.sqrt(H), 0.01)
+    for res in (
+        var_delta_gamma([x], [gc], [[vol**2]], 0.99, H),
+        book_risk(np.array([[x]]), np.array([[gc]]), np.array([[vol**2]]), [None])[0].delta_gamma,
+    ):
+        assert not res.cf_monotone
+        assert res.method == "simulation"
+        assert res.var_usd == pytest.approx(var_exact, rel=0.03)
+        assert res.es_usd == pytest.approx(es_exact, rel=0.03)
+        assert res.es_usd >= res.var_usd
+
+
+def test_delta_gamma_var_is_never_negative() -> None:
+    # After a 1000x jump and back, a book is pure long gamma: P = g r^2 / 2 >= 0, whose 1%
+    # quantile is a gain (g s^2 chi2_1(0.01) / 2 > 0 by hand). Cornish-Fisher published
+    # -4.3e9 with only cf_monotone false to warn; a loss that cannot happen is 0.
+    gc, vol = 1e12, 0.6
+    gain = 0.5 * gc * vol**2 * H * float(stats.chi2.ppf(0.01, 1))
+    assert gain > 0.0
+    for res in (
+        var_delta_gamma([0.0], [gc], [[vol**2]], 0.99, H),
+        book_risk(np.zeros((1, 1)), np.array([[gc]]), np.array([[vol**2]]), [None])[0].delta_gamma,
+    ):
+        assert not res.cf_monotone  # the flag stays
+        assert res.var_usd == 0.0
+        assert res.es_usd == 0.0
+
+
+# -- shares of a near-perfect hedge ----------------------------------------------------------
+
+
+def test_shares_are_null_with_a_reason_near_a_perfect_hedge() -> None:
+    # Long 1M, short 1M of two assets correlated 0.9999999, both vol 0.5: by hand
+    # sigma_p = 0.5e6 sqrt(2 (1 - rho)) = 224 USD against an undiversified 1M, and the
+    # Euler shares x_i (S x)_i / sigma_p^2 are +-5e6 (they reached 1e9 in the report).
+    rho = 0.9999999
+    cov = 0.25 * np.array([[1.0, rho], [rho, 1.0]])
+    x = np.array([1e6, -1e6])
+    sigma = 0.5e6 * math.sqrt(2.0 * (1.0 - rho))
+    for c, dn in (
+        (contributions(x, cov), var_delta_normal(x, cov)),
+        (lambda b: (b.contributions, b.delta_normal))(
+            book_risk(x[None, :], np.zeros((1, 2)), cov, [None])[0]
+        ),
+    ):
+        assert c.sigma_usd == pytest.approx(sigma, rel=1e-6)  # the volatility stays
+        assert c.share_reason == "hedged"
+        assert np.isnan(c.share).all()
+        assert np.isnan(c.rc_usd).all()
+        assert np.isnan(c.drift).all()
+        assert math.isnan(c.max_abs_drift)
+        assert np.isnan(dn.component_var_usd).all()
+        assert dn.var_usd == pytest.approx(Z99 * sigma * math.sqrt(H), rel=1e-6)
+    # Short 0.9M instead: sigma_p = 0.5 sqrt(1 + 0.81 - 1.8 rho) 1e6 = 50k, 5% of the
+    # undiversified 0.95M: shares are known and equal their closed form.
+    x = np.array([1e6, -0.9e6])
+    c = contributions(x, cov)
+    assert c.share_reason is None
+    var = x @ cov @ x
+    np.testing.assert_allclose(c.share, x * (cov @ x) / var, rtol=1e-9)
+    assert contributions(np.zeros(2), cov).share_reason == "flat"
+
+
+def test_risk_excluded_names_an_underlying_only_delta_gamma_dropped() -> None:
+    # SOL is held delta-neutral (x = 0) with gamma, and has no covariance yet: the
+    # contributions never needed it, delta-gamma did and left it out. The report says so.
+    from monitor.model.snapshot import AccountRisk
+
+    cov = np.array([[0.36, np.nan], [np.nan, np.nan]])
+    x, g = np.array([1e6, 0.0]), np.array([0.0, 5e7])
+    c = contributions(x, cov)
+    dg = var_delta_gamma(x, g, cov)
+    assert not c.excluded.any()
+    np.testing.assert_array_equal(dg.excluded, [False, True])
+    risk = AccountRisk(
+        ("BTC", "SOL"), np.array([True, True]), c, var_delta_normal(x, cov), dg, None
+    )
+    assert risk.report()["risk_excluded"] == ["SOL"]

@@ -234,6 +234,22 @@ def test_the_calm_book_is_read_by_every_rule(base: RiskSnapshot) -> None:
     assert all(read[name] for name in read), [name for name in read if not read[name]]
     finite = {name: [x.value for x in rs if math.isfinite(x.value)] for name, rs in read.items()}
     assert all(finite.values()), [n for n, v in finite.items() if not v]
+    # ... and what they read is the figure each rule is documented to compare, from the
+    # snapshot's own inputs: a ratio to equity or to the limit, the venue differences.
+    got = {(name, x.account, x.underlying): x.value for name, rs in read.items() for x in rs}
+    main = snap.accounts["main"]
+    margin = main.extra["margin"]
+    equity = margin["equity"]
+    assert got["margin_utilization", "main", None] == margin["maintenance_margin"] / equity
+    assert got["scenario_margin", "main", None] == margin["scenario_margin"] / equity
+    assert got["distance_to_call", "main", None] == margin["distance_to_call"]["down"]
+    assert got["net_delta_limit", "main", None] == pytest.approx(
+        abs(main.greeks["delta_usd"]) / 1e6, rel=1e-12
+    )
+    assert got["venue_delta_mismatch", "main", None] == 10.0
+    assert got["venue_vega_mismatch", "main", None] == 1.0
+    assert got["vol_vs_implied", None, "BTC"] == 1.0
+    assert got["connector_down", "deribit-main", None] == 0.0
 
 
 def test_the_real_engine_margin_model_is_read(base: RiskSnapshot) -> None:
@@ -682,7 +698,30 @@ def test_the_pack_is_deterministic_across_runs(base: RiskSnapshot) -> None:
     first, second = run(inputs), run(inputs)
     assert [t.idempotency_key for t in first[0]] == [t.idempotency_key for t in second[0]]
     assert [t.report() for t in first[0]] == [t.report() for t in second[0]]
-    assert len(first[0]) >= 10
+    # What the inputs trip, in order: each breach opens a pending episode (critical: drift
+    # 0.4 on both legs, utilisation 0.9, scenario margin 90% of equity, vol ratio 3x,
+    # average correlation 0.9) that the next, calm snapshot closes before its `for`.
+    episodes: list[list[tuple[str, str | None, str | None]]] = [
+        [
+            ("risk_drift", "main", "BTC"),
+            ("risk_drift", "main", "ETH"),
+            ("concentration", "main", None),
+        ],
+        [("margin_utilization", "main", None), ("scenario_margin", "main", None)],
+        [("vol_break", None, "BTC"), ("correlation_spike", None, None)],
+    ]
+    want = [
+        (*key, prev, state, "critical")
+        for keys in episodes
+        for prev, state in (("inactive", "pending"), ("pending", "inactive"))
+        for key in keys
+    ]
+    got = [
+        (a.rule, a.account, a.underlying, t.previous, a.state, a.severity)
+        for t in first[0]
+        for a in [t.alert]
+    ]
+    assert got == want
 
 
 def test_drift_rules_skip_accounts_without_material_risk(base: RiskSnapshot) -> None:

@@ -67,9 +67,11 @@ def test_background_scenario_pass_matches_the_synchronous_one() -> None:
 
     acc_first = first.accounts["a"]
     assert acc_first.risk is not None
-    # Until the pass ends the snapshot keeps the previous pass's figures (as of then).
+    # Until the pass ends the snapshot keeps the previous pass's figures (as of then): the
+    # pass the replay started, adopted once it ended.
     prev = acc_first.risk.full_revaluation
-    assert prev is None or prev.as_of_ms < as_of
+    assert prev is not None
+    assert prev.as_of_ms < as_of
 
     want, got = expected.accounts["a"], adopted.accounts["a"]
     assert want.risk is not None

@@ -9,9 +9,10 @@ Two clocks, both fed from outside (the engine never reads the wall clock):
   when the first price tick with ``ts > g`` arrives, and the estimator receives the index
   prices as they stood at ``g`` (the last tick at or before it). Live and replay therefore
   sample identically, and a replay of a recording reproduces the live run's estimates.
-  Grid points skipped without ticks carry zero returns; an outage (no price at all for
-  longer than ``max_gap``) restarts the grid instead, so an outage is not read as a calm
-  market.
+  Grid points skipped without ticks carry zero returns; an index silent for longer than
+  ``max_gap`` is stale and contributes no return (the estimator drops it until it ticks
+  again, while the other indices go on), and an outage of every feed restarts the grid, so
+  an outage is not read as a calm market.
 * the **evaluation clock** is passed to :meth:`Engine.evaluate_due`: wall time live, event
   time in replay. An evaluation as of ``t`` sees every event with ``ts <= t``. The clock
   never goes back: an evaluation asked for a time before the last one is made as of the
@@ -87,6 +88,7 @@ class EngineSettings:
     #: Quarantine bound on a price tick's relative move (``[market] max_tick_move``);
     #: 0 turns the quarantine off.
     max_tick_move: float = 0.5
+    var_halflife_ms: int = 86_400_000
 
 
 class Recorder(Protocol):
@@ -123,7 +125,12 @@ class Engine:
         self._on_transitions: Callable[[Sequence[Transition]], None] | None = None
         self.registry = InstrumentRegistry()
         self.estimator = RollingEstimator(
-            s.sample_interval_ms, s.halflife_ms, s.fast_halflife_ms, s.warmup_ms
+            s.sample_interval_ms,
+            s.halflife_ms,
+            s.fast_halflife_ms,
+            s.warmup_ms,
+            var_halflife_ms=s.var_halflife_ms,
+            max_gap_ms=s.max_gap_ms,
         )
         self.stats = EngineStats()
         self.snapshot: RiskSnapshot | None = None
@@ -367,7 +374,10 @@ class Engine:
             self._grid_next = -(-ts // dt) * dt
         else:
             steps = (ts - 1 - self._grid_next) // dt + 1
-            self.estimator.sample(self._underlying_prices(), steps=steps)
+            prices = self._underlying_prices()
+            # Per-asset staleness: how long each index has been silent at the grid point.
+            ages = self._grid_next - self._price_ts[self._und_index_inst]
+            self.estimator.sample(prices, steps=steps, ages_ms=ages)
             self.stats.samples += steps
             self._grid_next += steps * dt
 

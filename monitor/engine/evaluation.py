@@ -51,7 +51,9 @@ from monitor.quant.margin import (
 )
 from monitor.quant.regime import RegimeBaselines, RegimeFigures, regime_figures, vol_ratio
 from monitor.quant.risk import (
+    PSDRepair,
     book_risk,
+    psd_covariance,
     revalue,
     scenario_returns,
     var_full_revaluation,
@@ -132,6 +134,9 @@ class Evaluator:
         self._pending_recompute = False
         #: The last recomputed distance per account (None: it has none), with its as_of.
         self._recomputed: dict[str, dict[str, Any] | None] = {}
+        # The estimator's covariances (identity: one per sample) and their PSD repairs.
+        self._psd_memo: tuple[object, PSDRepair, PSDRepair] | None = None
+        self._repairs = 0
 
     @np.errstate(all="ignore")  # non-finite results are handled (null + reason), not warned
     def evaluate(
@@ -148,8 +153,18 @@ class Evaluator:
         s = self.settings
         unknown: dict[str, str] = {}
         n_und = len(registry.underlyings)
-        cov = _pad(estimator.covariance() if estimator.n_assets else np.zeros((0, 0)), n_und)
+        slow, var_rep = self._covariances(estimator, n_und)
+        # Risk uses PSD covariances: the slow one (volatility, contributions, margin), the
+        # VaR estimator's (VaR/ES of every method).
+        cov, var_cov = slow.cov, var_rep.cov
         assets = _asset_figures(registry, estimator, prices, n_und)
+        assets = replace(
+            assets,
+            stale=_stale(prices, as_of_ms, estimator.max_gap_ms),
+            psd_repaired=slow.repaired,
+            min_eigenvalue=slow.min_eigenvalue,
+            covariance_repairs=self._repairs,
+        )
         values = value_book(book, market, registry, as_of_ms)
         horizon = s.var_horizon_ms / MS_PER_YEAR
         # Due on its clock, or as soon as an account has no figure yet (the first positions
@@ -171,6 +186,7 @@ class Evaluator:
                 self._scenario_pass,
                 values,
                 cov,
+                var_cov,
                 dict(venue),
                 list(registry.underlyings),
                 horizon,
@@ -210,26 +226,31 @@ class Evaluator:
         x[bad] = 0.0
         g[bad] = 0.0
         budgets = [self._budget(names, s.budgets.get(a)) for a in book_names] + [None]
+        slow_hl, _, var_hl = (h / 1000.0 for h in estimator.halflives_ms)
         try:
             risks = book_risk(x, g, cov, budgets, s.var_confidence, horizon)
+            var_risks = book_risk(x, g, var_cov, budgets, s.var_confidence, horizon)
         except _NUMERIC_ERRORS as exc:
             bad[:] = True
             for key in keys:
                 unknown[f"{key}.risk"] = _reason(exc)
             risks = book_risk(x * 0.0, g * 0.0, np.zeros_like(cov), budgets, 0.99, horizon)
+            var_risks = risks
 
         def account_risk(j: int, key: str) -> AccountRisk:
             budget = budgets[j]
             shown = held[j] if budget is None else held[j] | (budget > 0)
-            r = risks[j]
+            r, v = risks[j], var_risks[j]
             return AccountRisk(
                 names,
                 shown,
                 r.contributions,
-                r.delta_normal,
-                r.delta_gamma,
+                v.delta_normal,
+                v.delta_gamma,
                 self._full.get(key),
                 known=not bad[j],
+                volatility_halflife_s=slow_hl,
+                var_halflife_s=var_hl,
             )
 
         accounts: dict[str, AccountFigures] = {}
@@ -262,6 +283,22 @@ class Evaluator:
             regime=regime,
             unknown=unknown,
         )
+
+    def _covariances(self, est: RollingEstimator, n: int) -> tuple[PSDRepair, PSDRepair]:
+        """The slow and VaR covariances, padded to ``n`` and made PSD, once per sample.
+
+        A sample whose covariances needed a repair is counted (``covariance_repairs``).
+        """
+        slow = est.covariance() if est.n_assets else np.zeros((0, 0))
+        memo = self._psd_memo
+        if memo is not None and memo[0] is slow and memo[1].cov.shape[0] == n:
+            return memo[1], memo[2]
+        var = est.covariance(var=True) if est.n_assets else slow
+        reps = psd_covariance(_pad(slow, n), diagnose=True), psd_covariance(_pad(var, n))
+        if memo is None or memo[0] is not slow:
+            self._repairs += reps[0].repaired or reps[1].repaired
+        self._psd_memo = (slow, *reps)
+        return reps
 
     def _regime(self, assets: AssetFigures, marked_iv: FloatArray) -> RegimeFigures:
         """Regime figures; the correlation ones only when the estimator has a new sample.
@@ -335,13 +372,15 @@ class Evaluator:
         self,
         values: BookValues,
         cov: FloatArray,
+        var_cov: FloatArray,
         venue: Mapping[str, AccountState],
         underlyings: list[str],
         horizon: float,
         as_of_ms: int,
         inputs: _MarginInputs,
     ) -> _ScenarioResults:
-        """Full-revaluation VaR, scenario margin and distance to call: the slow clock's work.
+        """Full-revaluation VaR (on the VaR estimator's ``var_cov``), scenario margin and
+        distance to call (``cov``): the slow clock's work.
 
         Never raises for numerical reasons: what cannot be computed is left out (null in
         the report) and named in the third result with its reason.
@@ -349,7 +388,7 @@ class Evaluator:
         unknown: dict[str, str] = {}
         with np.errstate(all="ignore"):
             try:
-                full = self._full_revaluation(values, cov, horizon, as_of_ms, unknown)
+                full = self._full_revaluation(values, var_cov, horizon, as_of_ms, unknown)
             except _NUMERIC_ERRORS as exc:
                 full = {}
                 unknown["accounts.*.var.full_revaluation"] = _reason(exc)
@@ -544,6 +583,16 @@ def _asset_figures(
         warm=_fit(est.warm if has else np.zeros(0, dtype=bool), n, False),
         correlation=_pad(est.correlation() if has else np.zeros((0, 0)), n),
     )
+
+
+def _stale(
+    prices: UnderlyingPrices, as_of_ms: int, max_gap_ms: int | None
+) -> npt.NDArray[np.bool_]:
+    """Priced indices silent for longer than ``max_gap_ms`` as of ``as_of_ms``."""
+    if max_gap_ms is None:
+        return np.zeros(len(prices.price), dtype=bool)
+    out: npt.NDArray[np.bool_] = np.isfinite(prices.price) & (as_of_ms - prices.ts_ms > max_gap_ms)
+    return out
 
 
 def _opt(x: float) -> float | None:

@@ -4,10 +4,15 @@ Positions are flattened into a :class:`Book` (rebuilt only when positions or ins
 definitions change) sorted by account, so an account's positions are one contiguous slice
 and per-account sums are one ``np.add.reduceat``. No Python loop runs per position.
 
-Units (README "How it computes"): USD; ``delta`` underlying units, ``delta_usd = delta * S`` with
-S the underlying's index price; ``gamma`` underlying units per 1 USD; ``gamma_usd`` is the
-change of ``delta_usd`` for a 1% move, ``gamma * S**2 / 100``; ``vega`` USD per vol point;
-``theta`` USD per calendar day. Position figures include quantity and multiplier.
+Units: USD; ``delta`` underlying units (of the forward the instrument moves with);
+``delta_usd`` is the first-order USD P&L of a proportional move of the underlying, per unit
+of that move: ``delta * F`` where ``F`` is the price that moves with the index, the
+forward for options (the venue's ``underlying_price``, else the index) and the future's
+own mark for futures (else the index), and ``F = S``, the index, for spot and perpetuals.
+It is the derivative of the same revaluation the scenarios use (``F -> F e^r``).
+``gamma`` underlying units per 1 USD of ``F``; ``gamma_usd`` is the change of
+``delta_usd`` for a 1% move from convexity, ``gamma * F**2 / 100``; ``vega`` USD per vol
+point; ``theta`` USD per calendar day. Position figures include quantity and multiplier.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 MS_PER_YEAR: Final = 365.0 * 86_400_000.0
+_FUTURE: Final = 3
 _OPTION: Final = 4
 GREEK_KEYS: Final = ("delta_usd", "gamma_usd", "vega", "theta")
 
@@ -122,9 +128,10 @@ class BookValues:
     exposure
         ``delta_usd`` summed per account and underlying (the exposure vector x), USD.
     gamma_cash
-        ``gamma x S^2`` summed likewise: USD P&L per unit log-return squared (x 2).
+        ``gamma x F^2`` summed likewise: USD P&L per unit log-return squared (x 2).
     linear_usd
-        ``delta_usd`` of spot, perpetuals and futures only (their full-revaluation value).
+        ``delta_usd`` of spot, perpetuals and futures only (their full-revaluation value:
+        ``q S`` or, for a future, ``q F``).
     held
         Whether the account holds anything on that underlying.
     options
@@ -177,6 +184,8 @@ def value_book(
     q = book.quantity * mult
 
     is_opt = kind == _OPTION
+    # F: the price each position moves with. Futures: their own mark (else the index).
+    fwd_all = np.where((kind == _FUTURE) & np.isfinite(price) & np.isfinite(spot), price, spot)
     opt_inputs: tuple[npt.NDArray[Any], ...] | None = None
     iv_unsolved: dict[str, int] = {}
     unit_coin_delta = np.full_like(price, np.nan)
@@ -223,16 +232,18 @@ def value_book(
         unit_vega[o] = g.vega
         unit_theta[o] = g.theta
         iv[o] = vol
+        # Options move with their forward; a forward without an index is not a price.
+        fwd_all[o] = np.where(np.isfinite(spot[o]), fwd, np.nan)
 
     delta = q * unit_delta
-    delta_usd = delta * spot
+    delta_usd = delta * fwd_all
     gamma = q * unit_gamma
     table_all = {
         "value_usd": q * unit_value,
         "delta": delta,
         "delta_usd": delta_usd,
         "gamma": gamma,
-        "gamma_usd": gamma * spot * spot / 100.0,
+        "gamma_usd": gamma * fwd_all * fwd_all / 100.0,
         "vega": q * unit_vega,
         "theta": q * unit_theta,
         "delta_coin": q * unit_coin_delta,
@@ -256,12 +267,12 @@ def value_book(
     held = np.bincount(flat, minlength=size).reshape(shape) > 0
     # A sum over nothing known is unknown, not 0: NaN (null) where no position is priced.
     priced = _weighted_counts(flat, (~unpriced).astype(np.float64), size).reshape(shape) > 0
-    gamma_cash = _weighted_counts(flat, np.where(unpriced, 0.0, gamma * spot * spot), size)
+    gamma_cash = _weighted_counts(flat, np.where(unpriced, 0.0, gamma * fwd_all * fwd_all), size)
     gamma_cash = gamma_cash.reshape(shape)
     linear_usd = _weighted_counts(flat, np.where(is_opt, 0.0, clean_dusd), size).reshape(shape)
     unpriced_count = _segment_sums(unpriced.astype(np.float64), book.starts)
     vs_venue = (
-        _venue_differences(venue_diff, q, spot, unpriced, book.starts)
+        _venue_differences(venue_diff, q, fwd_all, unpriced, book.starts)
         if opt_inputs is not None
         else [None] * len(book.accounts)
     )
@@ -294,6 +305,17 @@ def value_book(
             exposure_usd=exp,
             extra=extra,
         )
+    options, marked_iv, iv_skipped = _option_book(
+        opt_inputs,
+        is_opt & ~unpriced,
+        is_opt,
+        acc_idx,
+        book.underlying,
+        q,
+        table_all["vega"],
+        n_acc,
+        n_und,
+    )
     held_any: npt.NDArray[np.bool_] = np.any(held, axis=0)
     total = AccountFigures(
         positions=None,
@@ -310,18 +332,11 @@ def value_book(
             )
             if h
         },
-        extra={"unpriced_positions": int(unpriced.sum()), "iv_unsolved": iv_unsolved},
-    )
-    options, marked_iv = _option_book(
-        opt_inputs,
-        is_opt & ~unpriced,
-        is_opt,
-        acc_idx,
-        book.underlying,
-        q,
-        table_all["vega"],
-        n_acc,
-        n_und,
+        extra={
+            "unpriced_positions": int(unpriced.sum()),
+            "iv_unsolved": iv_unsolved,
+            "marked_iv_skipped": iv_skipped,
+        },
     )
     return BookValues(
         accounts, total, book.accounts, exposure, gamma_cash, linear_usd, held, options, marked_iv
@@ -338,11 +353,16 @@ def _option_book(
     vega: FloatArray,
     n_acc: int,
     n_und: int,
-) -> tuple[OptionPositions | None, FloatArray]:
-    """Priced options per instrument x account, and the |vega|-weighted IV per underlying."""
+) -> tuple[OptionPositions | None, FloatArray, int]:
+    """Priced options per instrument x account, the |vega|-weighted IV per underlying, and
+    how many positions the IV mean left out.
+
+    A position whose IV or vega is not finite (an expired option without a venue IV has
+    vega 0 and no IV: 0 x NaN would blank its underlying's mean) is left out and counted.
+    """
     marked = np.full(n_und, np.nan)
     if inputs is None or not priced.any():
-        return None, marked
+        return None, marked, 0
     inst, fwd, strike, t, vol, is_call, inverse_opt = inputs
     keep = priced[is_opt]  # option rows (in ``inputs`` order) that are priced
     rows = np.flatnonzero(priced)
@@ -360,29 +380,32 @@ def _option_book(
         inverse=inverse_opt[keep][first],
     )
     w = np.abs(vega[rows])
+    v = vol[keep]
+    good = np.isfinite(w) & np.isfinite(v)
+    w, v = np.where(good, w, 0.0), np.where(good, v, 0.0)
     den = _weighted_counts(und[rows], w, n_und)
-    num = _weighted_counts(und[rows], w * vol[keep], n_und)
+    num = _weighted_counts(und[rows], w * v, n_und)
     with np.errstate(invalid="ignore", divide="ignore"):
         marked = np.where(den > 0, num / den, np.nan)
-    return options, marked
+    return options, marked, int((~good).sum())
 
 
 def _venue_differences(
     diff: FloatArray,
     q: FloatArray,
-    spot: FloatArray,
+    fwd: FloatArray,
     unpriced: npt.NDArray[np.bool_],
     starts: IntArray,
 ) -> list[dict[str, float] | None]:
     """Per account, our Greeks minus the venue's, summed over the positions it published.
 
-    In position units: ``delta_usd`` (x S), ``gamma_usd`` (x S^2 / 100), ``vega``, ``theta``;
+    In position units: ``delta_usd`` (x F), ``gamma_usd`` (x F^2 / 100), ``vega``, ``theta``;
     each Greek over the positions the venue published it for. ``positions`` counts positions
     with at least one venue Greek. ``None`` where the venue sent no Greeks.
     """
     known = np.isfinite(diff) & ~unpriced[:, None]
     compared: npt.NDArray[np.bool_] = np.any(known, axis=1)
-    scale = np.column_stack([q * spot, q * spot * spot / 100.0, q, q])
+    scale = np.column_stack([q * fwd, q * fwd * fwd / 100.0, q, q])
     contrib = np.where(known, diff * scale, 0.0)
     out: list[dict[str, float] | None] = []
     for k in range(len(starts) - 1):

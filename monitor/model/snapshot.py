@@ -69,6 +69,15 @@ class AssetFigures:
         True once the asset's returns span ``estimator.warmup`` of grid time.
     correlation
         ``(n, n)`` slow-estimator correlation; NaN for a pair without a joint return.
+    stale
+        True for a priced index silent for longer than ``estimator.max_gap``: the
+        estimator takes no return from it until it ticks again.
+    psd_repaired, min_eigenvalue
+        Whether the slow covariance's correlation block was not positive semi-definite and
+        was repaired for risk (``monitor.quant.risk.psd_covariance``), and its smallest
+        eigenvalue before repair (NaN with fewer than two assets).
+    covariance_repairs
+        Estimator samples so far whose slow or VaR covariance needed that repair.
     """
 
     names: tuple[str, ...]
@@ -79,6 +88,10 @@ class AssetFigures:
     returns: npt.NDArray[np.int64]
     warm: npt.NDArray[np.bool_]
     correlation: FloatArray
+    stale: npt.NDArray[np.bool_] | None = None
+    psd_repaired: bool = False
+    min_eigenvalue: float = math.nan
+    covariance_repairs: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +178,10 @@ class AccountRisk:
     delta_gamma: DeltaGammaVaR
     full_revaluation: FullRevaluationVaR | None
     known: bool = True
+    #: Halflives of the estimators behind the figures, seconds: ``volatility_usd`` and
+    #: contributions (the slow estimator), VaR/ES (the VaR estimator). NaN: not known.
+    volatility_halflife_s: float = math.nan
+    var_halflife_s: float = math.nan
 
     def report(self) -> dict[str, Any]:
         doc = self._report()
@@ -188,14 +205,18 @@ class AccountRisk:
             }
             components[name] = _num(dn.component_var_usd[i])
         fr = self.full_revaluation
+        excluded = c.excluded | dn.excluded | dg.excluded
         return {
             "volatility_usd": _num(c.sigma_usd),
+            "volatility_halflife_seconds": _num(self.volatility_halflife_s),
             "contributions": contrib,
+            "shares_unavailable": c.share_reason,
             "concentration": {"max_abs_drift": _num(c.max_abs_drift), "half_l1": _num(c.half_l1)},
-            "risk_excluded": [self.underlyings[i] for i in np.flatnonzero(c.excluded).tolist()],
+            "risk_excluded": [self.underlyings[i] for i in np.flatnonzero(excluded).tolist()],
             "var": {
                 "confidence": dn.confidence,
                 "horizon_days": dn.horizon_years * 365.0,
+                "halflife_seconds": _num(self.var_halflife_s),
                 "delta_normal": {
                     "var_usd": _num(dn.var_usd),
                     "es_usd": _num(dn.es_usd),
@@ -207,6 +228,7 @@ class AccountRisk:
                     "skewness": _num(dg.skewness),
                     "excess_kurtosis": _num(dg.excess_kurtosis),
                     "cf_monotone": dg.cf_monotone,
+                    "method": dg.method,
                 },
                 "full_revaluation": None
                 if fr is None
@@ -308,13 +330,20 @@ class RiskSnapshot:
                 "volatility_fast": _num(a.volatility_fast[i]),
                 "returns": int(a.returns[i]),
                 "warm": bool(a.warm[i]),
+                "stale": a.stale is not None and bool(a.stale[i]),
             }
         matrix = [[_num(v) for v in row] for row in a.correlation.tolist()]
         return {
             "schema": SCHEMA_VERSION,
             "as_of": iso_ms(self.as_of_ms),
             "assets": assets,
-            "correlation": {"assets": list(a.names), "matrix": matrix},
+            "correlation": {
+                "assets": list(a.names),
+                "matrix": matrix,
+                "psd_repaired": a.psd_repaired,
+                "min_eigenvalue": _num(a.min_eigenvalue),
+                "repairs": a.covariance_repairs,
+            },
             "accounts": {name: acc.report() for name, acc in sorted(self.accounts.items())},
             "total": self.total.report(with_positions=False),
             "regime": None if self.regime is None else self.regime.report(),

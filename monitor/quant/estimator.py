@@ -1,27 +1,55 @@
 """Rolling RiskMetrics EWMA covariance of log returns on a fixed sample grid.
 
-On a grid of event time: the engine owns the grid (it decides from event time when a
-grid point closes) and hands :meth:`RollingEstimator.sample` the USD index price of every
-underlying at each closed grid point. The estimator never reads a clock.
+The engine owns the grid (it decides from event time when a grid point closes) and hands
+:meth:`RollingEstimator.sample` the USD index price of every underlying at each closed grid
+point, with how long ago each index last ticked. The estimator never reads a clock.
 
 Definition, per pair of assets ``(i, j)`` and per decay ``lam = 0.5 ** (interval / halflife)``:
 
 - ``r_i = ln(P_i,t / P_i,t-1)`` between consecutive samples where both prices are known;
 - only on steps where *both* assets have a return (zero mean)::
 
-      R_ij <- lam * R_ij + (1 - lam) * r_i * r_j        W_ij <- lam * W_ij + (1 - lam)
+      R_ij <- lam * R_ij + (1 - lam) * (r_i * r_j + lead-lag terms)
+      Q_ij <- lam * Q_ij + (1 - lam) * r_i * r_i        W_ij <- lam * W_ij + (1 - lam)
 
-  from ``R = W = 0``; the per-step covariance is ``S_ij = R_ij / W_ij``.
+  from ``R = Q = W = 0``. ``R_ii / W_ii`` is asset ``i``'s per-step variance (its own
+  history); ``rho_ij = R_ij / sqrt(Q_ij Q_ji)`` is the pair's correlation over the pair's
+  *joint* history (``W_ij`` cancels), and the covariance is ``sd_i sd_j rho_ij``.
 
-``S_ij`` is the bias-corrected EWMA: the ``adjust=True`` exponentially weighted mean of
-``r_i * r_j`` over the pair's joint history. An asset that starts ticking late therefore
-joins without touching the other assets' entries, and its own entries start clean. Since
-``W`` only moves on joint steps, ``W_ij = 1 - lam ** N_ij`` where ``N_ij`` counts the joint
-returns; the estimator keeps ``N`` (exact integers) instead of ``W``.
+The variances are the bias-corrected EWMA (the ``adjust=True`` exponentially weighted mean
+of ``r_i^2``) over each asset's history, so an asset that starts ticking late joins without
+touching the other assets' entries. A correlation is measured with both variances over the
+same steps as the covariance, so an asset that joins during a volatility spike no longer
+divides a spike-time covariance by a calm-time variance (a ratio of 1.83). Since ``W``
+only moves on joint steps, ``W_ij = 1 - lam ** N_ij`` where ``N_ij`` counts the joint
+returns; the estimator keeps ``N`` (exact integers) instead of ``W``. A correlation matrix
+assembled from pairs of different ages (or from the lead-lag terms below) can fail to be
+positive semi-definite with three or more assets: ``monitor.quant.risk.psd_covariance``
+repairs it before risk uses it.
 
-Because every pair has its own history, a matrix mixing assets of different ages is not
-guaranteed positive semi-definite, and a pairwise correlation can leave ``[-1, 1]`` (it is
-clipped).
+Asynchronous feeds (the Epps effect). The price at a grid point is each index's last tick,
+and indices tick out of step: a move of BTC at 0.9 s and the matching move of ETH at 1.2 s
+land on different grid steps, so products of same-step returns see only part of the
+co-movement (a true 0.9 measured 0.81, 0.34 and 0.17 at mean tick gaps of 0.1, 1 and 2 s).
+The cross products therefore follow Hayashi-Yoshida on the grid: an index's *interval*
+runs from one move of its price to the next, and whenever asset ``i``'s price moves, its
+return is multiplied by every move of ``j`` whose interval may overlap ``i``'s (those after
+``j``'s price as it stood at ``i``'s previous tick, known from the tick times the engine
+passes as ``ages_ms``), each pair of moves once; moves on the same step are the plain
+product. Pairs that may overlap but do not add noise, not bias; variances are unchanged
+(each index's own returns chain without gaps). With feeds all observed at the sample (no
+``ages_ms``) and moving every step this is the plain EWMA of ``r_i r_j``. Such cross
+products are not bounded by the variances: a correlation is clipped to ``[-1, 1]``.
+
+Staleness is per asset: an index that has not ticked for longer than ``max_gap`` is
+*stale*; it contributes no return (neither a real one nor the zero returns of a repeated
+price), and the first price after the silence starts a new chain of returns instead of
+posing as a one-step move. The other assets go on.
+
+Three decays share the returns: the slow estimator (``halflife``: volatility,
+correlation, contributions), the fast one (``fast_halflife``: regime checks) and the VaR
+estimator (``var_halflife``: the horizon VaR, hours to days of memory rather than the last
+half hour).
 """
 
 from __future__ import annotations
@@ -45,7 +73,7 @@ _MIN_CAPACITY: Final = 8
 
 
 class RollingEstimator:
-    """Two EWMA covariance estimators (slow and fast halflife) fed by the same log returns.
+    """EWMA covariance estimators (slow, fast and VaR halflife) fed by the same log returns.
 
     Parameters
     ----------
@@ -55,6 +83,11 @@ class RollingEstimator:
         Halflives of the slow and fast estimators, ms of grid time (> 0).
     warmup_ms
         Grid time an asset's returns must span before it is :attr:`warm`, ms (>= 0).
+    var_halflife_ms
+        Halflife of the VaR estimator, ms (> 0); default: the slow halflife.
+    max_gap_ms
+        An index silent for longer than this is stale (module notes), ms (> 0); default:
+        never (only :meth:`restart` breaks a chain of returns).
 
     Notes
     -----
@@ -70,43 +103,61 @@ class RollingEstimator:
         "_cur",
         "_figures",
         "_halflife_ms",
+        "_jq",
         "_lam",
         "_loglam",
         "_mask",
+        "_max_gap_ms",
         "_n",
         "_one_minus_lam",
         "_prev",
         "_raw",
         "_rr",
         "_sample_interval_ms",
+        "_snap",
+        "_stale",
         "_tmp",
         "_warmup_ms",
     )
 
     _raw: FloatArray
+    _jq: FloatArray
     _count: IntArray
     _prev: FloatArray
+    _snap: FloatArray
+    _stale: BoolArray
 
     def __init__(
-        self, sample_interval_ms: int, halflife_ms: int, fast_halflife_ms: int, warmup_ms: int
+        self,
+        sample_interval_ms: int,
+        halflife_ms: int,
+        fast_halflife_ms: int,
+        warmup_ms: int,
+        *,
+        var_halflife_ms: int | None = None,
+        max_gap_ms: int | None = None,
     ) -> None:
-        if sample_interval_ms <= 0 or halflife_ms <= 0 or fast_halflife_ms <= 0:
-            raise ValueError("sample_interval_ms and both halflives must be positive")
+        var_hl = halflife_ms if var_halflife_ms is None else var_halflife_ms
+        if sample_interval_ms <= 0 or min(halflife_ms, fast_halflife_ms, var_hl) <= 0:
+            raise ValueError("sample_interval_ms and every halflife must be positive")
         if warmup_ms < 0:
             raise ValueError("warmup_ms must be >= 0")
+        if max_gap_ms is not None and max_gap_ms <= 0:
+            raise ValueError("max_gap_ms must be positive")
         self._sample_interval_ms = int(sample_interval_ms)
-        self._halflife_ms = (int(halflife_ms), int(fast_halflife_ms))
+        self._halflife_ms = (int(halflife_ms), int(fast_halflife_ms), int(var_hl))
         self._warmup_ms = int(warmup_ms)
+        self._max_gap_ms = None if max_gap_ms is None else int(max_gap_ms)
         self._ann = MS_PER_YEAR / self._sample_interval_ms
         lam = [0.5 ** (self._sample_interval_ms / h) for h in self._halflife_ms]
-        # Shape (2, 1, 1): index 0 is the slow estimator, 1 the fast; broadcasts over (n, n).
-        self._lam = np.array(lam, dtype=np.float64).reshape(2, 1, 1)
+        # Shape (3, 1, 1): slow, fast, VaR estimator; broadcasts over (n, n).
+        self._lam = np.array(lam, dtype=np.float64).reshape(_K, 1, 1)
         self._one_minus_lam = 1.0 - self._lam
         self._loglam = np.log(self._lam)
         self._n = 0
         # Figures change only in sample(): computed once per grid point, shared read-only
         # (evaluations several times a second read them without rebuilding them).
-        self._figures: dict[tuple[str, bool], npt.NDArray[Any]] = {}
+        self._figures: dict[tuple[str, int], npt.NDArray[Any]] = {}
         self._cap = 0
         self._allocate(_MIN_CAPACITY)
 
@@ -115,21 +166,32 @@ class RollingEstimator:
     def _allocate(self, cap: int) -> None:
         """(Re)allocate buffers for ``cap`` assets, keeping the first ``n`` assets' state."""
         n = self._n
-        raw = np.zeros((2, cap, cap), dtype=np.float64)
+        raw = np.zeros((_K, cap, cap), dtype=np.float64)
+        jq = np.zeros((_K, cap, cap), dtype=np.float64)
         count = np.zeros((cap, cap), dtype=np.int64)
         prev = np.full(cap, np.nan, dtype=np.float64)
+        stale = np.zeros(cap, dtype=np.bool_)
+        snap = np.full((cap, cap), np.nan, dtype=np.float64)
         if n:
+            snap[:n, :n] = self._snap[:n, :n]
             raw[:, :n, :n] = self._raw[:, :n, :n]
+            jq[:, :n, :n] = self._jq[:, :n, :n]
             count[:n, :n] = self._count[:n, :n]
             prev[:n] = self._prev[:n]
-        self._raw = raw  # R, (2, cap, cap); zero outside [:n, :n]
+            stale[:n] = self._stale[:n]
+        self._raw = raw  # R, (K, cap, cap); zero outside [:n, :n]
+        self._jq = jq  # Q, (K, cap, cap): r_i^2 over the steps joint with j
         self._count = count  # N, joint returns, (cap, cap); zero outside [:n, :n]
         self._prev = prev  # last sample's prices, (cap,); NaN = unknown
+        self._stale = stale  # (cap,): stale at the last sample
+        # Lead-lag state: _snap[i, j] is ln P_j at the sample before i's price last moved
+        # (the start of i's open interval); NaN = unknown.
+        self._snap = snap
         # Scratch, overwritten on every sample.
         self._cur = np.empty(cap, dtype=np.float64)
         self._rr = np.empty((cap, cap), dtype=np.float64)
         self._mask = np.empty((cap, cap), dtype=np.bool_)
-        self._tmp = np.empty((2, cap, cap), dtype=np.float64)
+        self._tmp = np.empty((_K, cap, cap), dtype=np.float64)
         self._cap = cap
 
     def _grow(self, n: int) -> None:
@@ -139,7 +201,9 @@ class RollingEstimator:
 
     # -- updates ----------------------------------------------------------------------------
 
-    def sample(self, prices: npt.ArrayLike, steps: int = 1) -> None:
+    def sample(
+        self, prices: npt.ArrayLike, steps: int = 1, ages_ms: npt.ArrayLike | None = None
+    ) -> None:
         """Absorb the index prices at a closed grid point.
 
         Invalidates the cached figures: accessors return read-only arrays computed once per
@@ -157,12 +221,20 @@ class RollingEstimator:
             Grid points advanced (>= 1) during which ``prices`` held. The first step carries
             the log return against the previous sample; the other ``steps - 1`` are zero
             returns for every asset priced now (the same as ``steps`` calls with the same
-            prices, in closed form).
+            prices, in closed form) while it is not stale.
+        ages_ms
+            Shape ``(n,)``: ms from each index's last tick to the first grid point closed
+            (>= 0). With ``max_gap_ms``, an asset older than that is stale (module notes):
+            no return, and its price is forgotten so the next one yields none either; one
+            that turns stale during the ``steps`` stops receiving zero returns there. The
+            tick times also order the moves within a step for the lead-lag terms. NaN (or
+            the default, ``None``): observed at the grid point, not stale.
 
         Raises
         ------
         ValueError
-            ``prices`` is not 1-D or has fewer assets than before; ``steps < 1``.
+            ``prices`` is not 1-D or has fewer assets than before; ``steps < 1``;
+            ``ages_ms`` does not match ``prices``.
         """
         self._figures.clear()
         p = np.asarray(prices, dtype=np.float64)
@@ -178,42 +250,93 @@ class RollingEstimator:
         if n == 0:
             return
 
+        priced = np.greater(p, 0.0) & np.less(p, np.inf)  # False for NaN, <= 0, inf
+        k = steps - 1
+        live = np.full(n, k, dtype=np.int64)  # zero-return steps each asset may take
+        gap = self._max_gap_ms
+        ages = None if ages_ms is None else np.array(ages_ms, dtype=np.float64)
+        if ages is not None:
+            if ages.shape != (n,):
+                raise ValueError(f"ages_ms must have shape ({n},), got {ages.shape}")
+            ages[~np.isfinite(ages)] = 0.0  # unknown: as if it ticked at the grid point
+        if ages is not None and gap is not None:
+            fresh = ages <= gap
+            # Step s (0-based) is at age ages + s * dt: fresh while that is <= gap.
+            room = np.floor((gap - ages) / self._sample_interval_ms)
+            live = np.where(fresh, np.clip(room, 0, k), 0).astype(np.int64)
+            stale = priced & (~fresh | (live < k))
+        else:
+            fresh = np.ones(n, dtype=np.bool_)
+            stale = np.zeros(n, dtype=np.bool_)
+        self._stale[:n] = stale
+
         cur = self._cur[:n]
         prev = self._prev[:n]
-        priced = np.greater(p, 0.0) & np.less(p, np.inf)  # False for NaN, <= 0, inf
+        use = priced & fresh
         np.copyto(cur, np.nan)
-        np.copyto(cur, p, where=priced)
+        np.copyto(cur, p, where=use)
 
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             r = np.log(cur / prev)  # NaN where either price is unknown
+            lp_prev = np.log(prev)
         has = np.isfinite(r)
         r[~has] = 0.0
+        # Asynchronous feeds (module notes): asset i's price moved now, ending its interval
+        # that started at its previous move; pair it with the moves of j since that start
+        # (the intervals that can overlap it), once per pair.
+        moved = has & (r != 0.0)
+        snap = self._snap[:n, :n]
+        lead = lp_prev[None, :] - snap  # j's log move since the start of i's interval
+        lead[~np.isfinite(lead)] = 0.0
+        lead *= r[:, None]  # only rows that moved are non-zero
+        np.fill_diagonal(lead, 0.0)
+        lead += lead.T
+        chain = use & ~np.isfinite(prev)  # a first price (or the first after a silence)
+        starts = np.flatnonzero(moved | chain)  # i's next interval starts at its tick now
+        if starts.size:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lp_cur = np.log(cur)
+            # j's price at i's tick: now if j's last tick was at or before it, else the
+            # previous sample's (j's move within this step may come after i's tick).
+            tick = np.zeros(n) if ages is None else -ages
+            before = tick[None, :] <= tick[starts, None]
+            snap[starts] = np.where(before, lp_cur[None, :], lp_prev[None, :])
+            snap[:, chain] = lp_cur[chain]
         np.copyto(prev, cur)
+        prev[stale] = np.nan  # the next return of a stale asset would span the silence
 
         raw = self._raw[:, :n, :n]
+        jq = self._jq[:, :n, :n]
         tmp = self._tmp[:, :n, :n]
         rr = self._rr[:n, :n]
         mask = self._mask[:n, :n]
         count = self._count[:n, :n]
 
-        # First step, pairs with a joint return: R <- R + (1 - lam) * (r_i r_j - R).
-        # r is 0 off the mask, so r_i r_j needs no masking; R does.
-        np.multiply(r[:, None], r[None, :], out=rr)
+        # First step, pairs with a joint return: R <- R + (1 - lam) * (r_i r_j + lead - R),
+        # and Q <- Q + (1 - lam) * (r_i^2 - Q), only on the mask.
         np.logical_and(has[:, None], has[None, :], out=mask)
-        np.multiply(mask, raw, out=tmp)
-        np.subtract(rr, tmp, out=tmp)
-        tmp *= self._one_minus_lam
-        raw += tmp
+        np.multiply(r[:, None], r[None, :], out=rr)
+        rr += lead
+        rr *= mask  # a lead-lag term needs both assets' returns on this step too
+        for acc, prod in ((raw, rr), (jq, None)):
+            if prod is None:
+                prod = np.multiply(mask, (r * r)[:, None], out=rr)
+            np.multiply(mask, acc, out=tmp)
+            np.subtract(prod, tmp, out=tmp)
+            tmp *= self._one_minus_lam
+            acc += tmp
         count += mask
 
-        # Remaining steps - 1: zero returns for pairs priced now: R <- lam ** (steps-1) * R.
-        if steps > 1:
-            k = steps - 1
-            np.logical_and(priced[:, None], priced[None, :], out=mask)
-            np.multiply(mask, raw, out=tmp)
-            tmp *= -np.expm1(k * self._loglam)  # 1 - lam ** k, accurate for small k*(1-lam)
-            raw -= tmp
-            count += k * mask
+        # Remaining steps - 1: zero returns for pairs priced now and not stale, each pair
+        # for as many steps as both of its assets stay fresh: R <- lam ** m * R.
+        if k > 0:
+            m = np.where(use, live, 0)
+            pair = np.minimum.outer(m, m)
+            decay = -np.expm1(pair * self._loglam)  # 1 - lam ** m, accurate for small m
+            for acc in (raw, jq):
+                np.multiply(acc, decay, out=tmp)
+                acc -= tmp
+            count += pair
 
     def restart(self) -> None:
         """Forget the previous sample's prices (after a data outage).
@@ -234,6 +357,22 @@ class RollingEstimator:
     def lambdas(self) -> tuple[float, float]:
         """Per-step decay ``(slow, fast)`` = ``0.5 ** (sample_interval / halflife)``."""
         return float(self._lam[0, 0, 0]), float(self._lam[1, 0, 0])
+
+    @property
+    def halflives_ms(self) -> tuple[int, int, int]:
+        """Halflives ``(slow, fast, var)``, ms."""
+        return self._halflife_ms
+
+    @property
+    def max_gap_ms(self) -> int | None:
+        """Silence after which an index is stale, ms (``None``: never)."""
+        return self._max_gap_ms
+
+    @property
+    def stale(self) -> BoolArray:
+        """Shape ``(n,)``: assets that were stale at the last sample (priced, silent)."""
+        out: BoolArray = self._stale[: self._n].copy()
+        return out
 
     @property
     def annualisation(self) -> float:
@@ -259,59 +398,86 @@ class RollingEstimator:
         return out
 
     def _cached(
-        self, key: str, fast: bool, compute: Callable[[], npt.NDArray[Any]]
+        self, key: str, k: int, compute: Callable[[], npt.NDArray[Any]]
     ) -> npt.NDArray[Any]:
-        out = self._figures.get((key, fast))
+        out = self._figures.get((key, k))
         if out is None:
             out = compute()
             out.flags.writeable = False
-            self._figures[key, fast] = out
+            self._figures[key, k] = out
         return out
 
-    def covariance(self, fast: bool = False) -> FloatArray:
+    def covariance(self, fast: bool = False, *, var: bool = False) -> FloatArray:
         """Annualised covariance of log returns, shape ``(n, n)`` (decimal^2 per year).
 
-        Per-step ``S = R / W`` times :attr:`annualisation`. NaN for a pair without a joint
-        return. Not guaranteed PSD when assets have different histories (module notes).
-        Read-only (shared until the next sample).
+        ``sd_i sd_j rho_ij`` (module notes), the diagonal the variance ``R_ii / W_ii`` times
+        :attr:`annualisation`. NaN for a pair without a joint return. ``fast``: the fast
+        estimator; ``var``: the VaR estimator. Not guaranteed PSD with three or more assets
+        of different histories (module notes). Read-only (shared until the next sample).
         """
-        out: FloatArray = self._cached("cov", fast, lambda: self._covariance(fast))
+        k = _which(fast, var)
+        out: FloatArray = self._cached("cov", k, lambda: self._covariance(k))
         return out
 
-    def _covariance(self, fast: bool) -> FloatArray:
+    def _covariance(self, k: int) -> FloatArray:
         n = self._n
-        k = 1 if fast else 0
         count = self._count[:n, :n]
         with np.errstate(invalid="ignore", divide="ignore"):
-            weight = -np.expm1(count * self._loglam[k])  # W = 1 - lam ** N
-            out: FloatArray = self._raw[k, :n, :n] / weight
-        out[count == 0] = np.nan
-        out *= self._ann
+            weight = -np.expm1(np.diagonal(count) * self._loglam[k, 0, 0])  # W_ii
+            sd = np.sqrt(np.diagonal(self._raw[k, :n, :n]) / weight * self._ann)
+        rho = self._rho(k)
+        # No move of one of them on their joint steps: the correlation is undefined and the
+        # covariance 0 (a constant price, a stablecoin index).
+        rho[np.isnan(rho) & (count > 0)] = 0.0
+        out: FloatArray = np.multiply.outer(sd, sd) * rho
+        d = np.flatnonzero(np.diagonal(count) > 0)
+        out[d, d] = sd[d] * sd[d]
         return out
 
-    def volatility(self, fast: bool = False) -> FloatArray:
+    def _rho(self, k: int) -> FloatArray:
+        """Joint-history correlation ``R_ij / sqrt(Q_ij Q_ji)``; NaN where undefined."""
+        n = self._n
+        q = self._jq[k, :n, :n]
+        qq = q * q.T
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out: FloatArray = self._raw[k, :n, :n] / np.sqrt(qq)
+        out[(self._count[:n, :n] == 0) | ~(qq > 0.0)] = np.nan
+        # Contemporaneous products alone are within [-1, 1] (Cauchy-Schwarz); the lead-lag
+        # terms can push a noisy estimate past 1: clipped.
+        np.clip(out, -1.0, 1.0, out=out)
+        return out
+
+    def volatility(self, fast: bool = False, *, var: bool = False) -> FloatArray:
         """Annualised volatility, shape ``(n,)`` (decimal, 0.55 = 55%); NaN before a return."""
+        k = _which(fast, var)
         out: FloatArray = self._cached(
-            "vol", fast, lambda: np.sqrt(np.diagonal(self.covariance(fast)))
+            "vol", k, lambda: np.sqrt(np.diagonal(self.covariance(fast, var=var)))
         )
         return out
 
-    def correlation(self, fast: bool = False) -> FloatArray:
-        """Correlation, shape ``(n, n)``, clipped to ``[-1, 1]``; read-only.
+    def correlation(self, fast: bool = False, *, var: bool = False) -> FloatArray:
+        """Correlation over each pair's joint history, shape ``(n, n)``; read-only.
 
-        NaN for a pair without a joint return, or where a variance is zero (undefined);
-        the diagonal is 1 for every asset with a return.
+        Within ``[-1, 1]``. NaN for a pair without a joint return, or where a variance
+        over the joint steps is zero (undefined); the diagonal is 1 for every asset with a
+        return.
         """
-        out: FloatArray = self._cached("corr", fast, lambda: self._correlation(fast))
+        k = _which(fast, var)
+        out: FloatArray = self._cached("corr", k, lambda: self._correlation(k))
         return out
 
-    def _correlation(self, fast: bool) -> FloatArray:
-        cov = self.covariance(fast)
-        sd = np.sqrt(np.diagonal(cov))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out: FloatArray = cov / np.multiply.outer(sd, sd)
-        np.clip(out, -1.0, 1.0, out=out)
+    def _correlation(self, k: int) -> FloatArray:
+        out = self._rho(k)
         diag = np.diagonal(self._count[: self._n, : self._n]) > 0
         idx = np.flatnonzero(diag)
         out[idx, idx] = 1.0
         return out
+
+
+_K: Final = 3  # estimators: slow, fast, VaR
+
+
+def _which(fast: bool, var: bool) -> int:
+    if fast and var:
+        raise ValueError("choose the fast or the VaR estimator, not both")
+    return 1 if fast else 2 if var else 0

@@ -1,7 +1,8 @@
 """Risk contributions, VaR/ES and full-revaluation scenario P&L (pure numpy/scipy).
 
-Units: USD, volatility annualised on 365 days. Everything here is a pure function of arrays: no
-clock, no I/O, no logging; vectorised over underlyings, scenarios and positions.
+Units: USD, volatility annualised on 365 days, VaR and ES as positive losses. Everything
+here is a pure function of arrays: no clock, no I/O, no logging; vectorised over
+underlyings, scenarios and positions.
 
 Conventions shared by every function:
 
@@ -24,18 +25,25 @@ Unknown covariance (NaN)
 
 Non-PSD covariance
     Pairwise EWMA estimates over different histories need not form a PSD matrix, so
-    ``x' S x`` can come out negative. It is clamped to 0 and ``non_psd`` is set when it is
-    negative by more than rounding (``1e-12`` of ``|x|' |S| |x|``). The scenario generator
-    clips negative eigenvalues to 0 and flags the same way.
+    ``x' S x`` could come out negative and a book with exposure would show no risk.
+    :func:`psd_covariance` repairs the fully known block before any figure uses it: the
+    correlation matrix's negative eigenvalues are raised to a small positive floor
+    (``1e-8``) and it is rescaled to a unit diagonal, variances kept. Every function below
+    applies it to the covariance it uses and sets ``non_psd`` when it had to (a repair, not
+    a failure); ``x' S x`` is then >= 0 up to rounding.
 
-Flat book
-    ``sigma_p == 0`` (no exposure, or clamped): VaR, ES and contributions are 0; shares,
-    drifts and concentration are NaN (0/0 is undefined, and a rule must not read it as
-    "on budget").
+Flat or hedged book
+    ``sigma_p == 0`` (no exposure): VaR, ES and contributions are 0; shares, drifts and
+    concentration are NaN (0/0 is undefined, and a rule must not read it as "on budget"),
+    ``share_reason`` is ``"flat"``. When ``sigma_p`` is below 1% of the undiversified
+    volatility ``sum |x_i| sd_i`` (a near-perfect hedge), Euler contributions and shares
+    are ratios of tiny differences (they reached 1e9): contributions, shares, drifts,
+    concentration and component VaR/ES are NaN and ``share_reason`` is ``"hedged"``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Final
@@ -52,6 +60,7 @@ __all__ = [
     "DeltaGammaVaR",
     "DeltaNormalVaR",
     "OptionPositions",
+    "PSDRepair",
     "ScenarioPnL",
     "ScenarioVaR",
     "Scenarios",
@@ -59,6 +68,7 @@ __all__ = [
     "complete_assets",
     "contributions",
     "normal_draws",
+    "psd_covariance",
     "revalue",
     "scenario_returns",
     "var_delta_gamma",
@@ -70,7 +80,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-#: Default VaR confidence: 99%.
+#: Default VaR confidence (99%).
 DEFAULT_CONFIDENCE: Final = 0.99
 #: Default VaR horizon, years of 365 days (one day).
 DEFAULT_HORIZON: Final = 1.0 / 365.0
@@ -78,6 +88,10 @@ DEFAULT_HORIZON: Final = 1.0 / 365.0
 DEFAULT_MAX_ELEMENTS: Final = 1 << 17
 
 _PSD_RTOL: Final = 1e-12  # negative variance beyond this fraction of |x|'|S||x| is flagged
+_PSD_EIG_TOL: Final = 1e-10  # a correlation eigenvalue below -this needs repair
+_PSD_EIG_FLOOR: Final = 1e-8  # repaired correlation eigenvalues are at least this
+#: Below this fraction of the undiversified volatility, shares are NaN ("hedged").
+SHARE_FLOOR: Final = 0.01
 _SD_MIN: Final = 1e-300  # as monitor.quant.greeks: below this total sd an option is intrinsic
 _INV_SQRT_2PI: Final = 1.0 / math.sqrt(2.0 * math.pi)
 _CF_ZMIN: Final = -8.0  # lower end of the tail over which Cornish-Fisher must be monotone
@@ -150,6 +164,81 @@ def complete_assets(cov: npt.ArrayLike, candidates: npt.ArrayLike | None = None)
 
 
 @dataclass(frozen=True, slots=True)
+class PSDRepair:
+    """A covariance made positive semi-definite (:func:`psd_covariance`).
+
+    Attributes
+    ----------
+    cov
+        Shape ``(n, n)``: the input with its fully known block repaired; entries outside it
+        (unknown pairs) are as given.
+    repaired
+        True when the block was not PSD and was rebuilt.
+    min_eigenvalue
+        Smallest eigenvalue of the input's correlation block before repair (NaN with fewer
+        than two assets of positive variance, or when a Cholesky factorisation proved the
+        block positive definite and ``diagnose`` was false).
+    """
+
+    cov: FloatArray
+    repaired: bool
+    min_eigenvalue: float
+
+
+def psd_covariance(cov: npt.ArrayLike, *, diagnose: bool = False) -> PSDRepair:
+    """Positive semi-definite covariance rebuilt from clipped correlation eigenvalues.
+
+    Parameters
+    ----------
+    cov
+        Shape ``(n, n)``, annualised covariance (NaN = unknown).
+    diagnose
+        Always compute ``min_eigenvalue`` (an eigen-decomposition); otherwise a block that a
+        Cholesky factorisation accepts (the usual case, ``O(n^3 / 3)``) is returned at once.
+
+    Returns
+    -------
+    PSDRepair
+        On the block :func:`complete_assets` keeps (assets of positive variance), the
+        correlation ``C = D^-1 S D^-1`` is tested; if an eigenvalue is below ``-1e-10`` it
+        is rebuilt as ``Q max(L, 1e-8) Q'`` rescaled to a unit diagonal, and the covariance
+        as ``D C D`` (variances unchanged). A PSD input is returned unchanged (a copy).
+        The floor keeps every direction's variance positive, so a book with exposure on
+        assets with volatility never shows zero risk because of the repair.
+    """
+    c = np.array(cov, dtype=np.float64)
+    n = c.shape[0] if c.ndim == 2 else -1
+    _matrix(c, n)
+    if n < 2:
+        return PSDRepair(c, False, math.nan)
+    diag = np.diagonal(c)
+    with np.errstate(invalid="ignore"):
+        idx = np.flatnonzero(complete_assets(c) & (diag > 0.0))
+    if idx.size < 2:
+        return PSDRepair(c, False, math.nan)
+    block = np.ix_(idx, idx)
+    sd = np.sqrt(diag[idx])
+    corr = c[block] / np.multiply.outer(sd, sd)
+    corr = 0.5 * (corr + corr.T)
+    if not diagnose:
+        try:
+            np.linalg.cholesky(corr)
+            return PSDRepair(c, False, math.nan)
+        except np.linalg.LinAlgError:
+            pass  # not positive definite: decide on the eigenvalues
+    lam, q = np.linalg.eigh(corr)
+    lowest = float(lam[0])
+    if lowest >= -_PSD_EIG_TOL:
+        return PSDRepair(c, False, lowest)
+    fixed = (q * np.maximum(lam, _PSD_EIG_FLOOR)) @ q.T
+    d = np.sqrt(np.diagonal(fixed))
+    fixed /= np.multiply.outer(d, d)
+    fixed = 0.5 * (fixed + fixed.T)
+    c[block] = fixed * np.multiply.outer(sd, sd)
+    return PSDRepair(c, True, lowest)
+
+
+@dataclass(frozen=True, slots=True)
 class _Prepared:
     x: FloatArray  # (n,), 0 for excluded assets
     cov: FloatArray  # (n, n), 0 in rows/columns of assets that are not included
@@ -163,12 +252,26 @@ def _prepare(x: FloatArray, cov: FloatArray, active: BoolArray) -> _Prepared:
     inc = complete_assets(cov, active)
     excluded = active & ~inc
     xs = np.where(inc, x, 0.0)
-    s = np.where(inc[:, None] & inc[None, :], cov, 0.0)
+    rep = psd_covariance(np.where(inc[:, None] & inc[None, :], cov, 0.0))
+    s = rep.cov
     sx = s @ xs
     var = float(xs @ sx)
     gross = float(np.abs(xs) @ np.abs(s) @ np.abs(xs))
-    non_psd = var < -_PSD_RTOL * gross
+    non_psd = rep.repaired or var < -_PSD_RTOL * gross
     return _Prepared(xs, s, sx, max(var, 0.0), excluded, bool(non_psd))
+
+
+def _hedged(sigma: FloatArray, x: FloatArray, cov: FloatArray) -> npt.NDArray[np.bool_]:
+    """Books ``(k,)`` whose ``sigma_p`` is positive but below :data:`SHARE_FLOOR` of the
+    undiversified volatility ``sum |x_i| sd_i`` (``x`` of shape ``(k, n)``)."""
+    sd = np.sqrt(np.maximum(np.diagonal(cov), 0.0))
+    gross = np.abs(x) @ sd
+    out: npt.NDArray[np.bool_] = (sigma > 0.0) & (sigma < SHARE_FLOOR * gross)
+    return out
+
+
+def _share_reason(sigma: float, hedged: bool) -> str | None:
+    return "flat" if sigma == 0.0 else "hedged" if hedged else None
 
 
 # -- contributions --------------------------------------------------------------------------
@@ -201,7 +304,11 @@ class Contributions:
     excluded
         Bool: held assets left out because their covariance is unknown (module notes).
     non_psd
-        True when ``x' S x`` came out negative beyond rounding and was clamped to 0.
+        True when the covariance was not PSD and was repaired (:func:`psd_covariance`).
+    share_reason
+        Why ``rc_usd``, ``share`` and ``drift`` are NaN for every asset: ``"flat"`` (no
+        risk), ``"hedged"`` (``sigma_usd`` below 1% of the undiversified volatility), or
+        ``None`` when they are known (module notes).
     """
 
     sigma_usd: float
@@ -213,6 +320,7 @@ class Contributions:
     half_l1: float
     excluded: BoolArray
     non_psd: bool
+    share_reason: str | None = None
 
 
 def contributions(
@@ -263,7 +371,11 @@ def contributions(
     b[p.excluded] = np.nan
 
     rc = p.x * p.sx
-    if sigma > 0.0:
+    hedged = bool(_hedged(np.array([sigma]), p.x[None, :], p.cov)[0])
+    if hedged:
+        rc[:] = np.nan
+        share = np.full(n, np.nan)
+    elif sigma > 0.0:
         rc /= sigma
         share = rc / sigma
     else:
@@ -288,6 +400,7 @@ def contributions(
         half_l1=half_l1,
         excluded=p.excluded,
         non_psd=p.non_psd,
+        share_reason=_share_reason(sigma, hedged),
     )
 
 
@@ -308,7 +421,8 @@ class DeltaNormalVaR:
     component_var_usd, component_es_usd
         Shape ``(n,)``: Euler components ``x_i (S x)_i / sigma_p * z sqrt(h)`` (ES: with
         ``phi(z) / (1 - c)`` for ``z``); they sum to ``var_usd`` / ``es_usd``. A hedge is
-        negative. NaN for excluded assets; 0 for a flat book.
+        negative. NaN for excluded assets and for a near-perfect hedge (module notes); 0
+        for a flat book.
     confidence, horizon_years
         The parameters used.
     excluded, non_psd
@@ -358,6 +472,8 @@ def var_delta_normal(
     es_mult = _INV_SQRT_2PI * math.exp(-0.5 * z * z) / (1.0 - confidence)
     # Euler split of sd = sigma sqrt(h) (all zero for a flat book).
     unit = p.x * p.sx * (math.sqrt(horizon) / sigma) if sigma > 0.0 else np.zeros_like(p.x)
+    if _hedged(np.array([sigma]), p.x[None, :], p.cov)[0]:
+        unit[:] = np.nan
     cvar = unit * z
     ces = unit * es_mult
     cvar[p.excluded] = np.nan
@@ -382,19 +498,27 @@ class DeltaGammaVaR:
     Attributes
     ----------
     var_usd, es_usd
-        Loss at ``confidence`` over ``horizon_years``, USD. ``var_usd = -(mean + sd w)``
-        with ``w`` the Cornish-Fisher quantile at ``1 - c``; ``es_usd`` is the mean loss
-        beyond it under the same expansion (closed form, tail integral of ``w``).
+        Loss at ``confidence`` over ``horizon_years``, USD, >= 0 (a book whose worst
+        ``1 - c`` outcomes are gains has no loss to report: 0). With ``method`` ==
+        ``"cornish_fisher"``: ``var_usd = -(mean + sd w)`` with ``w`` the Cornish-Fisher
+        quantile at ``1 - c``, and ``es_usd`` the mean loss beyond it under the same
+        expansion (closed form, tail integral of ``w``). Where the expansion is not
+        monotone (``cf_monotone`` false) it is meaningless (it gave -82,549 USD for a book
+        whose exact figure is -14): ``method`` is then ``"simulation"``, the empirical
+        quantile and tail mean of the same quadratic P&L over 20,000 seeded,
+        moment-matched normal draws in its eigenbasis (deterministic).
     mean_usd, sd_usd
         Mean ``0.5 tr(G S h)`` and standard deviation of the P&L, USD.
     skewness, excess_kurtosis
         Third and fourth standardised cumulants of the P&L (0 for a book without gamma).
     cf_monotone
         False when the Cornish-Fisher quantile is not increasing over the lower tail
-        (``-8 <= z <= N^-1(1 - c)``): skew/kurtosis are beyond the expansion's domain and the
-        figures are unreliable; use the full-revaluation VaR.
+        (``-8 <= z <= N^-1(1 - c)``): skew/kurtosis are beyond the expansion's domain, and
+        the figures come from simulation instead (``method``).
     confidence, horizon_years, excluded, non_psd
         As in :class:`DeltaNormalVaR` (active assets: ``x != 0`` or ``gamma_cash != 0``).
+    method
+        ``"cornish_fisher"`` or ``"simulation"`` (see ``var_usd``).
     """
 
     var_usd: float
@@ -408,6 +532,7 @@ class DeltaGammaVaR:
     horizon_years: float
     excluded: BoolArray
     non_psd: bool
+    method: str = "cornish_fisher"
 
 
 def var_delta_gamma(
@@ -424,9 +549,9 @@ def var_delta_gamma(
     x
         Shape ``(n,)``, exposure per underlying, USD (``delta_usd`` summed).
     gamma_cash
-        Shape ``(n,)``, ``sum(gamma * S**2)`` per underlying over the positions, USD per unit
-        log return squared (``gamma`` in underlying units per USD, ``S`` the index price);
-        equal to ``100 * gamma_usd`` summed per underlying.
+        Shape ``(n,)``, ``sum(gamma * F**2)`` per underlying over the positions, USD per unit
+        log return squared (``gamma`` in underlying units per USD, ``F`` the forward the
+        position moves with, ``F -> F e^r``); equal to ``100 * gamma_usd`` summed.
     cov
         Shape ``(n, n)``, annualised covariance of log returns.
     confidence, horizon
@@ -438,8 +563,8 @@ def var_delta_gamma(
 
     Notes
     -----
-    The P&L is the second-order expansion in the log returns ``r`` (``S -> S e^r``), whose
-    diagonal Hessian is ``G_ii = gamma_cash_i + x_i``: ``d2V/dr2 = gamma S^2 + delta S``.
+    The P&L is the second-order expansion in the log returns ``r`` (``F -> F e^r``), whose
+    diagonal Hessian is ``G_ii = gamma_cash_i + x_i``: ``d2V/dr2 = gamma F^2 + delta F``.
     The ``x_i`` term is the convexity of ``e^r`` that every position has (a long spot
     position gains ``x (e^r - 1) = x (r + r^2/2 + ...)``), so the expansion agrees with
     :func:`revalue` to second order. With ``M = G S h`` and ``V = S h``, the cumulants are::
@@ -499,9 +624,13 @@ def var_delta_gamma(
     if c3 != 0.0 and _CF_ZMIN < -c2 / (3.0 * c3) < a:
         zs.append(-c2 / (3.0 * c3))
     monotone = min(c1 + 2.0 * c2 * z + 3.0 * c3 * z * z for z in zs) > 0.0
+    var, es, method = _dg_figures(
+        monotone, -(k1 + sd * w), -(k1 + sd * tail / cdf), p.x, gam, v, confidence
+    )
     return DeltaGammaVaR(
-        var_usd=-(k1 + sd * w),
-        es_usd=-(k1 + sd * tail / cdf),
+        var_usd=var,
+        es_usd=es,
+        method=method,
         mean_usd=k1,
         sd_usd=sd,
         skewness=s,
@@ -512,6 +641,58 @@ def var_delta_gamma(
         excluded=p.excluded,
         non_psd=non_psd,
     )
+
+
+_DG_DRAWS: Final = 20_000
+
+
+def _dg_figures(
+    monotone: bool,
+    cf_var: float,
+    cf_es: float,
+    x: FloatArray,
+    gam: FloatArray,
+    v: FloatArray,
+    confidence: float,
+) -> tuple[float, float, str]:
+    """Delta-gamma VaR, ES (floored at 0) and the method: Cornish-Fisher where monotone."""
+    if monotone:
+        return max(cf_var, 0.0), max(cf_es, 0.0), "cornish_fisher"
+    var, es = _quadratic_var(x, gam, v, confidence)
+    return max(var, 0.0), max(es, 0.0), "simulation"
+
+
+@functools.lru_cache(maxsize=4)
+def _dg_draws(n: int) -> tuple[FloatArray, FloatArray]:
+    """The fixed draws of :func:`_quadratic_var` and their squares, read-only, per size."""
+    w = normal_draws(_DG_DRAWS, n, seed=0)
+    w2 = w * w
+    w.flags.writeable = False
+    w2.flags.writeable = False
+    return w, w2
+
+
+def _quadratic_var(
+    x: FloatArray, gam: FloatArray, v: FloatArray, confidence: float
+) -> tuple[float, float]:
+    """VaR and ES of ``x'r + 0.5 sum_i gam_i r_i^2``, ``r ~ N(0, v)``, by seeded simulation.
+
+    With ``v = A A'`` and ``A' diag(gam) A = P diag(mu) P'``, ``w = P' z`` is standard normal
+    and the P&L is ``(P'A'x)' w + 0.5 sum_k mu_k w_k^2``: ``O(draws x n)`` per book.
+    """
+    idx = np.flatnonzero((x != 0.0) | (gam != 0.0))
+    if idx.size == 0:
+        return 0.0, 0.0
+    vs = v[np.ix_(idx, idx)]
+    lam, q = np.linalg.eigh(0.5 * (vs + vs.T))
+    a = q * np.sqrt(np.maximum(lam, 0.0))
+    quad = a.T @ (gam[idx, None] * a)
+    mu, pm = np.linalg.eigh(0.5 * (quad + quad.T))
+    b = pm.T @ (a.T @ x[idx])
+    w, w2 = _dg_draws(idx.size)
+    pnl = w @ b + 0.5 * (w2 @ mu)
+    res = var_full_revaluation(pnl, confidence)
+    return float(res.var_usd), float(res.es_usd)
 
 
 # -- all books at once ----------------------------------------------------------------------
@@ -572,15 +753,17 @@ def book_risk(
             )
             for b in range(k)
         ]
-    s = np.where(active[:, None] & active[None, :], s, 0.0)  # unknown only off the books
+    rep = psd_covariance(np.where(active[:, None] & active[None, :], s, 0.0))
+    s = rep.cov  # unknown only off the books, now PSD
 
     sx = xs @ s  # (k, n), S symmetric
     raw = np.einsum("bi,bi->b", xs, sx)
     gross = np.einsum("bi,bi->b", np.abs(xs), np.abs(xs) @ np.abs(s))
-    non_psd = raw < -_PSD_RTOL * gross
+    non_psd = rep.repaired | (raw < -_PSD_RTOL * gross)
     var = np.maximum(raw, 0.0)
     sigma = np.sqrt(var)
-    pos = sigma > 0.0
+    hedged = _hedged(sigma, xs, s)
+    pos = (sigma > 0.0) & ~hedged
     safe = np.where(pos, sigma, 1.0)
 
     weights = np.empty((k, n))
@@ -595,7 +778,7 @@ def book_risk(
     wsum = weights.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         budget_n = np.where(wsum > 0.0, weights / np.where(wsum > 0.0, wsum, 1.0), np.nan)
-    rc = np.where(pos[:, None], xs * sx / safe[:, None], 0.0)
+    rc = np.where(pos[:, None], xs * sx / safe[:, None], np.where(hedged[:, None], np.nan, 0.0))
     share = np.where(pos[:, None], rc / safe[:, None], np.nan)
     drift = share - budget_n
     known = np.isfinite(drift)
@@ -648,6 +831,18 @@ def book_risk(
     lowest = np.minimum(slope(_CF_ZMIN), slope(a))
     lowest = np.where(inside, np.minimum(lowest, slope(np.where(inside, vertex, a))), lowest)
 
+    dg = [
+        _dg_figures(
+            bool(lowest[b] > 0.0),
+            float(-(k1[b] + sd[b] * w[b])),
+            float(-(k1[b] + sd[b] * tail[b] / cdf)),
+            xs[b],
+            gam[b],
+            v,
+            confidence,
+        )
+        for b in range(k)
+    ]
     none = np.zeros(n, dtype=bool)
     out: list[BookRisk] = []
     for b in range(k):
@@ -664,6 +859,7 @@ def book_risk(
                     half_l1=float(half_l1[b]),
                     excluded=none,
                     non_psd=bool(non_psd[b]),
+                    share_reason=_share_reason(sig, bool(hedged[b])),
                 ),
                 DeltaNormalVaR(
                     var_usd=z * sig * root_h,
@@ -677,8 +873,9 @@ def book_risk(
                     non_psd=bool(non_psd[b]),
                 ),
                 DeltaGammaVaR(
-                    var_usd=float(-(k1[b] + sd[b] * w[b])),
-                    es_usd=float(-(k1[b] + sd[b] * tail[b] / cdf)),
+                    var_usd=dg[b][0],
+                    es_usd=dg[b][1],
+                    method=dg[b][2],
                     mean_usd=float(k1[b]),
                     sd_usd=float(sd[b]),
                     skewness=float(skew[b]),

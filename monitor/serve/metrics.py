@@ -51,6 +51,9 @@ Risk figures from the snapshot (name, type, labels)::
     riskmon_asset_volatility           (annualised)    gauge      underlying, estimator
     riskmon_asset_returns                              gauge      underlying
     riskmon_asset_estimator_warm       (0/1)           gauge      underlying
+    riskmon_asset_stale                (0/1)           gauge      underlying
+    riskmon_covariance_psd_repaired    (0/1)           gauge
+    riskmon_covariance_repairs_total                   counter
     riskmon_asset_correlation                          gauge      underlying_a, underlying_b
     riskmon_account_exposure_usd                       gauge      account, underlying
     riskmon_account_delta_usd                          gauge      account
@@ -120,6 +123,13 @@ Conventions:
   the instrument's current one, dropped), ``quarantined`` (a price tick beyond
   ``market.max_tick_move``, held until confirmed), ``internal_error``.
 - ``estimator`` is ``"slow"`` (``estimator.halflife``) or ``"fast"`` (``fast_halflife``).
+- ``riskmon_asset_stale``: 1 for an index silent longer than ``estimator.max_gap`` (it
+  contributes no return until it ticks again). ``riskmon_covariance_psd_repaired``: 1 when
+  the slow covariance in the snapshot was not positive semi-definite and was repaired for
+  risk; ``riskmon_covariance_repairs_total``: estimator samples whose slow or VaR
+  covariance needed that repair. Risk shares, drifts and component VaR are not exported
+  for a book whose volatility is below 1% of its undiversified volatility (a near-perfect
+  hedge: the report's ``shares_unavailable`` says ``"hedged"``).
 - ``method`` is ``delta_normal``, ``delta_gamma`` (Cornish-Fisher) or ``full_revaluation``
   (scenario VaR, recomputed every ``risk.scenario_interval``); ``measure`` is
   ``max_abs_drift`` or ``half_l1``. Risk shares, budgets and drift are exported for the
@@ -198,7 +208,7 @@ EVALUATION_BUCKETS: Final = (
 
 # AccountFigures.greeks key -> metric suffix (units in the module docstring).
 _GREEKS: Final = (
-    ("delta_usd", "delta_usd", "USD delta (delta x underlying price)"),
+    ("delta_usd", "delta_usd", "USD delta (delta x the forward or price it moves with)"),
     ("gamma_usd", "gamma_usd", "USD change of delta_usd for a 1% move of the underlying"),
     ("vega", "vega_usd", "USD per 1 vol point (0.01) of implied volatility"),
     ("theta", "theta_usd", "USD per calendar day of time decay"),
@@ -347,6 +357,19 @@ class _Families:
             "riskmon_asset_estimator_warm",
             "1 once the slow estimator has enough weight on observed data.",
             ("underlying",),
+        )
+        self.stale = g(
+            "riskmon_asset_stale",
+            "1 while the index is silent longer than estimator.max_gap (no returns taken).",
+            ("underlying",),
+        )
+        self.psd_repaired = g(
+            "riskmon_covariance_psd_repaired",
+            "1 when the slow covariance was not positive semi-definite and was repaired.",
+        )
+        self.psd_repairs = c(
+            "riskmon_covariance_repairs",
+            "Estimator samples whose slow or VaR covariance was repaired to be PSD.",
         )
         self.corr = g(
             "riskmon_asset_correlation",
@@ -640,6 +663,11 @@ class RiskCollector:
             _put(f.vol, (name, "fast"), vol_fast)
             f.returns.add_metric(labels, returns)
             f.warm.add_metric(labels, 1.0 if warm else 0.0)
+        if a.stale is not None:
+            for name, stale in zip(names, a.stale.tolist(), strict=True):
+                f.stale.add_metric((name,), 1.0 if stale else 0.0)
+        f.psd_repaired.add_metric((), 1.0 if a.psd_repaired else 0.0)
+        f.psd_repairs.add_metric((), a.covariance_repairs)
         corr = a.correlation.tolist()
         for i, row in enumerate(corr):
             for j in range(i + 1, len(row)):
