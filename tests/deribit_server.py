@@ -83,10 +83,9 @@ def position(name: str, size: float) -> dict[str, Any]:
 
 
 def expected_quantity(name: str, size: float) -> float:
-    """What riskmon should hold: coin (options: size; inverse futures: USD size / mark)."""
-    if name.endswith(("-C", "-P")):
-        return size
-    return size / MARKS[name.split("-")[0]]
+    """What riskmon should hold: Deribit's ``size`` (coin for options, USD for inverse
+    futures, which riskmon declares inverse)."""
+    return size
 
 
 class FakeDeribit:

@@ -22,6 +22,7 @@ from monitor.model.backoff import Backoff
 from monitor.model.events import (
     AccountEvent,
     InstrumentEvent,
+    PositionEvent,
     PriceEvent,
 )
 
@@ -77,13 +78,20 @@ async def test_handshake_snapshot_and_prices(
     server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
     conn, sink = running
-    # The snapshot: BTC-PERPETUAL 1000 USD at a 50,000 mark = 0.02 BTC; the option in coin.
-    assert sink.folded() == {"BTC-PERPETUAL": pytest.approx(0.02), "BTC-27DEC30-60000-C": -2.5}
-    # The option was declared inverse with its exact expiry before its position.
-    decl = [e for e in sink.events if isinstance(e, InstrumentEvent)]
-    assert [(d.instrument, d.inverse, d.expiry) for d in decl] == [
-        ("BTC-27DEC30-60000-C", True, "2030-01-01T08:00:00Z")
-    ]
+    # The snapshot: BTC-PERPETUAL 1000 USD (inverse, USD-sized); the option in coin.
+    assert sink.folded() == {"BTC-PERPETUAL": 1000.0, "BTC-27DEC30-60000-C": -2.5}
+    # Both were declared inverse before their positions; the option with its exact expiry.
+    decl = {e.instrument: e for e in sink.events if isinstance(e, InstrumentEvent)}
+    assert {n: (d.kind, d.inverse, d.expiry) for n, d in decl.items()} == {
+        "BTC-27DEC30-60000-C": ("option", True, "2030-01-01T08:00:00Z"),
+        "BTC-PERPETUAL": ("perpetual", True, None),
+    }
+    declared_at = {
+        e.instrument: k for k, e in enumerate(sink.events) if isinstance(e, InstrumentEvent)
+    }
+    for k, e in enumerate(sink.events):
+        if isinstance(e, PositionEvent):
+            assert declared_at[e.instrument] < k, e.instrument
     # Account: coin equity 10 per currency, no index yet -> nothing; the index arrives.
     assert not any(isinstance(e, AccountEvent) for e in sink.events)
     await server.push_index("btc_usd", 50_000.0, 1_767_225_600_000)

@@ -58,7 +58,7 @@ from monitor.model.events import (
     iso_ms,
 )
 from monitor.model.health import ConnectorStatus
-from monitor.model.instruments import InstrumentRegistry, from_event
+from monitor.model.instruments import Instrument, InstrumentRegistry, from_event, parse_name
 from monitor.model.snapshot import RiskSnapshot
 from monitor.quant.estimator import RollingEstimator
 from monitor.rules.machine import RuleEngine
@@ -67,6 +67,8 @@ from monitor.rules.pack import RuleInput
 __all__ = ["Engine", "EngineSettings"]
 
 _NO_TS: Final = -(2**62)
+#: Settlement currencies that are dollars: no exposure of their own.
+_USD_COINS: Final = frozenset({"USD", "USDC", "USDT"})
 _TAG: Final[dict[type, str]] = {
     PriceEvent: "price",
     PositionEvent: "position",
@@ -342,12 +344,40 @@ class Engine:
         self._book = None
 
     def _apply_account(self, ev: AccountEvent) -> None:
+        currencies = dict(ev.currencies) if ev.currencies else {}
         self._accounts[ev.account] = AccountState(
             ts_ms=ev.ts,
             equity=ev.equity,
             initial_margin=ev.initial_margin,
             maintenance_margin=ev.maintenance_margin,
+            currencies=currencies,
         )
+        # Coin collateral is exposure: hold it as a position of ``<coin>.collateral`` (spot
+        # of that underlying, valued at its index), so exposure, VaR, stresses and the
+        # distance to a call revalue it with the positions. A currency that is not an
+        # underlying (USDC, USDT: USD) carries no exposure.
+        book = self._positions.setdefault(ev.account, {})
+        held = {i for i in book if self.registry.instruments[i].collateral}
+        for cur, bal in currencies.items():
+            coin = cur.upper()
+            if bal.collateral is None or coin in _USD_COINS or parse_name(coin) is None:
+                continue
+            name = f"{coin}.collateral"
+            i = self._index.get(name)
+            if i is None:
+                i = self.registry.register(Instrument(name, "spot", coin, collateral=True))
+                self._index[name] = i
+                self._index.setdefault(coin, self.registry.index_of(coin))
+                self._grow(len(self.registry))
+            held.discard(i)
+            if bal.collateral == 0.0:
+                book.pop(i, None)
+            else:
+                opened = book.get(i)
+                book[i] = (bal.collateral, ev.ts if opened is None else opened[1])
+        for i in held:  # a currency no longer reported holds no collateral
+            book.pop(i, None)
+        self._book = None
 
     def _apply_instrument(self, ev: InstrumentEvent) -> None:
         inst = from_event(ev)
