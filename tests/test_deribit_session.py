@@ -126,6 +126,35 @@ async def test_disconnect_mid_burst(
     assert conn.status.reconnects >= 1
 
 
+async def test_a_change_during_the_snapshot_is_not_overwritten_by_it(
+    server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
+) -> None:
+    """After a reconnect, a user.changes that lands while get_positions is in flight wins
+    over that (older) answer: the book ends at the venue's truth, not the snapshot's."""
+    conn, sink = running
+
+    async def trade() -> None:  # the answer holds 1000 USD; the trade makes it -7000
+        await server.change("BTC-PERPETUAL", -7000.0)
+
+    server.race_during_snapshot = trade
+    handshakes = server.handshakes
+    await server.drop_all()
+    await wait_until(
+        lambda: server.handshakes > handshakes and conn.status.connected, "reconnected"
+    )
+    await wait_until(lambda: server.race_during_snapshot is None, "the race ran")
+    await wait_until(settled(server, sink), "truth after the race")
+    assert sink.folded()["BTC-PERPETUAL"] == -7000.0
+    # And it stays there: the stale snapshot value never came after the change.
+    perp = [
+        e.quantity
+        for e in sink.events
+        if isinstance(e, PositionEvent) and e.instrument == "BTC-PERPETUAL"
+    ]
+    assert perp[-1] == -7000.0
+    assert 1000.0 not in perp[perp.index(-7000.0) :]
+
+
 async def test_garbage_frames_are_counted(
     server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
