@@ -336,6 +336,7 @@ class Daemon:
                     t.cancel()
         finally:
             self._scenario_pool.shutdown(wait=True, cancel_futures=True)
+            self.alerts.close()  # alert transitions already submitted reach their outbox
             await self.http.stop()
             if self._recorder is not None:
                 self._recorder.close()
