@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", help="HOST:PORT for HTTP (overrides server.listen)")
     run.add_argument("--seed", type=int, help="seed of the simulated market(s)")
 
+    ing = sub.add_parser("ingest", help="publish the connectors' events to NATS ([cluster])")
+    ing.add_argument("--config", type=Path, help="TOML config file with a [cluster] section")
+    ing.add_argument("--seed", type=int, help="seed of the simulated market(s)")
+
     rep = sub.add_parser("replay", help="replay a recording on event time and print the report")
     rep.add_argument("file", type=Path, help=".jsonl, .jsonl.gz or .parquet events")
     rep.add_argument("--config", type=Path, help="TOML config file (estimator and risk settings)")
@@ -58,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "ingest":
+            return _ingest(args)
         if args.command == "replay":
             return _replay(args)
         if args.command == "check-config":
@@ -103,6 +109,42 @@ def _run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(amain())
     except OSError as exc:  # the port is taken, the record path is not writable...
+        log.error("cannot run: %s", exc)
+        return 1
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    """``riskmon ingest``: the connectors' events to JetStream (monitor.ingest)."""
+    import msgspec.structs
+
+    from monitor.daemon import install_signal_handlers
+    from monitor.ingest import Ingest
+    from monitor.logs import setup_logging
+
+    cfg = load_config(_config_path(args.config))
+    cluster = cfg.cluster
+    if cluster is None:
+        raise ConfigError("cluster", "riskmon ingest needs a [cluster] section")
+    if args.seed is not None:
+        cfg = msgspec.structs.replace(
+            cfg,
+            connectors=tuple(
+                msgspec.structs.replace(c, seed=args.seed) if hasattr(c, "seed") else c
+                for c in cfg.connectors
+            ),
+        )
+    setup_logging(cfg.log.level, cfg.log.format)
+    log.info("starting riskmon ingest %s", __version__, extra={"config": redacted(cfg)})
+
+    async def amain() -> None:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        await Ingest(cfg, cluster).run(stop)
+
+    try:
+        asyncio.run(amain())
+    except OSError as exc:  # no NATS server reachable, among others
         log.error("cannot run: %s", exc)
         return 1
     return 0

@@ -52,6 +52,7 @@ import msgspec.inspect as mi
 from msgspec import Meta, Struct
 
 from connectors import CONNECTOR_TYPES, ConnectorConfig
+from connectors.nats.config import ClusterConfig
 from connectors.simulated import SimulatedConnector
 from monitor.model.settings import (
     REDACTED,
@@ -259,6 +260,9 @@ class Config(Section, frozen=True):
     limits: dict[str, AccountLimits] = msgspec.field(default_factory=dict)
     #: Empty means one default simulated connector.
     connectors: tuple[ConnectorConfig, ...] = ()
+    #: Cluster mode (README "Running a cluster"): ``riskmon ingest`` publishes the
+    #: connectors' events to NATS JetStream and ``riskmon run`` reads its shard from there.
+    cluster: ClusterConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.connectors:

@@ -14,7 +14,8 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -135,6 +136,12 @@ class Daemon:
         # The scenario pass (full-revaluation VaR, scenario margin) runs here so a large
         # option book does not stall the engine loop; numpy releases the GIL for it.
         self._scenario_pool = ThreadPoolExecutor(1, thread_name_prefix="riskmon.scenarios")
+        self._drops: deque[tuple[tuple[str, ...], asyncio.Future[None]]] = deque()
+        if connectors is None and cfg.cluster is not None:
+            # Cluster mode: the engine reads JetStream; [[connectors]] are the ingest's.
+            from connectors.nats.source import ClusterSource
+
+            connectors = [ClusterSource(cfg.cluster, self.drop_accounts)]
         self._connectors: list[Connector] = (
             list(connectors)
             if connectors is not None
@@ -195,6 +202,22 @@ class Daemon:
         self.engine.reject(source, rejected)
         self._reject_log(source, rejected.reason.value, rejected.detail)
 
+    async def drop_accounts(self, accounts: Collection[str]) -> None:
+        """Remove ``accounts`` from the engine (cluster mode: their shard moved to another
+        daemon); returns once applied, after every event queued before the call."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._drops.append((tuple(accounts), done))
+        await done
+
+    def _apply_drops(self) -> None:
+        while self._drops:
+            accounts, done = self._drops.popleft()
+            for account in accounts:
+                self.engine.drop_account(account)
+            self.alerts.forget_accounts(accounts)
+            if not done.done():
+                done.set_result(None)
+
     # -- tasks --------------------------------------------------------------------------
 
     async def _engine_loop(self) -> None:
@@ -213,6 +236,7 @@ class Daemon:
                 except Exception:  # a bug must cost one event, not the daemon
                     log.exception("engine failed to apply an event", extra={"source": source})
                     self.reject(source, Rejected(Reason.INTERNAL_ERROR, "engine error"))
+            self._apply_drops()
             engine.stats.conflated = queue.conflated
             engine.stats.queue_depth = len(queue)
             if self._recorder is not None and time.monotonic() - flushed_s >= 1.0:

@@ -260,6 +260,16 @@ class Engine:
         self._grow(len(self.registry))
         self._book = None
 
+    def drop_account(self, account: str) -> None:
+        """Remove ``account``: its positions and venue margin leave the book and its alerts
+        are forgotten without a transition (cluster mode: another daemon evaluates it now).
+        """
+        if self._positions.pop(account, None) is not None:
+            self._book = None
+        self._accounts.pop(account, None)
+        if self._rules is not None:
+            self._rules.forget(account)
+
     # -- sample clock (event time) ----------------------------------------------------
 
     def _close_grid(self, ts: int) -> None:

@@ -281,6 +281,20 @@ class RuleEngine(Generic[Inp]):
 
     # -- the state machine ------------------------------------------------------------
 
+    def forget(self, account: str) -> None:
+        """Forget every alert and cooldown of ``account`` without a transition.
+
+        For an account this engine stops evaluating while it goes on elsewhere (cluster
+        mode: another daemon took over its shard): its alerts are handed over, not
+        resolved, so receivers see no resolve from here.
+        """
+        for tracks in self._tracks:
+            for subject in [s for s in tracks if s[0] == account]:
+                del tracks[subject]
+        for cooldown in self._cooldown:
+            for subject in [s for s in cooldown if s[0] == account]:
+                del cooldown[subject]
+
     def _evaluate_rule(self, k: int, rule: Rule[Inp], data: Inp, now_ms: int) -> list[Transition]:
         spec = rule.spec
         tracks = self._tracks[k]

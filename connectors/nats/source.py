@@ -1,0 +1,241 @@
+"""The engine side of a cluster: a connector that reads JetStream instead of a venue.
+
+It implements the connector protocol, so the engine is the same as in local mode:
+
+- **market data**: one ordered consumer on ``<p>.md.>`` from the last value per subject
+  (each instrument's definition and latest price), then every new message;
+- **accounts**: only the shards this daemon holds (static, or leases: ``leases``). Each
+  time the set changes, the accounts of shards it lost are dropped from the engine
+  (``drop_accounts``: positions and venue margin leave the book; their alerts are
+  forgotten without a transition, since another daemon now evaluates them), then an
+  ordered consumer on ``<p>.acct.>`` delivers the last value per subject: every held
+  account's current positions and equity. They are handed to the engine in one batch
+  once the consumer has caught up (``num_pending == 0``), so an evaluation never sees a
+  half-rebuilt account; after that, new messages flow one by one. Accounts of other
+  shards are skipped by their subject, without decoding.
+
+Positions are absolute snapshots, so re-reading the last values of an account already
+held changes nothing: a rebuild is idempotent and loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Collection
+from typing import Final
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from nats.js.kv import KeyValue
+
+from connectors.base import EventSink
+from connectors.nats.config import ClusterConfig
+from connectors.nats.jetstream import connect, ensure_streams, replicas_for
+from connectors.nats.leases import ShardLeases
+from connectors.nats.subjects import account_filter, account_of_subject, market_filter, shard_of
+from monitor.model.events import Event, EventDecoder, Rejected
+from monitor.model.health import ConnectorStatus
+
+__all__ = ["ClusterSource", "DropAccounts"]
+
+log = logging.getLogger(__name__)
+
+#: Removes accounts from the engine; returns once the engine has applied it.
+DropAccounts = Callable[[Collection[str]], Awaitable[None]]
+
+#: How often the account reader looks for a change of shards while the stream is quiet.
+_POLL_S: Final = 0.25
+
+
+class ClusterSource:
+    """All market data and this daemon's shards of accounts, from JetStream."""
+
+    def __init__(self, cfg: ClusterConfig, drop_accounts: DropAccounts) -> None:
+        self._cfg = cfg
+        self._drop = drop_accounts
+        self._status = ConnectorStatus("cluster", "nats")
+        self._decoder = EventDecoder()
+        self.member = cfg.member_name
+        self.owned: frozenset[int] = (
+            frozenset(cfg.shards) if cfg.assignment == "static" else frozenset()
+        )
+        self._changed = asyncio.Event()
+        self._held: dict[str, int] = {}  # account -> its shard, as delivered to the engine
+        self.leases: ShardLeases | None = None
+
+    @property
+    def status(self) -> ConnectorStatus:
+        return self._status
+
+    async def run(self, sink: EventSink) -> None:
+        cfg = self._cfg
+        nc = await connect(cfg, f"riskmon-engine-{self.member}")
+        try:
+            js = nc.jetstream(timeout=cfg.publish_timeout.seconds)
+            replicas = replicas_for(cfg, nc)
+            await ensure_streams(js, cfg, replicas)
+            self._status.connected, self._status.last_error = True, None
+            log.info(
+                "cluster source connected",
+                extra={"member": self.member, "assignment": cfg.assignment},
+            )
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._market(js, sink), name="riskmon.cluster.market")
+                tg.create_task(self._accounts(js, sink), name="riskmon.cluster.accounts")
+                if cfg.assignment == "lease":
+                    kv = await self._bucket(js, replicas)
+                    self.leases = ShardLeases(
+                        kv, self.member, cfg.shard_count, cfg.lease_ttl.seconds
+                    )
+                    tg.create_task(self._hold_leases(self.leases), name="riskmon.cluster.leases")
+                else:
+                    self._changed.set()
+        finally:
+            self._status.connected = False
+            if self.leases is not None:
+                try:
+                    async with asyncio.timeout(2.0):
+                        await self.leases.release_all()
+                except TimeoutError:
+                    pass
+            await nc.close()
+
+    async def _bucket(self, js: JetStreamContext, replicas: int) -> KeyValue:
+        cfg = self._cfg
+        try:
+            kv = await js.key_value(cfg.lease_bucket)
+        except nats.js.errors.BucketNotFoundError:
+            kv = await js.create_key_value(
+                bucket=cfg.lease_bucket,
+                ttl=cfg.lease_ttl.seconds,
+                history=1,
+                replicas=replicas,
+            )
+        status = await kv.status()
+        if status.ttl is not None and abs(status.ttl - cfg.lease_ttl.seconds) > 0.001:
+            log.warning(
+                "lease bucket has another TTL than lease_ttl; the bucket's applies",
+                extra={"bucket": cfg.lease_bucket, "ttl_s": status.ttl},
+            )
+        return kv
+
+    async def _hold_leases(self, leases: ShardLeases) -> None:
+        while True:
+            acquired, lost = await leases.step()
+            if acquired or lost:
+                self.owned = frozenset(leases.owned)
+                self._changed.set()
+                log.info(
+                    "shards changed",
+                    extra={
+                        "member": self.member,
+                        "acquired": sorted(acquired),
+                        "lost": sorted(lost),
+                        "owned": sorted(self.owned),
+                        "members": leases.members,
+                    },
+                )
+            await asyncio.sleep(leases.interval_s)
+
+    async def _market(self, js: JetStreamContext, sink: EventSink) -> None:
+        sub = await js.subscribe(
+            market_filter(self._cfg.subject_prefix),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        try:
+            async for msg in sub.messages:
+                event = self._decode(msg)
+                if event is not None:
+                    await sink.put(event, self._status.name)
+        finally:
+            await _unsubscribe(sub)
+
+    async def _accounts(self, js: JetStreamContext, sink: EventSink) -> None:
+        cfg = self._cfg
+        sub: JetStreamContext.PushSubscription | None = None
+        try:
+            while True:
+                await self._changed.wait()
+                self._changed.clear()
+                owned = self.owned
+                gone = [a for a, s in self._held.items() if s not in owned]
+                if sub is not None:
+                    await _unsubscribe(sub)
+                    sub = None
+                if gone:
+                    await self._drop(gone)
+                    for account in gone:
+                        del self._held[account]
+                    log.info("accounts dropped", extra={"accounts": len(gone)})
+                if not owned:
+                    continue
+                info = await js.stream_info(cfg.account_stream)
+                sub = await js.subscribe(
+                    account_filter(cfg.subject_prefix),
+                    ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                )
+                await self._read_accounts(sub, sink, owned, rebuilding=info.state.messages > 0)
+        finally:
+            if sub is not None:
+                await _unsubscribe(sub)
+
+    async def _read_accounts(
+        self,
+        sub: JetStreamContext.PushSubscription,
+        sink: EventSink,
+        owned: frozenset[int],
+        *,
+        rebuilding: bool,
+    ) -> None:
+        """Deliver held accounts' events until the shards change."""
+        prefix, n = self._cfg.subject_prefix, self._cfg.shard_count
+        batch: list[Event] = []
+        while not self._changed.is_set():
+            self._status.connected = sub._conn.is_connected
+            try:
+                msg = await sub.next_msg(timeout=_POLL_S)
+            except nats.errors.TimeoutError:
+                continue
+            account = account_of_subject(msg.subject, prefix)
+            if account is not None and shard_of(account, n) in owned:
+                event = self._decode(msg)
+                if event is not None:
+                    self._held[account] = shard_of(account, n)
+                    if rebuilding:
+                        batch.append(event)
+                    else:
+                        await sink.put(event, self._status.name)
+            if rebuilding and msg.metadata.num_pending == 0:
+                rebuilding = False
+                # One batch, put without yielding in between (the queue only waits when
+                # full): the engine drains it whole before its next evaluation.
+                for event in batch:
+                    await sink.put(event, self._status.name)
+                log.info(
+                    "accounts rebuilt from the stream",
+                    extra={"events": len(batch), "accounts": len(self._held)},
+                )
+                batch.clear()
+
+    def _decode(self, msg: Msg) -> Event | None:
+        st = self._status
+        st.messages += 1
+        try:
+            return self._decoder.decode(msg.data)
+        except Rejected as rej:
+            # The ingest validated it; a refusal here means another producer's bad data.
+            log.warning("refused a stream message: %s", rej.detail, extra={"subject": msg.subject})
+            return None
+
+
+async def _unsubscribe(sub: JetStreamContext.PushSubscription) -> None:
+    # The connection is gone: so is the ordered consumer.
+    with contextlib.suppress(nats.errors.Error, TimeoutError):
+        await sub.unsubscribe()

@@ -1,0 +1,109 @@
+"""``riskmon ingest``: run the configured connectors and publish their events to JetStream.
+
+The ingest role of a cluster (README "Running a cluster"): no engine, no evaluation. Each
+connector writes into a :class:`connectors.nats.jetstream.JetStreamSink`, which publishes
+every event on its subject and waits for JetStream's acknowledgement (account events are
+retried until stored, prices dropped on failure: the next tick supersedes them). A
+connector that fails is restarted with capped, jittered backoff. SIGTERM stops it after
+the publish in flight, with exit code 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Final
+
+from connectors import build_connector
+from connectors.base import Connector
+from connectors.nats.config import ClusterConfig
+from connectors.nats.jetstream import JetStreamSink, connect, ensure_streams, replicas_for
+from monitor.config import Config
+from monitor.model.backoff import Backoff
+
+__all__ = ["Ingest"]
+
+log = logging.getLogger("riskmon")
+
+#: How often the ingest logs what it published.
+_REPORT_S: Final = 30.0
+
+
+class Ingest:
+    """Connectors -> JetStream."""
+
+    def __init__(self, cfg: Config, cluster: ClusterConfig) -> None:
+        self.cfg = cfg
+        self.cluster = cluster
+        self.connectors: list[Connector] = [build_connector(c) for c in cfg.connectors]
+        self.sink: JetStreamSink | None = None
+        self._backoff = Backoff(initial=1.0, cap=30.0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        nc = await connect(self.cluster, "riskmon-ingest")
+        try:
+            js = nc.jetstream(timeout=self.cluster.publish_timeout.seconds)
+            replicas = replicas_for(self.cluster, nc)
+            await ensure_streams(js, self.cluster, replicas)
+            self.sink = sink = JetStreamSink(js, self.cluster)
+            log.info(
+                "riskmon ingest publishing",
+                extra={
+                    "connectors": [c.status.name for c in self.connectors],
+                    "replicas": replicas,
+                    "prefix": self.cluster.subject_prefix,
+                },
+            )
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(
+                        self._supervise(c, sink), name=f"riskmon.ingest[{c.status.name}]"
+                    )
+                    for c in self.connectors
+                ]
+                tasks.append(tg.create_task(self._report(sink), name="riskmon.ingest.report"))
+                await stop.wait()
+                log.info("stopping")
+                for t in tasks:
+                    t.cancel()
+        finally:
+            await nc.close()
+        log.info("stopped", extra={"published": self.sink.stats.published if self.sink else {}})
+
+    async def _supervise(self, connector: Connector, sink: JetStreamSink) -> None:
+        status = connector.status
+        delays = self._backoff.delays()
+        while True:
+            try:
+                await connector.run(sink)
+                log.info("connector finished", extra={"connector": status.name})
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                status.connected = False
+                status.last_error = f"{type(exc).__name__}: {exc}"
+                delay = next(delays)
+                log.exception(
+                    "connector failed; restarting in %.1fs", delay, extra={"connector": status.name}
+                )
+                await asyncio.sleep(delay)
+                status.reconnects += 1
+
+    async def _report(self, sink: JetStreamSink) -> None:
+        while True:
+            await asyncio.sleep(_REPORT_S)
+            st = sink.stats
+            log.info(
+                "published",
+                extra={
+                    "published": dict(st.published),
+                    "duplicates": st.duplicates,
+                    "retries": st.retries,
+                    "dropped_prices": st.dropped_prices,
+                    "last_publish_age_s": (
+                        None if st.last_publish_s is None else time.time() - st.last_publish_s
+                    ),
+                },
+            )

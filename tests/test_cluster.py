@@ -1,0 +1,201 @@
+"""Cluster mode end to end: a real 3-node JetStream cluster, one ingest and two engines.
+
+Processes: ``riskmon ingest`` (the simulated market: prices and its four demo accounts)
+and two ``riskmon run`` with ``[cluster]`` (leases, TTL 2 s). The test itself publishes a
+fixed book of accounts through the same sink the ingest uses, so the positions each
+engine shows can be compared with exactly what was published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats_cluster import NatsCluster, RiskmonProcess
+
+from connectors.nats.config import ClusterConfig
+from connectors.nats.jetstream import JetStreamSink, connect, ensure_streams, replicas_for
+from monitor.model.events import AccountEvent, Event, PositionEvent
+
+SIMULATED_ACCOUNTS = {"parity", "hedged", "options", "basis"}
+#: Names that need escaping in a subject: a dot, a space, wildcards.
+FIXED_ACCOUNTS = [f"client-{i:03d}" for i in range(30)] + ["desk.a b", "ops>*", "fx%2E"]
+TS = 1_790_000_000_000
+
+
+def book_events(
+    accounts: list[str], version: int = 0
+) -> tuple[list[Event], dict[str, dict[str, float]]]:
+    """Positions and equity per account; returns the events and the expected book."""
+    events: list[Event] = []
+    book: dict[str, dict[str, float]] = {}
+    for i, a in enumerate(accounts):
+        pos = {"BTC-PERPETUAL": float(i + 1 + version), "ETH-PERPETUAL": -(i + 0.5)}
+        book[a] = pos
+        for inst, q in pos.items():
+            events.append(PositionEvent(ts=TS + version, account=a, instrument=inst, quantity=q))
+        events.append(AccountEvent(ts=TS + version, account=a, equity=1e6 + i))
+    return events, book
+
+
+async def publish(servers: list[str], events: list[Event]) -> None:
+    cfg = ClusterConfig(servers=tuple(servers))
+    nc = await connect(cfg, "test-publisher")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, cfg, replicas_for(cfg, nc))
+        sink = JetStreamSink(js, cfg)
+        for ev in events:
+            await sink.put(ev, "test")
+    finally:
+        await nc.close()
+
+
+async def stream_last_seq(servers: list[str], stream: str) -> int:
+    nc = await nats.connect(servers)
+    try:
+        info = await nc.jetstream().stream_info(stream)
+        return int(info.state.last_seq)
+    finally:
+        await nc.close()
+
+
+def engine_config(path: Path, servers: list[str], member: str) -> Path:
+    urls = ", ".join(f'"{u}"' for u in servers)
+    path.write_text(
+        '[log]\nformat = "json"\n\n'
+        f'[cluster]\nservers = [{urls}]\nmember = "{member}"\nshard_count = 8\n'
+        'lease_ttl = "3s"\n'
+    )
+    return path
+
+
+def ingest_config(path: Path, servers: list[str]) -> Path:
+    urls = ", ".join(f'"{u}"' for u in servers)
+    path.write_text(
+        '[log]\nformat = "json"\n\n'
+        f"[cluster]\nservers = [{urls}]\n\n"
+        '[[connectors]]\ntype = "simulated"\ntick_interval = "200ms"\n'
+    )
+    return path
+
+
+def accounts_of(d: RiskmonProcess) -> dict[str, Any] | None:
+    report = d.get_json("/api/v1/snapshot")
+    return None if report is None else dict(report["accounts"])
+
+
+def positions(account: dict[str, Any]) -> dict[str, float]:
+    return {p["instrument"]: p["quantity"] for p in account["positions"]}
+
+
+def wait_for(pred: Callable[[], bool], what: str, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    c = NatsCluster(tmp_path / "nats")
+    c.start()
+    yield c
+    c.stop()
+
+
+def test_shards_are_disjoint_complete_and_move_on_sigkill_and_survive_a_nats_node(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    servers = cluster.urls
+    events, book = book_events(FIXED_ACCOUNTS)
+    asyncio.run(publish(servers, events))
+    everyone = set(FIXED_ACCOUNTS) | SIMULATED_ACCOUNTS
+
+    procs: list[RiskmonProcess] = []
+    try:
+        ingest = RiskmonProcess(
+            "ingest",
+            ingest_config(tmp_path / "ingest.toml", servers),
+            tmp_path / "ingest.log",
+            ready_msg="riskmon ingest publishing",
+        )
+        procs.append(ingest)
+        a, b = (
+            RiskmonProcess(
+                "run",
+                engine_config(tmp_path / f"{m}.toml", servers, m),
+                tmp_path / f"{m}.log",
+                ready_msg="riskmon listening",
+            )
+            for m in ("engine-a", "engine-b")
+        )
+        procs += [a, b]
+
+        # 1. Every account is evaluated by exactly one daemon, with what was published.
+        seen: dict[str, dict[str, Any]] = {}
+
+        def split_is_settled() -> bool:
+            sa, sb = accounts_of(a), accounts_of(b)
+            if sa is None or sb is None or not sa or not sb:
+                return False
+            if set(sa) & set(sb) or set(sa) | set(sb) != everyone:
+                return False
+            seen.clear()
+            seen.update({"a": sa, "b": sb})
+            return all(positions({**sa, **sb}[acct]) == want for acct, want in book.items())
+
+        wait_for(split_is_settled, "two disjoint shards covering the whole book")
+        sa, sb = seen["a"], seen["b"]
+        assert not set(sa) & set(sb)
+        assert set(sa) | set(sb) == everyone
+        merged = {**sa, **sb}
+        for i, acct in enumerate(FIXED_ACCOUNTS):
+            assert positions(merged[acct]) == book[acct]
+            assert merged[acct]["margin"]["equity"] == 1e6 + i
+        b_accounts = set(sb)
+
+        # 2. SIGKILL engine B; change one of its accounts while nobody holds it.
+        b.kill()
+        moved = sorted(b_accounts & set(FIXED_ACCOUNTS))[0]
+        update = PositionEvent(ts=TS + 1, account=moved, instrument="BTC-PERPETUAL", quantity=-7.0)
+        asyncio.run(publish(servers, [update]))
+        book[moved] = {**book[moved], "BTC-PERPETUAL": -7.0}
+
+        def a_holds_everything() -> bool:
+            sa = accounts_of(a)
+            return (
+                sa is not None
+                and set(sa) == everyone
+                and all(positions(sa[acct]) == want for acct, want in book.items())
+            )
+
+        wait_for(a_holds_everything, "engine A to take over B's accounts, positions intact")
+
+        # 3. Kill the NATS node engine A is connected to: publishing and consuming go on.
+        md_before = asyncio.run(stream_last_seq(servers, "RISKMON_MD"))
+        node = cluster.node_of("riskmon-engine-engine-a")
+        assert node is not None
+        cluster.kill(node)
+        survivors = [u for i, u in enumerate(servers) if i != node]
+        late = PositionEvent(ts=TS + 2, account=moved, instrument="ETH-PERPETUAL", quantity=3.0)
+        asyncio.run(publish(survivors, [late]))
+        book[moved] = {**book[moved], "ETH-PERPETUAL": 3.0}
+        wait_for(a_holds_everything, "engine A to apply an update published after the node died")
+        wait_for(
+            lambda: asyncio.run(stream_last_seq(survivors, "RISKMON_MD")) > md_before + 50,
+            "the ingest to keep publishing prices after the node died",
+        )
+        sa = accounts_of(a)
+        assert sa is not None
+        assert set(sa) == everyone
+        assert positions(sa[moved]) == book[moved]
+    finally:
+        for p in procs:
+            p.kill()
