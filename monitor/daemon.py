@@ -35,6 +35,7 @@ from monitor.model.snapshot import RiskSnapshot
 from monitor.notify import AlertDispatcher, NotifierStats
 from monitor.quant.margin import MarginSettings, Stress
 from monitor.rules.pack import rule_engine
+from monitor.serve.cluster import ClusterCollector
 from monitor.serve.http import HttpServer
 from monitor.serve.metrics import build_registry
 
@@ -137,11 +138,13 @@ class Daemon:
         # option book does not stall the engine loop; numpy releases the GIL for it.
         self._scenario_pool = ThreadPoolExecutor(1, thread_name_prefix="riskmon.scenarios")
         self._drops: deque[tuple[tuple[str, ...], asyncio.Future[None]]] = deque()
+        cluster = None
         if connectors is None and cfg.cluster is not None:
             # Cluster mode: the engine reads JetStream; [[connectors]] are the ingest's.
             from connectors.nats.source import ClusterSource
 
-            connectors = [ClusterSource(cfg.cluster, self.drop_accounts)]
+            cluster = ClusterSource(cfg.cluster, self.drop_accounts)
+            connectors = [cluster]
         self._connectors: list[Connector] = (
             list(connectors)
             if connectors is not None
@@ -159,6 +162,8 @@ class Daemon:
             scenario_executor=self._scenario_pool,
         )
         self.registry, registry_metrics = build_registry(self)
+        if cluster is not None:
+            self.registry.register(ClusterCollector(cluster))
         self.engine.set_evaluation_observer(registry_metrics.observe)
         self._queue = EventQueue(cfg.engine.queue_size)
         self._reject_log = RejectionLog(log)

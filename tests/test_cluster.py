@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import nats
 import pytest
 from nats_cluster import NatsCluster, RiskmonProcess
+from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.nats.config import ClusterConfig
 from connectors.nats.jetstream import JetStreamSink, connect, ensure_streams, replicas_for
@@ -90,6 +92,21 @@ def accounts_of(d: RiskmonProcess) -> dict[str, Any] | None:
     return None if report is None else dict(report["accounts"])
 
 
+def cluster_metrics(d: RiskmonProcess) -> dict[str, float]:
+    """``riskmon_cluster_*`` samples of one daemon, by name."""
+    try:
+        with urllib.request.urlopen(d.url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    return {
+        s.name: s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name.startswith("riskmon_cluster_")
+    }
+
+
 def positions(account: dict[str, Any]) -> dict[str, float]:
     return {p["instrument"]: p["quantity"] for p in account["positions"]}
 
@@ -160,6 +177,10 @@ def test_shards_are_disjoint_complete_and_move_on_sigkill_and_survive_a_nats_nod
             assert positions(merged[acct]) == book[acct]
             assert merged[acct]["margin"]["equity"] == 1e6 + i
         b_accounts = set(sb)
+        ma, mb = cluster_metrics(a), cluster_metrics(b)
+        assert ma["riskmon_cluster_shards"] + mb["riskmon_cluster_shards"] == 8
+        assert ma["riskmon_cluster_shard_count"] == 8
+        assert ma["riskmon_cluster_accounts"] + mb["riskmon_cluster_accounts"] == len(everyone)
 
         # 2. SIGKILL engine B; change one of its accounts while nobody holds it.
         b.kill()
@@ -177,6 +198,7 @@ def test_shards_are_disjoint_complete_and_move_on_sigkill_and_survive_a_nats_nod
             )
 
         wait_for(a_holds_everything, "engine A to take over B's accounts, positions intact")
+        assert cluster_metrics(a)["riskmon_cluster_shards"] == 8
 
         # 3. Kill the NATS node engine A is connected to: publishing and consuming go on.
         md_before = asyncio.run(stream_last_seq(servers, "RISKMON_MD"))
@@ -192,10 +214,10 @@ def test_shards_are_disjoint_complete_and_move_on_sigkill_and_survive_a_nats_nod
             lambda: asyncio.run(stream_last_seq(survivors, "RISKMON_MD")) > md_before + 50,
             "the ingest to keep publishing prices after the node died",
         )
-        sa = accounts_of(a)
-        assert sa is not None
-        assert set(sa) == everyone
-        assert positions(sa[moved]) == book[moved]
+        final = accounts_of(a)
+        assert final is not None
+        assert set(final) == everyone
+        assert positions(final[moved]) == book[moved]
     finally:
         for p in procs:
             p.kill()

@@ -72,6 +72,24 @@ class ClusterSource:
     def status(self) -> ConnectorStatus:
         return self._status
 
+    # -- read by the cluster metrics (monitor.serve.cluster.ShardView) ------------------
+
+    @property
+    def shard_count(self) -> int:
+        return self._cfg.shard_count
+
+    @property
+    def members(self) -> int:
+        return self.leases.members if self.leases is not None else 0
+
+    @property
+    def accounts(self) -> int:
+        return len(self._held)
+
+    @property
+    def lease_errors(self) -> int:
+        return self.leases.failures if self.leases is not None else 0
+
     async def run(self, sink: EventSink) -> None:
         cfg = self._cfg
         nc = await connect(cfg, f"riskmon-engine-{self.member}")
