@@ -253,6 +253,10 @@ class Daemon:
             except Exception:
                 engine.stats.evaluation_errors += 1
                 log.exception("evaluation failed; the previous snapshot stays published")
+            # An evaluation slower than eval_interval leaves the next one due at once and
+            # queue.wait() then returns without awaiting: yield, or HTTP, connectors,
+            # cluster leases and the stop signal would starve.
+            await asyncio.sleep(0)
 
     async def _run_connector(self, connector: Connector) -> None:
         """Run one connector; a crash is logged and the connector restarted with backoff."""

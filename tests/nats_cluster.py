@@ -173,7 +173,9 @@ class RiskmonProcess:
         if command == "run":
             argv += ["--listen", "127.0.0.1:0"]
         with log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=out)
+            # faulthandler: a process that will not stop is aborted with its stacks logged.
+            env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=out, env=env)
         self.url = ""
         self._wait_for(ready_msg)
 
@@ -220,7 +222,9 @@ class RiskmonProcess:
             try:
                 return self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.proc.send_signal(signal.SIGABRT)  # stacks to the log
                 self.proc.wait(timeout=5)
-                raise
+                raise AssertionError(
+                    f"did not stop within 15 s: {self.log.read_text()[-4000:]}"
+                ) from None
         return self.proc.returncode

@@ -218,6 +218,9 @@ def test_shards_are_disjoint_complete_and_move_on_sigkill_and_survive_a_nats_nod
         assert final is not None
         assert set(final) == everyone
         assert positions(final[moved]) == book[moved]
+        # SIGTERM stops both roles cleanly, leases given back (exit 0, not a hang).
+        assert a.stop() == 0
+        assert ingest.stop() == 0
     finally:
         for p in procs:
             p.kill()

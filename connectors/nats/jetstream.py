@@ -36,6 +36,7 @@ from connectors.nats.subjects import (
 )
 from monitor.model.backoff import Backoff
 from monitor.model.events import Event, Rejected, encode_event
+from monitor.model.health import ConnectorStatus
 from monitor.model.settings import read_secret_file
 
 __all__ = ["JetStreamSink", "PublishStats", "connect", "ensure_streams", "stream_configs"]
@@ -46,8 +47,10 @@ log = logging.getLogger(__name__)
 MSG_ID: Final = "Nats-Msg-Id"
 
 
-async def connect(cfg: ClusterConfig, name: str) -> Client:
+async def connect(cfg: ClusterConfig, name: str, status: ConnectorStatus | None = None) -> Client:
     """A client that fails over between ``cfg.servers`` and reconnects forever.
+
+    ``status.connected`` (when given) follows the connection; each reconnect is counted.
 
     The password (from ``password`` or the mode-600 ``password_file``) goes to the client
     only; nothing here logs it, and the servers' URLs are logged without credentials.
@@ -59,9 +62,14 @@ async def connect(cfg: ClusterConfig, name: str) -> Client:
     )
 
     async def on_disconnect() -> None:
+        if status is not None:
+            status.connected = False
         log.warning("nats disconnected", extra={"client": name})
 
     async def on_reconnect() -> None:
+        if status is not None:
+            status.connected = True
+            status.reconnects += 1
         log.info("nats reconnected", extra={"client": name})
 
     async def on_error(exc: Exception) -> None:

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Collection
-from typing import Final
 
 import nats.errors
 import nats.js.errors
@@ -47,9 +46,6 @@ log = logging.getLogger(__name__)
 
 #: Removes accounts from the engine; returns once the engine has applied it.
 DropAccounts = Callable[[Collection[str]], Awaitable[None]]
-
-#: How often the account reader looks for a change of shards while the stream is quiet.
-_POLL_S: Final = 0.25
 
 
 class ClusterSource:
@@ -92,7 +88,7 @@ class ClusterSource:
 
     async def run(self, sink: EventSink) -> None:
         cfg = self._cfg
-        nc = await connect(cfg, f"riskmon-engine-{self.member}")
+        nc = await connect(cfg, f"riskmon-engine-{self.member}", self._status)
         try:
             js = nc.jetstream(timeout=cfg.publish_timeout.seconds)
             replicas = replicas_for(cfg, nc)
@@ -102,6 +98,11 @@ class ClusterSource:
                 "cluster source connected",
                 extra={"member": self.member, "assignment": cfg.assignment},
             )
+            if cfg.assignment == "lease":
+                # A restart after a failure holds no lease yet: what the engine still has
+                # from the previous run is dropped until the leases say otherwise.
+                self.owned = frozenset()
+            self._changed.set()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._market(js, sink), name="riskmon.cluster.market")
                 tg.create_task(self._accounts(js, sink), name="riskmon.cluster.accounts")
@@ -111,8 +112,6 @@ class ClusterSource:
                         kv, self.member, cfg.shard_count, cfg.lease_ttl.seconds
                     )
                     tg.create_task(self._hold_leases(self.leases), name="riskmon.cluster.leases")
-                else:
-                    self._changed.set()
         finally:
             self._status.connected = False
             if self.leases is not None:
@@ -171,37 +170,40 @@ class ClusterSource:
                 event = self._decode(msg)
                 if event is not None:
                     await sink.put(event, self._status.name)
+            raise ConnectionError("the market data subscription ended")
         finally:
             await _unsubscribe(sub)
 
     async def _accounts(self, js: JetStreamContext, sink: EventSink) -> None:
+        """On every change of shards: drop what was lost, then (re)read what is held."""
         cfg = self._cfg
-        sub: JetStreamContext.PushSubscription | None = None
-        try:
-            while True:
-                await self._changed.wait()
-                self._changed.clear()
-                owned = self.owned
-                gone = [a for a, s in self._held.items() if s not in owned]
-                if sub is not None:
-                    await _unsubscribe(sub)
-                    sub = None
-                if gone:
-                    await self._drop(gone)
-                    for account in gone:
-                        del self._held[account]
-                    log.info("accounts dropped", extra={"accounts": len(gone)})
-                if not owned:
-                    continue
-                info = await js.stream_info(cfg.account_stream)
-                sub = await js.subscribe(
-                    account_filter(cfg.subject_prefix),
-                    ordered_consumer=True,
-                    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                )
-                await self._read_accounts(sub, sink, owned, rebuilding=info.state.messages > 0)
-        finally:
-            if sub is not None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            owned = self.owned
+            gone = [a for a, s in self._held.items() if s not in owned]
+            if gone:
+                await self._drop(gone)
+                for account in gone:
+                    del self._held[account]
+                log.info("accounts dropped", extra={"accounts": len(gone)})
+            if not owned:
+                continue
+            info = await js.stream_info(cfg.account_stream)
+            sub = await js.subscribe(
+                account_filter(cfg.subject_prefix),
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            )
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    reader = tg.create_task(
+                        self._read_accounts(sub, sink, owned, rebuilding=info.state.messages > 0),
+                        name="riskmon.cluster.accounts.read",
+                    )
+                    await self._changed.wait()  # stays set: the next turn handles it
+                    reader.cancel()
+            finally:
                 await _unsubscribe(sub)
 
     async def _read_accounts(
@@ -212,15 +214,14 @@ class ClusterSource:
         *,
         rebuilding: bool,
     ) -> None:
-        """Deliver held accounts' events until the shards change."""
+        """Deliver held accounts' events until cancelled (the shards changed).
+
+        ``sub.messages``, not ``next_msg(timeout)``: the latter wraps ``asyncio.wait_for``,
+        which on Python 3.11 can swallow a cancellation when a message arrives with it.
+        """
         prefix, n = self._cfg.subject_prefix, self._cfg.shard_count
         batch: list[Event] = []
-        while not self._changed.is_set():
-            self._status.connected = sub._conn.is_connected
-            try:
-                msg = await sub.next_msg(timeout=_POLL_S)
-            except nats.errors.TimeoutError:
-                continue
+        async for msg in sub.messages:
             account = account_of_subject(msg.subject, prefix)
             if account is not None and shard_of(account, n) in owned:
                 event = self._decode(msg)
@@ -241,6 +242,7 @@ class ClusterSource:
                     extra={"events": len(batch), "accounts": len(self._held)},
                 )
                 batch.clear()
+        raise ConnectionError("the account subscription ended")
 
     def _decode(self, msg: Msg) -> Event | None:
         st = self._status
