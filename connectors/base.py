@@ -11,6 +11,8 @@ own ``[[connectors]]`` entry as a :class:`ConnectorSettings` subclass in its own
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Annotated, Protocol, runtime_checkable
 
 from msgspec import Meta
@@ -19,7 +21,13 @@ from monitor.model.events import Event, Rejected
 from monitor.model.health import ConnectorStatus
 from monitor.model.settings import Section
 
-__all__ = ["Connector", "ConnectorName", "ConnectorSettings", "EventSink"]
+__all__ = [
+    "Connector",
+    "ConnectorName",
+    "ConnectorSettings",
+    "EventSink",
+    "cancel_until_done",
+]
 
 ConnectorName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
@@ -63,3 +71,19 @@ class ConnectorSettings(Section, frozen=True, tag_field="type"):
     def build(self) -> Connector:
         """The connector this entry describes."""
         raise NotImplementedError(f"{type(self).__name__} does not build a connector")
+
+
+async def cancel_until_done(tasks: Sequence[asyncio.Task[None]], every_s: float = 1.0) -> None:
+    """Cancel ``tasks`` and cancel again, every ``every_s``, those still running.
+
+    A library that swallows a cancellation (nats-py does when it lands inside its flush,
+    ``Client._flush_pending``) would otherwise leave a task running forever and a stop
+    hanging; cancelled again, the task stops at its next await.
+    """
+    for t in tasks:
+        t.cancel()
+    while pending := [t for t in tasks if not t.done()]:
+        await asyncio.wait(pending, timeout=every_s)
+        for t in pending:
+            if not t.done():
+                t.cancel()

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from connectors import build_connector
-from connectors.base import Connector
+from connectors.base import Connector, cancel_until_done
 from monitor.config import Config
 from monitor.engine.core import Engine, EngineSettings
 from monitor.engine.evaluation import RiskSettings
@@ -303,8 +303,7 @@ class Daemon:
                 await stop.wait()
                 sd_notify("STOPPING=1")
                 log.info("stopping")
-                for t in reversed(tasks):
-                    t.cancel()
+                await cancel_until_done(tasks[::-1])
         finally:
             self._scenario_pool.shutdown(wait=True, cancel_futures=True)
             await self.http.stop()

@@ -11,14 +11,16 @@ the publish in flight, with exit code 0.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import signal
 import time
 from typing import Final
 
 from connectors import build_connector
-from connectors.base import Connector
+from connectors.base import Connector, cancel_until_done
 from connectors.nats.config import ClusterConfig
-from connectors.nats.jetstream import JetStreamSink, connect, ensure_streams, replicas_for
+from connectors.nats.jetstream import JetStreamSink, close, connect, declare_streams, replicas_for
 from monitor.config import Config
 from monitor.model.backoff import Backoff
 
@@ -41,11 +43,12 @@ class Ingest:
         self._backoff = Backoff(initial=1.0, cap=30.0)
 
     async def run(self, stop: asyncio.Event) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_tasks)
         nc = await connect(self.cluster, "riskmon-ingest")
         try:
             js = nc.jetstream(timeout=self.cluster.publish_timeout.seconds)
             replicas = replicas_for(self.cluster, nc)
-            await ensure_streams(js, self.cluster, replicas)
+            await declare_streams(js, self.cluster, replicas)
             self.sink = sink = JetStreamSink(js, self.cluster)
             log.info(
                 "riskmon ingest publishing",
@@ -65,10 +68,9 @@ class Ingest:
                 tasks.append(tg.create_task(self._report(sink), name="riskmon.ingest.report"))
                 await stop.wait()
                 log.info("stopping")
-                for t in tasks:
-                    t.cancel()
+                await cancel_until_done(tasks)
         finally:
-            await nc.close()
+            await close(nc)
         log.info("stopped", extra={"published": self.sink.stats.published if self.sink else {}})
 
     async def _supervise(self, connector: Connector, sink: JetStreamSink) -> None:
@@ -107,3 +109,11 @@ class Ingest:
                     ),
                 },
             )
+
+
+def _log_tasks() -> None:
+    """SIGUSR1: log every task's stack (what a stop or a stall is waiting on)."""
+    for task in asyncio.all_tasks():
+        buf = io.StringIO()
+        task.print_stack(file=buf)
+        log.warning("task %s\n%s", task.get_name(), buf.getvalue())

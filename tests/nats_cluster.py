@@ -222,7 +222,9 @@ class RiskmonProcess:
             try:
                 return self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGABRT)  # stacks to the log
+                self.proc.send_signal(signal.SIGUSR1)  # the ingest logs its tasks' stacks
+                time.sleep(1.0)
+                self.proc.send_signal(signal.SIGABRT)  # the threads' stacks
                 self.proc.wait(timeout=5)
                 raise AssertionError(
                     f"did not stop within 15 s: {self.log.read_text()[-4000:]}"

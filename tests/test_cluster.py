@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 import pytest
 from nats_cluster import NatsCluster, RiskmonProcess
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.nats.config import ClusterConfig
-from connectors.nats.jetstream import JetStreamSink, connect, ensure_streams, replicas_for
+from connectors.nats.jetstream import JetStreamSink, close, connect, declare_streams, replicas_for
 from monitor.model.events import AccountEvent, Event, PositionEvent
 
 SIMULATED_ACCOUNTS = {"parity", "hedged", "options", "basis"}
@@ -50,21 +51,24 @@ async def publish(servers: list[str], events: list[Event]) -> None:
     nc = await connect(cfg, "test-publisher")
     try:
         js = nc.jetstream()
-        await ensure_streams(js, cfg, replicas_for(cfg, nc))
+        await declare_streams(js, cfg, replicas_for(cfg, nc))
         sink = JetStreamSink(js, cfg)
         for ev in events:
             await sink.put(ev, "test")
     finally:
-        await nc.close()
+        await close(nc)
 
 
 async def stream_last_seq(servers: list[str], stream: str) -> int:
+    """The stream's last sequence; -1 while JetStream does not answer (an election)."""
     nc = await nats.connect(servers)
     try:
         info = await nc.jetstream().stream_info(stream)
         return int(info.state.last_seq)
+    except (nats.errors.Error, TimeoutError):
+        return -1
     finally:
-        await nc.close()
+        await close(nc)
 
 
 def engine_config(path: Path, servers: list[str], member: str) -> Path:
@@ -202,6 +206,7 @@ def test_shards_are_disjoint_complete_and_move_on_sigkill_and_survive_a_nats_nod
 
         # 3. Kill the NATS node engine A is connected to: publishing and consuming go on.
         md_before = asyncio.run(stream_last_seq(servers, "RISKMON_MD"))
+        assert md_before > 0
         node = cluster.node_of("riskmon-engine-engine-a")
         assert node is not None
         cluster.kill(node)

@@ -39,7 +39,16 @@ from monitor.model.events import Event, Rejected, encode_event
 from monitor.model.health import ConnectorStatus
 from monitor.model.settings import read_secret_file
 
-__all__ = ["JetStreamSink", "PublishStats", "connect", "ensure_streams", "stream_configs"]
+__all__ = [
+    "JetStreamSink",
+    "PublishStats",
+    "close",
+    "connect",
+    "declare_streams",
+    "ensure_streams",
+    "replicas_for",
+    "stream_configs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,8 @@ async def connect(cfg: ClusterConfig, name: str, status: ConnectorStatus | None 
     """A client that fails over between ``cfg.servers`` and reconnects forever.
 
     ``status.connected`` (when given) follows the connection; each reconnect is counted.
+    Until a first server answers, it keeps trying with capped backoff (a role may start
+    before NATS does).
 
     The password (from ``password`` or the mode-600 ``password_file``) goes to the client
     only; nothing here logs it, and the servers' URLs are logged without credentials.
@@ -75,19 +86,46 @@ async def connect(cfg: ClusterConfig, name: str, status: ConnectorStatus | None 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %s", type(exc).__name__, extra={"client": name})
 
-    return await nats.connect(
-        list(cfg.servers),
-        name=name,
-        user=cfg.user,
-        password=password,
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        connect_timeout=5,
-        disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
-        error_cb=on_error,
-    )
+    delays = Backoff(initial=0.5, cap=10.0).delays()
+    while True:
+        try:
+            nc = await nats.connect(
+                list(cfg.servers),
+                name=name,
+                user=cfg.user,
+                password=password,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=5,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                error_cb=on_error,
+            )
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            # The first connection is not retried by the client itself: no server up yet.
+            delay = next(delays)
+            log.warning(
+                "cannot reach NATS (%s); trying again in %.1fs",
+                type(exc).__name__,
+                delay,
+                extra={"client": name},
+            )
+            await asyncio.sleep(delay)
+            continue
+        if status is not None:
+            status.connected = True
+        return nc
+
+
+async def close(nc: Client, timeout_s: float = 5.0) -> None:
+    """Close ``nc``, giving up after ``timeout_s``: a stop must not wait on a connection
+    that is failing over between servers."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await nc.close()
+    except TimeoutError:
+        log.warning("the NATS connection did not close within %.0fs; leaving it", timeout_s)
 
 
 def replicas_for(cfg: ClusterConfig, nc: Client) -> int:
@@ -123,6 +161,29 @@ def stream_configs(cfg: ClusterConfig, replicas: int) -> list[StreamConfig]:
             duplicate_window=min(cfg.duplicate_window.seconds, cfg.account_max_age.seconds),
         ),
     ]
+
+
+async def declare_streams(
+    js: JetStreamContext, cfg: ClusterConfig, replicas: int, *, backoff: Backoff | None = None
+) -> None:
+    """:func:`ensure_streams`, retried with capped backoff while JetStream does not answer
+    (a node restarting, a leader election): a role starting then waits instead of failing.
+    A refusal (a bad request: conflicting stream settings) is raised."""
+    delays = (backoff or Backoff(initial=0.5, cap=10.0)).delays()
+    while True:
+        try:
+            await ensure_streams(js, cfg, replicas)
+            return
+        except nats.js.errors.BadRequestError:
+            raise
+        except (nats.errors.Error, TimeoutError) as exc:
+            delay = next(delays)
+            log.warning(
+                "JetStream not answering (%s); declaring the streams again in %.1fs",
+                type(exc).__name__,
+                delay,
+            )
+            await asyncio.sleep(delay)
 
 
 async def ensure_streams(js: JetStreamContext, cfg: ClusterConfig, replicas: int) -> None:

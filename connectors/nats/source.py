@@ -34,7 +34,7 @@ from nats.js.kv import KeyValue
 
 from connectors.base import EventSink
 from connectors.nats.config import ClusterConfig
-from connectors.nats.jetstream import connect, ensure_streams, replicas_for
+from connectors.nats.jetstream import close, connect, declare_streams, replicas_for
 from connectors.nats.leases import ShardLeases
 from connectors.nats.subjects import account_filter, account_of_subject, market_filter, shard_of
 from monitor.model.events import Event, EventDecoder, Rejected
@@ -92,7 +92,7 @@ class ClusterSource:
         try:
             js = nc.jetstream(timeout=cfg.publish_timeout.seconds)
             replicas = replicas_for(cfg, nc)
-            await ensure_streams(js, cfg, replicas)
+            await declare_streams(js, cfg, replicas)
             self._status.connected, self._status.last_error = True, None
             log.info(
                 "cluster source connected",
@@ -120,7 +120,7 @@ class ClusterSource:
                         await self.leases.release_all()
                 except TimeoutError:
                     pass
-            await nc.close()
+            await close(nc)
 
     async def _bucket(self, js: JetStreamContext, replicas: int) -> KeyValue:
         cfg = self._cfg

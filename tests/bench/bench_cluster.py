@@ -37,7 +37,7 @@ from nats_cluster import NatsCluster, RiskmonProcess
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.nats.config import ClusterConfig
-from connectors.nats.jetstream import JetStreamSink, connect, ensure_streams, replicas_for
+from connectors.nats.jetstream import JetStreamSink, close, connect, declare_streams, replicas_for
 from monitor.model.events import AccountEvent, Event, PositionEvent
 
 TS = 1_790_000_000_000
@@ -64,12 +64,12 @@ async def publish(servers: list[str], events: list[Event]) -> float:
     started = time.perf_counter()
     try:
         js = nc.jetstream()
-        await ensure_streams(js, cfg, replicas_for(cfg, nc))
+        await declare_streams(js, cfg, replicas_for(cfg, nc))
         sink = JetStreamSink(js, cfg)
         for ev in events:
             await sink.put(ev, "bench")
     finally:
-        await nc.close()
+        await close(nc)
     return time.perf_counter() - started
 
 
