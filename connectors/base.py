@@ -12,11 +12,13 @@ own ``[[connectors]]`` entry as a :class:`ConnectorSettings` subclass in its own
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Annotated, Protocol, runtime_checkable
 
 from msgspec import Meta
 
+from monitor.model.backoff import Backoff
 from monitor.model.events import Event, Rejected
 from monitor.model.health import ConnectorStatus
 from monitor.model.settings import Section
@@ -27,6 +29,7 @@ __all__ = [
     "ConnectorSettings",
     "EventSink",
     "cancel_until_done",
+    "supervise",
 ]
 
 ConnectorName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -87,3 +90,28 @@ async def cancel_until_done(tasks: Sequence[asyncio.Task[None]], every_s: float 
         for t in pending:
             if not t.done():
                 t.cancel()
+
+
+async def supervise(
+    connector: Connector, sink: EventSink, backoff: Backoff, log: logging.Logger
+) -> None:
+    """Run ``connector`` into ``sink``; a crash is logged and the connector restarted after
+    a backoff delay (``riskmon_connector_reconnects_total`` shows the flapping)."""
+    status = connector.status
+    delays = backoff.delays()
+    while True:
+        try:
+            await connector.run(sink)
+            log.info("connector finished", extra={"connector": status.name})
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            status.connected = False
+            status.last_error = f"{type(exc).__name__}: {exc}"
+            delay = next(delays)
+            log.exception(
+                "connector failed; restarting in %.1fs", delay, extra={"connector": status.name}
+            )
+            await asyncio.sleep(delay)
+            status.reconnects += 1

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from monitor import __version__
-from monitor.config import CONFIG_PATH_ENV, ConfigError, load_config, redacted
+from monitor.config import CONFIG_PATH_ENV, Config, ConfigError, load_config, redacted
 
 __all__ = ["main"]
 
@@ -91,13 +91,7 @@ def _run(args: argparse.Namespace) -> int:
             cfg, server=msgspec.structs.replace(cfg.server, listen=args.listen)
         )
     if args.seed is not None:
-        cfg = msgspec.structs.replace(
-            cfg,
-            connectors=tuple(
-                msgspec.structs.replace(c, seed=args.seed) if hasattr(c, "seed") else c
-                for c in cfg.connectors
-            ),
-        )
+        cfg = _with_seed(cfg, args.seed)
     setup_logging(cfg.log.level, cfg.log.format)
     log.info("starting riskmon %s", __version__, extra={"config": redacted(cfg)})
 
@@ -114,9 +108,21 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_seed(cfg: Config, seed: int) -> Config:
+    """``cfg`` with ``seed`` for every connector that has one (the simulated market)."""
+    import msgspec.structs
+
+    return msgspec.structs.replace(
+        cfg,
+        connectors=tuple(
+            msgspec.structs.replace(c, seed=seed) if hasattr(c, "seed") else c
+            for c in cfg.connectors
+        ),
+    )
+
+
 def _ingest(args: argparse.Namespace) -> int:
     """``riskmon ingest``: the connectors' events to JetStream (monitor.ingest)."""
-    import msgspec.structs
 
     from monitor.daemon import install_signal_handlers
     from monitor.ingest import Ingest
@@ -127,13 +133,7 @@ def _ingest(args: argparse.Namespace) -> int:
     if cluster is None:
         raise ConfigError("cluster", "riskmon ingest needs a [cluster] section")
     if args.seed is not None:
-        cfg = msgspec.structs.replace(
-            cfg,
-            connectors=tuple(
-                msgspec.structs.replace(c, seed=args.seed) if hasattr(c, "seed") else c
-                for c in cfg.connectors
-            ),
-        )
+        cfg = _with_seed(cfg, args.seed)
     setup_logging(cfg.log.level, cfg.log.format)
     log.info("starting riskmon ingest %s", __version__, extra={"config": redacted(cfg)})
 

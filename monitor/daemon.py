@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from connectors import build_connector
-from connectors.base import Connector, cancel_until_done
+from connectors.base import Connector, cancel_until_done, supervise
 from monitor.config import Config
 from monitor.engine.core import Engine, EngineSettings
 from monitor.engine.evaluation import RiskSettings
@@ -260,26 +260,7 @@ class Daemon:
 
     async def _run_connector(self, connector: Connector) -> None:
         """Run one connector; a crash is logged and the connector restarted with backoff."""
-        status = connector.status
-        delays = self._restart_backoff.delays()
-        while True:
-            try:
-                await connector.run(self)
-                log.info("connector finished", extra={"connector": status.name})
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                status.connected = False
-                status.last_error = f"{type(exc).__name__}: {exc}"
-                delay = next(delays)
-                log.exception(
-                    "connector failed; restarting in %.1fs",
-                    delay,
-                    extra={"connector": status.name},
-                )
-                await asyncio.sleep(delay)
-                status.reconnects += 1  # riskmon_connector_reconnects_total shows the flapping
+        await supervise(connector, self, self._restart_backoff, log)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""

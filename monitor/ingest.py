@@ -18,7 +18,7 @@ import time
 from typing import Final
 
 from connectors import build_connector
-from connectors.base import Connector, cancel_until_done
+from connectors.base import Connector, cancel_until_done, supervise
 from connectors.nats.config import ClusterConfig
 from connectors.nats.jetstream import JetStreamSink, close, connect, declare_streams, replicas_for
 from monitor.config import Config
@@ -61,7 +61,8 @@ class Ingest:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(
-                        self._supervise(c, sink), name=f"riskmon.ingest[{c.status.name}]"
+                        supervise(c, sink, self._backoff, log),
+                        name=f"riskmon.ingest[{c.status.name}]",
                     )
                     for c in self.connectors
                 ]
@@ -72,26 +73,6 @@ class Ingest:
         finally:
             await close(nc)
         log.info("stopped", extra={"published": self.sink.stats.published if self.sink else {}})
-
-    async def _supervise(self, connector: Connector, sink: JetStreamSink) -> None:
-        status = connector.status
-        delays = self._backoff.delays()
-        while True:
-            try:
-                await connector.run(sink)
-                log.info("connector finished", extra={"connector": status.name})
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                status.connected = False
-                status.last_error = f"{type(exc).__name__}: {exc}"
-                delay = next(delays)
-                log.exception(
-                    "connector failed; restarting in %.1fs", delay, extra={"connector": status.name}
-                )
-                await asyncio.sleep(delay)
-                status.reconnects += 1
 
     async def _report(self, sink: JetStreamSink) -> None:
         while True:

@@ -22,6 +22,10 @@ from typing import Any
 
 from tools import free_port, required_tool
 
+from connectors.nats.config import ClusterConfig
+from connectors.nats.jetstream import JetStreamSink, close, connect, declare_streams, replicas_for
+from monitor.model.events import Event
+
 
 def nats_server_binary() -> str:
     """Debian installs it in /usr/sbin, which is not on every user's PATH."""
@@ -230,3 +234,20 @@ class RiskmonProcess:
                     f"did not stop within 15 s: {self.log.read_text()[-4000:]}"
                 ) from None
         return self.proc.returncode
+
+
+async def publish(servers: list[str], events: list[Event], name: str = "test-publisher") -> float:
+    """Publish ``events`` as ``riskmon ingest`` does (same subjects, acks, retries);
+    returns the seconds it took."""
+    cfg = ClusterConfig(servers=tuple(servers))
+    nc = await connect(cfg, name)
+    started = time.perf_counter()
+    try:
+        js = nc.jetstream()
+        await declare_streams(js, cfg, replicas_for(cfg, nc))
+        sink = JetStreamSink(js, cfg)
+        for ev in events:
+            await sink.put(ev, name)
+    finally:
+        await close(nc)
+    return time.perf_counter() - started

@@ -18,11 +18,10 @@ from typing import Any
 import nats
 import nats.errors
 import pytest
-from nats_cluster import NatsCluster, RiskmonProcess
+from nats_cluster import NatsCluster, RiskmonProcess, publish
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.nats.config import ClusterConfig
-from connectors.nats.jetstream import JetStreamSink, close, connect, declare_streams, replicas_for
+from connectors.nats.jetstream import close
 from monitor.model.events import AccountEvent, Event, PositionEvent
 
 SIMULATED_ACCOUNTS = {"parity", "hedged", "options", "basis"}
@@ -44,19 +43,6 @@ def book_events(
             events.append(PositionEvent(ts=TS + version, account=a, instrument=inst, quantity=q))
         events.append(AccountEvent(ts=TS + version, account=a, equity=1e6 + i))
     return events, book
-
-
-async def publish(servers: list[str], events: list[Event]) -> None:
-    cfg = ClusterConfig(servers=tuple(servers))
-    nc = await connect(cfg, "test-publisher")
-    try:
-        js = nc.jetstream()
-        await declare_streams(js, cfg, replicas_for(cfg, nc))
-        sink = JetStreamSink(js, cfg)
-        for ev in events:
-            await sink.put(ev, "test")
-    finally:
-        await close(nc)
 
 
 async def stream_last_seq(servers: list[str], stream: str) -> int:

@@ -33,11 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nats_cluster import NatsCluster, RiskmonProcess
+from nats_cluster import NatsCluster, RiskmonProcess, publish
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.nats.config import ClusterConfig
-from connectors.nats.jetstream import JetStreamSink, close, connect, declare_streams, replicas_for
 from monitor.model.events import AccountEvent, Event, PositionEvent
 
 TS = 1_790_000_000_000
@@ -56,21 +54,6 @@ def book(n: int) -> list[Event]:
             events.append(PositionEvent(ts=TS, account=a, instrument=inst, quantity=q))
         events.append(AccountEvent(ts=TS, account=a, equity=2e6 + 1e3 * i, maintenance_margin=2e5))
     return events
-
-
-async def publish(servers: list[str], events: list[Event]) -> float:
-    cfg = ClusterConfig(servers=tuple(servers))
-    nc = await connect(cfg, "bench-publisher")
-    started = time.perf_counter()
-    try:
-        js = nc.jetstream()
-        await declare_streams(js, cfg, replicas_for(cfg, nc))
-        sink = JetStreamSink(js, cfg)
-        for ev in events:
-            await sink.put(ev, "bench")
-    finally:
-        await close(nc)
-    return time.perf_counter() - started
 
 
 def scrape(d: RiskmonProcess) -> dict[str, float]:
