@@ -15,7 +15,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,7 +28,9 @@ from monitor.engine.queue import EventQueue
 from monitor.engine.record import Recorder
 from monitor.engine.stats import EngineStats
 from monitor.logs import RejectionLog
+from monitor.model.alert import Transition
 from monitor.model.backoff import Backoff
+from monitor.model.episode import Episode
 from monitor.model.events import Event, Reason, Rejected
 from monitor.model.health import ConnectorStatus
 from monitor.model.snapshot import RiskSnapshot
@@ -137,13 +139,16 @@ class Daemon:
         # The scenario pass (full-revaluation VaR, scenario margin) runs here so a large
         # option book does not stall the engine loop; numpy releases the GIL for it.
         self._scenario_pool = ThreadPoolExecutor(1, thread_name_prefix="riskmon.scenarios")
-        self._drops: deque[tuple[tuple[str, ...], asyncio.Future[None]]] = deque()
+        # Cluster mode: shard handovers the engine applies between a drain and an
+        # evaluation, in order; accounts whose alerts moved (their episodes to publish).
+        self._handovers: deque[tuple[Callable[[], None], asyncio.Future[None]]] = deque()
+        self._alerted: set[str] = set()
         cluster = None
         if connectors is None and cfg.cluster is not None:
             # Cluster mode: the engine reads JetStream; [[connectors]] are the ingest's.
             from connectors.nats.source import ClusterSource
 
-            cluster = ClusterSource(cfg.cluster, self.drop_accounts)
+            cluster = ClusterSource(cfg.cluster, self)
             connectors = [cluster]
         self._connectors: list[Connector] = (
             list(connectors)
@@ -170,7 +175,7 @@ class Daemon:
         self._started_s = time.time()
         self._restart_backoff = Backoff(initial=1.0, cap=30.0)
         self.alerts = AlertDispatcher.from_config(cfg.alerts)
-        self.engine.set_alert_sink(lambda: self.connectors, self.alerts.submit)
+        self.engine.set_alert_sink(lambda: self.connectors, self._on_transitions)
         self.http: HttpServer | None = None
 
     # -- MonitorView --------------------------------------------------------------------
@@ -207,19 +212,45 @@ class Daemon:
         self.engine.reject(source, rejected)
         self._reject_log(source, rejected.reason.value, rejected.detail)
 
-    async def drop_accounts(self, accounts: Collection[str]) -> None:
-        """Remove ``accounts`` from the engine (cluster mode: their shard moved to another
-        daemon); returns once applied, after every event queued before the call."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._drops.append((tuple(accounts), done))
-        await done
+    def _on_transitions(self, moves: Sequence[Transition]) -> None:
+        self.alerts.submit(moves)
+        self._alerted.update(t.alert.account for t in moves if t.alert.account is not None)
 
-    def _apply_drops(self) -> None:
-        while self._drops:
-            accounts, done = self._drops.popleft()
+    # -- cluster mode (connectors.nats.source.EngineLink) -------------------------------
+
+    def _handover(self, apply: Callable[[], None]) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._handovers.append((apply, done))
+        return done
+
+    async def drop_accounts(self, accounts: Collection[str]) -> None:
+        """Remove ``accounts`` from the engine (their shard moved to another daemon);
+        returns once applied, after every event queued before the call."""
+
+        def apply() -> None:
             for account in accounts:
                 self.engine.drop_account(account)
             self.alerts.forget_accounts(accounts)
+
+        await self._handover(apply)
+
+    def adopt_episodes(self, episodes: Sequence[Episode]) -> asyncio.Future[None]:
+        """Continue alert episodes another daemon began; applied after the events queued
+        before this call and before the next evaluation (done when the future is)."""
+        return self._handover(lambda: self.engine.adopt_alert_episodes(episodes))
+
+    def alert_episodes(self, account: str) -> list[Episode]:
+        return self.engine.alert_episodes(account)
+
+    def take_alerted_accounts(self) -> set[str]:
+        """Accounts whose alerts moved since the last call."""
+        out, self._alerted = self._alerted, set()
+        return out
+
+    def _apply_handovers(self) -> None:
+        while self._handovers:
+            apply, done = self._handovers.popleft()
+            apply()
             if not done.done():
                 done.set_result(None)
 
@@ -241,7 +272,7 @@ class Daemon:
                 except Exception:  # a bug must cost one event, not the daemon
                     log.exception("engine failed to apply an event", extra={"source": source})
                     self.reject(source, Rejected(Reason.INTERNAL_ERROR, "engine error"))
-            self._apply_drops()
+            self._apply_handovers()
             engine.stats.conflated = queue.conflated
             engine.stats.queue_depth = len(queue)
             if self._recorder is not None and time.monotonic() - flushed_s >= 1.0:

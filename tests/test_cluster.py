@@ -17,6 +17,7 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from nats_cluster import NatsCluster, RiskmonProcess, publish
 from prometheus_client.parser import text_string_to_metric_families
@@ -57,14 +58,51 @@ async def stream_last_seq(servers: list[str], stream: str) -> int:
         await close(nc)
 
 
+#: Accounts with a net delta limit they breach at once (|delta| far above 1 USD).
+LIMITED = [a for a in FIXED_ACCOUNTS if a.startswith("client-")]
+
+
 def engine_config(path: Path, servers: list[str], member: str) -> Path:
     urls = ", ".join(f'"{u}"' for u in servers)
+    limits = "".join(f'[limits."{a}"]\ndelta_usd = 1.0\n' for a in LIMITED)
     path.write_text(
         '[log]\nformat = "json"\n\n'
         f'[cluster]\nservers = [{urls}]\nmember = "{member}"\nshard_count = 8\n'
-        'lease_ttl = "3s"\n'
+        'lease_ttl = "3s"\n\n'
+        '[[rules]]\nname = "net_delta_limit"\nfor = "0s"\n\n' + limits
     )
     return path
+
+
+def delta_alerts(d: RiskmonProcess) -> dict[str, dict[str, Any]]:
+    """The daemon's firing net_delta_limit alerts by account."""
+    report = d.get_json("/api/v1/snapshot")
+    alerts = [] if report is None else report["alerts"]
+    return {
+        x["account"]: x for x in alerts if x["rule"] == "net_delta_limit" and x["state"] == "firing"
+    }
+
+
+def delta_history(d: RiskmonProcess) -> list[dict[str, Any]]:
+    report = d.get_json("/api/v1/snapshot")
+    history = [] if report is None else report["alert_history"]
+    return [t for t in history if t["rule"] == "net_delta_limit"]
+
+
+async def episode_accounts(servers: list[str]) -> set[str]:
+    """Accounts with alert episodes in the cluster's alert bucket."""
+    nc = await nats.connect(servers)
+    try:
+        kv = await nc.jetstream().key_value("riskmon_alerts")
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return set()
+        return {k.removeprefix("acct.") for k in keys}
+    except (nats.errors.Error, TimeoutError):
+        return set()
+    finally:
+        await close(nc)
 
 
 def ingest_config(path: Path, servers: list[str]) -> Path:
@@ -172,6 +210,19 @@ def test_shards_are_disjoint_complete_and_move_on_sigkill_and_survive_a_nats_nod
         assert ma["riskmon_cluster_shard_count"] == 8
         assert ma["riskmon_cluster_accounts"] + mb["riskmon_cluster_accounts"] == len(everyone)
 
+        # B's alerts are in the alert bucket, ready for whoever takes its accounts over.
+        b_limited = b_accounts & set(LIMITED)
+        assert b_limited
+        wait_for(
+            lambda: (
+                set(delta_alerts(b)) == b_limited
+                and b_limited <= asyncio.run(episode_accounts(servers))
+            ),
+            "engine B's firing alerts and their episodes in the alert bucket",
+        )
+        b_alerts = delta_alerts(b)
+        a_seen = {t["key"] for t in delta_history(a)}
+
         # 2. SIGKILL engine B; change one of its accounts while nobody holds it.
         b.kill()
         moved = sorted(b_accounts & set(FIXED_ACCOUNTS))[0]
@@ -189,6 +240,14 @@ def test_shards_are_disjoint_complete_and_move_on_sigkill_and_survive_a_nats_nod
 
         wait_for(a_holds_everything, "engine A to take over B's accounts, positions intact")
         assert cluster_metrics(a)["riskmon_cluster_shards"] == 8
+        # A continues B's alerts (same episodes, nothing notified twice): it fires none of
+        # them anew, and they are firing on A since B fired them.
+        wait_for(lambda: b_limited <= set(delta_alerts(a)), "engine A to hold B's alerts")
+        a_alerts = delta_alerts(a)
+        for acct in b_limited:
+            assert a_alerts[acct]["since"] == b_alerts[acct]["since"], acct
+        new_moves = [t for t in delta_history(a) if t["key"] not in a_seen]
+        assert not [t for t in new_moves if t["account"] in b_limited], new_moves
 
         # 3. Kill the NATS node engine A is connected to: publishing and consuming go on.
         md_before = asyncio.run(stream_last_seq(servers, "RISKMON_MD"))

@@ -249,3 +249,40 @@ async def _leases(cluster: NatsCluster, ttl_s: float) -> None:
 
 def test_leases_split_fairly_and_expire_to_the_survivor(cluster: NatsCluster) -> None:
     asyncio.run(_leases(cluster, ttl_s=2.0))
+
+
+def test_adopted_episodes_continue_with_the_same_keys() -> None:
+    """Engine A fires; engine B adopts A's episodes: no new transition while the breach
+    lasts, and the resolve carries A's episode start in its idempotency key."""
+    a, a_moves = _engine_with_two_accounts()
+    t = T0
+    while not any(m.alert.state == "firing" and m.alert.account == "a" for m in a_moves):
+        t += 1000
+        assert t < T0 + 120_000, "net_delta_limit never fired on A"
+        a.evaluate(t)
+    fired = next(m for m in a_moves if m.alert.state == "firing" and m.alert.account == "a")
+    episodes = a.alert_episodes("a")
+    assert [(e.rule, e.state, e.active_since_ms) for e in episodes] == [
+        ("net_delta_limit", "firing", fired.alert.active_since_ms)
+    ]
+    assert a.alert_episodes("b") == []
+
+    b, b_moves = _engine_with_two_accounts()  # the same book, rebuilt from the stream
+    b.adopt_alert_episodes(episodes)
+    snap = b.evaluate(t + 5000)
+    assert not [m for m in b_moves if m.alert.account == "a"]  # nothing sent twice
+    (alert,) = [x for x in snap.alerts if x.account == "a"]
+    assert (alert.rule, alert.state, alert.active_since_ms) == (
+        "net_delta_limit",
+        "firing",
+        fired.alert.active_since_ms,
+    )
+
+    b.apply(PositionEvent(ts=t, account="a", instrument="BTC-PERPETUAL", quantity=0.0), "t")
+    b.apply(PositionEvent(ts=t, account="a", instrument="ETH-PERPETUAL", quantity=1e-9), "t")
+    b.evaluate(t + 6000)
+    (resolved,) = [m for m in b_moves if m.alert.account == "a"]
+    assert (resolved.previous, resolved.alert.state) == ("firing", "resolved")
+    assert resolved.idempotency_key.startswith(
+        f"net_delta_limit/a/-/{fired.alert.active_since_ms}/resolved/"
+    )

@@ -56,6 +56,8 @@ class ClusterConfig(Section, frozen=True):
     #: ``assignment = "static"``: the shards this daemon owns.
     shards: tuple[Annotated[int, Meta(ge=0)], ...] = ()
     lease_bucket: _Name = "riskmon_leases"
+    #: Key-value bucket of each account's live alert episodes, adopted on takeover.
+    alert_bucket: _Name = "riskmon_alerts"
     lease_ttl: Duration = parse_duration("10s")
     user: str | None = None
     password: str | None = None

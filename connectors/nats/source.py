@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection, Sequence
+from typing import Final, Protocol
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -36,24 +38,49 @@ from connectors.base import EventSink
 from connectors.nats.config import ClusterConfig
 from connectors.nats.jetstream import close, connect, declare_streams, replicas_for
 from connectors.nats.leases import ShardLeases
-from connectors.nats.subjects import account_filter, account_of_subject, market_filter, shard_of
+from connectors.nats.subjects import (
+    account_filter,
+    account_of_subject,
+    kv_key,
+    market_filter,
+    shard_of,
+)
+from monitor.model.episode import Episode
 from monitor.model.events import Event, EventDecoder, Rejected
 from monitor.model.health import ConnectorStatus
 
-__all__ = ["ClusterSource", "DropAccounts"]
+__all__ = ["ClusterSource", "EngineLink"]
 
 log = logging.getLogger(__name__)
 
-#: Removes accounts from the engine; returns once the engine has applied it.
-DropAccounts = Callable[[Collection[str]], Awaitable[None]]
+#: How often the alert episodes of held accounts whose alerts moved are published.
+_EPISODES_EVERY_S: Final = 0.25
+_EPISODES: Final = msgspec.json.Decoder(list[Episode])
+
+
+class EngineLink(Protocol):
+    """What the source asks of the daemon that runs the engine (``monitor.daemon``)."""
+
+    async def drop_accounts(self, accounts: Collection[str]) -> None:
+        """Remove accounts from the engine; returns once applied."""
+        ...
+
+    def adopt_episodes(self, episodes: Sequence[Episode]) -> asyncio.Future[None]:
+        """Continue alert episodes, after the events already queued and before the next
+        evaluation (registered at the call, without yielding)."""
+        ...
+
+    def alert_episodes(self, account: str) -> list[Episode]: ...
+
+    def take_alerted_accounts(self) -> set[str]: ...
 
 
 class ClusterSource:
     """All market data and this daemon's shards of accounts, from JetStream."""
 
-    def __init__(self, cfg: ClusterConfig, drop_accounts: DropAccounts) -> None:
+    def __init__(self, cfg: ClusterConfig, engine: EngineLink) -> None:
         self._cfg = cfg
-        self._drop = drop_accounts
+        self._engine = engine
         self._status = ConnectorStatus("cluster", "nats")
         self._decoder = EventDecoder()
         self.member = cfg.member_name
@@ -63,6 +90,7 @@ class ClusterSource:
         self._changed = asyncio.Event()
         self._held: dict[str, int] = {}  # account -> its shard, as delivered to the engine
         self.leases: ShardLeases | None = None
+        self._alerts_kv: KeyValue | None = None
 
     @property
     def status(self) -> ConnectorStatus:
@@ -103,7 +131,9 @@ class ClusterSource:
                 # from the previous run is dropped until the leases say otherwise.
                 self.owned = frozenset()
             self._changed.set()
+            self._alerts_kv = await self._alert_bucket(js, replicas)
             async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._publish_episodes(), name="riskmon.cluster.episodes")
                 tg.create_task(self._market(js, sink), name="riskmon.cluster.market")
                 tg.create_task(self._accounts(js, sink), name="riskmon.cluster.accounts")
                 if cfg.assignment == "lease":
@@ -140,6 +170,60 @@ class ClusterSource:
                 extra={"bucket": cfg.lease_bucket, "ttl_s": status.ttl},
             )
         return kv
+
+    async def _alert_bucket(self, js: JetStreamContext, replicas: int) -> KeyValue:
+        try:
+            return await js.key_value(self._cfg.alert_bucket)
+        except nats.js.errors.BucketNotFoundError:
+            return await js.create_key_value(
+                bucket=self._cfg.alert_bucket, history=1, replicas=replicas
+            )
+
+    async def _publish_episodes(self) -> None:
+        """Keep each held account's live alert episodes in the alert bucket, so whoever
+        takes the account over continues them (same keys, nothing delivered twice)."""
+        kv = self._alerts_kv
+        assert kv is not None
+        retry: set[str] = set()
+        while True:
+            await asyncio.sleep(_EPISODES_EVERY_S)
+            accounts = self._engine.take_alerted_accounts() | retry
+            retry = set()
+            for account in sorted(accounts):
+                if account not in self._held:
+                    continue  # not ours (any more): the owner writes it
+                episodes = self._engine.alert_episodes(account)
+                try:
+                    if episodes:
+                        await kv.put(kv_key(account), msgspec.json.encode(episodes))
+                    else:
+                        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                            await kv.purge(kv_key(account))
+                except (nats.errors.Error, TimeoutError):
+                    retry.add(account)
+
+    async def _episodes_of(self, accounts: Collection[str]) -> list[Episode]:
+        """The episodes the previous owners left for ``accounts``."""
+        kv = self._alerts_kv
+        if kv is None or not accounts:
+            return []
+        wanted = {kv_key(a) for a in accounts}
+        try:
+            keys = [k for k in await kv.keys() if k in wanted]
+        except nats.js.errors.NoKeysError:
+            return []
+        out: list[Episode] = []
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                continue
+            if entry.value:
+                try:
+                    out.extend(_EPISODES.decode(entry.value))
+                except msgspec.DecodeError:
+                    log.warning("unreadable alert episodes in the bucket", extra={"key": key})
+        return out
 
     async def _hold_leases(self, leases: ShardLeases) -> None:
         while True:
@@ -183,12 +267,13 @@ class ClusterSource:
             owned = self.owned
             gone = [a for a, s in self._held.items() if s not in owned]
             if gone:
-                await self._drop(gone)
+                await self._engine.drop_accounts(gone)
                 for account in gone:
                     del self._held[account]
                 log.info("accounts dropped", extra={"accounts": len(gone)})
             if not owned:
                 continue
+            known = set(self._held)
             info = await js.stream_info(cfg.account_stream)
             sub = await js.subscribe(
                 account_filter(cfg.subject_prefix),
@@ -198,7 +283,9 @@ class ClusterSource:
             try:
                 async with asyncio.TaskGroup() as tg:
                     reader = tg.create_task(
-                        self._read_accounts(sub, sink, owned, rebuilding=info.state.messages > 0),
+                        self._read_accounts(
+                            sub, sink, owned, known, rebuilding=info.state.messages > 0
+                        ),
                         name="riskmon.cluster.accounts.read",
                     )
                     await self._changed.wait()  # stays set: the next turn handles it
@@ -211,6 +298,7 @@ class ClusterSource:
         sub: JetStreamContext.PushSubscription,
         sink: EventSink,
         owned: frozenset[int],
+        known: set[str],
         *,
         rebuilding: bool,
     ) -> None:
@@ -233,13 +321,23 @@ class ClusterSource:
                         await sink.put(event, self._status.name)
             if rebuilding and msg.metadata.num_pending == 0:
                 rebuilding = False
+                taken = set(self._held) - known
+                episodes = await self._episodes_of(taken)
                 # One batch, put without yielding in between (the queue only waits when
-                # full): the engine drains it whole before its next evaluation.
+                # full), then the adopted alert episodes: the engine applies both before
+                # its next evaluation, so it never evaluates a half-rebuilt account nor
+                # starts an alert the previous owner already delivered.
                 for event in batch:
                     await sink.put(event, self._status.name)
+                await self._engine.adopt_episodes(episodes)
                 log.info(
                     "accounts rebuilt from the stream",
-                    extra={"events": len(batch), "accounts": len(self._held)},
+                    extra={
+                        "events": len(batch),
+                        "accounts": len(self._held),
+                        "taken_over": len(taken),
+                        "alert_episodes": len(episodes),
+                    },
                 )
                 batch.clear()
         raise ConnectionError("the account subscription ended")

@@ -33,6 +33,7 @@ __all__ = [
     "account_of_subject",
     "escape",
     "is_account_event",
+    "kv_key",
     "market_filter",
     "message_id",
     "shard_of",
@@ -96,6 +97,12 @@ def account_of_subject(subject: str, prefix: str) -> str | None:
     if not subject.startswith(head):
         return None
     return unescape(subject[len(head) :].split(".", 1)[0])
+
+
+def kv_key(account: str) -> str:
+    """The key-value key of ``account``: its token with ``%`` as ``=`` (``%`` is not
+    allowed in a key; ``=`` never appears in a token, so keys stay distinct)."""
+    return "acct." + escape(account).replace("%", "=")
 
 
 def message_id(subject: str, payload: bytes) -> str:
