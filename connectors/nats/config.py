@@ -59,6 +59,9 @@ class ClusterConfig(Section, frozen=True):
     #: Key-value bucket of each account's live alert episodes, adopted on takeover.
     alert_bucket: _Name = "riskmon_alerts"
     lease_ttl: Duration = parse_duration("10s")
+    #: An engine whose event loop has not run for this long (wedged) stops renewing its
+    #: leases, so another daemon takes its shards after ``lease_ttl``.
+    max_stall: Duration = parse_duration("1m")
     user: str | None = None
     password: str | None = None
     #: A file holding the password (mode 600 or stricter), instead of ``password``.

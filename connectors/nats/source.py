@@ -37,7 +37,7 @@ from nats.js.kv import KeyValue
 from connectors.base import EventSink
 from connectors.nats.config import ClusterConfig
 from connectors.nats.jetstream import close, connect, declare_streams, replicas_for
-from connectors.nats.leases import ShardLeases
+from connectors.nats.leases import LeaseKeeper
 from connectors.nats.subjects import (
     account_filter,
     account_of_subject,
@@ -89,7 +89,7 @@ class ClusterSource:
         )
         self._changed = asyncio.Event()
         self._held: dict[str, int] = {}  # account -> its shard, as delivered to the engine
-        self.leases: ShardLeases | None = None
+        self.leases: LeaseKeeper | None = None
         self._alerts_kv: KeyValue | None = None
 
     @property
@@ -132,44 +132,25 @@ class ClusterSource:
                 self.owned = frozenset()
             self._changed.set()
             self._alerts_kv = await self._alert_bucket(js, replicas)
+            if cfg.assignment == "lease":
+                self.leases = LeaseKeeper(
+                    cfg, self.member, replicas, self._on_leases, asyncio.get_running_loop()
+                )
+                self.leases.start()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._publish_episodes(), name="riskmon.cluster.episodes")
                 tg.create_task(self._market(js, sink), name="riskmon.cluster.market")
                 tg.create_task(self._accounts(js, sink), name="riskmon.cluster.accounts")
-                if cfg.assignment == "lease":
-                    kv = await self._bucket(js, replicas)
-                    self.leases = ShardLeases(
-                        kv, self.member, cfg.shard_count, cfg.lease_ttl.seconds
-                    )
-                    tg.create_task(self._hold_leases(self.leases), name="riskmon.cluster.leases")
+                if self.leases is not None:
+                    tg.create_task(self._heartbeat(self.leases), name="riskmon.cluster.heartbeat")
         finally:
             self._status.connected = False
             if self.leases is not None:
-                try:
-                    async with asyncio.timeout(2.0):
-                        await self.leases.release_all()
-                except TimeoutError:
-                    pass
+                # Blocks this loop for at most 3 s while the keeper gives the leases back
+                # (no await: a stop re-cancels, and this must not be cut short).
+                self.leases.stop(timeout_s=3.0)
+                self.leases = None
             await close(nc)
-
-    async def _bucket(self, js: JetStreamContext, replicas: int) -> KeyValue:
-        cfg = self._cfg
-        try:
-            kv = await js.key_value(cfg.lease_bucket)
-        except nats.js.errors.BucketNotFoundError:
-            kv = await js.create_key_value(
-                bucket=cfg.lease_bucket,
-                ttl=cfg.lease_ttl.seconds,
-                history=1,
-                replicas=replicas,
-            )
-        status = await kv.status()
-        if status.ttl is not None and abs(status.ttl - cfg.lease_ttl.seconds) > 0.001:
-            log.warning(
-                "lease bucket has another TTL than lease_ttl; the bucket's applies",
-                extra={"bucket": cfg.lease_bucket, "ttl_s": status.ttl},
-            )
-        return kv
 
     async def _alert_bucket(self, js: JetStreamContext, replicas: int) -> KeyValue:
         try:
@@ -225,23 +206,28 @@ class ClusterSource:
                     log.warning("unreadable alert episodes in the bucket", extra={"key": key})
         return out
 
-    async def _hold_leases(self, leases: ShardLeases) -> None:
+    def _on_leases(
+        self, owned: frozenset[int], acquired: frozenset[int], lost: frozenset[int], members: int
+    ) -> None:
+        """On this loop, from the lease keeper's thread."""
+        self.owned = owned
+        self._changed.set()
+        log.info(
+            "shards changed",
+            extra={
+                "member": self.member,
+                "acquired": sorted(acquired),
+                "lost": sorted(lost),
+                "owned": sorted(owned),
+                "members": members,
+            },
+        )
+
+    @staticmethod
+    async def _heartbeat(keeper: LeaseKeeper) -> None:
         while True:
-            acquired, lost = await leases.step()
-            if acquired or lost:
-                self.owned = frozenset(leases.owned)
-                self._changed.set()
-                log.info(
-                    "shards changed",
-                    extra={
-                        "member": self.member,
-                        "acquired": sorted(acquired),
-                        "lost": sorted(lost),
-                        "owned": sorted(self.owned),
-                        "members": leases.members,
-                    },
-                )
-            await asyncio.sleep(leases.interval_s)
+            keeper.heartbeat()
+            await asyncio.sleep(1.0)
 
     async def _market(self, js: JetStreamContext, sink: EventSink) -> None:
         sub = await js.subscribe(
