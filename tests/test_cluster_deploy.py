@@ -13,9 +13,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from test_deploy import load_yaml
 from tools import required_tool, run
 
+from connectors.nats.config import ClusterConfig
 from monitor.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,3 +147,13 @@ def test_compose_prometheus_scrapes_both_engines_and_loads_the_firm_rules(
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "SUCCESS: 2 rule files found" in out, out
+
+
+def test_cluster_example_documents_every_key_with_its_default() -> None:
+    example = CLUSTER / "cluster.example.toml"
+    lines = example.read_text().splitlines()
+    documented = {line.lstrip("# ").split("=")[0].strip() for line in lines if "=" in line}
+    info = msgspec.inspect.type_info(ClusterConfig)
+    assert isinstance(info, msgspec.inspect.StructType)
+    assert {f.encode_name for f in info.fields} <= documented
+    assert load_config(example, env={}).cluster == ClusterConfig()

@@ -5,9 +5,9 @@ running the simulated market (prices of BTC, ETH, SOL and their instruments, and
 demo accounts), and a book of ``--accounts`` accounts published once (each: a BTC and an
 ETH perpetual, an SOL spot holding, equity and maintenance margin). Then, for each
 number of engine daemons, real ``riskmon run`` processes with ``[cluster]`` (16 shards by
-lease, ``risk.eval_interval = --eval-interval``, small so they evaluate as fast as they
-can) share the book; once every account is held, each daemon is measured over
-``--seconds``:
+lease, ``risk.eval_interval = --eval-interval``, 250 ms as in production: a daemon whose
+evaluation takes longer evaluates back to back) share the book; once every account is
+held, each daemon is measured over ``--seconds``:
 
 - accounts held, evaluations per second (every account it holds is revalued once per
   evaluation, so this is also the evaluation rate *per account*), mean evaluation time;
@@ -140,7 +140,7 @@ def main() -> None:
     p.add_argument("--accounts", type=int, default=2000)
     p.add_argument("--engines", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--eval-interval", default="20ms")
+    p.add_argument("--eval-interval", default="250ms")
     p.add_argument("--keep", type=Path, help="work (and leave logs) in this directory")
     args = p.parse_args()
     print(f"cores: {os.cpu_count()}; load average before: {os.getloadavg()}")
