@@ -166,6 +166,7 @@ class Daemon:
             history_limit=_HISTORY_LIMIT,
             scenario_executor=self._scenario_pool,
         )
+        self._cluster = cluster
         self.registry, registry_metrics = build_registry(self)
         if cluster is not None:
             self.registry.register(ClusterCollector(cluster))
@@ -214,7 +215,8 @@ class Daemon:
 
     def _on_transitions(self, moves: Sequence[Transition]) -> None:
         self.alerts.submit(moves)
-        self._alerted.update(t.alert.account for t in moves if t.alert.account is not None)
+        if self._cluster is not None:
+            self._alerted.update(t.alert.account for t in moves if t.alert.account is not None)
 
     # -- cluster mode (connectors.nats.source.EngineLink) -------------------------------
 
@@ -250,7 +252,10 @@ class Daemon:
     def _apply_handovers(self) -> None:
         while self._handovers:
             apply, done = self._handovers.popleft()
-            apply()
+            try:
+                apply()
+            except Exception:  # a bug must cost this handover, not the engine
+                log.exception("engine failed to apply a shard handover")
             if not done.done():
                 done.set_result(None)
 

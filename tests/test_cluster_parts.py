@@ -4,16 +4,20 @@ account from the engine and its alerts, and shard leases on a real 3-node JetStr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import nats
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from nats_cluster import NatsCluster
 
+from connectors.base import cancel_until_done
 from connectors.nats.config import ClusterConfig
 from connectors.nats.leases import ShardLeases
 from connectors.nats.subjects import (
@@ -24,8 +28,8 @@ from connectors.nats.subjects import (
     subject_of,
     unescape,
 )
-from monitor.config import ConfigError, load_config
-from monitor.daemon import engine_settings, risk_settings
+from monitor.config import ConfigError, ServerConfig, load_config
+from monitor.daemon import Daemon, engine_settings, risk_settings
 from monitor.engine.core import Engine
 from monitor.model.alert import Transition
 from monitor.model.events import (
@@ -286,3 +290,60 @@ def test_adopted_episodes_continue_with_the_same_keys() -> None:
     assert resolved.idempotency_key.startswith(
         f"net_delta_limit/a/-/{fired.alert.active_since_ms}/resolved/"
     )
+
+
+# --- stopping: tasks that swallow a cancellation, an engine slower than its clock -------
+
+
+def test_cancel_until_done_stops_a_task_that_swallowed_a_cancellation() -> None:
+    async def stubborn() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # as nats-py's flush does
+            await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # the second cancellation lands here
+
+    async def main() -> bool:
+        task = asyncio.create_task(stubborn())
+        await asyncio.sleep(0)
+        await cancel_until_done([task], every_s=0.05)
+        return task.cancelled()
+
+    assert asyncio.run(main())
+
+
+def test_an_engine_slower_than_its_clock_still_yields_to_other_tasks() -> None:
+    """Every evaluation overdue (slower than eval_interval): HTTP, connectors, leases and
+    the stop signal must still run between evaluations."""
+    cfg = msgspec.structs.replace(
+        load_config(None, env={}),
+        server=ServerConfig(listen="127.0.0.1:0"),
+    )
+    result: dict[str, int] = {}
+
+    async def main() -> None:
+        daemon = Daemon(cfg, connectors=[])
+
+        def slow_evaluation(now_ms: int) -> None:
+            time.sleep(0.02)  # longer than the time to the next evaluation: always due
+
+        daemon.engine.evaluate_due = slow_evaluation  # type: ignore[method-assign,assignment]
+        daemon.engine._eval_next = 0  # every evaluation overdue from the start
+        stop = asyncio.Event()
+        ticks = 0
+
+        async def other() -> None:
+            nonlocal ticks
+            while ticks < 20:
+                await asyncio.sleep(0.001)
+                ticks += 1
+            stop.set()
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(other())
+            await daemon.run(stop)
+        result["ticks"] = ticks
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the engine loop never yielded"
+    assert result["ticks"] == 20

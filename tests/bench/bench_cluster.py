@@ -57,7 +57,7 @@ def book(n: int) -> list[Event]:
 
 
 def scrape(d: RiskmonProcess) -> dict[str, float]:
-    with urllib.request.urlopen(d.url + "/metrics", timeout=10) as resp:
+    with urllib.request.urlopen(d.url + "/metrics", timeout=120) as resp:
         text = resp.read().decode()
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
@@ -96,15 +96,17 @@ def run_engines(
                     "run", cfg, tmp / f"engine-{n}-{k}.log", ready_msg="riskmon listening"
                 )
             )
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while True:
-            held = [scrape(d).get("riskmon_cluster_accounts", 0.0) for d in engines]
-            shards = [scrape(d).get("riskmon_cluster_shards", 0.0) for d in engines]
+            # /metrics of 2,000 accounts is megabytes: scrape each daemon once a round.
+            samples = [scrape(d) for d in engines]
+            held = [m.get("riskmon_cluster_accounts", 0.0) for m in samples]
+            shards = [m.get("riskmon_cluster_shards", 0.0) for m in samples]
             if sum(held) == total and sum(shards) == 16 and all(held):
                 break
             if time.monotonic() > deadline:
                 raise SystemExit(f"{n} engines did not settle: accounts {held}, shards {shards}")
-            time.sleep(0.5)
+            time.sleep(2.0)
         time.sleep(2.0)  # let the first rebuilds and scenario passes pass
         before = [(scrape(d), cpu_s(d.proc.pid)) for d in engines]
         t0 = time.monotonic()
