@@ -17,18 +17,20 @@ import asyncio
 import logging
 import ssl
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from connectors.base import EventSink
-from connectors.mqtt.config import MqttConnector
 from connectors.mqtt.parser import PayloadParser, topic_filters
 from monitor.model.backoff import Backoff
 from monitor.model.health import ConnectorStatus
 from monitor.model.settings import ConfigError, read_secret_file
+
+if TYPE_CHECKING:  # annotations only: config imports this module to build the feed
+    from connectors.mqtt.config import MqttConnector
 
 __all__ = ["MqttFeed"]
 
