@@ -431,6 +431,15 @@ def _env_target(
                     format_path([*segs, key]), f"unknown key in {var}{_suggest(key, fields)}"
                 )
             node = fields[key]
+            if (section := _optional_section(node)) is not None:
+                # An optional section ([cluster]) is enabled by the file, never by the
+                # environment: a shared RISKMON_ file must not switch a daemon's mode.
+                if not isinstance(cursor.get(key), dict):
+                    raise ConfigError(
+                        format_path([*segs, key]),
+                        f"{var} sets a key of [{key}], which the config file does not have",
+                    )
+                node = section
             table = isinstance(node, mi.StructType) or (not segs and key in _NAMED_LISTS)
             if last and not table:
                 return [*segs, key], node, cursor
@@ -484,6 +493,15 @@ _TABLE_EXAMPLES: Final = {
     "risk.budgets": "{ main = { BTC = 0.5, ETH = 0.5 } }",
     "limits": "{ main = { delta_usd = 2e6, vega = 5e4 } }",
 }
+
+
+def _optional_section(node: mi.Type) -> mi.StructType | None:
+    """The section of an ``X | None`` field (``[cluster]``), else None."""
+    if not isinstance(node, mi.UnionType):
+        return None
+    structs = [t for t in node.types if isinstance(t, mi.StructType)]
+    others = [t for t in node.types if not isinstance(t, mi.StructType | mi.NoneType)]
+    return structs[0] if len(structs) == 1 and not others else None
 
 
 def _default_name(entry: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from nats_cluster import NatsCluster, RiskmonProcess, publish
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.nats.jetstream import close
+from connectors.nats.subjects import shard_of
 from monitor.model.events import AccountEvent, Event, PositionEvent
 
 SIMULATED_ACCOUNTS = {"parity", "hedged", "options", "basis"}
@@ -274,3 +275,35 @@ def test_shards_are_disjoint_complete_and_move_on_sigkill_and_survive_a_nats_nod
     finally:
         for p in procs:
             p.kill()
+
+
+def test_static_shards_hold_exactly_their_accounts(cluster: NatsCluster, tmp_path: Path) -> None:
+    """assignment = "static": the engine evaluates exactly the accounts of its shards."""
+    servers = cluster.urls
+    events, book = book_events(FIXED_ACCOUNTS)
+    asyncio.run(publish(servers, events))
+    mine = {a for a in FIXED_ACCOUNTS if shard_of(a, 8) in {1, 2, 5}}
+    assert mine
+    assert mine != set(FIXED_ACCOUNTS)
+    urls = ", ".join(f'"{u}"' for u in servers)
+    cfg = tmp_path / "static.toml"
+    cfg.write_text(
+        '[log]\nformat = "json"\n\n'
+        f'[cluster]\nservers = [{urls}]\nassignment = "static"\nshard_count = 8\n'
+        "shards = [1, 2, 5]\n"
+    )
+    d = RiskmonProcess("run", cfg, tmp_path / "static.log", ready_msg="riskmon listening")
+    try:
+
+        def holds_its_shards() -> bool:
+            held = accounts_of(d)
+            return held is not None and set(held) == mine
+
+        wait_for(holds_its_shards, "the static engine to hold exactly its shards")
+        held = accounts_of(d)
+        assert held is not None
+        for acct in mine:
+            assert positions(held[acct]) == book[acct]
+        assert d.stop() == 0
+    finally:
+        d.kill()

@@ -28,7 +28,7 @@ from connectors.nats.subjects import (
     subject_of,
     unescape,
 )
-from monitor.config import ConfigError, ServerConfig, load_config
+from monitor.config import ConfigError, ServerConfig, load_config, redacted
 from monitor.daemon import Daemon, engine_settings, risk_settings
 from monitor.engine.core import Engine
 from monitor.model.alert import Transition
@@ -137,9 +137,21 @@ def test_cluster_section_errors_name_the_key(tmp_path: Path, body: str, path: st
     assert err.value.path == path
 
 
-def test_cluster_password_is_redacted() -> None:
+def test_cluster_password_is_redacted(tmp_path: Path) -> None:
     c = ClusterConfig(password="hunter2")
     assert "hunter2" not in repr(c)
+    f = tmp_path / "c.toml"
+    f.write_text("[cluster]\n")
+    cfg = load_config(f, env={"RISKMON_CLUSTER__PASSWORD": "hunter2"})
+    assert cfg.cluster is not None
+    assert cfg.cluster.password == "hunter2"
+    assert redacted(cfg)["cluster"]["password"] == "***"
+    assert "hunter2" not in repr(cfg)
+    # The environment sets keys of [cluster]; it never turns cluster mode on by itself.
+    with pytest.raises(ConfigError) as err:
+        load_config(None, env={"RISKMON_CLUSTER__PASSWORD": "hunter2"})
+    assert err.value.path == "cluster"
+    assert "hunter2" not in str(err.value)
 
 
 # --- dropping an account -----------------------------------------------------------------
@@ -325,7 +337,7 @@ def test_an_engine_slower_than_its_clock_still_yields_to_other_tasks() -> None:
         def slow_evaluation(now_ms: int) -> None:
             time.sleep(0.02)  # longer than the time to the next evaluation: always due
 
-        daemon.engine.evaluate_due = slow_evaluation  # type: ignore[method-assign,assignment]
+        daemon.engine.evaluate_due = slow_evaluation  # type: ignore[method-assign]
         daemon.engine._eval_next = 0  # every evaluation overdue from the start
         stop = asyncio.Event()
         ticks = 0
