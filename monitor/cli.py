@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ing = sub.add_parser("ingest", help="publish the connectors' events to NATS ([cluster])")
     ing.add_argument("--config", type=Path, help="TOML config file with a [cluster] section")
+    ing.add_argument("--listen", help="HOST:PORT for /metrics (overrides server.listen)")
     ing.add_argument("--seed", type=int, help="seed of the simulated market(s)")
 
     rep = sub.add_parser("replay", help="replay a recording on event time and print the report")
@@ -132,6 +133,10 @@ def _ingest(args: argparse.Namespace) -> int:
     cluster = cfg.cluster
     if cluster is None:
         raise ConfigError("cluster", "riskmon ingest needs a [cluster] section")
+    if args.listen:
+        cfg = msgspec.structs.replace(
+            cfg, server=msgspec.structs.replace(cfg.server, listen=args.listen)
+        )
     if args.seed is not None:
         cfg = _with_seed(cfg, args.seed)
     setup_logging(cfg.log.level, cfg.log.format)

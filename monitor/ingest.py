@@ -20,9 +20,18 @@ from typing import Final
 from connectors import build_connector
 from connectors.base import Connector, cancel_until_done, supervise
 from connectors.nats.config import ClusterConfig
-from connectors.nats.jetstream import JetStreamSink, close, connect, declare_streams, replicas_for
+from connectors.nats.jetstream import (
+    JetStreamSink,
+    PublishStats,
+    close,
+    connect,
+    declare_streams,
+    replicas_for,
+)
 from monitor.config import Config
 from monitor.model.backoff import Backoff
+from monitor.model.health import ConnectorStatus
+from monitor.serve.ingest import IngestServer
 
 __all__ = ["Ingest"]
 
@@ -40,20 +49,36 @@ class Ingest:
         self.cluster = cluster
         self.connectors: list[Connector] = [build_connector(c) for c in cfg.connectors]
         self.sink: JetStreamSink | None = None
+        self.stats = PublishStats()
         self._backoff = Backoff(initial=1.0, cap=30.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_tasks)
+        statuses = {c.status.name: c.status for c in self.connectors}
+        http = IngestServer(
+            self.stats, list(statuses.values()), self.cfg.server.host, self.cfg.server.port
+        )
+        await http.start()  # /-/healthy answers while NATS is still out of reach
+        try:
+            await self._publish(stop, statuses, http.url)
+        finally:
+            await http.stop()
+        log.info("stopped", extra={"published": self.stats.published})
+
+    async def _publish(
+        self, stop: asyncio.Event, statuses: dict[str, ConnectorStatus], url: str
+    ) -> None:
         nc = await connect(self.cluster, "riskmon-ingest")
         try:
             js = nc.jetstream(timeout=self.cluster.publish_timeout.seconds)
             replicas = replicas_for(self.cluster, nc)
             await declare_streams(js, self.cluster, replicas)
-            self.sink = sink = JetStreamSink(js, self.cluster)
+            self.sink = sink = JetStreamSink(js, self.cluster, stats=self.stats, statuses=statuses)
             log.info(
                 "riskmon ingest publishing",
                 extra={
-                    "connectors": [c.status.name for c in self.connectors],
+                    "listen": url,
+                    "connectors": list(statuses),
                     "replicas": replicas,
                     "prefix": self.cluster.subject_prefix,
                 },
@@ -72,7 +97,6 @@ class Ingest:
                 await cancel_until_done(tasks)
         finally:
             await close(nc)
-        log.info("stopped", extra={"published": self.sink.stats.published if self.sink else {}})
 
     async def _report(self, sink: JetStreamSink) -> None:
         while True:

@@ -167,15 +167,14 @@ class NatsCluster:
 class RiskmonProcess:
     """``python -m monitor <command> --config <file>`` with its JSON logs in a file.
 
-    ``riskmon run`` is given ``--listen 127.0.0.1:0``; :attr:`url` is the address it logs.
+    Given ``--listen 127.0.0.1:0``; :attr:`url` is the address it logs.
     Logs go to a file, not a pipe, so a long run never blocks on a full pipe.
     """
 
     def __init__(self, command: str, config: Path, log: Path, *, ready_msg: str) -> None:
         self.log = log
         argv = [sys.executable, "-m", "monitor", command, "--config", str(config)]
-        if command == "run":
-            argv += ["--listen", "127.0.0.1:0"]
+        argv += ["--listen", "127.0.0.1:0"]
         with log.open("ab") as out:
             # faulthandler: a process that will not stop is aborted with its stacks logged.
             env = {**os.environ, "PYTHONFAULTHANDLER": "1"}

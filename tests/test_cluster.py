@@ -21,6 +21,7 @@ import nats.js.errors
 import pytest
 from nats_cluster import NatsCluster, RiskmonProcess, publish
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from connectors.nats.jetstream import close
 from connectors.nats.subjects import shard_of
@@ -136,6 +137,14 @@ def cluster_metrics(d: RiskmonProcess) -> dict[str, float]:
     }
 
 
+def samples(d: RiskmonProcess, name: str) -> list[Sample]:
+    with urllib.request.urlopen(d.url + "/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    return [
+        s for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name
+    ]
+
+
 def positions(account: dict[str, Any]) -> dict[str, float]:
     return {p["instrument"]: p["quantity"] for p in account["positions"]}
 
@@ -206,6 +215,17 @@ def test_shards_are_disjoint_complete_and_move_on_sigkill_and_survive_a_nats_nod
             assert positions(merged[acct]) == book[acct]
             assert merged[acct]["margin"]["equity"] == 1e6 + i
         b_accounts = set(sb)
+        # The ingest's own figures: what JetStream acknowledged, by event type.
+        published = {
+            dict(s.labels)["type"]: s.value
+            for s in samples(ingest, "riskmon_ingest_published_total")
+        }
+        assert published["price"] > 0
+        assert published["position"] > 0  # the simulated demo accounts
+        assert published["account"] > 0
+        up = samples(ingest, "riskmon_connector_up")
+        assert [(dict(s.labels)["connector"], s.value) for s in up] == [("simulated", 1.0)]
+        assert ingest.get_json("/-/ready") == {"ready": True, "missing": []}
         ma, mb = cluster_metrics(a), cluster_metrics(b)
         assert ma["riskmon_cluster_shards"] + mb["riskmon_cluster_shards"] == 8
         assert ma["riskmon_cluster_shard_count"] == 8

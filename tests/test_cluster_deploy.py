@@ -140,6 +140,8 @@ def test_compose_prometheus_scrapes_both_engines_and_loads_the_firm_rules(
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     targets = [t for sc in jobs["riskmon"]["static_configs"] for t in sc["targets"]]
     assert targets == ["engine-a:9321", "engine-b:9321"]
+    ingest = [t for sc in jobs["riskmon_ingest"]["static_configs"] for t in sc["targets"]]
+    assert ingest == ["ingest:9321"]
     # As mounted in the container: the config beside deploy/prometheus/rules.
     shutil.copy(config, tmp_path / "prometheus.yml")
     (tmp_path / "rules").symlink_to(PROM_DIR / "rules")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -236,21 +237,33 @@ class JetStreamSink:
     """
 
     def __init__(
-        self, js: JetStreamContext, cfg: ClusterConfig, *, backoff: Backoff | None = None
+        self,
+        js: JetStreamContext,
+        cfg: ClusterConfig,
+        *,
+        stats: PublishStats | None = None,
+        statuses: Mapping[str, ConnectorStatus] | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
+        """``statuses``: each connector's status by name, marked ``delivered`` at its first
+        event (readiness)."""
         self._js = js
         self._prefix = cfg.subject_prefix
         self._timeout = cfg.publish_timeout.seconds
         self._backoff = backoff or Backoff(initial=0.1, cap=5.0)
-        self.stats = PublishStats()
+        self.stats = stats if stats is not None else PublishStats()
+        self._statuses = statuses or {}
         self._lock = asyncio.Lock()  # one publish at a time: per-subject order
 
     async def put(self, event: Event, source: str) -> None:
+        status = self._statuses.get(source)
+        if status is not None:
+            status.delivered = True
         subject = subject_of(event, self._prefix)
         payload = encode_event(event)
         durable = is_account_event(event)
         headers = {MSG_ID: message_id(subject, payload)} if durable else None
-        kind = type(event).__name__
+        kind = str(type(event).__struct_config__.tag)  # price, position, account, instrument
         delays = self._backoff.delays()
         async with self._lock:
             while True:
