@@ -81,18 +81,10 @@ def _config_path(arg: Path | None) -> str | Path | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import msgspec.structs
-
     from monitor.daemon import Daemon, install_signal_handlers
     from monitor.logs import setup_logging
 
-    cfg = load_config(_config_path(args.config))
-    if args.listen:
-        cfg = msgspec.structs.replace(
-            cfg, server=msgspec.structs.replace(cfg.server, listen=args.listen)
-        )
-    if args.seed is not None:
-        cfg = _with_seed(cfg, args.seed)
+    cfg = _with_flags(load_config(_config_path(args.config)), args)
     setup_logging(cfg.log.level, cfg.log.format)
     log.info("starting riskmon %s", __version__, extra={"config": redacted(cfg)})
 
@@ -109,36 +101,36 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_seed(cfg: Config, seed: int) -> Config:
-    """``cfg`` with ``seed`` for every connector that has one (the simulated market)."""
+def _with_flags(cfg: Config, args: argparse.Namespace) -> Config:
+    """``cfg`` with ``--listen`` and ``--seed`` (every connector that has a seed: the
+    simulated market) applied."""
     import msgspec.structs
 
-    return msgspec.structs.replace(
-        cfg,
-        connectors=tuple(
-            msgspec.structs.replace(c, seed=seed) if hasattr(c, "seed") else c
-            for c in cfg.connectors
-        ),
-    )
-
-
-def _ingest(args: argparse.Namespace) -> int:
-    """``riskmon ingest``: the connectors' events to JetStream (monitor.ingest)."""
-
-    from monitor.daemon import install_signal_handlers
-    from monitor.ingest import Ingest
-    from monitor.logs import setup_logging
-
-    cfg = load_config(_config_path(args.config))
-    cluster = cfg.cluster
-    if cluster is None:
-        raise ConfigError("cluster", "riskmon ingest needs a [cluster] section")
     if args.listen:
         cfg = msgspec.structs.replace(
             cfg, server=msgspec.structs.replace(cfg.server, listen=args.listen)
         )
     if args.seed is not None:
-        cfg = _with_seed(cfg, args.seed)
+        cfg = msgspec.structs.replace(
+            cfg,
+            connectors=tuple(
+                msgspec.structs.replace(c, seed=args.seed) if hasattr(c, "seed") else c
+                for c in cfg.connectors
+            ),
+        )
+    return cfg
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    """``riskmon ingest``: the connectors' events to JetStream (monitor.ingest)."""
+    from monitor.daemon import install_signal_handlers
+    from monitor.ingest import Ingest
+    from monitor.logs import setup_logging
+
+    cfg = _with_flags(load_config(_config_path(args.config)), args)
+    cluster = cfg.cluster
+    if cluster is None:
+        raise ConfigError("cluster", "riskmon ingest needs a [cluster] section")
     setup_logging(cfg.log.level, cfg.log.format)
     log.info("starting riskmon ingest %s", __version__, extra={"config": redacted(cfg)})
 
