@@ -11,16 +11,28 @@ own ``[[connectors]]`` entry as a :class:`ConnectorSettings` subclass in its own
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Sequence
 from typing import Annotated, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 from msgspec import Meta
 
+from monitor.model.backoff import Backoff
 from monitor.model.events import Event, Reason, Rejected
 from monitor.model.health import ConnectorStatus
 from monitor.model.settings import Section
 
-__all__ = ["Connector", "ConnectorName", "ConnectorSettings", "EventSink", "decode"]
+__all__ = [
+    "Connector",
+    "ConnectorName",
+    "ConnectorSettings",
+    "EventSink",
+    "cancel_until_done",
+    "decode",
+    "supervise",
+]
 
 T = TypeVar("T")
 
@@ -85,3 +97,44 @@ def decode(decoder: msgspec.json.Decoder[T], raw: bytes | msgspec.Raw, what: str
         raise Rejected(reason, f"{what}: {text}") from None
     except msgspec.MsgspecError as exc:
         raise Rejected(Reason.MALFORMED_JSON, f"{what}: {exc}") from None
+
+
+async def cancel_until_done(tasks: Sequence[asyncio.Task[None]], every_s: float = 1.0) -> None:
+    """Cancel ``tasks`` and cancel again, every ``every_s``, those still running.
+
+    A library that swallows a cancellation (nats-py does when it lands inside its flush,
+    ``Client._flush_pending``) would otherwise leave a task running forever and a stop
+    hanging; cancelled again, the task stops at its next await.
+    """
+    for t in tasks:
+        t.cancel()
+    while pending := [t for t in tasks if not t.done()]:
+        await asyncio.wait(pending, timeout=every_s)
+        for t in pending:
+            if not t.done():
+                t.cancel()
+
+
+async def supervise(
+    connector: Connector, sink: EventSink, backoff: Backoff, log: logging.Logger
+) -> None:
+    """Run ``connector`` into ``sink``; a crash is logged and the connector restarted after
+    a backoff delay (``riskmon_connector_reconnects_total`` shows the flapping)."""
+    status = connector.status
+    delays = backoff.delays()
+    while True:
+        try:
+            await connector.run(sink)
+            log.info("connector finished", extra={"connector": status.name})
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            status.connected = False
+            status.last_error = f"{type(exc).__name__}: {exc}"
+            delay = next(delays)
+            log.exception(
+                "connector failed; restarting in %.1fs", delay, extra={"connector": status.name}
+            )
+            await asyncio.sleep(delay)
+            status.reconnects += 1

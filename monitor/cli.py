@@ -93,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", help="HOST:PORT for HTTP (overrides server.listen)")
     run.add_argument("--seed", type=_seed, help="seed (>= 0) of the simulated market(s)")
 
+    ing = sub.add_parser("ingest", help="publish the connectors' events to NATS ([cluster])")
+    ing.add_argument("--config", type=Path, help="TOML config file with a [cluster] section")
+    ing.add_argument("--listen", help="HOST:PORT for /metrics (overrides server.listen)")
+    ing.add_argument("--seed", type=int, help="seed of the simulated market(s)")
+
     rep = sub.add_parser("replay", help="replay a recording on event time and print the report")
     rep.add_argument(
         "file", type=_recording, help=".jsonl, .jsonl.gz or .parquet (file or segment directory)"
@@ -118,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "ingest":
+            return _ingest(args)
         if args.command == "replay":
             return _replay(args)
         if args.command == "check-config":
@@ -156,6 +163,32 @@ def _run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(amain())
     except OSError as exc:  # the port is taken, the record path is not writable...
+        log.error("cannot run: %s", exc)
+        return 1
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    """``riskmon ingest``: the connectors' events to JetStream (monitor.ingest)."""
+    from monitor.daemon import install_signal_handlers
+    from monitor.ingest import Ingest
+    from monitor.logs import setup_logging
+
+    cfg = load_config(_config_path(args.config), listen=args.listen, seed=args.seed)
+    cluster = cfg.cluster
+    if cluster is None:
+        raise ConfigError("cluster", "riskmon ingest needs a [cluster] section")
+    setup_logging(cfg.log.level, cfg.log.format)
+    log.info("starting riskmon ingest %s", __version__, extra={"config": redacted(cfg)})
+
+    async def amain() -> None:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        await Ingest(cfg, cluster).run(stop)
+
+    try:
+        asyncio.run(amain())
+    except OSError as exc:  # no NATS server reachable, among others
         log.error("cannot run: %s", exc)
         return 1
     return 0

@@ -56,6 +56,7 @@ import msgspec.inspect as mi
 from msgspec import Meta, Struct
 
 from connectors import CONNECTOR_TYPES, ConnectorConfig
+from connectors.nats.config import ClusterConfig
 from connectors.simulated import SimulatedConnector
 from monitor.model.settings import (
     REDACTED,
@@ -331,6 +332,9 @@ class Config(Section, frozen=True):
     limits: dict[str, AccountLimits] = msgspec.field(default_factory=dict)
     #: Empty means one default simulated connector.
     connectors: tuple[ConnectorConfig, ...] = ()
+    #: Cluster mode (README "Running a cluster"): ``riskmon ingest`` publishes the
+    #: connectors' events to NATS JetStream and ``riskmon run`` reads its shard from there.
+    cluster: ClusterConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.connectors:
@@ -537,6 +541,15 @@ def _env_target(
                     format_path([*segs, key]), f"unknown key in {var}{_suggest(key, fields)}"
                 )
             node = _optional_struct(fields[key])
+            # A top-level optional section ([cluster]) switches the daemon's mode: the file
+            # enables it, never the environment (a shared RISKMON_ file must not). A nested
+            # optional table (alerts.webhook) may come from the environment.
+            section = not segs and isinstance(fields[key], mi.UnionType)
+            if section and node is not fields[key] and not isinstance(cursor.get(key), dict):
+                raise ConfigError(
+                    format_path([*segs, key]),
+                    f"{var} sets a key of [{key}], which the config file does not have",
+                )
             table = isinstance(node, mi.StructType) or (not segs and key in _NAMED_LISTS)
             if last and not table:
                 return [*segs, key], node, cursor

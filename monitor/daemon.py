@@ -14,7 +14,8 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import msgspec
 
 from connectors import build_connector
-from connectors.base import Connector
+from connectors.base import Connector, cancel_until_done, supervise
 from monitor.config import Config
 from monitor.engine.core import Engine, EngineSettings
 from monitor.engine.evaluation import RiskSettings
@@ -32,7 +33,9 @@ from monitor.engine.record import Recorder
 from monitor.engine.sources import IndexSources
 from monitor.engine.stats import EngineStats
 from monitor.logs import RejectionLog
+from monitor.model.alert import Transition
 from monitor.model.backoff import Backoff
+from monitor.model.episode import Episode
 from monitor.model.events import Event, Reason, Rejected
 from monitor.model.health import ConnectorStatus
 from monitor.model.settings import read_secret_file
@@ -47,6 +50,7 @@ from monitor.quant.margin import (
     UnderlyingParams,
 )
 from monitor.rules.pack import rule_engine
+from monitor.serve.cluster import ClusterCollector
 from monitor.serve.http import HttpServer
 from monitor.serve.metrics import build_registry
 
@@ -180,6 +184,17 @@ class Daemon:
         # The scenario pass (full-revaluation VaR, scenario margin) runs here so a large
         # option book does not stall the engine loop; numpy releases the GIL for it.
         self._scenario_pool = ThreadPoolExecutor(1, thread_name_prefix="riskmon.scenarios")
+        # Cluster mode: shard handovers the engine applies between a drain and an
+        # evaluation, in order; accounts whose alerts moved (their episodes to publish).
+        self._handovers: deque[tuple[Callable[[], None], asyncio.Future[None]]] = deque()
+        self._alerted: set[str] = set()
+        cluster = None
+        if connectors is None and cfg.cluster is not None:
+            # Cluster mode: the engine reads JetStream; [[connectors]] are the ingest's.
+            from connectors.nats.source import ClusterSource
+
+            cluster = ClusterSource(cfg.cluster, self)
+            connectors = [cluster]
         self._connectors: list[Connector] = (
             list(connectors)
             if connectors is not None
@@ -198,14 +213,17 @@ class Daemon:
         )
         # Live only: a recording holds the routed events, so a replay needs no routing.
         self.index_sources = IndexSources(self.engine.registry, cfg.market.index_sources)
+        self._cluster = cluster
         self.registry, registry_metrics = build_registry(self)
+        if cluster is not None:
+            self.registry.register(ClusterCollector(cluster))
         self.engine.set_evaluation_observer(registry_metrics.observe)
         self._queue = EventQueue(cfg.engine.queue_size)
         self._reject_log = RejectionLog(log)
         self._started_s = time.time()
         self._restart_backoff = Backoff(initial=1.0, cap=30.0)
         self.alerts = AlertDispatcher.from_config(cfg.alerts)
-        self.engine.set_alert_sink(lambda: self.connectors, self.alerts.submit)
+        self.engine.set_alert_sink(lambda: self.connectors, self._on_transitions)
         self.http: HttpServer | None = None
         # Read at start, so a missing or world-readable token file stops it, clearly.
         self._token = (
@@ -248,6 +266,52 @@ class Daemon:
         self.engine.reject(source, rejected)
         self._reject_log(source, rejected.reason.value, rejected.detail)
 
+    def _on_transitions(self, moves: Sequence[Transition]) -> None:
+        self.alerts.submit(moves)
+        if self._cluster is not None:
+            self._alerted.update(t.alert.account for t in moves if t.alert.account is not None)
+
+    # -- cluster mode (connectors.nats.source.EngineLink) -------------------------------
+
+    def _handover(self, apply: Callable[[], None]) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._handovers.append((apply, done))
+        return done
+
+    async def drop_accounts(self, accounts: Collection[str]) -> None:
+        """Remove ``accounts`` from the engine (their shard moved to another daemon);
+        returns once applied, after every event queued before the call."""
+
+        def apply() -> None:
+            for account in accounts:
+                self.engine.drop_account(account)
+            self.alerts.forget_accounts(accounts)
+
+        await self._handover(apply)
+
+    def adopt_episodes(self, episodes: Sequence[Episode]) -> asyncio.Future[None]:
+        """Continue alert episodes another daemon began; applied after the events queued
+        before this call and before the next evaluation (done when the future is)."""
+        return self._handover(lambda: self.engine.adopt_alert_episodes(episodes))
+
+    def alert_episodes(self, account: str) -> list[Episode]:
+        return self.engine.alert_episodes(account)
+
+    def take_alerted_accounts(self) -> set[str]:
+        """Accounts whose alerts moved since the last call."""
+        out, self._alerted = self._alerted, set()
+        return out
+
+    def _apply_handovers(self) -> None:
+        while self._handovers:
+            apply, done = self._handovers.popleft()
+            try:
+                apply()
+            except Exception:  # a bug must cost this handover, not the engine
+                log.exception("engine failed to apply a shard handover")
+            if not done.done():
+                done.set_result(None)
+
     # -- tasks --------------------------------------------------------------------------
 
     async def _engine_loop(self) -> None:
@@ -268,6 +332,7 @@ class Daemon:
                 except Exception:  # a bug must cost one event, not the daemon
                     log.exception("engine failed to apply an event", extra={"source": source})
                     self.reject(source, Rejected(Reason.INTERNAL_ERROR, "engine error"))
+            self._apply_handovers()
             engine.stats.conflated = queue.conflated
             engine.stats.queue_depth = len(queue)
             if self._recorder is not None and time.monotonic() - flushed_s >= 1.0:
@@ -279,29 +344,14 @@ class Daemon:
             except Exception:
                 engine.stats.evaluation_errors += 1
                 log.exception("evaluation failed; the previous snapshot stays published")
+            # An evaluation slower than eval_interval leaves the next one due at once and
+            # queue.wait() then returns without awaiting: yield, or HTTP, connectors,
+            # cluster leases and the stop signal would starve.
+            await asyncio.sleep(0)
 
     async def _run_connector(self, connector: Connector) -> None:
         """Run one connector; a crash is logged and the connector restarted with backoff."""
-        status = connector.status
-        delays = self._restart_backoff.delays()
-        while True:
-            try:
-                await connector.run(self)
-                log.info("connector finished", extra={"connector": status.name})
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                status.connected = False
-                status.last_error = f"{type(exc).__name__}: {exc}"
-                delay = next(delays)
-                log.exception(
-                    "connector failed; restarting in %.1fs",
-                    delay,
-                    extra={"connector": status.name},
-                )
-                await asyncio.sleep(delay)
-                status.reconnects += 1  # riskmon_connector_reconnects_total shows the flapping
+        await supervise(connector, self, self._restart_backoff, log)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
@@ -332,8 +382,7 @@ class Daemon:
                 await stop.wait()
                 sd_notify("STOPPING=1")
                 log.info("stopping")
-                for t in reversed(tasks):
-                    t.cancel()
+                await cancel_until_done(tasks[::-1])
         finally:
             self._scenario_pool.shutdown(wait=True, cancel_futures=True)
             self.alerts.close()  # alert transitions already submitted reach their outbox

@@ -2,7 +2,7 @@
 # The project's one test command (README "Run the tests"; .ci/run calls it).
 # Makes .venv, installs riskmon with its test extras, installs the real services the
 # integration tests start on their own loopback ports (mosquitto, promtool,
-# prometheus-alertmanager) when missing, then runs ruff, mypy, the import contracts
+# prometheus-alertmanager, nats-server) when missing, then runs ruff, mypy, the import contracts
 # (lint-imports, [tool.importlinter] in pyproject.toml) and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -730,7 +730,7 @@ def test_env_sets_budgets_as_an_inline_table() -> None:
             {"RISKMON_CONFG": "x"},
             "confg: unknown key in RISKMON_CONFG "
             "(expected one of: server, log, engine, market, estimator, risk, margin, alerts, "
-            "rules, limits, connectors)",
+            "rules, limits, connectors, cluster)",
             id="typo-of-allow-listed",
         ),
         pytest.param(

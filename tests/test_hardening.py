@@ -339,6 +339,7 @@ url = "http://127.0.0.1:9/hook"
 [alerts.alertmanager]
 [[margin.stresses]]
 name = "crash"
+[cluster]
 """
 _NAMED = {"connectors", "rules"}
 _SENTINEL = "[[env-override"  # not TOML, so it reaches every key as this string

@@ -29,7 +29,7 @@ from monitor.model.backoff import Backoff
 from monitor.model.health import ConnectorStatus
 from monitor.model.settings import ConfigError, read_secret_file
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: config imports this module to build the feed
     from connectors.mqtt.config import MqttConnector
 
 __all__ = ["MqttFeed"]

@@ -47,6 +47,7 @@ from monitor.engine.evaluation import AccountState, Evaluator, RiskSettings, Und
 from monitor.engine.stats import EngineStats
 from monitor.engine.valuation import Book, MarketArrays, build_book
 from monitor.model.alert import Transition
+from monitor.model.episode import Episode
 from monitor.model.events import (
     AccountEvent,
     Event,
@@ -387,6 +388,25 @@ class Engine:
         self._grow(len(self.registry))
         self._sync_guarded(i)
         self._book = None
+
+    def drop_account(self, account: str) -> None:
+        """Remove ``account``: its positions and venue margin leave the book and its alerts
+        are forgotten without a transition (cluster mode: another daemon evaluates it now).
+        """
+        if self._positions.pop(account, None) is not None:
+            self._book = None
+        self._accounts.pop(account, None)
+        if self._rules is not None:
+            self._rules.forget(account)
+
+    def alert_episodes(self, account: str) -> list[Episode]:
+        """``account``'s live alerts and cooldowns, to hand over to another daemon."""
+        return self._rules.episodes(account) if self._rules is not None else []
+
+    def adopt_alert_episodes(self, episodes: Sequence[Episode]) -> None:
+        """Continue alert episodes another daemon began (cluster mode: a takeover)."""
+        if self._rules is not None:
+            self._rules.adopt(episodes)
 
     # -- sample clock (event time) ----------------------------------------------------
 

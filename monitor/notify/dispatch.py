@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -200,6 +200,20 @@ class AlertDispatcher:
             if ln.notifier.name == notifier:
                 return [e.transition for e in ln.outbox]
         raise KeyError(notifier)
+
+    def forget_accounts(self, accounts: Collection[str]) -> None:
+        """Stop re-sending the firing alerts of ``accounts`` to Alertmanager, resolving none.
+
+        Cluster mode: another daemon took these accounts over and re-sends their alerts
+        under the same labels (the same Alertmanager alerts). What waits in an outbox is
+        still delivered: those transitions happened here.
+        """
+        drop = set(accounts)
+        for lane in self._lanes:
+            n = lane.notifier
+            if isinstance(n, AlertmanagerNotifier):
+                for key in [k for k, a in n.active.items() if a["labels"].get("account") in drop]:
+                    del n.active[key]
 
     # -- the engine's side ---------------------------------------------------------------------
 

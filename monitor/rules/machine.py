@@ -55,6 +55,7 @@ from types import MappingProxyType
 from typing import Final, Generic, Literal, TypeVar
 
 from monitor.model.alert import Alert, AlertState, Severity, Transition
+from monitor.model.episode import Episode
 
 __all__ = [
     "Direction",
@@ -218,6 +219,11 @@ class _Track:
 _Subject = tuple[str | None, str | None]
 
 
+def _fixed(text: str) -> Callable[[], str]:
+    """A ``describe`` that returns ``text`` (an adopted episode's last summary)."""
+    return lambda: text
+
+
 def _order(subject: _Subject) -> tuple[bool, str, bool, str]:
     a, u = subject
     return (a is not None, a or "", u is not None, u or "")
@@ -280,6 +286,91 @@ class RuleEngine(Generic[Inp]):
         return out
 
     # -- the state machine ------------------------------------------------------------
+
+    def forget(self, account: str) -> None:
+        """Forget every alert and cooldown of ``account`` without a transition.
+
+        For an account this engine stops evaluating while it goes on elsewhere (cluster
+        mode: another daemon took over its shard): its alerts are handed over, not
+        resolved, so receivers see no resolve from here.
+        """
+        for tracks in self._tracks:
+            for subject in [s for s in tracks if s[0] == account]:
+                del tracks[subject]
+        for cooldown in self._cooldown:
+            for subject in [s for s in cooldown if s[0] == account]:
+                del cooldown[subject]
+
+    def episodes(self, account: str) -> list[Episode]:
+        """``account``'s live alerts and cooldowns, to hand over (see :meth:`adopt`)."""
+        out: list[Episode] = []
+        for rule, tracks, cooldown in zip(self._rules, self._tracks, self._cooldown, strict=True):
+            for subject, tr in tracks.items():
+                if subject[0] == account:
+                    out.append(
+                        Episode(
+                            rule=rule.name,
+                            account=subject[0],
+                            underlying=subject[1],
+                            state="firing" if tr.state == "firing" else "pending",
+                            severity=tr.severity,
+                            since_ms=tr.since_ms,
+                            active_since_ms=tr.active_since_ms,
+                            value=tr.value,
+                            summary=tr.text(),
+                            labels=dict(tr.reading.labels),
+                        )
+                    )
+            for subject, until in cooldown.items():
+                if subject[0] == account and subject not in tracks:
+                    out.append(
+                        Episode(
+                            rule=rule.name,
+                            account=subject[0],
+                            underlying=subject[1],
+                            state="resolved",
+                            severity="warning",
+                            since_ms=until,
+                            active_since_ms=until,
+                            value=math.nan,
+                            summary="",
+                            cooldown_until_ms=until,
+                        )
+                    )
+        return out
+
+    def adopt(self, episodes: Iterable[Episode]) -> None:
+        """Continue episodes another engine began (cluster mode: a takeover).
+
+        No transition is produced now; from the next :meth:`evaluate` on, each goes on as
+        if this engine had started it (same start, state and severity: the same
+        idempotency keys), resolving only past ``clear`` or when its subject vanishes.
+        Episodes of rules this engine does not run are ignored; a subject this engine
+        already tracks keeps its own state.
+        """
+        index = {rule.name: k for k, rule in enumerate(self._rules)}
+        for ep in episodes:
+            k = index.get(ep.rule)
+            if k is None:
+                continue
+            subject = (ep.account, ep.underlying)
+            if ep.state == "resolved":
+                if ep.cooldown_until_ms is not None:
+                    self._cooldown[k].setdefault(subject, ep.cooldown_until_ms)
+                continue
+            if subject in self._tracks[k]:
+                continue
+            reading = Reading(ep.account, ep.underlying, ep.value, _fixed(ep.summary), ep.labels)
+            self._tracks[k][subject] = _Track(
+                ep.state,
+                ep.severity,
+                ep.since_ms,
+                ep.active_since_ms,
+                ep.value,
+                reading,
+                self._tick,
+                ep.summary,
+            )
 
     def _evaluate_rule(self, k: int, rule: Rule[Inp], data: Inp, now_ms: int) -> list[Transition]:
         spec = rule.spec
