@@ -12,7 +12,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from monitor.config import Config
+from monitor.config import Config, ConfigError, load_config
 from monitor.engine.core import Engine, EngineSettings, SettingsChanged
 from monitor.engine.evaluation import RiskSettings
 from monitor.engine.state import (
@@ -284,3 +284,22 @@ def test_failed_write_keeps_the_previous_snapshot(tmp_path: Path) -> None:
         failing.save(blob + b"more")
     assert store.path.read_bytes() == blob
     assert sorted(p.name for p in store.directory.iterdir()) == ["riskmon.state"]
+
+
+def test_state_directory_follows_systemd_unless_configured(tmp_path: Path) -> None:
+    default = load_config(env={}).state
+    assert default.directory({}) is None
+    assert default.directory({"STATE_DIRECTORY": "/var/lib/riskmon:/var/lib/other"}) == Path(
+        "/var/lib/riskmon/state"
+    )
+    path = tmp_path / "riskmon.toml"
+    path.write_text('[state]\ndir = "/srv/riskmon"\ninterval = "5s"\nmax_age = "10m"\n')
+    cfg = load_config(path, env={}).state
+    assert cfg.directory({"STATE_DIRECTORY": "/var/lib/riskmon"}) == Path("/srv/riskmon")
+    assert (cfg.interval, cfg.max_age) == (5_000, 600_000)
+    off = load_config(env={"RISKMON_STATE__ENABLED": "false", "STATE_DIRECTORY": "/x"}).state
+    assert off.directory({"STATE_DIRECTORY": "/x"}) is None
+    with pytest.raises(ConfigError, match=r"state\.interval: must be at least 1s"):
+        load_config(env={"RISKMON_STATE__INTERVAL": "100ms"})
+    with pytest.raises(ConfigError, match=r"state\.dir"):
+        load_config(env={"RISKMON_STATE__DIR": " "})
