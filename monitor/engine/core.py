@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -68,6 +68,8 @@ from monitor.rules.pack import RuleInput
 __all__ = ["Engine", "EngineSettings", "SettingsChanged"]
 
 _NO_TS: Final = -(2**62)
+#: An instrument's fields, in the order its saved row lists them.
+_INSTRUMENT_FIELDS: Final = tuple(f.name for f in fields(Instrument))
 _TAG: Final[dict[type, str]] = {
     PriceEvent: "price",
     PositionEvent: "position",
@@ -162,6 +164,8 @@ class Engine:
         self._clock_ms = _NO_TS  # as of the last evaluation: never goes back
         self._latest_ms = _NO_TS  # the latest event time seen (events are not in order)
         self._seq = 0
+        self._rows: list[list[Any]] = []
+        self._rows_version = -1
 
     def set_alert_sink(
         self,
@@ -193,7 +197,7 @@ class Engine:
         n = len(self.registry)
         history = list(self._history)
         return {
-            "instruments": [asdict(inst) for inst in self.registry.instruments],
+            "instruments": self._instrument_rows(),
             "underlyings": list(self.registry.underlyings),
             "price": array_state(self._price[:n]),
             "price_ts": array_state(self._price_ts[:n]),
@@ -216,6 +220,15 @@ class Engine:
             "rules": None if self._rules is None else self._rules.state(),
             "history": [t.as_state() for t in history],
         }
+
+    def _instrument_rows(self) -> list[list[Any]]:
+        """The registry as rows of :data:`_INSTRUMENT_FIELDS` (cached per registry version:
+        instruments are immutable, and rebuilding 10,000 rows would stall the loop)."""
+        reg = self.registry
+        if self._rows_version != reg.version:
+            self._rows = [[getattr(i, f) for f in _INSTRUMENT_FIELDS] for i in reg.instruments]
+            self._rows_version = reg.version
+        return list(self._rows)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take the state :meth:`state` described; call on a fresh engine, before any event.
@@ -261,10 +274,13 @@ class Engine:
         if len(self.registry) or self._latest_ms != _NO_TS:
             raise ValueError("a state is restored into a fresh engine, before any event")
         registry = InstrumentRegistry()
-        instruments = [Instrument(**d) for d in state["instruments"]]
+        rows = state["instruments"]
+        if any(len(row) != len(_INSTRUMENT_FIELDS) for row in rows):
+            raise ValueError("an instrument row of another shape")
+        instruments = [Instrument(*row) for row in rows]
         for inst in instruments:
             registry.register(inst)
-        if [asdict(i) for i in registry.instruments] != state["instruments"] or list(
+        if registry.instruments != instruments or list(
             registry.underlyings
         ) != list(state["underlyings"]):
             raise ValueError("the instruments do not rebuild in their saved order")
