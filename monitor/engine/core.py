@@ -280,9 +280,9 @@ class Engine:
         instruments = [Instrument(*row) for row in rows]
         for inst in instruments:
             registry.register(inst)
-        if registry.instruments != instruments or list(
-            registry.underlyings
-        ) != list(state["underlyings"]):
+        if registry.instruments != instruments or list(registry.underlyings) != list(
+            state["underlyings"]
+        ):
             raise ValueError("the instruments do not rebuild in their saved order")
         n = len(registry)
         arrays = {

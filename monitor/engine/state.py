@@ -165,7 +165,7 @@ class StateStore:
         """
         with self._lock:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 view = memoryview(blob)
                 while view:
@@ -176,8 +176,12 @@ class StateStore:
                 self._tmp.unlink(missing_ok=True)
                 raise
             os.close(fd)
-            os.replace(self._tmp, self.path)
-            dfd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.replace(self._tmp, self.path)
+            except OSError:
+                self._tmp.unlink(missing_ok=True)
+                raise
+            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 os.fsync(dfd)
             finally:
