@@ -2,8 +2,9 @@
 
 Every long-lived task is owned by one ``asyncio.TaskGroup`` and named
 (``riskmon.engine``, ``riskmon.connector[deribit]``) so a stack dump says what it is.
-Shutdown (SIGTERM/SIGINT) cancels them in order and flushes the recorder; events the
-engine had accepted are in its state or the recording, never half-applied.
+Shutdown (SIGTERM/SIGINT) cancels them in order, flushes the recorder and saves the
+engine's state (``[state]``, restored at the next start); events the engine had accepted
+are in its state or the recording, never half-applied.
 """
 
 from __future__ import annotations
@@ -281,8 +282,8 @@ class Daemon:
                 self.engine.restore(loaded.engine)
             except SettingsChanged as exc:
                 result, detail = RestoreResult.SETTINGS, str(exc)
-            except ValueError as exc:
-                result, detail = RestoreResult.CORRUPT, str(exc)
+            except Exception as exc:  # start never fails because of a saved state
+                result, detail = RestoreResult.CORRUPT, f"{type(exc).__name__}: {exc}"
         else:
             detail = loaded.detail
         self.engine.stats.state_restore = result.value
@@ -308,7 +309,16 @@ class Daemon:
 
     def save_state(self, store: StateStore) -> bool:
         """Save the engine's state now (on the engine's loop); False when it failed."""
-        return self._write_state(store, encode_state(self.engine.state(), self._wall_ms()))
+        blob = self._take_state()
+        return blob is not None and self._write_state(store, blob)
+
+    def _take_state(self) -> bytes | None:
+        try:
+            return encode_state(self.engine.state(), self._wall_ms())
+        except Exception:  # a bug must cost a save, not the daemon
+            self.engine.stats.state_writes["error"] += 1
+            log.exception("taking the engine's state failed; not saved")
+            return None
 
     def _write_state(self, store: StateStore, blob: bytes) -> bool:
         stats = self.engine.stats
@@ -332,8 +342,9 @@ class Daemon:
         interval_s = self.cfg.state.interval / 1000.0
         while True:
             await asyncio.sleep(interval_s)
-            blob = encode_state(self.engine.state(), self._wall_ms())
-            await asyncio.to_thread(self._write_state, store, blob)
+            blob = self._take_state()
+            if blob is not None:
+                await asyncio.to_thread(self._write_state, store, blob)
 
     # -- tasks --------------------------------------------------------------------------
 

@@ -303,3 +303,26 @@ def test_state_directory_follows_systemd_unless_configured(tmp_path: Path) -> No
         load_config(env={"RISKMON_STATE__INTERVAL": "100ms"})
     with pytest.raises(ConfigError, match=r"state\.dir"):
         load_config(env={"RISKMON_STATE__DIR": " "})
+
+
+JUNK: tuple[Any, ...] = (None, "x", 1e308, [[1, 2, 3]], {"dtype": "<f8"})
+
+
+@pytest.mark.parametrize("junk", JUNK, ids=repr)
+def test_any_damaged_entry_is_refused_and_the_engine_stays_fresh(junk: Any) -> None:
+    """Each entry of a well-formed file replaced by junk (as a file with a valid checksum
+    but foreign content would carry): refused with ValueError, never another exception,
+    and the engine is left as it was: fresh, then restorable from a good state."""
+    source = new_engine([])
+    source.replay(market_events()[:150], "t")
+    good = msgspec.msgpack.decode(msgspec.msgpack.encode(source.state()))
+    for key in good:
+        bad = dict(good, **{key: junk})
+        eng = new_engine([])
+        try:
+            eng.restore(bad)
+        except ValueError:
+            assert len(eng.registry) == 0
+            assert eng.estimator.n_assets == 0
+            eng.restore(good)
+        assert eng.estimator.n_assets == source.estimator.n_assets, key

@@ -267,7 +267,14 @@ class Engine:
             raise SettingsChanged(f"saved under estimator settings {saved}, running {ours}")
         try:
             self._restore(state)
-        except (KeyError, TypeError, AttributeError, IndexError, msgspec.DecodeError) as exc:
+        except (
+            KeyError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            OverflowError,
+            msgspec.DecodeError,
+        ) as exc:
             raise ValueError(f"not an engine state: {exc!r}") from None
 
     def _restore(self, state: dict[str, Any]) -> None:
