@@ -52,8 +52,9 @@ END_MS = T0 + 240_000
 
 def market_events(seed: int = 7) -> list[Event]:
     """Three indices ticking out of step (BTC, ETH correlated; SOL silent for 15 s once, so
-    it turns stale), a book of perpetuals and an option, and an account whose margin
-    utilisation crosses the alert thresholds and back, in time order."""
+    it turns stale), a book of perpetuals and an option hedging BTC (closed shortly
+    before the split), and an account whose margin utilisation crosses the alert thresholds and back,
+    in time order."""
     rng = np.random.default_rng(seed)
     events: list[tuple[int, int, Event]] = []
     price = {"BTC": 90_000.0, "ETH": 3_000.0, "SOL": 150.0}
@@ -81,6 +82,7 @@ def market_events(seed: int = 7) -> list[Event]:
         (T0 + 80, "b", "ETH-PERPETUAL", 100.0),
         (T0 + 90_000, "a", "BTC-PERPETUAL", 2.5),
         (T0 + 150_000, "b", "ETH-PERPETUAL", 60.0),
+        (T0 + 110_000, "a", opt, 0.0),  # the hedge is cut: hedge_offset pending at the split
     ):
         events.append((t, len(events), PositionEvent(t, acct, inst, q)))
     # Utilisation 0.3, then 0.9 from 100 s (firing after the rule's 10 s `for`, across the
@@ -157,6 +159,10 @@ def test_restored_engine_equals_one_that_never_stopped() -> None:
     after = [t for t in restarted_moves if t.alert.rule == "margin_utilization"]
     assert [(t.previous, t.alert.state) for t in after] == [("firing", "resolved")]
     assert after[0].alert.active_since_ms == margin[0].alert.active_since_ms
+    # The hedge cut before the split goes on to fire: the rule's watch list was restored
+    # with its pending alert (without it, the subject would vanish and the alert end).
+    hedge = [(t.previous, t.alert.state) for t in restarted_moves if t.alert.rule == "hedge_offset"]
+    assert hedge == [("pending", "firing")]
     assert [t.idempotency_key for t in restarted.snapshot.alert_history] == [  # type: ignore[union-attr]
         t.idempotency_key
         for t in whole.snapshot.alert_history  # type: ignore[union-attr]
