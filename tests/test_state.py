@@ -52,9 +52,9 @@ END_MS = T0 + 240_000
 
 def market_events(seed: int = 7) -> list[Event]:
     """Three indices ticking out of step (BTC, ETH correlated; SOL silent for 15 s once, so
-    it turns stale), a book of perpetuals and an option hedging BTC (closed shortly
-    before the split), and an account whose margin utilisation crosses the alert thresholds and back,
-    in time order."""
+    it turns stale), a book of perpetuals and an option hedging BTC (closed shortly before
+    the split), and an account whose margin utilisation crosses the alert thresholds and
+    back, in time order."""
     rng = np.random.default_rng(seed)
     events: list[tuple[int, int, Event]] = []
     price = {"BTC": 90_000.0, "ETH": 3_000.0, "SOL": 150.0}
