@@ -321,10 +321,16 @@ class Daemon:
             return None
 
     def _write_state(self, store: StateStore, blob: bytes) -> bool:
-        stats = self.engine.stats
         try:
             store.save(blob)
         except OSError as exc:
+            return self._saved(store, exc)
+        return self._saved(store, None)
+
+    def _saved(self, store: StateStore, exc: OSError | None) -> bool:
+        """Count and log a save's outcome (on the engine's loop: stats have one writer)."""
+        stats = self.engine.stats
+        if exc is not None:
             stats.state_writes["error"] += 1
             log.warning(
                 "saving the state failed: %s; the previous save is kept",
@@ -343,8 +349,14 @@ class Daemon:
         while True:
             await asyncio.sleep(interval_s)
             blob = self._take_state()
-            if blob is not None:
-                await asyncio.to_thread(self._write_state, store, blob)
+            if blob is None:
+                continue
+            try:
+                await asyncio.to_thread(store.save, blob)
+            except OSError as exc:
+                self._saved(store, exc)
+            else:
+                self._saved(store, None)
 
     # -- tasks --------------------------------------------------------------------------
 
