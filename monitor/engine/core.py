@@ -29,6 +29,11 @@ A price tick of an index, spot, perpetual or future that moves more than
 decides: within ``max_tick_move`` of the quarantined price, the move was real and both are
 applied in order; otherwise the quarantined tick is discarded. One bad tick therefore never
 reaches the estimator. Option marks are not checked (cheap options double routinely).
+
+A restart need not start cold: :meth:`Engine.state` is everything the engine carries
+between events, as plain data, and :meth:`Engine.restore` takes it back into a fresh
+engine, which then goes on exactly as the saved one would have
+(``monitor.engine.state`` keeps it in a file).
 """
 
 from __future__ import annotations
