@@ -3,6 +3,7 @@ stopped; a damaged, foreign, stale or mismatched state file is reported and igno
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -224,11 +225,16 @@ def test_restore_refuses_other_settings_and_leaves_the_engine_fresh() -> None:
     assert fresh.estimator.n_assets == eng.estimator.n_assets
 
 
-def _saved(tmp_path: Path) -> tuple[StateStore, bytes]:
+@functools.cache
+def _state_blob() -> bytes:
     eng = Engine(SETTINGS, risk=RISK)
     eng.replay(market_events()[:200], "t")
+    return encode_state(eng.state(), T0)
+
+
+def _saved(tmp_path: Path) -> tuple[StateStore, bytes]:
     store = StateStore(tmp_path / "state")
-    blob = encode_state(eng.state(), T0)
+    blob = _state_blob()
     store.save(blob)
     return store, blob
 
