@@ -232,6 +232,15 @@ def history(report: dict[str, Any], rule: str, account: str) -> list[tuple[str, 
     ]
 
 
+def sent(run: Run, prefix: str) -> list[str]:
+    """Idempotency keys of the transitions the log notifier delivered, by alert prefix."""
+    return [
+        str(r["alert_key"])
+        for r in list(run.logs)
+        if str(r.get("alert_key", "")).startswith(prefix) and "error" not in r
+    ]
+
+
 def warm_with_alert(run: Run) -> dict[str, Any]:
     def ready() -> dict[str, Any] | None:
         rep = run.report()
@@ -288,6 +297,10 @@ def test_sigterm_restart_is_warm_and_does_not_announce_a_firing_alert_again(
     time.sleep(1.0)  # several evaluations later, still no new transition
     rep = wait_for("a report", second.report)
     assert history(rep, "margin_utilization", "desk1") == fired
+    # Not sent again: the log notifier, which gets every transition, logged it once, in
+    # the first run, under the key the history keeps.
+    assert sent(first, "margin_utilization/desk1/") == [fired[0][2]]
+    assert sent(second, "margin_utilization/desk1/") == []
     status, body = second.get("/-/ready")
     assert status == 200, body
     second.proc.send_signal(signal.SIGTERM)
