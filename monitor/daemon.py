@@ -474,6 +474,7 @@ class Daemon:
                 self.save_state(self._state)  # the engine task has stopped: final state
         finally:
             self._scenario_pool.shutdown(wait=True, cancel_futures=True)
+            self.alerts.close()  # alert transitions already submitted reach their outbox
             await self.http.stop()
             if self._recorder is not None:
                 self._recorder.close()

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -83,10 +83,9 @@ def position(name: str, size: float) -> dict[str, Any]:
 
 
 def expected_quantity(name: str, size: float) -> float:
-    """What riskmon should hold: coin (options: size; inverse futures: USD size / mark)."""
-    if name.endswith(("-C", "-P")):
-        return size
-    return size / MARKS[name.split("-")[0]]
+    """What riskmon should hold: Deribit's ``size`` (coin for options, USD for inverse
+    futures, which riskmon declares inverse)."""
+    return size
 
 
 class FakeDeribit:
@@ -108,6 +107,8 @@ class FakeDeribit:
         self._server: Server | None = None
         self._ids = itertools.count(1)
         self.changed = asyncio.Condition()
+        #: Run once, between computing a get_positions answer and sending it.
+        self.race_during_snapshot: Callable[[], Awaitable[None]] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -297,6 +298,10 @@ class FakeDeribit:
                     if n.startswith(cur + "-")
                     and ("option" if n.endswith(("-C", "-P")) else "future") == kind
                 ]
+                race = self.race_during_snapshot
+                if race is not None:  # a change lands while this (now stale) answer travels
+                    self.race_during_snapshot = None
+                    await race()
                 await self._answer(c, rid, out)
             elif method == "private/get_account_summary":
                 cur = params["currency"]

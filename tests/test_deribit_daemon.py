@@ -103,7 +103,9 @@ async def test_example_config_shows_the_account_with_greeks_beside_the_venue_s()
             rows = {p["instrument"]: p for p in acct["positions"]}
             opt, perp = rows[OPTION], rows["BTC-PERPETUAL"]
             assert (opt["quantity"], opt["iv"]) == (2.0, iv)
-            assert perp["quantity"] == -1.0  # USD size 50,000 at the 50,000 mark, in coin
+            # Deribit's USD size, valued as inverse: its USD delta is the notional itself.
+            assert perp["quantity"] == -50_000.0
+            assert perp["delta_usd"] == pytest.approx(-50_000.0, rel=1e-12)
             # Black-76 delta at the venue's forward and IV, written here (plain, per coin).
             as_of = dt.datetime.fromisoformat(report["as_of"].replace("Z", "+00:00"))
             expiry_ms = instrument(OPTION)["expiration_timestamp"]

@@ -75,15 +75,27 @@ def test_index() -> None:
     assert (ev.ts, ev.instrument, ev.price) == (1535098298227, "BTC", 6521.17)
 
 
-def test_user_changes_position_in_coin() -> None:
+def test_user_changes_inverse_position_in_usd() -> None:
     frame = parser.parse_frame(raw("deribit/changes_future.json"))
     assert isinstance(frame, parser.Notification)
     changes = parser.decode_changes(frame.data)
     [ev] = parser.changes_positions(changes, "deribit", 1_767_225_600_000)
-    # size 185160 USD at mark 17391 = 10.646886321 BTC; ts of the trade in the message.
+    # The documented size: 185160 USD of BTC-PERPETUAL; ts of the trade in the message.
     assert (ev.ts, ev.account, ev.instrument) == (1605780344032, "deribit", "BTC-PERPETUAL")
-    assert ev.quantity == 10.646886321
-    assert ev.quantity == pytest.approx(185160 / 17391, rel=1e-9)
+    assert ev.quantity == 185160.0
+    declared = parser.inverse_future_event("BTC-PERPETUAL")
+    assert declared is not None
+    assert (declared.kind, declared.underlying, declared.inverse, declared.multiplier) == (
+        "perpetual",
+        "BTC",
+        True,
+        1.0,
+    )
+    dated = parser.inverse_future_event("ETH-27DEC24")
+    assert dated is not None
+    assert (dated.kind, dated.expiry) == ("future", "2024-12-27T08:00:00Z")
+    assert parser.inverse_future_event("SOL_USDC-PERPETUAL") is None  # linear
+    assert parser.inverse_future_event("BTC-27DEC24-100000-C") is None
 
 
 def test_get_positions() -> None:
@@ -93,7 +105,7 @@ def test_get_positions() -> None:
     assert frame.result is not None
     [pos] = parser.decode_positions(frame.result)
     assert (pos.instrument_name, pos.size) == ("BTC-PERPETUAL", 50.0)
-    assert parser.position_quantity(pos) == 0.006687487  # 50 USD / 7476.65
+    assert parser.position_quantity(pos) == 50.0  # USD: declared inverse
 
 
 def test_position_quantity_units() -> None:
@@ -101,7 +113,7 @@ def test_position_quantity_units() -> None:
         {"instrument_name": "ETH-PERPETUAL", "kind": "future", "size": -1000.0,
          "mark_price": 2500.0}, Position
     )  # fmt: skip
-    assert parser.position_quantity(short_perp) == -0.4
+    assert parser.position_quantity(short_perp) == -1000.0
     option = msgspec.convert(
         {"instrument_name": "BTC-27DEC24-100000-C", "kind": "option", "size": -2.5},
         Position,
@@ -126,6 +138,16 @@ def test_account_summary_to_usd() -> None:
     assert ev.maintenance_margin == pytest.approx(0.8857841 * 50_000.0)
     assert ev.initial_margin == pytest.approx(1.01529592 * 50_000.0)  # projected, as documented
     assert parser.account_event(1, "main", {"BTC": s}, {}) is None  # no index: no made-up USD
+    # The coin figures travel too: riskmon revalues them at its own index, and the coin
+    # outside options is collateral (exposure).
+    assert ev.currencies is not None
+    btc = ev.currencies["BTC"]
+    assert (btc.equity, btc.maintenance_margin, btc.initial_margin) == (
+        302.61869214,
+        0.8857841,
+        1.01529592,
+    )
+    assert btc.collateral == pytest.approx(302.61869214 - (s.options_value or 0.0), abs=1e-12)
 
 
 def test_portfolio_notification() -> None:

@@ -22,6 +22,7 @@ from monitor.model.backoff import Backoff
 from monitor.model.events import (
     AccountEvent,
     InstrumentEvent,
+    PositionEvent,
     PriceEvent,
 )
 
@@ -77,13 +78,20 @@ async def test_handshake_snapshot_and_prices(
     server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
 ) -> None:
     conn, sink = running
-    # The snapshot: BTC-PERPETUAL 1000 USD at a 50,000 mark = 0.02 BTC; the option in coin.
-    assert sink.folded() == {"BTC-PERPETUAL": pytest.approx(0.02), "BTC-27DEC30-60000-C": -2.5}
-    # The option was declared inverse with its exact expiry before its position.
-    decl = [e for e in sink.events if isinstance(e, InstrumentEvent)]
-    assert [(d.instrument, d.inverse, d.expiry) for d in decl] == [
-        ("BTC-27DEC30-60000-C", True, "2030-01-01T08:00:00Z")
-    ]
+    # The snapshot: BTC-PERPETUAL 1000 USD (inverse, USD-sized); the option in coin.
+    assert sink.folded() == {"BTC-PERPETUAL": 1000.0, "BTC-27DEC30-60000-C": -2.5}
+    # Both were declared inverse before their positions; the option with its exact expiry.
+    decl = {e.instrument: e for e in sink.events if isinstance(e, InstrumentEvent)}
+    assert {n: (d.kind, d.inverse, d.expiry) for n, d in decl.items()} == {
+        "BTC-27DEC30-60000-C": ("option", True, "2030-01-01T08:00:00Z"),
+        "BTC-PERPETUAL": ("perpetual", True, None),
+    }
+    declared_at = {
+        e.instrument: k for k, e in enumerate(sink.events) if isinstance(e, InstrumentEvent)
+    }
+    for k, e in enumerate(sink.events):
+        if isinstance(e, PositionEvent):
+            assert declared_at[e.instrument] < k, e.instrument
     # Account: coin equity 10 per currency, no index yet -> nothing; the index arrives.
     assert not any(isinstance(e, AccountEvent) for e in sink.events)
     await server.push_index("btc_usd", 50_000.0, 1_767_225_600_000)
@@ -116,6 +124,35 @@ async def test_disconnect_mid_burst(
     await wait_until(settled(server, sink), "truth after the reconnect")
     assert "BTC-27DEC30-60000-C" not in sink.folded()
     assert conn.status.reconnects >= 1
+
+
+async def test_a_change_during_the_snapshot_is_not_overwritten_by_it(
+    server: FakeDeribit, running: tuple[DeribitMarket, RecordingSink]
+) -> None:
+    """After a reconnect, a user.changes that lands while get_positions is in flight wins
+    over that (older) answer: the book ends at the venue's truth, not the snapshot's."""
+    conn, sink = running
+
+    async def trade() -> None:  # the answer holds 1000 USD; the trade makes it -7000
+        await server.change("BTC-PERPETUAL", -7000.0)
+
+    server.race_during_snapshot = trade
+    handshakes = server.handshakes
+    await server.drop_all()
+    await wait_until(
+        lambda: server.handshakes > handshakes and conn.status.connected, "reconnected"
+    )
+    await wait_until(lambda: server.race_during_snapshot is None, "the race ran")
+    await wait_until(settled(server, sink), "truth after the race")
+    assert sink.folded()["BTC-PERPETUAL"] == -7000.0
+    # And it stays there: the stale snapshot value never came after the change.
+    perp = [
+        e.quantity
+        for e in sink.events
+        if isinstance(e, PositionEvent) and e.instrument == "BTC-PERPETUAL"
+    ]
+    assert perp[-1] == -7000.0
+    assert 1000.0 not in perp[perp.index(-7000.0) :]
 
 
 async def test_garbage_frames_are_counted(

@@ -129,7 +129,8 @@ def test_worked_example_through_the_engine_reports_the_model_per_currency() -> N
     t_eval = T0 + 2_000
     t_model = T0 + 1_000  # the scenario pass runs at the account's first evaluation
     events: list[Event] = [
-        InstrumentEvent("BTC-PERPETUAL", "perpetual", "BTC", inverse=True),
+        # Deribit's inverse perpetual: USD-sized contracts of 10 USD each.
+        InstrumentEvent("BTC-PERPETUAL", "perpetual", "BTC", multiplier=10.0, inverse=True),
         InstrumentEvent(
             "C30", "option", "BTC", iso(t_model + 30 * day), 66_000.0, "call", inverse=True
         ),
@@ -142,7 +143,7 @@ def test_worked_example_through_the_engine_reports_the_model_per_currency() -> N
         PriceEvent(T0, "P7", 0.03, iv=0.6, underlying_price=S0),
         PositionEvent(T0, "a", "C30", -10.0),
         PositionEvent(T0, "a", "P7", 5.0),
-        PositionEvent(T0, "a", "BTC-PERPETUAL", PERP_USD / S0),
+        PositionEvent(T0, "a", "BTC-PERPETUAL", PERP_USD / 10.0),  # contracts
         AccountEvent(T0, "a", 150_000.0, 90_000.0, 60_000.0),
         PriceEvent(t_eval, "BTC", S0),
     ]

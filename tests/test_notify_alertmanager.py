@@ -229,6 +229,7 @@ async def test_alertmanager_gets_firing_resent_and_resolved_alerts(
         await alertmanager.wait_ready(http)
         async with running(d):
             d.submit([margin_pending, margin, drift, book])
+            await d.flush()  # the writer thread has put it in the outbox
             assert d.stats["alertmanager"].submitted == 2  # pending goes nowhere
 
             # Alertmanager holds both, active, with our labels and annotations.
@@ -295,6 +296,7 @@ async def test_alertmanager_gets_firing_resent_and_resolved_alerts(
                 labels={"budget": "equal"},
             )
             d.submit([drift_crit])
+            await d.flush()  # the writer thread has put it in the outbox
             active = await poll(
                 lambda: alertmanager.alerts(http),
                 lambda a: by_alertname(a)["risk_drift"]["labels"]["severity"] == "critical",
@@ -324,6 +326,7 @@ async def test_alertmanager_gets_firing_resent_and_resolved_alerts(
                     ),
                 ]
             )
+            await d.flush()  # the writer thread has put it in the outbox
             await poll(lambda: alertmanager.alerts(http), lambda a: a == [], "no active alert")
             resolved = await poll(
                 lambda: hook.alerts("resolved"),

@@ -42,9 +42,11 @@ async def test_restarts_and_an_outage_deliver_every_transition_exactly_once_per_
         d1 = dispatcher(outbox, receiver.url)
         async with running(d1):
             d1.submit(ts[:2])
+            await d1.flush()  # the writer thread has put it in the outbox
             await wait_until(lambda: d1.stats["webhook"].delivered == 2, "two deliveries")
             receiver.mode = "hang"
             d1.submit(ts[2:3])
+            await d1.flush()  # the writer thread has put it in the outbox
             await wait_until(lambda: len(receiver.requests) == 3, "the request in flight")
         assert d1.stats["webhook"].pending == 1
         assert len(pending_files(outbox)) == 1  # not acknowledged: still in the outbox
@@ -55,7 +57,9 @@ async def test_restarts_and_an_outage_deliver_every_transition_exactly_once_per_
         assert [t.idempotency_key for t in d2.pending("webhook")] == keys[2:3]
         async with running(d2):
             d2.submit(ts[3:5])
+            await d2.flush()  # the writer thread has put it in the outbox
             d2.submit(ts[5:6])
+            await d2.flush()  # the writer thread has put it in the outbox
             await wait_until(lambda: d2.stats["webhook"].retries >= 3, "retries while down")
         assert d2.stats["webhook"].delivered == 0
         assert len(pending_files(outbox)) == 4
@@ -64,6 +68,7 @@ async def test_restarts_and_an_outage_deliver_every_transition_exactly_once_per_
         d3 = dispatcher(outbox, receiver.url)
         assert [t.idempotency_key for t in d3.pending("webhook")] == keys[2:6]
         d3.submit(ts[6:8])
+        await d3.flush()  # the writer thread has put it in the outbox
         assert len(pending_files(outbox)) == 6
         receiver.mode = "accept"
         async with running(d3):

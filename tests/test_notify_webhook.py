@@ -171,16 +171,19 @@ async def test_every_transition_arrives_once_per_key_through_500s_an_outage_and_
     try:
         async with running(d):
             d.submit(ts[:2])
+            await d.flush()  # the writer thread has put it in the outbox
             await wait_until(lambda: len(receiver.requests) >= 3, "three 500s")
             await receiver.stop()  # down: connection refused for a while
             retries = stats.retries
             d.submit(ts[2:4])  # the engine goes on while the receiver is away
+            await d.flush()  # the writer thread has put it in the outbox
             await wait_until(lambda: stats.retries >= retries + 3, "retries while down")
             assert len(receiver.requests) == 3
             assert stats.pending == 4
             receiver.script = ["drop_response"]  # back, but loses its first answer
             await receiver.start()
             d.submit(ts[4:])
+            await d.flush()  # the writer thread has put it in the outbox
             await wait_until(lambda: stats.pending == 0, "the outbox to drain")
     finally:
         await receiver.stop()
@@ -242,6 +245,7 @@ async def test_a_refused_transition_is_dropped_and_counted_retryable_ones_are_no
     try:
         async with running(d):
             d.submit(ts)
+            await d.flush()  # the writer thread has put it in the outbox
             await wait_until(lambda: d.stats["webhook"].pending == 0, "the outbox to drain")
     finally:
         await receiver.stop()

@@ -307,6 +307,7 @@ async def test_a_permanent_refusal_is_dropped_counted_and_does_not_block(tmp_pat
     d = AlertDispatcher([n], tmp_path, rng=random.Random(0), initial_backoff_s=0.01)
     async with running(d):
         d.submit([transition(i) for i in range(4)])
+        await d.flush()  # the writer thread has put it in the outbox
         await wait_until(lambda: d.stats["hook"].pending == 0)
     s = d.stats["hook"]
     assert (s.submitted, s.delivered, s.failed, s.retries) == (4, 3, 1, 1)
@@ -320,8 +321,10 @@ async def test_pending_left_by_a_previous_run_goes_first(tmp_path: Path) -> None
     n1 = FakeNotifier("hook")
     d1 = AlertDispatcher([n1], tmp_path)
     d1.submit([transition(0), transition(1)])  # never run: the daemon stopped
+    await d1.flush()  # the writer thread has put it in the outbox
     n1.wanted = lambda t: t.alert.state == "firing"
     d1.submit([transition(9, state="pending", previous="inactive")])
+    await d1.flush()  # the writer thread has put it in the outbox
     assert d1.stats["hook"].submitted == 2
 
     n2 = FakeNotifier("hook")
@@ -329,6 +332,7 @@ async def test_pending_left_by_a_previous_run_goes_first(tmp_path: Path) -> None
     assert [t.ts_ms for t in d2.pending("hook")] == [T0_MS, T0_MS + 1000]
     async with running(d2):
         d2.submit([transition(2)])
+        await d2.flush()  # the writer thread has put it in the outbox
         await wait_until(lambda: d2.stats["hook"].pending == 0)
     assert n2.received == [transition(i).idempotency_key for i in range(3)]
     assert files(tmp_path / "hook") == []

@@ -465,9 +465,15 @@ class DeribitMarket:
                 continue
             inst = self.instruments.get(n)
             if inst is None:
+                # A USD-sized future must be declared inverse before its position counts,
+                # whether or not get_instruments listed it (yet): its name says enough.
+                early = parser.inverse_future_event(n)
+                if early is not None:
+                    self._declared.add(n)
+                    await self._sink.put(early, self.settings.name)
                 continue
             try:
-                ev = parser.instrument_event(inst)
+                ev = parser.instrument_event(inst) or parser.inverse_future_event(n)
             except Rejected as rej:
                 self._sink.reject(self.settings.name, rej)
                 self._declared.add(n)

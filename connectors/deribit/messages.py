@@ -138,6 +138,8 @@ class AccountSummary(Struct, frozen=True, gc=False):
     margin_balance: float | None = None
     balance: float | None = None
     available_funds: float | None = None
+    #: Mark value of the account's options, in the currency (part of ``equity``).
+    options_value: float | None = None
 
 
 class Instrument(Struct, frozen=True, gc=False):

@@ -13,14 +13,14 @@ Units (what riskmon receives)
   published (already riskmon's units: delta coin, gamma per USD, vega USD per vol point,
   theta USD per day). ``ts`` = the ticker's ``timestamp`` (ms).
 - Index ``btc_usd`` -> instrument ``BTC`` (``x_usd``/``x_usdc``/``x_usdt`` -> ``X``).
-- Positions -> ``PositionEvent.quantity`` in **coin** (underlying units, multiplier 1):
-  options: ``size`` (coin already); linear (USDC) futures: ``size`` (coin);
-  inverse futures and perpetuals (USD-sized): ``size_currency`` = ``size / mark_price``,
-  the coin amount whose USD delta today's ``monitor.valuation`` computes as
-  ``quantity x index`` ~= the USD size. (Valuation has no inverse-future model yet: a
-  constant coin quantity is exactly right at the moment of emission and drifts by the
-  move since; the USD size is kept by the connector for the coin-collateral schema.)
-- Account summaries are in coin; :func:`account_event` converts with the index price.
+- Positions -> ``PositionEvent.quantity``: options: ``size`` (coin); linear (USDC)
+  futures: ``size`` (coin); inverse futures and perpetuals (coin-settled, USD-sized):
+  ``size`` in **USD**, declared by :func:`inverse_future_event` as ``inverse`` with
+  multiplier 1 (one "contract" = 1 USD), so riskmon values them as inverse: their coin
+  P&L ``N (1/S0 - 1/S)`` is ``N`` USD per unit proportional move, whatever the price.
+- Account summaries are in coin: :func:`account_event` sends them per currency (equity,
+  margins and the coin collateral, which riskmon counts as exposure and values at the
+  current index) beside the USD sums at the index the connector holds.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from connectors.deribit.messages import (
 )
 from monitor.model.events import (
     AccountEvent,
+    CurrencyBalance,
     InstrumentEvent,
     PositionEvent,
     PriceEvent,
@@ -57,6 +58,7 @@ from monitor.model.events import (
     Rejected,
     VenueGreeks,
 )
+from monitor.model.instruments import parse_name
 
 __all__ = [
     "Heartbeat",
@@ -67,6 +69,7 @@ __all__ = [
     "index_to_price_event",
     "index_underlying",
     "instrument_event",
+    "inverse_future_event",
     "is_inverse_future",
     "parse_frame",
     "position_quantity",
@@ -237,27 +240,41 @@ def is_inverse_future(instrument: str) -> bool:
 
 
 def position_quantity(pos: Position) -> float:
-    """Signed quantity riskmon holds for a Deribit position, in coin (module docstring).
+    """Signed quantity riskmon holds for a Deribit position (module docstring): ``size``,
+    which is coin for options and linear futures and USD for inverse futures and
+    perpetuals (declared inverse, 1 USD per contract, by :func:`inverse_future_event`).
 
-    Examples: documented get_positions BTC-PERPETUAL ``size`` 50 USD, ``size_currency``
-    0.006687487 -> 0.006687487; an option ``size`` -2.5 -> -2.5.
-
-    Raises
-    ------
-    Rejected
-        ``invalid_value`` when an inverse future has neither ``size_currency`` nor a
-        positive ``mark_price`` (its coin amount is unknown).
+    Examples: documented get_positions BTC-PERPETUAL ``size`` 50 (USD) -> 50.0; an option
+    ``size`` -2.5 (BTC) -> -2.5.
     """
-    if pos.kind != "future" or not is_inverse_future(pos.instrument_name):
-        return pos.size + 0.0
-    if pos.size == 0.0:
-        return 0.0
-    if pos.size_currency is not None:
-        # Deribit's size_currency is unsigned on some answers; the sign is size's.
-        return math.copysign(abs(pos.size_currency), pos.size)
-    if pos.mark_price is not None and pos.mark_price > 0.0:
-        return pos.size / pos.mark_price
-    raise Rejected(Reason.INVALID_VALUE, f"{pos.instrument_name}: no size_currency nor mark_price")
+    return pos.size + 0.0
+
+
+def inverse_future_event(name: str) -> InstrumentEvent | None:
+    """The ``instrument`` event of an inverse (USD-sized, coin-settled) future or perpetual,
+    from its name; None for any other instrument.
+
+    Example: ``BTC-PERPETUAL`` -> ``InstrumentEvent(instrument="BTC-PERPETUAL",
+    kind="perpetual", underlying="BTC", inverse=True)``; ``BTC-27DEC24`` also carries its
+    expiry (08:00 UTC).
+    """
+    if not is_inverse_future(name):
+        return None
+    parsed = parse_name(name)
+    if parsed is None or parsed.kind not in ("perpetual", "future"):
+        return None
+    expiry = None
+    if parsed.expiry_ms is not None:
+        at = _dt.datetime.fromtimestamp(parsed.expiry_ms / 1000, tz=_dt.UTC)
+        expiry = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return InstrumentEvent(
+        instrument=name,
+        kind=parsed.kind,
+        underlying=parsed.underlying,
+        expiry=expiry,
+        multiplier=1.0,
+        inverse=True,
+    )
 
 
 def decode_changes(data: msgspec.Raw | bytes) -> Changes:
@@ -287,8 +304,8 @@ def changes_positions(changes: Changes, account: str, ts: int) -> list[PositionE
     (the receive time, ms): Deribit's position objects carry no time of their own.
 
     Example (Deribit's documented user.changes for BTC-PERPETUAL): ``size`` 185160 USD,
-    ``size_currency`` 10.646886321, trade at 1605780344032 ->
-    ``PositionEvent(ts=1605780344032, instrument="BTC-PERPETUAL", quantity=10.646886321)``.
+    trade at 1605780344032 ->
+    ``PositionEvent(ts=1605780344032, instrument="BTC-PERPETUAL", quantity=185160.0)``.
     """
     if changes.trades:
         ts = max(t.timestamp for t in changes.trades)
@@ -319,7 +336,17 @@ def account_event(
     maintenance margin 44,289.205 USD.
     """
     equity = im = mm = 0.0
+    currencies: dict[str, CurrencyBalance] = {}
     for cur, s in summaries.items():
+        init_coin = s.initial_margin if s.initial_margin is not None else s.projected_initial_margin
+        # Collateral: the coin held outside options (balance plus the futures' unrealised
+        # P&L), which moves one for one with the coin's price.
+        currencies[cur.upper()] = CurrencyBalance(
+            equity=s.equity,
+            initial_margin=init_coin,
+            maintenance_margin=s.maintenance_margin,
+            collateral=s.equity - (s.options_value or 0.0),
+        )
         rate = 1.0 if cur in ("USDC", "USDT") else index_usd.get(cur)
         if rate is None:
             return None
@@ -330,7 +357,12 @@ def account_event(
     if not summaries or not math.isfinite(equity):
         return None
     return AccountEvent(
-        ts=ts, account=account, equity=equity, initial_margin=im, maintenance_margin=mm
+        ts=ts,
+        account=account,
+        equity=equity,
+        initial_margin=im,
+        maintenance_margin=mm,
+        currencies=currencies,
     )
 
 
@@ -339,9 +371,9 @@ def instrument_event(inst: Instrument) -> InstrumentEvent | None:
 
     Options always get one: an inverse option (``quote_currency == base_currency``, the
     premium in coin) must be declared ``inverse``, and the exact expiry comes from
-    ``expiration_timestamp``. Futures and perpetuals parse from their names (quantity in
-    coin, multiplier 1), so they need none. ``multiplier`` stays 1 because quantities are
-    emitted in coin, not in contracts.
+    ``expiration_timestamp``. Futures and perpetuals parse from their names; the inverse
+    (USD-sized) ones are declared by :func:`inverse_future_event`. ``multiplier`` stays 1:
+    quantities are ``size`` (coin for options, USD for inverse futures).
 
     Example (Deribit's documented BTC-13JAN23-16000-P): ``InstrumentEvent(instrument=
     "BTC-13JAN23-16000-P", kind="option", underlying="BTC", expiry="2023-01-13T08:00:00Z",

@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -64,7 +64,7 @@ from monitor.model.events import (
     iso_ms,
 )
 from monitor.model.health import ConnectorStatus
-from monitor.model.instruments import Instrument, InstrumentRegistry, from_event
+from monitor.model.instruments import Instrument, InstrumentRegistry, from_event, parse_name
 from monitor.model.snapshot import RiskSnapshot
 from monitor.quant.estimator import RollingEstimator, array_from_state, array_state
 from monitor.rules.machine import RuleEngine
@@ -75,6 +75,8 @@ __all__ = ["Engine", "EngineSettings", "SettingsChanged"]
 _NO_TS: Final = -(2**62)
 #: An instrument's fields, in the order its saved row lists them.
 _INSTRUMENT_FIELDS: Final = tuple(f.name for f in fields(Instrument))
+#: Settlement currencies that are dollars: no exposure of their own.
+_USD_COINS: Final = frozenset({"USD", "USDC", "USDT"})
 _TAG: Final[dict[type, str]] = {
     PriceEvent: "price",
     PositionEvent: "position",
@@ -214,7 +216,7 @@ class Engine:
                 [account, [[i, q, opened] for i, (q, opened) in held.items()]]
                 for account, held in self._positions.items()
             ],
-            "accounts": [[name, asdict(acc)] for name, acc in self._accounts.items()],
+            "accounts": [[name, msgspec.to_builtins(acc)] for name, acc in self._accounts.items()],
             "grid_next": self._grid_next,
             "eval_next": self._eval_next,
             "clock_ms": self._clock_ms,
@@ -279,6 +281,7 @@ class Engine:
             IndexError,
             OverflowError,
             msgspec.DecodeError,
+            msgspec.ValidationError,
         ) as exc:
             raise ValueError(f"not an engine state: {exc!r}") from None
 
@@ -317,7 +320,9 @@ class Engine:
                 if not 0 <= int(i) < n:
                     raise ValueError(f"position in instrument {i} of {n}")
                 book[int(i)] = (float(q), int(opened))
-        accounts = {str(name): AccountState(**acc) for name, acc in state["accounts"]}
+        accounts = {
+            str(name): msgspec.convert(acc, AccountState) for name, acc in state["accounts"]
+        }
         if any(not 0 <= i < n for i in suspect):
             raise ValueError("a quarantined tick of an unknown instrument")
         estimator = RollingEstimator.from_state(state["estimator"])
@@ -531,12 +536,40 @@ class Engine:
         self._book = None
 
     def _apply_account(self, ev: AccountEvent) -> None:
+        currencies = dict(ev.currencies) if ev.currencies else {}
         self._accounts[ev.account] = AccountState(
             ts_ms=ev.ts,
             equity=ev.equity,
             initial_margin=ev.initial_margin,
             maintenance_margin=ev.maintenance_margin,
+            currencies=currencies,
         )
+        # Coin collateral is exposure: hold it as a position of ``<coin>.collateral`` (spot
+        # of that underlying, valued at its index), so exposure, VaR, stresses and the
+        # distance to a call revalue it with the positions. A currency that is not an
+        # underlying (USDC, USDT: USD) carries no exposure.
+        book = self._positions.setdefault(ev.account, {})
+        held = {i for i in book if self.registry.instruments[i].collateral}
+        for cur, bal in currencies.items():
+            coin = cur.upper()
+            if bal.collateral is None or coin in _USD_COINS or parse_name(coin) is None:
+                continue
+            name = f"{coin}.collateral"
+            i = self._index.get(name)
+            if i is None:
+                i = self.registry.register(Instrument(name, "spot", coin, collateral=True))
+                self._index[name] = i
+                self._index.setdefault(coin, self.registry.index_of(coin))
+                self._grow(len(self.registry))
+            held.discard(i)
+            if bal.collateral == 0.0:
+                book.pop(i, None)
+            else:
+                opened = book.get(i)
+                book[i] = (bal.collateral, ev.ts if opened is None else opened[1])
+        for i in held:  # a currency no longer reported holds no collateral
+            book.pop(i, None)
+        self._book = None
 
     def _apply_instrument(self, ev: InstrumentEvent) -> None:
         inst = from_event(ev)

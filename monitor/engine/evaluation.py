@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.engine.valuation import Book, BookValues, MarketArrays, value_book
-from monitor.model.events import iso_ms
+from monitor.model.events import CurrencyBalance, iso_ms
 from monitor.model.instruments import InstrumentRegistry
 from monitor.model.snapshot import (
     AccountFigures,
@@ -93,12 +93,14 @@ class RiskSettings:
 
 @dataclass(frozen=True, slots=True)
 class AccountState:
-    """The last venue-reported account figures (USD), with their event time."""
+    """The last venue-reported account figures (USD), with their event time, and for a
+    coin-margined account its figures per settlement currency in coin."""
 
     ts_ms: int
     equity: float
     initial_margin: float | None
     maintenance_margin: float | None
+    currencies: Mapping[str, CurrencyBalance] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,7 @@ class Evaluator:
         s = self.settings
         unknown: dict[str, str] = {}
         n_und = len(registry.underlyings)
+        venue = _in_usd_now(venue, registry, prices.price)
         slow, var_rep = self._covariances(estimator, n_und)
         # Risk uses PSD covariances: the slow one (volatility, contributions, margin), the
         # VaR estimator's (VaR/ES of every method).
@@ -276,16 +279,21 @@ class Evaluator:
             )
 
         accounts: dict[str, AccountFigures] = {}
+        index_usd = dict(zip(registry.underlyings, prices.price.tolist(), strict=True))
         for j, name in enumerate(book_names):
             fig = values.accounts[name]
             margin = _margin(
-                venue.get(name), as_of_ms, self._margin_model.get(name), stresses.get(name)
+                venue.get(name),
+                as_of_ms,
+                self._margin_model.get(name),
+                stresses.get(name),
+                index_usd,
             )
             extra = {**fig.extra, "margin": margin}
             accounts[name] = replace(fig, risk=account_risk(j, name), extra=extra)
         for name, st in venue.items():  # accounts with margin but no positions
             if name not in accounts:
-                margin = _margin(st, as_of_ms, None, None)
+                margin = _margin(st, as_of_ms, None, None, index_usd)
                 accounts[name] = AccountFigures(None, {}, {}, extra={"margin": margin})
         total = replace(values.total, risk=account_risk(len(book_names), _BOOK))
 
@@ -626,11 +634,68 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
+_USD_COINS: Final = frozenset({"USD", "USDC", "USDT"})
+
+
+def _in_usd_now(
+    venue: Mapping[str, AccountState], registry: InstrumentRegistry, index: FloatArray
+) -> Mapping[str, AccountState]:
+    """Coin-margined accounts' figures in USD at the current index prices.
+
+    A currency's coin equity, initial and maintenance margin times its index price (dollar
+    coins 1:1), summed: USD equity moves with the price between the venue's account
+    events. A currency whose index has no price leaves the venue's own USD figures in place.
+    Accounts without ``currencies`` are returned as they are.
+    """
+    if not any(st.currencies for st in venue.values()):
+        return venue
+    out = dict(venue)
+    for name, st in venue.items():
+        if not st.currencies:
+            continue
+        equity = im = mm = 0.0
+        priced = True
+        for cur, bal in st.currencies.items():
+            coin = cur.upper()
+            u = registry.underlying_index(coin)
+            rate = 1.0 if coin in _USD_COINS else (math.nan if u is None else float(index[u]))
+            if not math.isfinite(rate):
+                priced = False
+                break
+            equity += bal.equity * rate
+            im += (bal.initial_margin or 0.0) * rate
+            mm += (bal.maintenance_margin or 0.0) * rate
+        if priced:
+            out[name] = replace(st, equity=equity, initial_margin=im, maintenance_margin=mm)
+    return out
+
+
+def _currency_margins(st: AccountState, index_usd: Mapping[str, float]) -> dict[str, Any]:
+    """The report's ``margin.currencies``: per settlement currency, coin and USD."""
+    out: dict[str, Any] = {}
+    for cur, bal in st.currencies.items():
+        coin = cur.upper()
+        rate = 1.0 if coin in _USD_COINS else index_usd.get(coin, math.nan)
+        mm = bal.maintenance_margin
+        out[cur] = {
+            "equity": bal.equity,
+            "initial_margin": bal.initial_margin,
+            "maintenance_margin": mm,
+            "collateral": bal.collateral,
+            "utilization": _opt(mm / bal.equity) if mm is not None and bal.equity > 0 else None,
+            "equity_usd": _opt(bal.equity * rate),
+            "maintenance_margin_usd": None if mm is None else _opt(mm * rate),
+            "index": _opt(rate),
+        }
+    return out
+
+
 def _margin(
     st: AccountState | None,
     as_of_ms: int,
     model: Mapping[str, Any] | None,
     stresses: Mapping[str, float] | None,
+    index_usd: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The report's ``accounts.<a>.margin``: venue figures, then riskmon's own model."""
     margin: dict[str, Any] = dict.fromkeys(
@@ -656,6 +721,8 @@ def _margin(
             headroom_usd=st.equity - mm if mm is not None else None,
             age_seconds=max(0, as_of_ms - st.ts_ms) / 1000.0,
         )
+        if st.currencies:
+            margin["currencies"] = _currency_margins(st, index_usd or {})
     margin.update(
         model
         or {
@@ -691,19 +758,25 @@ def _linear_positions(
     book: Book, registry: InstrumentRegistry, index: FloatArray, as_of_ms: int
 ) -> LinearPositions | None:
     """Spot, perpetual and future positions per instrument x account, in underlying units
-    (an inverse contract's USD size over today's index price), for the margin model.
-    Positions whose underlying has no index price are left out, as in ``linear_usd``."""
+    (an inverse contract's USD notional over today's index price), for the margin model.
+    Positions whose underlying has no index price are left out, as in ``linear_usd``; coin
+    collateral is not a position the venue margins, and is left out too."""
     if book.size == 0:
         return None
     i = book.instrument
     kind = registry.column("kind_code")[i]
-    keep = np.flatnonzero((kind != _OPTION_KIND) & np.isfinite(index[book.underlying]))
+    collateral = np.asarray(registry.column("collateral")[i], dtype=bool)
+    s = index[book.underlying]
+    keep = np.flatnonzero((kind != _OPTION_KIND) & ~collateral & np.isfinite(s))
     if keep.size == 0:
         return None
     uniq, first, row = np.unique(i[keep], return_index=True, return_inverse=True)
     qty = np.zeros((uniq.size, len(book.accounts)))
     mult = np.asarray(registry.column("multiplier")[i[keep]], dtype=np.float64)
-    np.add.at(qty, (row.reshape(-1), book.account[keep]), book.quantity[keep] * mult)
+    units = book.quantity[keep] * mult
+    inverse_rows = np.asarray(registry.column("inverse")[i[keep]], dtype=bool)
+    units = np.where(inverse_rows, units / s[keep], units)  # USD notional -> coin
+    np.add.at(qty, (row.reshape(-1), book.account[keep]), units)
     expiry = registry.column("expiry_ms")[uniq].astype(np.float64)
     ukind = kind[keep][first]
     return LinearPositions(

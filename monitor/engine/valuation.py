@@ -37,6 +37,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 MS_PER_YEAR: Final = 365.0 * 86_400_000.0
+_SPOT: Final = 1
 _FUTURE: Final = 3
 _OPTION: Final = 4
 GREEK_KEYS: Final = ("delta_usd", "gamma_usd", "vega", "theta")
@@ -180,7 +181,9 @@ def value_book(
     mult = np.asarray(registry.column("multiplier")[i], dtype=np.float64)
     index_inst = registry.column("index_instrument")[i]
     spot = market.price[index_inst]  # S: the underlying's index price, USD
-    price = market.price[i]
+    # Coin collateral is valued at its index (it has no mark of its own).
+    collateral = np.asarray(registry.column("collateral")[i], dtype=bool)
+    price = np.where(collateral, spot, market.price[i])
     q = book.quantity * mult
 
     is_opt = kind == _OPTION
@@ -192,6 +195,14 @@ def value_book(
     venue_diff = np.full((len(price), 4), np.nan)  # ours - venue, per unit
     unit_value = price.copy()
     unit_delta = np.ones_like(price)
+    # Inverse futures and perpetuals: q is the USD notional N (contracts x USD each); the
+    # coin P&L N (1/S0 - 1/S) is, in USD, N per unit proportional move: delta N / F, value N.
+    inverse_linear = (
+        np.asarray(registry.column("inverse")[i], dtype=bool) & ~is_opt & (kind != _SPOT)
+    )
+    if inverse_linear.any():
+        unit_delta = np.where(inverse_linear, 1.0 / fwd_all, unit_delta)
+        unit_value = np.where(inverse_linear, 1.0, unit_value)
     unit_gamma = np.zeros_like(price)
     unit_vega = np.zeros_like(price)
     unit_theta = np.zeros_like(price)

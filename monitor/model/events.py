@@ -25,6 +25,7 @@ from msgspec import Meta, Struct
 __all__ = [
     "SCHEMA_VERSION",
     "AccountEvent",
+    "CurrencyBalance",
     "Event",
     "EventDecoder",
     "InstrumentEvent",
@@ -112,14 +113,34 @@ class PositionEvent(Struct, tag_field="type", tag="position", omit_defaults=True
     quantity: float
 
 
+class CurrencyBalance(Struct, omit_defaults=True, gc=False):
+    """One settlement currency of a coin-margined account, in that currency (coin).
+
+    ``collateral``: the coin the account holds outside its options (cash, including the
+    futures' unrealised P&L): counted as exposure of the account, like spot.
+    """
+
+    equity: float
+    initial_margin: NonNegative | None = None
+    maintenance_margin: NonNegative | None = None
+    collateral: float | None = None
+
+
 class AccountEvent(Struct, tag_field="type", tag="account", omit_defaults=True, gc=False):
-    """Venue-reported equity and margin, USD."""
+    """Venue-reported equity and margin, USD.
+
+    A coin-margined account (Deribit BTC and ETH) also sends ``currencies``: its figures per
+    settlement currency in that currency. riskmon then values them itself at the current
+    index (so USD equity moves with the price between account events) and counts each
+    currency's ``collateral`` as exposure; the USD fields are what the venue said when.
+    """
 
     ts: EventTs
     account: str
     equity: float
     initial_margin: NonNegative | None = None
     maintenance_margin: NonNegative | None = None
+    currencies: dict[str, CurrencyBalance] | None = None
 
 
 Event: TypeAlias = InstrumentEvent | PriceEvent | PositionEvent | AccountEvent

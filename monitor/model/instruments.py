@@ -50,7 +50,15 @@ class Instrument:
     multiplier
         Underlying units per contract.
     inverse
-        Premium quoted in coin (Deribit's BTC and ETH options): USD value = coin price x forward.
+        Coin-margined. Options: premium quoted in coin (Deribit's BTC and ETH options), USD
+        value = coin price x forward. Futures and perpetuals: USD-sized contracts
+        (``multiplier`` USD each: 10 for BTC-PERPETUAL) whose P&L is paid in coin,
+        ``N (1/S0 - 1/S)`` for a USD notional ``N``: in USD it is exactly ``N`` per unit
+        proportional move.
+    collateral
+        Coin an account holds as collateral (``<coin>.collateral``, kind ``spot``), made by
+        the engine from an ``account`` event's ``currencies``: valued at the index,
+        exposure like spot, never margined.
     """
 
     name: str
@@ -61,6 +69,7 @@ class Instrument:
     is_call: bool | None = None
     multiplier: float = 1.0
     inverse: bool = False
+    collateral: bool = False
 
 
 def _expiry_ms(day: str, month: str, year: str) -> int:
@@ -230,7 +239,8 @@ class InstrumentRegistry:
         ``kind_code`` (int8: index 0, spot 1, perpetual 2, future 3, option 4),
         ``underlying_idx`` (int64), ``index_instrument`` (int64: the instrument index of
         the underlying's index), ``expiry_ms`` (float64, NaN when none), ``strike``
-        (float64, NaN), ``is_call`` (bool), ``multiplier`` (float64), ``inverse`` (bool).
+        (float64, NaN), ``is_call`` (bool), ``multiplier`` (float64), ``inverse`` (bool),
+        ``collateral`` (bool).
         """
         if self._columns_at != self.version:
             self._build_columns()
@@ -254,5 +264,6 @@ class InstrumentRegistry:
             "is_call": np.array([bool(i.is_call) for i in insts], dtype=bool),
             "multiplier": np.array([i.multiplier for i in insts], dtype=np.float64),
             "inverse": np.array([i.inverse for i in insts], dtype=bool),
+            "collateral": np.array([i.collateral for i in insts], dtype=bool),
         }
         self._columns_at = self.version

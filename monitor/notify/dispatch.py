@@ -25,7 +25,9 @@ import contextlib
 import logging
 import random
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -142,6 +144,8 @@ class AlertDispatcher:
         self._initial_backoff_s = initial_backoff_s
         self._log_stats = NotifierStats(connected=True)
         self._lanes: list[_Lane] = []
+        self._writer: ThreadPoolExecutor | None = None
+        self._writing: set[asyncio.Future[list[OutboxEntry]]] = set()
         for n in notifiers:
             assert outbox is not None
             box = Outbox(outbox / n.name, n.name, max_pending=max_pending)
@@ -202,8 +206,10 @@ class AlertDispatcher:
     def submit(self, transitions: Sequence[Transition]) -> None:
         """Log ``transitions`` and queue them durably for every notifier; never blocks.
 
-        Cost: the log lines plus, per notifier and transition, one small file written and
-        ``fsync``-ed, and one directory ``fsync`` per notifier (see the outbox module).
+        On the event loop (the daemon) the outbox files are written and ``fsync``-ed on the
+        dispatcher's writer thread, in submission order, so an alert burst never stalls
+        evaluation; a notifier delivers a transition once its file is durable. Without a
+        running loop (a script, a replay) they are written before this returns.
         """
         if not transitions:
             return
@@ -211,15 +217,49 @@ class AlertDispatcher:
             _log_transition(t)
             self._log_stats.submitted += 1
             self._log_stats.delivered += 1
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         for lane in self._lanes:
             wanted = [t for t in transitions if lane.notifier.wants(t)]
             if not wanted:
                 continue
-            added = lane.outbox.add(wanted)
-            lane.stats.submitted += len(added)
-            lane.refresh()
-            if added:
-                lane.wake.set()
+            if loop is None:
+                self._queued(lane, lane.outbox.add(wanted))
+                continue
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="riskmon.outbox")
+            fut = loop.run_in_executor(self._writer, lane.outbox.add, wanted)
+            self._writing.add(fut)
+            fut.add_done_callback(partial(self._written, lane))
+
+    def _written(self, lane: _Lane, fut: asyncio.Future[list[OutboxEntry]]) -> None:
+        self._writing.discard(fut)
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:  # add() handles I/O errors itself: this is a bug, say so
+            log.error("outbox writer failed", exc_info=exc, extra={"notifier": lane.notifier.name})
+            return
+        self._queued(lane, fut.result())
+
+    def _queued(self, lane: _Lane, added: list[OutboxEntry]) -> None:
+        lane.stats.submitted += len(added)
+        lane.refresh()
+        if added:
+            lane.wake.set()
+
+    async def flush(self) -> None:
+        """Wait until every submitted transition is in its outbox (durable and queued)."""
+        while self._writing:
+            await asyncio.gather(*list(self._writing), return_exceptions=True)
+
+    def close(self) -> None:
+        """Finish the outbox writes already submitted (at shutdown)."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
     # -- delivery ----------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,9 +120,11 @@ def _file_name(seq: int, key: str) -> str:
 class Outbox:
     """Durable FIFO of one notifier's unacknowledged transitions (see the module doc).
 
-    Only the event loop's thread uses it (the engine submits, the delivery task acks), so
-    it needs no lock. Each key is pending at most once: submitting a key that is already
-    pending is a no-op.
+    The delivery task (on the event loop) reads and acknowledges; :meth:`add` may run on
+    one writer thread at a time (the dispatcher's, so the engine never waits for an
+    ``fsync``). A lock guards the in-memory queue only, never the disk: an entry becomes
+    visible to :meth:`head` once its file is durable. Each key is pending at most once:
+    submitting a key that is already pending (or being written) is a no-op.
     """
 
     def __init__(
@@ -133,6 +136,8 @@ class Outbox:
         self.notifier = notifier
         self.max_pending = max_pending
         self._entries: dict[str, OutboxEntry] = {}  # key -> entry, in seq order
+        self._writing: set[str] = set()  # keys whose files are being written
+        self._lock = threading.Lock()
         self._next_seq = 0
         #: Oldest transitions removed at the cap (never delivered).
         self.dropped = 0
@@ -149,14 +154,16 @@ class Outbox:
         return len(self._entries)
 
     def __iter__(self) -> Iterator[OutboxEntry]:
-        return iter(list(self._entries.values()))
+        with self._lock:
+            return iter(list(self._entries.values()))
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
     def head(self) -> OutboxEntry | None:
         """The oldest pending entry, the next to deliver."""
-        return next(iter(self._entries.values()), None)
+        with self._lock:
+            return next(iter(self._entries.values()), None)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -213,18 +220,21 @@ class Outbox:
     def add(self, transitions: Iterable[Transition]) -> list[OutboxEntry]:
         """Persist and queue ``transitions`` (in order); returns the entries added.
 
-        Every file is durable (data and directory ``fsync``) when this returns. Never
-        raises for an I/O error: see the module doc.
+        Every file is durable (data and directory ``fsync``) when this returns, and only
+        then queued for delivery. Never raises for an I/O error: see the module doc.
         """
+        with self._lock:  # claim keys and sequence numbers; the disk work runs unlocked
+            todo: list[tuple[int, Transition]] = []
+            for t in transitions:
+                key = t.idempotency_key
+                if key in self._entries or key in self._writing:
+                    continue
+                self._writing.add(key)
+                todo.append((self._next_seq, t))
+                self._next_seq += 1
         added: list[OutboxEntry] = []
-        for t in transitions:
+        for seq, t in todo:
             key = t.idempotency_key
-            if key in self._entries:
-                continue
-            while len(self._entries) >= self.max_pending:
-                self._drop_oldest()
-            seq = self._next_seq
-            self._next_seq += 1
             final = self.directory / _file_name(seq, key)
             path: Path | None = final
             doc = {
@@ -244,9 +254,7 @@ class Outbox:
                     extra={"notifier": self.notifier, "alert_key": key, "error": repr(exc)},
                 )
                 path = None
-            entry = OutboxEntry(seq, t, path)
-            self._entries[key] = entry
-            added.append(entry)
+            added.append(OutboxEntry(seq, t, path))
         if any(e.path is not None for e in added):
             try:
                 self._fsync_dir()
@@ -256,23 +264,36 @@ class Outbox:
                     "outbox: could not fsync the directory",
                     extra={"notifier": self.notifier, "error": repr(exc)},
                 )
+        dropped: list[OutboxEntry] = []
+        with self._lock:
+            for entry in added:
+                while len(self._entries) >= self.max_pending:
+                    dropped.append(self._pop_oldest())
+                self._entries[entry.key] = entry
+                self._writing.discard(entry.key)
+        for entry in dropped:
+            self._dropped(entry)
         return added
 
     def ack(self, entry: OutboxEntry) -> None:
         """Forget ``entry``: the notifier acknowledged it (or refused it for good)."""
-        current = self._entries.get(entry.key)
-        if current is not None and current.seq == entry.seq:
-            del self._entries[entry.key]
+        with self._lock:
+            current = self._entries.get(entry.key)
+            if current is not None and current.seq == entry.seq:
+                del self._entries[entry.key]
         self._remove(entry)
 
     # -- internals --------------------------------------------------------------------------
 
-    def _drop_oldest(self) -> None:
+    def _pop_oldest(self) -> OutboxEntry:
         key, entry = next(iter(self._entries.items()))
         del self._entries[key]
+        return entry
+
+    def _dropped(self, entry: OutboxEntry) -> None:
         self._remove(entry)
         self.dropped += 1
-        t = entry.transition
+        key, t = entry.key, entry.transition
         log.error(
             "outbox full: dropped the oldest undelivered alert transition",
             extra={
