@@ -253,6 +253,18 @@ def warm_with_alert(run: Run) -> dict[str, Any]:
     return rep
 
 
+def first_run(run: Run, desk: Desk) -> dict[str, Any]:
+    """Once the desk is connected: a position of 1,000 XRP-PERPETUAL, an account at 90%
+    margin utilisation; the report once warm with the margin alert firing."""
+    wait_for(
+        "the desk connector",
+        lambda: run.metric("riskmon_connector_up", connector="desk", kind="mqtt") == 1.0,
+    )
+    desk.position(1_000.0)
+    desk.account()
+    return warm_with_alert(run)
+
+
 def restarted_warm(run: Run, before: dict[str, Any]) -> dict[str, Any]:
     """The first report of a restarted daemon: warm, its return count continued."""
     rep: dict[str, Any] = wait_for("the first report after the restart", run.report)
@@ -269,13 +281,7 @@ def test_sigterm_restart_is_warm_and_does_not_announce_a_firing_alert_again(
 ) -> None:
     cfg, port = setup(tmp_path, broker)
     runs.append(first := Run(cfg, port))
-    wait_for(
-        "the desk connector",
-        lambda: first.metric("riskmon_connector_up", connector="desk", kind="mqtt") == 1.0,
-    )
-    desk.position(1_000.0)
-    desk.account()
-    before = warm_with_alert(first)
+    before = first_run(first, desk)
     assert first.metric("riskmon_state_restore", result="absent") == 1.0
     fired = history(before, "margin_utilization", "desk1")
     assert [(f, s) for f, s, _ in fired] == [("inactive", "firing")]
@@ -316,13 +322,7 @@ def test_sigkill_and_a_broker_outage(
     resolve once it is back."""
     cfg, port = setup(tmp_path, broker)
     runs.append(first := Run(cfg, port))
-    wait_for(
-        "the desk connector",
-        lambda: first.metric("riskmon_connector_up", connector="desk", kind="mqtt") == 1.0,
-    )
-    desk.position(1_000.0)
-    desk.account()
-    before = warm_with_alert(first)
+    before = first_run(first, desk)
     fired = history(before, "margin_utilization", "desk1")
     saves = first.metric("riskmon_state_writes_total", result="ok") or 0.0
     wait_for(
