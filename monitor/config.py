@@ -87,6 +87,7 @@ __all__ = [
     "MarketConfig",
     "RiskConfig",
     "ServerConfig",
+    "StateConfig",
     "StressConfig",
     "UnderlyingMarginConfig",
     "load_config",
@@ -164,6 +165,36 @@ class MarketConfig(Section, frozen=True):
 class EngineConfig(Section, frozen=True):
     #: Bound on queued non-price events (prices are conflated and never queue up).
     queue_size: Annotated[int, Meta(gt=0)] = 100_000
+
+
+class StateConfig(Section, frozen=True):
+    """Warm restarts: the engine's state saved to ``dir`` and restored at start
+    (``monitor.engine.state``)."""
+
+    #: The state directory. Unset: ``$STATE_DIRECTORY/state`` when systemd sets
+    #: ``STATE_DIRECTORY`` (``StateDirectory=`` in the unit), else no state is kept.
+    dir: str | None = None
+    #: False: never save or restore, even under systemd.
+    enabled: bool = True
+    #: How often the state is saved (and once more at shutdown).
+    interval: Duration = parse_duration("30s")
+    #: A saved state older than this at start is ignored (the market has moved on).
+    max_age: Duration = parse_duration("1h")
+
+    def __post_init__(self) -> None:
+        if self.dir is not None and not self.dir.strip():
+            raise Invalid(("dir",), "expected a directory path; got an empty string")
+        if self.interval < 1_000:
+            raise Invalid(("interval",), f"must be at least 1s; got {self.interval}")
+
+    def directory(self, env: Mapping[str, str]) -> Path | None:
+        """The directory in use, given the environment (``STATE_DIRECTORY``), or None."""
+        if not self.enabled:
+            return None
+        if self.dir is not None:
+            return Path(self.dir)
+        systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(systemd) / "state" if systemd else None
 
 
 class EstimatorConfig(Section, frozen=True):
@@ -322,6 +353,7 @@ class Config(Section, frozen=True):
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     market: MarketConfig = msgspec.field(default_factory=MarketConfig)
     estimator: EstimatorConfig = msgspec.field(default_factory=EstimatorConfig)
+    state: StateConfig = msgspec.field(default_factory=StateConfig)
     risk: RiskConfig = msgspec.field(default_factory=RiskConfig)
     margin: MarginConfig = msgspec.field(default_factory=MarginConfig)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)

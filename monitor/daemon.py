@@ -2,8 +2,9 @@
 
 Every long-lived task is owned by one ``asyncio.TaskGroup`` and named
 (``riskmon.engine``, ``riskmon.connector[deribit]``) so a stack dump says what it is.
-Shutdown (SIGTERM/SIGINT) cancels them in order and flushes the recorder; events the
-engine had accepted are in its state or the recording, never half-applied.
+Shutdown (SIGTERM/SIGINT) cancels them in order, flushes the recorder and saves the
+engine's state (``[state]``, restored at the next start); events the engine had accepted
+are in its state or the recording, never half-applied.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import msgspec
 from connectors import build_connector
 from connectors.base import Connector, cancel_until_done, supervise
 from monitor.config import Config
-from monitor.engine.core import Engine, EngineSettings
+from monitor.engine.core import Engine, EngineSettings, SettingsChanged
 from monitor.engine.evaluation import RiskSettings
 from monitor.engine.queue import EventQueue
 from monitor.engine.record import Recorder
 from monitor.engine.sources import IndexSources
+from monitor.engine.state import RestoreResult, StateStore, encode_state
 from monitor.engine.stats import EngineStats
 from monitor.logs import RejectionLog
 from monitor.model.alert import Transition
@@ -177,9 +179,17 @@ class Daemon:
         *,
         record_path: Path | None = None,
         connectors: Sequence[Connector] | None = None,
+        wall_ms: Callable[[], int] = _wall_ms,
+        state_store: StateStore | None = None,
     ) -> None:
-        """``connectors`` defaults to those ``cfg.connectors`` describes."""
+        """``connectors`` defaults to those ``cfg.connectors`` describes.
+
+        ``wall_ms``: the wall clock (epoch ms) the engine is evaluated on and the saved
+        state is dated by (tests make it jump). ``state_store``: where the state is saved
+        (default: ``[state]``'s directory, if any).
+        """
         self.cfg = cfg
+        self._wall_ms = wall_ms
         self._recorder = Recorder(record_path) if record_path is not None else None
         # The scenario pass (full-revaluation VaR, scenario margin) runs here so a large
         # option book does not stall the engine loop; numpy releases the GIL for it.
@@ -224,6 +234,18 @@ class Daemon:
         self._restart_backoff = Backoff(initial=1.0, cap=30.0)
         self.alerts = AlertDispatcher.from_config(cfg.alerts)
         self.engine.set_alert_sink(lambda: self.connectors, self._on_transitions)
+        directory = cfg.state.directory(os.environ)
+        self._state = (
+            state_store
+            if state_store is not None
+            else None
+            if directory is None
+            else StateStore(directory)
+        )
+        self._clock_back_logged = False
+        self._evaluated_at_s = 0.0
+        if self._state is not None:
+            self._restore_state(self._state)
         self.http: HttpServer | None = None
         # Read at start, so a missing or world-readable token file stops it, clearly.
         self._token = (
@@ -312,16 +334,104 @@ class Daemon:
             if not done.done():
                 done.set_result(None)
 
+    # -- saved state --------------------------------------------------------------------
+
+    def _restore_state(self, store: StateStore) -> None:
+        """Restore the engine from the saved state when it is usable; never fails start."""
+        now = self._wall_ms()
+        loaded = store.load(now, int(self.cfg.state.max_age))
+        result = loaded.result
+        if loaded.engine is not None:
+            try:
+                self.engine.restore(loaded.engine)
+            except SettingsChanged as exc:
+                result, detail = RestoreResult.SETTINGS, str(exc)
+            except Exception as exc:  # start never fails because of a saved state
+                result, detail = RestoreResult.CORRUPT, f"{type(exc).__name__}: {exc}"
+        else:
+            detail = loaded.detail
+        self.engine.stats.state_restore = result.value
+        if result is RestoreResult.RESTORED:
+            assert loaded.saved_ms is not None
+            log.info(
+                "state restored",
+                extra={
+                    "path": str(store.path),
+                    "age_seconds": round((now - loaded.saved_ms) / 1000.0, 3),
+                    "returns": self.engine.estimator.returns.tolist(),
+                },
+            )
+        elif result is RestoreResult.ABSENT:
+            log.info("no saved state; starting cold", extra={"path": str(store.path)})
+        else:
+            log.warning(
+                "saved state ignored (%s): %s; starting cold",
+                result.value,
+                detail,
+                extra={"path": str(store.path), "result": result.value},
+            )
+
+    def save_state(self, store: StateStore) -> bool:
+        """Save the engine's state now (on the engine's loop); False when it failed."""
+        blob = self._take_state()
+        return blob is not None and self._write_state(store, blob)
+
+    def _take_state(self) -> bytes | None:
+        try:
+            return encode_state(self.engine.state(), self._wall_ms())
+        except Exception:  # a bug must cost a save, not the daemon
+            self.engine.stats.state_writes["error"] += 1
+            log.exception("taking the engine's state failed; not saved")
+            return None
+
+    def _write_state(self, store: StateStore, blob: bytes) -> bool:
+        try:
+            store.save(blob)
+        except OSError as exc:
+            return self._saved(store, exc)
+        return self._saved(store, None)
+
+    def _saved(self, store: StateStore, exc: OSError | None) -> bool:
+        """Count and log a save's outcome (on the engine's loop: stats have one writer)."""
+        stats = self.engine.stats
+        if exc is not None:
+            stats.state_writes["error"] += 1
+            log.warning(
+                "saving the state failed: %s; the previous save is kept",
+                exc.strerror or exc,
+                extra={"path": str(store.path)},
+            )
+            return False
+        stats.state_writes["ok"] += 1
+        stats.state_saved_s = time.time()
+        return True
+
+    async def _state_loop(self, store: StateStore) -> None:
+        """Save the state every ``[state] interval``: taken on the loop (consistent), written
+        and fsynced on a worker thread (the engine goes on meanwhile)."""
+        interval_s = self.cfg.state.interval / 1000.0
+        while True:
+            await asyncio.sleep(interval_s)
+            blob = self._take_state()
+            if blob is None:
+                continue
+            try:
+                await asyncio.to_thread(store.save, blob)
+            except OSError as exc:
+                self._saved(store, exc)
+            else:
+                self._saved(store, None)
+
     # -- tasks --------------------------------------------------------------------------
 
     async def _engine_loop(self) -> None:
         engine, queue = self.engine, self._queue
         route = self.index_sources.route
         step = engine.settings.eval_interval_ms
-        engine.evaluate_due(_wall_ms())  # starts the evaluation clock
+        engine.evaluate_due(self._wall_ms())  # starts the evaluation clock
         flushed_s = time.monotonic()
         while True:
-            wait_s = max(0.0, (engine.next_evaluation_ms + 1 - _wall_ms()) / 1000.0)
+            wait_s = max(0.0, (engine.next_evaluation_ms + 1 - self._wall_ms()) / 1000.0)
             await queue.wait(min(wait_s, step / 1000.0))
             for received, source in queue.drain():
                 try:
@@ -340,7 +450,7 @@ class Daemon:
                 self._recorder.flush()
                 flushed_s = time.monotonic()
             try:
-                engine.evaluate_due(_wall_ms())
+                self._evaluate(self._wall_ms())
             except Exception:
                 engine.stats.evaluation_errors += 1
                 log.exception("evaluation failed; the previous snapshot stays published")
@@ -348,6 +458,28 @@ class Daemon:
             # queue.wait() then returns without awaiting: yield, or HTTP, connectors,
             # cluster leases and the stop signal would starve.
             await asyncio.sleep(0)
+
+    def _evaluate(self, now_ms: int) -> None:
+        """Evaluate when due. A wall clock that went back (behind the evaluation clock by
+        more than a step) does not stop evaluations: they go on as of the engine clock,
+        which never goes back, until the wall clock catches up."""
+        engine = self.engine
+        step = engine.settings.eval_interval_ms
+        if now_ms < engine.next_evaluation_ms - 2 * step:
+            if not self._clock_back_logged:
+                self._clock_back_logged = True
+                log.warning(
+                    "the wall clock went back %.1fs; evaluating as of the engine clock "
+                    "until it catches up",
+                    (engine.next_evaluation_ms - step - now_ms) / 1000.0,
+                )
+            if self._evaluated_at_s + step / 1000.0 <= time.monotonic():
+                self._evaluated_at_s = time.monotonic()
+                engine.evaluate(now_ms)
+            return
+        self._clock_back_logged = False
+        if engine.evaluate_due(now_ms) is not None:
+            self._evaluated_at_s = time.monotonic()
 
     async def _run_connector(self, connector: Connector) -> None:
         """Run one connector; a crash is logged and the connector restarted with backoff."""
@@ -372,6 +504,10 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._engine_loop(), name="riskmon.engine")]
                 tasks.append(tg.create_task(self.alerts.run(), name="riskmon.notify"))
+                if self._state is not None:
+                    tasks.append(
+                        tg.create_task(self._state_loop(self._state), name="riskmon.state")
+                    )
                 for c in self._connectors:
                     tasks.append(
                         tg.create_task(
@@ -383,6 +519,8 @@ class Daemon:
                 sd_notify("STOPPING=1")
                 log.info("stopping")
                 await cancel_until_done(tasks[::-1])
+            if self._state is not None:
+                self.save_state(self._state)  # the engine task has stopped: final state
         finally:
             self._scenario_pool.shutdown(wait=True, cancel_futures=True)
             self.alerts.close()  # alert transitions already submitted reach their outbox

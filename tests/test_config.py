@@ -729,8 +729,8 @@ def test_env_sets_budgets_as_an_inline_table() -> None:
         pytest.param(
             {"RISKMON_CONFG": "x"},
             "confg: unknown key in RISKMON_CONFG "
-            "(expected one of: server, log, engine, market, estimator, risk, margin, alerts, "
-            "rules, limits, connectors, cluster)",
+            "(expected one of: server, log, engine, market, estimator, state, risk, margin, "
+            "alerts, rules, limits, connectors, cluster)",
             id="typo-of-allow-listed",
         ),
         pytest.param(

@@ -255,7 +255,7 @@ def test_promtool_check_rules() -> None:
     promtool = required_tool("promtool")
     proc = run([promtool, "check", "rules", str(RULES)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 14 rules found" in proc.stdout, proc.stdout
+    assert "SUCCESS: 15 rules found" in proc.stdout, proc.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:

@@ -29,6 +29,11 @@ A price tick of an index, spot, perpetual or future that moves more than
 decides: within ``max_tick_move`` of the quarantined price, the move was real and both are
 applied in order; otherwise the quarantined tick is discarded. One bad tick therefore never
 reaches the estimator. Option marks are not checked (cheap options double routinely).
+
+A restart need not start cold: :meth:`Engine.state` is everything the engine carries
+between events, as plain data, and :meth:`Engine.restore` takes it back into a fresh
+engine, which then goes on exactly as the saved one would have
+(``monitor.engine.state`` keeps it in a file).
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
-from typing import Final, Protocol
+from dataclasses import dataclass, fields, replace
+from typing import Any, Final, Protocol
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -61,13 +67,15 @@ from monitor.model.events import (
 from monitor.model.health import ConnectorStatus
 from monitor.model.instruments import Instrument, InstrumentRegistry, from_event, parse_name
 from monitor.model.snapshot import RiskSnapshot
-from monitor.quant.estimator import RollingEstimator
+from monitor.quant.estimator import RollingEstimator, array_from_state, array_state
 from monitor.rules.machine import RuleEngine
 from monitor.rules.pack import RuleInput
 
-__all__ = ["Engine", "EngineSettings"]
+__all__ = ["Engine", "EngineSettings", "SettingsChanged"]
 
 _NO_TS: Final = -(2**62)
+#: An instrument's fields, in the order its saved row lists them.
+_INSTRUMENT_FIELDS: Final = tuple(f.name for f in fields(Instrument))
 #: Settlement currencies that are dollars: no exposure of their own.
 _USD_COINS: Final = frozenset({"USD", "USDC", "USDT"})
 _TAG: Final[dict[type, str]] = {
@@ -92,6 +100,10 @@ class EngineSettings:
     #: 0 turns the quarantine off.
     max_tick_move: float = 0.5
     var_halflife_ms: int = 86_400_000
+
+
+class SettingsChanged(ValueError):
+    """A saved state was made under other estimator or regime settings (it does not apply)."""
 
 
 class Recorder(Protocol):
@@ -160,6 +172,8 @@ class Engine:
         self._clock_ms = _NO_TS  # as of the last evaluation: never goes back
         self._latest_ms = _NO_TS  # the latest event time seen (events are not in order)
         self._seq = 0
+        self._rows: list[list[Any]] = []
+        self._rows_version = -1
 
     def set_alert_sink(
         self,
@@ -174,6 +188,184 @@ class Engine:
     def set_evaluation_observer(self, observe: Callable[[float], None]) -> None:
         """Call ``observe(seconds)`` after every evaluation (the duration histogram)."""
         self._on_evaluation = observe
+
+    # -- state that survives a restart ---------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Everything a restarted engine needs to go on as if it never stopped, as plain data.
+
+        The instruments (registry order), the latest prices, IVs, forwards and venue Greeks
+        with their tick times, a quarantined tick awaiting confirmation, the positions and
+        accounts, the sample and evaluation clocks, the estimator
+        (:meth:`RollingEstimator.state`), the regime baselines, the rule states
+        (:meth:`RuleEngine.state`) and the alert history. Activity counters
+        (:attr:`stats`) start again from zero, as Prometheus counters do. Arrays are
+        copied: the result stays valid while the engine goes on.
+        """
+        n = len(self.registry)
+        history = list(self._history)
+        return {
+            "instruments": self._instrument_rows(),
+            "underlyings": list(self.registry.underlyings),
+            "price": array_state(self._price[:n]),
+            "price_ts": array_state(self._price_ts[:n]),
+            "iv": array_state(self._iv[:n]),
+            "forward": array_state(self._fwd[:n]),
+            "venue_greeks": array_state(self._venue_greeks[:n]),
+            "suspect": [[i, msgspec.msgpack.encode(ev)] for i, ev in self._suspect.items()],
+            "positions": [
+                [account, [[i, q, opened] for i, (q, opened) in held.items()]]
+                for account, held in self._positions.items()
+            ],
+            "accounts": [[name, msgspec.to_builtins(acc)] for name, acc in self._accounts.items()],
+            "grid_next": self._grid_next,
+            "eval_next": self._eval_next,
+            "clock_ms": self._clock_ms,
+            "latest_ms": self._latest_ms,
+            "seq": self._seq,
+            "estimator": self.estimator.state(),
+            "evaluator": self._evaluator.state(self.estimator),
+            "rules": None if self._rules is None else self._rules.state(),
+            "history": [t.as_state() for t in history],
+        }
+
+    def _instrument_rows(self) -> list[list[Any]]:
+        """The registry as rows of :data:`_INSTRUMENT_FIELDS` (cached per registry version:
+        instruments are immutable, and rebuilding 10,000 rows would stall the loop)."""
+        reg = self.registry
+        if self._rows_version != reg.version:
+            self._rows = [[getattr(i, f) for f in _INSTRUMENT_FIELDS] for i in reg.instruments]
+            self._rows_version = reg.version
+        return list(self._rows)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take the state :meth:`state` described; call on a fresh engine, before any event.
+
+        All or nothing: the engine is unchanged when this raises.
+
+        Raises
+        ------
+        SettingsChanged
+            The state's estimator settings (sample interval, halflives, warmup, max gap)
+            or regime halflife are not this engine's.
+        ValueError
+            ``state`` is not what :meth:`state` returns.
+        """
+        s = self.settings
+        try:
+            est_state = state["estimator"]
+            ev_state = state["evaluator"]
+            saved = (
+                est_state["sample_interval_ms"],
+                list(est_state["halflife_ms"]),
+                est_state["warmup_ms"],
+                est_state["max_gap_ms"],
+                ev_state["baselines"]["vol_ratio"]["halflife_ms"],
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not an engine state: {exc!r}") from None
+        ours = (
+            s.sample_interval_ms,
+            [s.halflife_ms, s.fast_halflife_ms, s.var_halflife_ms],
+            s.warmup_ms,
+            s.max_gap_ms,
+            self._evaluator.settings.regime_halflife_ms,
+        )
+        if saved != ours:
+            raise SettingsChanged(f"saved under estimator settings {saved}, running {ours}")
+        try:
+            self._restore(state)
+        except (
+            KeyError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            OverflowError,
+            msgspec.DecodeError,
+            msgspec.ValidationError,
+        ) as exc:
+            raise ValueError(f"not an engine state: {exc!r}") from None
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if len(self.registry) or self._latest_ms != _NO_TS:
+            raise ValueError("a state is restored into a fresh engine, before any event")
+        registry = InstrumentRegistry()
+        rows = state["instruments"]
+        if any(len(row) != len(_INSTRUMENT_FIELDS) for row in rows):
+            raise ValueError("an instrument row of another shape")
+        instruments = [Instrument(*row) for row in rows]
+        for inst in instruments:
+            registry.register(inst)
+        if registry.instruments != instruments or list(registry.underlyings) != list(
+            state["underlyings"]
+        ):
+            raise ValueError("the instruments do not rebuild in their saved order")
+        n = len(registry)
+        arrays = {
+            k: array_from_state(state[k], shape, dtype)
+            for k, shape, dtype in (
+                ("price", (n,), "<f8"),
+                ("price_ts", (n,), "<i8"),
+                ("iv", (n,), "<f8"),
+                ("forward", (n,), "<f8"),
+                ("venue_greeks", (n, 4), "<f8"),
+            )
+        }
+        suspect = {
+            int(i): msgspec.msgpack.decode(raw, type=PriceEvent) for i, raw in state["suspect"]
+        }
+        positions: dict[str, dict[int, tuple[float, int]]] = {}
+        for account, held in state["positions"]:
+            book = positions[str(account)] = {}
+            for i, q, opened in held:
+                if not 0 <= int(i) < n:
+                    raise ValueError(f"position in instrument {i} of {n}")
+                book[int(i)] = (float(q), int(opened))
+        accounts = {
+            str(name): msgspec.convert(acc, AccountState) for name, acc in state["accounts"]
+        }
+        if any(not 0 <= i < n for i in suspect):
+            raise ValueError("a quarantined tick of an unknown instrument")
+        estimator = RollingEstimator.from_state(state["estimator"])
+        if estimator.n_assets > len(registry.underlyings):
+            raise ValueError("the estimator has more assets than there are underlyings")
+        history = [Transition.from_state(t) for t in state["history"]]
+        clocks = [int(state[k]) for k in ("grid_next", "eval_next", "clock_ms", "latest_ms", "seq")]
+        rules = (
+            None
+            if self._rules is None or state["rules"] is None
+            else RuleEngine.from_state(self._rules.rules, state["rules"])
+        )
+        self._evaluator.restore(state["evaluator"], estimator, len(registry.underlyings))
+        # Nothing below raises: the engine changes all at once. The registry object is
+        # shared (index routing holds it): filled in place, as validated above.
+        for inst in instruments:
+            self.registry.register(inst)
+        registry = self.registry
+        self._index = {inst.name: i for i, inst in enumerate(registry.instruments)}
+        self._guarded = []
+        self._sync_guarded()
+        self._grow(n)
+        for k, attr in (
+            ("price", "_price"),
+            ("price_ts", "_price_ts"),
+            ("iv", "_iv"),
+            ("forward", "_fwd"),
+            ("venue_greeks", "_venue_greeks"),
+        ):
+            getattr(self, attr)[:n] = arrays[k]
+        self._suspect = suspect
+        self._positions = positions
+        self._accounts = accounts
+        self.estimator = estimator
+        self._grid_next, self._eval_next, self._clock_ms, self._latest_ms, self._seq = clocks
+        if rules is not None:
+            self._rules = rules
+        self._history.clear()
+        self._history.extend(history)
+        self._history_view = tuple(self._history)
+        self._book = None
+        self._und_version = -1
 
     # -- events -----------------------------------------------------------------------
 

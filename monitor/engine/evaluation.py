@@ -140,6 +140,28 @@ class Evaluator:
         self._psd_memo: tuple[object, PSDRepair, PSDRepair] | None = None
         self._repairs = 0
 
+    def state(self, estimator: RollingEstimator) -> dict[str, Any]:
+        """What evaluations carry over, as plain data: the regime baselines and the count
+        of covariance repairs (``counted``: the estimator's current sample is in it). The
+        scenario pass is not kept: a restored evaluator runs it at its first evaluation."""
+        memo = self._psd_memo
+        counted = memo is not None and estimator.n_assets > 0 and memo[0] is estimator.covariance()
+        return {"baselines": self._baselines.state(), "repairs": self._repairs, "counted": counted}
+
+    def restore(self, state: Mapping[str, Any], estimator: RollingEstimator, n: int) -> None:
+        """Take the state :meth:`state` described, for ``estimator`` (already restored) with
+        ``n`` underlyings. Raises ``ValueError`` when ``state`` is not one."""
+        try:
+            baselines = RegimeBaselines.from_state(state["baselines"])
+            repairs, counted = int(state["repairs"]), bool(state["counted"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not an evaluator state: {exc!r}") from None
+        self._baselines = baselines
+        self._psd_memo = None
+        if counted and estimator.n_assets:
+            self._covariances(estimator, n)  # memoised, so this sample is not counted again
+        self._repairs = repairs
+
     @np.errstate(all="ignore")  # non-finite results are handled (null + reason), not warned
     def evaluate(
         self,

@@ -33,6 +33,12 @@ class EngineStats:
         ``estimator.max_gap`` after which the grid restarted without a return.
     queue_depth
         Events waiting in the queue at the last look (a gauge).
+    state_restore
+        What became of the saved state at start (a ``monitor.engine.state.RestoreResult``
+        value); ``None`` when no state directory is configured.
+    state_writes
+        ``"ok"`` / ``"error"`` -> state saves; ``state_saved_s`` the wall-clock time of the
+        last good one (epoch seconds).
     """
 
     accepted: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -43,3 +49,6 @@ class EngineStats:
     samples: int = 0
     gaps: int = 0
     queue_depth: int = 0
+    state_restore: str | None = None
+    state_writes: Counter[str] = field(default_factory=Counter)
+    state_saved_s: float | None = None

@@ -75,6 +75,50 @@ class Alert:
             **({"labels": dict(self.labels)} if self.labels else {}),
         }
 
+    def as_state(self) -> dict[str, Any]:
+        """The alert as plain data (every field; ``value`` may be NaN or infinite)."""
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "state": self.state,
+            "account": self.account,
+            "underlying": self.underlying,
+            "value": self.value,
+            "threshold": self.threshold,
+            "since_ms": self.since_ms,
+            "active_since_ms": self.active_since_ms,
+            "summary": self.summary,
+            "labels": dict(self.labels),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Alert:
+        """The alert :meth:`as_state` described (``ValueError`` when it is not one)."""
+        try:
+            out = cls(
+                rule=str(state["rule"]),
+                severity=state["severity"],
+                state=state["state"],
+                account=_opt_str(state["account"]),
+                underlying=_opt_str(state["underlying"]),
+                value=float(state["value"]),
+                threshold=float(state["threshold"]),
+                since_ms=int(state["since_ms"]),
+                active_since_ms=int(state["active_since_ms"]),
+                summary=str(state["summary"]),
+                labels={str(k): str(v) for k, v in state["labels"].items()},
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not an alert state: {exc!r}") from None
+        if out.severity not in ("warning", "critical") or out.state not in (
+            "inactive",
+            "pending",
+            "firing",
+            "resolved",
+        ):
+            raise ValueError(f"not an alert state: {out.severity!r}, {out.state!r}")
+        return out
+
 
 @dataclass(frozen=True, slots=True)
 class Transition:
@@ -101,3 +145,24 @@ class Transition:
             "key": self.idempotency_key,
             **self.alert.report(),
         }
+
+    def as_state(self) -> dict[str, Any]:
+        """The transition as plain data (:meth:`Alert.as_state` plus ``previous``,
+        ``ts_ms``)."""
+        return {"alert": self.alert.as_state(), "previous": self.previous, "ts_ms": self.ts_ms}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Transition:
+        """The transition :meth:`as_state` described (``ValueError`` when it is not one)."""
+        try:
+            alert = Alert.from_state(state["alert"])
+            previous, ts = state["previous"], int(state["ts_ms"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a transition state: {exc!r}") from None
+        if previous not in ("inactive", "pending", "firing", "resolved"):
+            raise ValueError(f"not a transition state: previous {previous!r}")
+        return cls(alert, previous, ts)
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else str(v)

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from monitor.model.alert import Alert, Transition
+from monitor.model.alert import Transition
 
 __all__ = ["DEFAULT_MAX_PENDING", "FORMAT_VERSION", "Outbox", "OutboxEntry"]
 
@@ -97,48 +97,19 @@ def _num_in(x: float | None) -> float:
 
 
 def encode_transition(t: Transition) -> dict[str, Any]:
-    """The ``transition`` object of an outbox file."""
-    a = t.alert
-    return {
-        "ts_ms": t.ts_ms,
-        "previous": t.previous,
-        "alert": {
-            "rule": a.rule,
-            "severity": a.severity,
-            "state": a.state,
-            "account": a.account,
-            "underlying": a.underlying,
-            "value": _num_out(a.value),
-            "threshold": _num_out(a.threshold),
-            "since_ms": a.since_ms,
-            "active_since_ms": a.active_since_ms,
-            "summary": a.summary,
-            "labels": dict(a.labels),
-        },
-    }
+    """The ``transition`` object of an outbox file (JSON: a non-finite value is null)."""
+    doc = t.as_state()
+    a = doc["alert"]
+    a["value"], a["threshold"] = _num_out(a["value"]), _num_out(a["threshold"])
+    return doc
 
 
 def decode_transition(doc: dict[str, Any]) -> Transition:
     """Inverse of :func:`encode_transition`; raises ``KeyError``/``TypeError``/``ValueError``."""
-    a = doc["alert"]
-    alert = Alert(
-        rule=str(a["rule"]),
-        severity=a["severity"],
-        state=a["state"],
-        account=a["account"],
-        underlying=a["underlying"],
-        value=_num_in(a["value"]),
-        threshold=_num_in(a["threshold"]),
-        since_ms=int(a["since_ms"]),
-        active_since_ms=int(a["active_since_ms"]),
-        summary=str(a["summary"]),
-        labels={str(k): str(v) for k, v in a.get("labels", {}).items()},
-    )
-    if alert.severity not in ("warning", "critical"):
-        raise ValueError(f"unknown severity {alert.severity!r}")
-    if alert.state not in ("inactive", "pending", "firing", "resolved"):
-        raise ValueError(f"unknown state {alert.state!r}")
-    return Transition(alert=alert, previous=doc["previous"], ts_ms=int(doc["ts_ms"]))
+    a = dict(doc["alert"])
+    a["value"], a["threshold"] = _num_in(a["value"]), _num_in(a["threshold"])
+    a.setdefault("labels", {})
+    return Transition.from_state({**doc, "alert": a})
 
 
 def _file_name(seq: int, key: str) -> str:

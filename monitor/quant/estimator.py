@@ -54,13 +54,14 @@ half hour).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MS_PER_YEAR", "RollingEstimator"]
+__all__ = ["MS_PER_YEAR", "RollingEstimator", "array_from_state", "array_state"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -338,6 +339,76 @@ class RollingEstimator:
                 acc -= tmp
             count += pair
 
+    def state(self) -> dict[str, Any]:
+        """Everything the estimator carries between samples, as plain data (no I/O).
+
+        The settings it was built with, the asset count, and the ``(n, n)`` or ``(n,)``
+        slices of its accumulators (``R``, ``Q``, ``N``), the last sample's prices, the
+        per-asset staleness and the lead-lag state, as :func:`array_state` records (exact
+        float64 bytes). :meth:`from_state` rebuilds an estimator whose every later figure
+        equals this one's.
+        """
+        n = self._n
+        return {
+            "sample_interval_ms": self._sample_interval_ms,
+            "halflife_ms": list(self._halflife_ms),
+            "warmup_ms": self._warmup_ms,
+            "max_gap_ms": self._max_gap_ms,
+            "n": n,
+            "raw": array_state(self._raw[:, :n, :n]),
+            "jq": array_state(self._jq[:, :n, :n]),
+            "count": array_state(self._count[:n, :n]),
+            "prev": array_state(self._prev[:n]),
+            "stale": array_state(self._stale[:n]),
+            "snap": array_state(self._snap[:n, :n]),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> RollingEstimator:
+        """The estimator :meth:`state` described.
+
+        Raises
+        ------
+        ValueError
+            ``state`` is not what :meth:`state` returns (a missing key, a wrong shape or
+            type, a count that is negative).
+        """
+        try:
+            hl, fast, var = (int(h) for h in state["halflife_ms"])
+            gap = state["max_gap_ms"]
+            est = cls(
+                int(state["sample_interval_ms"]),
+                hl,
+                fast,
+                int(state["warmup_ms"]),
+                var_halflife_ms=var,
+                max_gap_ms=None if gap is None else int(gap),
+            )
+            n = int(state["n"])
+            if n < 0:
+                raise ValueError(f"negative asset count {n}")
+            est._grow(n)
+            parts: tuple[tuple[str, tuple[int, ...], str], ...] = (
+                ("raw", (_K, n, n), "<f8"),
+                ("jq", (_K, n, n), "<f8"),
+                ("count", (n, n), "<i8"),
+                ("prev", (n,), "<f8"),
+                ("stale", (n,), "|b1"),
+                ("snap", (n, n), "<f8"),
+            )
+            arrays = {k: array_from_state(state[k], shape, dt) for k, shape, dt in parts}
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not an estimator state: {exc!r}") from None
+        if np.any(arrays["count"] < 0):
+            raise ValueError("negative return counts")
+        est._raw[:, :n, :n] = arrays["raw"]
+        est._jq[:, :n, :n] = arrays["jq"]
+        est._count[:n, :n] = arrays["count"]
+        est._prev[:n] = arrays["prev"]
+        est._stale[:n] = arrays["stale"]
+        est._snap[:n, :n] = arrays["snap"]
+        return est
+
     def restart(self) -> None:
         """Forget the previous sample's prices (after a data outage).
 
@@ -475,6 +546,36 @@ class RollingEstimator:
 
 
 _K: Final = 3  # estimators: slow, fast, VaR
+
+
+def array_state(a: npt.NDArray[Any]) -> dict[str, Any]:
+    """A numpy array as plain data: ``{"dtype", "shape", "data"}`` (little-endian bytes)."""
+    le = a.astype(a.dtype.newbyteorder("<"), copy=False)
+    return {"dtype": le.dtype.str, "shape": list(a.shape), "data": le.tobytes()}
+
+
+def array_from_state(
+    state: Mapping[str, Any], shape: tuple[int, ...], dtype: str
+) -> npt.NDArray[Any]:
+    """The array :func:`array_state` described, checked against ``shape`` and ``dtype``.
+
+    Raises
+    ------
+    ValueError
+        Another dtype or shape, or data of the wrong length.
+    """
+    if state.get("dtype") != dtype:
+        raise ValueError(f"expected dtype {dtype}, got {state.get('dtype')!r}")
+    if tuple(state.get("shape", ())) != shape:
+        raise ValueError(f"expected shape {shape}, got {state.get('shape')!r}")
+    data = state.get("data")
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ValueError("array data is not bytes")
+    flat = np.frombuffer(data, dtype=np.dtype(dtype))
+    if flat.size != math.prod(shape):
+        raise ValueError(f"expected {math.prod(shape)} values, got {flat.size}")
+    out: npt.NDArray[Any] = flat.reshape(shape).copy()
+    return out
 
 
 def _which(fast: bool, var: bool) -> int:

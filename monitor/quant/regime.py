@@ -20,8 +20,9 @@ No clock, no I/O.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -262,6 +263,39 @@ class RegimeBaseline:
         self._last_ms = int(ts_ms)
         return new.copy()
 
+    def state(self) -> dict[str, Any]:
+        """The baseline as plain data: ``{"halflife_ms", "last_ms", "value"}`` (``value`` a
+        float, a list of floats (NaN = empty) or None before the first update)."""
+        return {
+            "halflife_ms": self._halflife_ms,
+            "last_ms": self._last_ms,
+            "value": None if self._value is None else self._value.tolist(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> RegimeBaseline:
+        """The baseline :meth:`state` described.
+
+        Raises
+        ------
+        ValueError
+            ``state`` is not what :meth:`state` returns.
+        """
+        try:
+            out = cls(int(state["halflife_ms"]))
+            value, last = state["value"], state["last_ms"]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a baseline state: {exc!r}") from None
+        if (value is None) != (last is None):
+            raise ValueError("a baseline state needs both a value and its time, or neither")
+        if value is not None:
+            v = np.asarray(value, dtype=np.float64)
+            if v.ndim > 1:
+                raise ValueError(f"a baseline is a number or a list, got shape {v.shape}")
+            out._value = v
+            out._last_ms = int(last)
+        return out
+
 
 class RegimeBaselines:
     """The slow baselines of every :class:`RegimeFigures` field, updated once per evaluation.
@@ -279,6 +313,34 @@ class RegimeBaselines:
         self._rti = RegimeBaseline(halflife_ms)
         self._avg = RegimeBaseline(halflife_ms)
         self._ar = RegimeBaseline(halflife_ms)
+
+    def state(self) -> dict[str, Any]:
+        """The four baselines as plain data (:meth:`RegimeBaseline.state` each)."""
+        return {
+            "vol_ratio": self._vr.state(),
+            "realised_to_implied": self._rti.state(),
+            "average_correlation": self._avg.state(),
+            "absorption_ratio": self._ar.state(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> RegimeBaselines:
+        """The baselines :meth:`state` described (``ValueError`` when it is not one)."""
+        try:
+            parts = [
+                RegimeBaseline.from_state(state[k])
+                for k in (
+                    "vol_ratio",
+                    "realised_to_implied",
+                    "average_correlation",
+                    "absorption_ratio",
+                )
+            ]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a regime baselines state: {exc!r}") from None
+        out = cls(1)
+        out._vr, out._rti, out._avg, out._ar = parts
+        return out
 
     def update(
         self, figures: RegimeFigures, ts_ms: int, warm: npt.ArrayLike | None = None

@@ -52,7 +52,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 from monitor.model.alert import Alert, AlertState, Severity, Transition
 from monitor.model.episode import Episode
@@ -180,11 +180,13 @@ class Rule(Generic[I]):
 
     ``read`` yields at most one :class:`Reading` per subject. It may keep state between
     calls (a rule object belongs to one engine) but must be a deterministic function of
-    the inputs it has seen: no clock, no I/O.
+    the inputs it has seen: no clock, no I/O. Such state is a set of subjects, ``watch``
+    (``read`` keeps it in place), so :meth:`RuleEngine.state` saves it with the alerts.
     """
 
     spec: RuleSpec
     read: Callable[[I], Iterable[Reading]]
+    watch: set[tuple[str, str]] | None = None
 
     @property
     def name(self) -> str:
@@ -222,6 +224,34 @@ _Subject = tuple[str | None, str | None]
 def _fixed(text: str) -> Callable[[], str]:
     """A ``describe`` that returns ``text`` (an adopted episode's last summary)."""
     return lambda: text
+
+
+def _track_from_state(t: Mapping[str, Any]) -> _Track:
+    state, severity = t["state"], t["severity"]
+    if state not in ("pending", "firing") or severity not in ("warning", "critical"):
+        raise ValueError(f"not a live alert: {state!r}, {severity!r}")
+    account, underlying = t["account"], t["underlying"]
+    for label in (account, underlying):
+        if label is not None and not isinstance(label, str):
+            raise ValueError(f"not an alert subject: {label!r}")
+    summary = str(t["summary"])
+    reading = Reading(
+        account,
+        underlying,
+        float(t["value"]),
+        _fixed(summary),
+        {str(k): str(v) for k, v in t["labels"].items()},
+    )
+    return _Track(
+        state,
+        severity,
+        int(t["since_ms"]),
+        int(t["active_since_ms"]),
+        float(t["value"]),
+        reading,
+        int(t["tick"]),
+        summary,
+    )
 
 
 def _order(subject: _Subject) -> tuple[bool, str, bool, str]:
@@ -274,6 +304,74 @@ class RuleEngine(Generic[Inp]):
             if moves:
                 moves.sort(key=lambda t: _order((t.alert.account, t.alert.underlying)))
                 out.extend(moves)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """Every alert's state machine as plain data, by rule name (no I/O).
+
+        Per rule: the live episodes (pending or firing: severity, times, the last value and
+        summary), the cooldowns and the rule's ``watch`` set. :meth:`from_state` rebuilds an
+        engine that goes on exactly as this one would: a firing alert stays firing (no new
+        ``inactive -> firing`` transition), its ``active_since_ms`` and so the idempotency
+        keys of its later moves are the same.
+        """
+        rules: dict[str, Any] = {}
+        for rule, tracks, cooldown in zip(self._rules, self._tracks, self._cooldown, strict=True):
+            rules[rule.name] = {
+                "tracks": [
+                    {
+                        "account": sub[0],
+                        "underlying": sub[1],
+                        "state": tr.state,
+                        "severity": tr.severity,
+                        "since_ms": tr.since_ms,
+                        "active_since_ms": tr.active_since_ms,
+                        "value": tr.value,
+                        "summary": tr.text(),
+                        "labels": dict(tr.reading.labels),
+                        "tick": tr.tick,
+                    }
+                    for sub, tr in sorted(tracks.items(), key=lambda kv: _order(kv[0]))
+                ],
+                "cooldown": [
+                    [a, u, until]
+                    for (a, u), until in sorted(cooldown.items(), key=lambda kv: _order(kv[0]))
+                ],
+                "watch": None if rule.watch is None else sorted(map(list, rule.watch)),
+            }
+        return {"tick": self._tick, "last_ms": self._last_ms, "rules": rules}
+
+    @classmethod
+    def from_state(cls, rules: Sequence[Rule[Inp]], state: Mapping[str, Any]) -> RuleEngine[Inp]:
+        """An engine over ``rules`` in the state :meth:`state` described.
+
+        Matched by rule name: a rule not in ``state`` starts afresh, a rule of ``state`` no
+        longer configured is dropped. A rule's ``watch`` set is replaced in place.
+
+        Raises
+        ------
+        ValueError
+            ``state`` is not what :meth:`state` returns.
+        """
+        out = cls(rules)
+        try:
+            out._tick = int(state["tick"])
+            last = state["last_ms"]
+            out._last_ms = None if last is None else int(last)
+            saved = state["rules"]
+            for k, rule in enumerate(out._rules):
+                st = saved.get(rule.name)
+                if st is None:
+                    continue
+                for t in st["tracks"]:
+                    out._tracks[k][(t["account"], t["underlying"])] = _track_from_state(t)
+                for a, u, until in st["cooldown"]:
+                    out._cooldown[k][(a, u)] = int(until)
+                if rule.watch is not None and st["watch"] is not None:
+                    rule.watch.clear()
+                    rule.watch.update((str(a), str(u)) for a, u in st["watch"])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a rule engine state: {exc!r}") from None
         return out
 
     def active(self) -> list[Alert]:

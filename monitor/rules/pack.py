@@ -757,7 +757,7 @@ def _hedge_offset(cfg: HedgeOffsetRule) -> Rule[RuleInput]:
         watched.clear()
         watched.update(seen)
 
-    return Rule(spec, read)
+    return Rule(spec, read, watched)
 
 
 def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:

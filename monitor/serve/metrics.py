@@ -27,6 +27,9 @@ Daemon activity (name, type, labels)::
     riskmon_estimator_samples_total                    counter
     riskmon_estimator_gaps_total                       counter
     riskmon_queue_depth                                gauge
+    riskmon_state_restore              (1 = outcome)   gauge      result
+    riskmon_state_writes_total                         counter    result
+    riskmon_state_last_write_timestamp_seconds         gauge
     riskmon_connector_up               (1 = connected) gauge      connector, kind
     riskmon_connector_reconnects_total                 counter    connector
     riskmon_connector_messages_total                   counter    connector
@@ -187,6 +190,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from monitor import __version__
+from monitor.engine.state import RestoreResult
 from monitor.engine.stats import EngineStats
 from monitor.model.health import ConnectorStatus
 from monitor.model.snapshot import AccountFigures, AccountRisk, RegimeReport, RiskSnapshot
@@ -202,6 +206,8 @@ __all__ = [
 
 #: Evaluation-time buckets, seconds: a small book evaluates in about a millisecond, a desk
 #: with tens of thousands of options in tens to hundreds of milliseconds.
+#: Every ``riskmon_state_restore`` result, exported whenever a state directory is in use.
+STATE_RESULTS: Final = tuple(r.value for r in RestoreResult)
 EVALUATION_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
@@ -283,6 +289,16 @@ class _Families:
             "riskmon_estimator_gaps", "Data outages after which the estimator grid restarted."
         )
         self.queue_depth = g("riskmon_queue_depth", "Events waiting in the engine queue.")
+        self.state_restore = g(
+            "riskmon_state_restore",
+            "What became of the saved state at start (1 for the outcome, 0 for the others).",
+            ("result",),
+        )
+        self.state_writes = c("riskmon_state_writes", "State saves, by result.", ("result",))
+        self.state_saved = g(
+            "riskmon_state_last_write_timestamp_seconds",
+            "Wall-clock time of the last good state save, epoch seconds.",
+        )
         self.connector_up = g(
             "riskmon_connector_up", "1 while the connector is connected.", ("connector", "kind")
         )
@@ -632,6 +648,13 @@ class RiskCollector:
         f.samples.add_metric((), stats.samples)
         f.gaps.add_metric((), stats.gaps)
         f.queue_depth.add_metric((), stats.queue_depth)
+        if stats.state_restore is not None:
+            for result in STATE_RESULTS:
+                f.state_restore.add_metric((result,), float(result == stats.state_restore))
+            for result in ("ok", "error"):
+                f.state_writes.add_metric((result,), stats.state_writes[result])
+        if stats.state_saved_s is not None:
+            f.state_saved.add_metric((), stats.state_saved_s)
         for c in connectors:
             f.connector_up.add_metric((c.name, c.kind), 1.0 if c.connected else 0.0)
             f.reconnects.add_metric((c.name,), c.reconnects)
