@@ -229,6 +229,17 @@ class RiskConfig(Section, frozen=True):
                 raise Invalid(("budgets", account), "weights must have a positive sum")
 
 
+class ActionsConfig(Section, frozen=True):
+    """Attribution look-back and the rebalance suggestion's method and scale."""
+
+    #: The reference of the drift attribution: the account's state this long ago.
+    lookback: Duration = parse_duration("24h")
+    #: ``"risk_budget"`` (exact risk budgeting) or ``"inverse_vol"``.
+    rebalance_method: Literal["risk_budget", "inverse_vol"] = "risk_budget"
+    #: Keep the account's ``"volatility"`` or its ``"gross"`` exposure.
+    rebalance_scale: Literal["volatility", "gross"] = "volatility"
+
+
 def _env_name(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
@@ -323,6 +334,7 @@ class Config(Section, frozen=True):
     estimator: EstimatorConfig = msgspec.field(default_factory=EstimatorConfig)
     risk: RiskConfig = msgspec.field(default_factory=RiskConfig)
     margin: MarginConfig = msgspec.field(default_factory=MarginConfig)
+    actions: ActionsConfig = msgspec.field(default_factory=ActionsConfig)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     #: Every built-in rule once, in pack order; an entry given overrides that rule's
     #: defaults, a rule not given keeps them.

@@ -26,6 +26,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from monitor.engine.actions import Actions, ActionSettings
 from monitor.engine.valuation import Book, BookValues, MarketArrays, value_book
 from monitor.model.events import iso_ms
 from monitor.model.instruments import InstrumentRegistry
@@ -89,6 +90,8 @@ class RiskSettings:
     #: on its own clock (a scenario pass at most this often computes it).
     recompute_distance: bool = True
     recompute_interval_ms: int = 30_000
+    #: Attribution look-back, rebalance method and scale, hedge limits (``[actions]``).
+    actions: ActionSettings = field(default_factory=ActionSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,7 @@ class Evaluator:
         # The estimator's covariances (identity: one per sample) and their PSD repairs.
         self._psd_memo: tuple[object, PSDRepair, PSDRepair] | None = None
         self._repairs = 0
+        self._actions = Actions(self.settings.actions)
 
     @np.errstate(all="ignore")  # non-finite results are handled (null + reason), not warned
     def evaluate(
@@ -265,6 +269,22 @@ class Evaluator:
             if name not in accounts:
                 margin = _margin(st, as_of_ms, None, None)
                 accounts[name] = AccountFigures(None, {}, {}, extra={"margin": margin})
+        try:  # attribution and suggestions (monitor.engine.actions)
+            sections = self._actions.account_sections(
+                as_of_ms,
+                names,
+                {a: accounts[a] for a in book_names},
+                x[:-1],
+                cov,
+                [r.contributions for r in risks[:-1]],
+                registry,
+                prices.price,
+            )
+        except _NUMERIC_ERRORS as exc:
+            sections = {}
+            unknown["accounts.*.suggestions"] = _reason(exc)
+        for name, sec in sections.items():
+            accounts[name] = replace(accounts[name], extra={**accounts[name].extra, **sec})
         total = replace(values.total, risk=account_risk(len(book_names), _BOOK))
 
         regime: RegimeReport | None = None
