@@ -43,6 +43,10 @@ Conventions (see :mod:`monitor.rules.machine` for the state machine):
   scenario margin) reads as infinite utilisation. Such an
   :class:`~monitor.model.alert.Alert` carries ``value = inf`` (msgspec encodes it as
   ``null``); its summary says what happened.
+- Summaries say what to do: ``risk_drift`` and ``concentration`` end with the account's
+  drift attribution (``attribution.summary``) and the rebalance's trades
+  (``suggestions.rebalance``), ``net_delta_limit`` and ``hedge_offset`` with the hedge's
+  trades and the gamma and vega it leaves (``suggestions.hedge``), when the report has them.
 - ``connector_down`` alerts carry the connector's name as ``account`` (and in the
   ``connector`` label): the alert identity is ``(rule, account, underlying)``.
 
@@ -294,6 +298,54 @@ def _strongest_correlation(inp: RuleInput, name: str, others: Sequence[str]) -> 
 # --- risk parity -------------------------------------------------------------------------
 
 
+def _trades_text(per: Mapping[str, Any], only: str | None = None) -> str:
+    """``"sell 50,000 BTC-PERPETUAL, buy 111.1 ETH_USDC-PERPETUAL"`` from a suggestion's
+    ``underlyings`` (contracts not rounded; none for an underlying without an instrument)."""
+    parts = []
+    for und, row in per.items():
+        n, inst = row.get("contracts"), row.get("instrument")
+        if (only is not None and und != only) or not n or inst is None:
+            continue
+        parts.append(f"{'buy' if n > 0 else 'sell'} {_qty(abs(n))} {inst}")
+    return ", ".join(parts)
+
+
+def _qty(n: float) -> str:
+    return f"{n:,.0f}" if n >= 100 else f"{n:,.4g}"
+
+
+def _why_and_what(fig: AccountFigures) -> str:
+    """The drift attribution's line and the rebalance's trades, for drift alerts."""
+    out = ""
+    att = fig.extra.get("attribution")
+    if att:
+        out += f"; {att['summary']}"
+    sug = (fig.extra.get("suggestions") or {}).get("rebalance")
+    if sug and (trades := _trades_text(sug["underlyings"])):
+        out += f"; rebalance: {trades}"
+    return out
+
+
+def _hedge_text(fig: AccountFigures, underlying: str | None) -> str:
+    """The hedge suggestion's trades (one underlying's, or all) and what it leaves."""
+    sug = (fig.extra.get("suggestions") or {}).get("hedge")
+    if not sug:
+        return ""
+    trades = _trades_text(sug["underlyings"], underlying)
+    if not trades:
+        return ""
+    rows = [r for u, r in sug["underlyings"].items() if underlying in (None, u)]
+    gamma = sum(r["residual_gamma_usd"] or 0.0 for r in rows)
+    vega = sum(r["residual_vega_usd"] or 0.0 for r in rows)
+    return (
+        f"; hedge to {_usd(sug['net_target_usd'], sign=True)}: {trades} (leaves gamma "
+        f"{_usd(gamma, sign=True)} per 1%, vega {_usd(vega, sign=True)} per vol pt)"
+        if underlying is None
+        else f"; hedge: {trades} (leaves gamma {_usd(gamma, sign=True)} per 1%, vega "
+        f"{_usd(vega, sign=True)} per vol pt)"
+    )
+
+
 def _material(risk: AccountRisk, min_volatility_usd: float) -> bool:
     """Whether an account carries enough risk for its risk shares to mean anything.
 
@@ -321,7 +373,7 @@ def _risk_drift(cfg: RiskDriftRule) -> Rule[RuleInput]:
         j = inp.asset_index.get(name)
         if j is not None and math.isfinite(vol := float(inp.snapshot.assets.volatility[j])):
             out += f"; {name} vol {_pct(vol)}"
-        return out + _strongest_correlation(inp, name, shown)
+        return out + _strongest_correlation(inp, name, shown) + _why_and_what(fig)
 
     def read(inp: RuleInput) -> Iterator[Reading]:
         for account, fig in inp.snapshot.accounts.items():
@@ -361,7 +413,7 @@ def _concentration(cfg: ConcentrationRule) -> Rule[RuleInput]:
                 f"; largest: {name} {_pct(float(c.share[i]))} of risk vs a "
                 f"{_pct(float(c.budget[i]))} budget"
             )
-        return out
+        return out + _why_and_what(fig)
 
     def read(inp: RuleInput) -> Iterator[Reading]:
         for account, fig in inp.snapshot.accounts.items():
@@ -681,7 +733,7 @@ def _net_delta_limit(
         if exposure:
             name = max(sorted(exposure), key=lambda u: abs(exposure[u]))
             out += f"; largest: {name} {_usd(exposure[name], sign=True)}"
-        return out
+        return out + _hedge_text(fig, None)
 
     def read(inp: RuleInput) -> Iterator[Reading]:
         for account, limit in caps.items():
@@ -726,12 +778,12 @@ def _hedge_offset(cfg: HedgeOffsetRule) -> Rule[RuleInput]:
     floor, arm = cfg.min_gross_usd, cfg.clear
     watched: set[tuple[str, str]] = set()
 
-    def text(account: str, name: str, h: float, long: float, short: float) -> str:
+    def text(inp: RuleInput, account: str, name: str, h: float, long: float, short: float) -> str:
         return (
             f"{account}: {name} hedge offsets {_pct(h)} of the gross delta ({levels}); net "
             f"{_usd(long + short, sign=True)} of {_usd(long - short)} gross: long "
             f"{_usd(long)}, short {_usd(short)}"
-        )
+        ) + _hedge_text(inp.snapshot.accounts[account], name)
 
     def read(inp: RuleInput) -> Iterator[Reading]:
         seen: set[tuple[str, str]] = set()
@@ -753,7 +805,7 @@ def _hedge_offset(cfg: HedgeOffsetRule) -> Rule[RuleInput]:
                 if subject not in watched and h < arm:
                     continue
                 seen.add(subject)
-                yield Reading(account, name, h, partial(text, account, name, h, long, short))
+                yield Reading(account, name, h, partial(text, inp, account, name, h, long, short))
         watched.clear()
         watched.update(seen)
 
