@@ -135,7 +135,8 @@ def test_rebalance_through_whatif_puts_every_share_on_budget() -> None:
     doc = report(eng)
     main = doc["accounts"]["main"]
     reb = main["suggestions"]["rebalance"]
-    assert reb["method"] == "risk_budget" and reb["converged"]
+    assert reb["method"] == "risk_budget"
+    assert reb["converged"]
     names = list(reb["underlyings"])
     assert names == ["BTC", "ETH", "SOL"]
     assert [reb["underlyings"][n]["instrument"] for n in names] == [
@@ -270,11 +271,13 @@ def test_whatif_equals_a_replay_with_the_trade_applied_and_leaves_live_state() -
 def assert_close(have: Any, want: Any, rel: float, where: str) -> None:
     """Equal structure; numbers equal to ``rel`` (None, strings and flags exactly)."""
     if isinstance(want, dict):
-        assert isinstance(have, dict) and set(have) == set(want), where
+        assert isinstance(have, dict), where
+        assert set(have) == set(want), where
         for k in want:
             assert_close(have[k], want[k], rel, f"{where}.{k}")
     elif isinstance(want, list):
-        assert isinstance(have, list) and len(have) == len(want), where
+        assert isinstance(have, list), where
+        assert len(have) == len(want), where
         for k, (h, w) in enumerate(zip(have, want, strict=True)):
             assert_close(h, w, rel, f"{where}[{k}]")
     elif isinstance(want, float) and not isinstance(want, bool):
@@ -326,7 +329,8 @@ def test_attribution_reference_is_the_first_known_state_then_the_lookback() -> N
     known = [s for s in snaps if s["accounts"].get("main", {}).get("attribution")]
     first = known[0]
     att0 = first["accounts"]["main"]["attribution"]
-    assert att0["since"] == "start" and att0["reference_as_of"] == first["as_of"]
+    assert att0["since"] == "start"
+    assert att0["reference_as_of"] == first["as_of"]
     for n, row in att0["underlyings"].items():
         assert row["total"] == 0.0, n
     # 30 s later (> lookback): the reference is about 20 s back, within a ring step.
@@ -352,7 +356,8 @@ def test_attribution_reference_is_the_first_known_state_then_the_lookback() -> N
         and _ms(s["accounts"]["main"]["attribution"]["reference_as_of"]) < T0 + 40_000
     )
     btc = mid["accounts"]["main"]["attribution"]["underlyings"]["BTC"]
-    assert btc["total"] > 0.1 and btc["positions"] > 0.5 * btc["total"]
+    assert btc["total"] > 0.1
+    assert btc["positions"] > 0.5 * btc["total"]
 
 
 def _as_of(eng: Engine) -> str:
@@ -388,9 +393,11 @@ def test_drift_and_hedge_alerts_carry_the_attribution_and_the_trades() -> None:
     drift = [a for a in snap.alerts if a.rule == "risk_drift" and a.account == "main"]
     assert drift
     att = doc["accounts"]["main"]["attribution"]["summary"]
-    assert att.startswith("main: ") and "since start" in att
+    assert att.startswith("main: ")
+    assert "since start" in att
     for a in drift:
-        assert att in a.summary and "rebalance: " in a.summary
+        assert att in a.summary
+        assert "rebalance: " in a.summary
     (delta,) = [a for a in snap.alerts if a.rule == "net_delta_limit"]
     hedge = doc["accounts"]["opt"]["suggestions"]["hedge"]
     btc = hedge["underlyings"]["BTC"]["contracts"]
