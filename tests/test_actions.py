@@ -8,6 +8,7 @@ a replay of the same events with the trade applied.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from typing import Any
 
@@ -406,3 +407,112 @@ def test_drift_and_hedge_alerts_carry_the_attribution_and_the_trades() -> None:
         f"{word} {abs(btc):,.0f} BTC-PERPETUAL" in delta.summary
     )
     assert "leaves gamma" in delta.summary
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+
+
+async def test_http_whatif_and_account_routes() -> None:
+    import aiohttp
+    from tools import StaticView
+
+    from monitor.serve.http import HttpServer
+    from monitor.serve.metrics import build_registry
+
+    eng = engine()
+    view = StaticView(snapshot=eng.snapshot)
+    registry, _ = build_registry(view)
+
+    async def run(trades: Any) -> dict[str, Any] | None:
+        state = eng.whatif_state()
+        return None if state is None else run_whatif(state, trades, build_rules)
+
+    async with (
+        HttpServer(view, registry, "127.0.0.1:0", whatif=run) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        url = f"{server.url}/api/v1"
+        async with http.get(f"{url}/accounts/main") as r:
+            assert r.status == 200
+            body = await r.json()
+        assert body == _plain({"as_of": report(eng)["as_of"], **report(eng)["accounts"]["main"]})
+        async with http.get(f"{url}/accounts/nobody") as r:
+            assert r.status == 404
+        good = {"account": "main", "trades": [{"instrument": "BTC-PERPETUAL", "quantity": -2}]}
+        async with http.post(f"{url}/whatif", json=good) as r:
+            assert r.status == 200
+            out = await r.json()
+        direct = whatif(eng, [Trade("main", "BTC-PERPETUAL", -2.0)])
+        assert out == direct
+        secret = "s3cr3t-token-value"
+        bad: list[Any] = [
+            b"not json " + secret.encode(),
+            {"trades": []},
+            {"trades": [{"instrument": "BTC-PERPETUAL", "quantity": 1}]},  # no account
+            {"account": "main", "trades": [{"instrument": "BTC-PERPETUAL", "quantity": 0}]},
+            {"account": "main", "trades": [{"instrument": secret, "quantity": "x"}]},
+            {"account": "main", "trades": [{"instrument": "BTC", "quantity": 1}]},
+            {"account": "main", "trades": [{"instrument": "X", "quantity": 1, "key": secret}]},
+            {"account": "main", "trades": [{"instrument": "BTC-PERPETUAL", "quantity": 1e400}]},
+            {
+                "account": "main",
+                "trades": [{"instrument": "BTC-PERPETUAL", "quantity": 1, "price": -1}],
+            },
+        ]
+        for body_in in bad:
+            kw: dict[str, Any] = (
+                {"data": body_in} if isinstance(body_in, bytes) else {"json": body_in}
+            )
+            async with http.post(f"{url}/whatif", **kw) as r:
+                assert r.status == 400, body_in
+                text = await r.text()
+            assert set(json.loads(text)) == {"error"}
+            assert secret not in text
+
+
+# --- CLI against a running daemon -----------------------------------------------------------
+
+
+def test_cli_whatif_against_the_demo_daemon() -> None:
+    import subprocess
+    import sys
+    import time
+
+    from test_daemon import Daemon
+
+    d = Daemon()
+    try:
+        deadline = time.monotonic() + 60
+        held: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not held:
+            status, body = d.get("/api/v1/accounts/parity")
+            if status == 200:
+                held = [p for p in json.loads(body)["positions"] if "PERPETUAL" in p["instrument"]]
+            time.sleep(0.5)
+        assert held, "the demo's parity account holds no perpetual"
+        pos = held[0]
+        cmd = [sys.executable, "-m", "monitor", "whatif", "--url", d.url, "--account", "parity"]
+        proc = subprocess.run(
+            [*cmd, f"{pos['instrument']}=-2", "--json"], capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)["accounts"]["parity"]
+        und = pos["underlying"]
+        row = next(p for p in out["before"]["positions"] if p["instrument"] == pos["instrument"])
+        per_contract = row["delta_usd"] / row["quantity"]
+        change = out["after"]["exposure_usd"][und] - out["before"]["exposure_usd"][und]
+        assert change == pytest.approx(-2 * per_contract, rel=1e-9)
+        table = subprocess.run(
+            [*cmd, f"{pos['instrument']}=-2"], capture_output=True, text=True, timeout=60
+        )
+        assert table.returncode == 0, table.stderr
+        assert f"exposure {und}" in table.stdout
+        bad = subprocess.run([*cmd, "BTC-PERPETUAL=zero"], capture_output=True, text=True)
+        assert bad.returncode == 2
+        assert "INSTRUMENT=QTY" in bad.stderr
+        unknown = subprocess.run([*cmd, "NOPE=1"], capture_output=True, text=True, timeout=60)
+        assert unknown.returncode == 1
+        assert "HTTP 400" in unknown.stderr
+    finally:
+        d.proc.kill()
+        d.proc.wait()
