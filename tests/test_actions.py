@@ -393,12 +393,24 @@ def test_drift_and_hedge_alerts_carry_the_attribution_and_the_trades() -> None:
     doc = report(eng)
     drift = [a for a in snap.alerts if a.rule == "risk_drift" and a.account == "main"]
     assert drift
-    att = doc["accounts"]["main"]["attribution"]["summary"]
-    assert att.startswith("main: ")
-    assert "since start" in att
+    att = doc["accounts"]["main"]["attribution"]
+    assert att["summary"].startswith("main: ")
+    assert "since start" in att["summary"]
     for a in drift:
-        assert att in a.summary
-        assert "rebalance: " in a.summary
+        row = att["underlyings"][a.underlying]
+        parts = sorted(
+            [
+                ("vol", row["volatility"]),
+                ("correlation", row["correlation"]),
+                ("positions", row["positions"]),
+            ],
+            key=lambda kv: -abs(kv[1]),
+        )
+        why = ", ".join(f"{round(100 * v):+d} pts {k}" for k, v in parts)
+        assert f"; since start: {why}" in a.summary
+        assert "; rebalance: " in a.summary
+    (conc,) = [a for a in snap.alerts if a.rule == "concentration" and a.account == "opt"]
+    assert doc["accounts"]["opt"]["attribution"]["summary"] in conc.summary
     (delta,) = [a for a in snap.alerts if a.rule == "net_delta_limit"]
     hedge = doc["accounts"]["opt"]["suggestions"]["hedge"]
     btc = hedge["underlyings"]["BTC"]["contracts"]

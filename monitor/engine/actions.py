@@ -118,7 +118,7 @@ class Actions:
             ref = self._reference(account, as_of_ms, x, cov, known and idx.size > 0)
             lin = {n: self._linear(n, fig, registry, index_price) for n in (names[i] for i in idx)}
             out[account] = {
-                "attribution": self._attribution(names, idx, x, cov, c, ref, as_of_ms)
+                "attribution": self._attribution(account, names, idx, x, cov, c, ref, as_of_ms)
                 if known
                 else None,
                 "suggestions": {
@@ -150,6 +150,7 @@ class Actions:
 
     def _attribution(
         self,
+        account: str,
         names: tuple[str, ...],
         idx: npt.NDArray[np.intp],
         x: FloatArray,
@@ -192,7 +193,10 @@ class Actions:
             "volatility_ref_usd": _num(att.sigma_ref_usd),
             "volatility_now_usd": _num(att.sigma_now_usd),
             "underlyings": per,
-            "summary": drift_summary(shown, att, c.budget[idx], since),
+            # drift_summary names no account ("main: BTC 52% ..."): the account's name
+            # takes that place, as an alert reads it.
+            "summary": f"{account}: "
+            + drift_summary(shown, att, c.budget[idx], since).removeprefix("main: "),
         }
 
     # -- suggestions ------------------------------------------------------------------

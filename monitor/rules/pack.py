@@ -43,8 +43,9 @@ Conventions (see :mod:`monitor.rules.machine` for the state machine):
   scenario margin) reads as infinite utilisation. Such an
   :class:`~monitor.model.alert.Alert` carries ``value = inf`` (msgspec encodes it as
   ``null``); its summary says what happened.
-- Summaries say what to do: ``risk_drift`` and ``concentration`` end with the account's
-  drift attribution (``attribution.summary``) and the rebalance's trades
+- Summaries say what to do: ``risk_drift`` ends with the attribution of its underlying's
+  share change (``attribution.underlyings``), ``concentration`` with the account's
+  (``attribution.summary``), both with the rebalance's trades
   (``suggestions.rebalance``), ``net_delta_limit`` and ``hedge_offset`` with the hedge's
   trades and the gamma and vega it leaves (``suggestions.hedge``), when the report has them.
 - ``connector_down`` alerts carry the connector's name as ``account`` (and in the
@@ -314,16 +315,26 @@ def _qty(n: float) -> str:
     return f"{n:,.0f}" if n >= 100 else f"{n:,.4g}"
 
 
-def _why_and_what(fig: AccountFigures) -> str:
-    """The drift attribution's line and the rebalance's trades, for drift alerts."""
+def _why_and_what(fig: AccountFigures, underlying: str | None = None) -> str:
+    """Why the shares moved and the rebalance's trades, for drift alerts: the account's
+    attribution summary, or for one ``underlying`` the parts of its own share change."""
     out = ""
     att = fig.extra.get("attribution")
-    if att:
+    if att and underlying is None:
         out += f"; {att['summary']}"
+    elif att and (row := att["underlyings"].get(underlying)):
+        parts = [(k, row[key]) for k, key in _PARTS if row[key] is not None]
+        if len(parts) == len(_PARTS):
+            parts.sort(key=lambda kv: -abs(kv[1]))
+            body = ", ".join(f"{round(100.0 * v):+d} pts {k}" for k, v in parts)
+            out += f"; since {att['since']}: {body}"
     sug = (fig.extra.get("suggestions") or {}).get("rebalance")
     if sug and (trades := _trades_text(sug["underlyings"])):
         out += f"; rebalance: {trades}"
     return out
+
+
+_PARTS: Final = (("vol", "volatility"), ("correlation", "correlation"), ("positions", "positions"))
 
 
 def _hedge_text(fig: AccountFigures, underlying: str | None) -> str:
@@ -373,7 +384,7 @@ def _risk_drift(cfg: RiskDriftRule) -> Rule[RuleInput]:
         j = inp.asset_index.get(name)
         if j is not None and math.isfinite(vol := float(inp.snapshot.assets.volatility[j])):
             out += f"; {name} vol {_pct(vol)}"
-        return out + _strongest_correlation(inp, name, shown) + _why_and_what(fig)
+        return out + _strongest_correlation(inp, name, shown) + _why_and_what(fig, name)
 
     def read(inp: RuleInput) -> Iterator[Reading]:
         for account, fig in inp.snapshot.accounts.items():
