@@ -238,6 +238,11 @@ class ActionsConfig(Section, frozen=True):
     rebalance_method: Literal["risk_budget", "inverse_vol"] = "risk_budget"
     #: Keep the account's ``"volatility"`` or its ``"gross"`` exposure.
     rebalance_scale: Literal["volatility", "gross"] = "volatility"
+    #: Period of the VaR backtest (each one's held P&L against the VaR predicted for it).
+    backtest_horizon: Duration = parse_duration("1d")
+    #: Stressed VaR: every pairwise correlation set to this, every volatility scaled.
+    stress_correlation: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.9
+    stress_vol_scale: Annotated[float, Meta(gt=0.0)] = 1.5
 
 
 def _env_name(name: str) -> str:

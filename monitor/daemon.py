@@ -95,6 +95,9 @@ def risk_settings(cfg: Config) -> RiskSettings:
             lookback_ms=int(cfg.actions.lookback),
             rebalance_method=cfg.actions.rebalance_method,
             rebalance_scale=cfg.actions.rebalance_scale,
+            backtest_horizon_ms=int(cfg.actions.backtest_horizon),
+            stress_correlation=cfg.actions.stress_correlation,
+            stress_vol_scale=cfg.actions.stress_vol_scale,
             delta_limits={
                 a: lim.delta_usd for a, lim in cfg.limits.items() if lim.delta_usd is not None
             },

@@ -27,6 +27,24 @@ Hedge (:func:`monitor.quant.hedging.delta_hedge`)
     becomes exactly ``+-L`` and the mix of the book is kept); within the limit, no trade;
     without a limit, flat (0). The residual ``gamma_usd`` and ``vega`` are the book's
     (linear instruments carry none).
+
+VaR backtest (:mod:`monitor.quant.backtest`)
+    Periods of ``[actions] backtest_horizon`` (default 1 d; 1 h allowed) on the
+    evaluation clock, aligned to multiples of it since the epoch. At the first evaluation
+    of a period each account's positions and their total ``value_usd`` are captured with
+    the VaR predicted for the period: the delta-normal VaR scaled from ``risk.var_horizon``
+    to the period by ``sqrt(period / var_horizon)`` (exact for a zero-mean normal P&L). At
+    the first evaluation of the next period the positions held at the start are revalued
+    at the marks then (:func:`monitor.engine.valuation.value_book`): that change is the
+    period's realised P&L (trades during the period do not enter it). A missing price at
+    either end, or a VaR that leaves out a held underlying (no covariance yet), skips
+    the period. Rolling window of 250 observations, Kupiec's test and the
+    Basel zone from 50 observations on.
+
+Stressed VaR (:func:`monitor.quant.stress.stressed_var`)
+    The delta-normal VaR on the VaR covariance with every pairwise correlation pushed to
+    ``stress_correlation`` (default 0.9) and every volatility scaled by
+    ``stress_vol_scale`` (default 1.5), beside the normal one, and their ratio.
 """
 
 from __future__ import annotations
@@ -40,16 +58,19 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from monitor.engine.valuation import Book, BookValues, MarketArrays, build_book, value_book
 from monitor.model.events import iso_ms
 from monitor.model.instruments import InstrumentRegistry
 from monitor.model.settings import Duration
 from monitor.model.snapshot import AccountFigures
 from monitor.quant.attribution import attribute_drift, drift_summary
+from monitor.quant.backtest import DEFAULT_MIN_OBS, DEFAULT_WINDOW, backtest
 from monitor.quant.budgeting import Method, ScaleMode, rebalance_target
 from monitor.quant.hedging import delta_hedge
 from monitor.quant.risk import Contributions
+from monitor.quant.stress import stressed_var
 
-__all__ = ["ActionSettings", "Actions", "LinearInstrument"]
+__all__ = ["ActionSettings", "Actions", "Backtests", "LinearInstrument", "stressed_section"]
 
 FloatArray = npt.NDArray[np.float64]
 _RING_STEPS: Final = 96  # reference states kept per look-back
@@ -65,6 +86,11 @@ class ActionSettings:
     rebalance_scale: ScaleMode = "volatility"
     #: ``[limits.<account>] delta_usd`` (USD), the hedge's target.
     delta_limits: Mapping[str, float] = field(default_factory=dict)
+    backtest_horizon_ms: int = 86_400_000
+    backtest_window: int = DEFAULT_WINDOW
+    backtest_min_obs: int = DEFAULT_MIN_OBS
+    stress_correlation: float = 0.9
+    stress_vol_scale: float = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +358,138 @@ class Actions:
                 for k, n in enumerate(und)
             },
         }
+
+
+@dataclass(slots=True)
+class _Period:
+    start_ms: int
+    positions: dict[int, tuple[float, int]]  # instrument -> (quantity, opened ms)
+    value_usd: float
+    var_usd: float
+
+
+class Backtests:
+    """Per account: the open period and the rolling observations (module notes)."""
+
+    def __init__(self, settings: ActionSettings, confidence: float, var_horizon_ms: int) -> None:
+        self.settings = settings
+        self.confidence = confidence
+        self._scale = math.sqrt(settings.backtest_horizon_ms / var_horizon_ms)
+        self._open: dict[str, _Period] = {}
+        self._obs: dict[str, deque[tuple[int, float, float]]] = {}
+        self._next = -(2**62)
+        self._sections: dict[str, dict[str, Any]] = {}
+
+    def update(
+        self,
+        as_of_ms: int,
+        book: Book,
+        values: BookValues,
+        market: MarketArrays,
+        registry: InstrumentRegistry,
+        var_usd: Mapping[str, float],
+    ) -> dict[str, dict[str, Any]]:
+        """``{account: backtest section}``; at a period boundary, closes and opens periods.
+
+        ``var_usd``: each account's delta-normal VaR over ``risk.var_horizon`` now.
+        """
+        h = self.settings.backtest_horizon_ms
+        if as_of_ms >= self._next:
+            if self._open:
+                self._close(as_of_ms, market, registry)
+            if self._next != -(2**62) or as_of_ms % h == 0:
+                self._start(as_of_ms, book, values, var_usd)
+            self._next = (as_of_ms // h + 1) * h
+            self._sections = {a: self._section(a) for a in {*self._obs, *self._open}}
+        return self._sections
+
+    def _start(
+        self, as_of_ms: int, book: Book, values: BookValues, var_usd: Mapping[str, float]
+    ) -> None:
+        self._open = {}
+        for k, account in enumerate(book.accounts):
+            lo, hi = int(book.starts[k]), int(book.starts[k + 1])
+            table = values.accounts[account].positions
+            value = math.nan if table is None else float(np.sum(table.value_usd))
+            self._open[account] = _Period(
+                as_of_ms,
+                {
+                    int(i): (float(q), int(o))
+                    for i, q, o in zip(
+                        book.instrument[lo:hi],
+                        book.quantity[lo:hi],
+                        book.opened_ms[lo:hi],
+                        strict=True,
+                    )
+                },
+                value,
+                var_usd.get(account, math.nan) * self._scale,
+            )
+
+    def _close(self, as_of_ms: int, market: MarketArrays, registry: InstrumentRegistry) -> None:
+        held = {a: p.positions for a, p in self._open.items() if p.positions}
+        end = value_book(build_book(held, registry), market, registry, as_of_ms) if held else None
+        for account, period in self._open.items():
+            fig = None if end is None else end.accounts.get(account)
+            table = None if fig is None else fig.positions
+            value = 0.0 if not period.positions else math.nan
+            if table is not None:
+                value = float(np.sum(table.value_usd))
+            obs = self._obs.setdefault(account, deque(maxlen=self.settings.backtest_window))
+            obs.append((period.start_ms, value - period.value_usd, period.var_usd))
+
+    def _section(self, account: str) -> dict[str, Any]:
+        s = self.settings
+        obs = self._obs.get(account, deque())
+        pnl = np.array([o[1] for o in obs], dtype=np.float64)
+        var = np.array([o[2] for o in obs], dtype=np.float64)
+        bt = backtest(pnl, var, self.confidence, s.backtest_window, s.backtest_min_obs)
+        period = self._open.get(account)
+        last = obs[-1] if obs else None
+        return {
+            "horizon_seconds": s.backtest_horizon_ms / 1000.0,
+            "confidence": self.confidence,
+            "observations": bt.n_obs,
+            "exceptions": bt.exceptions,
+            "expected_exceptions": bt.expected,
+            "kupiec_lr": _num(bt.kupiec_lr),
+            "kupiec_p_value": _num(bt.kupiec_p_value),
+            "cumulative_probability": _num(bt.cumulative_probability),
+            "zone": bt.zone,
+            "window": bt.window,
+            "min_observations": bt.min_obs,
+            "last": None
+            if last is None
+            else {"start": iso_ms(last[0]), "pnl_usd": _num(last[1]), "var_usd": _num(last[2])},
+            "period_start": None if period is None else iso_ms(period.start_ms),
+            "period_var_usd": None if period is None else _num(period.var_usd),
+        }
+
+
+def stressed_section(
+    x: FloatArray, cov: FloatArray, settings: ActionSettings, confidence: float, horizon: float
+) -> dict[str, Any]:
+    """``var.stressed``: delta-normal VaR on the stressed covariance, and its ratio to the
+    delta-normal VaR on ``cov`` (the held underlyings with a known covariance only)."""
+    keep = np.flatnonzero((x != 0.0) & np.isfinite(np.diagonal(cov)))
+    if keep.size == 0:
+        return {"var_usd": None, "es_usd": None, "ratio": None}
+    sub = np.ix_(keep, keep)
+    sv = stressed_var(
+        x[keep],
+        cov[sub],
+        settings.stress_correlation,
+        settings.stress_vol_scale,
+        confidence=confidence,
+        horizon=horizon,
+    )
+    return {
+        "correlation": settings.stress_correlation,
+        "vol_scale": settings.stress_vol_scale,
+        "var_usd": _num(sv.stressed.var_usd),
+        "es_usd": _num(sv.stressed.es_usd),
+        "ratio": _num(sv.ratio),
+    }
 
 
 def _name(li: LinearInstrument | None) -> str | None:

@@ -26,7 +26,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from monitor.engine.actions import Actions, ActionSettings
+from monitor.engine.actions import Actions, ActionSettings, Backtests, stressed_section
 from monitor.engine.valuation import Book, BookValues, MarketArrays, value_book
 from monitor.model.events import iso_ms
 from monitor.model.instruments import InstrumentRegistry
@@ -141,6 +141,8 @@ class Evaluator:
         self._psd_memo: tuple[object, PSDRepair, PSDRepair] | None = None
         self._repairs = 0
         self._actions = Actions(self.settings.actions)
+        s = self.settings
+        self._backtests = Backtests(s.actions, s.var_confidence, s.var_horizon_ms)
 
     @np.errstate(all="ignore")  # non-finite results are handled (null + reason), not warned
     def evaluate(
@@ -280,6 +282,17 @@ class Evaluator:
                 registry,
                 prices.price,
             )
+            var_now = {  # a VaR that leaves out a held underlying predicts nothing
+                a: math.nan if dn.excluded.any() else float(dn.var_usd)
+                for a, dn in zip(book_names, (v.delta_normal for v in var_risks), strict=False)
+            }
+            backtests = self._backtests.update(as_of_ms, book, values, market, registry, var_now)
+            for j, a in enumerate(book_names):
+                sec = sections.setdefault(a, {})
+                sec["backtest"] = backtests.get(a)
+                sec["stressed_var"] = stressed_section(
+                    x[j], var_cov, s.actions, s.var_confidence, horizon
+                )
         except _NUMERIC_ERRORS as exc:
             sections = {}
             unknown["accounts.*.suggestions"] = _reason(exc)
