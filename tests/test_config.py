@@ -729,7 +729,7 @@ def test_env_sets_budgets_as_an_inline_table() -> None:
         pytest.param(
             {"RISKMON_CONFG": "x"},
             "confg: unknown key in RISKMON_CONFG "
-            "(expected one of: server, log, engine, market, estimator, risk, margin, alerts, "
+            "(expected one of: server, log, engine, market, estimator, risk, margin, actions, alerts, "
             "rules, limits, connectors)",
             id="typo-of-allow-listed",
         ),
