@@ -729,8 +729,8 @@ def test_env_sets_budgets_as_an_inline_table() -> None:
         pytest.param(
             {"RISKMON_CONFG": "x"},
             "confg: unknown key in RISKMON_CONFG "
-            "(expected one of: server, log, engine, market, estimator, risk, margin, actions, alerts, "
-            "rules, limits, connectors)",
+            "(expected one of: server, log, engine, market, estimator, risk, margin, actions, "
+            "alerts, rules, limits, connectors)",
             id="typo-of-allow-listed",
         ),
         pytest.param(
