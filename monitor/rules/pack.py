@@ -27,6 +27,9 @@ venue_delta_mismatch       account            ``|greeks_vs_venue.delta_usd|``, U
 venue_vega_mismatch        account            ``|greeks_vs_venue.vega|``, USD per vol pt
 model_margin_divergence    account            ``max(r, 1/r) - 1``, r = model MM / venue MM
                                               (the accounts listed in ``accounts`` only)
+var_backtest               account            Basel zone of the VaR backtest: 0 green,
+                                              1 yellow, 2 red (none before a zone exists)
+stressed_var_ratio         account            stressed VaR / delta-normal VaR
 =========================  =================  ==========================================
 
 Conventions (see :mod:`monitor.rules.machine` for the state machine):
@@ -83,6 +86,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.model.health import ConnectorStatus
+from monitor.model.settings import Duration
 from monitor.model.snapshot import AccountFigures, AccountRisk, PositionTable, RiskSnapshot
 from monitor.quant.regime import ABSORPTION_FRACTION
 from monitor.rules.config import (
@@ -103,6 +107,8 @@ from monitor.rules.config import (
     RuleConfig,
     ScenarioMarginRule,
     StaleDataRule,
+    StressedVarRatioRule,
+    VarBacktestRule,
     VenueDeltaMismatchRule,
     VenueVegaMismatchRule,
     VolBreakRule,
@@ -960,6 +966,65 @@ def _model_margin_divergence(cfg: ModelMarginDivergenceRule) -> Rule[RuleInput]:
 # --- the pack ----------------------------------------------------------------------------
 
 
+# --- is the model right? -----------------------------------------------------------------
+
+_ZONE_CODE: Final = {"green": 0.0, "yellow": 1.0, "red": 2.0}
+
+
+def _var_backtest(cfg: VarBacktestRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+
+    def text(account: str, bt: Mapping[str, Any]) -> str:
+        out = (
+            f"{account}: VaR backtest {bt['zone']}: {bt['exceptions']} exceptions in "
+            f"{bt['observations']} periods of {Duration(round(1000 * bt['horizon_seconds']))} "
+            f"(expected "
+            f"{bt['expected_exceptions']:.1f} at {_pct(bt['confidence'])})"
+        )
+        if bt.get("kupiec_p_value") is not None:
+            out += f"; Kupiec p {bt['kupiec_p_value']:.3g}"
+        last = bt.get("last")
+        if last and last.get("pnl_usd") is not None and last.get("var_usd") is not None:
+            out += f"; last period P&L {_usd(last['pnl_usd'], sign=True)} vs VaR "
+            out += _usd(last["var_usd"])
+        return out + "; the model's volatility or correlation is wrong for this book"
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for account, fig in inp.snapshot.accounts.items():
+            bt = fig.extra.get("backtest")
+            if not bt or bt.get("zone") is None:
+                continue
+            value = _ZONE_CODE[bt["zone"]]
+            yield Reading(account, None, value, partial(text, account, bt))
+
+    return Rule(spec, read)
+
+
+def _stressed_var_ratio(cfg: StressedVarRatioRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _level_times)
+
+    def text(account: str, fig: AccountFigures, st: Mapping[str, Any], value: float) -> str:
+        assert fig.risk is not None
+        var = float(fig.risk.delta_normal.var_usd)
+        return (
+            f"{account}: stressed VaR {_usd(st['var_usd'])} is {_times(value)} the VaR "
+            f"{_usd(var)} ({levels}) with every correlation at {st['correlation']:g} and "
+            f"volatilities x{st['vol_scale']:g}: the book leans on diversification"
+        )
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for account, fig in inp.snapshot.accounts.items():
+            st = fig.extra.get("stressed_var")
+            if not st or fig.risk is None:
+                continue
+            ratio = st.get("ratio")
+            value = NAN if ratio is None else float(ratio)
+            yield Reading(account, None, value, partial(text, account, fig, st, value))
+
+    return Rule(spec, read)
+
+
 def _build(cfg: RuleConfig, limits: Mapping[str, AccountLimits]) -> Rule[RuleInput]:
     match cfg:
         case RiskDriftRule():
@@ -998,6 +1063,10 @@ def _build(cfg: RuleConfig, limits: Mapping[str, AccountLimits]) -> Rule[RuleInp
             return _venue_mismatch(cfg, "vega", "vega", "USD per vol point")
         case ModelMarginDivergenceRule():
             return _model_margin_divergence(cfg)
+        case VarBacktestRule():
+            return _var_backtest(cfg)
+        case StressedVarRatioRule():
+            return _stressed_var_ratio(cfg)
 
 
 def build_rules(
