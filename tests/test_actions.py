@@ -608,3 +608,39 @@ def test_stressed_var_is_the_delta_normal_var_on_the_stressed_covariance() -> No
     assert main["var"]["delta_normal"]["var_usd"] == pytest.approx(normal, rel=1e-9)
     assert st["var_usd"] == pytest.approx(expected, rel=1e-9)
     assert st["ratio"] == pytest.approx(expected / normal, rel=1e-9)
+
+
+def test_metrics_export_the_report_sections() -> None:
+    from tools import StaticView
+
+    from monitor.serve.metrics import build_registry
+
+    eng = engine(risk_settings(delta_limits={"opt": 50_000.0}))
+    view = StaticView(snapshot=eng.snapshot)
+    registry, _ = build_registry(view, process_metrics=False)
+    doc = report(eng)
+
+    def get(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    main, opt = doc["accounts"]["main"], doc["accounts"]["opt"]
+    for und, row in main["attribution"]["underlyings"].items():
+        for factor in ("positions", "volatility", "correlation", "residual"):
+            labels = {"account": "main", "underlying": und, "factor": factor}
+            assert get("riskmon_account_risk_share_change", **labels) == row[factor]
+    for und, row in main["suggestions"]["rebalance"]["underlyings"].items():
+        labels = {"account": "main", "underlying": und}
+        assert get("riskmon_account_rebalance_target_usd", **labels) == row["target_usd"]
+        assert get("riskmon_account_rebalance_change_usd", **labels) == row["change_usd"]
+    hedge = opt["suggestions"]["hedge"]
+    for und, row in hedge["underlyings"].items():
+        change = get("riskmon_account_hedge_change_usd", account="opt", underlying=und)
+        assert change == pytest.approx(row["contracts"] * row["usd_per_contract"], rel=1e-12)
+    assert get("riskmon_account_hedge_residual_gamma_usd", account="opt") == pytest.approx(
+        opt["greeks"]["gamma_usd"], rel=1e-12
+    )
+    assert (
+        get("riskmon_account_stressed_var_ratio", account="main") == (main["stressed_var"]["ratio"])
+    )
+    assert get("riskmon_account_var_backtest_observations", account="main") == 0.0
+    assert get("riskmon_account_var_backtest_zone", account="main") is None  # no zone yet
