@@ -1369,11 +1369,13 @@ def operations() -> dash.Dashboard:
             "Events rejected",
             "Events refused per second, by source and reason (README: malformed_json, "
             "missing_field, invalid_value, unknown_instrument, ...). RiskmonRejectingEvents "
-            "fires above 0.1/s for 5 minutes. Unit: events/s.",
+            "fires above 0.1/s for 5 minutes. A single unlabelled 0 while nothing was "
+            "refused. Unit: events/s.",
             "ops",
             [
                 Q(
-                    f"sum by (source, reason) (rate(riskmon_rejected_events_total{{{i}}}[{RATE}]))",
+                    f"sum by (source, reason) (rate(riskmon_rejected_events_total{{{i}}}[{RATE}]))"
+                    " or vector(0)",
                     "{{source}} {{reason}}",
                 )
             ],
@@ -1571,14 +1573,18 @@ def operations() -> dash.Dashboard:
         graph(
             "Alerts firing",
             "Alerts firing now per rule and severity (riskmon's rules, evaluated at every "
-            "evaluation); pending alerts (waiting out their `for`) dashed. Unit: alerts.",
+            "evaluation); pending alerts (waiting out their `for`) dashed; a single "
+            "unlabelled 0 while none is. Unit: alerts.",
             "none",
             [
                 Q(
-                    f"sum by (rule, severity) (riskmon_alerts_firing{{{i}}})",
+                    f"sum by (rule, severity) (riskmon_alerts_firing{{{i}}}) or vector(0)",
                     "{{rule}} {{severity}}",
                 ),
-                Q(f"sum by (rule) (riskmon_alerts_pending{{{i}}})", "{{rule}} pending"),
+                Q(
+                    f"sum by (rule) (riskmon_alerts_pending{{{i}}}) or vector(0)",
+                    "{{rule}} pending",
+                ),
             ],
             minimum=0,
             dashed=".* pending$",

@@ -329,6 +329,19 @@ class MarginConfig(Section, frozen=True):
             seen.add(st.name)
 
 
+#: The simulated demo's named stresses (no ``[[connectors]]`` and no ``[[margin.stresses]]``).
+DEMO_STRESSES: Final = (
+    StressConfig(name="crash -20%, vol +50%", default_move=-0.2, vol_shift=0.5),
+    StressConfig(name="rally +15%, vol -20%", default_move=0.15, vol_shift=-0.2),
+    StressConfig(
+        name="correlation spike: BTC -10%, others -20%, vol +30%",
+        moves={"BTC": -0.1},
+        default_move=-0.2,
+        vol_shift=0.3,
+    ),
+)
+
+
 class Config(Section, frozen=True):
     """The whole daemon configuration (see ``deploy/riskmon.example.toml``)."""
 
@@ -352,6 +365,12 @@ class Config(Section, frozen=True):
     def __post_init__(self) -> None:
         if not self.connectors:
             msgspec.structs.force_setattr(self, "connectors", (SimulatedConnector(),))
+        simulated = all(isinstance(c, SimulatedConnector) for c in self.connectors)
+        if simulated and not self.margin.stresses:
+            # The simulated demo shows every dashboard panel, stress P&L included: it ships
+            # named stresses of its own. A config with a venue has only those it declares.
+            margin = msgspec.structs.replace(self.margin, stresses=DEMO_STRESSES)
+            msgspec.structs.force_setattr(self, "margin", margin)
         given: dict[str, int] = {}
         for i, rule in enumerate(self.rules):
             if rule.rule in given:

@@ -73,6 +73,7 @@ def test_defaults() -> None:
             start_ms=None,
             realtime=True,
             duration=None,
+            history=Delay("6m"),
         ),
     )
 

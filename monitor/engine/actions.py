@@ -401,6 +401,9 @@ class Backtests:
                 self._start(as_of_ms, book, values, var_usd)
             self._next = (as_of_ms // h + 1) * h
             self._sections = {a: self._section(a) for a in {*self._obs, *self._open}}
+        for account in book.accounts:  # held since the last boundary: no period yet
+            if account not in self._sections:
+                self._sections[account] = self._section(account)
         return self._sections
 
     def _start(
