@@ -68,8 +68,7 @@ def fetch_report(url: str, timeout_s: float, token: str | None = None) -> dict[s
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            body: bytes = response.read()
+        body = _send(request, url, timeout_s)
     except urllib.error.HTTPError as exc:
         detail = _error_detail(exc)
         if exc.code == 503:
@@ -78,17 +77,6 @@ def fetch_report(url: str, timeout_s: float, token: str | None = None) -> dict[s
                 "the connectors have delivered prices; try again shortly"
             ) from None
         raise StatusError(f"riskmon at {url} answered HTTP {exc.code}: {detail}") from None
-    except urllib.error.URLError as exc:
-        raise StatusError(
-            f"riskmon daemon not reachable at {url}: {_reason(exc.reason)} "
-            "(is it running, and listening on that address?)"
-        ) from None
-    except TimeoutError:
-        raise StatusError(
-            f"riskmon daemon at {url} did not answer within {timeout_s:g} s"
-        ) from None
-    except OSError as exc:  # reset mid-response and the like
-        raise StatusError(f"riskmon daemon at {url}: {_reason(exc)}") from None
     try:
         doc = json.loads(body)
     except ValueError:
@@ -119,20 +107,10 @@ def post_whatif(
     data = json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            raw: bytes = response.read()
+        raw = _send(request, url, timeout_s)
     except urllib.error.HTTPError as exc:
-        raise StatusError(
-            f"riskmon at {url} answered HTTP {exc.code}: {_error_detail(exc)}"
-        ) from None
-    except urllib.error.URLError as exc:
-        raise StatusError(f"riskmon daemon not reachable at {url}: {_reason(exc.reason)}") from None
-    except TimeoutError:
-        raise StatusError(
-            f"riskmon daemon at {url} did not answer within {timeout_s:g} s"
-        ) from None
-    except OSError as exc:
-        raise StatusError(f"riskmon daemon at {url}: {_reason(exc)}") from None
+        detail = _error_detail(exc)
+        raise StatusError(f"riskmon at {url} answered HTTP {exc.code}: {detail}") from None
     try:
         doc = json.loads(raw)
     except ValueError:
@@ -222,6 +200,28 @@ def _fmt(v: Any) -> str:
     if isinstance(v, int | float):
         return f"{v:,.0f}"
     return str(v)
+
+
+def _send(request: urllib.request.Request, url: str, timeout_s: float) -> bytes:
+    """The response body; a transport failure as :class:`StatusError` (an HTTP error status
+    is left to the caller, as ``urllib.error.HTTPError``)."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            body: bytes = response.read()
+            return body
+    except urllib.error.HTTPError:
+        raise
+    except urllib.error.URLError as exc:
+        raise StatusError(
+            f"riskmon daemon not reachable at {url}: {_reason(exc.reason)} "
+            "(is it running, and listening on that address?)"
+        ) from None
+    except TimeoutError:
+        raise StatusError(
+            f"riskmon daemon at {url} did not answer within {timeout_s:g} s"
+        ) from None
+    except OSError as exc:  # reset mid-response and the like
+        raise StatusError(f"riskmon daemon at {url}: {_reason(exc)}") from None
 
 
 def _reason(reason: object) -> str:
