@@ -888,6 +888,11 @@ class SimulatedMarket:
             status.connected = False
 
 
+#: The built-in demo's history: longer than the default ``estimator.warmup`` (5 min), so
+#: every figure, regime included, is known within seconds of ``riskmon run``.
+DEMO_HISTORY: Final = Delay("6m")
+
+
 class SimulatedConnector(ConnectorSettings, frozen=True, tag="simulated"):
     """Seeded random-walk prices for the given underlyings (demo and tests)."""
 
@@ -905,8 +910,9 @@ class SimulatedConnector(ConnectorSettings, frozen=True, tag="simulated"):
     #: Stop after this much simulated time; None = run until cancelled.
     duration: Duration | None = None
     #: Realtime without start_ms: start this long before now and deliver that past at
-    #: once (the estimator is warm within seconds); "0s" starts now.
-    history: Delay = Delay("6m")
+    #: once (the estimator is warm within seconds); "0s" starts now. The built-in demo
+    #: (a config without connectors) uses :data:`DEMO_HISTORY`.
+    history: Delay = Delay("0s")
 
     def __post_init__(self) -> None:
         for i, u in enumerate(self.underlyings):

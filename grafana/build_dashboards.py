@@ -923,10 +923,10 @@ def risk() -> dash.Dashboard:
             "Stressed VaR ratio",
             "Stressed VaR over the delta-normal VaR: how much the book leans on "
             "diversification a correlation crisis takes away (one underlying alone reads "
-            "the vol scale, 150%). Rule stressed_var_ratio: 250% / 350%. Unit: ratio, %.",
+            "the vol scale, 150%). Rule stressed_var_ratio: 300% / 400%. Unit: ratio, %.",
             "percentunit",
             [Q(f"riskmon_account_stressed_var_ratio{{{ACC}}}", "{{account}}")],
-            thresholds=[(None, GREEN), (2.5, ORANGE), (3.5, RED)],
+            thresholds=[(None, GREEN), (3.0, ORANGE), (4.0, RED)],
             minimum=0,
         ),
         w=4,

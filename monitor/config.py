@@ -56,7 +56,7 @@ import msgspec.inspect as mi
 from msgspec import Meta, Struct
 
 from connectors import CONNECTOR_TYPES, ConnectorConfig
-from connectors.simulated import SimulatedConnector
+from connectors.simulated import DEMO_HISTORY, SimulatedConnector
 from monitor.model.settings import (
     REDACTED,
     ConfigError,
@@ -364,7 +364,8 @@ class Config(Section, frozen=True):
 
     def __post_init__(self) -> None:
         if not self.connectors:
-            msgspec.structs.force_setattr(self, "connectors", (SimulatedConnector(),))
+            demo = SimulatedConnector(history=DEMO_HISTORY)
+            msgspec.structs.force_setattr(self, "connectors", (demo,))
         simulated = all(isinstance(c, SimulatedConnector) for c in self.connectors)
         if simulated and not self.margin.stresses:
             # The simulated demo shows every dashboard panel, stress P&L included: it ships
@@ -480,7 +481,8 @@ def _check_connectors(raw: dict[str, Any]) -> None:
     materialise the default connector so the environment can address it by name."""
     entries = raw.get("connectors")
     if entries is None or entries == []:
-        raw["connectors"] = [{"type": next(iter(CONNECTOR_TYPES))}]
+        # The built-in demo: the simulated market, with history (warm within seconds).
+        raw["connectors"] = [{"type": "simulated", "history": str(DEMO_HISTORY)}]
         return
     if not isinstance(entries, list):
         return  # msgspec reports the type

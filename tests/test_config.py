@@ -80,7 +80,9 @@ def test_defaults() -> None:
 
 def test_empty_connector_list_means_the_default(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "connectors = []\n"), env={}) == Config()
-    assert Config(connectors=()).connectors == (SimulatedConnector(),)
+    # The built-in demo: the simulated market, warm within seconds (its history).
+    assert Config(connectors=()).connectors == (SimulatedConnector(history=Delay("6m")),)
+    assert SimulatedConnector().history == 0  # a declared one starts now
 
 
 FULL = """

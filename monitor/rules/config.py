@@ -323,9 +323,9 @@ class StressedVarRatioRule(_RuleBase, frozen=True, tag="stressed_var_ratio"):
     diversification that a correlation crisis takes away."""
 
     direction = "above"
-    warning: Threshold = 2.5
-    critical: Threshold = 3.5
-    clear: float = 2.2
+    warning: Threshold = 3.0
+    critical: Threshold = 4.0
+    clear: float = 2.8
     for_: Delay = msgspec.field(name="for", default=Delay("5m"))
     cooldown: Delay = Delay("30m")
 

@@ -29,7 +29,8 @@ model_margin_divergence    account            ``max(r, 1/r) - 1``, r = model MM 
                                               (the accounts listed in ``accounts`` only)
 var_backtest               account            Basel zone of the VaR backtest: 0 green,
                                               1 yellow, 2 red (none before a zone exists)
-stressed_var_ratio         account            stressed VaR / delta-normal VaR
+stressed_var_ratio         account            stressed VaR / delta-normal VaR (NaN until
+                                              the underlyings held are warm)
 =========================  =================  ==========================================
 
 Conventions (see :mod:`monitor.rules.machine` for the state machine):
@@ -1019,7 +1020,9 @@ def _stressed_var_ratio(cfg: StressedVarRatioRule) -> Rule[RuleInput]:
             if not st or fig.risk is None:
                 continue
             ratio = st.get("ratio")
-            value = NAN if ratio is None else float(ratio)
+            names = [fig.risk.underlyings[i] for i in np.flatnonzero(fig.risk.shown).tolist()]
+            warm = all(inp.warm.get(n, False) for n in names)  # correlations mean something
+            value = NAN if ratio is None or not warm else float(ratio)
             yield Reading(account, None, value, partial(text, account, fig, st, value))
 
     return Rule(spec, read)
