@@ -63,12 +63,13 @@ from monitor.model.events import iso_ms
 from monitor.model.instruments import InstrumentRegistry
 from monitor.model.settings import Duration
 from monitor.model.snapshot import AccountFigures
-from monitor.quant.attribution import attribute_drift, drift_summary
+from monitor.quant.attribution import DriftAttribution, attribute_drift, drift_summary
 from monitor.quant.backtest import DEFAULT_MIN_OBS, DEFAULT_WINDOW, backtest
-from monitor.quant.budgeting import Method, ScaleMode, rebalance_target
+from monitor.quant.budgeting import Method, RebalanceTarget, ScaleMode, rebalance_target
 from monitor.quant.hedging import delta_hedge
 from monitor.quant.risk import Contributions
 from monitor.quant.stress import stressed_var
+from monitor.quant.trades import linear_trades
 
 __all__ = ["ActionSettings", "Actions", "Backtests", "LinearInstrument", "stressed_section"]
 
@@ -102,7 +103,7 @@ class LinearInstrument:
     usd_per_contract: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # compared by identity (memo keys)
 class _Ref:
     ts_ms: int
     x: FloatArray  # (n,) exposure per underlying at the time, registry order
@@ -115,7 +116,12 @@ class Actions:
     def __init__(self, settings: ActionSettings | None = None) -> None:
         self.settings = settings or ActionSettings()
         self._refs: dict[str, deque[_Ref]] = {}
-        self._linear_memo: tuple[int, dict[str, tuple[str, float]]] | None = None
+        self._linear_memo: tuple[int, dict[str, tuple[str, float]], frozenset[str]] | None = None
+        # Per account: (covariance, inputs, result), reused while the inputs are the same.
+        self._target_memo: dict[
+            str, tuple[FloatArray, tuple[bytes, ...], RebalanceTarget | None]
+        ] = {}
+        self._attribution_memo: dict[str, tuple[FloatArray, tuple[Any, ...], DriftAttribution]] = {}
 
     def account_sections(
         self,
@@ -142,13 +148,13 @@ class Actions:
             idx = np.flatnonzero(risk.shown)
             known = c.share_reason is None and bool(np.isfinite(c.share[idx]).all())
             ref = self._reference(account, as_of_ms, x, cov, known and idx.size > 0)
-            lin = {n: self._linear(n, fig, registry, index_price) for n in (names[i] for i in idx)}
+            lin = self._linear(fig, [names[i] for i in idx], registry, index_price)
             out[account] = {
                 "attribution": self._attribution(account, names, idx, x, cov, c, ref, as_of_ms)
                 if known
                 else None,
                 "suggestions": {
-                    "rebalance": self._rebalance(names, idx, x, cov, c, lin)
+                    "rebalance": self._rebalance(account, names, idx, x, cov, c, lin)
                     if known and idx.size
                     else None,
                     "hedge": self._hedge(account, fig, lin),
@@ -187,14 +193,20 @@ class Actions:
     ) -> dict[str, Any] | None:
         if ref is None:
             return None
-        n = len(names)
-        x_ref = np.zeros(n)
-        x_ref[: ref.x.shape[0]] = ref.x
-        cov_ref = np.full((n, n), np.nan)
-        m = ref.cov.shape[0]
-        cov_ref[:m, :m] = ref.cov
-        sub = np.ix_(idx, idx)
-        att = attribute_drift(x_ref[idx], cov_ref[sub], x[idx], cov[sub])
+        key = (ref, x[idx].tobytes(), idx.tobytes())
+        memo = self._attribution_memo.get(account)
+        if memo is not None and memo[0] is cov and memo[1] == key:
+            att = memo[2]
+        else:
+            n = len(names)
+            x_ref = np.zeros(n)
+            x_ref[: ref.x.shape[0]] = ref.x
+            cov_ref = np.full((n, n), np.nan)
+            m = ref.cov.shape[0]
+            cov_ref[:m, :m] = ref.cov
+            sub = np.ix_(idx, idx)
+            att = attribute_drift(x_ref[idx], cov_ref[sub], x[idx], cov[sub])
+            self._attribution_memo[account] = (cov, key, att)
         lookback = self.settings.lookback_ms
         since = str(Duration(lookback)) if ref.ts_ms <= as_of_ms - lookback else "start"
         shown = [names[i] for i in idx.tolist()]
@@ -228,44 +240,62 @@ class Actions:
     # -- suggestions ------------------------------------------------------------------
 
     def _linear(
-        self, name: str, fig: AccountFigures, registry: InstrumentRegistry, index: FloatArray
-    ) -> LinearInstrument | None:
-        """The account's perpetual on ``name``, else its spot, else the registry's."""
+        self,
+        fig: AccountFigures,
+        wanted: Sequence[str],
+        registry: InstrumentRegistry,
+        index: FloatArray,
+    ) -> dict[str, LinearInstrument | None]:
+        """Per underlying in ``wanted`` and held: the account's perpetual on it, else its
+        spot, else the registry's (one pass over the account's positions)."""
+        held: dict[str, tuple[int, str, float]] = {}
         table = fig.positions
-        chosen: tuple[str, float] | None = None
+        known, linear = self._registry_linear(registry)
         if table is not None:
-            best = 3
-            for inst_name, und in zip(table.instrument, table.underlying, strict=True):
+            for inst_name in linear.intersection(table.instrument):
                 inst = registry.get(inst_name)
-                if und != name or inst is None or inst.kind not in ("perpetual", "spot"):
+                if inst is None:
                     continue
                 rank = 0 if inst.kind == "perpetual" else 1
-                if rank < best:
-                    best, chosen = rank, (inst.name, inst.multiplier)
-        if chosen is None:
-            chosen = self._registry_linear(registry).get(name)
-        u = registry.underlying_index(name)
-        if chosen is None or u is None or u >= len(index):
-            return None
-        per = chosen[1] * float(index[u])
-        return LinearInstrument(chosen[0], per) if math.isfinite(per) and per > 0 else None
+                best = held.get(inst.underlying)
+                if best is None or rank < best[0]:
+                    held[inst.underlying] = (rank, inst.name, inst.multiplier)
+        names = {*wanted, *(() if table is None else table.underlying)}
+        out: dict[str, LinearInstrument | None] = {}
+        for name in names:
+            mine = held.get(name)
+            chosen = (mine[1], mine[2]) if mine is not None else known.get(name)
+            u = registry.underlying_index(name)
+            per = math.nan
+            if chosen is not None and u is not None and u < len(index):
+                per = chosen[1] * float(index[u])
+            ok = chosen is not None and math.isfinite(per) and per > 0
+            out[name] = LinearInstrument(chosen[0], per) if ok and chosen else None
+        return out
 
-    def _registry_linear(self, registry: InstrumentRegistry) -> dict[str, tuple[str, float]]:
-        """Per underlying, the first perpetual registered (else spot): name, multiplier."""
+    def _registry_linear(
+        self, registry: InstrumentRegistry
+    ) -> tuple[dict[str, tuple[str, float]], frozenset[str]]:
+        """Per underlying, the first perpetual registered (else spot): name, multiplier;
+        and the names of every perpetual and spot."""
         memo = self._linear_memo
         if memo is None or memo[0] != registry.version:
             found: dict[str, tuple[int, str, float]] = {}
+            linear: set[str] = set()
             for inst in registry.instruments:
                 if inst.kind in ("perpetual", "spot"):
+                    linear.add(inst.name)
                     rank = 0 if inst.kind == "perpetual" else 1
                     if inst.underlying not in found or rank < found[inst.underlying][0]:
                         found[inst.underlying] = (rank, inst.name, inst.multiplier)
-            memo = (registry.version, {u: (n, m) for u, (_, n, m) in found.items()})
+            first = {u: (n, m) for u, (_, n, m) in found.items()}
+            memo = (registry.version, first, frozenset(linear))
             self._linear_memo = memo
-        return memo[1]
+        return memo[1], memo[2]
 
     def _rebalance(
         self,
+        account: str,
         names: tuple[str, ...],
         idx: npt.NDArray[np.intp],
         x: FloatArray,
@@ -279,20 +309,27 @@ class Actions:
         if not (np.isfinite(budget).all() and budget.sum() > 0):
             return None
         per = np.array([_per_contract(lin.get(n)) for n in shown])
-        try:
-            t = rebalance_target(
-                x[idx],
-                cov[np.ix_(idx, idx)],
-                budget,
-                method=s.rebalance_method,
-                scale=s.rebalance_scale,
-                usd_per_contract=per,
-            )
-        except ValueError:
+        # The target moves with the covariance (one per sample) and the exposures; the
+        # contracts with every price: only they are recomputed at every evaluation.
+        key = (x[idx].tobytes(), budget.tobytes(), idx.tobytes())
+        memo = self._target_memo.get(account)
+        if memo is not None and memo[0] is cov and memo[1] == key:
+            t = memo[2]
+        else:
+            try:
+                t = rebalance_target(
+                    x[idx],
+                    cov[np.ix_(idx, idx)],
+                    budget,
+                    method=s.rebalance_method,
+                    scale=s.rebalance_scale,
+                )
+            except ValueError:
+                t = None
+            self._target_memo[account] = (cov, key, t)
+        if t is None or not np.isfinite(t.exposure_usd).all():
             return None
-        if not np.isfinite(t.exposure_usd).all() or t.trades is None:
-            return None
-        contracts = t.trades.contracts
+        contracts = linear_trades(t.change_usd, per).contracts
         return {
             "method": t.method,
             "scale": t.scale,
