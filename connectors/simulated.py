@@ -91,7 +91,7 @@ from msgspec import Meta
 from connectors.base import ConnectorName, ConnectorSettings, EventSink
 from monitor.model.events import AccountEvent, Event, InstrumentEvent, PositionEvent, PriceEvent
 from monitor.model.health import ConnectorStatus
-from monitor.model.settings import Duration, EpochMs, Invalid, parse_duration, show
+from monitor.model.settings import Delay, Duration, EpochMs, Invalid, parse_duration, show
 from monitor.quant.greeks import black76_price
 
 __all__ = [
@@ -762,6 +762,10 @@ class SimulatedMarket:
         to the tick.
     realtime
         ``run()`` paces steps on the wall clock; False: as fast as the sink takes them.
+    history_ms
+        A realtime ``run()`` without ``start_ms`` starts this long before now and delivers
+        the past as fast as the sink takes it, then paces (the demo's estimator is warm
+        from its first seconds); 0: starts now.
     duration_ms
         ``run()`` stops after the steps with ``ts < start + duration_ms``
         (``ceil(duration_ms / tick_interval_ms)`` steps); None: runs until cancelled.
@@ -780,6 +784,7 @@ class SimulatedMarket:
         realtime: bool = True,
         duration_ms: int | None = None,
         clock: Callable[[], float] = time.time,
+        history_ms: int = 0,
     ) -> None:
         names = tuple(underlyings)
         if not names:
@@ -807,6 +812,9 @@ class SimulatedMarket:
         self._name = name
         self._start_ms = start_ms
         self._realtime = realtime
+        if history_ms < 0:
+            raise ValueError("history_ms must not be negative")
+        self._history_ms = history_ms
         self._duration_ms = duration_ms
         self._clock = clock
         self._status = ConnectorStatus(name=name, kind="simulated")
@@ -850,8 +858,8 @@ class SimulatedMarket:
             start = self._start_ms
             anchor_s = self._clock()
         elif self._realtime:
-            start = int(self._clock() * 1000.0) // tick * tick
-            anchor_s = start / 1000.0
+            start = (int(self._clock() * 1000.0) - self._history_ms) // tick * tick
+            anchor_s = start / 1000.0  # the history's steps are late: no wait
         else:
             start = DEFAULT_START_MS
             anchor_s = self._clock()
@@ -880,6 +888,11 @@ class SimulatedMarket:
             status.connected = False
 
 
+#: The built-in demo's history: longer than the default ``estimator.warmup`` (5 min), so
+#: every figure, regime included, is known within seconds of ``riskmon run``.
+DEMO_HISTORY: Final = Delay("6m")
+
+
 class SimulatedConnector(ConnectorSettings, frozen=True, tag="simulated"):
     """Seeded random-walk prices for the given underlyings (demo and tests)."""
 
@@ -896,6 +909,10 @@ class SimulatedConnector(ConnectorSettings, frozen=True, tag="simulated"):
     realtime: bool = True
     #: Stop after this much simulated time; None = run until cancelled.
     duration: Duration | None = None
+    #: Realtime without start_ms: start this long before now and deliver that past at
+    #: once (the estimator is warm within seconds); "0s" starts now. The built-in demo
+    #: (a config without connectors) uses :data:`DEMO_HISTORY`.
+    history: Delay = Delay("0s")
 
     def __post_init__(self) -> None:
         for i, u in enumerate(self.underlyings):
@@ -912,5 +929,6 @@ class SimulatedConnector(ConnectorSettings, frozen=True, tag="simulated"):
             underlyings=tuple(self.underlyings),
             start_ms=self.start_ms,
             realtime=self.realtime,
+            history_ms=int(self.history),
             duration_ms=None if self.duration is None else int(self.duration),
         )

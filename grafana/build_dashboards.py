@@ -787,6 +787,151 @@ def risk() -> dash.Dashboard:
         w=8,
     )
 
+    b.row("From alarm to action: why the shares moved, the rebalance, the hedge")
+    b.add(
+        graph(
+            "Share change since the reference, by cause",
+            "Change of each underlying's risk share since the attribution's reference "
+            "(the account's state actions.lookback ago, 24 h by default; before that, at "
+            "start), split exactly (Shapley) into positions, volatility and correlation "
+            "(residual: rounding). Unit: share, percentage points.",
+            "percentunit",
+            [
+                Q(
+                    f"riskmon_account_risk_share_change{{{ACC_UND}}}",
+                    "{{account}} {{underlying}} {{factor}}",
+                )
+            ],
+            legend_table=True,
+        ),
+        w=12,
+    )
+    b.add(
+        graph(
+            "Rebalance back to budget",
+            "Exposure change per underlying that puts every risk share on its budget at the "
+            "current covariance (actions.rebalance_method, scaled to keep the account's "
+            "volatility or gross: actions.rebalance_scale), solid; the target exposure, "
+            "dashed. The report's suggestions.rebalance gives the contracts. Unit: USD.",
+            "currencyUSD",
+            [
+                Q(
+                    f"riskmon_account_rebalance_change_usd{{{ACC_UND}}}",
+                    "{{account}} {{underlying}} change",
+                ),
+                Q(
+                    f"riskmon_account_rebalance_target_usd{{{ACC_UND}}}",
+                    "{{account}} {{underlying}} target",
+                ),
+            ],
+            dashed=".* target$",
+        ),
+        w=12,
+    )
+    b.add(
+        graph(
+            "Hedge: delta change",
+            "Delta change per underlying the hedge suggests: to the account's delta limit "
+            "(limits.<account>.delta_usd) when beyond it, flat without a limit, in the "
+            "account's perpetual (else spot). Unit: USD.",
+            "currencyUSD",
+            [Q(f"riskmon_account_hedge_change_usd{{{ACC_UND}}}", "{{account}} {{underlying}}")],
+        ),
+        w=12,
+    )
+    b.add(
+        graph(
+            "Hedge: residual gamma and vega",
+            "What a delta hedge leaves (linear instruments carry no convexity): the account's "
+            "gamma_usd (USD per 1% move) and vega (USD per vol point). Unit: USD.",
+            "currencyUSD",
+            [
+                Q(f"riskmon_account_hedge_residual_gamma_usd{{{ACC}}}", "{{account}} gamma"),
+                Q(f"riskmon_account_hedge_residual_vega_usd{{{ACC}}}", "{{account}} vega"),
+            ],
+        ),
+        w=12,
+    )
+
+    b.row("Is the model right? VaR backtest and stressed VaR")
+    b.add(
+        graph(
+            "VaR backtest: exceptions vs expected",
+            "Over the rolling 250 periods of actions.backtest_horizon: periods whose held P&L "
+            "(the positions held at the period start, revalued at its end) lost more than "
+            "the VaR predicted for it, solid, against what a right model expects, dashed, "
+            "and the periods counted. Unit: periods.",
+            "short",
+            [
+                Q(f"riskmon_account_var_backtest_exceptions{{{ACC}}}", "{{account}} exceptions"),
+                Q(
+                    f"riskmon_account_var_backtest_expected_exceptions{{{ACC}}}",
+                    "{{account}} expected",
+                ),
+                Q(f"riskmon_account_var_backtest_observations{{{ACC}}}", "{{account}} periods"),
+            ],
+            dashed=".* expected$",
+            minimum=0,
+        ),
+        w=8,
+    )
+    b.add(
+        single(
+            "VaR backtest zone",
+            "Basel traffic light of the backtest: green, yellow (5-9 exceptions in 250 at "
+            "99%), red (10 or more); 'not yet' before 50 periods. Rule var_backtest alerts "
+            "on yellow and red.",
+            "none",
+            [
+                Q(
+                    f"riskmon_account_var_backtest_zone{{{ACC}}} or "
+                    f"(0 * riskmon_account_var_backtest_observations{{{ACC}}} - 1)",
+                    "{{account}}",
+                )
+            ],
+            thresholds=[(None, BLUE), (0, GREEN), (1, ORANGE), (2, RED)],
+            mappings={
+                "-1": ("not yet", BLUE),
+                "0": ("green", GREEN),
+                "1": ("yellow", ORANGE),
+                "2": ("red", RED),
+            },
+        ),
+        w=8,
+    )
+    b.add(
+        graph(
+            "Stressed VaR vs VaR",
+            "Delta-normal VaR with every correlation at actions.stress_correlation (0.9) and "
+            "every volatility x actions.stress_vol_scale (1.5), solid, beside the "
+            "delta-normal VaR, dashed. Unit: USD.",
+            "currencyUSD",
+            [
+                Q(f"riskmon_account_stressed_var_usd{{{ACC}}}", "{{account}} stressed"),
+                Q(
+                    f'riskmon_account_var_usd{{{ACC}, method="delta_normal"}}',
+                    "{{account}} normal",
+                ),
+            ],
+            dashed=".* normal$",
+            minimum=0,
+        ),
+        w=4,
+    )
+    b.add(
+        graph(
+            "Stressed VaR ratio",
+            "Stressed VaR over the delta-normal VaR: how much the book leans on "
+            "diversification a correlation crisis takes away (one underlying alone reads "
+            "the vol scale, 150%). Rule stressed_var_ratio: 300% / 400%. Unit: ratio, %.",
+            "percentunit",
+            [Q(f"riskmon_account_stressed_var_ratio{{{ACC}}}", "{{account}}")],
+            thresholds=[(None, GREEN), (3.0, ORANGE), (4.0, RED)],
+            minimum=0,
+        ),
+        w=4,
+    )
+
     b.row("Book: all accounts of each riskmon instance")
     b.add(
         single(
@@ -1224,11 +1369,13 @@ def operations() -> dash.Dashboard:
             "Events rejected",
             "Events refused per second, by source and reason (README: malformed_json, "
             "missing_field, invalid_value, unknown_instrument, ...). RiskmonRejectingEvents "
-            "fires above 0.1/s for 5 minutes. Unit: events/s.",
+            "fires above 0.1/s for 5 minutes. A single unlabelled 0 while nothing was "
+            "refused. Unit: events/s.",
             "ops",
             [
                 Q(
-                    f"sum by (source, reason) (rate(riskmon_rejected_events_total{{{i}}}[{RATE}]))",
+                    f"sum by (source, reason) (rate(riskmon_rejected_events_total{{{i}}}[{RATE}]))"
+                    " or vector(0)",
                     "{{source}} {{reason}}",
                 )
             ],
@@ -1426,14 +1573,18 @@ def operations() -> dash.Dashboard:
         graph(
             "Alerts firing",
             "Alerts firing now per rule and severity (riskmon's rules, evaluated at every "
-            "evaluation); pending alerts (waiting out their `for`) dashed. Unit: alerts.",
+            "evaluation); pending alerts (waiting out their `for`) dashed; a single "
+            "unlabelled 0 while none is. Unit: alerts.",
             "none",
             [
                 Q(
-                    f"sum by (rule, severity) (riskmon_alerts_firing{{{i}}})",
+                    f"sum by (rule, severity) (riskmon_alerts_firing{{{i}}}) or vector(0)",
                     "{{rule}} {{severity}}",
                 ),
-                Q(f"sum by (rule) (riskmon_alerts_pending{{{i}}})", "{{rule}} pending"),
+                Q(
+                    f"sum by (rule) (riskmon_alerts_pending{{{i}}}) or vector(0)",
+                    "{{rule}} pending",
+                ),
             ],
             minimum=0,
             dashed=".* pending$",

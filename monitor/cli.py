@@ -1,4 +1,4 @@
-"""``riskmon``: run, replay, check-config, status.
+"""``riskmon``: run, replay, check-config, status, whatif.
 
 Exit codes: 0 success; 1 runtime failure; 2 bad usage or invalid configuration.
 """
@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -115,7 +116,47 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--token-file", type=Path, help="bearer token file, when the daemon has [server] token_file"
     )
+
+    wi = sub.add_parser("whatif", help="a running daemon's figures before and after trades")
+    wi.add_argument("--account", required=True, help="the account the trades are in")
+    wi.add_argument(
+        "trades",
+        nargs="+",
+        type=_trade,
+        metavar="INSTRUMENT=QTY[@PRICE]",
+        help="signed contracts to add (BTC-PERPETUAL=-2), optionally marked at a price",
+    )
+    wi.add_argument("--url", default="http://127.0.0.1:9321", help="daemon base URL")
+    wi.add_argument("--json", action="store_true", help="print the raw what-if JSON")
+    wi.add_argument(
+        "--token-file", type=Path, help="bearer token file, when the daemon has [server] token_file"
+    )
     return p
+
+
+def _trade(text: str) -> dict[str, Any]:
+    """``INSTRUMENT=QTY[@PRICE]`` -> a what-if trade (the daemon checks the instrument)."""
+    name, sep, rest = text.rpartition("=")
+    qty_s, at, price_s = rest.partition("@")
+    try:
+        qty = float(qty_s)
+        price = float(price_s) if at else None
+    except ValueError:
+        qty, price = math.nan, None
+    if (
+        not sep
+        or not name
+        or not math.isfinite(qty)
+        or qty == 0.0
+        or (price is not None and not (math.isfinite(price) and price > 0.0))
+    ):
+        raise argparse.ArgumentTypeError(
+            f"expected INSTRUMENT=QTY[@PRICE] with a non-zero QTY (BTC-PERPETUAL=-2); got {text!r}"
+        )
+    trade: dict[str, Any] = {"instrument": name, "quantity": qty}
+    if price is not None:
+        trade["price"] = price
+    return trade
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             return _replay(args)
         if args.command == "check-config":
             return _check_config(args)
+        if args.command == "whatif":
+            return _whatif(args)
         return _status(args)
     except ConfigError as exc:
         print(f"riskmon: invalid configuration: {exc}", file=sys.stderr)
@@ -274,6 +317,23 @@ def _status(args: argparse.Namespace) -> int:
         print(f"riskmon: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2) if args.json else render_status(report))
+    return 0
+
+
+def _whatif(args: argparse.Namespace) -> int:
+    from monitor.model.settings import read_secret_file
+    from monitor.serve.status import post_whatif, render_whatif
+
+    token = (
+        None if args.token_file is None else read_secret_file(str(args.token_file), "--token-file")
+    )
+    body = {"account": args.account, "trades": args.trades}
+    try:
+        result = post_whatif(args.url.rstrip("/"), body, timeout_s=30.0, token=token)
+    except OSError as exc:
+        print(f"riskmon: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else render_whatif(result))
     return 0
 
 

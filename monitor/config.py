@@ -57,7 +57,7 @@ from msgspec import Meta, Struct
 
 from connectors import CONNECTOR_TYPES, ConnectorConfig
 from connectors.nats.config import ClusterConfig
-from connectors.simulated import SimulatedConnector
+from connectors.simulated import DEMO_HISTORY, SimulatedConnector
 from monitor.model.settings import (
     REDACTED,
     ConfigError,
@@ -261,6 +261,22 @@ class RiskConfig(Section, frozen=True):
                 raise Invalid(("budgets", account), "weights must have a positive sum")
 
 
+class ActionsConfig(Section, frozen=True):
+    """Attribution look-back and the rebalance suggestion's method and scale."""
+
+    #: The reference of the drift attribution: the account's state this long ago.
+    lookback: Duration = parse_duration("24h")
+    #: ``"risk_budget"`` (exact risk budgeting) or ``"inverse_vol"``.
+    rebalance_method: Literal["risk_budget", "inverse_vol"] = "risk_budget"
+    #: Keep the account's ``"volatility"`` or its ``"gross"`` exposure.
+    rebalance_scale: Literal["volatility", "gross"] = "volatility"
+    #: Period of the VaR backtest (each one's held P&L against the VaR predicted for it).
+    backtest_horizon: Duration = parse_duration("1d")
+    #: Stressed VaR: every pairwise correlation set to this, every volatility scaled.
+    stress_correlation: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.9
+    stress_vol_scale: Annotated[float, Meta(gt=0.0)] = 1.5
+
+
 def _env_name(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
@@ -345,6 +361,19 @@ class MarginConfig(Section, frozen=True):
             seen.add(st.name)
 
 
+#: The simulated demo's named stresses (no ``[[connectors]]`` and no ``[[margin.stresses]]``).
+DEMO_STRESSES: Final = (
+    StressConfig(name="crash -20%, vol +50%", default_move=-0.2, vol_shift=0.5),
+    StressConfig(name="rally +15%, vol -20%", default_move=0.15, vol_shift=-0.2),
+    StressConfig(
+        name="correlation spike: BTC -10%, others -20%, vol +30%",
+        moves={"BTC": -0.1},
+        default_move=-0.2,
+        vol_shift=0.3,
+    ),
+)
+
+
 class Config(Section, frozen=True):
     """The whole daemon configuration (see ``deploy/riskmon.example.toml``)."""
 
@@ -356,6 +385,7 @@ class Config(Section, frozen=True):
     state: StateConfig = msgspec.field(default_factory=StateConfig)
     risk: RiskConfig = msgspec.field(default_factory=RiskConfig)
     margin: MarginConfig = msgspec.field(default_factory=MarginConfig)
+    actions: ActionsConfig = msgspec.field(default_factory=ActionsConfig)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     #: Every built-in rule once, in pack order; an entry given overrides that rule's
     #: defaults, a rule not given keeps them.
@@ -370,7 +400,14 @@ class Config(Section, frozen=True):
 
     def __post_init__(self) -> None:
         if not self.connectors:
-            msgspec.structs.force_setattr(self, "connectors", (SimulatedConnector(),))
+            demo = SimulatedConnector(history=DEMO_HISTORY)
+            msgspec.structs.force_setattr(self, "connectors", (demo,))
+        simulated = all(isinstance(c, SimulatedConnector) for c in self.connectors)
+        if simulated and not self.margin.stresses:
+            # The simulated demo shows every dashboard panel, stress P&L included: it ships
+            # named stresses of its own. A config with a venue has only those it declares.
+            margin = msgspec.structs.replace(self.margin, stresses=DEMO_STRESSES)
+            msgspec.structs.force_setattr(self, "margin", margin)
         given: dict[str, int] = {}
         for i, rule in enumerate(self.rules):
             if rule.rule in given:
@@ -480,7 +517,8 @@ def _check_connectors(raw: dict[str, Any]) -> None:
     materialise the default connector so the environment can address it by name."""
     entries = raw.get("connectors")
     if entries is None or entries == []:
-        raw["connectors"] = [{"type": next(iter(CONNECTOR_TYPES))}]
+        # The built-in demo: the simulated market, with history (warm within seconds).
+        raw["connectors"] = [{"type": "simulated", "history": str(DEMO_HISTORY)}]
         return
     if not isinstance(entries, list):
         return  # msgspec reports the type

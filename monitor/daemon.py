@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import msgspec
 from connectors import build_connector
 from connectors.base import Connector, cancel_until_done, supervise
 from monitor.config import Config
+from monitor.engine.actions import ActionSettings
 from monitor.engine.core import Engine, EngineSettings, SettingsChanged
 from monitor.engine.evaluation import RiskSettings
 from monitor.engine.queue import EventQueue
@@ -34,6 +36,7 @@ from monitor.engine.record import Recorder
 from monitor.engine.sources import IndexSources
 from monitor.engine.state import RestoreResult, StateStore, encode_state
 from monitor.engine.stats import EngineStats
+from monitor.engine.whatif import Trade, run_whatif
 from monitor.logs import RejectionLog
 from monitor.model.alert import Transition
 from monitor.model.backoff import Backoff
@@ -51,7 +54,7 @@ from monitor.quant.margin import (
     Stress,
     UnderlyingParams,
 )
-from monitor.rules.pack import rule_engine
+from monitor.rules.pack import build_rules, rule_engine
 from monitor.serve.cluster import ClusterCollector
 from monitor.serve.http import HttpServer
 from monitor.serve.metrics import build_registry
@@ -94,6 +97,17 @@ def risk_settings(cfg: Config) -> RiskSettings:
         max_move=cfg.margin.max_move,
         recompute_distance=cfg.margin.recompute_distance,
         recompute_interval_ms=int(cfg.margin.recompute_interval),
+        actions=ActionSettings(
+            lookback_ms=int(cfg.actions.lookback),
+            rebalance_method=cfg.actions.rebalance_method,
+            rebalance_scale=cfg.actions.rebalance_scale,
+            backtest_horizon_ms=int(cfg.actions.backtest_horizon),
+            stress_correlation=cfg.actions.stress_correlation,
+            stress_vol_scale=cfg.actions.stress_vol_scale,
+            delta_limits={
+                a: lim.delta_usd for a, lim in cfg.limits.items() if lim.delta_usd is not None
+            },
+        ),
     )
 
 
@@ -275,6 +289,16 @@ class Daemon:
     @property
     def notifiers(self) -> Mapping[str, NotifierStats]:
         return self.alerts.stats
+
+    async def whatif(self, trades: Sequence[Trade]) -> dict[str, Any] | None:
+        """``POST /api/v1/whatif``: the state is copied here, on the engine's loop; the two
+        evaluations run on a worker thread, so the loop goes on meanwhile."""
+        state = self.engine.whatif_state()
+        if state is None:
+            return None
+        rules = partial(build_rules, self.cfg.rules, self.cfg.limits)
+        job = partial(run_whatif, state, trades, rules)
+        return await asyncio.get_running_loop().run_in_executor(None, job)
 
     # -- EventSink ----------------------------------------------------------------------
 
@@ -494,6 +518,7 @@ class Daemon:
             server.listen,
             token=self._token,
             protect_metrics=server.protect_metrics,
+            whatif=self.whatif,
         )
         await self.http.start()
         log.info(

@@ -73,13 +73,16 @@ def test_defaults() -> None:
             start_ms=None,
             realtime=True,
             duration=None,
+            history=Delay("6m"),
         ),
     )
 
 
 def test_empty_connector_list_means_the_default(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "connectors = []\n"), env={}) == Config()
-    assert Config(connectors=()).connectors == (SimulatedConnector(),)
+    # The built-in demo: the simulated market, warm within seconds (its history).
+    assert Config(connectors=()).connectors == (SimulatedConnector(history=Delay("6m")),)
+    assert SimulatedConnector().history == 0  # a declared one starts now
 
 
 FULL = """
@@ -730,7 +733,7 @@ def test_env_sets_budgets_as_an_inline_table() -> None:
             {"RISKMON_CONFG": "x"},
             "confg: unknown key in RISKMON_CONFG "
             "(expected one of: server, log, engine, market, estimator, state, risk, margin, "
-            "alerts, rules, limits, connectors, cluster)",
+            "actions, alerts, rules, limits, connectors, cluster)",
             id="typo-of-allow-listed",
         ),
         pytest.param(

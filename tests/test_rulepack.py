@@ -144,7 +144,8 @@ def with_margin(snap: RiskSnapshot, **changes: Any) -> RiskSnapshot:
 def with_shares(
     snap: RiskSnapshot, share: Mapping[str, float], budget: Mapping[str, float]
 ) -> RiskSnapshot:
-    """Set main's risk shares and budget (by underlying name)."""
+    """Set main's risk shares and budget (by underlying name); the engine's attribution and
+    suggestions, which belong to its own shares, are left out."""
     risk = snap.accounts["main"].risk
     assert risk is not None
     names = risk.underlyings
@@ -159,7 +160,9 @@ def with_shares(
         max_abs_drift=float(np.abs(d).max()),
         half_l1=float(0.5 * np.abs(d).sum()),
     )
-    return with_account(snap, "main", risk=replace(risk, contributions=c))
+    own = ("attribution", "suggestions")
+    extra = {k: v for k, v in snap.accounts["main"].extra.items() if k not in own}
+    return with_account(snap, "main", risk=replace(risk, contributions=c), extra=extra)
 
 
 def calm(eng: Engine | None = None, at: int = END) -> RiskSnapshot:
@@ -222,7 +225,19 @@ def test_the_calm_book_is_quiet(base: RiskSnapshot) -> None:
 def test_the_calm_book_is_read_by_every_rule(base: RiskSnapshot) -> None:
     """Quiet because the figures are calm, not because the rules read nothing."""
     limits = {"main": AccountLimits(delta_usd=1e6, vega=1e5)}
-    extra = {**base.accounts["main"].extra, "greeks_vs_venue": {"delta_usd": 10.0, "vega": 1.0}}
+    backtest = {
+        "zone": "green",
+        "exceptions": 1,
+        "observations": 250,
+        "expected_exceptions": 2.5,
+        "confidence": 0.99,
+        "horizon_seconds": 86_400.0,
+    }
+    extra = {
+        **base.accounts["main"].extra,
+        "greeks_vs_venue": {"delta_usd": 10.0, "vega": 1.0},
+        "backtest": backtest,
+    }
     snap = replace(
         with_account(base, "main", extra=extra),
         regime=regime(base, realised_to_implied={"BTC": 1.0}),
@@ -250,6 +265,8 @@ def test_the_calm_book_is_read_by_every_rule(base: RiskSnapshot) -> None:
     assert got["venue_vega_mismatch", "main", None] == 1.0
     assert got["vol_vs_implied", None, "BTC"] == 1.0
     assert got["connector_down", "deribit-main", None] == 0.0
+    assert got["var_backtest", "main", None] == 0.0  # green
+    assert got["stressed_var_ratio", "main", None] == main.extra["stressed_var"]["ratio"]
 
 
 def test_the_real_engine_margin_model_is_read(base: RiskSnapshot) -> None:
@@ -547,10 +564,13 @@ def test_hedge_offset_fires_when_the_hedge_is_cut_and_exposure_stays() -> None:
     )
     assert alert.value == pytest.approx(1 - (long + short) / (long - short))
     assert alert.value == pytest.approx(0.4, abs=0.01)  # 2 long vs 0.5 short
+    # The suggested hedge: the net delta over one perpetual's delta (the index price).
+    contracts = (long + short) / float(after.assets.price[after.assets.names.index("BTC")])
     assert alert.summary == (
         f"hedged: BTC hedge offsets 40% of the gross delta (warning 75%, critical 50%); "
         f"net {long + short:+,.0f} USD of {long - short:,.0f} USD gross: long {long:,.0f} USD, "
-        f"short {short:,.0f} USD"
+        f"short {short:,.0f} USD; hedge: sell {contracts:,.4g} BTC-PERPETUAL (leaves gamma "
+        "+0 USD per 1%, vega +0 USD per vol pt)"
     )
 
 
@@ -740,3 +760,33 @@ def test_drift_rules_skip_accounts_without_material_risk(base: RiskSnapshot) -> 
     assert "concentration" not in firing(hedged)
     cfg = config(risk_drift={"min_volatility_usd": 50_000.0})
     assert "risk_drift" in firing(hedged, cfg=cfg)
+
+
+def test_var_backtest_and_stressed_var_ratio_fire_with_what_to_read(base: RiskSnapshot) -> None:
+    backtest = {
+        "zone": "red",
+        "exceptions": 11,
+        "observations": 250,
+        "expected_exceptions": 2.5,
+        "confidence": 0.99,
+        "horizon_seconds": 3_600.0,
+        "kupiec_p_value": 1.2e-4,
+        "last": {"pnl_usd": -120_000.0, "var_usd": 80_000.0},
+    }
+    stressed = {"var_usd": 400_000.0, "ratio": 4.0, "correlation": 0.9, "vol_scale": 1.5}
+    extra = {**base.accounts["main"].extra, "backtest": backtest, "stressed_var": stressed}
+    snap = with_account(base, "main", extra=extra)
+    cfg = config(var_backtest={"for": "0s"}, stressed_var_ratio={"for": "0s"})
+    got = firing(snap, cfg=cfg)
+    (bt,) = got["var_backtest"]
+    assert (bt.severity, bt.value) == ("critical", 2.0)
+    assert bt.summary.startswith(
+        "main: VaR backtest red: 11 exceptions in 250 periods of 1h (expected 2.5 at 99%)"
+    )
+    assert "last period P&L -120,000 USD vs VaR 80,000 USD" in bt.summary
+    (sv,) = got["stressed_var_ratio"]
+    assert (sv.severity, sv.value) == ("critical", 4.0)
+    assert "stressed VaR 400,000 USD is 4.00x the VaR" in sv.summary
+    yellow = with_account(base, "main", extra={**extra, "backtest": {**backtest, "zone": "yellow"}})
+    (bt,) = firing(yellow, cfg=cfg)["var_backtest"]
+    assert (bt.severity, bt.value) == ("warning", 1.0)

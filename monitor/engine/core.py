@@ -38,6 +38,7 @@ engine, which then goes on exactly as the saved one would have
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -52,6 +53,7 @@ import numpy.typing as npt
 from monitor.engine.evaluation import AccountState, Evaluator, RiskSettings, UnderlyingPrices
 from monitor.engine.stats import EngineStats
 from monitor.engine.valuation import Book, MarketArrays, build_book
+from monitor.engine.whatif import WhatIfState
 from monitor.model.alert import Transition
 from monitor.model.episode import Episode
 from monitor.model.events import (
@@ -711,3 +713,30 @@ class Engine:
         if self._on_evaluation is not None:
             self._on_evaluation(elapsed)
         return snap
+
+    # -- what-if ------------------------------------------------------------------------
+
+    def whatif_state(self) -> WhatIfState | None:
+        """A private copy of the state the last evaluation read, for
+        :func:`monitor.engine.whatif.run_whatif` (on any thread: nothing in it is shared
+        with the engine, so a what-if never changes live state). None before the first
+        evaluation.
+        """
+        if self.snapshot is None:
+            return None
+        n = len(self.registry)
+        self._underlying_prices()  # refreshes the index instrument numbers
+        return WhatIfState(
+            as_of_ms=self._clock_ms,
+            registry=copy.deepcopy(self.registry),
+            estimator=copy.deepcopy(self.estimator),
+            positions={a: dict(p) for a, p in self._positions.items()},
+            price=self._price[:n].copy(),
+            price_ts_ms=self._price_ts[:n].copy(),
+            iv=self._iv[:n].copy(),
+            forward=self._fwd[:n].copy(),
+            venue_greeks=self._venue_greeks[:n].copy(),
+            index_instrument=self._und_index_inst.copy(),
+            venue=dict(self._accounts),
+            settings=self._evaluator.settings,
+        )

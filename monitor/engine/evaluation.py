@@ -26,6 +26,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from monitor.engine.actions import Actions, ActionSettings, Backtests, stressed_section
 from monitor.engine.valuation import Book, BookValues, MarketArrays, value_book
 from monitor.model.events import CurrencyBalance, iso_ms
 from monitor.model.instruments import InstrumentRegistry
@@ -89,6 +90,8 @@ class RiskSettings:
     #: on its own clock (a scenario pass at most this often computes it).
     recompute_distance: bool = True
     recompute_interval_ms: int = 30_000
+    #: Attribution look-back, rebalance method and scale, hedge limits (``[actions]``).
+    actions: ActionSettings = field(default_factory=ActionSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,9 @@ class Evaluator:
         # The estimator's covariances (identity: one per sample) and their PSD repairs.
         self._psd_memo: tuple[object, PSDRepair, PSDRepair] | None = None
         self._repairs = 0
+        self._actions = Actions(self.settings.actions)
+        s = self.settings
+        self._backtests = Backtests(s.actions, s.var_confidence, s.var_horizon_ms)
 
     def state(self, estimator: RollingEstimator) -> dict[str, Any]:
         """What evaluations carry over, as plain data: the regime baselines and the count
@@ -146,7 +152,13 @@ class Evaluator:
         scenario pass is not kept: a restored evaluator runs it at its first evaluation."""
         memo = self._psd_memo
         counted = memo is not None and estimator.n_assets > 0 and memo[0] is estimator.covariance()
-        return {"baselines": self._baselines.state(), "repairs": self._repairs, "counted": counted}
+        return {
+            "baselines": self._baselines.state(),
+            "repairs": self._repairs,
+            "counted": counted,
+            "attribution": self._actions.state(),
+            "backtests": self._backtests.state(),
+        }
 
     def restore(self, state: Mapping[str, Any], estimator: RollingEstimator, n: int) -> None:
         """Take the state :meth:`state` described, for ``estimator`` (already restored) with
@@ -154,6 +166,8 @@ class Evaluator:
         try:
             baselines = RegimeBaselines.from_state(state["baselines"])
             repairs, counted = int(state["repairs"]), bool(state["counted"])
+            self._actions.restore(state["attribution"])
+            self._backtests.restore(state["backtests"])
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not an evaluator state: {exc!r}") from None
         self._baselines = baselines
@@ -295,6 +309,33 @@ class Evaluator:
             if name not in accounts:
                 margin = _margin(st, as_of_ms, None, None, index_usd)
                 accounts[name] = AccountFigures(None, {}, {}, extra={"margin": margin})
+        try:  # attribution and suggestions (monitor.engine.actions)
+            sections = self._actions.account_sections(
+                as_of_ms,
+                names,
+                {a: accounts[a] for a in book_names},
+                x[:-1],
+                cov,
+                [r.contributions for r in risks[:-1]],
+                registry,
+                prices.price,
+            )
+            var_now = {  # a VaR that leaves out a held underlying predicts nothing
+                a: math.nan if dn.excluded.any() else float(dn.var_usd)
+                for a, dn in zip(book_names, (v.delta_normal for v in var_risks), strict=False)
+            }
+            backtests = self._backtests.update(as_of_ms, book, values, market, registry, var_now)
+            for j, a in enumerate(book_names):
+                sec = sections.setdefault(a, {})
+                sec["backtest"] = backtests.get(a)
+                sec["stressed_var"] = stressed_section(
+                    x[j], var_cov, s.actions, s.var_confidence, horizon
+                )
+        except _NUMERIC_ERRORS as exc:
+            sections = {}
+            unknown["accounts.*.suggestions"] = _reason(exc)
+        for name, sec in sections.items():
+            accounts[name] = replace(accounts[name], extra={**accounts[name].extra, **sec})
         total = replace(values.total, risk=account_risk(len(book_names), _BOOK))
 
         regime: RegimeReport | None = None

@@ -35,7 +35,9 @@ __all__ = [
     "RuleConfig",
     "ScenarioMarginRule",
     "StaleDataRule",
+    "StressedVarRatioRule",
     "Threshold",
+    "VarBacktestRule",
     "VenueDeltaMismatchRule",
     "VenueVegaMismatchRule",
     "VolBreakRule",
@@ -305,6 +307,29 @@ class ModelMarginDivergenceRule(_RuleBase, frozen=True, tag="model_margin_diverg
     accounts: tuple[str, ...] = ()
 
 
+class VarBacktestRule(_RuleBase, frozen=True, tag="var_backtest"):
+    """Per account: the VaR backtest's Basel zone as a number (0 green, 1 yellow, 2 red)."""
+
+    direction = "above"
+    warning: Threshold = 1.0
+    critical: Threshold = 2.0
+    clear: float = 1.0
+    for_: Delay = msgspec.field(name="for", default=Delay("0s"))
+    cooldown: Delay = Delay("1h")
+
+
+class StressedVarRatioRule(_RuleBase, frozen=True, tag="stressed_var_ratio"):
+    """Per account: stressed VaR / VaR (delta-normal): how much the book leans on
+    diversification that a correlation crisis takes away."""
+
+    direction = "above"
+    warning: Threshold = 3.0
+    critical: Threshold = 4.0
+    clear: float = 2.8
+    for_: Delay = msgspec.field(name="for", default=Delay("5m"))
+    cooldown: Delay = Delay("30m")
+
+
 #: Every built-in rule, in pack order (the order alerts are reported in).
 RuleConfig: TypeAlias = (
     RiskDriftRule
@@ -325,6 +350,8 @@ RuleConfig: TypeAlias = (
     | VenueDeltaMismatchRule
     | VenueVegaMismatchRule
     | ModelMarginDivergenceRule
+    | VarBacktestRule
+    | StressedVarRatioRule
 )
 
 RULE_TYPES: Final[dict[str, type[RuleConfig]]] = {

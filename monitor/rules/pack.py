@@ -27,6 +27,10 @@ venue_delta_mismatch       account            ``|greeks_vs_venue.delta_usd|``, U
 venue_vega_mismatch        account            ``|greeks_vs_venue.vega|``, USD per vol pt
 model_margin_divergence    account            ``max(r, 1/r) - 1``, r = model MM / venue MM
                                               (the accounts listed in ``accounts`` only)
+var_backtest               account            Basel zone of the VaR backtest: 0 green,
+                                              1 yellow, 2 red (none before a zone exists)
+stressed_var_ratio         account            stressed VaR / delta-normal VaR (NaN until
+                                              the underlyings held are warm)
 =========================  =================  ==========================================
 
 Conventions (see :mod:`monitor.rules.machine` for the state machine):
@@ -43,6 +47,11 @@ Conventions (see :mod:`monitor.rules.machine` for the state machine):
   scenario margin) reads as infinite utilisation. Such an
   :class:`~monitor.model.alert.Alert` carries ``value = inf`` (msgspec encodes it as
   ``null``); its summary says what happened.
+- Summaries say what to do: ``risk_drift`` ends with the attribution of its underlying's
+  share change (``attribution.underlyings``), ``concentration`` with the account's
+  (``attribution.summary``), both with the rebalance's trades
+  (``suggestions.rebalance``), ``net_delta_limit`` and ``hedge_offset`` with the hedge's
+  trades and the gamma and vega it leaves (``suggestions.hedge``), when the report has them.
 - ``connector_down`` alerts carry the connector's name as ``account`` (and in the
   ``connector`` label): the alert identity is ``(rule, account, underlying)``.
 
@@ -78,6 +87,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.model.health import ConnectorStatus
+from monitor.model.settings import Duration
 from monitor.model.snapshot import AccountFigures, AccountRisk, PositionTable, RiskSnapshot
 from monitor.quant.regime import ABSORPTION_FRACTION
 from monitor.rules.config import (
@@ -98,6 +108,8 @@ from monitor.rules.config import (
     RuleConfig,
     ScenarioMarginRule,
     StaleDataRule,
+    StressedVarRatioRule,
+    VarBacktestRule,
     VenueDeltaMismatchRule,
     VenueVegaMismatchRule,
     VolBreakRule,
@@ -294,6 +306,64 @@ def _strongest_correlation(inp: RuleInput, name: str, others: Sequence[str]) -> 
 # --- risk parity -------------------------------------------------------------------------
 
 
+def _trades_text(per: Mapping[str, Any], only: str | None = None) -> str:
+    """``"sell 50,000 BTC-PERPETUAL, buy 111.1 ETH_USDC-PERPETUAL"`` from a suggestion's
+    ``underlyings`` (contracts not rounded; none for an underlying without an instrument)."""
+    parts = []
+    for und, row in per.items():
+        n, inst = row.get("contracts"), row.get("instrument")
+        if (only is not None and und != only) or not n or inst is None:
+            continue
+        parts.append(f"{'buy' if n > 0 else 'sell'} {_qty(abs(n))} {inst}")
+    return ", ".join(parts)
+
+
+def _qty(n: float) -> str:
+    return f"{n:,.0f}" if n >= 100 else f"{n:,.4g}"
+
+
+def _why_and_what(fig: AccountFigures, underlying: str | None = None) -> str:
+    """Why the shares moved and the rebalance's trades, for drift alerts: the account's
+    attribution summary, or for one ``underlying`` the parts of its own share change."""
+    out = ""
+    att = fig.extra.get("attribution")
+    if att and underlying is None:
+        out += f"; {att['summary']}"
+    elif att and (row := att["underlyings"].get(underlying)):
+        parts = [(k, row[key]) for k, key in _PARTS if row[key] is not None]
+        if len(parts) == len(_PARTS):
+            parts.sort(key=lambda kv: -abs(kv[1]))
+            body = ", ".join(f"{round(100.0 * v):+d} pts {k}" for k, v in parts)
+            out += f"; since {att['since']}: {body}"
+    sug = (fig.extra.get("suggestions") or {}).get("rebalance")
+    if sug and (trades := _trades_text(sug["underlyings"])):
+        out += f"; rebalance: {trades}"
+    return out
+
+
+_PARTS: Final = (("vol", "volatility"), ("correlation", "correlation"), ("positions", "positions"))
+
+
+def _hedge_text(fig: AccountFigures, underlying: str | None) -> str:
+    """The hedge suggestion's trades (one underlying's, or all) and what it leaves."""
+    sug = (fig.extra.get("suggestions") or {}).get("hedge")
+    if not sug:
+        return ""
+    trades = _trades_text(sug["underlyings"], underlying)
+    if not trades:
+        return ""
+    rows = [r for u, r in sug["underlyings"].items() if underlying in (None, u)]
+    gamma = sum(r["residual_gamma_usd"] or 0.0 for r in rows)
+    vega = sum(r["residual_vega_usd"] or 0.0 for r in rows)
+    return (
+        f"; hedge to {_usd(sug['net_target_usd'], sign=True)}: {trades} (leaves gamma "
+        f"{_usd(gamma, sign=True)} per 1%, vega {_usd(vega, sign=True)} per vol pt)"
+        if underlying is None
+        else f"; hedge: {trades} (leaves gamma {_usd(gamma, sign=True)} per 1%, vega "
+        f"{_usd(vega, sign=True)} per vol pt)"
+    )
+
+
 def _material(risk: AccountRisk, min_volatility_usd: float) -> bool:
     """Whether an account carries enough risk for its risk shares to mean anything.
 
@@ -321,7 +391,7 @@ def _risk_drift(cfg: RiskDriftRule) -> Rule[RuleInput]:
         j = inp.asset_index.get(name)
         if j is not None and math.isfinite(vol := float(inp.snapshot.assets.volatility[j])):
             out += f"; {name} vol {_pct(vol)}"
-        return out + _strongest_correlation(inp, name, shown)
+        return out + _strongest_correlation(inp, name, shown) + _why_and_what(fig, name)
 
     def read(inp: RuleInput) -> Iterator[Reading]:
         for account, fig in inp.snapshot.accounts.items():
@@ -361,7 +431,7 @@ def _concentration(cfg: ConcentrationRule) -> Rule[RuleInput]:
                 f"; largest: {name} {_pct(float(c.share[i]))} of risk vs a "
                 f"{_pct(float(c.budget[i]))} budget"
             )
-        return out
+        return out + _why_and_what(fig)
 
     def read(inp: RuleInput) -> Iterator[Reading]:
         for account, fig in inp.snapshot.accounts.items():
@@ -681,7 +751,7 @@ def _net_delta_limit(
         if exposure:
             name = max(sorted(exposure), key=lambda u: abs(exposure[u]))
             out += f"; largest: {name} {_usd(exposure[name], sign=True)}"
-        return out
+        return out + _hedge_text(fig, None)
 
     def read(inp: RuleInput) -> Iterator[Reading]:
         for account, limit in caps.items():
@@ -726,12 +796,12 @@ def _hedge_offset(cfg: HedgeOffsetRule) -> Rule[RuleInput]:
     floor, arm = cfg.min_gross_usd, cfg.clear
     watched: set[tuple[str, str]] = set()
 
-    def text(account: str, name: str, h: float, long: float, short: float) -> str:
+    def text(inp: RuleInput, account: str, name: str, h: float, long: float, short: float) -> str:
         return (
             f"{account}: {name} hedge offsets {_pct(h)} of the gross delta ({levels}); net "
             f"{_usd(long + short, sign=True)} of {_usd(long - short)} gross: long "
             f"{_usd(long)}, short {_usd(short)}"
-        )
+        ) + _hedge_text(inp.snapshot.accounts[account], name)
 
     def read(inp: RuleInput) -> Iterator[Reading]:
         seen: set[tuple[str, str]] = set()
@@ -753,7 +823,7 @@ def _hedge_offset(cfg: HedgeOffsetRule) -> Rule[RuleInput]:
                 if subject not in watched and h < arm:
                     continue
                 seen.add(subject)
-                yield Reading(account, name, h, partial(text, account, name, h, long, short))
+                yield Reading(account, name, h, partial(text, inp, account, name, h, long, short))
         watched.clear()
         watched.update(seen)
 
@@ -897,6 +967,67 @@ def _model_margin_divergence(cfg: ModelMarginDivergenceRule) -> Rule[RuleInput]:
 # --- the pack ----------------------------------------------------------------------------
 
 
+# --- is the model right? -----------------------------------------------------------------
+
+_ZONE_CODE: Final = {"green": 0.0, "yellow": 1.0, "red": 2.0}
+
+
+def _var_backtest(cfg: VarBacktestRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+
+    def text(account: str, bt: Mapping[str, Any]) -> str:
+        out = (
+            f"{account}: VaR backtest {bt['zone']}: {bt['exceptions']} exceptions in "
+            f"{bt['observations']} periods of {Duration(round(1000 * bt['horizon_seconds']))} "
+            f"(expected "
+            f"{bt['expected_exceptions']:.1f} at {_pct(bt['confidence'])})"
+        )
+        if bt.get("kupiec_p_value") is not None:
+            out += f"; Kupiec p {bt['kupiec_p_value']:.3g}"
+        last = bt.get("last")
+        if last and last.get("pnl_usd") is not None and last.get("var_usd") is not None:
+            out += f"; last period P&L {_usd(last['pnl_usd'], sign=True)} vs VaR "
+            out += _usd(last["var_usd"])
+        return out + "; the model's volatility or correlation is wrong for this book"
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for account, fig in inp.snapshot.accounts.items():
+            bt = fig.extra.get("backtest")
+            if not bt or bt.get("zone") is None:
+                continue
+            value = _ZONE_CODE[bt["zone"]]
+            yield Reading(account, None, value, partial(text, account, bt))
+
+    return Rule(spec, read)
+
+
+def _stressed_var_ratio(cfg: StressedVarRatioRule) -> Rule[RuleInput]:
+    spec = _spec(cfg)
+    levels = _levels(spec, _level_times)
+
+    def text(account: str, fig: AccountFigures, st: Mapping[str, Any], value: float) -> str:
+        assert fig.risk is not None
+        var = float(fig.risk.delta_normal.var_usd)
+        return (
+            f"{account}: stressed VaR {_usd(st['var_usd'])} is {_times(value)} the VaR "
+            f"{_usd(var)} ({levels}) with every correlation at {st['correlation']:g} and "
+            f"volatilities x{st['vol_scale']:g}: the book leans on diversification"
+        )
+
+    def read(inp: RuleInput) -> Iterator[Reading]:
+        for account, fig in inp.snapshot.accounts.items():
+            st = fig.extra.get("stressed_var")
+            if not st or fig.risk is None:
+                continue
+            ratio = st.get("ratio")
+            names = [fig.risk.underlyings[i] for i in np.flatnonzero(fig.risk.shown).tolist()]
+            warm = all(inp.warm.get(n, False) for n in names)  # correlations mean something
+            value = NAN if ratio is None or not warm else float(ratio)
+            yield Reading(account, None, value, partial(text, account, fig, st, value))
+
+    return Rule(spec, read)
+
+
 def _build(cfg: RuleConfig, limits: Mapping[str, AccountLimits]) -> Rule[RuleInput]:
     match cfg:
         case RiskDriftRule():
@@ -935,6 +1066,10 @@ def _build(cfg: RuleConfig, limits: Mapping[str, AccountLimits]) -> Rule[RuleInp
             return _venue_mismatch(cfg, "vega", "vega", "USD per vol point")
         case ModelMarginDivergenceRule():
             return _model_margin_divergence(cfg)
+        case VarBacktestRule():
+            return _var_backtest(cfg)
+        case StressedVarRatioRule():
+            return _stressed_var_ratio(cfg)
 
 
 def build_rules(

@@ -11,6 +11,14 @@ Routes (GET; HEAD too)::
                         "missing": [human-readable reasons]}
     /api/v1/snapshot   the report JSON (``RiskSnapshot.report()``); 503
                        {"error": "no snapshot yet"} before the first evaluation
+    /api/v1/accounts/{account}
+                       one account's report section (attribution and suggestions
+                       included) with ``as_of``; 404 for an account the report lacks
+    POST /api/v1/whatif
+                       proposed trades -> the accounts' figures before and after
+                       (``monitor.engine.whatif``). Body: {"account": optional default,
+                       "trades": [{"instrument", "quantity", "account", "price", "iv"}]};
+                       400 {"error": reason} for a body it cannot take (never 500)
 
 Access: with a bearer token (``[server] token_file``), every ``/api/`` route (and
 ``/metrics`` with ``protect_metrics``) wants ``Authorization: Bearer <token>``, compared in
@@ -31,6 +39,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Final, Self
@@ -44,6 +54,7 @@ from aiohttp.web_request import BaseRequest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from monitor.engine.whatif import Trade, WhatIfError
 from monitor.model.events import iso_ms
 from monitor.model.snapshot import RiskSnapshot
 from monitor.serve.metrics import MonitorView
@@ -68,6 +79,56 @@ def _enc_hook(obj: Any) -> Any:
 
 
 _encoder: Final = msgspec.json.Encoder(enc_hook=_enc_hook)
+
+
+#: Runs a what-if off the loop; None before the first evaluation.
+WhatIf = Callable[[Sequence[Trade]], Awaitable[dict[str, Any] | None]]
+_MAX_TRADES: Final = 100
+
+
+class _TradeBody(msgspec.Struct, forbid_unknown_fields=True):
+    instrument: str
+    quantity: float
+    account: str | None = None
+    price: float | None = None
+    iv: float | None = None
+
+
+class _WhatIfBody(msgspec.Struct, forbid_unknown_fields=True):
+    trades: list[_TradeBody]
+    account: str | None = None
+
+
+_whatif_decoder: Final = msgspec.json.Decoder(_WhatIfBody)
+
+
+def parse_whatif(body: bytes) -> list[Trade]:
+    """The trades of a what-if request body. Raises ``ValueError`` with a reason that
+    quotes no input value (a body may hold anything)."""
+    try:
+        req = _whatif_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"invalid body: {exc}"[:300]) from None
+    if not req.trades:
+        raise ValueError("no trades given")
+    if len(req.trades) > _MAX_TRADES:
+        raise ValueError(f"at most {_MAX_TRADES} trades per what-if")
+    out: list[Trade] = []
+    for k, t in enumerate(req.trades):
+        account = t.account if t.account is not None else req.account
+        where = f"trades[{k}]"
+        if not account:
+            raise ValueError(f"{where}: no account (give it in the trade or the body)")
+        if not t.instrument or len(t.instrument) > 200 or len(account) > 200:
+            raise ValueError(f"{where}: instrument and account must be 1-200 characters")
+        if not (math.isfinite(t.quantity) and t.quantity != 0.0):
+            raise ValueError(f"{where}.quantity: expected a finite, non-zero number")
+        for name in ("price", "iv"):
+            v = getattr(t, name)
+            if v is not None and not (math.isfinite(v) and v > 0.0):
+                raise ValueError(f"{where}.{name}: expected a finite number > 0")
+        out.append(Trade(account, t.instrument, t.quantity, t.price, t.iv))
+    return out
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -154,10 +215,13 @@ class HttpServer:
         shutdown_timeout_s: float = 2.0,
         token: str | None = None,
         protect_metrics: bool = False,
+        whatif: WhatIf | None = None,
     ) -> None:
         """``token``: a bearer token for ``/api/*`` (and ``/metrics`` with
-        ``protect_metrics``); None leaves them open (the default bind is loopback)."""
+        ``protect_metrics``); None leaves them open (the default bind is loopback).
+        ``whatif``: runs ``POST /api/v1/whatif`` (None: that route answers 503)."""
         self._view = view
+        self._whatif = whatif
         self._token = None if token is None else token.encode()
         self._protected: tuple[str, ...] = ("/api/", "/metrics") if protect_metrics else ("/api/",)
         self._registry = registry
@@ -175,6 +239,8 @@ class HttpServer:
         app.router.add_get("/-/ready", self._ready)
         app.router.add_get("/api/v1/snapshot", self._snapshot)
         app.router.add_get("/api/v1/alerts", self._alerts)
+        app.router.add_get("/api/v1/accounts/{account}", self._account)
+        app.router.add_post("/api/v1/whatif", self._post_whatif)
         return app
 
     async def start(self) -> None:
@@ -290,3 +356,29 @@ class HttpServer:
                 "alert_history": [t.report() for t in snapshot.alert_history],
             }
         )
+
+    async def _account(self, request: web.Request) -> web.Response:
+        """One account's report section, with the snapshot's ``as_of``."""
+        snapshot = self._view.snapshot
+        if snapshot is None:
+            return _json({"error": "no snapshot yet"}, 503)
+        fig = snapshot.accounts.get(request.match_info["account"])
+        if fig is None:
+            return _json({"error": "no such account in the report"}, 404)
+        return _json({"as_of": iso_ms(snapshot.as_of_ms), **fig.report()})
+
+    async def _post_whatif(self, request: web.Request) -> web.Response:
+        """Before and after of proposed trades; 400 with a reason for a body it cannot take."""
+        if self._whatif is None:
+            return _json({"error": "what-if is not available"}, 503)
+        try:
+            trades = parse_whatif(await request.read())
+        except ValueError as exc:
+            return _json({"error": str(exc)}, 400)
+        try:
+            result = await self._whatif(trades)
+        except WhatIfError as exc:
+            return _json({"error": str(exc)[:300]}, 400)
+        if result is None:
+            return _json({"error": "no snapshot yet"}, 503)
+        return _json(result)

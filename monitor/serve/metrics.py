@@ -3,7 +3,8 @@
 The metric names below are public surface (dashboards and alert rules use them): keep them
 stable. All follow Prometheus conventions: prefix ``riskmon_``, base units (seconds, USD),
 ``_total`` on counters, ratios as decimals (0.55 = 55%), and only bounded labels (account,
-underlying, source, reason, type, connector, kind, estimator), never instrument names.
+underlying, source, reason, type, connector, kind, estimator, factor), never instrument
+names.
 
 Two sources feed them, both read at scrape time by :class:`RiskCollector`:
 
@@ -102,6 +103,19 @@ Risk figures from the snapshot (name, type, labels)::
     riskmon_account_model_maintenance_margin_usd       gauge      account
     riskmon_account_model_to_venue_mm_ratio            gauge      account
     riskmon_account_stress_pnl_usd                     gauge      account, stress
+    riskmon_account_risk_share_change                  gauge      account, underlying, factor
+    riskmon_account_rebalance_target_usd               gauge      account, underlying
+    riskmon_account_rebalance_change_usd               gauge      account, underlying
+    riskmon_account_hedge_change_usd                   gauge      account, underlying
+    riskmon_account_hedge_residual_gamma_usd           gauge      account
+    riskmon_account_hedge_residual_vega_usd            gauge      account
+    riskmon_account_var_backtest_observations          gauge      account
+    riskmon_account_var_backtest_exceptions            gauge      account
+    riskmon_account_var_backtest_expected_exceptions   gauge      account
+    riskmon_account_var_backtest_kupiec_p_value        gauge      account
+    riskmon_account_var_backtest_zone  (0/1/2)         gauge      account
+    riskmon_account_stressed_var_usd                   gauge      account
+    riskmon_account_stressed_var_ratio                 gauge      account
     riskmon_regime_vol_ratio                           gauge      underlying
     riskmon_regime_realised_to_implied                 gauge      underlying
     riskmon_regime_average_correlation                 gauge
@@ -175,7 +189,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
@@ -506,6 +520,58 @@ class _Families:
             "P&L of a configured stress scenario, USD (a loss is negative).",
             ("account", "stress"),
         )
+        # From alarm to action: attribution, suggestions, backtest, stressed VaR.
+        self.share_change = g(
+            "riskmon_account_risk_share_change",
+            "Change of the risk share since the attribution's reference, by factor "
+            "(positions, volatility, correlation, residual; they sum to the total).",
+            ("account", "underlying", "factor"),
+        )
+        self.rebalance_target = g(
+            "riskmon_account_rebalance_target_usd",
+            "Exposure that puts the risk share on its budget, USD.",
+            ("account", "underlying"),
+        )
+        self.rebalance_change = g(
+            "riskmon_account_rebalance_change_usd",
+            "Exposure change the rebalance suggests (target - now), USD.",
+            ("account", "underlying"),
+        )
+        self.hedge_change = g(
+            "riskmon_account_hedge_change_usd",
+            "Delta change the hedge suggests (to the limit, or flat without one), USD.",
+            ("account", "underlying"),
+        )
+        self.hedge_gamma = g(
+            "riskmon_account_hedge_residual_gamma_usd",
+            "gamma_usd a delta hedge leaves (USD per 1% move).",
+            ("account",),
+        )
+        self.hedge_vega = g(
+            "riskmon_account_hedge_residual_vega_usd",
+            "Vega a delta hedge leaves (USD per vol point).",
+            ("account",),
+        )
+        self.backtest = {
+            key: g(f"riskmon_account_var_backtest_{key}", doc, ("account",))
+            for key, doc in (
+                ("observations", "Backtest periods in the rolling window."),
+                ("exceptions", "Periods whose held P&L lost more than the VaR predicted."),
+                ("expected_exceptions", "Exceptions a right model expects in the window."),
+                ("kupiec_p_value", "Kupiec proportion-of-failures test p-value."),
+                ("zone", "Basel traffic light: 0 green, 1 yellow, 2 red (absent before)."),
+            )
+        }
+        self.stressed_var = g(
+            "riskmon_account_stressed_var_usd",
+            "Delta-normal VaR on the stressed covariance, USD.",
+            ("account",),
+        )
+        self.stressed_ratio = g(
+            "riskmon_account_stressed_var_ratio",
+            "Stressed VaR over the delta-normal VaR.",
+            ("account",),
+        )
         # Regime figures and their slow baselines.
         regime_u = {
             "vol_ratio": "Fast over slow EWMA volatility.",
@@ -781,6 +847,47 @@ def _account(f: _Families, account: str, figures: AccountFigures) -> None:
             _put(f.model_to_venue, labels, margin["model_to_venue_mm"])
         for stress, pnl in margin.get("stresses", {}).items():
             _put(f.stress_pnl, (account, stress), pnl)
+    _actions(f, account, figures.extra)
+
+
+_FACTORS: Final = ("positions", "volatility", "correlation", "residual")
+_ZONES: Final = {"green": 0.0, "yellow": 1.0, "red": 2.0}
+
+
+def _num(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _actions(f: _Families, account: str, extra: Mapping[str, Any]) -> None:
+    """Attribution, rebalance and hedge suggestions, backtest and stressed VaR."""
+    att = extra.get("attribution")
+    for und, row in (att or {}).get("underlyings", {}).items():
+        for factor in _FACTORS:
+            _put(f.share_change, (account, und, factor), _num(row[factor]))
+    suggestions = extra.get("suggestions") or {}
+    reb = suggestions.get("rebalance")
+    for und, row in (reb or {}).get("underlyings", {}).items():
+        _put(f.rebalance_target, (account, und), _num(row["target_usd"]))
+        _put(f.rebalance_change, (account, und), _num(row["change_usd"]))
+    hedge = suggestions.get("hedge")
+    if hedge:
+        rows = hedge["underlyings"]
+        for und, row in rows.items():
+            change = _num(row["target_usd"]) - _num(row["delta_usd"])
+            _put(f.hedge_change, (account, und), change)
+        gamma = sum(_num(r["residual_gamma_usd"]) for r in rows.values())
+        _put(f.hedge_gamma, (account,), gamma)
+        _put(f.hedge_vega, (account,), sum(_num(r["residual_vega_usd"]) for r in rows.values()))
+    bt = extra.get("backtest")
+    if bt:
+        for key in ("observations", "exceptions", "expected_exceptions", "kupiec_p_value"):
+            _put(f.backtest[key], (account,), _num(bt[key]))
+        if bt["zone"] is not None:
+            _put(f.backtest["zone"], (account,), _ZONES[bt["zone"]])
+    st = extra.get("stressed_var")
+    if st:
+        _put(f.stressed_var, (account,), _num(st["var_usd"]))
+        _put(f.stressed_ratio, (account,), _num(st["ratio"]))
 
 
 _MODEL_COMPONENTS: Final = (

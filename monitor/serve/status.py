@@ -14,9 +14,18 @@ import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-__all__ = ["SNAPSHOT_PATH", "StatusError", "fetch_report", "render_status"]
+__all__ = [
+    "SNAPSHOT_PATH",
+    "WHATIF_PATH",
+    "StatusError",
+    "fetch_report",
+    "post_whatif",
+    "render_status",
+    "render_whatif",
+]
 
 SNAPSHOT_PATH: Final = "/api/v1/snapshot"
+WHATIF_PATH: Final = "/api/v1/whatif"
 
 # Greeks in the order a desk reads them; keys and units as in the report JSON.
 _GREEK_ORDER: Final = ("delta_usd", "gamma_usd", "vega", "theta")
@@ -59,8 +68,7 @@ def fetch_report(url: str, timeout_s: float, token: str | None = None) -> dict[s
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            body: bytes = response.read()
+        body = _send(request, url, timeout_s)
     except urllib.error.HTTPError as exc:
         detail = _error_detail(exc)
         if exc.code == 503:
@@ -69,6 +77,140 @@ def fetch_report(url: str, timeout_s: float, token: str | None = None) -> dict[s
                 "the connectors have delivered prices; try again shortly"
             ) from None
         raise StatusError(f"riskmon at {url} answered HTTP {exc.code}: {detail}") from None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("assets"), dict):
+        raise StatusError(f"{url} answered, but not with a riskmon report")
+    return doc
+
+
+def post_whatif(
+    base_url: str, body: Mapping[str, Any], timeout_s: float, token: str | None = None
+) -> dict[str, Any]:
+    """POST a what-if (``{"account", "trades": [...]}``) to a running daemon.
+
+    Raises
+    ------
+    StatusError
+        Not reachable, or an HTTP error (its ``error`` reason in the message: a 400 says
+        what is wrong with the trades).
+    """
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise StatusError(f"{base_url!r} is not an http:// URL of a riskmon daemon")
+    url = urllib.parse.urlunsplit(parts._replace(path=WHATIF_PATH))
+    headers = {"Accept": "application/json", "Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        raw = _send(request, url, timeout_s)
+    except urllib.error.HTTPError as exc:
+        detail = _error_detail(exc)
+        raise StatusError(f"riskmon at {url} answered HTTP {exc.code}: {detail}") from None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("accounts"), dict):
+        raise StatusError(f"{url} answered, but not with a what-if")
+    return doc
+
+
+def render_whatif(result: Mapping[str, Any]) -> str:
+    """Before / after / change of each account's main figures, then the alerts that move."""
+    lines = [f"what-if as of {result.get('as_of')}"]
+    for account, acc in sorted(result["accounts"].items()):
+        before, after = acc.get("before") or {}, acc.get("after") or {}
+        rows: list[tuple[str, Any, Any]] = []
+        for k in _GREEK_ORDER:
+            rows.append((k, _get(before, "greeks", k), _get(after, "greeks", k)))
+        unds = sorted({*(before.get("exposure_usd") or {}), *(after.get("exposure_usd") or {})})
+        for u in unds:
+            rows.append(
+                (f"exposure {u}", _get(before, "exposure_usd", u), _get(after, "exposure_usd", u))
+            )
+        for u in unds:
+            b, a = (
+                _get(before, "contributions", u, "share"),
+                _get(after, "contributions", u, "share"),
+            )
+            budget = _get(after, "contributions", u, "budget")
+            rows.append((f"share {u} (budget {_fmt(budget)})", b, a))
+        rows.append(("volatility_usd", before.get("volatility_usd"), after.get("volatility_usd")))
+        for method in ("delta_normal", "delta_gamma", "full_revaluation"):
+            rows.append(
+                (
+                    f"VaR {method}",
+                    _get(before, "var", method, "var_usd"),
+                    _get(after, "var", method, "var_usd"),
+                )
+            )
+        rows.append(
+            (
+                "scenario margin",
+                _get(before, "margin", "scenario_margin"),
+                _get(after, "margin", "scenario_margin"),
+            )
+        )
+        for side in ("down", "up"):
+            rows.append(
+                (
+                    f"distance to call {side}",
+                    _get(before, "margin", "distance_to_call", side),
+                    _get(after, "margin", "distance_to_call", side),
+                )
+            )
+        lines.append(f"\naccount {account}")
+        table = [("figure", "before", "after", "change")]
+        for name, b, a in rows:
+            change = a - b if isinstance(a, int | float) and isinstance(b, int | float) else None
+            table.append((name, _fmt(b), _fmt(a), _fmt(change)))
+        widths = [max(len(r[c]) for r in table) for c in range(4)]
+        for r in table:
+            lines.append(
+                "  "
+                + r[0].ljust(widths[0])
+                + "  "
+                + "  ".join(r[c].rjust(widths[c]) for c in (1, 2, 3))
+            )
+        alerts = acc.get("alerts") or {}
+        for what in ("fire", "clear"):
+            for al in alerts.get(what, []):
+                lines.append(f"  would {what}: {al['rule']} ({al['severity']}): {al['summary']}")
+    return "\n".join(lines)
+
+
+def _get(doc: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(doc, Mapping):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return _NA
+    if isinstance(v, float) and abs(v) < 10:
+        return f"{v:.4f}"
+    if isinstance(v, int | float):
+        return f"{v:,.0f}"
+    return str(v)
+
+
+def _send(request: urllib.request.Request, url: str, timeout_s: float) -> bytes:
+    """The response body; a transport failure as :class:`StatusError` (an HTTP error status
+    is left to the caller, as ``urllib.error.HTTPError``)."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            body: bytes = response.read()
+            return body
+    except urllib.error.HTTPError:
+        raise
     except urllib.error.URLError as exc:
         raise StatusError(
             f"riskmon daemon not reachable at {url}: {_reason(exc.reason)} "
@@ -80,13 +222,6 @@ def fetch_report(url: str, timeout_s: float, token: str | None = None) -> dict[s
         ) from None
     except OSError as exc:  # reset mid-response and the like
         raise StatusError(f"riskmon daemon at {url}: {_reason(exc)}") from None
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get("assets"), dict):
-        raise StatusError(f"{url} answered, but not with a riskmon report")
-    return doc
 
 
 def _reason(reason: object) -> str:
