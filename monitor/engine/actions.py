@@ -450,7 +450,7 @@ class Backtests:
                     [[i, q, o] for i, (q, o) in p.positions.items()],
                     p.value_usd,
                     p.var_usd,
-                ]  # fmt: skip
+                ]
                 for a, p in self._open.items()
             },
             "obs": {a: [list(o) for o in d] for a, d in self._obs.items()},
