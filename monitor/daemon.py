@@ -104,6 +104,7 @@ def risk_settings(cfg: Config) -> RiskSettings:
             backtest_horizon_ms=int(cfg.actions.backtest_horizon),
             stress_correlation=cfg.actions.stress_correlation,
             stress_vol_scale=cfg.actions.stress_vol_scale,
+            refresh_ms=int(r.scenario_interval),
             delta_limits={
                 a: lim.delta_usd for a, lim in cfg.limits.items() if lim.delta_usd is not None
             },

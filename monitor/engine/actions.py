@@ -92,6 +92,9 @@ class ActionSettings:
     backtest_min_obs: int = DEFAULT_MIN_OBS
     stress_correlation: float = 0.9
     stress_vol_scale: float = 1.5
+    #: Attribution and suggestions are advisory: recomputed when the book changes, else at
+    #: most this often (ms; the daemon uses ``risk.scenario_interval``). 0: every evaluation.
+    refresh_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,8 @@ class Actions:
             str, tuple[FloatArray, tuple[bytes, ...], RebalanceTarget | None]
         ] = {}
         self._attribution_memo: dict[str, tuple[FloatArray, tuple[Any, ...], DriftAttribution]] = {}
+        #: (as of, book token, accounts, sections) of the last computation.
+        self._last: tuple[int, object, tuple[str, ...], dict[str, dict[str, Any]]] | None = None
 
     def account_sections(
         self,
@@ -133,12 +138,26 @@ class Actions:
         contributions: Sequence[Contributions],
         registry: InstrumentRegistry,
         index_price: FloatArray,
+        book_token: object = None,
     ) -> dict[str, dict[str, Any]]:
         """``{account: {"attribution": ..., "suggestions": {"rebalance", "hedge"}}}``.
 
         ``exposure``: ``(k, n)`` USD per account (rows in ``accounts`` order) and underlying;
         ``cov``: ``(n, n)`` the contributions' covariance; ``contributions``: per account.
+        ``book_token``: changes whenever a position changes; with ``refresh_ms``, the last
+        sections are reused until the book changes or ``refresh_ms`` has passed (each
+        section says ``as_of``).
         """
+        last, refresh = self._last, self.settings.refresh_ms
+        keys = tuple(accounts)
+        if (
+            refresh > 0
+            and last is not None
+            and last[1] is book_token
+            and last[2] == keys
+            and 0 <= as_of_ms - last[0] < refresh
+        ):
+            return {a: dict(sec) for a, sec in last[3].items()}
         out: dict[str, dict[str, Any]] = {}
         for j, (account, fig) in enumerate(accounts.items()):
             c, x = contributions[j], exposure[j]
@@ -150,6 +169,7 @@ class Actions:
             ref = self._reference(account, as_of_ms, x, cov, known and idx.size > 0)
             lin = self._linear(fig, [names[i] for i in idx], registry, index_price)
             out[account] = {
+                "as_of": iso_ms(as_of_ms),
                 "attribution": self._attribution(account, names, idx, x, cov, c, ref, as_of_ms)
                 if known
                 else None,
@@ -160,7 +180,8 @@ class Actions:
                     "hedge": self._hedge(account, fig, lin),
                 },
             }
-        return out
+        self._last = (as_of_ms, book_token, keys, out)
+        return {a: dict(sec) for a, sec in out.items()}
 
     def state(self) -> dict[str, Any]:
         """The attribution reference rings, as plain data (arrays as lists)."""

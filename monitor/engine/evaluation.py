@@ -319,6 +319,7 @@ class Evaluator:
                 [r.contributions for r in risks[:-1]],
                 registry,
                 prices.price,
+                book,
             )
             var_now = {  # a VaR that leaves out a held underlying predicts nothing
                 a: math.nan if dn.excluded.any() else float(dn.var_usd)

@@ -22,6 +22,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 
+from monitor.engine.actions import ActionSettings
 from monitor.engine.core import Engine, EngineSettings
 from monitor.engine.evaluation import RiskSettings
 from monitor.model.events import AccountEvent, Event, PositionEvent, PriceEvent
@@ -52,7 +53,12 @@ def build(
         eval_interval_ms=250,
     )
     # A scenario interval longer than the run: the timed evaluations never include it.
-    risk = RiskSettings(var_scenarios=scenarios, scenario_interval_ms=10**12)
+    # Advisory sections refresh as in the daemon (risk.scenario_interval, 5 s by default).
+    risk = RiskSettings(
+        var_scenarios=scenarios,
+        scenario_interval_ms=10**12,
+        actions=ActionSettings(refresh_ms=5_000),
+    )
     eng = Engine(
         settings,
         risk=risk,
