@@ -91,6 +91,7 @@ from msgspec import Meta
 from connectors.base import ConnectorName, ConnectorSettings, EventSink
 from monitor.model.events import AccountEvent, Event, InstrumentEvent, PositionEvent, PriceEvent
 from monitor.model.health import ConnectorStatus
+from monitor.model.instruments import date_code
 from monitor.model.settings import Delay, Duration, EpochMs, Invalid, parse_duration, show
 from monitor.quant.greeks import black76_price
 
@@ -149,20 +150,6 @@ _TENORS_MS: Final = tuple(d * MS_PER_DAY for d in (1, 7, 30, 90))
 _STRIKES: Final = 9
 _STRIKE_SPACING_SD: Final = 0.5
 _EXPIRY_HOUR_MS: Final = 8 * 3_600_000
-_MONTHS: Final = (
-    "JAN",
-    "FEB",
-    "MAR",
-    "APR",
-    "MAY",
-    "JUN",
-    "JUL",
-    "AUG",
-    "SEP",
-    "OCT",
-    "NOV",
-    "DEC",
-)
 _NAME_RE: Final = re.compile(r"^[A-Z0-9]{1,20}$")
 
 # --- regimes ------------------------------------------------------------------------------
@@ -276,8 +263,7 @@ def _next_expiry(ms: int) -> int:
 
 
 def _date_code(expiry_ms: int) -> str:
-    d = _dt.datetime.fromtimestamp(expiry_ms / 1000, tz=_dt.UTC)
-    return f"{d.day}{_MONTHS[d.month - 1]}{d.year % 100:02d}"
+    return date_code(_dt.datetime.fromtimestamp(expiry_ms / 1000, tz=_dt.UTC).date())
 
 
 def _iso(expiry_ms: int) -> str:

@@ -50,7 +50,16 @@ from connectors.binance.messages import (
     PositionRisk,
     ServerTime,
 )
-from monitor.model.events import AccountEvent, InstrumentEvent, PriceEvent, Reason, Rejected
+from monitor.model.events import (
+    TS_MAX_MS,
+    TS_MIN_MS,
+    AccountEvent,
+    InstrumentEvent,
+    PriceEvent,
+    Reason,
+    Rejected,
+)
+from monitor.model.instruments import date_code
 
 __all__ = [
     "QUOTES",
@@ -76,22 +85,6 @@ __all__ = [
 QUOTES: Final = ("USDT", "USDC")
 #: The qualifier of Binance's index names (``BTC.binance``).
 VENUE: Final = "binance"
-_MONTHS: Final = (
-    "JAN",
-    "FEB",
-    "MAR",
-    "APR",
-    "MAY",
-    "JUN",
-    "JUL",
-    "AUG",
-    "SEP",
-    "OCT",
-    "NOV",
-    "DEC",
-)
-_TS_MIN: Final = 946_684_800_000
-_TS_MAX: Final = 7_258_118_400_000
 #: User data events riskmon does not read (orders, trades, leverage changes, margin call
 #: notices): skipped without counting them as rejected.
 _IGNORED: Final = frozenset(
@@ -140,7 +133,7 @@ _error = msgspec.json.Decoder(ApiError, strict=False)
 
 
 def _check_ts(ts: int) -> int:
-    if not _TS_MIN <= ts <= _TS_MAX:
+    if not TS_MIN_MS <= ts <= TS_MAX_MS:
         raise Rejected(Reason.INVALID_TIMESTAMP, f"time {ts!r} is not epoch milliseconds")
     return ts
 
@@ -173,7 +166,7 @@ def instrument_name(symbol: str) -> str | None:
         day = _dt.date(2000 + int(delivery[:2]), int(delivery[2:4]), int(delivery[4:]))
     except ValueError:
         return None
-    return f"{base}_{quote}-{day.day}{_MONTHS[day.month - 1]}{day:%y}"
+    return f"{base}_{quote}-{date_code(day)}"
 
 
 def underlying(symbol: str) -> str | None:
@@ -271,7 +264,7 @@ def price_events(msg: MarkPriceUpdate) -> tuple[PriceEvent, PriceEvent]:
     if names is None:
         raise Rejected(Reason.UNKNOWN_INSTRUMENT, f"symbol {msg.symbol!r}")
     ts = msg.event_time
-    if not _TS_MIN <= ts <= _TS_MAX:
+    if not TS_MIN_MS <= ts <= TS_MAX_MS:
         _check_ts(ts)
     return (
         PriceEvent(ts=ts, instrument=names[0], price=msg.mark),

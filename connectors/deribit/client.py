@@ -51,6 +51,7 @@ from connectors.ws import FatalConnectorError, Session, SessionEnded, WebSocketR
 from monitor.model.backoff import Backoff
 from monitor.model.events import PositionEvent, Reason, Rejected
 from monitor.model.health import ConnectorStatus
+from monitor.model.instruments import DOLLAR_COINS
 
 __all__ = ["DeribitError", "DeribitMarket", "DeribitSettings", "RpcFailure"]
 
@@ -495,7 +496,7 @@ class DeribitMarket:
         iv = self.settings.ticker_interval
         channels = [f"ticker.{n}.{iv}" for n in names if n not in self._subscribed]
         indices = {self._index_of(n) for n in names} | {
-            f"{c.lower()}_usd" for c in self.settings.currencies if c not in ("USDC", "USDT")
+            f"{c.lower()}_usd" for c in self.settings.currencies if c not in DOLLAR_COINS
         }
         channels += [
             f"deribit_price_index.{i}"

@@ -49,6 +49,8 @@ from connectors.deribit.messages import (
     TickerNotification,
 )
 from monitor.model.events import (
+    TS_MAX_MS,
+    TS_MIN_MS,
     AccountEvent,
     CurrencyBalance,
     InstrumentEvent,
@@ -58,7 +60,7 @@ from monitor.model.events import (
     Rejected,
     VenueGreeks,
 )
-from monitor.model.instruments import parse_name
+from monitor.model.instruments import DOLLAR_COINS, parse_name
 
 __all__ = [
     "Heartbeat",
@@ -76,8 +78,6 @@ __all__ = [
     "to_price_event",
 ]
 
-_TS_MIN: Final = 946_684_800_000
-_TS_MAX: Final = 7_258_118_400_000
 _QUOTES: Final = ("usd", "usdc", "usdt")
 
 
@@ -163,7 +163,7 @@ def parse_frame(raw: bytes) -> Frame:
 
 
 def _check_ts(ts: int) -> int:
-    if not _TS_MIN <= ts <= _TS_MAX:
+    if not TS_MIN_MS <= ts <= TS_MAX_MS:
         raise Rejected(Reason.INVALID_TIMESTAMP, f"timestamp {ts!r} is not epoch milliseconds")
     return ts
 
@@ -177,7 +177,7 @@ def to_price_event(msg: Ticker) -> PriceEvent:
     0.5437 and its ``underlying_price`` and ``greeks`` ride along.
     """
     ts = msg.timestamp
-    if not _TS_MIN <= ts <= _TS_MAX:
+    if not TS_MIN_MS <= ts <= TS_MAX_MS:
         _check_ts(ts)
     price = msg.mark_price
     if price == math.inf:
@@ -347,7 +347,7 @@ def account_event(
             maintenance_margin=s.maintenance_margin,
             collateral=s.equity - (s.options_value or 0.0),
         )
-        rate = 1.0 if cur in ("USDC", "USDT") else index_usd.get(cur)
+        rate = 1.0 if cur.upper() in DOLLAR_COINS else index_usd.get(cur)
         if rate is None:
             return None
         equity += s.equity * rate

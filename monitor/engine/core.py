@@ -67,7 +67,13 @@ from monitor.model.events import (
     iso_ms,
 )
 from monitor.model.health import ConnectorStatus
-from monitor.model.instruments import Instrument, InstrumentRegistry, from_event, parse_name
+from monitor.model.instruments import (
+    DOLLAR_COINS,
+    Instrument,
+    InstrumentRegistry,
+    from_event,
+    parse_name,
+)
 from monitor.model.snapshot import RiskSnapshot
 from monitor.quant.estimator import RollingEstimator, array_from_state, array_state
 from monitor.rules.machine import RuleEngine
@@ -78,8 +84,6 @@ __all__ = ["Engine", "EngineSettings", "SettingsChanged"]
 _NO_TS: Final = -(2**62)
 #: An instrument's fields, in the order its saved row lists them.
 _INSTRUMENT_FIELDS: Final = tuple(f.name for f in fields(Instrument))
-#: Settlement currencies that are dollars: no exposure of their own.
-_USD_COINS: Final = frozenset({"USD", "USDC", "USDT"})
 _TAG: Final[dict[type, str]] = {
     PriceEvent: "price",
     PositionEvent: "position",
@@ -555,7 +559,7 @@ class Engine:
         held = {i for i in book if self.registry.instruments[i].collateral}
         for cur, bal in currencies.items():
             coin = cur.upper()
-            if bal.collateral is None or coin in _USD_COINS or parse_name(coin) is None:
+            if bal.collateral is None or coin in DOLLAR_COINS or parse_name(coin) is None:
                 continue
             name = f"{coin}.collateral"
             i = self._index.get(name)

@@ -29,7 +29,7 @@ import numpy.typing as npt
 from monitor.engine.actions import Actions, ActionSettings, Backtests, stressed_section
 from monitor.engine.valuation import Book, BookValues, MarketArrays, value_book
 from monitor.model.events import CurrencyBalance, iso_ms
-from monitor.model.instruments import InstrumentRegistry
+from monitor.model.instruments import DOLLAR_COINS, InstrumentRegistry
 from monitor.model.snapshot import (
     AccountFigures,
     AccountRisk,
@@ -676,9 +676,6 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
-_USD_COINS: Final = frozenset({"USD", "USDC", "USDT"})
-
-
 def _in_usd_now(
     venue: Mapping[str, AccountState], registry: InstrumentRegistry, index: FloatArray
 ) -> Mapping[str, AccountState]:
@@ -700,7 +697,7 @@ def _in_usd_now(
         for cur, bal in st.currencies.items():
             coin = cur.upper()
             u = registry.underlying_index(coin)
-            rate = 1.0 if coin in _USD_COINS else (math.nan if u is None else float(index[u]))
+            rate = 1.0 if coin in DOLLAR_COINS else (math.nan if u is None else float(index[u]))
             if not math.isfinite(rate):
                 priced = False
                 break
@@ -717,7 +714,7 @@ def _currency_margins(st: AccountState, index_usd: Mapping[str, float]) -> dict[
     out: dict[str, Any] = {}
     for cur, bal in st.currencies.items():
         coin = cur.upper()
-        rate = 1.0 if coin in _USD_COINS else index_usd.get(coin, math.nan)
+        rate = 1.0 if coin in DOLLAR_COINS else index_usd.get(coin, math.nan)
         mm = bal.maintenance_margin
         out[cur] = {
             "equity": bal.equity,

@@ -24,6 +24,8 @@ from msgspec import Meta, Struct
 
 __all__ = [
     "SCHEMA_VERSION",
+    "TS_MAX_MS",
+    "TS_MIN_MS",
     "AccountEvent",
     "CurrencyBalance",
     "Event",
@@ -57,8 +59,9 @@ else:
 Kind = Literal["index", "spot", "perpetual", "future", "option"]
 
 # 2000-01-01 .. 2200-01-01: anything outside is a unit mistake (seconds, microseconds).
-_TS_MIN: Final = 946_684_800_000
-_TS_MAX: Final = 7_258_118_400_000
+#: Valid event times, epoch ms: 2000-01-01 .. 2200-01-01 (anything outside is a unit mix-up).
+TS_MIN_MS: Final = 946_684_800_000
+TS_MAX_MS: Final = 7_258_118_400_000
 
 
 class InstrumentEvent(Struct, tag_field="type", tag="instrument", omit_defaults=True, gc=False):
@@ -191,7 +194,7 @@ def to_epoch_ms(ts: Timestamp) -> int:
         ms = round(ts.timestamp() * 1000.0)
     else:
         ms = int(ts)
-    if not _TS_MIN <= ms <= _TS_MAX:
+    if not TS_MIN_MS <= ms <= TS_MAX_MS:
         raise Rejected(Reason.INVALID_TIMESTAMP, f"ts {ts!r} is not epoch milliseconds")
     return ms
 
@@ -199,7 +202,7 @@ def to_epoch_ms(ts: Timestamp) -> int:
 def normalize(event: Event) -> Event:
     """Finish validation msgspec cannot express and make ``ts`` int epoch ms (in place)."""
     ts = event.ts
-    if ts is not None and (type(ts) is not int or not _TS_MIN <= ts <= _TS_MAX):
+    if ts is not None and (type(ts) is not int or not TS_MIN_MS <= ts <= TS_MAX_MS):
         event.ts = to_epoch_ms(ts)
     if type(event) is InstrumentEvent and event.kind == "option":
         missing = [f for f in ("expiry", "strike", "option_type") if getattr(event, f) is None]
@@ -298,7 +301,7 @@ class EventDecoder:
                 ts = ev.ts
                 if (
                     type(ts) is not int
-                    or not _TS_MIN <= ts <= _TS_MAX
+                    or not TS_MIN_MS <= ts <= TS_MAX_MS
                     or type(ev) is InstrumentEvent
                 ):
                     normalize(ev)

@@ -21,14 +21,22 @@ import numpy.typing as npt
 
 from monitor.model.events import InstrumentEvent, Kind, Reason, Rejected
 
-__all__ = ["Instrument", "InstrumentRegistry", "parse_expiry", "parse_name"]
+__all__ = [
+    "DOLLAR_COINS",
+    "Instrument",
+    "InstrumentRegistry",
+    "date_code",
+    "parse_expiry",
+    "parse_name",
+]
 
-_MONTHS: Final = {
-    m: i + 1
-    for i, m in enumerate(
-        ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
-    )
-}
+#: Settlement currencies that are dollars: counted 1:1 as USD, no exposure of their own.
+DOLLAR_COINS: Final = frozenset({"USD", "USDC", "USDT"})
+
+_MONTH_NAMES: Final = (
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"
+)  # fmt: skip
+_MONTHS: Final = {m: i + 1 for i, m in enumerate(_MONTH_NAMES)}
 _ASSET = r"[A-Z0-9]{1,20}"
 _INDEX_RE: Final = re.compile(rf"^({_ASSET})$")
 _SPOT_RE: Final = re.compile(rf"^({_ASSET})_([A-Z0-9]{{2,10}})$")
@@ -70,6 +78,16 @@ class Instrument:
     multiplier: float = 1.0
     inverse: bool = False
     collateral: bool = False
+
+
+def date_code(day: _dt.date) -> str:
+    """The date in Deribit-form names: ``27DEC26``, ``6AUG21`` (what :func:`parse_name` reads).
+
+    >>> import datetime
+    >>> date_code(datetime.date(2026, 12, 27))
+    '27DEC26'
+    """
+    return f"{day.day}{_MONTH_NAMES[day.month - 1]}{day.year % 100:02d}"
 
 
 def _expiry_ms(day: str, month: str, year: str) -> int:
