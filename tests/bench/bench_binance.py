@@ -22,11 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+from benchtools import rate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -47,16 +46,6 @@ def messages(n: int) -> list[bytes]:
         frame = {"stream": "btcusdt@markPrice@1s", "data": data}
         out.append(json.dumps(frame, separators=(",", ":")).encode())
     return out
-
-
-def rate(fn: Callable[[bytes], object], msgs: list[bytes], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for m in msgs:
-            fn(m)
-        best = min(best, time.perf_counter() - t0)
-    return len(msgs) / best
 
 
 def main() -> None:

@@ -21,11 +21,10 @@ import argparse
 import itertools
 import json
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+from benchtools import rate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -48,16 +47,6 @@ def messages(n: int) -> list[bytes]:
         data["timestamp"] = 1734686127123 + i
         out.append(json.dumps(doc, separators=(",", ":")).encode())
     return out
-
-
-def rate(fn: Callable[[bytes], object], msgs: list[bytes], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for m in msgs:
-            fn(m)
-        best = min(best, time.perf_counter() - t0)
-    return len(msgs) / best
 
 
 def main() -> None:
