@@ -26,7 +26,7 @@ from monitor.model.settings import dec_hook
 from monitor.model.snapshot import RegimeReport, RiskSnapshot
 from monitor.quant.regime import RegimeFigures
 from monitor.rules.config import DEFAULT_RULES, AccountLimits, RuleConfig
-from monitor.rules.machine import RuleEngine
+from monitor.rules.machine import RuleEngine, each_reading
 from monitor.rules.pack import RuleInput, build_rules, rule_engine
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -244,7 +244,7 @@ def test_the_calm_book_is_read_by_every_rule(base: RiskSnapshot) -> None:
     )
     inp = RuleInput(snap, CONNECTED)
     rules = config(model_margin_divergence={"accounts": ["main"]}).rules
-    read = {r.name: list(r.read(inp)) for r in build_rules(rules, limits)}
+    read = {r.name: list(each_reading(r.read(inp))) for r in build_rules(rules, limits)}
     assert set(read) == {r.rule for r in Config().rules}
     assert all(read[name] for name in read), [name for name in read if not read[name]]
     finite = {name: [x.value for x in rs if math.isfinite(x.value)] for name, rs in read.items()}
@@ -441,7 +441,7 @@ def test_margin_rules_do_not_evaluate_without_the_figures(base: RiskSnapshot) ->
         inp = RuleInput(snap)
         for r in build_rules():
             if r.name in rules:
-                assert [x.account for x in r.read(inp)] == [], r.name
+                assert [x.account for x in each_reading(r.read(inp))] == [], r.name
 
 
 def test_scenario_margin_fires_against_equity(base: RiskSnapshot) -> None:
@@ -577,7 +577,9 @@ def test_hedge_offset_fires_when_the_hedge_is_cut_and_exposure_stays() -> None:
 def test_hedge_offset_does_not_alert_a_book_that_was_never_hedged(base: RiskSnapshot) -> None:
     inp = RuleInput(base)
     (rule,) = [r for r in build_rules() if r.name == "hedge_offset"]
-    assert [(x.account, x.underlying, x.value) for x in rule.read(inp)] == [("hedged", "BTC", 1.0)]
+    assert [(x.account, x.underlying, x.value) for x in each_reading(rule.read(inp))] == [
+        ("hedged", "BTC", 1.0)
+    ]
 
 
 def test_hedge_offset_stops_watching_when_the_exposure_is_gone() -> None:
@@ -671,7 +673,7 @@ def test_connector_down_fires_after_for_and_resolves_on_reconnect(base: RiskSnap
 
 def test_connector_down_has_nothing_to_read_in_replay(base: RiskSnapshot) -> None:
     (rule,) = [r for r in build_rules() if r.name == "connector_down"]
-    assert list(rule.read(RuleInput(base))) == []
+    assert list(each_reading(rule.read(RuleInput(base)))) == []
 
 
 def test_venue_greeks_disagreement(base: RiskSnapshot) -> None:

@@ -178,6 +178,9 @@ class Engine:
         self._clock_ms = _NO_TS  # as of the last evaluation: never goes back
         self._latest_ms = _NO_TS  # the latest event time seen (events are not in order)
         self._seq = 0
+        #: Whether anything reached the engine since the last evaluation (an evaluation
+        #: with nothing new is cheap: ``Evaluator.evaluate``'s ``changed``).
+        self._changed = True
         self._rows: list[list[Any]] = []
         self._rows_version = -1
 
@@ -372,6 +375,7 @@ class Engine:
         self._history_view = tuple(self._history)
         self._book = None
         self._und_version = -1
+        self._changed = True
 
     # -- events -----------------------------------------------------------------------
 
@@ -379,6 +383,7 @@ class Engine:
         """Apply one event and count it. Raises :class:`Rejected` (state unchanged)."""
         t = type(event)
         ts = event.ts
+        self._changed = True
         if ts is not None and ts > self._latest_ms:
             self._latest_ms = ts
         if t is PriceEvent:
@@ -416,6 +421,7 @@ class Engine:
         """
         rejected: list[tuple[int, Rejected]] = []
         index = self._index
+        self._changed = True
         prices = 0
         latest = self._latest_ms
         for k, ev in enumerate(events):
@@ -591,6 +597,7 @@ class Engine:
         """Remove ``account``: its positions and venue margin leave the book and its alerts
         are forgotten without a transition (cluster mode: another daemon evaluates it now).
         """
+        self._changed = True
         if self._positions.pop(account, None) is not None:
             self._book = None
         self._accounts.pop(account, None)
@@ -610,6 +617,7 @@ class Engine:
 
     def _close_grid(self, ts: int) -> None:
         """Close every grid point before ``ts`` (called when ``ts > self._grid_next``)."""
+        self._changed = True
         dt = self._dt
         if self._grid_next == _NO_TS:  # first tick: the first grid point at or after it
             self._grid_next = -(-ts // dt) * dt
@@ -699,7 +707,9 @@ class Engine:
             ),
             UnderlyingPrices(und_price.copy(), self._price_ts[self._und_index_inst]),
             self._accounts,
+            changed=self._changed,
         )
+        self._changed = False
         if self._rules is not None:
             moves = self._rules.evaluate(RuleInput(snap, self._connectors()), as_of_ms)
             if moves:

@@ -71,6 +71,7 @@ _ScenarioResults = tuple[dict[str, "FullRevaluationVaR"], dict[str, dict[str, An
 #: What numerical code raises on inputs it cannot take (``np.linalg.LinAlgError`` is a
 #: ValueError): caught per stage, so one bad figure does not stop the evaluation.
 _NUMERIC_ERRORS: Final = (ValueError, ArithmeticError)
+_NEVER: Final = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,15 @@ class AccountState:
     initial_margin: float | None
     maintenance_margin: float | None
     currencies: Mapping[str, CurrencyBalance] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _LastFull:
+    """The last full evaluation, which idle evaluations re-date, and the first expiry of a
+    held instrument after it (an idle evaluation never crosses it)."""
+
+    snapshot: RiskSnapshot
+    next_expiry_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +155,7 @@ class Evaluator:
         self._actions = Actions(self.settings.actions)
         s = self.settings
         self._backtests = Backtests(s.actions, s.var_confidence, s.var_horizon_ms)
+        self._last_full: _LastFull | None = None
 
     def state(self, estimator: RollingEstimator) -> dict[str, Any]:
         """What evaluations carry over, as plain data: the regime baselines and the count
@@ -178,6 +189,74 @@ class Evaluator:
 
     @np.errstate(all="ignore")  # non-finite results are handled (null + reason), not warned
     def evaluate(
+        self,
+        as_of_ms: int,
+        seq: int,
+        registry: InstrumentRegistry,
+        estimator: RollingEstimator,
+        book: Book,
+        market: MarketArrays,
+        prices: UnderlyingPrices,
+        venue: Mapping[str, AccountState],
+        *,
+        changed: bool = True,
+    ) -> RiskSnapshot:
+        """The snapshot as of ``as_of_ms``.
+
+        ``changed=False`` says no event reached the engine since the previous evaluation
+        (only time passed): the last full evaluation's figures are reused and only what
+        time itself moves is recomputed (see :meth:`_idle`), unless a full one is due.
+        """
+        idle = None if changed else self._idle(as_of_ms, seq, prices, venue, estimator)
+        if idle is not None:
+            return idle
+        snap = self._full_evaluation(
+            as_of_ms, seq, registry, estimator, book, market, prices, venue
+        )
+        expiry = np.asarray(registry.column("expiry_ms"), dtype=np.float64)[book.instrument]
+        later = expiry[expiry > as_of_ms]
+        self._last_full = _LastFull(snap, int(later.min()) if later.size else _NEVER)
+        return snap
+
+    def _idle(
+        self,
+        as_of_ms: int,
+        seq: int,
+        prices: UnderlyingPrices,
+        venue: Mapping[str, AccountState],
+        estimator: RollingEstimator,
+    ) -> RiskSnapshot | None:
+        """An evaluation with nothing new: the last full snapshot, re-dated.
+
+        Reused: valuation, exposures, risk, VaR, stresses, margin model, regime (its
+        baselines move at full evaluations only, as in a replay, which evaluates a silent
+        stretch once). Recomputed: which indices are stale and the venue figures' age.
+        None (evaluate fully) when the scenario pass is due or has results to adopt, a held
+        instrument expired since, or an index turned stale: those change figures. Option
+        Greeks therefore move with time to expiry at least every ``risk.scenario_interval``.
+        """
+        last = self._last_full
+        if (
+            last is None
+            or as_of_ms >= self._scenario_next
+            or as_of_ms >= last.next_expiry_ms
+            or (self._pending is not None and self._pending.done())
+        ):
+            return None
+        snap = last.snapshot
+        stale = _stale(prices, as_of_ms, estimator.max_gap_ms)
+        if snap.assets.stale is None or not np.array_equal(stale, snap.assets.stale):
+            return None
+        accounts = dict(snap.accounts)
+        for name, fig in snap.accounts.items():
+            st = venue.get(name)
+            margin = fig.extra.get("margin")
+            if st is not None and isinstance(margin, dict):
+                aged = {**margin, "age_seconds": max(0, as_of_ms - st.ts_ms) / 1000.0}
+                accounts[name] = replace(fig, extra={**fig.extra, "margin": aged})
+        return replace(snap, as_of_ms=as_of_ms, seq=seq, accounts=accounts)
+
+    def _full_evaluation(
         self,
         as_of_ms: int,
         seq: int,

@@ -33,7 +33,7 @@ from monitor.model.events import Rejected, iso_ms
 from monitor.model.instruments import InstrumentRegistry
 from monitor.model.snapshot import RiskSnapshot
 from monitor.quant.estimator import RollingEstimator
-from monitor.rules.machine import Rule, RuleSpec
+from monitor.rules.machine import Rule, RuleSpec, each_reading
 from monitor.rules.pack import RuleInput
 
 __all__ = ["Trade", "WhatIfError", "WhatIfState", "run_whatif"]
@@ -198,7 +198,7 @@ def _breaches(
     inp = RuleInput(snap)
     out: dict[tuple[str, str | None], tuple[str, float, str]] = {}
     for rule in rules:
-        for r in rule.read(inp):
+        for r in each_reading(rule.read(inp)):
             if r.account != account:
                 continue
             sev = _severity(rule.spec, r.value)

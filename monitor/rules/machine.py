@@ -42,6 +42,12 @@ The state machine of one subject (``direction = "above"``; mirror everything for
   value and its summary marked ``[no longer reported]``. Rules therefore yield NaN for
   "unknown for now" and nothing for "does not apply".
 
+**Batches.** A rule reading many subjects of one account (one per underlying) may yield
+a :class:`Readings` batch instead: the values as an array, the text built per subject only
+when needed. The engine then touches in Python only the subjects at or past the first
+threshold and those with a live episode; a calm subject of a batch costs nothing beyond
+its array element. Semantics are those of the one-by-one readings.
+
 Order is deterministic: transitions and active alerts come in rule order (as given to the
 engine), then by ``(account, underlying)`` in string order, ``None`` first.
 """
@@ -49,10 +55,14 @@ engine), then by ``(account, underlying)`` in string order, ``None`` first.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Final, Generic, Literal, TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 from monitor.model.alert import Alert, AlertState, Severity, Transition
 from monitor.model.episode import Episode
@@ -60,10 +70,12 @@ from monitor.model.episode import Episode
 __all__ = [
     "Direction",
     "Reading",
+    "Readings",
     "Rule",
     "RuleEngine",
     "RuleSpec",
     "check_thresholds",
+    "each_reading",
 ]
 
 Direction = Literal["above", "below"]
@@ -175,6 +187,37 @@ class Reading:
 
 
 @dataclass(frozen=True, slots=True)
+class Readings:
+    """Many subjects of one account at once: ``(account, underlyings[k])`` reads
+    ``values[k]`` (NaN: unknown for now), and ``describe(k)`` builds its summary, called only
+    when an alert is built. ``underlyings`` must be distinct."""
+
+    account: str | None
+    underlyings: Sequence[str | None]
+    values: npt.NDArray[np.float64]
+    describe: Callable[[int], str]
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY_LABELS)
+
+    def reading(self, k: int) -> Reading:
+        return Reading(
+            self.account,
+            self.underlyings[k],
+            float(self.values[k]),
+            partial(self.describe, k),
+            self.labels,
+        )
+
+
+def each_reading(got: Iterable[Reading | Readings]) -> Iterator[Reading]:
+    """Every subject's reading one by one, batches unrolled (for a reader that wants all)."""
+    for r in got:
+        if isinstance(r, Readings):
+            yield from (r.reading(k) for k in range(len(r.underlyings)))
+        else:
+            yield r
+
+
+@dataclass(frozen=True, slots=True)
 class Rule(Generic[I]):
     """A rule: its thresholds and how it reads its figures from an input of type ``I``.
 
@@ -185,7 +228,7 @@ class Rule(Generic[I]):
     """
 
     spec: RuleSpec
-    read: Callable[[I], Iterable[Reading]]
+    read: Callable[[I], Iterable[Reading | Readings]]
     watch: set[tuple[str, str]] | None = None
 
     @property
@@ -205,6 +248,9 @@ class _Track:
     reading: Reading
     tick: int
     summary: str | None = None
+    #: The alert :meth:`RuleEngine.active` last built from this track (reused while
+    #: nothing in it changed; ``_alert`` compares).
+    alert: Alert | None = None
 
     def text(self) -> str:
         if self.summary is None:
@@ -212,10 +258,12 @@ class _Track:
         return self.summary
 
     def update(self, reading: Reading) -> None:
-        self.value = reading.value
-        if reading is not self.reading:
-            self.reading = reading
+        """Take a new reading; the summary is rebuilt only when the value (or the labels)
+        changed, so an alert whose figure stands still formats no text."""
+        if reading.value != self.value or reading.labels != self.reading.labels:
+            self.value = reading.value
             self.summary = None
+        self.reading = reading
 
 
 _Subject = tuple[str | None, str | None]
@@ -492,7 +540,7 @@ class RuleEngine(Generic[Inp]):
         tick = self._tick
         moves: list[Transition] = []
 
-        for r in rule.read(data):
+        for r in self._readings(rule.read(data), tracks, s, first):
             subject = (r.account, r.underlying)
             v = s * r.value
             tr = tracks.get(subject)
@@ -532,6 +580,34 @@ class RuleEngine(Generic[Inp]):
         for subject in [sub for sub, tr in tracks.items() if tr.tick != tick]:
             moves.append(self._end(k, spec, subject, tracks[subject], now_ms, vanished=True))
         return moves
+
+    @staticmethod
+    def _readings(
+        got: Iterable[Reading | Readings],
+        tracks: Mapping[_Subject, _Track],
+        s: float,
+        first: float,
+    ) -> Iterator[Reading]:
+        """The readings that can move a state: every single one, and of a batch the
+        subjects at or past ``first`` (signed by ``s``) or with a live episode."""
+        by_account: dict[str | None, list[str | None]] | None = None
+        for r in got:
+            if type(r) is Reading:
+                yield r
+                continue
+            assert isinstance(r, Readings)
+            hot = np.flatnonzero(s * r.values >= first).tolist()
+            if tracks:
+                if by_account is None:
+                    by_account = {}
+                    for a, u in tracks:
+                        by_account.setdefault(a, []).append(u)
+                live = by_account.get(r.account)
+                if live:
+                    pos = {u: k for k, u in enumerate(r.underlyings)}
+                    hot = sorted({*hot, *(k for u in live if (k := pos.get(u)) is not None)})
+            for k in hot:
+                yield r.reading(k)
 
     def _end(
         self,
@@ -581,7 +657,18 @@ class RuleEngine(Generic[Inp]):
         return t
 
     def _alert(self, spec: RuleSpec, subject: _Subject, tr: _Track, state: AlertState) -> Alert:
-        return Alert(
+        a = tr.alert
+        if (
+            a is not None
+            and tr.summary is not None
+            and a.summary is tr.summary
+            and a.state == state
+            and a.severity == tr.severity
+            and a.since_ms == tr.since_ms
+            and a.value == tr.value
+        ):
+            return a
+        a = tr.alert = Alert(
             rule=spec.name,
             severity=tr.severity,
             state=state,
@@ -594,3 +681,4 @@ class RuleEngine(Generic[Inp]):
             summary=tr.text(),
             labels=tr.reading.labels,
         )
+        return a

@@ -77,6 +77,7 @@ stale_data
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ from monitor.rules.config import (
     VolBreakRule,
     VolVsImpliedRule,
 )
-from monitor.rules.machine import Reading, Rule, RuleEngine, RuleSpec
+from monitor.rules.machine import Reading, Readings, Rule, RuleEngine, RuleSpec
 
 __all__ = ["RuleInput", "build_rules", "rule_engine"]
 
@@ -175,13 +176,7 @@ class _Groups:
 
     @staticmethod
     def of(table: PositionTable) -> _Groups:
-        index: dict[str, int] = {}
-        codes = np.fromiter(
-            (index.setdefault(u, len(index)) for u in table.underlying),
-            dtype=np.int64,
-            count=len(table.underlying),
-        )
-        return _Groups(tuple(index), codes)
+        return _groups_of(table.underlying)
 
     def sums(self, x: FloatArray) -> FloatArray:
         out = np.bincount(self.codes, weights=x, minlength=len(self.names))
@@ -191,6 +186,20 @@ class _Groups:
         out = np.full(len(self.names), -INF)
         np.maximum.at(out, self.codes, x)
         return out
+
+
+@functools.lru_cache(maxsize=1_024)
+def _groups_of(underlying: tuple[str, ...]) -> _Groups:
+    """Grouping by underlying, memoised on the column's content: a book that did not
+    change groups the same way at every evaluation (a hash over the names, not a loop)."""
+    index: dict[str, int] = {}
+    codes = np.fromiter(
+        (index.setdefault(u, len(index)) for u in underlying),
+        dtype=np.int64,
+        count=len(underlying),
+    )
+    codes.flags.writeable = False
+    return _Groups(tuple(index), codes)
 
 
 # --- formatting --------------------------------------------------------------------------
@@ -393,18 +402,27 @@ def _risk_drift(cfg: RiskDriftRule) -> Rule[RuleInput]:
             out += f"; {name} vol {_pct(vol)}"
         return out + _strongest_correlation(inp, name, shown) + _why_and_what(fig, name)
 
-    def read(inp: RuleInput) -> Iterator[Reading]:
+    def text_of(
+        inp: RuleInput,
+        account: str,
+        fig: AccountFigures,
+        shown: list[int],
+        names: list[str],
+        k: int,
+    ) -> str:
+        return text(inp, account, fig, shown[k], names)
+
+    def read(inp: RuleInput) -> Iterator[Readings]:
         for account, fig in inp.snapshot.accounts.items():
             risk = fig.risk
             if risk is None or not _material(risk, cfg.min_volatility_usd):
                 continue
-            shown = np.flatnonzero(risk.shown).tolist()
-            names = [risk.underlyings[i] for i in shown]
+            shown = np.flatnonzero(risk.shown)
+            names = [risk.underlyings[i] for i in shown.tolist()]
             warm = all(inp.warm.get(n, False) for n in names)
-            drift = risk.contributions.drift
-            for i, name in zip(shown, names, strict=True):
-                value = abs(float(drift[i])) if warm else NAN
-                yield Reading(account, name, value, partial(text, inp, account, fig, i, names))
+            values = np.abs(risk.contributions.drift[shown]) if warm else np.full(len(names), NAN)
+            describe = partial(text_of, inp, account, fig, shown.tolist(), names)
+            yield Readings(account, names, values, describe)
 
     return Rule(spec, read)
 
@@ -843,6 +861,11 @@ def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:
         out: FloatArray = np.maximum(as_of_ms - since, 0) / 1000.0
         return out
 
+    def text_of(
+        inp: RuleInput, account: str, table: PositionTable, values: FloatArray, k: int
+    ) -> str:
+        return text(inp, account, table, k, float(values[k]))
+
     def index_age(inp: RuleInput, name: str, opened: int) -> float:
         j = inp.asset_index.get(name)
         ts = 0 if j is None else int(inp.snapshot.assets.price_ts_ms[j])
@@ -874,19 +897,24 @@ def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:
             f"positions without a price for {_secs(first)}"
         )
 
-    def read(inp: RuleInput) -> Iterator[Reading]:
+    def read(inp: RuleInput) -> Iterator[Readings]:
         snap = inp.snapshot
+        index_ts = snap.assets.price_ts_ms
         for account, fig in snap.accounts.items():
             table = fig.positions
             if table is None or not table.instrument:
                 continue
             g = inp.groups(account, table)
-            worst = g.maxima(ages(snap.as_of_ms, table.price_ts_ms, table.opened_ms)).tolist()
-            first_opened = (-g.maxima(-table.opened_ms.astype(np.float64))).tolist()
-            for k, name in enumerate(g.names):
-                value = max(worst[k], index_age(inp, name, int(first_opened[k])))
-                describe = partial(text, inp, account, table, k, value)
-                yield Reading(account, name, value, describe)
+            worst = g.maxima(ages(snap.as_of_ms, table.price_ts_ms, table.opened_ms))
+            first_opened = -g.maxima(-table.opened_ms.astype(np.float64))
+            # The index's age (index_age, vectorised): from its last tick, or from the
+            # group's first opening when it never ticked.
+            j = np.array([inp.asset_index.get(name, -1) for name in g.names], dtype=np.int64)
+            ts = np.zeros(len(j), dtype=np.int64)
+            ts[j >= 0] = index_ts[j[j >= 0]]
+            idx_age = np.maximum(snap.as_of_ms - np.where(ts > 0, ts, first_opened), 0) / 1000.0
+            values = np.maximum(worst, idx_age)
+            yield Readings(account, g.names, values, partial(text_of, inp, account, table, values))
 
     return Rule(spec, read)
 

@@ -1,0 +1,87 @@
+"""Batched readings (``monitor.rules.machine.Readings``) move alerts exactly as one-by-one
+readings do, and an active alert whose figure stands still keeps its summary object."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from functools import partial
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from monitor.model.alert import Transition
+from monitor.rules.machine import Reading, Readings, Rule, RuleEngine, RuleSpec
+
+T0 = 1_767_225_600_000
+UNDS = ("A", "B", "C", "D")
+#: One evaluation: per (account, underlying) a value, NaN, or absent (not in the dict).
+Tick = Mapping[tuple[str, str], float]
+
+calls: list[tuple[str, str]] = []
+
+
+def text(account: str, und: str, value: float) -> str:
+    calls.append((account, und))
+    return f"{account}/{und}: {value:g}"
+
+
+def single(values: Tick) -> Iterator[Reading]:
+    for (a, u), v in sorted(values.items()):
+        yield Reading(a, u, v, partial(text, a, u, v))
+
+
+def describe(account: str, unds: list[str], arr: np.ndarray, k: int) -> str:
+    return text(account, unds[k], float(arr[k]))
+
+
+def batched(values: Tick) -> Iterator[Readings]:
+    for a in sorted({a for a, _ in values}):
+        unds = [u for u in UNDS if (a, u) in values]
+        arr = np.array([values[(a, u)] for u in unds])
+        yield Readings(a, unds, arr, partial(describe, a, unds, arr))
+
+
+def engines(**kw: float) -> tuple[RuleEngine[Tick], RuleEngine[Tick]]:
+    spec = RuleSpec("r", for_ms=2_000, cooldown_ms=3_000, **kw)  # type: ignore[arg-type]
+    return RuleEngine([Rule(spec, single)]), RuleEngine([Rule(spec, batched)])
+
+
+def key(t: Transition) -> tuple[object, ...]:
+    a = t.alert
+    return (t.previous, a.state, a.severity, a.account, a.underlying, a.value, a.summary, t.ts_ms)
+
+
+value = st.one_of(st.floats(0.0, 1.0), st.just(float("nan")), st.just(0.7), st.just(0.9))
+tick = st.dictionaries(st.tuples(st.sampled_from(["x", "y"]), st.sampled_from(UNDS)), value)
+
+
+@settings(max_examples=150)
+@given(st.lists(tick, min_size=1, max_size=30), st.sampled_from(["above", "below"]))
+def test_batches_move_alerts_as_single_readings(ticks: list[Tick], direction: str) -> None:
+    kw = (
+        {"warning": 0.6, "critical": 0.8, "clear": 0.5}
+        if direction == "above"
+        else {"warning": 0.4, "critical": 0.2, "clear": 0.5}
+    )
+    one, many = engines(direction=direction, **kw)  # type: ignore[arg-type]
+    for k, values in enumerate(ticks):
+        now = T0 + 1_000 * k
+        assert [key(t) for t in many.evaluate(values, now)] == [
+            key(t) for t in one.evaluate(values, now)
+        ]
+        assert many.active() == one.active()
+    assert many.state() == one.state()
+
+
+def test_a_standing_figure_formats_its_summary_once() -> None:
+    _, eng = engines(warning=0.6, critical=0.8, clear=0.5)
+    calls.clear()
+    for k in range(5):  # the same figures: the summary is built once, then reused
+        eng.evaluate({("x", "A"): 0.7, ("x", "B"): 0.1}, T0 + 1_000 * k)
+        first = eng.active()
+    assert calls == [("x", "A")]
+    assert eng.active()[0] is first[0]
+    eng.evaluate({("x", "A"): 0.75, ("x", "B"): 0.1}, T0 + 10_000)
+    assert eng.active()[0].summary == "x/A: 0.75"  # the value moved: a new summary
+    assert calls == [("x", "A"), ("x", "A")]
