@@ -711,7 +711,13 @@ class Engine:
         )
         self._changed = False
         if self._rules is not None:
-            moves = self._rules.evaluate(RuleInput(snap, self._connectors()), as_of_ms)
+            # An idle evaluation re-dates the last figures (the same objects): steady
+            # rules replay their last readings.
+            last = self.snapshot
+            unchanged = last is not None and snap.total is last.total
+            moves = self._rules.evaluate(
+                RuleInput(snap, self._connectors()), as_of_ms, unchanged=unchanged
+            )
             if moves:
                 self._history.extend(moves)
                 self._history_view = tuple(self._history)

@@ -230,6 +230,10 @@ class Rule(Generic[I]):
     spec: RuleSpec
     read: Callable[[I], Iterable[Reading | Readings]]
     watch: set[tuple[str, str]] | None = None
+    #: The readings depend on the input's figures alone (not on the clock or on anything
+    #: else the input carries): an evaluation told the figures are unchanged replays the
+    #: last readings instead of reading again (``RuleEngine.evaluate``'s ``unchanged``).
+    steady: bool = False
 
     @property
     def name(self) -> str:
@@ -326,16 +330,20 @@ class RuleEngine(Generic[Inp]):
         self._cooldown: list[dict[_Subject, int]] = [{} for _ in rules]
         self._tick = 0
         self._last_ms: int | None = None
+        #: Per rule, the readings its last read gave the state machine (hot subjects).
+        self._replay: list[list[Reading] | None] = [None for _ in rules]
 
     @property
     def rules(self) -> tuple[Rule[Inp], ...]:
         return self._rules
 
-    def evaluate(self, data: Inp, now_ms: int) -> list[Transition]:
+    def evaluate(self, data: Inp, now_ms: int, *, unchanged: bool = False) -> list[Transition]:
         """Read every rule's figures from ``data`` at ``now_ms``; return the transitions.
 
         ``now_ms`` is the engine clock (epoch ms; the snapshot's ``as_of_ms``) and must
-        not go back between calls.
+        not go back between calls. ``unchanged``: ``data``'s figures are those of the
+        previous call (only time passed); a ``steady`` rule then replays its last readings
+        (same values: only ``for`` timers and cooldowns can move) without reading.
 
         Raises
         ------
@@ -348,7 +356,7 @@ class RuleEngine(Generic[Inp]):
         self._tick += 1
         out: list[Transition] = []
         for k, rule in enumerate(self._rules):
-            moves = self._evaluate_rule(k, rule, data, now_ms)
+            moves = self._evaluate_rule(k, rule, data, now_ms, unchanged and rule.steady)
             if moves:
                 moves.sort(key=lambda t: _order((t.alert.account, t.alert.underlying)))
                 out.extend(moves)
@@ -518,10 +526,15 @@ class RuleEngine(Generic[Inp]):
                 ep.summary,
             )
 
-    def _evaluate_rule(self, k: int, rule: Rule[Inp], data: Inp, now_ms: int) -> list[Transition]:
+    def _evaluate_rule(
+        self, k: int, rule: Rule[Inp], data: Inp, now_ms: int, replay: bool
+    ) -> list[Transition]:
         spec = rule.spec
         tracks = self._tracks[k]
         cooldown = self._cooldown[k]
+        readings = self._replay[k]
+        if replay and readings is not None and not readings and not tracks and not cooldown:
+            return []  # the same figures, nothing hot, nothing live: nothing can move
         if cooldown:
             for subject in [s for s, until in cooldown.items() if until <= now_ms]:
                 del cooldown[subject]
@@ -539,8 +552,12 @@ class RuleEngine(Generic[Inp]):
         )
         tick = self._tick
         moves: list[Transition] = []
-
-        for r in self._readings(rule.read(data), tracks, s, first):
+        if not replay or readings is None:
+            # Every subject that can move is in this list: those at or past the first
+            # threshold and those with a live episode. With the same values, nothing else
+            # can move later either, so the list replays exactly.
+            readings = self._replay[k] = list(self._readings(rule.read(data), tracks, s, first))
+        for r in readings:
             subject = (r.account, r.underlying)
             v = s * r.value
             tr = tracks.get(subject)

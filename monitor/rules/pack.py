@@ -424,7 +424,7 @@ def _risk_drift(cfg: RiskDriftRule) -> Rule[RuleInput]:
             describe = partial(text_of, inp, account, fig, shown.tolist(), names)
             yield Readings(account, names, values, describe)
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 def _concentration(cfg: ConcentrationRule) -> Rule[RuleInput]:
@@ -463,7 +463,7 @@ def _concentration(cfg: ConcentrationRule) -> Rule[RuleInput]:
                 value = NAN
             yield Reading(account, None, value, partial(text, inp, account, fig, value))
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 # --- margin ------------------------------------------------------------------------------
@@ -546,7 +546,7 @@ def _distance_to_call(cfg: DistanceToCallRule) -> Rule[RuleInput]:
             if found is not None:
                 yield Reading(account, None, found[0], partial(text, account, m, d))
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 def _distance_to_call_sigmas(cfg: DistanceToCallSigmasRule) -> Rule[RuleInput]:
@@ -566,7 +566,7 @@ def _distance_to_call_sigmas(cfg: DistanceToCallSigmasRule) -> Rule[RuleInput]:
             if d is not None and found is not None:
                 yield Reading(account, None, found[0], partial(text, account, d, found[0]))
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 def _scenario_margin(cfg: ScenarioMarginRule) -> Rule[RuleInput]:
@@ -603,7 +603,7 @@ def _scenario_margin(cfg: ScenarioMarginRule) -> Rule[RuleInput]:
                 continue
             yield Reading(account, None, value, partial(text, account, m, sm, equity, value))
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 # --- regime ------------------------------------------------------------------------------
@@ -641,7 +641,7 @@ def _vol_break(cfg: VolBreakRule) -> Rule[RuleInput]:
             value = cur[i] / base[i] if ok else NAN
             yield Reading(None, name, value, partial(text, inp, name, i, value))
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 def _vol_vs_implied(cfg: VolVsImpliedRule) -> Rule[RuleInput]:
@@ -677,7 +677,7 @@ def _vol_vs_implied(cfg: VolVsImpliedRule) -> Rule[RuleInput]:
                 continue  # no IV: the book holds no priced option on it
             yield Reading(None, name, value, partial(text, inp, name, i, value))
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 def _used(inp: RuleInput) -> list[str]:
@@ -719,7 +719,7 @@ def _correlation_spike(cfg: CorrelationSpikeRule) -> Rule[RuleInput]:
         value = float(reg.current.average_correlation - reg.baseline.average_correlation)
         yield Reading(None, None, value, partial(text, inp, value))
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 def _absorption_spike(cfg: AbsorptionSpikeRule) -> Rule[RuleInput]:
@@ -746,7 +746,7 @@ def _absorption_spike(cfg: AbsorptionSpikeRule) -> Rule[RuleInput]:
         value = float(reg.current.absorption_ratio - reg.baseline.absorption_ratio)
         yield Reading(None, None, value, partial(text, inp, value))
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 # --- limits ------------------------------------------------------------------------------
@@ -779,7 +779,7 @@ def _net_delta_limit(
             value = abs(float(fig.greeks["delta_usd"])) / limit
             yield Reading(account, None, value, partial(text, account, fig, limit, value))
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 def _net_vega_limit(cfg: NetVegaLimitRule, limits: Mapping[str, AccountLimits]) -> Rule[RuleInput]:
@@ -802,7 +802,7 @@ def _net_vega_limit(cfg: NetVegaLimitRule, limits: Mapping[str, AccountLimits]) 
             value = abs(float(fig.greeks["vega"])) / limit
             yield Reading(account, None, value, partial(text, account, fig, limit, value))
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 # --- hedges and data ---------------------------------------------------------------------
@@ -845,7 +845,7 @@ def _hedge_offset(cfg: HedgeOffsetRule) -> Rule[RuleInput]:
         watched.clear()
         watched.update(seen)
 
-    return Rule(spec, read, watched)
+    return Rule(spec, read, watched, steady=True)
 
 
 def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:
@@ -960,7 +960,7 @@ def _venue_mismatch(
             n = _number(vs.get("positions"))
             yield Reading(account, None, abs(diff), partial(text, account, diff, n))
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 def _model_margin_divergence(cfg: ModelMarginDivergenceRule) -> Rule[RuleInput]:
@@ -989,7 +989,7 @@ def _model_margin_divergence(cfg: ModelMarginDivergenceRule) -> Rule[RuleInput]:
             value = INF if r == 0.0 else max(r, 1.0 / r) - 1.0
             yield Reading(account, None, value, partial(text, account, ours, venue, value))
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 # --- the pack ----------------------------------------------------------------------------
@@ -1026,7 +1026,7 @@ def _var_backtest(cfg: VarBacktestRule) -> Rule[RuleInput]:
             value = _ZONE_CODE[bt["zone"]]
             yield Reading(account, None, value, partial(text, account, bt))
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 def _stressed_var_ratio(cfg: StressedVarRatioRule) -> Rule[RuleInput]:
@@ -1053,7 +1053,7 @@ def _stressed_var_ratio(cfg: StressedVarRatioRule) -> Rule[RuleInput]:
             value = NAN if ratio is None or not warm else float(ratio)
             yield Reading(account, None, value, partial(text, account, fig, st, value))
 
-    return Rule(spec, read)
+    return Rule(spec, read, steady=True)
 
 
 def _build(cfg: RuleConfig, limits: Mapping[str, AccountLimits]) -> Rule[RuleInput]:
