@@ -128,6 +128,11 @@ class Actions:
         #: (as of, book token, accounts, sections) of the last computation.
         self._last: tuple[int, object, tuple[str, ...], dict[str, dict[str, Any]]] | None = None
 
+    @property
+    def computed_at_ms(self) -> int | None:
+        """When the sections :meth:`account_sections` returns were computed."""
+        return None if self._last is None else self._last[0]
+
     def account_sections(
         self,
         as_of_ms: int,

@@ -156,6 +156,7 @@ class Evaluator:
         s = self.settings
         self._backtests = Backtests(s.actions, s.var_confidence, s.var_horizon_ms)
         self._last_full: _LastFull | None = None
+        self._stressed: dict[str, dict[str, Any]] = {}
 
     def state(self, estimator: RollingEstimator) -> dict[str, Any]:
         """What evaluations carry over, as plain data: the regime baselines and the count
@@ -405,12 +406,19 @@ class Evaluator:
                 for a, dn in zip(book_names, (v.delta_normal for v in var_risks), strict=False)
             }
             backtests = self._backtests.update(as_of_ms, book, values, market, registry, var_now)
+            # Stressed VaR is advisory like the sections: computed when they are.
+            fresh = self._actions.computed_at_ms == as_of_ms
+            if fresh:
+                self._stressed = {}
             for j, a in enumerate(book_names):
                 sec = sections.setdefault(a, {})
                 sec["backtest"] = backtests.get(a)
-                sec["stressed_var"] = stressed_section(
-                    x[j], var_cov, s.actions, s.var_confidence, horizon
-                )
+                stressed = None if fresh else self._stressed.get(a)
+                if stressed is None:
+                    stressed = self._stressed[a] = stressed_section(
+                        x[j], var_cov, s.actions, s.var_confidence, horizon
+                    )
+                sec["stressed_var"] = stressed
         except _NUMERIC_ERRORS as exc:
             sections = {}
             unknown["accounts.*.suggestions"] = _reason(exc)
