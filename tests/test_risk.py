@@ -701,3 +701,28 @@ def test_risk_excluded_names_an_underlying_only_delta_gamma_dropped() -> None:
         ("BTC", "SOL"), np.array([True, True]), c, var_delta_normal(x, cov), dg, None
     )
     assert risk.report()["risk_excluded"] == ["SOL"]
+
+
+def test_book_risk_without_simulation_changes_only_the_simulated_figures() -> None:
+    """``simulate=False`` (the evaluation's slow-covariance pass, which reads only the
+    contributions): the same contributions and delta-normal figures; delta-gamma VaR is
+    NaN exactly for the books the simulation would have priced."""
+    rng = np.random.default_rng(11)
+    n = 5
+    a = rng.standard_normal((n, n))
+    cov = (a @ a.T + n * np.eye(n)) * 0.05
+    x = rng.normal(0.0, 1e6, (8, n))
+    g = rng.normal(0.0, 1e9, (8, n)) * (rng.random((8, n)) < 0.6)
+    budgets: list[npt.NDArray[np.float64] | None] = [None] * 8
+    full = book_risk(x, g, cov, budgets, 0.99, 1 / 365)
+    fast = book_risk(x, g, cov, budgets, 0.99, 1 / 365, simulate=False)
+    methods = {f.delta_gamma.method for f in full}
+    assert methods == {"simulation", "cornish_fisher"}  # both kinds are in this sample
+    for f, q in zip(full, fast, strict=True):
+        _assert_same(q.contributions, f.contributions)
+        _assert_same(q.delta_normal, f.delta_normal)
+        if f.delta_gamma.method == "simulation":
+            assert q.delta_gamma.method == "not_computed"
+            assert math.isnan(q.delta_gamma.var_usd)
+        else:
+            assert q.delta_gamma == f.delta_gamma

@@ -347,7 +347,8 @@ class Evaluator:
         budgets = [self._budget(names, s.budgets.get(a)) for a in book_names] + [None]
         slow_hl, _, var_hl = (h / 1000.0 for h in estimator.halflives_ms)
         try:
-            risks = book_risk(x, g, cov, budgets, s.var_confidence, horizon)
+            # From the slow covariance only the contributions are read: no simulation.
+            risks = book_risk(x, g, cov, budgets, s.var_confidence, horizon, simulate=False)
             var_risks = book_risk(x, g, var_cov, budgets, s.var_confidence, horizon)
         except _NUMERIC_ERRORS as exc:
             bad[:] = True

@@ -714,8 +714,14 @@ def book_risk(
     budgets: list[FloatArray | None],
     confidence: float = DEFAULT_CONFIDENCE,
     horizon: float = DEFAULT_HORIZON,
+    *,
+    simulate: bool = True,
 ) -> list[BookRisk]:
     """:func:`contributions`, :func:`var_delta_normal` and :func:`var_delta_gamma` of k books.
+
+    ``simulate=False`` (a caller that wants the contributions only): a book whose
+    Cornish-Fisher expansion is not monotone gets a NaN delta-gamma VaR and ES (method
+    ``"not_computed"``) instead of the seeded simulation, the costly part.
 
     The engine's per-evaluation path: when the covariance is known among every asset any
     book holds (the steady state once each asset has returns), all books are computed
@@ -832,7 +838,9 @@ def book_risk(
     lowest = np.where(inside, np.minimum(lowest, slope(np.where(inside, vertex, a))), lowest)
 
     dg = [
-        _dg_figures(
+        (math.nan, math.nan, "not_computed")
+        if not simulate and not lowest[b] > 0.0
+        else _dg_figures(
             bool(lowest[b] > 0.0),
             float(-(k1[b] + sd[b] * w[b])),
             float(-(k1[b] + sd[b] * tail[b] / cdf)),
