@@ -28,7 +28,7 @@ TOL = 1e-6  # of the gross forward notional
 
 
 def _b76(
-    f: FloatArray, k: FloatArray, t: FloatArray, vol: FloatArray, call: FloatArray
+    f: FloatArray, k: FloatArray, t: FloatArray, vol: FloatArray, call: npt.NDArray[np.bool_]
 ) -> FloatArray:
     """Black-76 per unit, broadcasting; intrinsic where ``vol sqrt(t)`` is 0."""
     sd = vol * np.sqrt(np.maximum(t, 0.0))
