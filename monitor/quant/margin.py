@@ -1273,8 +1273,11 @@ class _Params:
 
 
 def _params(s: MarginSettings, names: Sequence[str]) -> _Params:
+    none = UnderlyingParams()
+    per = [s.underlyings.get(u, none) for u in names]
+
     def col(field_name: str, default: float) -> FloatArray:
-        vals = [getattr(s.underlyings.get(u, UnderlyingParams()), field_name) for u in names]
+        vals = [getattr(up, field_name) for up in per]
         return np.array([default if v is None else v for v in vals], dtype=np.float64)
 
     usd = s.currencies.get("USD", CurrencyParams())
@@ -1658,9 +1661,17 @@ def portfolio_margin(
     usd_total = np.zeros(k)
     mm_total = np.zeros(k)
 
+    # Names only, one string per book: from Python lists, each label formatted once.
+    idx_l, worst_l, moves_l = idx.tolist(), worst.tolist(), moves.tolist()
+    states_l, ext_l = sc.vol_state.tolist(), sc.extended.tolist()
+    labels_memo: dict[tuple[int, int], str] = {}
+
     def label(b: int, u: int, settle: int) -> str:
-        j = int(idx[b, u, settle])
-        return _scenario_label(float(moves[j, u]), int(sc.vol_state[j]), bool(sc.extended[j]))
+        j = idx_l[b][u][settle]
+        out = labels_memo.get((j, u))
+        if out is None:
+            out = labels_memo[j, u] = _scenario_label(moves_l[j][u], states_l[j], ext_l[j])
+        return out
 
     for settle in (1, 0):
         held_any = held[:, :, settle].any(axis=0)
@@ -1677,8 +1688,9 @@ def portfolio_margin(
             unit = float(index[us[0]]) if settle else 1.0
             labels: list[str | None] = []
             for b in range(k):  # names only: one string per book
-                lost = [u for u in us if worst[b, u, settle] > 0.0]
-                lost.sort(key=lambda u: -worst[b, u, settle])
+                wb = worst_l[b]
+                lost = [u for u in us if wb[u][settle] > 0.0]
+                lost.sort(key=lambda u: -wb[u][settle])
                 if settle:
                     labels.append(label(b, lost[0], settle) if lost else None)
                 else:

@@ -44,6 +44,7 @@ Flat or hedged book
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Final
@@ -1183,19 +1184,21 @@ def revalue_grid(
     k = acc.shape[1]
     p1 = points + 1
     q = rows.q2
-    # Value and slope sums per (underlying, book) at each grid point: (n k, points + 1).
-    val = np.zeros((n * k, p1))
-    slope = np.zeros((n * k, p1))
+    # Value and slope sums per underlying, grid point and book: (n, points + 1, k). One
+    # dense product per run of options on one underlying (a loop over underlyings).
+    val = np.zeros((n, p1, k))
+    slope = np.zeros((n, p1, k))
     steps = np.arange(p1, dtype=np.float64)[:, None]
-    for c in _blocks(sel, p1, max_elements):
-        u = rows.und[c]
-        x = lo[u] + steps * h[u]  # (points + 1, chunk)
-        v, dv = _b76_value_slope(x, rows.lnfk[c], rows.f[c], rows.k[c], rows.w[c], rows.sd1[c])
-        v -= rows.base[c]
-        o, b = np.nonzero(q[c])
-        agg = sparse.csr_array((q[c][o, b], (u[o] * k + b, o)), shape=(n * k, c.size))
-        val += np.asarray(agg @ v.T)
-        slope += np.asarray(agg @ dv.T)
+    sel = sel[np.argsort(rows.und[sel], kind="stable")]
+    for c in _runs(rows.und[sel], p1, max_elements):
+        cc = sel[c]
+        u = int(rows.und[cc[0]])
+        x = lo[u] + steps * h[u]  # (points + 1, 1)
+        v, dv = _b76_value_slope(x, rows.lnfk[cc], rows.f[cc], rows.k[cc], rows.w[cc], rows.sd1[cc])
+        v -= rows.base[cc]
+        qc = q[cc]
+        val[u] += v @ qc
+        slope[u] += dv @ qc
     # Cubic Hermite weights of each scenario's return in its grid interval.
     with np.errstate(invalid="ignore", divide="ignore"):
         pos = np.where(h > 0.0, (r_all - lo) / np.where(h > 0.0, h, 1.0), 0.0)  # (m, n)
@@ -1203,30 +1206,24 @@ def revalue_grid(
     tau = pos - j
     tau2 = tau * tau
     tau3 = tau2 * tau
-    weights = (
-        2.0 * tau3 - 3.0 * tau2 + 1.0,  # value at j
-        3.0 * tau2 - 2.0 * tau3,  # value at j + 1
-        (tau3 - 2.0 * tau2 + tau) * h,  # slope at j
-        (tau3 - tau2) * h,  # slope at j + 1
-    )
-    base_col = np.arange(n) * p1 + j  # (m, n): column of grid point j of underlying u
+    weights = np.stack(
+        [
+            2.0 * tau3 - 3.0 * tau2 + 1.0,  # value at j
+            3.0 * tau2 - 2.0 * tau3,  # value at j + 1
+            (tau3 - 2.0 * tau2 + tau) * h,  # slope at j
+            (tau3 - tau2) * h,  # slope at j + 1
+        ],
+        axis=1,
+    )  # (m, 4, n)
+    base_col = np.arange(n) * p1 + j  # (m, n): row of grid point j of underlying u below
     off = n * p1
-    cols = (base_col, base_col + 1, off + base_col, off + base_col + 1)
-    row_ix = np.broadcast_to(np.arange(m)[:, None], (m, n))
+    cols = np.stack([base_col, base_col + 1, off + base_col, off + base_col + 1], axis=1)
+    # One row per scenario with 4 n entries (distinct columns): built as CSR directly.
     interp = sparse.csr_array(
-        (
-            np.concatenate([w.ravel() for w in weights]),
-            (np.tile(row_ix.ravel(), 4), np.concatenate([c.ravel() for c in cols])),
-        ),
+        (weights.reshape(-1), cols.reshape(-1), np.arange(0, 4 * n * m + 1, 4 * n)),
         shape=(m, 2 * off),
     )
-    # (n k, p1) -> (n p1, k): rows ordered (underlying, grid point) as the columns above.
-    stacked = np.concatenate(
-        [
-            val.reshape(n, k, p1).transpose(0, 2, 1).reshape(off, k),
-            slope.reshape(n, k, p1).transpose(0, 2, 1).reshape(off, k),
-        ]
-    )
+    stacked = np.concatenate([val.reshape(off, k), slope.reshape(off, k)])
     acc += np.asarray(interp @ stacked)
     return ScenarioPnL(pnl, rows.unpriced)
 
@@ -1338,9 +1335,14 @@ def _exact_pnl(
             acc += v @ rows.q2[c]
 
 
-def _blocks(sel: IntArray, m: int, max_elements: int) -> list[IntArray]:
+def _runs(keys: IntArray, m: int, max_elements: int) -> list[slice]:
+    """Slices of sorted ``keys`` with one key each, at most ``max_elements // m`` long."""
     step = max(1, max_elements // max(m, 1))
-    return [sel[s : s + step] for s in range(0, sel.size, step)]
+    edges = np.flatnonzero(np.diff(keys)) + 1
+    bounds = [0, *edges.tolist(), keys.size]
+    return [
+        slice(s, min(s + step, b)) for a, b in itertools.pairwise(bounds) for s in range(a, b, step)
+    ]
 
 
 def _b76_value_slope(
@@ -1361,8 +1363,7 @@ def _b76_value_slope(
     d -= w * sd
     ndtr(d, out=d)
     d *= strike  # K N(w d2)
-    slope = np.exp(r)
-    slope *= fwd
+    slope = np.exp(r) * fwd  # r may broadcast (one grid for the options of a run)
     slope *= n1
     value = slope - d
     value *= w
