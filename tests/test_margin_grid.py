@@ -16,9 +16,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from scipy import stats
+from scipy.optimize import brentq
 
 from monitor.quant.margin import (
     LinearPositions,
+    distance_to_call,
     distance_to_call_model,
     portfolio_margin,
 )
@@ -120,3 +122,52 @@ def test_grid_distance_matches_exact_valuation(seed: int) -> None:
     assert found >= 4  # the test looks at real calls, both directions among them
     assert np.isfinite(grid.down).any()
     assert np.isfinite(grid.up).any()
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_scan_on_the_grid_finds_the_exact_distance(seed: int) -> None:
+    """``distance_to_call`` (venue margin held): the first move at which equity + P&L
+    reaches it, against a fine scan and Brent's root of the P&L priced here."""
+    k = 4
+    options, _, lin_usd = _book(seed, k)
+    lin_tot = lin_usd.sum(axis=0)
+    o = options
+    now = _b76(o.forward, o.strike, o.t, o.vol, o.is_call)
+    steps = np.arange(1, 1801) * 0.0005  # moves to 90%
+    moved = np.concatenate([-steps[::-1], steps])
+    v = _b76(o.forward[None, :] * (1.0 + moved[:, None]), o.strike, o.t, o.vol, o.is_call)
+    pnl = (v - now) @ o.quantity + moved[:, None] * lin_tot  # (moves, k)
+    scale = np.abs(pnl).max(axis=0)
+    mm = np.full(k, 1e5)
+    headroom = np.array([0.3, 0.5, 0.8, 0.95]) * scale
+    got = distance_to_call(headroom + mm, mm, lin_usd, options, np.eye(3) * 0.5, lin_usd.T)
+    exact = distance_to_call(
+        headroom + mm, mm, lin_usd, options, np.eye(3) * 0.5, lin_usd.T, value_grid=None
+    )
+
+    def g(x: float, b: int, sign: float) -> float:
+        m = sign * x
+        f = o.forward * (1.0 + m)
+        dv = _b76(f, o.strike, o.t, o.vol, o.is_call) - now
+        return float(headroom[b] + dv @ o.quantity[:, b] + lin_tot[b] * m)
+
+    found = 0
+    for b in range(k):
+        for sign, dist, reach in (
+            (-1.0, got.down[b], got.reachable_down[b]),
+            (1.0, got.up[b], got.reachable_up[b]),
+        ):
+            col = pnl[1800:, b] if sign > 0 else pnl[:1800, b][::-1]
+            below = np.flatnonzero(headroom[b] + col <= 0.0)
+            if below.size == 0:
+                assert not reach
+                continue
+            j = int(below[0])
+            a = 0.0 if j == 0 else float(steps[j - 1])
+            want = brentq(g, a, float(steps[j]), args=(b, sign), xtol=1e-12)
+            assert reach
+            assert dist == pytest.approx(want, abs=TOL)
+            found += 1
+    assert found >= 4
+    np.testing.assert_allclose(got.down, exact.down, atol=TOL, equal_nan=True)
+    np.testing.assert_allclose(got.up, exact.up, atol=TOL, equal_nan=True)

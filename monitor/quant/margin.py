@@ -961,6 +961,40 @@ def _basket_sigma(
     return out
 
 
+#: Grid intervals of the scan of :func:`distance_to_call` (``value_grid``).
+SCAN_GRID_POINTS: Final = 48
+
+
+def _scan_on_grid(
+    o: _Options, sd0: FloatArray, r: FloatArray, max_move: float, points: int, pnl: FloatArray
+) -> IntArray:
+    """Add to ``pnl`` ``(moves, k)`` the P&L at log moves ``r`` of the options a grid of
+    ``points`` intervals over ``+-max_move`` holds (sd of at least 1.5 intervals), read
+    by cubic Hermite interpolation; returns the rows left to exact valuation."""
+    lo = math.log1p(-max_move)
+    h = (math.log1p(max_move) - lo) / points
+    on = (sd0 >= _GRID_MIN_SD_STEPS * h) & (sd0 > _SD_MIN)
+    rows = np.flatnonzero(on)
+    if rows.size == 0:
+        return np.flatnonzero(~on)
+    p1 = points + 1
+    x = lo + np.arange(p1, dtype=np.float64)[:, None] * h
+    k = o.qty.shape[1]
+    val, slope = np.zeros((1, p1, k)), np.zeros((1, p1, k))
+    step = max(1, _MAX_ELEMENTS // p1)
+    for s0 in range(0, rows.size, step):
+        c = rows[s0 : s0 + step]
+        v, dv, _, _ = _b76_grid(x, o, c, sd0[c], False)
+        v -= _values(np.zeros((1, c.size)), o, c, sd0[c])  # P&L since today, exact base
+        val[0] += v @ o.qty[c]
+        slope[0] += dv @ o.qty[c]
+    zero = np.zeros((1, 1), dtype=np.int64)
+    books = np.arange(k)[None, :]
+    pnl += _hermite(val, slope, np.array([lo]), np.array([h]), points, zero, r[:, None], books)
+    out: IntArray = np.flatnonzero(~on)
+    return out
+
+
 def distance_to_call(
     equity: npt.ArrayLike,
     maintenance_margin: npt.ArrayLike,
@@ -972,6 +1006,7 @@ def distance_to_call(
     *,
     tol: float = 1e-9,
     grid_points: int = 40,
+    value_grid: int | None = SCAN_GRID_POINTS,
 ) -> DistanceToCall:
     """Smallest uniform move, down and up, at which equity reaches maintenance margin.
 
@@ -1001,6 +1036,12 @@ def distance_to_call(
         root is refined in the cell before: the move is the smallest one unless the book's
         P&L dips below and back within one cell, which the added points rule out for
         options (the P&L of an option bends over a width of about its sd).
+    value_grid
+        The scan reads the options whose sd spans at least 1.5 intervals from a grid of
+        this many intervals of log moves over ``+-max_move`` (each valued once, with its
+        slope; the books' sums read by cubic Hermite interpolation); the others, and the
+        refinement, are exact. ``None``: every option valued at every scan point.
+        tests/test_margin_grid.py checks the distances against exact valuation.
 
     Returns
     -------
@@ -1047,10 +1088,14 @@ def distance_to_call(
     if o is not None and has_opt:
         sd0 = o.vol * np.sqrt(o.t)
         r = np.log1p(moves)
-        for c in _chunks(moves.size, o.size):
-            width = c.stop - c.start
-            base = _values(np.zeros((1, width)), o, c, sd0[c])
-            v = _values(np.repeat(r[:, None], width, axis=1), o, c, sd0[c])
+        exact = np.arange(o.size)
+        if value_grid is not None:
+            exact = _scan_on_grid(o, sd0, r, max_move, value_grid, pnl)
+        step = max(1, _MAX_ELEMENTS // max(moves.size, 1))
+        for s0 in range(0, exact.size, step):
+            c = exact[s0 : s0 + step]
+            base = _values(np.zeros((1, c.size)), o, c, sd0[c])
+            v = _values(np.repeat(r[:, None], c.size, axis=1), o, c, sd0[c])
             v -= base
             pnl += v @ o.qty[c]
     g_all = headroom[None, :] + pnl
