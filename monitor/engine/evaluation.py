@@ -5,8 +5,8 @@ Stages, each a pure function of its inputs (``monitor.engine.valuation``, ``moni
 contributions against the risk-parity budget and parametric VaR/ES; full-revaluation VaR
 over a scenario set on its own slower clock (``risk.scenario_interval``, event time, so a
 replay recomputes it at the same moments) and whenever the book changed; regime figures
-against their slow baselines; venue-reported margin. The :class:`Evaluator` holds only what evaluations carry forward:
-the regime baselines and the last scenario VaR.
+against their slow baselines; venue-reported margin. The :class:`Evaluator` holds only
+what evaluations carry forward: the regime baselines and the last scenario VaR.
 
 An evaluation never fails because of market data. A figure whose inputs are not finite (a
 price so large that a sum overflows, scenario P&L beyond float range) is NaN, reported as
