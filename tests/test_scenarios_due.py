@@ -112,8 +112,11 @@ def test_position_change_makes_the_pass_due_at_once() -> None:
     first = eng.evaluate(T0 + 10_000).accounts["a"].extra["margin"]
     quiet = eng.evaluate(T0 + 10_250).accounts["a"].extra["margin"]
     assert _as_of(quiet) == _as_of(first) == iso_ms(T0 + 10_000)
+    eng.apply(PositionEvent(T0 + 10_260, "a", PUT, PUT_QTY), "t")  # a snapshot, unchanged
+    same = eng.evaluate(T0 + 10_270).accounts["a"].extra["margin"]
+    assert _as_of(same) == iso_ms(T0 + 10_000)
     eng.apply(PositionEvent(T0 + 10_300, "a", PUT, 2 * PUT_QTY), "t")
-    after = eng.evaluate(T0 + 10_500).accounts["a"].extra["margin"]
+    after = eng.evaluate(T0 + 10_500).accounts["a"].extra["margin"]  # changed: due
     assert _as_of(after) == iso_ms(T0 + 10_500)
     assert after["distance_to_call"]["down"] < first["distance_to_call"]["down"]
     eng.apply(AccountEvent(T0 + 10_600, "a", EQUITY / 2, 2 * MM, MM), "t")

@@ -540,16 +540,18 @@ class Engine:
         if self.registry.instruments[i].kind == "index":
             raise Rejected(Reason.INVALID_VALUE, f"{ev.instrument!r} is an index, not tradable")
         book = self._positions.setdefault(ev.account, {})
+        held = book.get(i)
         if ev.quantity == 0.0:
             book.pop(i, None)
         else:
-            held = book.get(i)
             # Keep when the position was opened: a price is "missing" from then on.
             book[i] = (ev.quantity, ev.ts if held is None else held[1])
             if self._price[i] != self._price[i]:  # NaN: not priced yet
                 self._unpriced_held.add(i)
         self._book = None
-        self._scenarios_due = True
+        # A venue's periodic snapshot of an unchanged position changes no figure.
+        if (0.0 if held is None else held[0]) != ev.quantity:
+            self._scenarios_due = True
 
     def _apply_account(self, ev: AccountEvent) -> None:
         currencies = dict(ev.currencies) if ev.currencies else {}
