@@ -269,7 +269,7 @@ def _replay(args: argparse.Namespace) -> int:
     if last_ts is None:
         print(f"riskmon: {args.file} holds no valid event", file=sys.stderr)
         return 1
-    snap = engine.evaluate(last_ts)
+    snap = engine.evaluate(last_ts, scenarios=True)  # scenario figures of the final state
     elapsed = time.perf_counter() - started
     rejected = sum(engine.stats.rejected.values())
     log.info(

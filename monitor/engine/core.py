@@ -169,6 +169,9 @@ class Engine:
         self._positions: dict[str, dict[int, tuple[float, int]]] = {}  # (qty, opened ms)
         self._accounts: dict[str, AccountState] = {}
         self._book: Book | None = None
+        # The book changed since the last evaluation: its scenario figures are due.
+        self._scenarios_due = False
+        self._unpriced_held: set[int] = set()  # held instruments without a price yet
         self._book_version = -1
         self._und_index_inst = np.zeros(0, dtype=np.int64)
         self._und_version = -1
@@ -525,6 +528,9 @@ class Engine:
         ts = ev.ts
         if ts > self._grid_next:
             self._close_grid(ts)
+        if self._unpriced_held and i in self._unpriced_held:  # a held one's first price
+            self._unpriced_held.discard(i)
+            self._scenarios_due = True
         self._price[i] = ev.price
         self._price_ts[i] = ts
         if ev.iv is not None:
@@ -540,13 +546,18 @@ class Engine:
         if self.registry.instruments[i].kind == "index":
             raise Rejected(Reason.INVALID_VALUE, f"{ev.instrument!r} is an index, not tradable")
         book = self._positions.setdefault(ev.account, {})
+        held = book.get(i)
         if ev.quantity == 0.0:
             book.pop(i, None)
         else:
-            held = book.get(i)
             # Keep when the position was opened: a price is "missing" from then on.
             book[i] = (ev.quantity, ev.ts if held is None else held[1])
+            if self._price[i] != self._price[i]:  # NaN: not priced yet
+                self._unpriced_held.add(i)
         self._book = None
+        # A venue's periodic snapshot of an unchanged position changes no figure.
+        if (0.0 if held is None else held[0]) != ev.quantity:
+            self._scenarios_due = True
 
     def _apply_account(self, ev: AccountEvent) -> None:
         currencies = dict(ev.currencies) if ev.currencies else {}
@@ -583,6 +594,7 @@ class Engine:
         for i in held:  # a currency no longer reported holds no collateral
             book.pop(i, None)
         self._book = None
+        self._scenarios_due = True
 
     def _apply_instrument(self, ev: InstrumentEvent) -> None:
         inst = from_event(ev)
@@ -592,6 +604,7 @@ class Engine:
         self._grow(len(self.registry))
         self._sync_guarded(i)
         self._book = None
+        self._scenarios_due = True
 
     def drop_account(self, account: str) -> None:
         """Remove ``account``: its positions and venue margin leave the book and its alerts
@@ -600,6 +613,7 @@ class Engine:
         self._changed = True
         if self._positions.pop(account, None) is not None:
             self._book = None
+            self._scenarios_due = True
         self._accounts.pop(account, None)
         if self._rules is not None:
             self._rules.forget(account)
@@ -676,11 +690,13 @@ class Engine:
         self._eval_next = as_of + step
         return self.evaluate(as_of)
 
-    def evaluate(self, as_of_ms: int) -> RiskSnapshot:
+    def evaluate(self, as_of_ms: int, *, scenarios: bool = False) -> RiskSnapshot:
         """Revalue everything as of ``as_of_ms`` and publish the snapshot.
 
         The clock never goes back: a time before the previous evaluation's is taken as
         that one (events reach the engine out of order; the report is as of the latest).
+        The scenario figures are due when the book changed since the last evaluation, and
+        with ``scenarios`` (a replay's final report: computed on its final state).
         """
         started = time.perf_counter()
         as_of_ms = max(as_of_ms, self._clock_ms)
@@ -708,8 +724,10 @@ class Engine:
             UnderlyingPrices(und_price.copy(), self._price_ts[self._und_index_inst]),
             self._accounts,
             changed=self._changed,
+            scenarios_due=self._scenarios_due or scenarios,
         )
         self._changed = False
+        self._scenarios_due = False
         if self._rules is not None:
             # An idle evaluation re-dates the last figures (the same objects): steady
             # rules replay their last readings.

@@ -4,9 +4,9 @@ Stages, each a pure function of its inputs (``monitor.engine.valuation``, ``moni
 ``monitor.quant.regime``): value the book; per account and for the whole book, Euler risk
 contributions against the risk-parity budget and parametric VaR/ES; full-revaluation VaR
 over a scenario set on its own slower clock (``risk.scenario_interval``, event time, so a
-replay recomputes it at the same moments); regime figures against their slow baselines;
-venue-reported margin. The :class:`Evaluator` holds only what evaluations carry forward:
-the regime baselines and the last scenario VaR.
+replay recomputes it at the same moments) and whenever the book changed; regime figures
+against their slow baselines; venue-reported margin. The :class:`Evaluator` holds only
+what evaluations carry forward: the regime baselines and the last scenario VaR.
 
 An evaluation never fails because of market data. A figure whose inputs are not finite (a
 price so large that a sum overflows, scenario P&L beyond float range) is NaN, reported as
@@ -55,7 +55,7 @@ from monitor.quant.risk import (
     PSDRepair,
     book_risk,
     psd_covariance,
-    revalue,
+    revalue_grid,
     scenario_returns,
     var_full_revaluation,
 )
@@ -141,6 +141,7 @@ class Evaluator:
         self._pending: Future[_ScenarioResults] | None = None
         self._baselines = RegimeBaselines(self.settings.regime_halflife_ms)
         self._scenario_next = -(2**62)
+        self._book_changed = False  # scenario figures due at the next pass that can start
         self._full: dict[str, FullRevaluationVaR] = {}
         self._scenario_unknown: dict[str, str] = {}
         self._regime_memo: tuple[FloatArray, npt.NDArray[np.bool_], RegimeFigures] | None = None
@@ -201,18 +202,28 @@ class Evaluator:
         venue: Mapping[str, AccountState],
         *,
         changed: bool = True,
+        scenarios_due: bool = False,
     ) -> RiskSnapshot:
         """The snapshot as of ``as_of_ms``.
 
         ``changed=False`` says no event reached the engine since the previous evaluation
         (only time passed): the last full evaluation's figures are reused and only what
         time itself moves is recomputed (see :meth:`_idle`), unless a full one is due.
+
+        ``scenarios_due``: the book changed since the last evaluation (a position, an
+        account, an instrument, a held instrument's first price) or the caller wants the
+        scenario figures of this state (a replay's final report): the scenario pass runs
+        now, with the model-margin distance, or live, as soon as the pass in flight lands.
         """
-        idle = None if changed else self._idle(as_of_ms, seq, prices, venue, estimator)
+        idle = (
+            None
+            if changed or scenarios_due or self._book_changed
+            else self._idle(as_of_ms, seq, prices, venue, estimator)
+        )
         if idle is not None:
             return idle
         snap = self._full_evaluation(
-            as_of_ms, seq, registry, estimator, book, market, prices, venue
+            as_of_ms, seq, registry, estimator, book, market, prices, venue, scenarios_due
         )
         expiry = np.asarray(registry.column("expiry_ms"), dtype=np.float64)[book.instrument]
         later = expiry[expiry > as_of_ms]
@@ -267,6 +278,7 @@ class Evaluator:
         market: MarketArrays,
         prices: UnderlyingPrices,
         venue: Mapping[str, AccountState],
+        scenarios_due: bool,
     ) -> RiskSnapshot:
         s = self.settings
         unknown: dict[str, str] = {}
@@ -286,19 +298,25 @@ class Evaluator:
         )
         values = value_book(book, market, registry, as_of_ms)
         horizon = s.var_horizon_ms / MS_PER_YEAR
-        # Due on its clock, or as soon as an account has no figure yet (the first positions
-        # after start, a new account), so nobody waits a whole interval for it.
+        # Due on its clock, as soon as an account has no figure yet (the first positions
+        # after start, a new account), and when the book changed (kept until a pass can
+        # start: live, the next one starts at the first evaluation after the last lands).
         self._adopt_scenarios()
-        due = as_of_ms >= self._scenario_next or any(
-            a not in self._full for a in values.account_names
+        self._book_changed |= scenarios_due
+        due = (
+            self._book_changed
+            or as_of_ms >= self._scenario_next
+            or any(a not in self._full for a in values.account_names)
         )
         if due and self._pending is None:
             # The distance with the model margin recomputed is the slow pass's slowest
-            # part: on its own clock, and for an account that has none yet.
+            # part: on its own clock, for an account that has none yet, and on a change.
             recompute = s.recompute_distance and (
-                as_of_ms >= self._recompute_next
+                self._book_changed
+                or as_of_ms >= self._recompute_next
                 or any(a not in self._recomputed for a in values.account_names)
             )
+            self._book_changed = False
             # Inputs are this evaluation's own arrays (never mutated) and copies of the
             # engine's mutable containers, so the pass may run on another thread.
             job = partial(
@@ -682,7 +700,9 @@ class Evaluator:
         if options is not None:  # the whole book as one more column
             q = options.quantity
             options = replace(options, quantity=np.hstack([q, q.sum(axis=1, keepdims=True)]))
-        pnl = revalue(scen.returns, horizon, linear_usd=linear, options=options).pnl_usd
+        # Each option valued once per grid point of its underlying, not once per scenario
+        # (``revalue_grid``: within 1e-6 of the gross notional of exact revaluation).
+        pnl = revalue_grid(scen.returns, horizon, linear_usd=linear, options=options).pnl_usd
         books = (*values.account_names, _BOOK)
         finite = np.isfinite(pnl).all(axis=0)
         for j in np.flatnonzero(~finite).tolist():

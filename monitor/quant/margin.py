@@ -102,9 +102,10 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 from scipy import sparse
+from scipy.special import ndtr
 
 from monitor.quant.greeks import black76, coin_delta
-from monitor.quant.risk import OptionPositions, _b76_block
+from monitor.quant.risk import OptionPositions, _b76_block, _runs
 
 __all__ = [
     "DEFAULT_CURRENCIES",
@@ -960,6 +961,40 @@ def _basket_sigma(
     return out
 
 
+#: Grid intervals of the scan of :func:`distance_to_call` (``value_grid``).
+SCAN_GRID_POINTS: Final = 48
+
+
+def _scan_on_grid(
+    o: _Options, sd0: FloatArray, r: FloatArray, max_move: float, points: int, pnl: FloatArray
+) -> IntArray:
+    """Add to ``pnl`` ``(moves, k)`` the P&L at log moves ``r`` of the options a grid of
+    ``points`` intervals over ``+-max_move`` holds (sd of at least 1.5 intervals), read
+    by cubic Hermite interpolation; returns the rows left to exact valuation."""
+    lo = math.log1p(-max_move)
+    h = (math.log1p(max_move) - lo) / points
+    on = (sd0 >= _GRID_MIN_SD_STEPS * h) & (sd0 > _SD_MIN)
+    rows = np.flatnonzero(on)
+    if rows.size == 0:
+        return np.flatnonzero(~on)
+    p1 = points + 1
+    x = lo + np.arange(p1, dtype=np.float64)[:, None] * h
+    k = o.qty.shape[1]
+    val, slope = np.zeros((1, p1, k)), np.zeros((1, p1, k))
+    step = max(1, _MAX_ELEMENTS // p1)
+    for s0 in range(0, rows.size, step):
+        c = rows[s0 : s0 + step]
+        v, dv, _, _ = _b76_grid(x, o, c, sd0[c], False)
+        v -= _values(np.zeros((1, c.size)), o, c, sd0[c])  # P&L since today, exact base
+        val[0] += v @ o.qty[c]
+        slope[0] += dv @ o.qty[c]
+    zero = np.zeros((1, 1), dtype=np.int64)
+    books = np.arange(k)[None, :]
+    pnl += _hermite(val, slope, np.array([lo]), np.array([h]), points, zero, r[:, None], books)
+    out: IntArray = np.flatnonzero(~on)
+    return out
+
+
 def distance_to_call(
     equity: npt.ArrayLike,
     maintenance_margin: npt.ArrayLike,
@@ -971,6 +1006,7 @@ def distance_to_call(
     *,
     tol: float = 1e-9,
     grid_points: int = 40,
+    value_grid: int | None = SCAN_GRID_POINTS,
 ) -> DistanceToCall:
     """Smallest uniform move, down and up, at which equity reaches maintenance margin.
 
@@ -1000,6 +1036,12 @@ def distance_to_call(
         root is refined in the cell before: the move is the smallest one unless the book's
         P&L dips below and back within one cell, which the added points rule out for
         options (the P&L of an option bends over a width of about its sd).
+    value_grid
+        The scan reads the options whose sd spans at least 1.5 intervals from a grid of
+        this many intervals of log moves over ``+-max_move`` (each valued once, with its
+        slope; the books' sums read by cubic Hermite interpolation); the others, and the
+        refinement, are exact. ``None``: every option valued at every scan point.
+        tests/test_margin_grid.py checks the distances against exact valuation.
 
     Returns
     -------
@@ -1046,10 +1088,14 @@ def distance_to_call(
     if o is not None and has_opt:
         sd0 = o.vol * np.sqrt(o.t)
         r = np.log1p(moves)
-        for c in _chunks(moves.size, o.size):
-            width = c.stop - c.start
-            base = _values(np.zeros((1, width)), o, c, sd0[c])
-            v = _values(np.repeat(r[:, None], width, axis=1), o, c, sd0[c])
+        exact = np.arange(o.size)
+        if value_grid is not None:
+            exact = _scan_on_grid(o, sd0, r, max_move, value_grid, pnl)
+        step = max(1, _MAX_ELEMENTS // max(moves.size, 1))
+        for s0 in range(0, exact.size, step):
+            c = exact[s0 : s0 + step]
+            base = _values(np.zeros((1, c.size)), o, c, sd0[c])
+            v = _values(np.repeat(r[:, None], c.size, axis=1), o, c, sd0[c])
             v -= base
             pnl += v @ o.qty[c]
     g_all = headroom[None, :] + pnl
@@ -1273,8 +1319,11 @@ class _Params:
 
 
 def _params(s: MarginSettings, names: Sequence[str]) -> _Params:
+    none = UnderlyingParams()
+    per = [s.underlyings.get(u, none) for u in names]
+
     def col(field_name: str, default: float) -> FloatArray:
-        vals = [getattr(s.underlyings.get(u, UnderlyingParams()), field_name) for u in names]
+        vals = [getattr(up, field_name) for up in per]
         return np.array([default if v is None else v for v in vals], dtype=np.float64)
 
     usd = s.currencies.get("USD", CurrencyParams())
@@ -1365,13 +1414,16 @@ def _pm_core(
     p: _Params,
     s: MarginSettings,
     n_cols: int,
+    extra: _GridPart | None = None,
 ) -> tuple[FloatArray, IntArray, FloatArray, FloatArray, BoolArray, FloatArray]:
     """The model on entries: per (column, book, underlying, settlement) ``(P, K, n, 2)``.
 
     Entries carry one quantity column per book (``K`` of them, shared by every column);
-    ``index`` has shape ``(P, n)``: each column's index prices, USD. Returns the worst
-    case, its scenario index, roll shock and delta shock (settlement units), whether the
-    pair is held, and the scenario moves ``(m, n)``.
+    ``index`` has shape ``(P, n)``: each column's index prices, USD. ``extra``: the
+    options valued on a grid (:class:`_ModelGrid`), their scenario P&L and net deltas
+    already summed per pair. Returns the worst case, its scenario index, roll shock and
+    delta shock (settlement units), whether the pair is held, and the scenario moves
+    ``(m, n)``.
     """
     n = index.shape[1]
     n_books = e.o.qty.shape[1]
@@ -1430,6 +1482,8 @@ def _pm_core(
         unit_pnl = np.where(l_inv[None, :], mv / (1.0 + mv), mv * s_now[None, :])
         mat = sparse.csr_array((l_q, (l_pair, np.arange(l_rows.size))), shape=(size, l_rows.size))
         agg += np.asarray(mat @ unit_pnl.T)
+    if extra is not None:
+        agg += extra.agg
     shape = (n_cols, n_books, n, 2)
     vec = agg.reshape(*shape, m) * np.moveaxis(weights, 0, -1)[None, None]
 
@@ -1455,6 +1509,11 @@ def _pm_core(
     pair = np.concatenate([o_pair, l_pair])
     t_all = np.concatenate([o.t[o_rows], np.where(np.isfinite(e.l_t), e.l_t, -1.0)[l_rows]])
     rolls = np.concatenate([np.ones(o_rows.size, dtype=bool), e.l_rolls[l_rows]])
+    if extra is not None:
+        d_all = np.concatenate([d_all, extra.delta])
+        pair = np.concatenate([pair, extra.pair])
+        t_all = np.concatenate([t_all, extra.t])
+        rolls = np.concatenate([rolls, np.ones(extra.pair.size, dtype=bool)])
     delta_pair = np.bincount(pair, weights=d_all, minlength=size).reshape(shape)
     held = np.bincount(pair, minlength=size).reshape(shape) > 0
     roll = np.zeros(size)
@@ -1658,9 +1717,17 @@ def portfolio_margin(
     usd_total = np.zeros(k)
     mm_total = np.zeros(k)
 
+    # Names only, one string per book: from Python lists, each label formatted once.
+    idx_l, worst_l, moves_l = idx.tolist(), worst.tolist(), moves.tolist()
+    states_l, ext_l = sc.vol_state.tolist(), sc.extended.tolist()
+    labels_memo: dict[tuple[int, int], str] = {}
+
     def label(b: int, u: int, settle: int) -> str:
-        j = int(idx[b, u, settle])
-        return _scenario_label(float(moves[j, u]), int(sc.vol_state[j]), bool(sc.extended[j]))
+        j = idx_l[b][u][settle]
+        out = labels_memo.get((j, u))
+        if out is None:
+            out = labels_memo[j, u] = _scenario_label(moves_l[j][u], states_l[j], ext_l[j])
+        return out
 
     for settle in (1, 0):
         held_any = held[:, :, settle].any(axis=0)
@@ -1677,8 +1744,9 @@ def portfolio_margin(
             unit = float(index[us[0]]) if settle else 1.0
             labels: list[str | None] = []
             for b in range(k):  # names only: one string per book
-                lost = [u for u in us if worst[b, u, settle] > 0.0]
-                lost.sort(key=lambda u: -worst[b, u, settle])
+                wb = worst_l[b]
+                lost = [u for u in us if wb[u][settle] > 0.0]
+                lost.sort(key=lambda u: -wb[u][settle])
                 if settle:
                     labels.append(label(b, lost[0], settle) if lost else None)
                 else:
@@ -1810,6 +1878,273 @@ def params_from_model_params(
     )
 
 
+# -- the model's scenarios on a grid of moves -------------------------------------------------
+
+#: Grid intervals per (underlying, vol state) on which :func:`distance_to_call_model`
+#: values options (``value_grid``).
+MODEL_GRID_POINTS: Final = 128
+#: An option is valued on the grid when its sd in every vol state is at least this many
+#: grid intervals, else exactly at every move (as without a grid).
+_GRID_MIN_SD_STEPS: Final = 1.5
+_INV_SQRT_2PI: Final = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@dataclass(frozen=True, slots=True)
+class _GridPart:
+    """Grid options' contribution to :func:`_pm_core`: scenario P&L per pair ``(size, m)``
+    (settlement units), and net deltas per (pair, expiry) rows."""
+
+    agg: FloatArray
+    pair: IntArray
+    t: FloatArray
+    delta: FloatArray
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelGrid:
+    """Sums over the grid options of value and delta, with their slopes in the log move
+    ``x``, on uniform grids per (vol state, underlying) (states: up, unchanged, down).
+
+    ``val``: ``(3, n, 2, P1, K)``, per settlement (USD; coin: value / forward, times
+    ``e^-x`` when read); ``usd``: ``(n, P1, K)`` USD value, vol unchanged; per group
+    (underlying, settlement, expiry) ``g_val`` (coin groups' value / forward, vol
+    unchanged) and ``g_delta`` ``(G, P1, K)``; ``base_usd`` ``(K,)`` the exact USD value
+    today.
+    """
+
+    lo: FloatArray  # (3, n)
+    h: FloatArray  # (3, n)
+    points: int
+    val: FloatArray
+    val_slope: FloatArray
+    usd: FloatArray
+    usd_slope: FloatArray
+    base_usd: FloatArray
+    g_und: IntArray
+    g_inv: IntArray
+    g_t: FloatArray
+    g_held: BoolArray  # (G, K)
+    g_val: FloatArray
+    g_val_slope: FloatArray
+    g_delta: FloatArray
+    g_delta_slope: FloatArray
+    active: IntArray  # the (underlying, settlement) pairs held, flat ``u * 2 + coin``
+
+
+def _take(o: _Options, rows: IntArray) -> _Options:
+    return replace(
+        o,
+        und=o.und[rows],
+        fwd=o.fwd[rows],
+        strike=o.strike[rows],
+        t=o.t[rows],
+        vol=o.vol[rows],
+        call=o.call[rows],
+        w=o.w[rows],
+        lnfk=o.lnfk[rows],
+        qty=o.qty[rows],
+        keep=None,
+    )
+
+
+def _b76_grid(
+    x: FloatArray, o: _Options, c: IntArray, sd: FloatArray, greeks: bool
+) -> tuple[FloatArray, FloatArray, FloatArray | None, FloatArray | None]:
+    """Value, ``dV/dx``, and with ``greeks`` delta and ``d delta/dx`` of rows ``c`` after
+    log moves ``x`` (``(P1, 1)``, broadcast over the rows), per unit."""
+    w, fwd = o.w[c], o.fwd[c]
+    d1 = (x + o.lnfk[c]) / sd + 0.5 * sd
+    n1 = ndtr(w * d1)
+    n2 = ndtr(w * (d1 - sd))
+    slope = np.exp(x) * (w * fwd) * n1
+    value = slope - (w * o.strike[c]) * n2
+    if not greeks:
+        return value, slope, None, None
+    ddelta = np.exp(-0.5 * d1 * d1) * (_INV_SQRT_2PI / sd)
+    return value, slope, w * n1, ddelta
+
+
+def _model_grid(
+    o: _Options,
+    o_inv: BoolArray,
+    p: _Params,
+    s: MarginSettings,
+    max_move: float,
+    points: int,
+) -> tuple[_ModelGrid | None, IntArray]:
+    """The grid of the options it can hold (module notes of :func:`distance_to_call_model`)
+    and the rows left to exact valuation."""
+    n, k = p.price_range.size, o.qty.shape[1]
+    moves, vol_state, _, _ = _pm_scenarios(p, s)
+    offs = np.log1p(moves)  # (m, n)
+    row = 1 - vol_state
+    lo, hi = np.empty((3, n)), np.empty((3, n))
+    for st in range(3):  # three vol states, not a loop over data
+        sel = row == st
+        lo[st] = math.log1p(-max_move) + np.minimum(offs[sel].min(axis=0), 0.0)
+        hi[st] = math.log1p(max_move) + np.maximum(offs[sel].max(axis=0), 0.0)
+    h = (hi - lo) / points
+    u = o.und
+    days = np.maximum(o.t * DAYS_PER_YEAR, s.min_days)
+    power = np.where(days < REFERENCE_DAYS, p.power_short[u], p.power_long[u])
+    scale = (REFERENCE_DAYS / days) ** power
+    up = np.maximum(o.vol * (1.0 + p.vol_up[u] * scale), p.min_up[u])
+    down = np.maximum(o.vol * (1.0 - p.vol_down[u] * scale), 0.0)
+    sd = np.stack([up, o.vol, down]) * np.sqrt(o.t)  # (3, i)
+    ok = ((sd >= _GRID_MIN_SD_STEPS * h[:, u]) & (sd > _SD_MIN)).all(axis=0)
+    rows, exact = np.flatnonzero(ok), np.flatnonzero(~ok)
+    if rows.size == 0:
+        return None, exact
+    p1 = points + 1
+    steps = np.arange(p1, dtype=np.float64)[:, None]
+    inv = o_inv.astype(np.int64)
+    val = np.zeros((3, n, 2, p1, k))
+    val_slope = np.zeros_like(val)
+    usd = np.zeros((n, p1, k))
+    usd_slope = np.zeros_like(usd)
+    # Groups (underlying, settlement, expiry) of the grid rows, numbered.
+    keys = np.stack([u[rows].astype(np.float64), inv[rows], o.t[rows]], axis=1)
+    uniq, gid = np.unique(keys, axis=0, return_inverse=True)
+    gid = gid.reshape(-1)
+    n_g = uniq.shape[0]
+    g_val = np.zeros((n_g, p1, k))
+    g_val_slope, g_delta, g_delta_slope = (np.zeros_like(g_val) for _ in range(3))
+    order = rows[np.argsort(gid, kind="stable")]
+    for c in _runs(gid[np.argsort(gid, kind="stable")], p1, _MAX_ELEMENTS):
+        cc = order[c]
+        g = int(gid[np.searchsorted(rows, cc[0])])
+        ui, coin = int(u[cc[0]]), int(inv[cc[0]])
+        q = o.qty[cc]
+        for st in range(3):  # three vol states
+            x = lo[st, ui] + steps * h[st, ui]
+            v, dv, delta, ddelta = _b76_grid(x, o, cc, sd[st, cc], st == 1)
+            if delta is not None and ddelta is not None:
+                usd[ui] += v @ q
+                usd_slope[ui] += dv @ q
+                g_delta[g] += delta @ q
+                g_delta_slope[g] += ddelta @ q
+            if coin:  # coin value: USD value over the moved forward (e^x read later)
+                v /= o.fwd[cc]
+                dv /= o.fwd[cc]
+            vq, dvq = v @ q, dv @ q
+            val[st, ui, coin] += vq
+            val_slope[st, ui, coin] += dvq
+            if st == 1 and coin:
+                g_val[g] += vq
+                g_val_slope[g] += dvq
+    base = _values(np.zeros((1, rows.size)), o, rows, sd[1, rows]) @ o.qty[rows]
+    active = np.zeros((n, 2), dtype=bool)
+    active[u[rows], inv[rows]] = True
+    held = np.zeros((n_g, k), dtype=bool)
+    nz_r, nz_b = np.nonzero(o.qty[rows])
+    held[gid[nz_r], nz_b] = True
+    grid = _ModelGrid(
+        lo=lo,
+        h=h,
+        points=points,
+        val=val,
+        val_slope=val_slope,
+        usd=usd,
+        usd_slope=usd_slope,
+        base_usd=base[0],
+        g_und=uniq[:, 0].astype(np.int64),
+        g_inv=uniq[:, 1].astype(np.int64),
+        g_t=uniq[:, 2],
+        g_held=held,
+        g_val=g_val,
+        g_val_slope=g_val_slope,
+        g_delta=g_delta,
+        g_delta_slope=g_delta_slope,
+        active=np.flatnonzero(active.reshape(-1)),
+    )
+    return grid, exact
+
+
+def _hermite(
+    val: FloatArray,
+    slope: FloatArray,
+    lo: FloatArray,
+    h: FloatArray,
+    points: int,
+    a: IntArray,
+    x: FloatArray,
+    b: IntArray,
+) -> FloatArray:
+    """Cubic Hermite interpolant of ``val[a, :, b]`` (slopes ``slope``) at ``x``, on the
+    grid ``lo[a] + j h[a]``; ``a``, ``x``, ``b`` broadcast together."""
+    ha = h[a]
+    pos = (x - lo[a]) / ha
+    j = np.clip(np.floor(pos), 0, points - 1).astype(np.int64)
+    tau = pos - j
+    t2 = tau * tau
+    t3 = t2 * tau
+    out: FloatArray = (
+        (2.0 * t3 - 3.0 * t2 + 1.0) * val[a, j, b]
+        + (3.0 * t2 - 2.0 * t3) * val[a, j + 1, b]
+        + (t3 - 2.0 * t2 + tau) * ha * slope[a, j, b]
+        + (t3 - t2) * ha * slope[a, j + 1, b]
+    )
+    return out
+
+
+def _grid_part(
+    mg: _ModelGrid, p: _Params, s: MarginSettings, x: FloatArray, books: IntArray
+) -> tuple[_GridPart, FloatArray]:
+    """The grid options of columns ``c`` (every price times ``e^x[c]``, books
+    ``books[c, :]``, shape ``(C, Kc)``): their :class:`_GridPart` for :func:`_pm_core`
+    and their USD P&L since today ``(C, Kc)``."""
+    n = mg.lo.shape[1]
+    moves, vol_state, _, _ = _pm_scenarios(p, s)
+    m = moves.shape[0]
+    n_c, kc = books.shape
+    # Only the (underlying, settlement) pairs some book holds on the grid: (A,).
+    act = mg.active
+    und, inv = act // 2, act % 2
+    st = (1 - vol_state)[None, None, None, :]  # (1, 1, 1, m)
+    xs = x[:, None, None, None] + np.log1p(moves).T[und][None, None, :, :]  # (C, 1, A, m)
+    b4 = books[:, :, None, None]
+    flat = (3 * n * 2, mg.points + 1, -1)
+    val = mg.val.reshape(flat)
+    val_slope = mg.val_slope.reshape(flat)
+    lo = np.repeat(mg.lo.reshape(-1), 2)
+    h = np.repeat(mg.h.reshape(-1), 2)
+    a = st * (2 * n) + act[None, None, :, None]
+    moved = _hermite(val, val_slope, lo, h, mg.points, a, xs, b4)  # (C, Kc, A, m)
+    x3 = x[:, None, None]
+    now = _hermite(val, val_slope, lo, h, mg.points, 2 * n + act[None, None, :], x3, b4[..., 0])
+    coin = (inv == 1)[None, None, :]
+    moved *= np.where(coin[..., None], np.exp(-xs), 1.0)  # coin: over the moved forward
+    now *= np.where(coin, np.exp(-x3), 1.0)
+    agg = np.zeros((n_c, kc, n * 2, m))
+    agg[:, :, act, :] = moved - now[..., None]
+    agg = agg.reshape(n_c * kc * n * 2, m)
+    # Net deltas per (column, book, group) where the book holds the group.
+    lo1, h1 = mg.lo[1], mg.h[1]
+    ga = mg.g_und[None, None, :]
+    gidx = np.arange(mg.g_und.size)[None, None, :]
+    xg = x[:, None, None]
+    bg = books[:, :, None]
+    d = _hermite(mg.g_delta, mg.g_delta_slope, lo1[mg.g_und], h1[mg.g_und], mg.points, gidx, xg, bg)
+    cv = _hermite(mg.g_val, mg.g_val_slope, lo1[mg.g_und], h1[mg.g_und], mg.points, gidx, xg, bg)
+    d = d - np.where(mg.g_inv[None, None, :] == 1, np.exp(-xg) * cv, 0.0)
+    held = mg.g_held[gidx, books[:, :, None]]  # (C, Kc, G)
+    col = np.arange(n_c)[:, None, None]
+    kk = np.arange(kc)[None, :, None]
+    pair = ((col * kc + kk) * n + ga) * 2 + mg.g_inv[None, None, :]
+    part = _GridPart(
+        agg=agg,
+        pair=np.broadcast_to(pair, held.shape)[held],
+        t=np.broadcast_to(mg.g_t[None, None, :], held.shape)[held],
+        delta=d[held],
+    )
+    ua = np.arange(n)[None, None, :]
+    usd = _hermite(
+        mg.usd, mg.usd_slope, lo1, h1, mg.points, ua, x[:, None, None], books[:, :, None]
+    )
+    pnl: FloatArray = usd.sum(axis=2) - mg.base_usd[books]
+    return part, pnl
+
+
 # -- distance to a call with the model's maintenance margin recomputed ------------------------
 
 
@@ -1851,6 +2186,7 @@ def distance_to_call_model(
     *,
     tol: float = 1e-7,
     grid_points: int = 16,
+    value_grid: int | None = MODEL_GRID_POINTS,
 ) -> ModelDistance:
     """Smallest uniform move, down and up, at which equity reaches the model's margin.
 
@@ -1877,6 +2213,15 @@ def distance_to_call_model(
     grid_points
         Base scan points per direction; short-dated options add points as in
         :func:`distance_to_call`.
+    value_grid
+        Grid intervals per underlying and vol state on which options are valued once
+        (``None``: every option valued at every move, exactly). Each option whose sd in
+        every vol state spans at least 1.5 grid intervals is valued, with its delta, on a
+        uniform grid of log moves covering every move the search and the model's
+        scenarios reach; the sums per book, underlying, settlement (and expiry, for the
+        roll shock) are read at each move by cubic Hermite interpolation. The others, and
+        today's margin, are valued exactly. tests/test_margin_grid.py checks the distances
+        against exact valuation.
 
     Notes
     -----
@@ -1896,15 +2241,23 @@ def distance_to_call_model(
     index = np.asarray(index_usd, dtype=np.float64)
     if index.shape != (n,):
         raise ValueError(f"index_usd must have shape ({n},), got {index.shape}")
-    o = _prepare(options, n, k)
-    o_inv = _inverse_rows(options, o)
+    o_all = _prepare(options, n, k)
+    o_inv_all = _inverse_rows(options, o_all)
     l_rows, l_cols, lpos = _linear_entries(linear, n, k)
     p = _params(s, names)
     lin_tot = lin_usd.sum(axis=0)
+    mg: _ModelGrid | None = None
+    o, o_inv = o_all, o_inv_all  # the options valued exactly at every move
+    if value_grid is not None and o_all is not None and o_all.size:
+        mg, exact = _model_grid(o_all, o_inv_all, p, s, max_move, value_grid)
+        if mg is not None:
+            o, o_inv = _take(o_all, exact), o_inv_all[exact]
 
-    def model_mm(ent: _Entries, cols_index: FloatArray, cols: int) -> FloatArray:
+    def model_mm(
+        ent: _Entries, cols_index: FloatArray, cols: int, extra: _GridPart | None = None
+    ) -> FloatArray:
         """``(P, K)``: the model's maintenance margin in USD of each column and book."""
-        worst, _, roll, dshock, held, _ = _pm_core(ent, cols_index, p, s, cols)
+        worst, _, roll, dshock, held, _ = _pm_core(ent, cols_index, p, s, cols, extra)
         to_usd = np.stack([np.ones_like(cols_index), cols_index], axis=-1)[:, None]
         # Pairs a book does not hold count 0 (their index price may be unknown).
         rmm = np.where(held, (worst + roll + dshock) * to_usd, 0.0)
@@ -1916,8 +2269,13 @@ def distance_to_call_model(
         cols = books.size
         scale = 1.0 + moves
         ent = _entries_for(o, o_inv, lpos, l_rows, l_cols, books, scale)
-        mm = model_mm(ent, index[None, :] * scale[:, None], cols)[:, 0]
+        extra, grid_pnl = (
+            (None, None) if mg is None else _grid_part(mg, p, s, np.log1p(moves), books[:, None])
+        )
+        mm = model_mm(ent, index[None, :] * scale[:, None], cols, extra)[:, 0]
         pnl = lin_tot[books] * moves
+        if grid_pnl is not None:
+            pnl = pnl + grid_pnl[:, 0]
         eo = ent.o
         if eo.size:
             f1 = eo.fwd
@@ -1932,8 +2290,17 @@ def distance_to_call_model(
         move."""
         scale = 1.0 + moves
         ent = _entries_moved(o, o_inv, lpos, scale, k)
-        mm = model_mm(ent, index[None, :] * scale[:, None], moves.size)
+        extra, grid_pnl = (
+            (None, None)
+            if mg is None
+            else _grid_part(
+                mg, p, s, np.log1p(moves), np.broadcast_to(np.arange(k), (moves.size, k))
+            )
+        )
+        mm = model_mm(ent, index[None, :] * scale[:, None], moves.size, extra)
         pnl = moves[:, None] * lin_tot[None, :]
+        if grid_pnl is not None:
+            pnl = pnl + grid_pnl
         if o is not None and o.size:
             eo = ent.o
             dv = black76(eo.fwd, eo.strike, eo.t, eo.vol, eo.call).price
@@ -1945,12 +2312,13 @@ def distance_to_call_model(
     def g_signed(sign: float, books: IntArray, x: FloatArray) -> FloatArray:
         return g_problems(books, sign * x)
 
-    mm0 = model_mm(_entries_moved(o, o_inv, lpos, np.ones(1), k), index[None, :], 1)[0]
+    # Today's margin exactly, every option included (as portfolio_margin computes it).
+    mm0 = model_mm(_entries_moved(o_all, o_inv_all, lpos, np.ones(1), k), index[None, :], 1)[0]
     g0 = eq - mm0
     valid = np.isfinite(g0)
     called = valid & (g0 <= 0.0)
     live = np.flatnonzero(valid & ~called)
-    grids = _scan_moves(max_move, grid_points, o)
+    grids = _scan_moves(max_move, grid_points, o_all)
     dist = np.full((2, k), np.nan)
     dist[:, called] = 0.0
     reach = np.zeros((2, k), dtype=bool)

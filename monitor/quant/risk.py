@@ -44,12 +44,14 @@ Flat or hedged book
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+from scipy import sparse
 from scipy.special import ndtr, ndtri
 
 __all__ = [
@@ -70,6 +72,7 @@ __all__ = [
     "normal_draws",
     "psd_covariance",
     "revalue",
+    "revalue_grid",
     "scenario_returns",
     "var_delta_gamma",
     "var_delta_normal",
@@ -1119,6 +1122,143 @@ def revalue(
     Cost ``O(m x i)`` Black-76 prices plus an ``(m x i) @ (i x k)`` product, in blocks of
     ``max_elements``; never an ``(m, i)`` matrix.
     """
+    r_all, pnl, rows = _revalue_inputs(returns, horizon, linear_usd, options)
+    if rows is not None:
+        _exact_pnl(pnl, r_all, rows, np.flatnonzero(rows.ok), max_elements)
+    return ScenarioPnL(pnl, 0 if rows is None else rows.unpriced)
+
+
+#: Points per underlying of the grid :func:`revalue_grid` values options on (intervals).
+GRID_POINTS: Final = 64
+#: An option is valued on the grid when its standard deviation over the horizon is at
+#: least this many grid intervals (its value bends over a width of about its sd), else
+#: exactly per scenario.
+GRID_MIN_SD_STEPS: Final = 1.5
+
+
+def revalue_grid(
+    returns: npt.ArrayLike,
+    horizon: float,
+    linear_usd: npt.ArrayLike | None = None,
+    options: OptionPositions | None = None,
+    *,
+    points: int = GRID_POINTS,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> ScenarioPnL:
+    """:func:`revalue` with each option valued once per grid point instead of per scenario.
+
+    Per underlying, a uniform grid of ``points`` intervals spans the scenarios' smallest
+    to largest log return. Each option is valued, with its slope ``dV/dr``, at the grid
+    points of its underlying; the values and slopes are summed per (underlying, book) with
+    the quantities; each scenario's P&L is then the cubic Hermite interpolant of those
+    sums at the scenario's return, summed over underlyings. Linear positions, options
+    expiring within the horizon and options whose sd over the horizon is under
+    ``GRID_MIN_SD_STEPS`` grid intervals are revalued exactly, as :func:`revalue` does.
+
+    Parameters and result as :func:`revalue`; ``points`` >= 1.
+
+    Accuracy
+    --------
+    Exact at the grid points. Between them the error of the Hermite interpolant of an
+    option is at most ``h^4 / 384 max |V^(4)|`` (``h`` the grid interval), where the fourth
+    derivative in the log move scales as ``F / sd^3``: the error per unit is of order
+    ``F sd (h / sd)^4 / 384``, and ``h <= sd / GRID_MIN_SD_STEPS`` keeps it small. Stated
+    tolerance (checked by tests/test_risk_grid.py against exact Black-76 pricing of every
+    option in every scenario): each book's scenario P&L within ``1e-6`` of its options'
+    gross forward notional ``sum |q| F``. On the reference book (tests/bench) the error is
+    about ``1e-7`` of it, and its 99% VaR within ``1e-6`` relative.
+
+    Notes
+    -----
+    Cost ``O((points + 1) x i)`` Black-76 prices, a sparse ``(n k x i)`` product per block
+    and a sparse ``(m x 2 n (points + 1))`` interpolation product: for ``m = 1000``
+    scenarios and the default 64 points, about 15x fewer prices than :func:`revalue`.
+    """
+    if points < 1:
+        raise ValueError(f"points must be >= 1, got {points}")
+    r_all, pnl, rows = _revalue_inputs(returns, horizon, linear_usd, options)
+    if rows is None:
+        return ScenarioPnL(pnl, 0)
+    m, n = r_all.shape
+    lo = r_all.min(axis=0) if m else np.zeros(n)
+    span = (r_all.max(axis=0) - lo) if m else np.zeros(n)
+    h = span / points  # (n,) grid interval per underlying; 0: every scenario alike
+    on_grid = rows.ok & (rows.sd1 > _SD_MIN) & (rows.sd1 >= GRID_MIN_SD_STEPS * h[rows.und])
+    _exact_pnl(pnl, r_all, rows, np.flatnonzero(rows.ok & ~on_grid), max_elements)
+    sel = np.flatnonzero(on_grid)
+    if sel.size == 0 or m == 0:
+        return ScenarioPnL(pnl, rows.unpriced)
+    acc = pnl.reshape(m, -1)
+    k = acc.shape[1]
+    p1 = points + 1
+    q = rows.q2
+    # Value and slope sums per underlying, grid point and book: (n, points + 1, k). One
+    # dense product per run of options on one underlying (a loop over underlyings).
+    val = np.zeros((n, p1, k))
+    slope = np.zeros((n, p1, k))
+    steps = np.arange(p1, dtype=np.float64)[:, None]
+    sel = sel[np.argsort(rows.und[sel], kind="stable")]
+    for c in _runs(rows.und[sel], p1, max_elements):
+        cc = sel[c]
+        u = int(rows.und[cc[0]])
+        x = lo[u] + steps * h[u]  # (points + 1, 1)
+        v, dv = _b76_value_slope(x, rows.lnfk[cc], rows.f[cc], rows.k[cc], rows.w[cc], rows.sd1[cc])
+        v -= rows.base[cc]
+        qc = q[cc]
+        val[u] += v @ qc
+        slope[u] += dv @ qc
+    # Cubic Hermite weights of each scenario's return in its grid interval.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pos = np.where(h > 0.0, (r_all - lo) / np.where(h > 0.0, h, 1.0), 0.0)  # (m, n)
+    j = np.clip(np.floor(pos), 0, points - 1).astype(np.int64)
+    tau = pos - j
+    tau2 = tau * tau
+    tau3 = tau2 * tau
+    weights = np.stack(
+        [
+            2.0 * tau3 - 3.0 * tau2 + 1.0,  # value at j
+            3.0 * tau2 - 2.0 * tau3,  # value at j + 1
+            (tau3 - 2.0 * tau2 + tau) * h,  # slope at j
+            (tau3 - tau2) * h,  # slope at j + 1
+        ],
+        axis=1,
+    )  # (m, 4, n)
+    base_col = np.arange(n) * p1 + j  # (m, n): row of grid point j of underlying u below
+    off = n * p1
+    cols = np.stack([base_col, base_col + 1, off + base_col, off + base_col + 1], axis=1)
+    # One row per scenario with 4 n entries (distinct columns): built as CSR directly.
+    interp = sparse.csr_array(
+        (weights.reshape(-1), cols.reshape(-1), np.arange(0, 4 * n * m + 1, 4 * n)),
+        shape=(m, 2 * off),
+    )
+    stacked = np.concatenate([val.reshape(off, k), slope.reshape(off, k)])
+    acc += np.asarray(interp @ stacked)
+    return ScenarioPnL(pnl, rows.unpriced)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """Validated option rows of :func:`revalue`: arrays ``(i,)`` (``q2``: ``(i, k)``)."""
+
+    und: IntArray
+    f: FloatArray
+    k: FloatArray
+    w: FloatArray
+    lnfk: FloatArray
+    sd1: FloatArray  # total sd left after the horizon
+    base: FloatArray  # model value today
+    q2: FloatArray
+    ok: BoolArray  # priceable and held
+    unpriced: int
+
+
+def _revalue_inputs(
+    returns: npt.ArrayLike,
+    horizon: float,
+    linear_usd: npt.ArrayLike | None,
+    options: OptionPositions | None,
+) -> tuple[FloatArray, FloatArray, _Rows | None]:
+    """Checked returns, the P&L array holding the linear P&L, and the option rows."""
     r_all = np.asarray(returns, dtype=np.float64)
     if r_all.ndim != 2:
         raise ValueError(f"returns must be 2-D, got shape {r_all.shape}")
@@ -1141,7 +1281,7 @@ def revalue(
     if lin is not None:
         pnl += np.expm1(r_all) @ lin
     if options is None or qty is None:
-        return ScenarioPnL(pnl, 0)
+        return r_all, pnl, None
 
     und = np.asarray(options.underlying, dtype=np.int64)
     f = np.asarray(options.forward, dtype=np.float64)
@@ -1174,25 +1314,69 @@ def revalue(
     live0 = ok & (sd0 > _SD_MIN)
     lv = np.flatnonzero(live0)
     base[lv] = _b76_block(np.zeros(lv.size), lnfk[lv], f[lv], k[lv], w[lv], sd0[lv])
+    return r_all, pnl, _Rows(und, f, k, w, lnfk, sd1, base, q2, ok, unpriced)
 
+
+def _exact_pnl(
+    pnl: FloatArray, r_all: FloatArray, rows: _Rows, sel: IntArray, max_elements: int
+) -> None:
+    """Add the P&L of option rows ``sel``, each priced in every scenario, to ``pnl``."""
+    m = r_all.shape[0]
     acc = pnl.reshape(m, -1)
     step = max(1, max_elements // max(m, 1))
+    live_rows = rows.sd1[sel] > _SD_MIN
+    und, f, k, w = rows.und, rows.f, rows.k, rows.w
     for live in (True, False):
-        sel = np.flatnonzero(ok & ((sd1 > _SD_MIN) == live))
-        for s in range(0, sel.size, step):
-            c = sel[s : s + step]
+        part = sel[live_rows == live]
+        for s in range(0, part.size, step):
+            c = part[s : s + step]
             rc = r_all[:, und[c]]  # (m, chunk) gather
             if live:
-                v = _b76_block(rc, lnfk[c], f[c], k[c], w[c], sd1[c])
+                v = _b76_block(rc, rows.lnfk[c], f[c], k[c], w[c], rows.sd1[c])
             else:  # expires within the horizon: intrinsic on the moved forward
                 np.exp(rc, out=rc)
                 rc *= f[c]
                 rc -= k[c]
                 rc *= w[c]
                 v = np.maximum(rc, 0.0, out=rc)
-            v -= base[c]
-            acc += v @ q2[c]
-    return ScenarioPnL(pnl, unpriced)
+            v -= rows.base[c]
+            acc += v @ rows.q2[c]
+
+
+def _runs(keys: IntArray, m: int, max_elements: int) -> list[slice]:
+    """Slices of sorted ``keys`` with one key each, at most ``max_elements // m`` long."""
+    step = max(1, max_elements // max(m, 1))
+    edges = np.flatnonzero(np.diff(keys)) + 1
+    bounds = [0, *edges.tolist(), keys.size]
+    return [
+        slice(s, min(s + step, b)) for a, b in itertools.pairwise(bounds) for s in range(a, b, step)
+    ]
+
+
+def _b76_value_slope(
+    r: FloatArray,
+    lnfk: FloatArray,
+    fwd: FloatArray,
+    strike: FloatArray,
+    w: FloatArray,
+    sd: FloatArray,
+) -> tuple[FloatArray, FloatArray]:
+    """Black-76 value of live options after log moves ``r`` and its slope ``dV/dr = w F
+    e^r N(w d1)``; each of the shape of ``r``."""
+    d = r + lnfk
+    d /= sd
+    d += 0.5 * sd
+    d *= w  # w d1
+    n1 = ndtr(d)
+    d -= w * sd
+    ndtr(d, out=d)
+    d *= strike  # K N(w d2)
+    slope = np.exp(r) * fwd  # r may broadcast (one grid for the options of a run)
+    slope *= n1
+    value = slope - d
+    value *= w
+    slope *= w
+    return value, slope
 
 
 @dataclass(frozen=True, slots=True)
