@@ -897,24 +897,43 @@ def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:
             f"positions without a price for {_secs(first)}"
         )
 
+    def since(inp: RuleInput, account: str, table: PositionTable) -> FloatArray:
+        """Per underlying group, the time (epoch ms) the oldest price it uses dates from:
+        the earliest of each position's last price (its opening when never priced) and
+        the index's last tick (the group's first opening when it never ticked). The age
+        is ``as_of - since``: only that moves while nothing new arrives."""
+        g = inp.groups(account, table)
+        ts = table.price_ts_ms
+        rows = np.where(ts > 0, ts, table.opened_ms).astype(np.float64)
+        oldest = -g.maxima(-rows)
+        first_opened = -g.maxima(-table.opened_ms.astype(np.float64))
+        j = np.array([inp.asset_index.get(name, -1) for name in g.names], dtype=np.int64)
+        idx_ts = np.zeros(len(j), dtype=np.int64)
+        idx_ts[j >= 0] = inp.snapshot.assets.price_ts_ms[j[j >= 0]]
+        out: FloatArray = np.minimum(oldest, np.where(idx_ts > 0, idx_ts, first_opened))
+        return out
+
+    # Per account: (table, index tick times, since) of the last read; an evaluation with
+    # the same table and index times (nothing new) reuses ``since``.
+    memo: dict[str, tuple[PositionTable, npt.NDArray[np.int64], FloatArray]] = {}
+
     def read(inp: RuleInput) -> Iterator[Readings]:
         snap = inp.snapshot
         index_ts = snap.assets.price_ts_ms
+        seen: dict[str, tuple[PositionTable, npt.NDArray[np.int64], FloatArray]] = {}
         for account, fig in snap.accounts.items():
             table = fig.positions
             if table is None or not table.instrument:
                 continue
-            g = inp.groups(account, table)
-            worst = g.maxima(ages(snap.as_of_ms, table.price_ts_ms, table.opened_ms))
-            first_opened = -g.maxima(-table.opened_ms.astype(np.float64))
-            # The index's age (index_age, vectorised): from its last tick, or from the
-            # group's first opening when it never ticked.
-            j = np.array([inp.asset_index.get(name, -1) for name in g.names], dtype=np.int64)
-            ts = np.zeros(len(j), dtype=np.int64)
-            ts[j >= 0] = index_ts[j[j >= 0]]
-            idx_age = np.maximum(snap.as_of_ms - np.where(ts > 0, ts, first_opened), 0) / 1000.0
-            values = np.maximum(worst, idx_age)
-            yield Readings(account, g.names, values, partial(text_of, inp, account, table, values))
+            m = memo.get(account)
+            if m is None or m[0] is not table or m[1] is not index_ts:
+                m = (table, index_ts, since(inp, account, table))
+            seen[account] = m
+            values = np.maximum(snap.as_of_ms - m[2], 0.0) / 1000.0
+            names = inp.groups(account, table).names
+            yield Readings(account, names, values, partial(text_of, inp, account, table, values))
+        memo.clear()
+        memo.update(seen)
 
     return Rule(spec, read)
 
