@@ -32,7 +32,12 @@ class MqttConnector(ConnectorSettings, frozen=True, tag="mqtt"):
     topic_prefix: Annotated[str, Meta(pattern=r"^[^#+\s]+$")] = "riskmon"
     #: The broker keys the persistent session on it; default ``riskmon-<name>``.
     client_id: str | None = None
+    #: QoS of positions, accounts and instruments: 1 queues them while riskmon is away.
     qos: Literal[0, 1, 2] = 1
+    #: QoS of prices: 0 (default) because a tick is superseded by the next one; the broker
+    #: then neither queues ticks for a stopped riskmon nor waits for an acknowledgement of
+    #: each (retained prices still arrive on subscribe). 1 asks for every tick at least once.
+    price_qos: Literal[0, 1, 2] = 0
     #: How long the broker keeps the session (and queues for it) while riskmon is away.
     session_expiry: Duration = parse_duration("1d")
     keepalive: Duration = parse_duration("30s")
