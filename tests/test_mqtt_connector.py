@@ -13,6 +13,7 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Literal
 
 import aiomqtt
 import pytest
@@ -50,7 +51,9 @@ class Sink:
         }
 
 
-def feed(port: int, client_id: str = "riskmon-test-desk", *, price_qos: int = 0) -> MqttFeed:
+def feed(
+    port: int, client_id: str = "riskmon-test-desk", *, price_qos: Literal[0, 1] = 0
+) -> MqttFeed:
     cfg = MqttConnector(
         name="desk", port=port, client_id=client_id, topic_prefix="desk1", price_qos=price_qos
     )
@@ -188,7 +191,7 @@ def price(i: int, instrument: str = "BTC") -> bytes:
 
 @pytest.mark.parametrize("price_qos", [0, 1])
 async def test_prices_published_while_riskmon_was_away_are_queued_only_at_price_qos_1(
-    broker: Mosquitto, price_qos: int
+    broker: Mosquitto, price_qos: Literal[0, 1]
 ) -> None:
     """Prices are subscribed at ``price_qos`` (0 by default: a tick is superseded by the
     next one), positions at ``qos`` 1: the broker queues the position for the stopped
