@@ -17,7 +17,7 @@ from typing import Literal
 
 import aiomqtt
 import pytest
-from tools import Mosquitto, mosquitto_binary, wait_until
+from tools import Mosquitto, mosquitto_binary, required_tool, wait_until
 
 from connectors.mqtt.client import MqttFeed
 from connectors.mqtt.config import MqttConnector
@@ -102,7 +102,9 @@ async def test_prices_and_positions_flow_with_their_values(broker: Mosquitto) ->
         batch = [json.loads(position(i, 0.5 * i - 3.0)) for i in range(10)]
         await pub.publish("desk1/positions/main", json.dumps(batch), qos=1)
         await wait_until(lambda: len(sink.events) == 11, "11 events")
-    assert sink.events[0] == PriceEvent(ts=T0, instrument="BTC", price=87_000.25)
+    # Prices and positions come over two connections: no order between them.
+    prices = [e for e in sink.events if isinstance(e, PriceEvent)]
+    assert prices == [PriceEvent(ts=T0, instrument="BTC", price=87_000.25)]
     assert sink.positions() == {
         ("main", f"BTC-27MAR26-{80_000 + 1_000 * i}-C"): 0.5 * i - 3.0 for i in range(10)
     }
@@ -127,6 +129,8 @@ async def test_malformed_payloads_are_rejected_by_reason_and_the_feed_goes_on(
         )
         await pub.publish("desk1/positions/main", position(3, 7.0), qos=1)
         await wait_until(lambda: len(sink.events) == 1, "the good position")
+        # the prices' refusals come over their own connection, in their own time
+        await wait_until(lambda: len(sink.rejected) == 4, "four refusals")
     assert sink.positions() == {("main", "BTC-27MAR26-83000-C"): 7.0}
     assert sorted(r.reason.value for r in sink.rejected) == sorted(
         [
@@ -208,6 +212,33 @@ async def test_prices_published_while_riskmon_was_away_are_queued_only_at_price_
     assert later.positions() == {("main", "BTC-27MAR26-82000-C"): 4.0}
     queued = [PriceEvent(ts=T0 + 1, instrument="BTC", price=80_001.0)] if price_qos else []
     assert [e for e in later.events if isinstance(e, PriceEvent)] == queued
+
+
+async def test_prices_have_their_own_connection_which_reconnects_by_itself(
+    broker: Mosquitto,
+) -> None:
+    """At price_qos 0 prices come over a second connection, client id ``<id>-prices``. A
+    client that takes that id over cuts it; the feed reconnects it by itself, and prices
+    and positions flow again."""
+    sink = Sink()
+    f = feed(broker.port)
+    async with running(f, sink), publisher(broker.port) as pub:
+        reconnects = f.status.reconnects
+        # a client of that id for a second (mosquitto_sub -W 1), taken over back in turn
+        intruder = await asyncio.create_subprocess_exec(
+            *[required_tool("mosquitto_sub"), "-p", str(broker.port), "-t", "nothing/#"],
+            *["-i", "riskmon-test-desk-prices", "-W", "1"],
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await wait_until(lambda: f.status.reconnects > reconnects, "the price connection retried")
+        await intruder.wait()
+        await wait_until(lambda: f.status.connected, "both connections up")
+        await pub.publish("desk1/prices/BTC", price(7), qos=1)
+        await pub.publish("desk1/positions/main", position(8, 3.0), qos=1)
+        await wait_until(lambda: len(sink.events) == 2, "a price and a position")
+    assert PriceEvent(ts=T0 + 7, instrument="BTC", price=80_007.0) in sink.events
+    assert sink.positions() == {("main", "BTC-27MAR26-88000-C"): 3.0}
 
 
 async def test_a_burst_arrives_whole_and_in_order(broker: Mosquitto) -> None:
