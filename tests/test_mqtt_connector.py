@@ -13,9 +13,11 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Literal
 
 import aiomqtt
-from tools import Mosquitto, mosquitto_binary, wait_until
+import pytest
+from tools import Mosquitto, mosquitto_binary, required_tool, wait_until
 
 from connectors.mqtt.client import MqttFeed
 from connectors.mqtt.config import MqttConnector
@@ -49,8 +51,12 @@ class Sink:
         }
 
 
-def feed(port: int, client_id: str = "riskmon-test-desk") -> MqttFeed:
-    cfg = MqttConnector(name="desk", port=port, client_id=client_id, topic_prefix="desk1")
+def feed(
+    port: int, client_id: str = "riskmon-test-desk", *, price_qos: Literal[0, 1] = 0
+) -> MqttFeed:
+    cfg = MqttConnector(
+        name="desk", port=port, client_id=client_id, topic_prefix="desk1", price_qos=price_qos
+    )
     # Short, seeded backoff: the restart test waits for the reconnect, not for the cap.
     return MqttFeed(cfg, backoff=Backoff(initial=0.1, cap=0.5, rng=random.Random(1)))
 
@@ -96,7 +102,9 @@ async def test_prices_and_positions_flow_with_their_values(broker: Mosquitto) ->
         batch = [json.loads(position(i, 0.5 * i - 3.0)) for i in range(10)]
         await pub.publish("desk1/positions/main", json.dumps(batch), qos=1)
         await wait_until(lambda: len(sink.events) == 11, "11 events")
-    assert sink.events[0] == PriceEvent(ts=T0, instrument="BTC", price=87_000.25)
+    # Prices and positions come over two connections: no order between them.
+    prices = [e for e in sink.events if isinstance(e, PriceEvent)]
+    assert prices == [PriceEvent(ts=T0, instrument="BTC", price=87_000.25)]
     assert sink.positions() == {
         ("main", f"BTC-27MAR26-{80_000 + 1_000 * i}-C"): 0.5 * i - 3.0 for i in range(10)
     }
@@ -121,6 +129,8 @@ async def test_malformed_payloads_are_rejected_by_reason_and_the_feed_goes_on(
         )
         await pub.publish("desk1/positions/main", position(3, 7.0), qos=1)
         await wait_until(lambda: len(sink.events) == 1, "the good position")
+        # the prices' refusals come over their own connection, in their own time
+        await wait_until(lambda: len(sink.rejected) == 4, "four refusals")
     assert sink.positions() == {("main", "BTC-27MAR26-83000-C"): 7.0}
     assert sorted(r.reason.value for r in sink.rejected) == sorted(
         [
@@ -175,6 +185,85 @@ async def test_a_position_published_while_riskmon_was_away_arrives_after_it_star
         ("hedge", "BTC-27MAR26-85000-C"): -1.0,
     }
     assert first.events == []
+
+
+def price(i: int, instrument: str = "BTC") -> bytes:
+    return json.dumps(
+        {"type": "price", "ts": T0 + i, "instrument": instrument, "price": 80_000.0 + i}
+    ).encode()
+
+
+@pytest.mark.parametrize("price_qos", [0, 1])
+async def test_prices_published_while_riskmon_was_away_are_queued_only_at_price_qos_1(
+    broker: Mosquitto, price_qos: Literal[0, 1]
+) -> None:
+    """Prices are subscribed at ``price_qos`` (0 by default: a tick is superseded by the
+    next one), positions at ``qos`` 1: the broker queues the position for the stopped
+    daemon, and the price only when asked to. The broker delivers a session's queue in
+    order, so once the position (published last) is there, a queued price would be too."""
+    async with running(feed(broker.port, price_qos=price_qos), Sink()):
+        pass  # the session and its subscriptions now live in the broker
+    async with publisher(broker.port) as pub:
+        await pub.publish("desk1/prices/BTC", price(1), qos=1)
+        await pub.publish("desk1/positions/main", position(2, 4.0), qos=1)
+    later = Sink()
+    async with running(feed(broker.port, price_qos=price_qos), later):
+        await wait_until(lambda: later.positions() != {}, "the queued position")
+    assert later.positions() == {("main", "BTC-27MAR26-82000-C"): 4.0}
+    queued = [PriceEvent(ts=T0 + 1, instrument="BTC", price=80_001.0)] if price_qos else []
+    assert [e for e in later.events if isinstance(e, PriceEvent)] == queued
+
+
+async def test_prices_have_their_own_connection_which_reconnects_by_itself(
+    broker: Mosquitto,
+) -> None:
+    """At price_qos 0 prices come over a second connection, client id ``<id>-prices``. A
+    client that takes that id over cuts it; the feed reconnects it by itself, and prices
+    and positions flow again."""
+    sink = Sink()
+    f = feed(broker.port)
+    async with running(f, sink), publisher(broker.port) as pub:
+        reconnects = f.status.reconnects
+        # a client of that id for a second (mosquitto_sub -W 1), taken over back in turn
+        intruder = await asyncio.create_subprocess_exec(
+            *[required_tool("mosquitto_sub"), "-p", str(broker.port), "-t", "nothing/#"],
+            *["-i", "riskmon-test-desk-prices", "-W", "1"],
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await wait_until(lambda: f.status.reconnects > reconnects, "the price connection retried")
+        await intruder.wait()
+        await wait_until(lambda: f.status.connected, "both connections up")
+        await pub.publish("desk1/prices/BTC", price(7), qos=1)
+        await pub.publish("desk1/positions/main", position(8, 3.0), qos=1)
+        await wait_until(lambda: len(sink.events) == 2, "a price and a position")
+    assert PriceEvent(ts=T0 + 7, instrument="BTC", price=80_007.0) in sink.events
+    assert sink.positions() == {("main", "BTC-27MAR26-88000-C"): 3.0}
+
+
+async def test_a_burst_arrives_whole_and_in_order(broker: Mosquitto) -> None:
+    """Messages are taken from the client's queue in bursts: none is lost, none reordered
+    within its QoS (MQTT orders messages of one QoS; the broker may send a QoS 0 price
+    ahead of a QoS 1 position still waiting for an in-flight slot), each counted once."""
+    sink = Sink()
+    f = feed(broker.port)
+    async with running(f, sink), publisher(broker.port) as pub:
+        for i in range(1_000):
+            if i % 4 == 3:
+                await pub.publish("desk1/positions/main", position(i, float(i)), qos=1)
+            else:
+                await pub.publish(f"desk1/prices/U{i % 7}", price(i, f"U{i % 7}"), qos=1)
+        await wait_until(lambda: len(sink.events) == 1_000, "the burst")
+    prices = [e for e in sink.events if isinstance(e, PriceEvent)]
+    positions = [e for e in sink.events if isinstance(e, PositionEvent)]
+    assert [(e.ts, e.instrument, e.price) for e in prices] == [
+        (T0 + i, f"U{i % 7}", 80_000.0 + i) for i in range(1_000) if i % 4 != 3
+    ]
+    assert [(e.ts, e.quantity) for e in positions] == [
+        (T0 + i, float(i)) for i in range(1_000) if i % 4 == 3
+    ]
+    assert f.status.messages == 1_000
+    assert f.backlog == 0
 
 
 async def test_status_is_down_while_the_broker_refuses(tmp_path: Path) -> None:

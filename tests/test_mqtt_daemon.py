@@ -113,14 +113,16 @@ def test_desk_feed_reaches_the_snapshot_and_survives_a_broker_restart(
         assert (pos["quantity"], pos["price"]) == (2.0, 90_050.0)
         # A perpetual's USD delta is quantity x the underlying's index price.
         assert pos["delta_usd"] == pytest.approx(2.0 * 90_000.0, rel=1e-12)
-        assert (
-            metric(daemon, "riskmon_rejected_events_total", source="desk", reason="malformed_json")
-            == 1.0
-        )
-        assert (
-            metric(daemon, "riskmon_rejected_events_total", source="desk", reason="unknown_type")
-            == 1.0
-        )
+        # The refused prices come over the prices' own connection: no order against the
+        # position, so wait for their counts too.
+        for reason in ("malformed_json", "unknown_type"):
+            wait_for(
+                f"one {reason} refusal",
+                lambda reason=reason: (
+                    metric(daemon, "riskmon_rejected_events_total", source="desk", reason=reason)
+                    == 1.0
+                ),
+            )
 
         assert broker.proc is not None
         broker.proc.kill()  # SIGKILL mid-stream: no goodbye

@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.mqtt.parser import PayloadParser, topic_filters
+from connectors.mqtt.parser import PayloadParser, subscriptions, topic_filters
 from monitor.model.events import AccountEvent, PositionEvent, PriceEvent, Reason, Rejected
 
 T0 = 1_767_225_600_000
@@ -39,6 +39,16 @@ def test_subscriptions_cover_the_four_categories() -> None:
         "desk1/riskmon/accounts/#",
         "desk1/riskmon/instruments/#",
     ]
+
+
+def test_prices_are_subscribed_at_their_own_qos() -> None:
+    assert subscriptions("riskmon", qos=1, price_qos=0) == [
+        ("riskmon/prices/#", 0),
+        ("riskmon/positions/#", 1),
+        ("riskmon/accounts/#", 1),
+        ("riskmon/instruments/#", 1),
+    ]
+    assert {q for _, q in subscriptions("riskmon", qos=2, price_qos=1)} == {1, 2}
 
 
 def test_one_event_per_message_decodes_every_field() -> None:

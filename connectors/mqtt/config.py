@@ -32,7 +32,14 @@ class MqttConnector(ConnectorSettings, frozen=True, tag="mqtt"):
     topic_prefix: Annotated[str, Meta(pattern=r"^[^#+\s]+$")] = "riskmon"
     #: The broker keys the persistent session on it; default ``riskmon-<name>``.
     client_id: str | None = None
+    #: QoS of positions, accounts and instruments: 1 queues them while riskmon is away.
     qos: Literal[0, 1, 2] = 1
+    #: QoS of prices: 0 (default) because a tick is superseded by the next one; the broker
+    #: then neither queues ticks for a stopped riskmon nor waits for an acknowledgement of
+    #: each (retained prices still arrive on subscribe), and they come over a second, clean
+    #: MQTT 3.1.1 connection (client id ``<client_id>-prices``). 1 asks for every tick at
+    #: least once, on the persistent session.
+    price_qos: Literal[0, 1, 2] = 0
     #: How long the broker keeps the session (and queues for it) while riskmon is away.
     session_expiry: Duration = parse_duration("1d")
     keepalive: Duration = parse_duration("30s")
@@ -67,6 +74,11 @@ class MqttConnector(ConnectorSettings, frozen=True, tag="mqtt"):
     def identifier(self) -> str:
         """The MQTT client id."""
         return self.client_id or f"riskmon-{self.name}"
+
+    @property
+    def price_identifier(self) -> str:
+        """The client id of the prices' own connection (at ``price_qos`` 0)."""
+        return f"{self.identifier}-prices"
 
     def build(self) -> MqttFeed:
         from connectors.mqtt.client import MqttFeed

@@ -44,7 +44,7 @@ from monitor.model.events import (
     Rejected,
 )
 
-__all__ = ["CATEGORIES", "PayloadParser", "topic_filters"]
+__all__ = ["CATEGORIES", "PayloadParser", "price_filter", "subscriptions", "topic_filters"]
 
 #: Topic category -> the event type its messages must carry.
 CATEGORIES: Final[dict[str, type[Event]]] = {
@@ -60,6 +60,20 @@ MAX_PAYLOAD_BYTES: Final = 4 << 20
 def topic_filters(prefix: str) -> list[str]:
     """The subscriptions: ``{prefix}/{category}/#`` for each category."""
     return [f"{prefix}/{category}/#" for category in CATEGORIES]
+
+
+def price_filter(prefix: str) -> str:
+    """The subscription of prices."""
+    return f"{prefix}/prices/#"
+
+
+def subscriptions(prefix: str, *, qos: int, price_qos: int) -> list[tuple[str, int]]:
+    """Each topic filter with the QoS it is subscribed at: ``price_qos`` for prices (a tick
+    is superseded by the next), ``qos`` for positions, accounts and instruments."""
+    return [
+        (f"{prefix}/{category}/#", price_qos if category == "prices" else qos)
+        for category in CATEGORIES
+    ]
 
 
 class PayloadParser:
