@@ -30,6 +30,8 @@ from pathlib import Path
 
 from benchtools import T0, build
 
+from monitor.model.snapshot import RiskSnapshot
+
 
 def _status_kb(pid: int | str, field: str) -> int:
     """A ``/proc/<pid>/status`` figure in kB (``VmRSS``, ``VmHWM``)."""
@@ -44,7 +46,13 @@ def _mb(kb: int) -> float:
 
 
 def book(evaluations: int) -> None:
-    from monitor.serve.http import encode_report
+    try:
+        from monitor.serve.http import encode_report
+    except ImportError:  # a checkout from before it (PYTHONPATH=<checkout>: before/after)
+        from monitor.serve.http import _encoder
+
+        def encode_report(snapshot: RiskSnapshot) -> bytes:
+            return _encoder.encode(snapshot.report())
 
     gc.collect()
     stages = [("imports (numpy, riskmon)", _status_kb("self", "VmRSS"))]
