@@ -468,12 +468,8 @@ class HttpServer:
         return _json(body, 200 if ready else 503)
 
     async def _encoded(
-        self,
-        request: web.Request,
-        snapshot: RiskSnapshot,
-        route: str,
-        render: Callable[[], bytes],
-    ) -> web.StreamResponse:
+        self, snapshot: RiskSnapshot, route: str, render: Callable[[], bytes]
+    ) -> web.Response:
         """``render()``'s bytes, computed once per snapshot and route on the encoding
         thread: the loop only awaits it (a large report takes tens of ms to build)."""
         if self._cache_seq != snapshot.seq:
@@ -489,20 +485,18 @@ class HttpServer:
         body = await asyncio.shield(future)
         return web.Response(body=body, content_type=_JSON)
 
-    async def _snapshot(self, request: web.Request) -> web.StreamResponse:
+    async def _snapshot(self, request: web.Request) -> web.Response:
         snapshot = self._view.snapshot
         if snapshot is None:
             return _json({"error": "no snapshot yet"}, 503)
-        return await self._encoded(request, snapshot, "snapshot", partial(encode_report, snapshot))
+        return await self._encoded(snapshot, "snapshot", partial(encode_report, snapshot))
 
-    async def _summary(self, request: web.Request) -> web.StreamResponse:
+    async def _summary(self, request: web.Request) -> web.Response:
         """Per account and in total, the headline figures without the position rows."""
         snapshot = self._view.snapshot
         if snapshot is None:
             return _json({"error": "no snapshot yet"}, 503)
-        return await self._encoded(
-            request, snapshot, "summary", lambda: encode_json(summary(snapshot))
-        )
+        return await self._encoded(snapshot, "summary", lambda: encode_json(summary(snapshot)))
 
     async def _alerts(self, request: web.Request) -> web.Response:
         """Pending and firing alerts, and the run's transitions (report ``alerts`` fields)."""
@@ -517,7 +511,7 @@ class HttpServer:
             }
         )
 
-    async def _account(self, request: web.Request) -> web.StreamResponse:
+    async def _account(self, request: web.Request) -> web.Response:
         """One account's report section, with the snapshot's ``as_of``."""
         snapshot = self._view.snapshot
         if snapshot is None:
@@ -530,7 +524,7 @@ class HttpServer:
         def render() -> bytes:
             return encode_json({"as_of": iso_ms(snapshot.as_of_ms), **fig.report(structs=True)})
 
-        return await self._encoded(request, snapshot, f"accounts/{account}", render)
+        return await self._encoded(snapshot, f"accounts/{account}", render)
 
     async def _post_whatif(self, request: web.Request) -> web.Response:
         """Before and after of proposed trades; 400 with a reason for a body it cannot take."""

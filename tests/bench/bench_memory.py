@@ -6,18 +6,21 @@
    document and encodes it as ``GET /api/v1/snapshot`` does. RSS (``VmRSS``) after each
    stage and the peak (``VmHWM``).
 2. ``soak``: ``riskmon run`` as a child process, the built-in config (simulated market,
-   built-in rules) for ``--minutes`` (10), while this script polls ``/api/v1/snapshot``
-   every 5 s and scrapes ``/metrics`` every 5 s as Prometheus would. The child's RSS every
-   ``--every`` seconds (30), and its growth from the level at the end of the first minute
-   (after warm-up and the first snapshots) to the end.
+   built-in rules; ``--reference``: the same daemon fed the reference book live, its
+   indices and perpetuals ticking every 200 ms) for ``--minutes`` (10), while this
+   script polls ``/api/v1/snapshot`` every 5 s and scrapes ``/metrics`` every 5 s as
+   Prometheus would. The child's RSS every ``--every`` seconds (30), and its growth from
+   the level at the end of the first minute (after warm-up and the first snapshots) to
+   the end.
 
-Run: ``python tests/bench/bench_memory.py [book|soak|all] [--minutes 10]`` (default
-``all``). Linux only (reads ``/proc``). Prints figures; asserts nothing.
+Run: ``python tests/bench/bench_memory.py [book|soak|all] [--minutes 10] [--reference]``
+(default ``all``). Linux only (reads ``/proc``). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import socket
 import subprocess
@@ -28,8 +31,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from benchtools import T0, build
+import msgspec
+import numpy as np
+from benchtools import T0, book_events, build
 
+from connectors.base import EventSink
+from monitor.model.events import PriceEvent
+from monitor.model.health import ConnectorStatus
 from monitor.model.snapshot import RiskSnapshot
 
 
@@ -97,18 +105,78 @@ def _get(url: str) -> int:
         return 0
 
 
-def soak(minutes: float, every_s: float) -> None:
+class _ReferenceFeed:
+    """The reference book live: its option and perpetual prices, positions and account
+    figures stamped now, then every underlying's index and perpetual ticking every 200 ms
+    (a random walk); the option marks stay as sent."""
+
+    def __init__(self) -> None:
+        self._status = ConnectorStatus("reference", "bench")
+
+    @property
+    def status(self) -> ConnectorStatus:
+        return self._status
+
+    async def run(self, sink: EventSink) -> None:
+        events = book_events()
+        book_ts = T0 + 120_000
+        now = int(time.time() * 1000)
+        level = {
+            e.instrument: e.price
+            for e in events
+            if isinstance(e, PriceEvent) and e.ts == book_ts - 1_000
+        }
+        # The indices first: an option is valued against its underlying's index.
+        for u, price in level.items():
+            await sink.put(PriceEvent(now, u, price), "reference")
+        for e in events:
+            if e.ts == book_ts:
+                await sink.put(msgspec.structs.replace(e, ts=now), "reference")
+        self._status.connected = self._status.delivered = True
+        rng = np.random.default_rng(2)
+        names = list(level)
+        prices = np.array([level[u] for u in names])
+        while True:
+            await asyncio.sleep(0.2)
+            prices *= np.exp(0.001 * rng.standard_normal(len(prices)))
+            now = int(time.time() * 1000)
+            for u, price in zip(names, prices.tolist(), strict=True):
+                await sink.put(PriceEvent(now, u, price), "reference")
+                await sink.put(PriceEvent(now, f"{u}-PERPETUAL", price), "reference")
+            self._status.messages += 2 * len(names)
+            self._status.last_message_s = time.time()
+
+
+def _reference_daemon(listen: str) -> None:
+    """The daemon ``riskmon run`` builds from the built-in config, fed the reference book
+    instead of the simulated market (the soak's ``--reference``)."""
+    from monitor.config import load_config
+    from monitor.daemon import Daemon, install_signal_handlers
+
+    cfg = load_config(None, listen=listen)
+
+    async def amain() -> None:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        await Daemon(cfg, connectors=[_ReferenceFeed()]).run(stop)
+
+    asyncio.run(amain())
+
+
+def soak(minutes: float, every_s: float, reference: bool) -> None:
     port = _port()
     url = f"http://127.0.0.1:{port}"
+    listen = f"127.0.0.1:{port}"
     riskmon = Path(sys.executable).with_name("riskmon")
+    argv = (
+        [sys.executable, __file__, "reference-daemon", "--listen", listen]
+        if reference
+        else [str(riskmon), "run", "--listen", listen]
+    )
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [str(riskmon), "run", "--listen", f"127.0.0.1:{port}"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _soak(proc, url, minutes, every_s)
+            _soak(proc, url, minutes, every_s, "the reference book" if reference else "")
         finally:
             proc.terminate()
             proc.wait(30)
@@ -117,14 +185,19 @@ def soak(minutes: float, every_s: float) -> None:
                 print(log.read().decode(errors="replace")[-3000:])
 
 
-def _soak(proc: subprocess.Popen[bytes], url: str, minutes: float, every_s: float) -> None:
+def _soak(
+    proc: subprocess.Popen[bytes], url: str, minutes: float, every_s: float, fed: str
+) -> None:
     start = time.monotonic()
     end = start + 60.0 * minutes
     next_sample = start
     next_poll = start
     baseline: float | None = None
     report_bytes = 0
-    print(f"soak: riskmon run (built-in config) for {minutes:g} min, RSS every {every_s:g} s")
+    what = f"fed {fed}" if fed else "simulated market"
+    print(
+        f"soak: riskmon run (built-in config, {what}) for {minutes:g} min, RSS every {every_s:g} s"
+    )
     print(f"  {'t (s)':>6}  {'RSS (MB)':>9}  {'vs 1 min':>8}  report")
     while True:
         now = time.monotonic()
@@ -158,7 +231,11 @@ def _soak(proc: subprocess.Popen[bytes], url: str, minutes: float, every_s: floa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("what", nargs="?", choices=("book", "soak", "all"), default="all")
+    ap.add_argument(
+        "what", nargs="?", choices=("book", "soak", "all", "reference-daemon"), default="all"
+    )
+    ap.add_argument("--reference", action="store_true", help="soak: feed the reference book")
+    ap.add_argument("--listen", default="127.0.0.1:0", help=argparse.SUPPRESS)
     ap.add_argument("--evaluations", type=int, default=20)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--every", type=float, default=30.0, help="seconds between RSS samples")
@@ -166,7 +243,9 @@ def main() -> None:
     if args.what in ("book", "all"):
         book(args.evaluations)
     if args.what in ("soak", "all"):
-        soak(args.minutes, args.every)
+        soak(args.minutes, args.every, args.reference)
+    if args.what == "reference-daemon":
+        _reference_daemon(args.listen)
 
 
 if __name__ == "__main__":

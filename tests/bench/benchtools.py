@@ -37,50 +37,16 @@ def rate(fn: Callable[[bytes], object], msgs: list[bytes], repeat: int) -> float
     return len(msgs) / best
 
 
-def build(
-    seed: int = 1,
-    scenarios: int = 1_000,
-    *,
-    rules: bool = False,
-    executor: Executor | None = None,
-    underlyings: int = N_UND,
-    accounts: int = N_ACC,
-    options: int = N_OPT,
-) -> Engine:
-    """The reference book's engine, every event applied, not yet evaluated (its clock is
-    at ``T0 + 120 s``: evaluate it from ``T0 + 121 s``).
-
-    Each underlying lists 6 expiries x ``STRIKES`` strikes x call/put (more strikes when
-    ``options / accounts`` would exceed that); each account holds ``options / accounts``
-    distinct options drawn from all of them (accounts overlap, as desks do) and every
-    underlying's perpetual is held short by one account.
-    """
+def book_events(
+    seed: int = 1, *, underlyings: int = N_UND, accounts: int = N_ACC, options: int = N_OPT
+) -> list[Event]:
+    """The reference book's events (see :func:`build`): 120 s of index prices from ``T0``,
+    then at ``T0 + 120 s`` the option and perpetual prices, positions and account figures."""
     rng = np.random.default_rng(seed)
     unds = [f"U{k:02d}" for k in range(underlyings)]
     spot = dict(zip(unds, rng.uniform(10.0, 5_000.0, underlyings), strict=True))
     per_account = options // accounts
     strikes = max(STRIKES, -(-per_account // (2 * len(EXPIRIES) * underlyings)))
-    settings = EngineSettings(
-        sample_interval_ms=1_000,
-        halflife_ms=60_000,
-        fast_halflife_ms=10_000,
-        warmup_ms=10_000,
-        max_gap_ms=60_000,
-        eval_interval_ms=250,
-    )
-    # A scenario interval longer than the run: the timed evaluations never include it.
-    # Advisory sections refresh as in the daemon (risk.scenario_interval, 5 s by default).
-    risk = RiskSettings(
-        var_scenarios=scenarios,
-        scenario_interval_ms=10**12,
-        actions=ActionSettings(refresh_ms=5_000),
-    )
-    eng = Engine(
-        settings,
-        risk=risk,
-        rules=rule_engine(DEFAULT_RULES, {}) if rules else None,
-        scenario_executor=executor,
-    )
     events: list[Event] = []
     # Warm the estimator: 120 one-second samples of correlated index moves.
     chol = np.linalg.cholesky(0.5 * np.eye(underlyings) + 0.5)
@@ -110,6 +76,49 @@ def build(
         events.append(PositionEvent(ts, f"acc{k % accounts:02d}", f"{u}-PERPETUAL", -3.0))
     for a in range(accounts):
         events.append(AccountEvent(ts, f"acc{a:02d}", 5e6, 1e6, 6e5))
+    return events
+
+
+def build(
+    seed: int = 1,
+    scenarios: int = 1_000,
+    *,
+    rules: bool = False,
+    executor: Executor | None = None,
+    underlyings: int = N_UND,
+    accounts: int = N_ACC,
+    options: int = N_OPT,
+) -> Engine:
+    """The reference book's engine, every event applied, not yet evaluated (its clock is
+    at ``T0 + 120 s``: evaluate it from ``T0 + 121 s``).
+
+    Each underlying lists 6 expiries x ``STRIKES`` strikes x call/put (more strikes when
+    ``options / accounts`` would exceed that); each account holds ``options / accounts``
+    distinct options drawn from all of them (accounts overlap, as desks do) and every
+    underlying's perpetual is held short by one account.
+    """
+    settings = EngineSettings(
+        sample_interval_ms=1_000,
+        halflife_ms=60_000,
+        fast_halflife_ms=10_000,
+        warmup_ms=10_000,
+        max_gap_ms=60_000,
+        eval_interval_ms=250,
+    )
+    # A scenario interval longer than the run: the timed evaluations never include it.
+    # Advisory sections refresh as in the daemon (risk.scenario_interval, 5 s by default).
+    risk = RiskSettings(
+        var_scenarios=scenarios,
+        scenario_interval_ms=10**12,
+        actions=ActionSettings(refresh_ms=5_000),
+    )
+    eng = Engine(
+        settings,
+        risk=risk,
+        rules=rule_engine(DEFAULT_RULES, {}) if rules else None,
+        scenario_executor=executor,
+    )
+    events = book_events(seed, underlyings=underlyings, accounts=accounts, options=options)
     rejected = eng.replay(events, "bench")
     assert not rejected, rejected[:3]
     return eng
