@@ -179,7 +179,12 @@ def soak(minutes: float, every_s: float, reference: bool) -> None:
             _soak(proc, url, minutes, every_s, "the reference book" if reference else "")
         finally:
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                print("the daemon did not stop within 60 s of SIGTERM: killed")
+                proc.kill()
+                proc.wait()
             if proc.returncode not in (0, -15):
                 log.seek(0)
                 print(log.read().decode(errors="replace")[-3000:])
