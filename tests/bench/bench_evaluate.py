@@ -18,86 +18,10 @@ import argparse
 import datetime as dt
 import math
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-
-from monitor.engine.actions import ActionSettings
-from monitor.engine.core import Engine, EngineSettings
-from monitor.engine.evaluation import RiskSettings
-from monitor.model.events import AccountEvent, Event, PositionEvent, PriceEvent
-from monitor.rules.config import DEFAULT_RULES
-from monitor.rules.pack import rule_engine
-
-T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
-N_UND, N_ACC, N_OPT = 50, 20, 20_000
-EXPIRIES = ["30JAN26", "27FEB26", "27MAR26", "26JUN26", "25SEP26", "25DEC26"]
-
-
-def build(
-    seed: int = 1,
-    scenarios: int = 1_000,
-    *,
-    rules: bool = False,
-    executor: Executor | None = None,
-) -> Engine:
-    rng = np.random.default_rng(seed)
-    unds = [f"U{k:02d}" for k in range(N_UND)]
-    spot = dict(zip(unds, rng.uniform(10.0, 5_000.0, N_UND), strict=True))
-    settings = EngineSettings(
-        sample_interval_ms=1_000,
-        halflife_ms=60_000,
-        fast_halflife_ms=10_000,
-        warmup_ms=10_000,
-        max_gap_ms=60_000,
-        eval_interval_ms=250,
-    )
-    # A scenario interval longer than the run: the timed evaluations never include it.
-    # Advisory sections refresh as in the daemon (risk.scenario_interval, 5 s by default).
-    risk = RiskSettings(
-        var_scenarios=scenarios,
-        scenario_interval_ms=10**12,
-        actions=ActionSettings(refresh_ms=5_000),
-    )
-    eng = Engine(
-        settings,
-        risk=risk,
-        rules=rule_engine(DEFAULT_RULES, {}) if rules else None,
-        scenario_executor=executor,
-    )
-    events: list[Event] = []
-    # Warm the estimator: 120 one-second samples of correlated index moves.
-    chol = np.linalg.cholesky(0.5 * np.eye(N_UND) + 0.5)
-    level = np.array([spot[u] for u in unds])
-    for k in range(120):
-        level = level * np.exp(0.002 * (chol @ rng.standard_normal(N_UND)))
-        events += [
-            PriceEvent(T0 + 1_000 * k, u, float(p)) for u, p in zip(unds, level, strict=True)
-        ]
-    ts = T0 + 120_000
-    names: list[str] = []
-    for u, s in zip(unds, level, strict=True):
-        for exp in EXPIRIES:
-            for m in np.linspace(0.6, 1.4, 17):
-                strike = max(1, round(float(s * m)))
-                for cp in "CP":
-                    name = f"{u}_USDC-{exp}-{strike}-{cp}"
-                    names.append(name)
-                    iv = 0.5 + 0.3 * (m - 1.0) ** 2
-                    events.append(PriceEvent(ts, name, float(s) * 0.05, iv, float(s) * 1.001))
-        events.append(PriceEvent(ts, f"{u}-PERPETUAL", float(s)))
-    # Each account holds N_OPT / N_ACC distinct options; accounts overlap, as desks do.
-    for a in range(N_ACC):
-        for p in rng.choice(len(names), size=N_OPT // N_ACC, replace=False):
-            qty = float(rng.integers(-50, 50) or 1)
-            events.append(PositionEvent(ts, f"acc{a:02d}", names[p], qty))
-    for k, u in enumerate(unds):
-        events.append(PositionEvent(ts, f"acc{k % N_ACC:02d}", f"{u}-PERPETUAL", -3.0))
-    for a in range(N_ACC):
-        events.append(AccountEvent(ts, f"acc{a:02d}", 5e6, 1e6, 6e5))
-    rejected = eng.replay(events, "bench")
-    assert not rejected, rejected[:3]
-    return eng
+from benchtools import N_ACC, N_OPT, N_UND, T0, build
 
 
 def main() -> None:

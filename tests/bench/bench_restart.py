@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench_evaluate import build
+from benchtools import build
 
 from monitor.engine.core import Engine
 from monitor.engine.evaluation import RiskSettings

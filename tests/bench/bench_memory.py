@@ -1,0 +1,257 @@
+"""Benchmark: resident memory of the reference book, and of the live daemon over a soak.
+
+1. ``book``: this process builds the reference book (50 underlyings, 20,000 option
+   positions, 20 accounts: ``benchtools.build``), evaluates it (the first evaluation runs
+   the scenario pass), evaluates it ``--evaluations`` more times, builds the report
+   document and encodes it as ``GET /api/v1/snapshot`` does. RSS (``VmRSS``) after each
+   stage and the peak (``VmHWM``).
+2. ``soak``: ``riskmon run`` as a child process, the built-in config (simulated market,
+   built-in rules; ``--reference``: the same daemon fed the reference book live, its
+   indices and perpetuals ticking every 200 ms) for ``--minutes`` (10), while this
+   script polls ``/api/v1/snapshot`` every 5 s and scrapes ``/metrics`` every 5 s as
+   Prometheus would. The child's RSS every ``--every`` seconds (30), and its growth from
+   the level at the end of the first minute (after warm-up and the first snapshots) to
+   the end.
+
+Run: ``python tests/bench/bench_memory.py [book|soak|all] [--minutes 10] [--reference]``
+(default ``all``). Linux only (reads ``/proc``). Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import msgspec
+import numpy as np
+from benchtools import T0, book_events, build
+
+from connectors.base import EventSink
+from monitor.model.events import PriceEvent
+from monitor.model.health import ConnectorStatus
+from monitor.model.snapshot import RiskSnapshot
+
+
+def _status_kb(pid: int | str, field: str) -> int:
+    """A ``/proc/<pid>/status`` figure in kB (``VmRSS``, ``VmHWM``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _mb(kb: int) -> float:
+    return kb / 1024.0
+
+
+def book(evaluations: int) -> None:
+    try:
+        from monitor.serve.http import encode_report
+    except ImportError:  # a checkout from before it (PYTHONPATH=<checkout>: before/after)
+        from monitor.serve.http import _encoder
+
+        def encode_report(snapshot: RiskSnapshot) -> bytes:
+            return _encoder.encode(snapshot.report())
+
+    gc.collect()
+    stages = [("imports (numpy, riskmon)", _status_kb("self", "VmRSS"))]
+    t = time.perf_counter()
+    eng = build()
+    gc.collect()
+    stages.append(("reference book built", _status_kb("self", "VmRSS")))
+    as_of = T0 + 121_000
+    snap = eng.evaluate(as_of)
+    gc.collect()
+    stages.append(("first evaluation (scenario pass)", _status_kb("self", "VmRSS")))
+    for k in range(evaluations):
+        snap = eng.evaluate(as_of + 250 * (k + 1))
+    gc.collect()
+    stages.append((f"after {evaluations} more evaluations", _status_kb("self", "VmRSS")))
+    doc = snap.report()
+    stages.append(("report document built (held)", _status_kb("self", "VmRSS")))
+    body = encode_report(snap)
+    stages.append((f"report encoded ({len(body) / 1e6:.1f} MB, held)", _status_kb("self", "VmRSS")))
+    del doc, body
+    gc.collect()
+    stages.append(("document and bytes dropped", _status_kb("self", "VmRSS")))
+    print(f"reference book, one process ({time.perf_counter() - t:.0f} s):")
+    for name, kb in stages:
+        print(f"  {name:<40} RSS {_mb(kb):7.1f} MB")
+    print(f"  {'peak (VmHWM)':<40}     {_mb(_status_kb('self', 'VmHWM')):7.1f} MB")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _get(url: str) -> int:
+    """Bytes of a GET, 0 when it fails (the daemon still starting)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return len(resp.read())
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+class _ReferenceFeed:
+    """The reference book live: its option and perpetual prices, positions and account
+    figures stamped now, then every underlying's index and perpetual ticking every 200 ms
+    (a random walk); the option marks stay as sent."""
+
+    def __init__(self) -> None:
+        self._status = ConnectorStatus("reference", "bench")
+
+    @property
+    def status(self) -> ConnectorStatus:
+        return self._status
+
+    async def run(self, sink: EventSink) -> None:
+        events = book_events()
+        book_ts = T0 + 120_000
+        now = int(time.time() * 1000)
+        level = {
+            e.instrument: e.price
+            for e in events
+            if isinstance(e, PriceEvent) and e.ts == book_ts - 1_000
+        }
+        # The indices first: an option is valued against its underlying's index.
+        for u, price in level.items():
+            await sink.put(PriceEvent(now, u, price), "reference")
+        for e in events:
+            if e.ts == book_ts:
+                await sink.put(msgspec.structs.replace(e, ts=now), "reference")
+        self._status.connected = self._status.delivered = True
+        rng = np.random.default_rng(2)
+        names = list(level)
+        prices = np.array([level[u] for u in names])
+        while True:
+            await asyncio.sleep(0.2)
+            prices *= np.exp(0.001 * rng.standard_normal(len(prices)))
+            now = int(time.time() * 1000)
+            for u, price in zip(names, prices.tolist(), strict=True):
+                await sink.put(PriceEvent(now, u, price), "reference")
+                await sink.put(PriceEvent(now, f"{u}-PERPETUAL", price), "reference")
+            self._status.messages += 2 * len(names)
+            self._status.last_message_s = time.time()
+
+
+def _reference_daemon(listen: str) -> None:
+    """The daemon ``riskmon run`` builds from the built-in config, fed the reference book
+    instead of the simulated market (the soak's ``--reference``)."""
+    from monitor.config import load_config
+    from monitor.daemon import Daemon, install_signal_handlers
+
+    cfg = load_config(None, listen=listen)
+
+    async def amain() -> None:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        await Daemon(cfg, connectors=[_ReferenceFeed()]).run(stop)
+
+    asyncio.run(amain())
+
+
+def soak(minutes: float, every_s: float, reference: bool) -> None:
+    port = _port()
+    url = f"http://127.0.0.1:{port}"
+    listen = f"127.0.0.1:{port}"
+    riskmon = Path(sys.executable).with_name("riskmon")
+    argv = (
+        [sys.executable, __file__, "reference-daemon", "--listen", listen]
+        if reference
+        else [str(riskmon), "run", "--listen", listen]
+    )
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _soak(proc, url, minutes, every_s, "the reference book" if reference else "")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                print("the daemon did not stop within 60 s of SIGTERM: killed")
+                proc.kill()
+                proc.wait()
+            if proc.returncode not in (0, -15):
+                log.seek(0)
+                print(log.read().decode(errors="replace")[-3000:])
+
+
+def _soak(
+    proc: subprocess.Popen[bytes], url: str, minutes: float, every_s: float, fed: str
+) -> None:
+    start = time.monotonic()
+    end = start + 60.0 * minutes
+    next_sample = start
+    next_poll = start
+    baseline: float | None = None
+    report_bytes = 0
+    what = f"fed {fed}" if fed else "simulated market"
+    print(
+        f"soak: riskmon run (built-in config, {what}) for {minutes:g} min, RSS every {every_s:g} s"
+    )
+    print(f"  {'t (s)':>6}  {'RSS (MB)':>9}  {'vs 1 min':>8}  report")
+    while True:
+        now = time.monotonic()
+        if proc.poll() is not None:
+            print(f"  the daemon exited ({proc.returncode}) after {now - start:.0f} s")
+            return
+        if now >= next_poll:
+            report_bytes = _get(url + "/api/v1/snapshot") or report_bytes
+            _get(url + "/metrics")
+            next_poll += 5.0
+        if now >= next_sample:
+            elapsed = now - start
+            rss = _mb(_status_kb(proc.pid, "VmRSS"))
+            if baseline is None and elapsed >= 60.0 - every_s / 2:
+                baseline = rss
+            vs = "" if baseline is None else f"{100.0 * (rss / baseline - 1.0):+7.2f}%"
+            print(f"  {elapsed:6.0f}  {rss:9.1f}  {vs:>8}  {report_bytes / 1e3:.0f} kB", flush=True)
+            next_sample += every_s
+            if now >= end:
+                break
+        time.sleep(max(0.0, min(next_sample, next_poll) - time.monotonic()))
+    final = _mb(_status_kb(proc.pid, "VmRSS"))
+    peak = _mb(_status_kb(proc.pid, "VmHWM"))
+    if baseline is not None:
+        growth = 100.0 * (final / baseline - 1.0)
+        print(
+            f"growth from the first minute ({baseline:.1f} MB) to the end ({final:.1f} MB): "
+            f"{growth:+.2f}%; peak {peak:.1f} MB"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument(
+        "what", nargs="?", choices=("book", "soak", "all", "reference-daemon"), default="all"
+    )
+    ap.add_argument("--reference", action="store_true", help="soak: feed the reference book")
+    ap.add_argument("--listen", default="127.0.0.1:0", help=argparse.SUPPRESS)
+    ap.add_argument("--evaluations", type=int, default=20)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--every", type=float, default=30.0, help="seconds between RSS samples")
+    args = ap.parse_args()
+    if args.what in ("book", "all"):
+        book(args.evaluations)
+    if args.what in ("soak", "all"):
+        soak(args.minutes, args.every, args.reference)
+    if args.what == "reference-daemon":
+        _reference_daemon(args.listen)
+
+
+if __name__ == "__main__":
+    main()
