@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_evaluate import T0, build
+from benchtools import T0, build
 
 from monitor.config import load_config
 from monitor.daemon import engine_settings, risk_settings

@@ -28,7 +28,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from bench_evaluate import N_ACC, N_OPT, N_UND, T0, build
+from benchtools import N_ACC, N_OPT, N_UND, T0, build
 
 from monitor.engine.evaluation import MS_PER_YEAR, Evaluator
 from monitor.quant.risk import revalue, revalue_grid, scenario_returns, var_full_revaluation
