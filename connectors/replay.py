@@ -646,7 +646,8 @@ def _convert(rb: Any, first_row: int, decoder: EventDecoder, columns: bool = Fal
             sub = sub.filter(ok)
             rows = rows[ok_np]
         if ft is _PRICE_COLUMNS:
-            ticks, tick_rows = _ticks(sub), rows
+            if len(rows):
+                ticks, tick_rows = _ticks(sub), rows
         else:
             parts.append((rows, _build(ft, sub)))
         done[rows] = True

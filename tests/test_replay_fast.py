@@ -264,3 +264,109 @@ def test_real_evaluations_at_the_same_times() -> None:
     assert [msgspec.json.encode(s.report()["assets"]) for s in batch] == [
         msgspec.json.encode(s.report()["assets"]) for s in one
     ]
+
+
+def _parquet(path: Any, rows: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from monitor.engine.record import PARQUET_SCHEMA
+
+    table = pa.Table.from_pylist(rows, schema=PARQUET_SCHEMA)
+    pq.write_table(table, path, row_group_size=7)
+
+
+def test_parquet_columns_read_as_the_events_do(tmp_path: Any) -> None:
+    """``columns=True`` gives back, in order, exactly the events and rejections (with their
+    row numbers) of the event reader, and the engine refusal of a tick names its row."""
+    from connectors.replay import PriceTicks, iter_batches
+
+    rows: list[dict[str, Any]] = []
+    for k in range(60):
+        rows.append({"type": "price", "ts": T0 + 1000 * k, "instrument": "BTC", "price": 100.0 + k})
+        if k % 9 == 4:
+            rows.append({"type": "price", "ts": T0 + 1000 * k, "instrument": "ETH", "price": -1.0})
+        if k % 11 == 5:
+            rows.append(
+                {
+                    "type": "position",
+                    "ts": T0 + 1000 * k,
+                    "account": "a",
+                    "instrument": "BTC-PERPETUAL",
+                    "quantity": 1.0,
+                }
+            )
+        if k % 13 == 6:
+            rows.append(
+                {
+                    "type": "price",
+                    "ts": T0 + 1000 * k,
+                    "instrument": "X-27DEC26-1-C",
+                    "price": 2.0,
+                    "iv": 0.5,
+                    "underlying_price": 101.0,
+                }
+            )
+    rows.append({"type": "price", "ts": T0, "instrument": "BTC", "price": 50.0})  # out of order
+    path = tmp_path / "r.parquet"
+    _parquet(path, rows)
+    for chunk_rows in (5, 16, 1000):
+        plain = list(iter_batches(path, chunk_rows=chunk_rows))
+        cols = list(iter_batches(path, chunk_rows=chunk_rows, columns=True))
+        assert [(n, r.reason, r.detail) for b in cols for n, r in b.rejections] == [
+            (n, r.reason, r.detail) for b in plain for n, r in b.rejections
+        ]
+        flat = []
+        for b in cols:
+            for _, run in b.runs():
+                flat += run.events() if isinstance(run, PriceTicks) else run
+        assert flat == [e for b in plain for e in b.events]
+        assert any(b.ticks is not None for b in cols)
+    refused = []
+    eng = Engine(SETTINGS)
+    for b in iter_batches(path, chunk_rows=16, columns=True):
+        for k0, run in b.runs():
+            got = (
+                eng.replay_prices(
+                    run.names,
+                    run.code,
+                    run.ts,
+                    run.price,
+                    "t",
+                    iv=run.iv,
+                    forward=run.underlying_price,
+                )
+                if isinstance(run, PriceTicks)
+                else eng.replay(run, "t")
+            )
+            refused += [(b.number_of(k0 + k), r.reason) for k, r in got]
+    assert refused == [(len(rows), Reason.OUT_OF_ORDER)]
+    assert rows[len(rows) - 1]["price"] == 50.0
+
+
+def test_replay_cli_names_the_row_and_line_of_a_refused_tick(tmp_path: Any) -> None:
+    """``riskmon replay`` logs a tick the engine refuses with its row (Parquet) or line."""
+    import subprocess
+    import sys
+
+    from monitor.model.events import encode_event
+
+    evs = [PriceEvent(T0 + 100 * k, "BTC", 100.0 + k % 3) for k in range(200)]
+    evs.insert(150, PriceEvent(T0, "BTC", 100.0))  # out of order, line/row 151
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_bytes(b"".join(encode_event(e) + b"\n" for e in evs))
+    pq_path = tmp_path / "r.parquet"
+    _parquet(
+        pq_path,
+        [{"type": "price", "ts": e.ts, "instrument": e.instrument, "price": e.price} for e in evs],
+    )
+    for path, where in ((jsonl, "line 151"), (pq_path, "row 151")):
+        out = subprocess.run(
+            [sys.executable, "-m", "monitor", "replay", str(path), "--report", "json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"RISKMON_LOG__FORMAT": "text", "PATH": "/usr/bin:/bin"},
+        )
+        assert f"{where}: BTC tick at" in out.stderr
+        assert '"price": 101.0' in out.stdout or '"price": 101' in out.stdout
