@@ -204,21 +204,23 @@ def _via_columns(eng: Engine, events: list[Event]) -> list[tuple[int, Reason]]:
     return out
 
 
-@pytest.fixture(params=[False, True], ids=["windows", "small-windows"])
-def small_windows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """With small windows, a stream crosses several windows and their re-checks."""
-    if request.param:
+@pytest.fixture(params=["default", "small-windows-dense", "small-windows-sparse"])
+def small_windows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Small windows: a stream crosses several windows and their re-checks; dense: clean
+    rows are always written segment by segment with numpy, sparse: always one by one."""
+    if request.param != "default":
         monkeypatch.setattr(core, "_WINDOW", 32)
         monkeypatch.setattr(core, "_MIN_WINDOW", 4)
         monkeypatch.setattr(core, "_MIN_RUN", 2)
-    return bool(request.param)
+        monkeypatch.setattr(core, "_DENSE", 0 if request.param.endswith("dense") else 10**9)
+    return str(request.param)
 
 
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(events=streams())
-def test_replay_equals_one_by_one(events: list[Event], small_windows: bool) -> None:
+def test_replay_equals_one_by_one(events: list[Event], small_windows: str) -> None:
     _check_equivalent(events, _via_replay)
 
 
@@ -226,7 +228,7 @@ def test_replay_equals_one_by_one(events: list[Event], small_windows: bool) -> N
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(events=streams())
-def test_replay_prices_equals_one_by_one(events: list[Event], small_windows: bool) -> None:
+def test_replay_prices_equals_one_by_one(events: list[Event], small_windows: str) -> None:
     _check_equivalent(events, _via_columns)
 
 
@@ -267,8 +269,8 @@ def test_real_evaluations_at_the_same_times() -> None:
 
 
 def _parquet(path: Any, rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     from monitor.engine.record import PARQUET_SCHEMA
 

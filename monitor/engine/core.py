@@ -93,6 +93,8 @@ _WINDOW: Final = 16_384
 _MIN_WINDOW: Final = 256
 _SLOW_ROWS: Final = 8
 _MIN_RUN: Final = 16
+#: Ticks per clock segment below which a window's rows are written one by one.
+_DENSE: Final = 24
 _get_instrument: Final = operator.attrgetter("instrument")
 _get_ts: Final = operator.attrgetter("ts")
 _get_price: Final = operator.attrgetter("price")
@@ -753,6 +755,14 @@ class Engine:
         """Apply rows ``[a, f)``, none of them anomalous, with the clocks as row by row."""
         ts = cols.ts
         high = np.maximum.accumulate(ts[a:f])  # first row past a bound: searchsorted
+        s = self.settings
+        segments = (int(high[-1]) - int(ts[a])) // min(s.eval_interval_ms, s.sample_interval_ms)
+        if f - a < _DENSE * (segments + 1):
+            # Few ticks between clock boundaries (a book ticking once a second): numpy's
+            # per-call cost would exceed the work, so write them one by one (no checks to
+            # make: none is out of order or jumps).
+            self._apply_sparse(cols, inst, a, f)
+            return
         pos = a
         while pos < f:
             t = int(ts[pos])
@@ -765,6 +775,29 @@ class Engine:
             last = np.flatnonzero(nxt[pos - a : end - a] >= end) + pos
             self._store_rows(cols, inst, last, pos, end)
             pos = end
+
+    def _apply_sparse(self, cols: _Ticks, inst: npt.NDArray[np.int64], a: int, f: int) -> None:
+        price, price_ts = self._price, self._price_ts
+        extras = [
+            (values[a:f].tolist(), present[a:f].tolist(), target)
+            for values, present, target in (
+                (cols.iv, cols.has_iv, self._iv),
+                (cols.forward, cols.has_forward, self._fwd),
+                (cols.greeks, cols.has_greeks, self._venue_greeks),
+            )
+            if values is not None and present is not None and present[a:f].any()
+        ]
+        rows = zip(inst[a:f].tolist(), cols.ts[a:f].tolist(), cols.price[a:f].tolist(), strict=True)
+        for r, (i, t, p) in enumerate(rows):
+            if t > self._eval_next:
+                self.evaluate_due(t)
+            if t > self._grid_next:
+                self._close_grid(t)
+            price[i] = p
+            price_ts[i] = t
+            for values, present, target in extras:
+                if present[r]:
+                    target[i] = values[r]
 
     def _store_rows(
         self,
