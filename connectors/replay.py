@@ -442,8 +442,9 @@ _FAST_TYPES: Final = tuple(
 )
 
 
-# Price rows with ``columns=True``: the recording schema has no greeks column, so a price
-# row is ts, instrument, price and the optional iv and underlying_price, all checked here.
+# Price rows: the recording schema has no greeks column, so a price row is ts, instrument,
+# price and the optional iv and underlying_price, all checked column-wise (greeks is the
+# constructor's last field: the others are built positionally without it).
 def _price_columns() -> _FastType:
     ft = _fast_type(PriceEvent, skip=frozenset({"greeks"}))
     if ft is None:  # a schema change the column checks cannot follow
@@ -492,8 +493,9 @@ def _parquet_batches(
     except pa.ArrowInvalid as exc:
         raise ValueError(f"{str(path)!r} is not a readable Parquet file: {exc}") from exc
     decoder = EventDecoder()
-    # A foreign file's greeks column (the recording schema has none) takes the event path.
-    columns = columns and "greeks" not in schema.names
+    # Price rows are checked column-wise unless a foreign file has a greeks column (the
+    # recording schema has none): those rows take the one-by-one path, greeks kept.
+    prices = "greeks" not in schema.names
     with pf:
         first_row = 1
         for slices in _row_chunks(pf.iter_batches(batch_size=chunk_rows), chunk_rows):
@@ -503,7 +505,7 @@ def _parquet_batches(
             tick_at: list[npt.NDArray[np.int64]] = []
             start = first_row
             for rb in slices:
-                batch = _convert(rb, first_row, decoder, columns)
+                batch = _convert(rb, first_row, decoder, prices, columns)
                 if batch.ticks is not None and batch.tick_at is not None:
                     ticks.append(batch.ticks)
                     tick_at.append(batch.tick_at + len(events) + sum(map(len, ticks[:-1])))
@@ -621,16 +623,18 @@ def _build(ft: _FastType, rb: Any) -> list[Event]:
     return list(map(ft.cls, *columns))
 
 
-def _convert(rb: Any, first_row: int, decoder: EventDecoder, columns: bool = False) -> Batch:
-    """One record batch as a Batch: rows that pass the column checks built directly (or,
-    price rows with ``columns``, kept as columns), the rest decoded one by one."""
+def _convert(
+    rb: Any, first_row: int, decoder: EventDecoder, prices: bool = True, columns: bool = False
+) -> Batch:
+    """One record batch as a Batch: rows that pass the column checks built directly (price
+    rows with ``prices``; kept as columns with ``columns``), the rest decoded one by one."""
     n = rb.num_rows
     types = _column(rb, "type")
     parts: list[tuple[Any, list[Event]]] = []  # (row indices, events)
     done = np.zeros(n, dtype=bool)
     ticks: PriceTicks | None = None
     tick_rows: npt.NDArray[np.int64] | None = None
-    fast: tuple[_FastType, ...] = _FAST_TYPES + ((_PRICE_COLUMNS,) if columns else ())
+    fast: tuple[_FastType, ...] = _FAST_TYPES + ((_PRICE_COLUMNS,) if prices else ())
     for ft in fast if _is_string(types.type) else ():
         is_type = pc.equal(types, ft.tag).fill_null(False)
         count = pc.sum(is_type).as_py() or 0
@@ -645,7 +649,7 @@ def _convert(rb: Any, first_row: int, decoder: EventDecoder, columns: bool = Fal
         if not ok_np.all():
             sub = sub.filter(ok)
             rows = rows[ok_np]
-        if ft is _PRICE_COLUMNS:
+        if ft is _PRICE_COLUMNS and columns:
             if len(rows):
                 ticks, tick_rows = _ticks(sub), rows
         else:
