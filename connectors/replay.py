@@ -35,13 +35,14 @@ import gzip
 import itertools
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
@@ -50,18 +51,94 @@ from monitor.model.events import (
     Event,
     EventDecoder,
     InstrumentEvent,
+    PriceEvent,
     Reason,
     Rejected,
     to_epoch_ms,
 )
 from monitor.model.recording import parse_segment
 
-__all__ = ["SUFFIXES", "Batch", "iter_batches"]
+__all__ = ["SUFFIXES", "Batch", "PriceTicks", "iter_batches"]
 
 _log = logging.getLogger(__name__)
 
 #: Suffixes :func:`iter_batches` reads.
 SUFFIXES: Final = (".jsonl", ".jsonl.gz", ".parquet")
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTicks:
+    """Plain price ticks column-wise (``iter_batches(..., columns=True)``): no event object
+    per row. Row ``r`` is a :class:`~monitor.model.events.PriceEvent` of instrument
+    ``names[code[r]]`` at ``ts[r]`` (int epoch ms) with ``price[r]``; ``iv`` and
+    ``underlying_price`` are NaN where absent (None: absent in every row). Validated as the
+    events are."""
+
+    names: list[str]
+    code: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    price: npt.NDArray[np.float64]
+    iv: npt.NDArray[np.float64] | None = None
+    underlying_price: npt.NDArray[np.float64] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def rows(self, a: int, b: int) -> PriceTicks:
+        """Rows ``[a, b)`` (views, no copy)."""
+        return PriceTicks(
+            self.names,
+            self.code[a:b],
+            self.ts[a:b],
+            self.price[a:b],
+            None if self.iv is None else self.iv[a:b],
+            None if self.underlying_price is None else self.underlying_price[a:b],
+        )
+
+    def events(self) -> list[Event]:
+        """The rows as events (what ``columns=False`` yields)."""
+        nan_free = [None if x is None else x.tolist() for x in (self.iv, self.underlying_price)]
+        iv, fwd = (
+            itertools.repeat(None) if x is None else [None if v != v else v for v in x]
+            for x in nan_free
+        )
+        names = self.names
+        return [
+            PriceEvent(t, names[c], p, i, f)
+            for t, c, p, i, f in zip(
+                self.ts.tolist(), self.code.tolist(), self.price.tolist(), iv, fwd, strict=False
+            )
+        ]
+
+    @staticmethod
+    def concat(parts: Sequence[PriceTicks]) -> PriceTicks:
+        """One block of several (names merged)."""
+        if len(parts) == 1:
+            return parts[0]
+        names: dict[str, int] = {}
+        codes = []
+        for p in parts:
+            lut = np.array([names.setdefault(nm, len(names)) for nm in p.names], dtype=np.int64)
+            codes.append(lut[p.code] if len(lut) else p.code)
+
+        def cat(xs: list[npt.NDArray[np.float64] | None]) -> npt.NDArray[np.float64] | None:
+            if all(x is None for x in xs):
+                return None
+            return np.concatenate(
+                [
+                    np.full(len(p), np.nan) if x is None else x
+                    for p, x in zip(parts, xs, strict=True)
+                ]
+            )
+
+        return PriceTicks(
+            list(names),
+            np.concatenate(codes),
+            np.concatenate([p.ts for p in parts]),
+            np.concatenate([p.price for p in parts]),
+            cat([p.iv for p in parts]),
+            cat([p.underlying_price for p in parts]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +151,10 @@ class Batch:
     the chunk that hold no event (refused or blank), ascending: with them
     :meth:`number_of` finds any event's line, for a refusal the engine makes later.
     ``unit`` is ``"line"`` or ``"row"``, after the segment's name in a segment directory.
+
+    With ``columns=True`` (Parquet), plain price ticks come column-wise in ``ticks``
+    instead, and ``events`` holds the others; ``tick_at`` numbers each tick among all the
+    accepted items of the chunk (ascending), so :meth:`runs` gives them back in file order.
     """
 
     events: list[Event]
@@ -81,9 +162,39 @@ class Batch:
     first: int = 1
     skipped: tuple[int, ...] = ()
     unit: str = "line"
+    ticks: PriceTicks | None = None
+    tick_at: npt.NDArray[np.int64] | None = None
+
+    def __len__(self) -> int:
+        """Accepted items: events and ticks."""
+        return len(self.events) + (0 if self.ticks is None else len(self.ticks))
+
+    def runs(self) -> Iterator[tuple[int, list[Event] | PriceTicks]]:
+        """The accepted items in file order, as runs of events or of ticks, each with the
+        number (for :meth:`number_of`) of its first item."""
+        ticks, at = self.ticks, self.tick_at
+        if ticks is None or at is None or not len(ticks):
+            if self.events:
+                yield 0, self.events
+            return
+        total = len(self)
+        is_tick = np.zeros(total + 2, dtype=np.int8)
+        is_tick[at + 1] = 1
+        edges = np.flatnonzero(np.diff(is_tick)).tolist()  # where a run of ticks starts, ends
+        done_events = done_ticks = 0
+        k = 0
+        for a, b in zip(edges[::2], edges[1::2], strict=True):
+            if k < a:
+                yield k, self.events[done_events : done_events + a - k]
+                done_events += a - k
+            yield a, ticks.rows(done_ticks, done_ticks + b - a)
+            done_ticks += b - a
+            k = b
+        if k < total:
+            yield k, self.events[done_events:]
 
     def number_of(self, k: int) -> int:
-        """The line (row) number of ``events[k]``."""
+        """The line (row) number of accepted item ``k`` (``events[k]`` without ticks)."""
         n = self.first + k
         for s in self.skipped:
             if s > n:
@@ -97,7 +208,11 @@ class Batch:
 
 
 def iter_batches(
-    path: str | Path, *, chunk_bytes: int = 4 << 20, chunk_rows: int = 65536
+    path: str | Path,
+    *,
+    chunk_bytes: int = 4 << 20,
+    chunk_rows: int = 65536,
+    columns: bool = False,
 ) -> Iterator[Batch]:
     """Stream the events of a recording, chunk by chunk, in file order.
 
@@ -109,6 +224,9 @@ def iter_batches(
         Bytes of JSON text decoded per batch (JSONL formats).
     chunk_rows
         Rows per batch (Parquet).
+    columns
+        Parquet: plain price ticks in :attr:`Batch.ticks`, column-wise, not as events
+        (the fast way into ``Engine.replay_prices``). JSONL is read as events either way.
 
     Raises
     ------
@@ -128,8 +246,8 @@ def iter_batches(
         return _jsonl_batches(_gzip_pieces(path, chunk_bytes), chunk_bytes)
     if name.endswith(".parquet"):
         if path.is_dir():
-            return _segment_batches(path, chunk_rows)
-        return _parquet_batches(path, chunk_rows)
+            return _segment_batches(path, chunk_rows, columns)
+        return _parquet_batches(path, chunk_rows, columns)
     raise ValueError(
         f"cannot replay {str(path)!r}: the suffix must be one of {', '.join(SUFFIXES)}"
     )
@@ -280,13 +398,16 @@ class _FastType:
     fields: tuple[_Field, ...]  # in constructor order
 
 
-def _fast_type(cls: type[Event]) -> _FastType | None:
-    """Column checks equivalent to msgspec's for ``cls``, or None if a field needs more."""
+def _fast_type(cls: type[Event], skip: frozenset[str] = frozenset()) -> _FastType | None:
+    """Column checks equivalent to msgspec's for ``cls``, or None if a field needs more.
+    Fields in ``skip`` are left out (absent: no column holds them)."""
     info = msgspec.inspect.type_info(cls)
     if not isinstance(info, msgspec.inspect.StructType):
         return None
     fields = []
     for f in info.fields:
+        if f.name in skip:
+            continue
         t = f.type
         nullable = False
         if isinstance(t, msgspec.inspect.UnionType):
@@ -319,12 +440,25 @@ _FAST_TYPES: Final = tuple(
     for ft in (_fast_type(cls) for cls in get_args(Event) if cls is not InstrumentEvent)
     if ft is not None
 )
+
+
+# Price rows: the recording schema has no greeks column, so a price row is ts, instrument,
+# price and the optional iv and underlying_price, all checked column-wise (greeks is the
+# constructor's last field: the others are built positionally without it).
+def _price_columns() -> _FastType:
+    ft = _fast_type(PriceEvent, skip=frozenset({"greeks"}))
+    if ft is None:  # a schema change the column checks cannot follow
+        raise TypeError("PriceEvent's fields other than greeks must be column-checkable")
+    return ft
+
+
+_PRICE_COLUMNS: Final = _price_columns()
 _CLASSES: Final[dict[str, type[Event]]] = {
     str(cls.__struct_config__.tag): cls for cls in get_args(Event)
 }
 
 
-def _segment_batches(directory: Path, chunk_rows: int) -> Iterator[Batch]:
+def _segment_batches(directory: Path, chunk_rows: int, columns: bool) -> Iterator[Batch]:
     """A Parquet recording's segment directory: its closed segments in order.
 
     A segment still open (``.parquet.open``: the recorder was killed while writing it) has
@@ -343,10 +477,12 @@ def _segment_batches(directory: Path, chunk_rows: int) -> Iterator[Batch]:
         else:
             found.append((number, entry))
     for _, seg in sorted(found):
-        yield from _parquet_batches(seg, chunk_rows, unit=f"{seg.name} row")
+        yield from _parquet_batches(seg, chunk_rows, columns, unit=f"{seg.name} row")
 
 
-def _parquet_batches(path: Path, chunk_rows: int, unit: str = "row") -> Iterator[Batch]:
+def _parquet_batches(
+    path: Path, chunk_rows: int, columns: bool, unit: str = "row"
+) -> Iterator[Batch]:
     try:
         schema = pq.read_schema(path)
         # Dictionary-read strings: conversion then shares one str object per distinct value.
@@ -357,19 +493,35 @@ def _parquet_batches(path: Path, chunk_rows: int, unit: str = "row") -> Iterator
     except pa.ArrowInvalid as exc:
         raise ValueError(f"{str(path)!r} is not a readable Parquet file: {exc}") from exc
     decoder = EventDecoder()
+    # Price rows are checked column-wise unless a foreign file has a greeks column (the
+    # recording schema has none): those rows take the one-by-one path, greeks kept.
+    prices = "greeks" not in schema.names
     with pf:
         first_row = 1
         for slices in _row_chunks(pf.iter_batches(batch_size=chunk_rows), chunk_rows):
             events: list[Event] = []
             rejections: list[tuple[int, Rejected]] = []
+            ticks: list[PriceTicks] = []
+            tick_at: list[npt.NDArray[np.int64]] = []
             start = first_row
             for rb in slices:
-                batch = _convert(rb, first_row, decoder)
+                batch = _convert(rb, first_row, decoder, prices, columns)
+                if batch.ticks is not None and batch.tick_at is not None:
+                    ticks.append(batch.ticks)
+                    tick_at.append(batch.tick_at + len(events) + sum(map(len, ticks[:-1])))
                 events += batch.events
                 rejections += batch.rejections
                 first_row += rb.num_rows
-            if events or rejections:
-                yield Batch(events, rejections, start, tuple(n for n, _ in rejections), unit)
+            if events or rejections or ticks:
+                yield Batch(
+                    events,
+                    rejections,
+                    start,
+                    tuple(n for n, _ in rejections),
+                    unit,
+                    PriceTicks.concat(ticks) if ticks else None,
+                    np.concatenate(tick_at) if ticks else None,
+                )
 
 
 def _row_chunks(record_batches: Iterable[Any], chunk_rows: int) -> Iterator[list[Any]]:
@@ -471,14 +623,19 @@ def _build(ft: _FastType, rb: Any) -> list[Event]:
     return list(map(ft.cls, *columns))
 
 
-def _convert(rb: Any, first_row: int, decoder: EventDecoder) -> Batch:
-    """One record batch as a Batch: rows that pass the column checks built directly, the
-    rest decoded one by one."""
+def _convert(
+    rb: Any, first_row: int, decoder: EventDecoder, prices: bool = True, columns: bool = False
+) -> Batch:
+    """One record batch as a Batch: rows that pass the column checks built directly (price
+    rows with ``prices``; kept as columns with ``columns``), the rest decoded one by one."""
     n = rb.num_rows
     types = _column(rb, "type")
     parts: list[tuple[Any, list[Event]]] = []  # (row indices, events)
     done = np.zeros(n, dtype=bool)
-    for ft in _FAST_TYPES if _is_string(types.type) else ():
+    ticks: PriceTicks | None = None
+    tick_rows: npt.NDArray[np.int64] | None = None
+    fast: tuple[_FastType, ...] = _FAST_TYPES + ((_PRICE_COLUMNS,) if prices else ())
+    for ft in fast if _is_string(types.type) else ():
         is_type = pc.equal(types, ft.tag).fill_null(False)
         count = pc.sum(is_type).as_py() or 0
         if not count:
@@ -492,12 +649,23 @@ def _convert(rb: Any, first_row: int, decoder: EventDecoder) -> Batch:
         if not ok_np.all():
             sub = sub.filter(ok)
             rows = rows[ok_np]
-        parts.append((rows, _build(ft, sub)))
+        if ft is _PRICE_COLUMNS and columns:
+            if len(rows):
+                ticks, tick_rows = _ticks(sub), rows
+        else:
+            parts.append((rows, _build(ft, sub)))
         done[rows] = True
 
     slow = np.flatnonzero(~done)
-    if len(parts) == 1 and not len(slow):
-        return Batch(parts[0][1], [])
+    if tick_rows is not None and ticks is not None:
+        if not parts and not len(slow):
+            return Batch([], [], ticks=ticks, tick_at=tick_rows)
+        is_tick = np.zeros(n, dtype=bool)
+        is_tick[tick_rows] = True
+    else:
+        if len(parts) == 1 and not len(slow):
+            return Batch(parts[0][1], [])
+        is_tick = None
     rejections: list[tuple[int, Rejected]] = []
     slots: list[Event | None] = [None] * n
     for rows, events in parts:
@@ -509,7 +677,42 @@ def _convert(rb: Any, first_row: int, decoder: EventDecoder) -> Batch:
                 slots[i] = _decode_row(row, decoder)
             except Rejected as rej:
                 rejections.append((first_row + i, rej))
-    return Batch([e for e in slots if e is not None], rejections)
+    if is_tick is None or tick_rows is None:
+        return Batch([e for e in slots if e is not None], rejections)
+    # Number each tick among the accepted rows: rows accepted before it.
+    accepted = is_tick.copy()
+    accepted[[i for i, e in enumerate(slots) if e is not None]] = True
+    at = np.cumsum(accepted)[tick_rows] - 1
+    events_only = [e for e in slots if e is not None]
+    return Batch(events_only, rejections, ticks=ticks, tick_at=at)
+
+
+def _ticks(sub: Any) -> PriceTicks:
+    """Price rows that passed the checks, as columns (no Python object per row)."""
+    col = _column(sub, "instrument")
+    if not pa.types.is_dictionary(col.type):
+        col = col.dictionary_encode()
+    names: list[str] = col.dictionary.to_pylist()
+
+    def floats(name: str) -> npt.NDArray[np.float64] | None:
+        c = _column(sub, name)
+        if c.null_count == len(c):
+            return None
+        out: npt.NDArray[np.float64] = (
+            c.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        )
+        return out
+
+    price = floats("price")
+    assert price is not None  # checked: never null
+    return PriceTicks(
+        names,
+        col.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+        _column(sub, "ts").cast(pa.int64()).to_numpy(zero_copy_only=False),
+        price,
+        floats("iv"),
+        floats("underlying_price"),
+    )
 
 
 def _decode_row(row: dict[str, Any], decoder: EventDecoder) -> Event:

@@ -238,7 +238,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from connectors.replay import iter_batches
+    from connectors.replay import PriceTicks, iter_batches
     from monitor.daemon import engine_settings, risk_settings
     from monitor.engine.core import Engine
     from monitor.logs import RejectionLog, setup_logging
@@ -253,14 +253,29 @@ def _replay(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     events = 0
     try:
-        for batch in iter_batches(args.file):
+        # Parquet price rows come column-wise (no event object per row); JSONL as events,
+        # whose price runs the engine takes column-wise too.
+        for batch in iter_batches(args.file, columns=True):
             for n, rej in batch.rejections:
                 engine.reject("replay", rej)
                 reject_log("replay", rej.reason.value, f"{batch.where(n)}: {rej.detail}")
-            for k, rej in engine.replay(batch.events, "replay"):
-                where = batch.where(batch.number_of(k))
-                reject_log("replay", rej.reason.value, f"{where}: {rej.detail}")
-            events += len(batch.events) + len(batch.rejections)
+            for k0, run in batch.runs():
+                if isinstance(run, PriceTicks):
+                    refused = engine.replay_prices(
+                        run.names,
+                        run.code,
+                        run.ts,
+                        run.price,
+                        "replay",
+                        iv=run.iv,
+                        forward=run.underlying_price,
+                    )
+                else:
+                    refused = engine.replay(run, "replay")
+                for k, rej in refused:
+                    where = batch.where(batch.number_of(k0 + k))
+                    reject_log("replay", rej.reason.value, f"{where}: {rej.detail}")
+            events += len(batch) + len(batch.rejections)
     except (OSError, ValueError) as exc:
         print(f"riskmon: cannot replay {args.file}: {exc}", file=sys.stderr)
         return 1

@@ -29,7 +29,7 @@ from monitor.model.events import (
 TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
-def _read(path: Path, **kw: int) -> tuple[list[Event], list[tuple[int, Reason]], int]:
+def _read(path: Path, **kw: Any) -> tuple[list[Event], list[tuple[int, Reason]], int]:
     """All events, (number, reason) of all rejections, and the number of batches."""
     events: list[Event] = []
     rejections: list[tuple[int, Reason]] = []

@@ -39,12 +39,13 @@ engine, which then goes on exactly as the saved one would have
 from __future__ import annotations
 
 import copy
+import operator
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, fields, replace
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 import msgspec
 import numpy as np
@@ -64,6 +65,7 @@ from monitor.model.events import (
     PriceEvent,
     Reason,
     Rejected,
+    VenueGreeks,
     iso_ms,
 )
 from monitor.model.health import ConnectorStatus
@@ -84,6 +86,21 @@ __all__ = ["Engine", "EngineSettings", "SettingsChanged"]
 _NO_TS: Final = -(2**62)
 #: An instrument's fields, in the order its saved row lists them.
 _INSTRUMENT_FIELDS: Final = tuple(f.name for f in fields(Instrument))
+#: Batched price path (:meth:`Engine.replay_prices`): rows checked at once at most, and at
+#: least after an anomaly; rows taken one by one from an anomaly on; shortest run of price
+#: events :meth:`Engine.replay` hands to it.
+_WINDOW: Final = 16_384
+_MIN_WINDOW: Final = 256
+_SLOW_ROWS: Final = 8
+_MIN_RUN: Final = 16
+#: Ticks per clock segment below which a window's rows are written one by one.
+_DENSE: Final = 24
+_get_instrument: Final = operator.attrgetter("instrument")
+_get_ts: Final = operator.attrgetter("ts")
+_get_price: Final = operator.attrgetter("price")
+_get_iv: Final = operator.attrgetter("iv")
+_get_fwd: Final = operator.attrgetter("underlying_price")
+_get_greeks: Final = operator.attrgetter("greeks")
 _TAG: Final[dict[type, str]] = {
     PriceEvent: "price",
     PositionEvent: "position",
@@ -116,6 +133,92 @@ class Recorder(Protocol):
     """Where accepted events go for ``--record`` (``monitor.engine.record.Recorder``)."""
 
     def write(self, event: Event) -> None: ...
+
+
+class _Ticks:
+    """Price ticks column-wise (:meth:`Engine.replay_prices`), with what the stores need:
+    where the optional values are present, and whether any instrument has ticks with and
+    without one (then the last tick carrying it is looked for, not just the last tick)."""
+
+    __slots__ = (
+        "code",
+        "forward",
+        "greeks",
+        "has_forward",
+        "has_greeks",
+        "has_iv",
+        "iv",
+        "mixed_forward",
+        "mixed_greeks",
+        "mixed_iv",
+        "names",
+        "price",
+        "ts",
+    )
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        code: npt.NDArray[np.integer[Any]],
+        ts: npt.NDArray[np.int64],
+        price: npt.NDArray[np.float64],
+        iv: npt.NDArray[np.float64] | None,
+        forward: npt.NDArray[np.float64] | None,
+        greeks: npt.NDArray[np.float64] | None,
+        has_greeks: npt.NDArray[np.bool_] | None,
+    ) -> None:
+        n = len(ts)
+        if not (len(code) == len(price) == n) or any(
+            x is not None and len(x) != n for x in (iv, forward, greeks, has_greeks)
+        ):
+            raise ValueError("replay_prices: columns of different lengths")
+        if (greeks is None) != (has_greeks is None):
+            raise ValueError("replay_prices: greeks and has_greeks go together")
+        self.names = names
+        self.code = code.astype(np.int64, copy=False)
+        self.ts = ts.astype(np.int64, copy=False)
+        self.price = price.astype(np.float64, copy=False)
+        self.iv = iv
+        self.forward = forward
+        self.greeks = greeks
+        self.has_iv = None if iv is None else ~np.isnan(iv)
+        self.has_forward = None if forward is None else ~np.isnan(forward)
+        self.has_greeks = has_greeks
+        self.mixed_iv = self._mixed(self.has_iv)
+        self.mixed_forward = self._mixed(self.has_forward)
+        self.mixed_greeks = self._mixed(has_greeks)
+
+    def _mixed(self, present: npt.NDArray[np.bool_] | None) -> bool:
+        if present is None or present.all() or not present.any():
+            return False
+        m = len(self.names)
+        with_value = np.bincount(self.code[present], minlength=m)
+        return bool(((with_value > 0) & (with_value < np.bincount(self.code, minlength=m))).any())
+
+    def events(self, a: int, b: int) -> list[Event]:
+        """Rows ``[a, b)`` as :class:`PriceEvent` s (the one-by-one path)."""
+        out: list[Event] = []
+        for r in range(a, b):
+            iv = fwd = None
+            greeks = None
+            if self.has_iv is not None and self.has_iv[r]:
+                iv = float(self.iv[r])  # type: ignore[index]
+            if self.has_forward is not None and self.has_forward[r]:
+                fwd = float(self.forward[r])  # type: ignore[index]
+            if self.has_greeks is not None and self.greeks is not None and self.has_greeks[r]:
+                d, g, v, t = (None if x != x else x for x in self.greeks[r].tolist())
+                greeks = VenueGreeks(d, g, v, t)
+            out.append(
+                PriceEvent(
+                    int(self.ts[r]),
+                    self.names[int(self.code[r])],
+                    float(self.price[r]),
+                    iv,
+                    fwd,
+                    greeks,
+                )
+            )
+        return out
 
 
 class Engine:
@@ -162,6 +265,8 @@ class Engine:
         self._price = np.full(cap, np.nan)
         self._price_ts = np.zeros(cap, dtype=np.int64)
         self._guarded: list[bool] = []  # per instrument: price moves are bounded (not options)
+        self._guarded_np: npt.NDArray[np.bool_] | None = None  # its array, for batches
+        self._known = 0  # len(self._index) when a batch's rows were last numbered
         self._suspect: dict[int, PriceEvent] = {}  # quarantined tick per instrument
         self._iv = np.full(cap, np.nan)
         self._fwd = np.full(cap, np.nan)
@@ -418,16 +523,81 @@ class Engine:
     def replay(self, events: Iterable[Event], source: str) -> list[tuple[int, Rejected]]:
         """Apply events in order on *event time*: evaluations fire as time passes.
 
-        The hot path of ``riskmon replay``: price ticks of known instruments are applied
-        inline; everything else goes through :meth:`apply`. Returns the rejections (already
-        counted), each with the index in ``events`` of the event refused.
+        The hot path of ``riskmon replay``: runs of price ticks go through
+        :meth:`replay_prices` (column-wise); everything else through :meth:`apply`. The
+        outcome is exactly that of applying the events one by one with
+        :meth:`evaluate_due` before each (``tests/test_replay_fast.py``). Returns the
+        rejections (already counted), each with the index in ``events`` of the event refused.
         """
+        evs = events if isinstance(events, list) else list(events)
+        if self._recorder is not None or len(evs) < _MIN_RUN:
+            return self._replay_each(evs, 0, len(evs), source)
+        rejected: list[tuple[int, Rejected]] = []
+        types = list(map(type, evs))
+        if types.count(PriceEvent) == len(evs):
+            return self._replay_price_events(cast(list[PriceEvent], evs), source)
+        is_price = np.array([t is PriceEvent for t in types], np.bool_)
+        # Runs of price ticks [a, b): where is_price switches on, and off.
+        edges = np.flatnonzero(np.diff(is_price.view(np.int8), prepend=0, append=0))
+        done = 0
+        for a, b in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+            if b - a < _MIN_RUN:
+                continue
+            if done < a:
+                rejected += self._replay_each(evs, done, a, source)
+            ticks = cast(list[PriceEvent], evs[a:b])
+            rejected += [(a + r, rej) for r, rej in self._replay_price_events(ticks, source)]
+            done = b
+        if done < len(evs):
+            rejected += self._replay_each(evs, done, len(evs), source)
+        return rejected
+
+    def _replay_price_events(
+        self, ticks: list[PriceEvent], source: str
+    ) -> list[tuple[int, Rejected]]:
+        """:meth:`replay_prices` over decoded price events (columns made here)."""
+        n = len(ticks)
+        instruments = list(map(_get_instrument, ticks))
+        names = {name: k for k, name in enumerate(dict.fromkeys(instruments))}
+        code = np.fromiter(map(names.__getitem__, instruments), np.int64, n)
+        ts = np.fromiter(map(_get_ts, ticks), np.int64, n)
+        price = np.fromiter(map(_get_price, ticks), np.float64, n)
+        ivs = list(map(_get_iv, ticks))
+        fwds = list(map(_get_fwd, ticks))
+        gs = list(map(_get_greeks, ticks))
+        iv = None if ivs.count(None) == n else np.array(ivs, np.float64)  # None -> NaN
+        fwd = None if fwds.count(None) == n else np.array(fwds, np.float64)
+        greeks = has_greeks = None
+        if gs.count(None) != n:
+            has_greeks = np.array([g is not None for g in gs], np.bool_)
+            greeks = np.array(  # a Greek not given -> NaN, as in _store_price
+                [(None,) * 4 if g is None else (g.delta, g.gamma, g.vega, g.theta) for g in gs],
+                np.float64,
+            )
+        return self.replay_prices(
+            list(names),
+            code,
+            ts,
+            price,
+            source,
+            iv=iv,
+            forward=fwd,
+            greeks=greeks,
+            has_greeks=has_greeks,
+        )
+
+    def _replay_each(
+        self, events: Sequence[Event], start: int, stop: int, source: str
+    ) -> list[tuple[int, Rejected]]:
+        """``events[start:stop]`` one by one: the reference path (and the path of events
+        other than price ticks). Rejections carry the index in ``events``."""
         rejected: list[tuple[int, Rejected]] = []
         index = self._index
         self._changed = True
         prices = 0
         latest = self._latest_ms
-        for k, ev in enumerate(events):
+        for k in range(start, stop):
+            ev = events[k]
             ts = ev.ts
             if ts is not None and ts > self._eval_next:
                 self.evaluate_due(ts)
@@ -458,6 +628,213 @@ class Engine:
             self.stats.accepted[(source, "price")] += prices
         return rejected
 
+    def replay_prices(
+        self,
+        names: Sequence[str],
+        code: npt.NDArray[np.integer[Any]],
+        ts: npt.NDArray[np.int64],
+        price: npt.NDArray[np.float64],
+        source: str,
+        *,
+        iv: npt.NDArray[np.float64] | None = None,
+        forward: npt.NDArray[np.float64] | None = None,
+        greeks: npt.NDArray[np.float64] | None = None,
+        has_greeks: npt.NDArray[np.bool_] | None = None,
+    ) -> list[tuple[int, Rejected]]:
+        """Apply price ticks given column-wise, in row order, on event time.
+
+        The same outcome as :meth:`replay` of one :class:`PriceEvent` per row, without
+        building them. Rows must be validated as decoded events are (``price > 0``, finite;
+        ``ts`` int epoch ms in range; ``iv`` and ``forward`` positive where present).
+
+        Parameters
+        ----------
+        names
+            Instrument names; row ``r`` is of ``names[code[r]]``.
+        code, ts, price
+            Shape ``(n,)``: the name's number, epoch ms, price (the event's units).
+        iv, forward
+            Shape ``(n,)`` or None: ``iv`` and ``underlying_price``; NaN where absent.
+        greeks, has_greeks
+            Shapes ``(n, 4)`` (delta, gamma, vega, theta; NaN for a Greek not given) and
+            ``(n,)``: the venue's Greeks where ``has_greeks``.
+
+        Returns the rejections (already counted) with their row numbers.
+
+        How: rows are taken in windows; a vectorised check finds the first row that is out of
+        order, moves more than ``max_tick_move``, meets a quarantined tick or names an
+        instrument the engine does not know yet. The rows before it are applied in segments
+        cut where an evaluation falls due or a sample grid point closes (so both see state
+        exactly as the one-by-one path leaves it), each segment's last tick per instrument
+        written at once. That row, and a few after it, go the one-by-one way.
+        """
+        n = len(ts)
+        if not n:
+            return []
+        cols = _Ticks(names, np.asarray(code), ts, price, iv, forward, greeks, has_greeks)
+        if self._recorder is not None:
+            return self._replay_each(cols.events(0, n), 0, n, source)
+        rejected: list[tuple[int, Rejected]] = []
+        inst = self._instrument_numbers(cols)
+        accepted = 0
+        window = _WINDOW
+        a = 0
+        while a < n:
+            e = min(a + window, n)
+            f, nxt = self._first_anomaly(cols, inst, a, e)
+            if f > a:
+                self._apply_clean(cols, inst, nxt, a, f)
+                accepted += f - a
+            if f == e:
+                window = min(window * 2, _WINDOW)
+                a = e
+                continue
+            # One by one from the anomaly on: a few rows, then try the fast way again.
+            window = max(window // 4, _MIN_WINDOW)
+            b = min(f + _SLOW_ROWS, n)
+            slow = self._replay_each(cols.events(f, b), 0, b - f, source)
+            rejected += [(f + k, rej) for k, rej in slow]
+            if len(self._index) != self._known:
+                inst = self._instrument_numbers(cols)
+            a = b
+        self._latest_ms = max(self._latest_ms, int(ts.max()))
+        if accepted:
+            self.stats.accepted[(source, "price")] += accepted
+        return rejected
+
+    def _instrument_numbers(self, cols: _Ticks) -> npt.NDArray[np.int64]:
+        """Engine instrument number of every row (-1: not known yet)."""
+        index = self._index
+        self._known = len(index)
+        lut = np.array([index.get(name, -1) for name in cols.names], dtype=np.int64)
+        inst: npt.NDArray[np.int64] = lut[cols.code]
+        return inst
+
+    def _guarded_mask(self) -> npt.NDArray[np.bool_]:
+        if len(self._guarded) < len(self.registry):
+            self._sync_guarded()
+        if self._guarded_np is None or len(self._guarded_np) != len(self._guarded):
+            self._guarded_np = np.array(self._guarded, dtype=np.bool_)
+        return self._guarded_np
+
+    def _first_anomaly(
+        self, cols: _Ticks, inst: npt.NDArray[np.int64], a: int, e: int
+    ) -> tuple[int, npt.NDArray[np.int64]]:
+        """The first row in ``[a, e)`` the fast path cannot take (``e`` if none), assuming
+        the rows before it are applied; and, per row, the row of the instrument's next tick
+        in the window (``e`` if none)."""
+        ii = inst[a:e]
+        m = e - a
+        if (ii < 0).any():
+            bad = ii < 0
+            f = int(np.argmax(bad))
+            if f == 0:
+                return a, np.empty(0, dtype=np.int64)
+            e = a + f
+            ii = ii[:f]
+            m = f
+        tt = cols.ts[a:e]
+        pp = cols.price[a:e]
+        order = np.argsort(ii, kind="stable")
+        si = ii[order]
+        same = si[1:] == si[:-1]
+        later = order[1:][same]
+        earlier = order[:-1][same]
+        nxt = np.full(m, e, dtype=np.int64)
+        nxt[earlier] = later + a
+        prev_ts = self._price_ts[ii]
+        prev_px = self._price[ii]
+        prev_ts[later] = tt[earlier]
+        prev_px[later] = pp[earlier]
+        bad = tt < prev_ts
+        bound = self.settings.max_tick_move
+        if bound > 0.0:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                jump = np.abs(pp / prev_px - 1.0) > bound  # False where prev_px is NaN
+            bad |= jump & self._guarded_mask()[ii]
+            if self._suspect:
+                bad |= np.isin(ii, np.fromiter(self._suspect, np.int64, len(self._suspect)))
+        if bad.any():
+            return a + int(np.argmax(bad)), nxt
+        return e, nxt
+
+    def _apply_clean(
+        self, cols: _Ticks, inst: npt.NDArray[np.int64], nxt: npt.NDArray[np.int64], a: int, f: int
+    ) -> None:
+        """Apply rows ``[a, f)``, none of them anomalous, with the clocks as row by row."""
+        ts = cols.ts
+        high = np.maximum.accumulate(ts[a:f])  # first row past a bound: searchsorted
+        s = self.settings
+        segments = (int(high[-1]) - int(ts[a])) // min(s.eval_interval_ms, s.sample_interval_ms)
+        if f - a < _DENSE * (segments + 1):
+            # Few ticks between clock boundaries (a book ticking once a second): numpy's
+            # per-call cost would exceed the work, so write them one by one (no checks to
+            # make: none is out of order or jumps).
+            self._apply_sparse(cols, inst, a, f)
+            return
+        pos = a
+        while pos < f:
+            t = int(ts[pos])
+            if t > self._eval_next:
+                self.evaluate_due(t)
+            if t > self._grid_next:
+                self._close_grid(t)
+            bound = min(self._eval_next, self._grid_next)
+            end = pos + 1 + int(np.searchsorted(high[pos + 1 - a :], bound, side="right"))
+            last = np.flatnonzero(nxt[pos - a : end - a] >= end) + pos
+            self._store_rows(cols, inst, last, pos, end)
+            pos = end
+
+    def _apply_sparse(self, cols: _Ticks, inst: npt.NDArray[np.int64], a: int, f: int) -> None:
+        price, price_ts = self._price, self._price_ts
+        extras = [
+            (values[a:f].tolist(), present[a:f].tolist(), target)
+            for values, present, target in (
+                (cols.iv, cols.has_iv, self._iv),
+                (cols.forward, cols.has_forward, self._fwd),
+                (cols.greeks, cols.has_greeks, self._venue_greeks),
+            )
+            if values is not None and present is not None and present[a:f].any()
+        ]
+        rows = zip(inst[a:f].tolist(), cols.ts[a:f].tolist(), cols.price[a:f].tolist(), strict=True)
+        for r, (i, t, p) in enumerate(rows):
+            if t > self._eval_next:
+                self.evaluate_due(t)
+            if t > self._grid_next:
+                self._close_grid(t)
+            price[i] = p
+            price_ts[i] = t
+            for values, present, target in extras:
+                if present[r]:
+                    target[i] = values[r]
+
+    def _store_rows(
+        self,
+        cols: _Ticks,
+        inst: npt.NDArray[np.int64],
+        last: npt.NDArray[np.int64],
+        pos: int,
+        end: int,
+    ) -> None:
+        """Write rows ``[pos, end)``; ``last`` are the rows that are each instrument's last."""
+        idx = inst[last]
+        self._price[idx] = cols.price[last]
+        self._price_ts[idx] = cols.ts[last]
+        for values, present, mixed, target in (
+            (cols.iv, cols.has_iv, cols.mixed_iv, self._iv),
+            (cols.forward, cols.has_forward, cols.mixed_forward, self._fwd),
+            (cols.greeks, cols.has_greeks, cols.mixed_greeks, self._venue_greeks),
+        ):
+            if values is None or present is None:
+                continue
+            if not mixed:  # an instrument's ticks all carry the value, or none does
+                rows = last[present[last]]
+            else:  # the last tick per instrument that carries it
+                rows = np.flatnonzero(present[pos:end])[::-1] + pos
+                rows = rows[np.unique(inst[rows], return_index=True)[1]]
+            if len(rows):
+                target[inst[rows]] = values[rows]
+
     def _slot(self, name: str) -> int:
         i = self._index.get(name)
         if i is None:
@@ -471,6 +848,7 @@ class Engine:
         instruments registered since, and refresh ``changed`` (a redefined one)."""
         insts = self.registry.instruments
         guarded = self._guarded
+        self._guarded_np = None
         guarded.extend(inst.kind != "option" for inst in insts[len(guarded) :])
         if changed is not None:
             guarded[changed] = insts[changed].kind != "option"
