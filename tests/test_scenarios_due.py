@@ -162,3 +162,24 @@ def test_live_change_during_a_pass_runs_the_next_one_when_it_lands() -> None:
     want.apply(PositionEvent(t1 + 100, "a", PUT, 2 * PUT_QTY), "t")
     sync = want.evaluate(t1 + 500).accounts["a"].extra["margin"]
     assert margin["distance_to_call"] == sync["distance_to_call"]
+
+
+def test_a_held_options_first_price_in_a_run_of_ticks_makes_the_pass_due() -> None:
+    """Replay's column-wise path (a run of 16 or more ticks) sees a held option's first
+    price as the one-by-one path does: the next evaluation runs the pass."""
+    eng = Engine(SETTINGS)
+    events = _recording(10_000)
+    eng.replay(events[:-1], "t")  # everything but the put's first mark
+    before = eng.evaluate(T0 + 10_000).accounts["a"].extra["margin"]
+    assert _as_of(before) == iso_ms(T0 + 5_750)  # on its 5 s clock: next due at 10.75 s
+    run: list[Event] = []
+    for k in range(20):  # 40 ticks, the put's first mark in the middle
+        ts = T0 + 10_010 + 10 * k
+        run += [PriceEvent(ts, "BTC", 90_000.0), PriceEvent(ts, "BTC-PERPETUAL", 90_000.0)]
+        if k == 10:
+            put = events[-1]
+            assert isinstance(put, PriceEvent)
+            run.append(PriceEvent(ts, PUT, put.price, IV, FWD))
+    assert not eng.replay(run, "t")
+    after = eng.evaluate(T0 + 10_250).accounts["a"].extra["margin"]
+    assert _as_of(after) == iso_ms(T0 + 10_250)  # due at once, not 5 s later

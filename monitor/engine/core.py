@@ -671,6 +671,7 @@ class Engine:
         n = len(ts)
         if not n:
             return []
+        self._changed = True
         cols = _Ticks(names, np.asarray(code), ts, price, iv, forward, greeks, has_greeks)
         if self._recorder is not None:
             return self._replay_each(cols.events(0, n), 0, n, source)
@@ -754,6 +755,9 @@ class Engine:
             bad |= jump & self._guarded_mask()[ii]
             if self._suspect:
                 bad |= np.isin(ii, np.fromiter(self._suspect, np.int64, len(self._suspect)))
+        if self._unpriced_held:  # a held instrument's first price: the scenario pass is due
+            held = np.fromiter(self._unpriced_held, np.int64, len(self._unpriced_held))
+            bad |= np.isin(ii, held)
         if bad.any():
             return a + int(np.argmax(bad)), nxt
         return e, nxt
