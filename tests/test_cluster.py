@@ -226,8 +226,17 @@ def test_shards_are_disjoint_complete_and_move_on_sigkill_and_survive_a_nats_nod
         up = samples(ingest, "riskmon_connector_up")
         assert [(dict(s.labels)["connector"], s.value) for s in up] == [("simulated", 1.0)]
         assert ingest.get_json("/-/ready") == {"ready": True, "missing": []}
+        # Every shard is held (a lease renewed late on a loaded machine lapses and is taken
+        # again: the gauges converge, they need not agree at the first look).
+        wait_for(
+            lambda: (
+                cluster_metrics(a)["riskmon_cluster_shards"]
+                + cluster_metrics(b)["riskmon_cluster_shards"]
+                == 8
+            ),
+            "every shard held by a or b",
+        )
         ma, mb = cluster_metrics(a), cluster_metrics(b)
-        assert ma["riskmon_cluster_shards"] + mb["riskmon_cluster_shards"] == 8
         assert ma["riskmon_cluster_shard_count"] == 8
         assert ma["riskmon_cluster_accounts"] + mb["riskmon_cluster_accounts"] == len(everyone)
 

@@ -56,7 +56,7 @@ class Probe(Engine):
         super().__init__(s)
         self.seen: list[bytes] = []
 
-    def evaluate(self, as_of_ms: int) -> RiskSnapshot:
+    def evaluate(self, as_of_ms: int, *, scenarios: bool = False) -> RiskSnapshot:
         n = len(self.registry)
         self.seen.append(
             msgspec.msgpack.encode(

@@ -138,9 +138,9 @@ class TimedEngine(Engine):
 
     eval_seconds = 0.0
 
-    def evaluate(self, as_of_ms: int) -> RiskSnapshot:
+    def evaluate(self, as_of_ms: int, *, scenarios: bool = False) -> RiskSnapshot:
         t = time.perf_counter()
-        snap = super().evaluate(as_of_ms)
+        snap = super().evaluate(as_of_ms, scenarios=scenarios)
         self.eval_seconds += time.perf_counter() - t
         return snap
 
