@@ -806,6 +806,7 @@ class Engine:
                 self.evaluate_due(t)
             if t > self._grid_next:
                 self._close_grid(t)
+            self._changed = True
             price[i] = p
             price_ts[i] = t
             for values, present, target in extras:
@@ -821,6 +822,7 @@ class Engine:
         end: int,
     ) -> None:
         """Write rows ``[pos, end)``; ``last`` are the rows that are each instrument's last."""
+        self._changed = True  # an evaluation may have run since the last store
         idx = inst[last]
         self._price[idx] = cols.price[last]
         self._price_ts[idx] = cols.ts[last]
@@ -908,6 +910,7 @@ class Engine:
 
     def _store_price(self, i: int, ev: PriceEvent) -> None:
         ts = ev.ts
+        self._changed = True
         if ts > self._grid_next:
             self._close_grid(ts)
         if self._unpriced_held and i in self._unpriced_held:  # a held one's first price
