@@ -38,7 +38,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, Protocol, get_args
 
 import msgspec
 import numpy as np
@@ -734,3 +734,41 @@ def _decode_row(row: dict[str, Any], decoder: EventDecoder) -> Event:
     except (msgspec.EncodeError, TypeError, OverflowError) as exc:
         raise Rejected(Reason.INVALID_VALUE, f"cannot encode row: {exc}") from None
     return decoder.decode(message)
+
+
+class ReplayEngine(Protocol):
+    """What :func:`feed` hands a batch's runs to (``monitor.engine.core.Engine``)."""
+
+    def replay(self, events: Sequence[Event], source: str) -> list[tuple[int, Rejected]]: ...
+
+    def replay_prices(
+        self,
+        names: Sequence[str],
+        code: npt.NDArray[np.integer[Any]],
+        ts: npt.NDArray[np.int64],
+        price: npt.NDArray[np.float64],
+        source: str,
+        *,
+        iv: npt.NDArray[np.float64] | None = None,
+        forward: npt.NDArray[np.float64] | None = None,
+    ) -> list[tuple[int, Rejected]]: ...
+
+
+def feed(engine: ReplayEngine, batch: Batch, source: str) -> Iterator[tuple[int, Rejected]]:
+    """Apply ``batch``'s runs in file order: runs of ticks column-wise, the rest as events.
+    Yields each refusal with the item's number in the batch (:meth:`Batch.number_of`)."""
+    for k0, run in batch.runs():
+        if isinstance(run, PriceTicks):
+            refused = engine.replay_prices(
+                run.names,
+                run.code,
+                run.ts,
+                run.price,
+                source,
+                iv=run.iv,
+                forward=run.underlying_price,
+            )
+        else:
+            refused = engine.replay(run, source)
+        for k, rej in refused:
+            yield k0 + k, rej

@@ -238,7 +238,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from connectors.replay import PriceTicks, iter_batches
+    from connectors.replay import feed, iter_batches
     from monitor.daemon import engine_settings, risk_settings
     from monitor.engine.core import Engine
     from monitor.logs import RejectionLog, setup_logging
@@ -259,22 +259,9 @@ def _replay(args: argparse.Namespace) -> int:
             for n, rej in batch.rejections:
                 engine.reject("replay", rej)
                 reject_log("replay", rej.reason.value, f"{batch.where(n)}: {rej.detail}")
-            for k0, run in batch.runs():
-                if isinstance(run, PriceTicks):
-                    refused = engine.replay_prices(
-                        run.names,
-                        run.code,
-                        run.ts,
-                        run.price,
-                        "replay",
-                        iv=run.iv,
-                        forward=run.underlying_price,
-                    )
-                else:
-                    refused = engine.replay(run, "replay")
-                for k, rej in refused:
-                    where = batch.where(batch.number_of(k0 + k))
-                    reject_log("replay", rej.reason.value, f"{where}: {rej.detail}")
+            for k, rej in feed(engine, batch, "replay"):
+                where = batch.where(batch.number_of(k))
+                reject_log("replay", rej.reason.value, f"{where}: {rej.detail}")
             events += len(batch) + len(batch.rejections)
     except (OSError, ValueError) as exc:
         print(f"riskmon: cannot replay {args.file}: {exc}", file=sys.stderr)

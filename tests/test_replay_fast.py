@@ -281,7 +281,7 @@ def _parquet(path: Any, rows: list[dict[str, Any]]) -> None:
 def test_parquet_columns_read_as_the_events_do(tmp_path: Any) -> None:
     """``columns=True`` gives back, in order, exactly the events and rejections (with their
     row numbers) of the event reader, and the engine refusal of a tick names its row."""
-    from connectors.replay import PriceTicks, iter_batches
+    from connectors.replay import PriceTicks, feed, iter_batches
 
     rows: list[dict[str, Any]] = []
     for k in range(60):
@@ -327,21 +327,7 @@ def test_parquet_columns_read_as_the_events_do(tmp_path: Any) -> None:
     refused = []
     eng = Engine(SETTINGS)
     for b in iter_batches(path, chunk_rows=16, columns=True):
-        for k0, run in b.runs():
-            got = (
-                eng.replay_prices(
-                    run.names,
-                    run.code,
-                    run.ts,
-                    run.price,
-                    "t",
-                    iv=run.iv,
-                    forward=run.underlying_price,
-                )
-                if isinstance(run, PriceTicks)
-                else eng.replay(run, "t")
-            )
-            refused += [(b.number_of(k0 + k), r.reason) for k, r in got]
+        refused += [(b.number_of(k), r.reason) for k, r in feed(eng, b, "t")]
     assert refused == [(len(rows), Reason.OUT_OF_ORDER)]
     assert rows[len(rows) - 1]["price"] == 50.0
 

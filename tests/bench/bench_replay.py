@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-from connectors.replay import PriceTicks, iter_batches
+from connectors.replay import feed, iter_batches
 from monitor.config import load_config
 from monitor.daemon import engine_settings, risk_settings
 from monitor.engine.core import Engine
@@ -167,19 +167,8 @@ class Replay:
         )
         t = time.perf_counter()
         for batch in iter_batches(path, columns=True):
-            for _, run in batch.runs():
-                if isinstance(run, PriceTicks):
-                    eng.replay_prices(
-                        run.names,
-                        run.code,
-                        run.ts,
-                        run.price,
-                        "replay",
-                        iv=run.iv,
-                        forward=run.underlying_price,
-                    )
-                else:
-                    eng.replay(run, "replay")
+            for _ in feed(eng, batch, "replay"):
+                pass
         last = eng.latest_event_ms
         assert last is not None
         eng.evaluate(last)
