@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import math
@@ -160,6 +161,9 @@ def _trade(text: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A hang (a stop that does not finish) is diagnosable: SIGABRT writes every thread's
+    # stack to stderr; SIGUSR1 logs every task's (run, ingest).
+    faulthandler.enable()
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":

@@ -37,7 +37,7 @@ from monitor.engine.sources import IndexSources
 from monitor.engine.state import RestoreResult, StateStore, encode_state
 from monitor.engine.stats import EngineStats
 from monitor.engine.whatif import Trade, run_whatif
-from monitor.logs import RejectionLog
+from monitor.logs import RejectionLog, log_task_stacks
 from monitor.model.alert import Transition
 from monitor.model.backoff import Backoff
 from monitor.model.episode import Episode
@@ -512,6 +512,7 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_task_stacks)
         server = self.cfg.server
         self.http = HttpServer(
             self,

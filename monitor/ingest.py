@@ -11,7 +11,6 @@ the publish in flight, with exit code 0.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import signal
 import time
@@ -29,6 +28,7 @@ from connectors.nats.jetstream import (
     replicas_for,
 )
 from monitor.config import Config
+from monitor.logs import log_task_stacks
 from monitor.model.backoff import Backoff
 from monitor.model.health import ConnectorStatus
 from monitor.serve.ingest import IngestServer
@@ -53,7 +53,7 @@ class Ingest:
         self._backoff = Backoff(initial=1.0, cap=30.0)
 
     async def run(self, stop: asyncio.Event) -> None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_tasks)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_task_stacks)
         statuses = {c.status.name: c.status for c in self.connectors}
         http = IngestServer(
             self.stats, list(statuses.values()), self.cfg.server.host, self.cfg.server.port
@@ -114,11 +114,3 @@ class Ingest:
                     ),
                 },
             )
-
-
-def _log_tasks() -> None:
-    """SIGUSR1: log every task's stack (what a stop or a stall is waiting on)."""
-    for task in asyncio.all_tasks():
-        buf = io.StringIO()
-        task.print_stack(file=buf)
-        log.warning("task %s\n%s", task.get_name(), buf.getvalue())

@@ -8,6 +8,8 @@ always see every rejection.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 import sys
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
-__all__ = ["JsonFormatter", "RejectionLog", "setup_logging"]
+__all__ = ["JsonFormatter", "RejectionLog", "log_task_stacks", "setup_logging"]
 
 _RESERVED: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -89,3 +91,12 @@ class RejectionLog:
             self._log.warning(
                 "rejected event: %s", detail, extra={"source": source, "reason": reason}
             )
+
+
+def log_task_stacks() -> None:
+    """SIGUSR1 (``riskmon run`` and ``riskmon ingest``): log every task's stack, what a
+    stop or a stall is waiting on. Threads' stacks: SIGABRT (``faulthandler``, stderr)."""
+    for task in asyncio.all_tasks():
+        buf = io.StringIO()
+        task.print_stack(file=buf)
+        logging.getLogger("riskmon").warning("task %s\n%s", task.get_name(), buf.getvalue())

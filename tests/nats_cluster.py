@@ -223,14 +223,14 @@ class RiskmonProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                return self.proc.wait(timeout=30)
+                return self.proc.wait(timeout=45)
             except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGUSR1)  # the ingest logs its tasks' stacks
+                self.proc.send_signal(signal.SIGUSR1)  # riskmon logs its tasks' stacks
                 time.sleep(1.0)
                 self.proc.send_signal(signal.SIGABRT)  # the threads' stacks
                 self.proc.wait(timeout=5)
                 raise AssertionError(
-                    f"did not stop within 30 s: {self.log.read_text()[-4000:]}"
+                    f"did not stop within 45 s: {self.log.read_text()[-12000:]}"
                 ) from None
         return self.proc.returncode
 
