@@ -10,6 +10,7 @@ are in its state or the recording, never half-applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -512,7 +513,8 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_task_stacks)
+        with contextlib.suppress(ValueError, RuntimeError):  # not the main thread (embedded)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_task_stacks)
         server = self.cfg.server
         self.http = HttpServer(
             self,
