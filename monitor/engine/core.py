@@ -593,7 +593,6 @@ class Engine:
         other than price ticks). Rejections carry the index in ``events``."""
         rejected: list[tuple[int, Rejected]] = []
         index = self._index
-        self._changed = True
         prices = 0
         latest = self._latest_ms
         for k in range(start, stop):
@@ -671,7 +670,6 @@ class Engine:
         n = len(ts)
         if not n:
             return []
-        self._changed = True
         cols = _Ticks(names, np.asarray(code), ts, price, iv, forward, greeks, has_greeks)
         if self._recorder is not None:
             return self._replay_each(cols.events(0, n), 0, n, source)
