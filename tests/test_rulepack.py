@@ -630,6 +630,79 @@ def test_stale_data_names_the_stalest_instrument(base: RiskSnapshot) -> None:
     )
 
 
+def _stale_summary(snap: RiskSnapshot, account: str, und: str) -> str:
+    """The stale_data summary of (account, und), position by position (independent of the
+    rule's grouping and memo): the stalest of the index and the positions, and how many
+    positions are past the warning (60 s)."""
+    pos = snap.accounts[account].positions
+    assert pos is not None
+    rows = [i for i, u in enumerate(pos.underlying) if u == und]
+
+    def age(since: int) -> float:
+        return max(snap.as_of_ms - since, 0) / 1000.0
+
+    def secs(x: float) -> str:
+        return f"{x:.0f} s" if x < 120 else f"{x / 60:.0f} min" if x < 7200 else f"{x / 3600:.1f} h"
+
+    ages = [age(int(pos.price_ts_ms[i]) or int(pos.opened_ms[i])) for i in rows]
+    j = list(snap.assets.names).index(und)
+    idx_ts = int(snap.assets.price_ts_ms[j])
+    idx_age = age(idx_ts or min(int(pos.opened_ms[i]) for i in rows))
+    worst = max(range(len(rows)), key=lambda r: (ages[r], -r))
+    if idx_age >= ages[worst]:
+        what, a, never = f"the {und} index", idx_age, idx_ts == 0
+    else:
+        what, a, never = pos.instrument[rows[worst]], ages[worst], pos.price_ts_ms[rows[worst]] == 0
+    when = (
+        f"not priced since it was opened {secs(a)} ago" if never else f"last priced {secs(a)} ago"
+    )
+    n = sum(x >= 60 for x in ages)
+    return (
+        f"{account}: {what} {when} (warning 60 s, critical 5 min); {n} of {len(rows)} {und} "
+        "positions without a price for 60 s"
+    )
+
+
+def test_stale_data_summaries_follow_time_over_many_positions(base: RiskSnapshot) -> None:
+    """Several positions per underlying, priced at different times: as only time passes
+    (the same table re-dated, as an idle evaluation gives), each summary names the stalest
+    and counts the stale positions as the position-by-position computation does."""
+    eng = rule_engine(DEFAULT_RULES, {})
+    main = base.accounts["main"]
+    pos = main.positions
+    assert pos is not None
+    n = 12
+    unds = ["BTC", "ETH"]
+    table = replace(
+        pos,
+        **{
+            f: np.resize(getattr(pos, f), n)
+            for f in pos.__dataclass_fields__
+            if isinstance(getattr(pos, f), np.ndarray)
+            and getattr(pos, f).shape == (len(pos.instrument),)
+        },
+    )
+    rng = np.random.default_rng(5)
+    instrument = tuple(f"{unds[i % 2]}-X{i}" for i in range(n))
+    ts = base.as_of_ms - rng.integers(0, 200, n) * S
+    ts[3] = 0  # never priced: missing since opened
+    opened = base.as_of_ms - rng.integers(100, 400, n) * S
+    table = replace(
+        table,
+        instrument=instrument,
+        underlying=tuple(unds[i % 2] for i in range(n)),
+        price_ts_ms=ts,
+        opened_ms=opened,
+    )
+    snap = with_account(base, "main", positions=table)
+    for later in (0, 7, 45, 130, 900):  # seconds of nothing new
+        at = replace(snap, as_of_ms=snap.as_of_ms + later * S)
+        eng.evaluate(RuleInput(at), at.as_of_ms, unchanged=later > 0)
+        got = {(a.account, a.underlying): a.summary for a in eng.active() if a.rule == "stale_data"}
+        for und in unds:
+            assert got[("main", und)] == _stale_summary(at, "main", und)
+
+
 def test_stale_data_when_prices_stop() -> None:
     eng = engine()
     later = calm(eng, END + 90 * S)  # no event for 90 s

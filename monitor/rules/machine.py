@@ -84,6 +84,7 @@ Inp = TypeVar("Inp")
 
 _EMPTY_LABELS: Final[Mapping[str, str]] = MappingProxyType({})
 _VANISHED: Final = " [no longer reported]"
+_NEVER: Final = 2**62
 
 
 def check_thresholds(
@@ -332,6 +333,12 @@ class RuleEngine(Generic[Inp]):
         self._last_ms: int | None = None
         #: Per rule, the readings its last read gave the state machine (hot subjects).
         self._replay: list[list[Reading] | None] = [None for _ in rules]
+        #: Per rule, the earliest engine time at which replaying its last readings can
+        #: move a state (a pending episode's ``for`` runs out, a cooldown ends); before
+        #: it, an ``unchanged`` evaluation skips a steady rule altogether. 0: never skip.
+        self._wake: list[int] = [0 for _ in rules]
+        #: Per rule, the alerts :meth:`active` built last; None: rebuild.
+        self._active: list[tuple[Alert, ...] | None] = [None for _ in rules]
 
     @property
     def rules(self) -> tuple[Rule[Inp], ...]:
@@ -355,8 +362,18 @@ class RuleEngine(Generic[Inp]):
         self._last_ms = now_ms
         self._tick += 1
         out: list[Transition] = []
+        wake = self._wake
         for k, rule in enumerate(self._rules):
-            moves = self._evaluate_rule(k, rule, data, now_ms, unchanged and rule.steady)
+            replay = unchanged and rule.steady
+            if replay and now_ms < wake[k]:
+                # The same figures and no timer due: nothing of this rule moves; its
+                # episodes were (as if) read again.
+                for tr in self._tracks[k].values():
+                    tr.tick = self._tick
+                continue
+            self._active[k] = None
+            moves = self._evaluate_rule(k, rule, data, now_ms, replay)
+            wake[k] = self._next_wake(k) if rule.steady else 0
             if moves:
                 moves.sort(key=lambda t: _order((t.alert.account, t.alert.underlying)))
                 out.extend(moves)
@@ -433,11 +450,33 @@ class RuleEngine(Generic[Inp]):
     def active(self) -> list[Alert]:
         """The pending and firing alerts, in rule order then subject order."""
         out: list[Alert] = []
-        for rule, tracks in zip(self._rules, self._tracks, strict=True):
-            for subject in sorted(tracks, key=_order):
-                tr = tracks[subject]
-                out.append(self._alert(rule.spec, subject, tr, tr.state))
+        for k, (rule, tracks) in enumerate(zip(self._rules, self._tracks, strict=True)):
+            built = self._active[k]
+            if built is None:
+                built = self._active[k] = tuple(
+                    self._alert(rule.spec, subject, tracks[subject], tracks[subject].state)
+                    for subject in sorted(tracks, key=_order)
+                )
+            out.extend(built)
         return out
+
+    def _next_wake(self, k: int) -> int:
+        """When replaying rule ``k``'s readings can next move a state: the first pending
+        episode's ``for`` running out or cooldown ending (``_NEVER`` if none), or 0 (now)
+        when the rule has no readings to replay."""
+        if self._replay[k] is None:
+            return 0
+        for_ms = self._rules[k].spec.for_ms
+        tracks = self._tracks[k].values()
+        due = [tr.active_since_ms + for_ms for tr in tracks if tr.state == "pending"]
+        due.extend(self._cooldown[k].values())
+        return min(due, default=_NEVER)
+
+    def _touched(self) -> None:
+        """Episodes changed outside :meth:`evaluate` (adopted, forgotten, restored): every
+        rule reads (or replays) at the next evaluation and rebuilds its active alerts."""
+        self._wake = [0 for _ in self._rules]
+        self._active = [None for _ in self._rules]
 
     # -- the state machine ------------------------------------------------------------
 
@@ -454,6 +493,7 @@ class RuleEngine(Generic[Inp]):
         for cooldown in self._cooldown:
             for subject in [s for s in cooldown if s[0] == account]:
                 del cooldown[subject]
+        self._touched()
 
     def episodes(self, account: str) -> list[Episode]:
         """``account``'s live alerts and cooldowns, to hand over (see :meth:`adopt`)."""
@@ -525,6 +565,7 @@ class RuleEngine(Generic[Inp]):
                 self._tick,
                 ep.summary,
             )
+        self._touched()
 
     def _evaluate_rule(
         self, k: int, rule: Rule[Inp], data: Inp, now_ms: int, replay: bool

@@ -77,6 +77,7 @@ stale_data
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -848,53 +849,101 @@ def _hedge_offset(cfg: HedgeOffsetRule) -> Rule[RuleInput]:
     return Rule(spec, read, watched, steady=True)
 
 
+@dataclass(frozen=True, slots=True)
+class _StaleGroup:
+    """What an underlying group's ``stale_data`` summary needs, as times (epoch ms): only
+    ``as_of`` moves between evaluations while nothing new arrives, so the text is
+    formatting, not a pass over the positions."""
+
+    name: str
+    index_since: int  # the index's last tick, or the group's first opening if it never ticked
+    index_never: bool
+    worst_since: int  # the oldest price a position uses (its opening if never priced)
+    worst_instrument: str  # the first position in table order with that price time
+    worst_never: bool
+    since: list[int]  # every position's, ascending
+
+
+def _age(as_of_ms: int, since_ms: int) -> float:
+    return max(as_of_ms - since_ms, 0) / 1000.0
+
+
+def _stale_groups(inp: RuleInput, account: str, table: PositionTable) -> list[_StaleGroup]:
+    g = inp.groups(account, table)
+    ts, opened = table.price_ts_ms, table.opened_ms
+    row_since = np.where(ts > 0, ts, opened)
+    index_ts = inp.snapshot.assets.price_ts_ms
+    out: list[_StaleGroup] = []
+    for k, name in enumerate(g.names):
+        rows = np.flatnonzero(g.codes == k)
+        j = inp.asset_index.get(name)
+        idx_ts = 0 if j is None else int(index_ts[j])
+        since = row_since[rows]
+        r = int(rows[int(np.argmin(since))])
+        out.append(
+            _StaleGroup(
+                name,
+                idx_ts if idx_ts > 0 else int(opened[rows].min()),
+                idx_ts <= 0,
+                int(row_since[r]),
+                table.instrument[r],
+                int(ts[r]) <= 0,
+                sorted(since.tolist()),
+            )
+        )
+    return out
+
+
+class _StaleMemo:
+    """One account's ``stale_data`` read: the table and index tick times it was made of,
+    each group's ``since``, and the groups' summary facts, built when first asked for."""
+
+    __slots__ = ("_build", "_groups", "account", "index_ts", "since", "table")
+
+    def __init__(
+        self,
+        account: str,
+        table: PositionTable,
+        index_ts: npt.NDArray[np.int64],
+        since: FloatArray,
+        build: Callable[[], list[_StaleGroup]],
+    ) -> None:
+        self.account, self.table, self.index_ts, self.since = account, table, index_ts, since
+        self._build = build
+        self._groups: list[_StaleGroup] | None = None
+
+    def groups(self) -> list[_StaleGroup]:
+        if self._groups is None:
+            self._groups = self._build()
+        return self._groups
+
+
 def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:
     spec = _spec(cfg)
     levels = _levels(spec, _secs)
     first = spec.warning if spec.warning is not None else spec.critical
     assert first is not None
 
-    def ages(as_of_ms: int, ts: npt.NDArray[np.int64], opened: npt.NDArray[np.int64]) -> FloatArray:
+    def text(as_of_ms: int, memo: _StaleMemo, k: int) -> str:
+        grp = memo.groups()[k]
+        idx_age = _age(as_of_ms, grp.index_since)
+        row_age = _age(as_of_ms, grp.worst_since)
         # A price never received is missing since the position was opened, not forever:
         # positions that arrive a moment before their first price are not stale.
-        since = np.where(ts > 0, ts, opened)
-        out: FloatArray = np.maximum(as_of_ms - since, 0) / 1000.0
-        return out
-
-    def text_of(
-        inp: RuleInput, account: str, table: PositionTable, values: FloatArray, k: int
-    ) -> str:
-        return text(inp, account, table, k, float(values[k]))
-
-    def index_age(inp: RuleInput, name: str, opened: int) -> float:
-        j = inp.asset_index.get(name)
-        ts = 0 if j is None else int(inp.snapshot.assets.price_ts_ms[j])
-        return max(inp.snapshot.as_of_ms - (ts if ts > 0 else opened), 0) / 1000.0
-
-    def text(inp: RuleInput, account: str, table: PositionTable, k: int, value: float) -> str:
-        snap = inp.snapshot
-        g = inp.groups(account, table)
-        name = g.names[k]
-        rows = np.flatnonzero(g.codes == k)
-        age = ages(snap.as_of_ms, table.price_ts_ms[rows], table.opened_ms[rows])
-        j = inp.asset_index.get(name)
-        idx_ts = 0 if j is None else int(snap.assets.price_ts_ms[j])
-        idx_age = index_age(inp, name, int(table.opened_ms[rows].min()))
-        if idx_age >= float(age.max()):
-            worst, worst_age, never = f"the {name} index", idx_age, idx_ts <= 0
+        if idx_age >= row_age:
+            worst, worst_age, never = f"the {grp.name} index", idx_age, grp.index_never
         else:
-            r = int(np.argmax(age))
-            worst, worst_age = table.instrument[int(rows[r])], float(age[r])
-            never = int(table.price_ts_ms[rows[r]]) <= 0
+            worst, worst_age, never = grp.worst_instrument, row_age, grp.worst_never
         when = (
             f"not priced since it was opened {_secs(worst_age)} ago"
             if never
             else f"last priced {_secs(worst_age)} ago"
         )
-        stale = int((age >= first).sum())
+        # Ages fall as ``since`` rises: the stale positions are a prefix of ``since``.
+        stale = bisect.bisect_left(grp.since, True, key=lambda x: _age(as_of_ms, x) < first)
         return (
-            f"{account}: {worst} {when} ({levels}); {stale} of {len(rows)} {name} "
-            f"positions without a price for {_secs(first)}"
+            f"{memo.account}: {worst} {when} ({levels}); {stale} of {len(grp.since)} "
+            f"{grp.name} positions without a price for {_secs(first)}"
         )
 
     def since(inp: RuleInput, account: str, table: PositionTable) -> FloatArray:
@@ -913,25 +962,32 @@ def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:
         out: FloatArray = np.minimum(oldest, np.where(idx_ts > 0, idx_ts, first_opened))
         return out
 
-    # Per account: (table, index tick times, since) of the last read; an evaluation with
-    # the same table and index times (nothing new) reuses ``since``.
-    memo: dict[str, tuple[PositionTable, npt.NDArray[np.int64], FloatArray]] = {}
+    # Per account: the table and index tick times of the last read, ``since`` and the
+    # groups' summary facts (built when a summary is first asked for); an evaluation with
+    # the same table and index times (nothing new) reuses both.
+    memo: dict[str, _StaleMemo] = {}
 
     def read(inp: RuleInput) -> Iterator[Readings]:
         snap = inp.snapshot
         index_ts = snap.assets.price_ts_ms
-        seen: dict[str, tuple[PositionTable, npt.NDArray[np.int64], FloatArray]] = {}
+        seen: dict[str, _StaleMemo] = {}
         for account, fig in snap.accounts.items():
             table = fig.positions
             if table is None or not table.instrument:
                 continue
             m = memo.get(account)
-            if m is None or m[0] is not table or m[1] is not index_ts:
-                m = (table, index_ts, since(inp, account, table))
+            if m is None or m.table is not table or m.index_ts is not index_ts:
+                m = _StaleMemo(
+                    account,
+                    table,
+                    index_ts,
+                    since(inp, account, table),
+                    partial(_stale_groups, inp, account, table),
+                )
             seen[account] = m
-            values = np.maximum(snap.as_of_ms - m[2], 0.0) / 1000.0
+            values = np.maximum(snap.as_of_ms - m.since, 0.0) / 1000.0
             names = inp.groups(account, table).names
-            yield Readings(account, names, values, partial(text_of, inp, account, table, values))
+            yield Readings(account, names, values, partial(text, snap.as_of_ms, m))
         memo.clear()
         memo.update(seen)
 
