@@ -673,15 +673,13 @@ def test_stale_data_summaries_follow_time_over_many_positions(base: RiskSnapshot
     assert pos is not None
     n = 12
     unds = ["BTC", "ETH"]
-    table = replace(
-        pos,
-        **{
-            f: np.resize(getattr(pos, f), n)
-            for f in pos.__dataclass_fields__
-            if isinstance(getattr(pos, f), np.ndarray)
-            and getattr(pos, f).shape == (len(pos.instrument),)
-        },
-    )
+    columns: dict[str, Any] = {
+        f: np.resize(getattr(pos, f), n)
+        for f in pos.__dataclass_fields__
+        if isinstance(getattr(pos, f), np.ndarray)
+        and getattr(pos, f).shape == (len(pos.instrument),)
+    }
+    table = replace(pos, **columns)
     rng = np.random.default_rng(5)
     instrument = tuple(f"{unds[i % 2]}-X{i}" for i in range(n))
     ts = base.as_of_ms - rng.integers(0, 200, n) * S
