@@ -1124,11 +1124,17 @@ class Engine:
                 self._history_view = tuple(self._history)
                 if self._on_transitions is not None:
                     self._on_transitions(moves)
+            alerts = tuple(self._rules.active())
+            elapsed = time.perf_counter() - started
             snap = replace(
-                snap, alerts=tuple(self._rules.active()), alert_history=self._history_view
+                snap,
+                alerts=alerts,
+                alert_history=self._history_view,
+                evaluation_seconds=elapsed,
             )
-        elapsed = time.perf_counter() - started
-        snap = replace(snap, evaluation_seconds=elapsed)
+        else:
+            elapsed = time.perf_counter() - started
+            snap = replace(snap, evaluation_seconds=elapsed)
         self.snapshot = snap
         self.stats.evaluations += 1
         if self._on_evaluation is not None:

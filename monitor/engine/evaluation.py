@@ -189,7 +189,6 @@ class Evaluator:
             self._covariances(estimator, n)  # memoised, so this sample is not counted again
         self._repairs = repairs
 
-    @np.errstate(all="ignore")  # non-finite results are handled (null + reason), not warned
     def evaluate(
         self,
         as_of_ms: int,
@@ -222,9 +221,10 @@ class Evaluator:
         )
         if idle is not None:
             return idle
-        snap = self._full_evaluation(
-            as_of_ms, seq, registry, estimator, book, market, prices, venue, scenarios_due
-        )
+        with np.errstate(all="ignore"):  # non-finite results are handled (null + reason)
+            snap = self._full_evaluation(
+                as_of_ms, seq, registry, estimator, book, market, prices, venue, scenarios_due
+            )
         expiry = np.asarray(registry.column("expiry_ms"), dtype=np.float64)[book.instrument]
         later = expiry[expiry > as_of_ms]
         self._last_full = _LastFull(snap, int(later.min()) if later.size else _NEVER)

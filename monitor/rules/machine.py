@@ -654,7 +654,11 @@ class RuleEngine(Generic[Inp]):
                 yield r
                 continue
             assert isinstance(r, Readings)
-            hot = np.flatnonzero(s * r.values >= first).tolist()
+            values = r.values
+            if len(values) < 32:  # a few subjects: a Python pass beats numpy's call overhead
+                hot = [k for k, v in enumerate(values.tolist()) if s * v >= first]
+            else:
+                hot = np.flatnonzero(s * values >= first).tolist()
             if tracks:
                 if by_account is None:
                     by_account = {}
