@@ -106,6 +106,7 @@ def risk_settings(cfg: Config) -> RiskSettings:
             stress_correlation=cfg.actions.stress_correlation,
             stress_vol_scale=cfg.actions.stress_vol_scale,
             refresh_ms=int(r.scenario_interval),
+            refresh_spread=max(int(r.scenario_interval) // max(int(r.eval_interval), 1), 1),
             delta_limits={
                 a: lim.delta_usd for a, lim in cfg.limits.items() if lim.delta_usd is not None
             },

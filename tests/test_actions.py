@@ -644,3 +644,66 @@ def test_metrics_export_the_report_sections() -> None:
     )
     assert get("riskmon_account_var_backtest_observations", account="main") == 0.0
     assert get("riskmon_account_var_backtest_zone", account="main") is None  # no zone yet
+
+
+# --- refresh: advisory sections spread over evaluations ----------------------------------
+
+
+def _suggestions(doc: dict[str, Any], account: str) -> Any:
+    return doc["accounts"][account]["suggestions"]
+
+
+def test_periodic_refresh_is_spread_and_a_position_change_refreshes_its_account() -> None:
+    """With ``refresh_ms`` and ``refresh_spread``, an evaluation recomputes at most
+    ``ceil(accounts / spread)`` accounts whose sections are old, the oldest first, plus every
+    account whose positions changed; each account's sections are those an engine that
+    recomputes everything at every evaluation gave at the time they say (``as_of``)."""
+    accounts = [f"acc{k}" for k in range(4)]
+    events: list[Event] = []
+    for k, a in enumerate(accounts):
+        events += [
+            PositionEvent(T0, a, "BTC-PERPETUAL", 5.0 + k),
+            PositionEvent(T0, a, "ETH-PERPETUAL", 100.0 - 30 * k),
+            PositionEvent(T0, a, "SOL_USDC", 500.0 * (k + 1)),
+        ]
+    moves = market(40)
+    settings = RiskSettings(var_scenarios=200, actions=ActionSettings())
+    spread = RiskSettings(
+        var_scenarios=200, actions=ActionSettings(refresh_ms=4_000, refresh_spread=2)
+    )
+    every, spaced = Engine(SETTINGS, risk=settings), Engine(SETTINGS, risk=spread)
+    truth: dict[tuple[str, str], Any] = {}  # (account, as_of) -> suggestions, recomputed each time
+    seen_as_of: dict[str, set[str]] = {a: set() for a in accounts}
+    start = T0 + 20_000
+    for eng in (every, spaced):
+        eng.replay(events, "t")
+    trade_at = None
+    just_refreshed = False  # acc2's sections were recomputed at the previous evaluation
+    for t in range(T0, start + 16_000, 1_000):
+        later = [e for e in moves if e.ts is not None and t - 1_000 < e.ts <= t]
+        if trade_at is None and t >= start + 5_000 and just_refreshed:
+            # acc2 trades a second after its last refresh (not due by age): its sections
+            # are recomputed at once all the same.
+            trade_at = t
+            later.append(PositionEvent(t, "acc2", "ETH-PERPETUAL", 400.0))
+        for eng in (every, spaced):
+            eng.replay(later, "t")
+            eng.evaluate(t)
+        full, part = report(every), report(spaced)
+        for a in accounts:
+            truth[(a, full["accounts"][a]["as_of"])] = _suggestions(full, a)
+        if t < start:
+            continue
+        as_of = {a: part["accounts"][a]["as_of"] for a in accounts}
+        now = full["accounts"]["acc0"]["as_of"]
+        fresh = [a for a in accounts if as_of[a] == now]
+        if t == trade_at:
+            assert "acc2" in fresh
+        just_refreshed = "acc2" in fresh
+        assert len(fresh) <= 2  # ceil(4 accounts / spread 2)
+        for a in accounts:
+            seen_as_of[a].add(as_of[a])
+            assert _suggestions(part, a) == truth[(a, as_of[a])]
+    assert trade_at is not None
+    # Every account was refreshed periodically (not only once, at the start).
+    assert all(len(v) >= 3 for v in seen_as_of.values())

@@ -92,9 +92,15 @@ class ActionSettings:
     backtest_min_obs: int = DEFAULT_MIN_OBS
     stress_correlation: float = 0.9
     stress_vol_scale: float = 1.5
-    #: Attribution and suggestions are advisory: recomputed when the book changes, else at
-    #: most this often (ms; the daemon uses ``risk.scenario_interval``). 0: every evaluation.
+    #: Attribution and suggestions are advisory: an account's are recomputed when its
+    #: positions change, else at most this often (ms; the daemon uses
+    #: ``risk.scenario_interval``). 0: every evaluation.
     refresh_ms: int = 0
+    #: The periodic refresh of the accounts is spread over this many calls (the daemon:
+    #: ``scenario_interval / eval_interval``): each call refreshes at most
+    #: ``ceil(accounts / refresh_spread)`` accounts whose sections are ``refresh_ms`` old,
+    #: the oldest first, so no evaluation recomputes every account at once.
+    refresh_spread: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +119,16 @@ class _Ref:
     cov: FloatArray  # (n, n)
 
 
+def _position_keys(book: Book) -> dict[str, bytes]:
+    """Per account, its positions (instruments and quantities) as bytes: equal keys, the
+    same positions."""
+    out: dict[str, bytes] = {}
+    for k, account in enumerate(book.accounts):
+        lo, hi = int(book.starts[k]), int(book.starts[k + 1])
+        out[account] = book.instrument[lo:hi].tobytes() + book.quantity[lo:hi].tobytes()
+    return out
+
+
 class Actions:
     """Keeps each account's attribution reference ring; computes the report sections."""
 
@@ -125,13 +141,10 @@ class Actions:
             str, tuple[FloatArray, tuple[bytes, ...], RebalanceTarget | None]
         ] = {}
         self._attribution_memo: dict[str, tuple[FloatArray, tuple[Any, ...], DriftAttribution]] = {}
-        #: (as of, book token, accounts, sections) of the last computation.
-        self._last: tuple[int, object, tuple[str, ...], dict[str, dict[str, Any]]] | None = None
-
-    @property
-    def computed_at_ms(self) -> int | None:
-        """When the sections :meth:`account_sections` returns were computed."""
-        return None if self._last is None else self._last[0]
+        #: Per account: (computed at, its positions' key, its sections) of its last refresh.
+        self._last: dict[str, tuple[int, bytes, dict[str, Any]]] = {}
+        #: The accounts the last :meth:`account_sections` call recomputed.
+        self.refreshed: frozenset[str] = frozenset()
 
     def account_sections(
         self,
@@ -143,37 +156,46 @@ class Actions:
         contributions: Sequence[Contributions],
         registry: InstrumentRegistry,
         index_price: FloatArray,
-        book_token: object = None,
+        book: Book | None = None,
     ) -> dict[str, dict[str, Any]]:
         """``{account: {"attribution": ..., "suggestions": {"rebalance", "hedge"}}}``.
 
         ``exposure``: ``(k, n)`` USD per account (rows in ``accounts`` order) and underlying;
         ``cov``: ``(n, n)`` the contributions' covariance; ``contributions``: per account.
-        ``book_token``: changes whenever a position changes; with ``refresh_ms``, the last
-        sections are reused until the book changes or ``refresh_ms`` has passed (each
-        section says ``as_of``).
+        ``book``: the positions; with ``refresh_ms``, an account's last sections are reused
+        until its positions change or they are ``refresh_ms`` old, and the periodic refresh
+        is spread over ``refresh_spread`` calls (each section says ``as_of``).
+        :attr:`refreshed` names the accounts this call recomputed.
         """
-        last, refresh = self._last, self.settings.refresh_ms
-        keys = tuple(accounts)
-        if (
-            refresh > 0
-            and last is not None
-            and last[1] is book_token
-            and last[2] == keys
-            and 0 <= as_of_ms - last[0] < refresh
-        ):
-            return {a: dict(sec) for a, sec in last[3].items()}
-        out: dict[str, dict[str, Any]] = {}
+        refresh = self.settings.refresh_ms
+        keys = _position_keys(book) if book is not None else {}
+        todo = set(accounts)
+        if refresh > 0:
+            changed: set[str] = set()
+            aged: list[tuple[int, str]] = []
+            for account in accounts:
+                last = self._last.get(account)
+                if last is None or last[1] != keys.get(account, b""):
+                    changed.add(account)
+                elif not 0 <= as_of_ms - last[0] < refresh:
+                    aged.append((last[0], account))
+            per_call = -(-len(accounts) // max(self.settings.refresh_spread, 1))
+            todo = changed | {a for _, a in sorted(aged)[:per_call]}
+        for account in set(self._last) - set(accounts):
+            del self._last[account]
         for j, (account, fig) in enumerate(accounts.items()):
+            if account not in todo:
+                continue
             c, x = contributions[j], exposure[j]
             risk = fig.risk
             if risk is None:
+                self._last.pop(account, None)
                 continue
             idx = np.flatnonzero(risk.shown)
             known = c.share_reason is None and bool(np.isfinite(c.share[idx]).all())
             ref = self._reference(account, as_of_ms, x, cov, known and idx.size > 0)
             lin = self._linear(fig, [names[i] for i in idx], registry, index_price)
-            out[account] = {
+            sec = {
                 "as_of": iso_ms(as_of_ms),
                 "attribution": self._attribution(account, names, idx, x, cov, c, ref, as_of_ms)
                 if known
@@ -185,8 +207,9 @@ class Actions:
                     "hedge": self._hedge(account, fig, lin),
                 },
             }
-        self._last = (as_of_ms, book_token, keys, out)
-        return {a: dict(sec) for a, sec in out.items()}
+            self._last[account] = (as_of_ms, keys.get(account, b""), sec)
+        self.refreshed = frozenset(a for a in todo if a in self._last)
+        return {a: dict(self._last[a][2]) for a in accounts if a in self._last}
 
     def state(self) -> dict[str, Any]:
         """The attribution reference rings, as plain data (arrays as lists)."""

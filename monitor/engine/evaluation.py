@@ -426,13 +426,13 @@ class Evaluator:
             }
             backtests = self._backtests.update(as_of_ms, book, values, market, registry, var_now)
             # Stressed VaR is advisory like the sections: computed when they are.
-            fresh = self._actions.computed_at_ms == as_of_ms
-            if fresh:
-                self._stressed = {}
+            refreshed = self._actions.refreshed
+            for a in [a for a in self._stressed if a not in book_names]:
+                del self._stressed[a]
             for j, a in enumerate(book_names):
                 sec = sections.setdefault(a, {})
                 sec["backtest"] = backtests.get(a)
-                stressed = None if fresh else self._stressed.get(a)
+                stressed = None if a in refreshed else self._stressed.get(a)
                 if stressed is None:
                     stressed = self._stressed[a] = stressed_section(
                         x[j], var_cov, s.actions, s.var_confidence, horizon

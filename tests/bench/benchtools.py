@@ -110,7 +110,7 @@ def build(
     risk = RiskSettings(
         var_scenarios=scenarios,
         scenario_interval_ms=10**12,
-        actions=ActionSettings(refresh_ms=5_000),
+        actions=ActionSettings(refresh_ms=5_000, refresh_spread=20),
     )
     eng = Engine(
         settings,
