@@ -872,23 +872,29 @@ def _stale_groups(inp: RuleInput, account: str, table: PositionTable) -> list[_S
     g = inp.groups(account, table)
     ts, opened = table.price_ts_ms, table.opened_ms
     row_since = np.where(ts > 0, ts, opened)
+    # Rows by group, then by price time, then in table order (lexsort is stable): each
+    # group's run starts with its stalest position, the first in table order among equals.
+    order = np.lexsort((row_since, g.codes))
+    bounds = np.searchsorted(g.codes[order], np.arange(len(g.names) + 1)).tolist()
+    first_opened = np.full(len(g.names), np.iinfo(np.int64).max)
+    np.minimum.at(first_opened, g.codes, opened)
     index_ts = inp.snapshot.assets.price_ts_ms
+    sorted_since = row_since[order].tolist()
     out: list[_StaleGroup] = []
     for k, name in enumerate(g.names):
-        rows = np.flatnonzero(g.codes == k)
+        lo, hi = bounds[k], bounds[k + 1]
         j = inp.asset_index.get(name)
         idx_ts = 0 if j is None else int(index_ts[j])
-        since = row_since[rows]
-        r = int(rows[int(np.argmin(since))])
+        r = int(order[lo])
         out.append(
             _StaleGroup(
                 name,
-                idx_ts if idx_ts > 0 else int(opened[rows].min()),
+                idx_ts if idx_ts > 0 else int(first_opened[k]),
                 idx_ts <= 0,
                 int(row_since[r]),
                 table.instrument[r],
                 int(ts[r]) <= 0,
-                sorted(since.tolist()),
+                sorted_since[lo:hi],
             )
         )
     return out
