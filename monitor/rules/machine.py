@@ -307,6 +307,24 @@ def _track_from_state(t: Mapping[str, Any]) -> _Track:
     )
 
 
+def _signed_levels(
+    spec: RuleSpec,
+) -> tuple[float, float | None, float | None, float, float, float | None]:
+    """``(s, warning, critical, first, clear, crit_clear)``: the thresholds times the
+    direction's sign ``s`` (so "past" is always ``>=``), the first threshold, and the
+    de-escalation level (critical less the hysteresis gap, never below warning)."""
+    s = 1.0 if spec.direction == "above" else -1.0
+    warning = None if spec.warning is None else s * spec.warning
+    critical = None if spec.critical is None else s * spec.critical
+    first = warning if warning is not None else critical
+    assert first is not None
+    clear = s * spec.clear_level
+    crit_clear = (
+        None if critical is None or warning is None else max(critical - (first - clear), warning)
+    )
+    return s, warning, critical, first, clear, crit_clear
+
+
 def _order(subject: _Subject) -> tuple[bool, str, bool, str]:
     a, u = subject
     return (a is not None, a or "", u is not None, u or "")
@@ -337,6 +355,8 @@ class RuleEngine(Generic[Inp]):
         #: move a state (a pending episode's ``for`` runs out, a cooldown ends); before
         #: it, an ``unchanged`` evaluation skips a steady rule altogether. 0: never skip.
         self._wake: list[int] = [0 for _ in rules]
+        #: Per rule, its thresholds signed by direction (``_signed_levels``).
+        self._levels = [_signed_levels(r.spec) for r in rules]
         #: Per rule, the alerts :meth:`active` built last; None: rebuild.
         self._active: list[tuple[Alert, ...] | None] = [None for _ in rules]
 
@@ -579,18 +599,7 @@ class RuleEngine(Generic[Inp]):
         if cooldown:
             for subject in [s for s, until in cooldown.items() if until <= now_ms]:
                 del cooldown[subject]
-        s = 1.0 if spec.direction == "above" else -1.0
-        warning = None if spec.warning is None else s * spec.warning
-        critical = None if spec.critical is None else s * spec.critical
-        first = warning if warning is not None else critical
-        assert first is not None
-        clear = s * spec.clear_level
-        # De-escalation level: critical less the hysteresis gap, never below warning.
-        crit_clear = (
-            None
-            if critical is None or warning is None
-            else max(critical - (first - clear), warning)
-        )
+        s, warning, critical, first, clear, crit_clear = self._levels[k]
         tick = self._tick
         moves: list[Transition] = []
         if not replay or readings is None:
