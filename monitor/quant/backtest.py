@@ -44,8 +44,7 @@ from typing import Final, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
-from scipy.special import ndtr, ndtri, xlogy
+from scipy.special import bdtr, chdtrc, ndtr, ndtri, xlogy
 
 __all__ = [
     "DEFAULT_MIN_OBS",
@@ -120,7 +119,7 @@ def kupiec(
     alt = xlogy(n - x, 1.0 - p_hat) + xlogy(x, p_hat)
     lr = np.maximum(2.0 * (alt - null), 0.0)  # >= 0 but for rounding
     lr = np.where(n > 0, lr, np.nan)
-    pval: FloatArray = np.asarray(stats.chi2.sf(lr, 1), dtype=np.float64)
+    pval: FloatArray = np.asarray(chdtrc(1, lr), dtype=np.float64)  # chi2(1) survival
     return np.asarray(lr, dtype=np.float64), pval
 
 
@@ -150,7 +149,7 @@ def traffic_light(
     _check_confidence(confidence)
     x = np.asarray(exceptions, dtype=np.int64)
     n = np.asarray(n_obs, dtype=np.int64)
-    cdf = stats.binom.cdf(x, n, 1.0 - confidence)
+    cdf = bdtr(x, n, 1.0 - confidence)  # binomial CDF
     code = np.where(cdf < GREEN_BELOW, 0, np.where(cdf < YELLOW_BELOW, 1, 2))
     out: IntArray = np.where(n >= max(min_obs, 1), code, -1).astype(np.int64)
     return out
@@ -241,7 +240,7 @@ def backtest(
         expected=n * (1.0 - confidence),
         kupiec_lr=float(lr),
         kupiec_p_value=float(pv),
-        cumulative_probability=float(stats.binom.cdf(x, n, 1.0 - confidence)),
+        cumulative_probability=float(bdtr(x, n, 1.0 - confidence)),
         zone=ZONES[code] if code >= 0 else None,
         confidence=confidence,
         window=window,
