@@ -726,3 +726,31 @@ def test_book_risk_without_simulation_changes_only_the_simulated_figures() -> No
             assert math.isnan(q.delta_gamma.var_usd)
         else:
             _assert_same(q.delta_gamma, f.delta_gamma)
+
+
+def test_flat_books_are_shared_and_equal_the_per_book_functions() -> None:
+    """Books with no exposure and no gamma (a replay of prices alone): ``book_risk`` hands
+    out one read-only result per shape and budget; each equals what the single-book
+    functions give for the same book under an arbitrary covariance."""
+    rng = np.random.default_rng(3)
+    n = 5
+    a = rng.normal(size=(n, n))
+    cov = a @ a.T * 0.1
+    budgets: list[np.ndarray | None] = [None, np.array([1.0, 2.0, 0.0, 1.0, 0.5])]
+    zeros = np.zeros((2, n))
+    first = book_risk(zeros, zeros, cov, budgets, 0.99, DEFAULT_HORIZON)
+    again = book_risk(zeros, zeros, 3.0 * cov, budgets, 0.99, DEFAULT_HORIZON)
+    assert all(x is y for x, y in zip(first, again, strict=True))
+    for b, r in enumerate(first):
+        c = contributions(zeros[b], cov, budgets[b])
+        dn = var_delta_normal(zeros[b], cov, 0.99, DEFAULT_HORIZON)
+        dg = var_delta_gamma(zeros[b], zeros[b], cov, 0.99, DEFAULT_HORIZON)
+        assert r.contributions.sigma_usd == c.sigma_usd == 0.0
+        np.testing.assert_array_equal(r.contributions.rc_usd, c.rc_usd)
+        np.testing.assert_array_equal(r.contributions.share, c.share)
+        np.testing.assert_array_equal(r.contributions.budget, c.budget)
+        assert r.contributions.share_reason == c.share_reason
+        assert (r.delta_normal.var_usd, r.delta_normal.es_usd) == (dn.var_usd, dn.es_usd)
+        assert (r.delta_gamma.var_usd, r.delta_gamma.method) == (dg.var_usd, dg.method)
+        with pytest.raises(ValueError, match="read-only"):
+            r.contributions.rc_usd[0] = 1.0

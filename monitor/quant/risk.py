@@ -46,8 +46,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, fields
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -753,6 +753,49 @@ def book_risk(
     active = ((xs != 0.0) | (gs != 0.0)).any(axis=0)
     if not np.isfinite(xs).all() or not np.isfinite(gs).all():
         raise ValueError("x and gamma_cash must be finite")
+    if k and not active.any():
+        # Every book flat (no positions yet, a replay of prices alone): the figures do not
+        # depend on the covariance (it enters only through held assets), so they are
+        # computed once per shape and budget and shared, read-only.
+        key = (
+            k,
+            n,
+            tuple(None if w is None else _vector(w, "budget").tobytes() for w in budgets),
+            confidence,
+            horizon,
+            simulate,
+        )
+        flat = _FLAT_BOOKS.get(key)
+        if flat is None:
+            flat = _book_risk(xs, gs, np.zeros((n, n)), budgets, confidence, horizon, simulate)
+            for r in flat:
+                for part in (r.contributions, r.delta_normal, r.delta_gamma):
+                    for f in fields(part):
+                        value = getattr(part, f.name)
+                        if isinstance(value, np.ndarray):
+                            value.flags.writeable = False
+            if len(_FLAT_BOOKS) >= 16:
+                _FLAT_BOOKS.clear()
+            _FLAT_BOOKS[key] = flat
+        return list(flat)
+    return _book_risk(xs, gs, s, budgets, confidence, horizon, simulate)
+
+
+#: Results of all-flat :func:`book_risk` calls, by shape, budgets and settings.
+_FLAT_BOOKS: dict[tuple[Any, ...], list[BookRisk]] = {}
+
+
+def _book_risk(
+    xs: FloatArray,
+    gs: FloatArray,
+    s: FloatArray,
+    budgets: list[FloatArray | None],
+    confidence: float,
+    horizon: float,
+    simulate: bool,
+) -> list[BookRisk]:
+    k, n = xs.shape
+    active = ((xs != 0.0) | (gs != 0.0)).any(axis=0)
     if k == 0 or not (np.isfinite(s).all() or np.isfinite(s[np.ix_(active, active)]).all()):
         return [
             BookRisk(

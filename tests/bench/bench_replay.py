@@ -49,24 +49,32 @@ from monitor.rules.pack import rule_engine
 T0 = 1_767_225_600_000
 
 
-def write_recording(path: Path, n_events: int) -> int:
+def write_recording(path: Path, n_events: int, accounts: int = 3) -> int:
     unds = [f"U{k}" for k in range(10)]
     names: list[str] = []
     for u in unds:
         names += [u, f"{u}-PERPETUAL", f"{u}-27DEC26", f"{u}-26MAR27", f"{u}-25JUN27"]
     written = 0
     with path.open("wb") as f:
-        for a in range(3):
+        for a in range(accounts):
             for u in unds:
                 f.write(encode_event(PositionEvent(T0, f"acc{a}", f"{u}-PERPETUAL", a + 1.0)))
                 f.write(b"\n")
                 written += 1
         step = 0
         buf: list[bytes] = []
+        # Each underlying a seeded random walk at 80% a year; its perpetual and futures at a
+        # fixed basis. (Until 2026-12 this was a +-0.6% sawtooth every 100 ms: about 190% a
+        # day of volatility, which sent every book's delta-gamma VaR to the simulation.)
+        rng = np.random.default_rng(11)
+        level = 100.0 + 50.0 * np.arange(len(unds))
+        basis = np.tile([1.0, 1.0002, 1.004, 1.012, 1.02], len(unds))
+        step_sd = 0.8 / np.sqrt(365 * 86_400 * 10)  # per 100 ms
         while written < n_events:
             ts = T0 + step * 100
-            for j, name in enumerate(names):
-                px = (100.0 + 10 * j) * (1.0 + 0.001 * ((step * 7 + j) % 13 - 6))
+            level = level * np.exp(step_sd * rng.standard_normal(len(unds)))
+            prices = (np.repeat(level, 5) * basis).tolist()
+            for name, px in zip(names, prices, strict=True):
                 buf.append(encode_event(PriceEvent(ts, name, px)))
                 written += 1
                 if written >= n_events:
@@ -209,6 +217,12 @@ def main() -> None:
     ap.add_argument("--day-seconds", type=int, default=86_400)
     ap.add_argument("--skip-cli", action="store_true")
     ap.add_argument(
+        "--accounts",
+        type=int,
+        default=3,
+        help="accounts holding the 10 perpetuals (0: prices alone, as the issue measured)",
+    )
+    ap.add_argument(
         "--events-only",
         action="store_true",
         help="risk.eval_interval = 3650d: one evaluation, at the end (the event path alone)",
@@ -221,11 +235,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.jsonl"
-        n = write_recording(path, args.events)
+        n = write_recording(path, args.events, args.accounts)
         ppath = Path(tmp) / "bench.parquet"
         to_parquet(path, ppath)
         print(
-            f"recording: {n:,} price events, 50 instruments, {path.stat().st_size / 1e6:.1f} MB"
+            f"recording: {n:,} events (50 instruments, {args.accounts} accounts holding the 10"
+            f" perpetuals), {path.stat().st_size / 1e6:.1f} MB"
             f" .jsonl, {ppath.stat().st_size / 1e6:.1f} MB .parquet"
         )
         decoder = msgspec.json.Decoder(Event)
