@@ -486,6 +486,8 @@ class RuleEngine(Generic[Inp]):
         when the rule has no readings to replay."""
         if self._replay[k] is None:
             return 0
+        if not self._tracks[k] and not self._cooldown[k]:
+            return _NEVER
         for_ms = self._rules[k].spec.for_ms
         tracks = self._tracks[k].values()
         due = [tr.active_since_ms + for_ms for tr in tracks if tr.state == "pending"]
