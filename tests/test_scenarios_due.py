@@ -183,3 +183,22 @@ def test_a_held_options_first_price_in_a_run_of_ticks_makes_the_pass_due() -> No
     assert not eng.replay(run, "t")
     after = eng.evaluate(T0 + 10_250).accounts["a"].extra["margin"]
     assert _as_of(after) == iso_ms(T0 + 10_250)  # due at once, not 5 s later
+
+
+def test_a_held_options_first_price_after_a_restart_makes_the_pass_due() -> None:
+    """The engine restored from a saved state still knows which held instruments have no
+    price yet: the first one after the restart makes the pass due at once."""
+    saved = Engine(SETTINGS)
+    events = _recording(10_000)
+    saved.replay(events[:-1], "t")  # everything but the put's first mark
+    before = saved.evaluate(T0 + 10_000).accounts["a"].extra["margin"]
+    assert _as_of(before) == iso_ms(T0 + 5_750)  # on its 5 s clock: next due at 10.75 s
+    eng = Engine(SETTINGS)
+    eng.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(saved.state())))
+    first = eng.evaluate(T0 + 10_000).accounts["a"].extra["margin"]  # the restart's own pass
+    assert _as_of(first) == iso_ms(T0 + 10_000)
+    put = events[-1]
+    assert isinstance(put, PriceEvent)
+    eng.apply(PriceEvent(T0 + 10_010, PUT, put.price, IV, FWD), "t")
+    after = eng.evaluate(T0 + 10_250).accounts["a"].extra["margin"]
+    assert _as_of(after) == iso_ms(T0 + 10_250)  # due at once, not 5 s later

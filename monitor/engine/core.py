@@ -473,6 +473,10 @@ class Engine:
             getattr(self, attr)[:n] = arrays[k]
         self._suspect = suspect
         self._positions = positions
+        # Held instruments still without a price: their first price makes the pass due.
+        self._unpriced_held = {
+            i for book in positions.values() for i in book if self._price[i] != self._price[i]
+        }
         self._accounts = accounts
         self.estimator = estimator
         self._grid_next, self._eval_next, self._clock_ms, self._latest_ms, self._seq = clocks
