@@ -77,7 +77,12 @@ async def test_replay_of_live_recording_reproduces_estimates(tmp_path: Path, suf
         )
     np.testing.assert_array_equal(replayed.estimator.returns, live.estimator.returns)
 
-    a, b = live.evaluate(last_ts), replayed.evaluate(last_ts)
+    # The live engine's clock may already be past the last event (it evaluated on the wall
+    # clock after it); both are evaluated in full (not re-dated) at the same time, or option
+    # deltas would differ by their time decay in between (about 5e-6 relative).
+    a = live.evaluate(last_ts, scenarios=True)
+    b = replayed.evaluate(a.as_of_ms, scenarios=True)
+    assert a.as_of_ms == b.as_of_ms
     np.testing.assert_allclose(a.assets.volatility, b.assets.volatility, rtol=1e-12)
     np.testing.assert_allclose(a.assets.correlation, b.assets.correlation, rtol=1e-12)
     assert a.accounts.keys() == b.accounts.keys()
