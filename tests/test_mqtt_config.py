@@ -23,10 +23,10 @@ def load(tmp_path: Path, body: str, env: dict[str, str] | None = None) -> MqttCo
 
 def test_defaults_and_the_example() -> None:
     c = MqttConnector()
-    assert (c.price_rcvbuf, int(c.max_price_age)) == (65_536, 5_000)
+    assert (c.price_rcvbuf, int(c.max_price_age), c.price_catch_up) == (65_536, 5_000, True)
     (ex,) = load_config(EXAMPLE, env={}).connectors
     assert isinstance(ex, MqttConnector)
-    assert (ex.price_rcvbuf, int(ex.max_price_age)) == (65_536, 5_000)
+    assert (ex.price_rcvbuf, int(ex.max_price_age), ex.price_catch_up) == (65_536, 5_000, True)
 
 
 @pytest.mark.parametrize(
@@ -48,9 +48,10 @@ def test_the_environment_sets_them(tmp_path: Path) -> None:
     env = {
         "RISKMON_CONNECTORS__DESK__PRICE_RCVBUF": "131072",
         "RISKMON_CONNECTORS__DESK__MAX_PRICE_AGE": "2s",
+        "RISKMON_CONNECTORS__DESK__PRICE_CATCH_UP": "false",
     }
     c = load(tmp_path, "", env)
-    assert (c.price_rcvbuf, int(c.max_price_age)) == (131_072, 2_000)
+    assert (c.price_rcvbuf, int(c.max_price_age), c.price_catch_up) == (131_072, 2_000, False)
 
 
 @pytest.mark.parametrize(
