@@ -23,18 +23,18 @@ def load(tmp_path: Path, body: str, env: dict[str, str] | None = None) -> MqttCo
 
 def test_defaults_and_the_example() -> None:
     c = MqttConnector()
-    assert (c.price_rcvbuf, int(c.max_price_age), c.price_catch_up) == (65_536, 5_000, True)
+    assert (c.price_rcvbuf, int(c.max_price_age), c.price_catch_up) == (65_536, 2_000, True)
     (ex,) = load_config(EXAMPLE, env={}).connectors
     assert isinstance(ex, MqttConnector)
-    assert (ex.price_rcvbuf, int(ex.max_price_age), ex.price_catch_up) == (65_536, 5_000, True)
+    assert (ex.price_rcvbuf, int(ex.max_price_age), ex.price_catch_up) == (65_536, 2_000, True)
 
 
 @pytest.mark.parametrize(
     ("body", "rcvbuf", "age_ms"),
     [
-        ("price_rcvbuf = 0", 0, 5_000),  # the kernel's autotuning, as before
-        ("price_rcvbuf = 4096", 4_096, 5_000),
-        ("price_rcvbuf = 16777216", 16 << 20, 5_000),
+        ("price_rcvbuf = 0", 0, 2_000),  # the kernel's autotuning, as before
+        ("price_rcvbuf = 4096", 4_096, 2_000),
+        ("price_rcvbuf = 16777216", 16 << 20, 2_000),
         ('max_price_age = "0s"', 65_536, 0),  # never counted
         ('max_price_age = "1m30s"', 65_536, 90_000),
     ],

@@ -77,8 +77,8 @@ _STABLE_S: Final = 10.0
 #: most this much latency added (against an evaluation every ``risk.eval_interval``), and
 #: a feed of 20,000 messages/s is handled 100 at a time.
 _GATHER_S: Final = 0.005
-#: Late ticks are logged at most this often (the counter counts every one).
-_LATE_LOG_EVERY_S: Final = 60.0
+#: Late ticks and catch-ups are logged at most this often (the counters count every one).
+_LOG_EVERY_S: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +100,7 @@ class MqttFeed:
         self._status = ConnectorStatus(cfg.name, "mqtt", price_lag=LagHistogram())
         self._max_age_s = cfg.max_price_age.seconds or math.inf
         self._catch_up = cfg.price_catch_up and bool(cfg.max_price_age)
-        self._late_logged = (-math.inf, 0)  # monotonic time, late_prices at the last log
+        self._logged: dict[str, tuple[float, int]] = {}  # what -> monotonic time, count
         self._parser = PayloadParser(cfg.topic_prefix)
         self._backoff = backoff or Backoff(initial=0.5, cap=cfg.max_backoff.seconds)
         self._password = (
@@ -199,12 +199,15 @@ class MqttFeed:
                 self._clients.pop(label, None)
             if behind:
                 st.price_catch_ups += 1
-                log.warning(
-                    "mqtt prices %.1f s behind the feed: reconnecting to skip the ticks "
-                    "waiting in the broker's and the socket's buffers",
-                    behind,
-                    extra={"connector": cfg.name, "session": label},
-                )
+                if (n := self._due("catch_up", st.price_catch_ups)) is not None:
+                    log.warning(
+                        "mqtt prices %.1f s behind the feed: reconnecting to skip the ticks "
+                        "waiting in the broker's and the socket's buffers (%d times since "
+                        "the last report)",
+                        behind,
+                        n,
+                        extra={"connector": cfg.name, "session": label},
+                    )
                 continue  # at once: the broker is there, the daemon was only slow
             if up_since is not None and time.monotonic() - up_since >= _STABLE_S:
                 delays = self._backoff.delays()
@@ -287,18 +290,26 @@ class MqttFeed:
             self._log_late(worst)
         return fresh, stale
 
+    def _due(self, what: str, count: int) -> int | None:
+        """How many times ``what`` happened since it was last logged (``count`` in all),
+        if that was ``_LOG_EVERY_S`` ago or never; else None (not to be logged now)."""
+        at, seen = self._logged.get(what, (-math.inf, 0))
+        now = time.monotonic()
+        if now - at < _LOG_EVERY_S:
+            return None
+        self._logged[what] = (now, count)
+        return count - seen
+
     def _log_late(self, worst_s: float) -> None:
-        """Warn about late ticks at most every ``_LATE_LOG_EVERY_S``."""
-        at, seen = self._late_logged
-        now, late = time.monotonic(), self._status.late_prices
-        if now - at < _LATE_LOG_EVERY_S:
+        """Warn about late ticks, at most every ``_LOG_EVERY_S``."""
+        n = self._due("late", self._status.late_prices)
+        if n is None:
             return
-        self._late_logged = (now, late)
         log.warning(
             "mqtt prices arrive late: %d ticks more than %s after their ts since the last "
             "report (this batch up to %.1f s): riskmon falls behind the feed, or the "
             "publisher's clock runs behind this host's",
-            late - seen,
+            n,
             self._cfg.max_price_age,
             worst_s,
             extra={"connector": self._cfg.name},

@@ -53,7 +53,7 @@ class MqttConnector(ConnectorSettings, frozen=True, tag="mqtt"):
     #: A price tick received more than this after its ``ts`` is counted
     #: (``riskmon_connector_late_prices_total``) and logged (at most once a minute); it is
     #: still applied: it is the newest price riskmon has. 0s: never counted.
-    max_price_age: Delay = parse_delay("5s")
+    max_price_age: Delay = parse_delay("2s")
     #: Once ticks arrive more than ``max_price_age`` later than the first ticks of the
     #: prices' connection did (so a publisher's clock that is off does not count, only
     #: time spent waiting in the broker's and the socket's buffers), reopen that

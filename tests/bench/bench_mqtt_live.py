@@ -323,6 +323,11 @@ async def main(args: argparse.Namespace) -> None:
         f"dropped {counters.get('publish/messages/dropped', '?')} "
         "(its own $SYS counters)"
     )
+    sent_by_broker = int(counters.get("publish/messages/sent", "0"))
+    print(
+        f"skipped at catch-ups (broker sent minus connector received, the $SYS figure "
+        f"includes a few of its own): {sent_by_broker - feed.status.messages:,}"
+    )
     print(
         f"connector received: {feed.status.messages:,} messages "
         f"({100 * feed.status.messages / max(messages, 1):.1f}% of sent), "
