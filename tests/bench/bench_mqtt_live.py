@@ -325,8 +325,9 @@ async def main(args: argparse.Namespace) -> None:
     )
     sent_by_broker = int(counters.get("publish/messages/sent", "0"))
     print(
-        f"skipped at catch-ups (broker sent minus connector received, the $SYS figure "
-        f"includes a few of its own): {sent_by_broker - feed.status.messages:,}"
+        "sent by the broker, not read by the connector (skipped at catch-ups, or still in "
+        f"buffers at the end; the broker's count includes ~100 $SYS messages): "
+        f"{sent_by_broker - feed.status.messages:,}"
     )
     print(
         f"connector received: {feed.status.messages:,} messages "
