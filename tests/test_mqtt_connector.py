@@ -62,7 +62,14 @@ def feed(
     port: int, client_id: str = "riskmon-test-desk", *, price_qos: Literal[0, 1] = 0
 ) -> MqttFeed:
     cfg = MqttConnector(
-        name="desk", port=port, client_id=client_id, topic_prefix="desk1", price_qos=price_qos
+        name="desk",
+        port=port,
+        client_id=client_id,
+        topic_prefix="desk1",
+        price_qos=price_qos,
+        # These tests stamp ticks at a fixed past time (T0 + i): a slow run would look
+        # like a feed falling behind and catch up, skipping ticks they count.
+        price_catch_up=False,
     )
     # Short, seeded backoff: the restart test waits for the reconnect, not for the cap.
     return MqttFeed(cfg, backoff=Backoff(initial=0.1, cap=0.5, rng=random.Random(1)))
@@ -428,10 +435,11 @@ async def test_price_lag_is_receipt_minus_ts_and_ticks_past_max_price_age_are_co
     assert len(warnings) == (1 if late else 0)  # at most once a minute
 
 
-def tick(i: int, lag_s: float) -> bytes:
+def tick(i: int, lag_s: float, instrument: str = "BTC") -> bytes:
     """A price tick stamped ``lag_s`` before now (as if it had waited that long)."""
     ts = int((time.time() - lag_s) * 1000)
-    return json.dumps({"type": "price", "ts": ts, "instrument": "BTC", "price": 1.0 + i}).encode()
+    body = {"type": "price", "ts": ts, "instrument": instrument, "price": 1.0 + i}
+    return json.dumps(body).encode()
 
 
 async def test_ticks_that_fell_behind_reopen_the_prices_connection_once(
@@ -459,19 +467,22 @@ async def test_ticks_that_fell_behind_reopen_the_prices_connection_once(
 async def test_a_publisher_clock_behind_counts_late_ticks_but_never_reopens(
     broker: Mosquitto,
 ) -> None:
-    """Every tick 30 s behind (a skewed clock, not a slow daemon), and a retained tick from
-    2 min ago delivered on subscribe: all counted late and delivered, no catch-up."""
+    """BTC ticks stamped 30 s behind (a source whose clock is off, not a slow daemon), ETH
+    ticks 0.5 s ahead, interleaved, and a retained tick from 2 min ago delivered on
+    subscribe: the BTC and the retained ticks are counted late, all are delivered, and
+    the connection is never reopened (each instrument against its own first ticks)."""
     async with publisher(broker.port) as pub:
-        await pub.publish("desk1/prices/OLD", tick(0, 120.0), qos=1, retain=True)
+        await pub.publish("desk1/prices/OLD", tick(0, 120.0, "OLD"), qos=1, retain=True)
     sink = Sink()
     f = sized_feed(broker.port, max_price_age="1s")
     async with running(f, sink), publisher(broker.port) as pub:
         await wait_until(lambda: len(sink.events) == 1, "the retained tick")
         for i in range(1, 21):
-            await pub.publish("desk1/prices/BTC", tick(i, 30.0), qos=1)
+            name, lag_s = ("BTC", 30.0) if i % 2 else ("ETH", -0.5)
+            await pub.publish(f"desk1/prices/{name}", tick(i, lag_s, name), qos=1)
         await wait_until(lambda: len(sink.events) == 21, "every skewed tick")
     assert f.status.price_catch_ups == 0
-    assert f.status.late_prices == 21
+    assert f.status.late_prices == 1 + 10
     assert [e.price for e in sink.events if isinstance(e, PriceEvent)] == [
         1.0 + i for i in range(21)
     ]

@@ -20,18 +20,22 @@ connections are. MQTT orders messages only within one QoS, so a price and a posi
 never ordered against each other; the engine needs no such order.
 
 Overload: at QoS 0 a tick the daemon has not read waits in three buffers, each in
-arrival order: the broker's queue for this client (Mosquitto drops the newest tick once
+arrival order: the broker's queue for this client (Mosquitto drops new ticks once
 ``max_queued_messages`` packets wait there; ``$SYS/broker/publish/messages/dropped``
 counts them), the broker's socket send buffer, and this connection's receive buffer. The
 last is the daemon's own: the kernel autotunes it to megabytes, which at the rate the
 client can decode (a few thousand messages a second on one core) is seconds of ticks, so
 the prices' connection sets it to ``price_rcvbuf`` (SO_RCVBUF; Linux doubles it for its
-bookkeeping). A daemon that cannot keep up then loses the oldest ticks at the broker
-rather than reading ticks seconds old. What the connector still sees is measured: every
-tick's receipt time minus its ``ts`` (``status.price_lag``; the publisher's clock against
-this host's), and ticks later than ``max_price_age`` are counted and logged, never dropped:
-a late tick is still the newest price the daemon has (the engine ages prices by ``ts``),
-and a publisher's clock that runs behind would otherwise lose every tick.
+bookkeeping). The broker's send buffer is the broker host's kernel's (on loopback, 4 MiB:
+about 50,000 ticks), out of a client's reach; so the connector also measures every tick's
+receipt time minus its ``ts`` (``status.price_lag``: the publisher's clock against this
+host's). Ticks later than ``max_price_age`` are counted and logged, never dropped: a late
+tick is still the newest price the daemon has (the engine ages prices by ``ts``), and a
+publisher's clock that runs behind would otherwise lose every tick. With
+``price_catch_up``, once a live tick arrives more than ``max_price_age`` later than the
+least lag of its instrument on this connection (a clock offset cancels out, one per
+upstream source too), the prices' connection is reopened at once: whatever waited in the
+three buffers is discarded, and the next ticks are live.
 
 Throughput: paho decodes one packet per readable event; aiomqtt puts each message on its
 queue. The feed waits on aiomqtt's iterator for the first message only (the iterator also
@@ -174,15 +178,15 @@ class MqttFeed:
                             "rcvbuf": self.receive_buffers.get(label),
                         },
                     )
-                    catch_up = self._catch_up and not session.persistent
-                    floor = math.inf  # the least lag of a live tick since connecting
+                    # instrument -> the least lag of its live ticks on this connection
+                    floors: dict[str, float] | None = (
+                        {} if self._catch_up and not session.persistent else None
+                    )
                     async for message in client.messages:
-                        fresh, stale = await self._handle(message, inbox.take_all(), sink)
-                        if catch_up and stale > -math.inf:
-                            floor = min(floor, fresh)
-                            if stale - floor > self._max_age_s:
-                                behind = stale - floor
-                                break
+                        late = await self._handle(message, inbox.take_all(), sink, floors)
+                        if late > self._max_age_s:
+                            behind = late
+                            break
                         # Let a burst gather: the client goes on reading meanwhile (one
                         # message per loop turn), and the next turn of this loop takes
                         # them all at once instead of waking once per message.
@@ -245,22 +249,28 @@ class MqttFeed:
         )
 
     async def _handle(
-        self, first: aiomqtt.Message, more: list[aiomqtt.Message], sink: EventSink
-    ) -> tuple[float, float]:
+        self,
+        first: aiomqtt.Message,
+        more: list[aiomqtt.Message],
+        sink: EventSink,
+        floors: dict[str, float] | None = None,
+    ) -> float:
         """Parse ``first`` and ``more`` (in arrival order) into the sink.
 
         Returns
         -------
-        fresh, stale
-            The least and the greatest lag (receipt minus ``ts``, seconds) of the live
-            (not retained) price ticks among them; ``inf, -inf`` without any.
+        behind
+            With ``floors`` (each instrument's least lag on this connection, updated here):
+            how much later than its instrument's floor the latest of the live (not retained)
+            price ticks arrived, seconds (receipt minus ``ts``, so a clock offset cancels
+            out, also one per upstream source); 0 without ``floors`` or such ticks.
         """
         st, parse, name = self._status, self._parser.parse, self._status.name
         st.messages += 1 + len(more)
         st.last_message_s = now = time.time()
         lag, max_age, late, worst = st.price_lag, self._max_age_s, st.late_prices, 0.0
         assert lag is not None
-        fresh, stale = math.inf, -math.inf
+        behind = 0.0
         for message in (first, *more) if more else (first,):
             payload = message.payload
             if type(payload) is bytes:
@@ -282,13 +292,16 @@ class MqttFeed:
                     if age > max_age:
                         st.late_prices += 1
                         worst = max(worst, age)
-                    if live:
-                        fresh = min(fresh, age)
-                        stale = max(stale, age)
+                    if live and floors is not None:
+                        floor = floors.get(event.instrument)
+                        if floor is None or age < floor:
+                            floors[event.instrument] = age
+                        elif age - floor > behind:
+                            behind = age - floor
                 await sink.put(event, name)
         if st.late_prices != late:
             self._log_late(worst)
-        return fresh, stale
+        return behind
 
     def _due(self, what: str, count: int) -> int | None:
         """How many times ``what`` happened since it was last logged (``count`` in all),

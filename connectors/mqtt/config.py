@@ -54,11 +54,12 @@ class MqttConnector(ConnectorSettings, frozen=True, tag="mqtt"):
     #: (``riskmon_connector_late_prices_total``) and logged (at most once a minute); it is
     #: still applied: it is the newest price riskmon has. 0s: never counted.
     max_price_age: Delay = parse_delay("2s")
-    #: Once ticks arrive more than ``max_price_age`` later than the first ticks of the
-    #: prices' connection did (so a publisher's clock that is off does not count, only
-    #: time spent waiting in the broker's and the socket's buffers), reopen that
-    #: connection at once: the broker discards what waited, and the next ticks are live.
-    #: The bound on the prices' staleness when riskmon cannot keep up with the feed.
+    #: Once a tick arrives more than ``max_price_age`` later (against its ``ts``) than the
+    #: least lag of its instrument's ticks on the prices' connection (so a publisher's
+    #: clock that is off does not count, only time spent waiting in the broker's and the
+    #: socket's buffers), reopen that connection at once: what waited is discarded, and
+    #: the next ticks are live. The bound on the prices' staleness when riskmon cannot
+    #: keep up with the feed.
     price_catch_up: bool = True
     #: How long the broker keeps the session (and queues for it) while riskmon is away.
     session_expiry: Duration = parse_duration("1d")
