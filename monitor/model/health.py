@@ -28,12 +28,13 @@ class LagHistogram:
     kept as plain numbers (bumped on the hot path, exported at scrape time)."""
 
     counts: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))
-    total: float = 0.0  # sum of the observations (negative lags included)
+    total: float = 0.0  # sum of the observations, a negative one as 0 (a sum never falls)
     count: int = 0
 
     def observe(self, seconds: float) -> None:
         self.counts[bisect_left(LAG_BUCKETS, seconds)] += 1
-        self.total += seconds
+        if seconds > 0.0:
+            self.total += seconds
         self.count += 1
 
     def cumulative(self) -> list[tuple[float, int]]:

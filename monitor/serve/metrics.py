@@ -334,7 +334,8 @@ class _Families:
         self.price_lag = HistogramMetricFamily(
             "riskmon_connector_price_lag_seconds",
             "Receipt time minus event time of each price tick, seconds (<= 0: the "
-            "publisher's clock is ahead); connectors that measure it.",
+            "publisher's clock is ahead; such ticks add 0 to the sum); connectors that "
+            "measure it.",
             labels=("connector",),
         )
         self.all.append(self.price_lag)
