@@ -47,8 +47,8 @@ class MqttConnector(ConnectorSettings, frozen=True, tag="mqtt"):
     price_qos: Literal[0, 1, 2] = 0
     #: SO_RCVBUF of the prices' own connection (at ``price_qos`` 0), bytes; 0 leaves the
     #: kernel's autotuning (which grows it to megabytes). It bounds how many unread ticks
-    #: wait in riskmon's socket when it falls behind the feed: a small buffer makes the
-    #: broker drop the oldest ticks (QoS 0) instead of riskmon reading seconds-old ones.
+    #: wait in riskmon's socket when it falls behind the feed: with a small buffer the
+    #: broker drops ticks (QoS 0) sooner instead of riskmon reading seconds-old ones.
     price_rcvbuf: Annotated[int, Meta(ge=0)] = 65536
     #: A price tick received more than this after its ``ts`` is counted
     #: (``riskmon_connector_late_prices_total``) and logged (at most once a minute); it is
