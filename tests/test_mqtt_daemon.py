@@ -154,3 +154,42 @@ def test_desk_feed_reaches_the_snapshot_and_survives_a_broker_restart(
     finally:
         code, _ = daemon.stop()
     assert code == 0
+
+
+def test_price_lag_and_late_ticks_are_on_metrics(tmp_path: Path, broker: Mosquitto) -> None:
+    """``riskmon_connector_price_lag_seconds`` and ``riskmon_connector_late_prices_total``
+    from the daemon's own ``/metrics``: a tick stamped 1.25 s before now (bucket 1 to 2.5 s)
+    and one 20 s before (10 to 30 s, and later than max_price_age, 2 s by default). The
+    second arrives 18.75 s later (against its ts) than the first tick of that instrument:
+    the prices' connection catches up once."""
+    daemon = Daemon("--config", str(config(tmp_path, broker.port)))
+    try:
+        wait_for(
+            "connector up",
+            lambda: metric(daemon, "riskmon_connector_up", connector="desk", kind="mqtt") == 1.0,
+        )
+        sent_s = time.time()
+        for offset_s in (1.25, 20.0):
+            ts = int((sent_s - offset_s) * 1000)
+            publish(
+                broker.port,
+                "riskmon/prices/BTC",
+                {"type": "price", "ts": ts, "instrument": "BTC", "price": 1_000.0},
+            )
+        lag = "riskmon_connector_price_lag_seconds"
+        wait_for("two lags", lambda: metric(daemon, f"{lag}_count", connector="desk") == 2.0)
+        got_s = time.time()
+        assert metric(daemon, "riskmon_connector_late_prices_total", connector="desk") == 1.0
+        buckets = {
+            le: metric(daemon, f"{lag}_bucket", connector="desk", le=le)
+            for le in ("0.0", "1.0", "2.5", "10.0", "30.0", "+Inf")
+        }
+        assert buckets == {"0.0": 0, "1.0": 0, "2.5": 1, "10.0": 1, "30.0": 2, "+Inf": 2}
+        total = metric(daemon, f"{lag}_sum", connector="desk")
+        assert total is not None
+        assert 21.25 <= total <= 21.25 + 2 * (got_s - sent_s) + 0.002  # ts in whole ms
+        catch_ups = "riskmon_connector_price_catch_ups_total"
+        wait_for("the catch-up", lambda: metric(daemon, catch_ups, connector="desk") == 1.0)
+    finally:
+        code, _ = daemon.stop()
+    assert code == 0

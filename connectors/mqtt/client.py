@@ -19,6 +19,24 @@ for about two thirds of the CPU of an MQTT 5 message. The connector is up when b
 connections are. MQTT orders messages only within one QoS, so a price and a position were
 never ordered against each other; the engine needs no such order.
 
+Overload: at QoS 0 a tick the daemon has not read waits in three buffers, each in
+arrival order: the broker's queue for this client (Mosquitto drops new ticks once
+``max_queued_messages`` packets wait there; ``$SYS/broker/publish/messages/dropped``
+counts them), the broker's socket send buffer, and this connection's receive buffer. The
+last is the daemon's own: the kernel autotunes it to megabytes, which at the rate the
+client can decode (a few thousand messages a second on one core) is seconds of ticks, so
+the prices' connection sets it to ``price_rcvbuf`` (SO_RCVBUF; Linux doubles it for its
+bookkeeping). The broker's send buffer is the broker host's kernel's (on loopback, 4 MiB:
+about 50,000 ticks), out of a client's reach; so the connector also measures every tick's
+receipt time minus its ``ts`` (``status.price_lag``: the publisher's clock against this
+host's). Ticks later than ``max_price_age`` are counted and logged, never dropped: a late
+tick is still the newest price the daemon has (the engine ages prices by ``ts``), and a
+publisher's clock that runs behind would otherwise lose every tick. With
+``price_catch_up``, once a live tick arrives more than ``max_price_age`` later than the
+least lag of its instrument on this connection (a clock offset cancels out, one per
+upstream source too), the prices' connection is reopened at once: whatever waited in the
+three buffers is discarded, and the next ticks are live.
+
 Throughput: paho decodes one packet per readable event; aiomqtt puts each message on its
 queue. The feed waits on aiomqtt's iterator for the first message only (the iterator also
 ends the session when the broker goes away), then takes every message already queued in
@@ -31,6 +49,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import socket
 import ssl
 import time
 from collections import deque
@@ -44,7 +64,8 @@ from paho.mqtt.properties import Properties
 from connectors.base import EventSink
 from connectors.mqtt.parser import PayloadParser, price_filter, subscriptions
 from monitor.model.backoff import Backoff
-from monitor.model.health import ConnectorStatus
+from monitor.model.events import PriceEvent
+from monitor.model.health import ConnectorStatus, LagHistogram
 from monitor.model.settings import ConfigError, read_secret_file
 
 if TYPE_CHECKING:  # annotations only: config imports this module to build the feed
@@ -60,6 +81,8 @@ _STABLE_S: Final = 10.0
 #: most this much latency added (against an evaluation every ``risk.eval_interval``), and
 #: a feed of 20,000 messages/s is handled 100 at a time.
 _GATHER_S: Final = 0.005
+#: Late ticks and catch-ups are logged at most this often (the counters count every one).
+_LOG_EVERY_S: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +93,7 @@ class _Session:
     identifier: str  # the MQTT client id
     persistent: bool  # MQTT 5, clean start off, session expiry; else MQTT 3.1.1, clean
     filters: list[tuple[str, int]]  # topic filter, QoS
+    rcvbuf: int = 0  # SO_RCVBUF, bytes; 0: the kernel's autotuning
 
 
 class MqttFeed:
@@ -77,7 +101,10 @@ class MqttFeed:
 
     def __init__(self, cfg: MqttConnector, *, backoff: Backoff | None = None) -> None:
         self._cfg = cfg
-        self._status = ConnectorStatus(cfg.name, "mqtt")
+        self._status = ConnectorStatus(cfg.name, "mqtt", price_lag=LagHistogram())
+        self._max_age_s = cfg.max_price_age.seconds or math.inf
+        self._catch_up = cfg.price_catch_up and bool(cfg.max_price_age)
+        self._logged: dict[str, tuple[float, int]] = {}  # what -> monotonic time, count
         self._parser = PayloadParser(cfg.topic_prefix)
         self._backoff = backoff or Backoff(initial=0.5, cap=cfg.max_backoff.seconds)
         self._password = (
@@ -89,6 +116,7 @@ class MqttFeed:
         self._sessions = _sessions(cfg)
         self._up = dict.fromkeys((s.label for s in self._sessions), False)
         self._inboxes = {s.label: _Inbox() for s in self._sessions}
+        self._clients: dict[str, aiomqtt.Client] = {}
 
     @property
     def backlog(self) -> int:
@@ -98,6 +126,17 @@ class MqttFeed:
     @property
     def status(self) -> ConnectorStatus:
         return self._status
+
+    @property
+    def receive_buffers(self) -> dict[str, int]:
+        """SO_RCVBUF of each connected session's socket as the kernel reports it (Linux:
+        twice what was asked, capped by ``net.core.rmem_max``); for logs and tests."""
+        out: dict[str, int] = {}
+        for label, client in self._clients.items():
+            sock = _socket_of(client)
+            if sock is not None:
+                out[label] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        return out
 
     async def run(self, sink: EventSink) -> None:
         """Hold the sessions until cancelled; each reconnects with backoff when it drops."""
@@ -119,9 +158,11 @@ class MqttFeed:
                 st.reconnects += 1
             first = False
             up_since: float | None = None
+            behind = 0.0  # > 0: left to skip ticks that waited this long (s) in buffers
             self._inboxes[label] = inbox = _Inbox()
             try:
                 async with self._client(session, inbox) as client:
+                    self._clients[label] = client
                     await client.subscribe(session.filters)
                     self._up[label] = True
                     st.connected = all(self._up.values())
@@ -134,10 +175,18 @@ class MqttFeed:
                             "connector": cfg.name,
                             "broker": f"{cfg.host}:{cfg.port}",
                             "session": label,
+                            "rcvbuf": self.receive_buffers.get(label),
                         },
                     )
+                    # instrument -> the least lag of its live ticks on this connection
+                    floors: dict[str, float] | None = (
+                        {} if self._catch_up and not session.persistent else None
+                    )
                     async for message in client.messages:
-                        await self._handle(message, inbox.take_all(), sink)
+                        late = await self._handle(message, inbox.take_all(), sink, floors)
+                        if late > self._max_age_s:
+                            behind = late
+                            break
                         # Let a burst gather: the client goes on reading meanwhile (one
                         # message per loop turn), and the next turn of this loop takes
                         # them all at once instead of waking once per message.
@@ -151,6 +200,19 @@ class MqttFeed:
                 )
             finally:
                 self._up[label] = st.connected = False
+                self._clients.pop(label, None)
+            if behind:
+                st.price_catch_ups += 1
+                if (n := self._due("catch_up", st.price_catch_ups)) is not None:
+                    log.warning(
+                        "mqtt prices %.1f s behind the feed: reconnecting to skip the ticks "
+                        "waiting in the broker's and the socket's buffers (%d times since "
+                        "the last report)",
+                        behind,
+                        n,
+                        extra={"connector": cfg.name, "session": label},
+                    )
+                continue  # at once: the broker is there, the daemon was only slow
             if up_since is not None and time.monotonic() - up_since >= _STABLE_S:
                 delays = self._backoff.delays()
             await asyncio.sleep(next(delays))
@@ -176,6 +238,10 @@ class MqttFeed:
             keepalive=max(1, int(cfg.keepalive) // 1000),
             tls_context=self._tls,
             timeout=10.0,
+            # aiomqtt sets these once paho has connected: before the window has grown.
+            socket_options=(
+                [(socket.SOL_SOCKET, socket.SO_RCVBUF, session.rcvbuf)] if session.rcvbuf else []
+            ),
             # aiomqtt builds its incoming queue by calling queue_type(maxsize=...) once;
             # handing it the inbox lets the feed drain it in one go.
             queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", inbox.itself),
@@ -183,12 +249,28 @@ class MqttFeed:
         )
 
     async def _handle(
-        self, first: aiomqtt.Message, more: list[aiomqtt.Message], sink: EventSink
-    ) -> None:
-        """Parse ``first`` and ``more`` (in arrival order) into the sink."""
+        self,
+        first: aiomqtt.Message,
+        more: list[aiomqtt.Message],
+        sink: EventSink,
+        floors: dict[str, float] | None = None,
+    ) -> float:
+        """Parse ``first`` and ``more`` (in arrival order) into the sink.
+
+        Returns
+        -------
+        behind
+            With ``floors`` (each instrument's least lag on this connection, updated here):
+            how much later than its instrument's floor the latest of the live (not retained)
+            price ticks arrived, seconds (receipt minus ``ts``, so a clock offset cancels
+            out, also one per upstream source); 0 without ``floors`` or such ticks.
+        """
         st, parse, name = self._status, self._parser.parse, self._status.name
         st.messages += 1 + len(more)
-        st.last_message_s = time.time()
+        st.last_message_s = now = time.time()
+        lag, max_age, late, worst = st.price_lag, self._max_age_s, st.late_prices, 0.0
+        assert lag is not None
+        behind = 0.0
         for message in (first, *more) if more else (first,):
             payload = message.payload
             if type(payload) is bytes:
@@ -200,10 +282,51 @@ class MqttFeed:
             else:
                 raw = str(payload).encode()
             events, rejections = parse(message.topic.value, raw)
+            live = not message.retain
             for rej in rejections:
                 sink.reject(name, rej)
             for event in events:
+                if type(event) is PriceEvent:
+                    age = now - event.ts * 0.001
+                    lag.observe(age)
+                    if age > max_age:
+                        st.late_prices += 1
+                        worst = max(worst, age)
+                    if live and floors is not None:
+                        floor = floors.get(event.instrument)
+                        if floor is None or age < floor:
+                            floors[event.instrument] = age
+                        elif age - floor > behind:
+                            behind = age - floor
                 await sink.put(event, name)
+        if st.late_prices != late:
+            self._log_late(worst)
+        return behind
+
+    def _due(self, what: str, count: int) -> int | None:
+        """How many times ``what`` happened since it was last logged (``count`` in all),
+        if that was ``_LOG_EVERY_S`` ago or never; else None (not to be logged now)."""
+        at, seen = self._logged.get(what, (-math.inf, 0))
+        now = time.monotonic()
+        if now - at < _LOG_EVERY_S:
+            return None
+        self._logged[what] = (now, count)
+        return count - seen
+
+    def _log_late(self, worst_s: float) -> None:
+        """Warn about late ticks, at most every ``_LOG_EVERY_S``."""
+        n = self._due("late", self._status.late_prices)
+        if n is None:
+            return
+        log.warning(
+            "mqtt prices arrive late: %d ticks more than %s after their ts since the last "
+            "report (this batch up to %.1f s): riskmon falls behind the feed, or the "
+            "publisher's clock runs behind this host's",
+            n,
+            self._cfg.max_price_age,
+            worst_s,
+            extra={"connector": self._cfg.name},
+        )
 
 
 class _Inbox(asyncio.Queue[aiomqtt.Message]):
@@ -250,7 +373,7 @@ def _sessions(cfg: MqttConnector) -> list[_Session]:
     events = [(f, q) for f, q in subs if f != price_filter(cfg.topic_prefix)]
     return [
         _Session("events", cfg.identifier, True, events),
-        _Session("prices", cfg.price_identifier, False, prices),
+        _Session("prices", cfg.price_identifier, False, prices, rcvbuf=cfg.price_rcvbuf),
     ]
 
 
@@ -263,6 +386,14 @@ def _tls_context(cfg: MqttConnector) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"{key}.tls", f"cannot load the TLS files: {exc}") from None
     return ctx
+
+
+def _socket_of(client: aiomqtt.Client) -> socket.socket | None:
+    """The TCP socket under an aiomqtt client while it is connected (paho's, through
+    aiomqtt's private handle: for diagnostics only, so None when that ever changes)."""
+    paho = getattr(client, "_client", None)
+    sock = paho.socket() if paho is not None else None
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _describe(exc: aiomqtt.MqttError) -> str:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 from msgspec import Meta
 
 from connectors.base import ConnectorName, ConnectorSettings
-from monitor.model.settings import Duration, Invalid, parse_duration, show
+from monitor.model.settings import Delay, Duration, Invalid, parse_delay, parse_duration, show
 
 if TYPE_CHECKING:
     from connectors.mqtt.client import MqttFeed
 
-__all__ = ["MqttConnector"]
+__all__ = ["MAX_PRICE_RCVBUF", "MIN_PRICE_RCVBUF", "MqttConnector"]
+
+#: Bounds of ``price_rcvbuf``: below a few KiB a single batch message takes many round
+#: trips; above 16 MiB the buffer bounds nothing (and Linux caps it at ``net.core.rmem_max``).
+MIN_PRICE_RCVBUF: Final = 4096
+MAX_PRICE_RCVBUF: Final = 16 << 20
 
 
 class MqttConnector(ConnectorSettings, frozen=True, tag="mqtt"):
@@ -40,6 +45,22 @@ class MqttConnector(ConnectorSettings, frozen=True, tag="mqtt"):
     #: MQTT 3.1.1 connection (client id ``<client_id>-prices``). 1 asks for every tick at
     #: least once, on the persistent session.
     price_qos: Literal[0, 1, 2] = 0
+    #: SO_RCVBUF of the prices' own connection (at ``price_qos`` 0), bytes; 0 leaves the
+    #: kernel's autotuning (which grows it to megabytes). It bounds how many unread ticks
+    #: wait in riskmon's socket when it falls behind the feed: with a small buffer the
+    #: broker drops ticks (QoS 0) sooner instead of riskmon reading seconds-old ones.
+    price_rcvbuf: Annotated[int, Meta(ge=0)] = 65536
+    #: A price tick received more than this after its ``ts`` is counted
+    #: (``riskmon_connector_late_prices_total``) and logged (at most once a minute); it is
+    #: still applied: it is the newest price riskmon has. 0s: never counted.
+    max_price_age: Delay = parse_delay("2s")
+    #: Once a tick arrives more than ``max_price_age`` later (against its ``ts``) than the
+    #: least lag of its instrument's ticks on the prices' connection (so a publisher's
+    #: clock that is off does not count, only time spent waiting in the broker's and the
+    #: socket's buffers), reopen that connection at once: what waited is discarded, and
+    #: the next ticks are live. The bound on the prices' staleness when riskmon cannot
+    #: keep up with the feed.
+    price_catch_up: bool = True
     #: How long the broker keeps the session (and queues for it) while riskmon is away.
     session_expiry: Duration = parse_duration("1d")
     keepalive: Duration = parse_duration("30s")
@@ -69,6 +90,14 @@ class MqttConnector(ConnectorSettings, frozen=True, tag="mqtt"):
                     raise Invalid((key,), "only used with tls = true")
         if int(self.keepalive) < 1000:
             raise Invalid(("keepalive",), f"expected at least 1s; got {self.keepalive}")
+        if self.price_rcvbuf != 0 and not (
+            MIN_PRICE_RCVBUF <= self.price_rcvbuf <= MAX_PRICE_RCVBUF
+        ):
+            raise Invalid(
+                ("price_rcvbuf",),
+                f"expected 0 (the kernel's autotuning) or {MIN_PRICE_RCVBUF:,} to "
+                f"{MAX_PRICE_RCVBUF:,} bytes; got {self.price_rcvbuf:,}",
+            )
 
     @property
     def identifier(self) -> str:

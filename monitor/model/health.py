@@ -7,9 +7,44 @@ imports a connector.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Final
 
-__all__ = ["ConnectorStatus"]
+__all__ = ["LAG_BUCKETS", "ConnectorStatus", "LagHistogram"]
+
+#: Upper bounds (seconds, inclusive) of the price-lag buckets: ``0`` counts ticks stamped
+#: ahead of riskmon's clock (a skewed publisher clock); the rest span a healthy feed
+#: (milliseconds) to one that is minutes behind.
+LAG_BUCKETS: Final = (
+    0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class LagHistogram:
+    """Receipt time minus event time of a connector's ticks, seconds: a Prometheus histogram
+    kept as plain numbers (bumped on the hot path, exported at scrape time)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))
+    total: float = 0.0  # sum of the observations, a negative one as 0 (a sum never falls)
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LAG_BUCKETS, seconds)] += 1
+        if seconds > 0.0:
+            self.total += seconds
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(le, count of observations <= le)`` per bucket, ``inf`` last."""
+        out: list[tuple[float, int]] = []
+        running = 0
+        for bound, n in zip((*LAG_BUCKETS, math.inf), self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
 
 
 @dataclass(slots=True)
@@ -27,3 +62,10 @@ class ConnectorStatus:
     last_message_s: float | None = None
     last_error: str | None = None
     delivered: bool = False  # has delivered at least one event since start
+    #: Price ticks' receipt minus event time; None for a connector that does not measure it.
+    price_lag: LagHistogram | None = None
+    #: Ticks received later than the connector's ``max_price_age`` after their event time.
+    late_prices: int = 0
+    #: Times the connector dropped its prices' connection to skip ticks that had waited
+    #: longer than its ``max_price_age`` in buffers.
+    price_catch_ups: int = 0

@@ -35,6 +35,9 @@ Daemon activity (name, type, labels)::
     riskmon_connector_reconnects_total                 counter    connector
     riskmon_connector_messages_total                   counter    connector
     riskmon_connector_last_message_timestamp_seconds   gauge      connector
+    riskmon_connector_price_lag_seconds                histogram  connector
+    riskmon_connector_late_prices_total                counter    connector
+    riskmon_connector_price_catch_ups_total            counter    connector
     riskmon_start_time_seconds         (wall clock)    gauge
     riskmon_build_info                 (always 1)      gauge      version
     riskmon_evaluation_duration_seconds                histogram
@@ -196,6 +199,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
@@ -325,6 +329,26 @@ class _Families:
         self.last_message = g(
             "riskmon_connector_last_message_timestamp_seconds",
             "Wall-clock time of the connector's last message, epoch seconds.",
+            ("connector",),
+        )
+        self.price_lag = HistogramMetricFamily(
+            "riskmon_connector_price_lag_seconds",
+            "Receipt time minus event time of each price tick, seconds (<= 0: the "
+            "publisher's clock is ahead; such ticks add 0 to the sum); connectors that "
+            "measure it.",
+            labels=("connector",),
+        )
+        self.all.append(self.price_lag)
+        self.late_prices = c(
+            "riskmon_connector_late_prices",
+            "Price ticks received later than the connector's max_price_age after their "
+            "event time (still applied).",
+            ("connector",),
+        )
+        self.price_catch_ups = c(
+            "riskmon_connector_price_catch_ups",
+            "Times the connector reopened its prices' connection to skip ticks that had "
+            "waited longer than its max_price_age in the broker's and the socket's buffers.",
             ("connector",),
         )
         notify = {
@@ -727,6 +751,15 @@ class RiskCollector:
             f.messages.add_metric((c.name,), c.messages)
             if c.last_message_s is not None:
                 f.last_message.add_metric((c.name,), c.last_message_s)
+            if c.price_lag is not None:
+                lag = c.price_lag
+                f.price_lag.add_metric(
+                    (c.name,),
+                    [("+Inf" if math.isinf(le) else repr(le), n) for le, n in lag.cumulative()],
+                    lag.total,
+                )
+                f.late_prices.add_metric((c.name,), c.late_prices)
+                f.price_catch_ups.add_metric((c.name,), c.price_catch_ups)
         f.start_time.add_metric((), started_s)
 
     @staticmethod

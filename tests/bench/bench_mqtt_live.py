@@ -18,12 +18,26 @@ prices at ``--price-qos``, the connector's default 0) evaluates every
   (the latest tick of each underlying at each evaluation), the time from the connector
   receiving it to the snapshot being published (conflated ticks never reach a snapshot and
   have no latency); and publish-to-snapshot, from the tick's ``ts`` (the publisher's wall
-  clock, ms) to the same moment, which adds the broker and the socket buffers;
+  clock, ms) to the same moment, which adds the broker and the socket buffers: how old the
+  prices a snapshot shows are, the figure that matters to a risk monitor;
+- publish-to-receipt of every tick the connector received (its ``price_lag``, measured here
+  per tick), once a second the lag of the latest tick, the connector's ``late_prices``
+  (older than ``max_price_age`` on receipt) and its catch-ups (the prices' connection
+  reopened to skip ticks that waited longer than that in buffers);
+- the prices' socket buffers mid-run (``ss -tm`` of both ends of the prices' connection:
+  what waits unread in the daemon's receive queue and in the broker's send queue), with the
+  receive buffer the connector set (``--price-rcvbuf``, 0 for the kernel's autotuning);
 - the daemon's CPU share (this process; the publisher and broker run apart), the time its
   thread was runnable but waiting for a CPU (``/proc/self/schedstat``: on a shared machine,
   the CPU it did not get), the load average, and the broker's and publisher's CPU.
 
-Run: ``python tests/bench/bench_mqtt_live.py [--rate 20000] [--seconds 60] [--batch 1]``.
+``--burn-us N`` makes the daemon spend N us of CPU more on every tick (a busy loop in the
+probe): a slower or busier host, to show overload on demand (at 20,000 ticks/s the daemon
+spends about 25 us a tick when it has a core to itself, 80 to 109 us on a shared one).
+``--price-rcvbuf 0 --max-price-age 0s`` is the connector as it was before both bounds.
+
+Run: ``python tests/bench/bench_mqtt_live.py [--rate 20000] [--seconds 60] [--batch 1]
+[--price-rcvbuf BYTES] [--max-price-age 5s] [--no-catch-up] [--burn-us 0]``.
 Needs Debian's ``mosquitto`` and ``mosquitto-clients``. Loopback only.
 """
 
@@ -33,6 +47,8 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -51,6 +67,7 @@ from connectors.mqtt.config import MqttConnector
 from monitor.config import load_config
 from monitor.daemon import Daemon
 from monitor.model.events import Event, PriceEvent, Rejected
+from monitor.model.settings import parse_delay
 from monitor.model.snapshot import RiskSnapshot
 
 #: Feeds ``mosquitto_pub -l`` one line per message, on schedule; prints what it sent. Every
@@ -102,13 +119,15 @@ SYS_TOPICS = ("$SYS/broker/publish/messages/#", "$SYS/broker/load/messages/recei
 class Probe:
     """Wraps the connector: stamps each tick's receipt, and each snapshot's publication."""
 
-    def __init__(self, feed: MqttFeed) -> None:
+    def __init__(self, feed: MqttFeed, burn_s: float = 0.0) -> None:
         self.feed = feed
+        self.burn_s = burn_s
         self.received: dict[float, tuple[float, int]] = {}  # price -> (receipt, ts)
         self.latencies: list[float] = []
         self.end_to_end: list[float] = []
         self.seen: dict[str, float] = {}
         self.events = 0
+        self.lags: list[float] = []  # receipt (wall clock) minus ts of every tick, s
 
     @property
     def status(self):  # type: ignore[no-untyped-def]
@@ -121,7 +140,12 @@ class Probe:
             async def put(self, event: Event, source: str) -> None:
                 if type(event) is PriceEvent:
                     probe.received[event.price] = (time.perf_counter(), event.ts)
+                    probe.lags.append(time.time() - event.ts / 1000.0)
                     probe.events += 1
+                    if probe.burn_s:
+                        until = time.perf_counter() + probe.burn_s
+                        while time.perf_counter() < until:
+                            pass
                 await sink.put(event, source)
 
             def reject(self, source: str, rejected: Rejected) -> None:
@@ -166,14 +190,36 @@ def runqueue_wait_s() -> float:
     return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
 
 
-def percentiles(xs: list[float]) -> str:
+def percentiles(xs: list[float], what: str = "snapshot ticks") -> str:
     a = np.array(xs) * 1000.0
     if a.size == 0:
         return "no ticks"
     return (
         f"p50 {np.percentile(a, 50):.1f} ms, p99 {np.percentile(a, 99):.1f} ms, "
-        f"max {a.max():.1f} ms over {a.size:,} snapshot ticks"
+        f"max {a.max():.1f} ms over {a.size:,} {what}"
     )
+
+
+def socket_queues(feed: MqttFeed, broker_port: int) -> list[str]:
+    """``ss -tm`` of both ends of the prices' connection: Recv-Q (unread, bytes), Send-Q
+    (unacknowledged or unsent), and skmem (rb: receive buffer, tb: send buffer)."""
+    client = feed._clients.get("prices")  # the bench looks inside
+    sock = None if client is None else client._client.socket()
+    if not isinstance(sock, socket.socket):
+        return ["(no prices connection)"]
+    port = sock.getsockname()[1]
+    out = subprocess.run(
+        ["ss", "-tnmH", "state", "established", f"( sport = :{port} or dport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split("\n")
+    lines: list[str] = []
+    for head, mem in zip(out[::2], out[1::2], strict=False):
+        recv_q, send_q, local, _ = head.split()[:4]
+        side = "daemon" if local.endswith(f":{port}") else "broker"
+        lines.append(f"{side}: Recv-Q {int(recv_q):,} B, Send-Q {int(send_q):,} B, {mem.strip()}")
+    return lines
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -196,10 +242,16 @@ async def main(args: argparse.Namespace) -> None:
             )
             feed = MqttFeed(
                 MqttConnector(
-                    name="bench", port=broker.port, topic_prefix="bench", price_qos=args.price_qos
+                    name="bench",
+                    port=broker.port,
+                    topic_prefix="bench",
+                    price_qos=args.price_qos,
+                    price_rcvbuf=args.price_rcvbuf,
+                    max_price_age=parse_delay(args.max_price_age),
+                    price_catch_up=not args.no_catch_up,
                 )
             )
-            probe = Probe(feed)
+            probe = Probe(feed, args.burn_us / 1e6)
             daemon = Daemon(cfg, connectors=[probe])
             evaluate = daemon.engine.evaluate_due
 
@@ -216,10 +268,12 @@ async def main(args: argparse.Namespace) -> None:
             daemon.engine.evaluate_due = evaluate_due  # type: ignore[method-assign]
             queue = daemon._queue  # the bench looks inside
             stop = asyncio.Event()
-            depth: list[tuple[float, int, int]] = []
+            depth: list[tuple[float, int, int, float]] = []
+            queues: list[str] = []
             run = asyncio.create_task(daemon.run(stop))
             while not feed.status.connected:  # noqa: ASYNC110 (a status, not an event)
                 await asyncio.sleep(0.05)
+            rcvbufs = feed.receive_buffers
             await asyncio.sleep(1.0)  # the first evaluations, before the load
             argv = [required_tool("mosquitto_pub"), str(broker.port), str(args.pub_qos)]
             argv += [str(args.rate), str(args.seconds), str(args.underlyings), str(args.batch)]
@@ -236,7 +290,10 @@ async def main(args: argparse.Namespace) -> None:
                     await asyncio.wait_for(pub.wait(), 1.0)
                 with contextlib.suppress(OSError):
                     pcpu = proc_tree_cpu_s(pub.pid)
-                depth.append((time.perf_counter() - wall0, len(queue), feed.backlog))
+                lag = probe.lags[-1] if probe.lags else float("nan")
+                depth.append((time.perf_counter() - wall0, len(queue), feed.backlog, lag))
+                if not queues and depth[-1][0] >= args.seconds / 2:
+                    queues = socket_queues(feed, broker.port)
             cpu1, wait1, wall1 = time.process_time(), runqueue_wait_s(), time.perf_counter()
             msgs1, ecpu1 = feed.status.messages, eval_cpu[0]
             bcpu1 = proc_cpu_s(broker.proc.pid)
@@ -266,20 +323,44 @@ async def main(args: argparse.Namespace) -> None:
         f"dropped {counters.get('publish/messages/dropped', '?')} "
         "(its own $SYS counters)"
     )
+    sent_by_broker = int(counters.get("publish/messages/sent", "0"))
+    print(
+        "sent by the broker, not read by the connector (skipped at catch-ups, or still in "
+        f"buffers at the end; the broker's count includes ~100 $SYS messages): "
+        f"{sent_by_broker - feed.status.messages:,}"
+    )
     print(
         f"connector received: {feed.status.messages:,} messages "
         f"({100 * feed.status.messages / max(messages, 1):.1f}% of sent), "
         f"{probe.events:,} events"
     )
-    print("once a second (s: engine queue depth / connector backlog):")
-    print("  " + "  ".join(f"{t:.0f}:{d}/{b}" for t, d, b in depth))
+    st = feed.status
     print(
-        f"  max engine queue {max(d for _, d, _ in depth)}, "
-        f"max backlog {max(b for _, _, b in depth)}"
+        f"connector: late_prices {st.late_prices:,} (received more than max_price_age "
+        f"{feed._cfg.max_price_age} after their ts), catch-ups {st.price_catch_ups} "
+        f"(price_catch_up {feed._cfg.price_catch_up}), reconnects {st.reconnects}; "
+        f"extra CPU per tick (--burn-us) {args.burn_us:g} us"
+    )
+    print(
+        f"prices' receive buffer: price_rcvbuf {args.price_rcvbuf:,} B "
+        f"(0: autotuned); SO_RCVBUF read back {rcvbufs}"
+    )
+    print(f"prices' socket queues at {args.seconds / 2:.0f} s (ss -tm):")
+    for line in queues:
+        print(f"  {line}")
+    print(
+        "once a second (s: engine queue depth / connector backlog / "
+        "publish-to-receipt of the latest tick):"
+    )
+    print("  " + "  ".join(f"{t:.0f}:{d}/{b}/{lag:.2f}s" for t, d, b, lag in depth))
+    print(
+        f"  max engine queue {max(d for _, d, _, _ in depth)}, "
+        f"max backlog {max(b for _, _, b, _ in depth)}"
     )
     print(f"receipt-to-snapshot: {percentiles(probe.latencies)}")
-    print(f"publish-to-snapshot: {percentiles(probe.end_to_end)}")
     print(f"eval_interval {cfg.risk.eval_interval}; target p99 < eval_interval + 50 ms")
+    print(f"PUBLISH-TO-SNAPSHOT (age of the prices shown): {percentiles(probe.end_to_end)}")
+    print(f"publish-to-receipt (every tick read): {percentiles(probe.lags, 'ticks')}")
     print(
         f"daemon CPU: {100 * (cpu1 - cpu0) / wall:.0f}% of one core over {wall:.0f} s; "
         f"runnable but waiting for a CPU {100 * (wait1 - wait0) / wall:.0f}% of the time; "
@@ -305,4 +386,13 @@ if __name__ == "__main__":
     ap.add_argument("--batch", type=int, default=1, help="events per MQTT message")
     ap.add_argument("--pub-qos", type=int, default=1, choices=(0, 1, 2))
     ap.add_argument("--price-qos", type=int, default=0, choices=(0, 1, 2))
+    ap.add_argument(
+        "--price-rcvbuf",
+        type=int,
+        default=MqttConnector().price_rcvbuf,
+        help="the connector's price_rcvbuf, bytes (0: the kernel's autotuning, as before)",
+    )
+    ap.add_argument("--max-price-age", default=str(MqttConnector().max_price_age))
+    ap.add_argument("--no-catch-up", action="store_true", help="price_catch_up = false")
+    ap.add_argument("--burn-us", type=float, default=0.0, help="extra daemon CPU per tick, us")
     asyncio.run(main(ap.parse_args()))
