@@ -301,16 +301,16 @@ def _strongest_correlation(inp: RuleInput, name: str, others: Sequence[str]) -> 
     i = idx.get(name)
     if i is None:
         return ""
-    corr = inp.snapshot.assets.correlation
-    best: tuple[float, str] | None = None
-    for other in others:
-        j = idx.get(other)
-        if j is None or j == i:
-            continue
-        rho = float(corr[i, j])
-        if math.isfinite(rho) and (best is None or abs(rho) > abs(best[0])):
-            best = (rho, other)
-    return "" if best is None else f"; {name}/{best[1]} correlation {best[0]:.2f}"
+    row = inp.snapshot.assets.correlation[i]
+    pairs = [(j, other) for other in others if (j := idx.get(other)) is not None and j != i]
+    if not pairs:
+        return ""
+    rho = row[[j for j, _ in pairs]]
+    strength = np.where(np.isfinite(rho), np.abs(rho), -1.0)
+    k = int(np.argmax(strength))  # the first of the strongest, in ``others`` order
+    if strength[k] < 0.0:
+        return ""
+    return f"; {name}/{pairs[k][1]} correlation {float(rho[k]):.2f}"
 
 
 # --- risk parity -------------------------------------------------------------------------
@@ -318,7 +318,27 @@ def _strongest_correlation(inp: RuleInput, name: str, others: Sequence[str]) -> 
 
 def _trades_text(per: Mapping[str, Any], only: str | None = None) -> str:
     """``"sell 50,000 BTC-PERPETUAL, buy 111.1 ETH_USDC-PERPETUAL"`` from a suggestion's
-    ``underlyings`` (contracts not rounded; none for an underlying without an instrument)."""
+    ``underlyings`` (contracts not rounded; none for an underlying without an instrument).
+
+    Memoised on the suggestion's identity: every drift alert of an account quotes the same
+    rebalance, and a suggestion is reused until its account's sections are recomputed."""
+    key = (id(per), only)
+    hit = _TRADES_MEMO.get(key)
+    if hit is not None and hit[0] is per:
+        return hit[1]
+    text = _format_trades(per, only)
+    if len(_TRADES_MEMO) >= 1_024:
+        _TRADES_MEMO.clear()
+    _TRADES_MEMO[key] = (per, text)
+    return text
+
+
+#: ``_trades_text``'s results: (id of the suggestion, only) -> (the suggestion, text). The
+#: suggestion is held so that its id is not reused while the entry lives.
+_TRADES_MEMO: dict[tuple[int, str | None], tuple[Mapping[str, Any], str]] = {}
+
+
+def _format_trades(per: Mapping[str, Any], only: str | None) -> str:
     parts = []
     for und, row in per.items():
         n, inst = row.get("contracts"), row.get("instrument")
