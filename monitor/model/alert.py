@@ -14,8 +14,10 @@ Times are epoch milliseconds of the engine clock (event time in replay).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
+
+import msgspec
 
 from monitor.model.events import iso_ms
 
@@ -25,8 +27,7 @@ Severity = Literal["warning", "critical"]
 AlertState = Literal["inactive", "pending", "firing", "resolved"]
 
 
-@dataclass(frozen=True, slots=True)
-class Alert:
+class Alert(msgspec.Struct, frozen=True):
     """The current state of one alert instance.
 
     Attributes
@@ -53,7 +54,7 @@ class Alert:
     since_ms: int
     active_since_ms: int
     summary: str
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def key(self) -> str:
