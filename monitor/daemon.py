@@ -38,6 +38,7 @@ from monitor.engine.sources import IndexSources
 from monitor.engine.state import RestoreResult, StateStore, encode_state
 from monitor.engine.stats import EngineStats
 from monitor.engine.whatif import Trade, run_whatif
+from monitor.heap import HeapFreezer
 from monitor.logs import RejectionLog, log_task_stacks
 from monitor.model.alert import Transition
 from monitor.model.backoff import Backoff
@@ -211,6 +212,7 @@ class Daemon:
         # The scenario pass (full-revaluation VaR, scenario margin) runs here so a large
         # option book does not stall the engine loop; numpy releases the GIL for it.
         self._scenario_pool = ThreadPoolExecutor(1, thread_name_prefix="riskmon.scenarios")
+        self._heap = HeapFreezer()
         # Cluster mode: shard handovers the engine applies between a drain and an
         # evaluation, in order; accounts whose alerts moved (their episodes to publish).
         self._handovers: deque[tuple[Callable[[], None], asyncio.Future[None]]] = deque()
@@ -481,6 +483,14 @@ class Daemon:
             except Exception:
                 engine.stats.evaluation_errors += 1
                 log.exception("evaluation failed; the previous snapshot stays published")
+            frozen = self._heap.after_evaluation(len(engine.registry))
+            if frozen is not None:
+                log.info(
+                    "heap: %d long-lived objects out of the cyclic collector's full passes "
+                    "(%d instruments)",
+                    frozen,
+                    len(engine.registry),
+                )
             # An evaluation slower than eval_interval leaves the next one due at once and
             # queue.wait() then returns without awaiting: yield, or HTTP, connectors,
             # cluster leases and the stop signal would starve.
