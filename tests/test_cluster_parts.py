@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
@@ -18,8 +19,9 @@ from hypothesis import strategies as st
 from nats_cluster import NatsCluster
 
 from connectors.base import cancel_until_done
+from connectors.nats import leases as leases_module
 from connectors.nats.config import ClusterConfig
-from connectors.nats.leases import ShardLeases
+from connectors.nats.leases import LeaseKeeper, ShardLeases
 from connectors.nats.subjects import (
     account_of_subject,
     escape,
@@ -38,6 +40,7 @@ from monitor.model.events import (
     PositionEvent,
     PriceEvent,
 )
+from monitor.model.settings import dec_hook
 from monitor.notify import AlertDispatcher
 from monitor.notify.alertmanager import AlertmanagerNotifier, am_alert
 from monitor.rules.config import AccountLimits
@@ -268,6 +271,42 @@ def test_leases_split_fairly_and_expire_to_the_survivor(cluster: NatsCluster) ->
     # a 3-node cluster on 2 cores) once let one of the survivor's own leases lapse between
     # two renewals. 6 s leaves each renewal 4 s of slack.
     asyncio.run(_leases(cluster, ttl_s=6.0))
+
+
+def test_a_lease_keeper_that_failed_to_start_starts_again(
+    cluster: NatsCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease bucket's lookup timed out once (a loaded cluster at start): the keeper
+    used to log it and end, so the daemon never held a shard. It starts again after a
+    short delay and takes the shards (the only member: all of them)."""
+    real = leases_module.lease_bucket
+    calls: list[int] = []
+
+    async def once_too_slow(js: Any, cfg: ClusterConfig, replicas: int) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise nats.errors.TimeoutError
+        return await real(js, cfg, replicas)
+
+    monkeypatch.setattr(leases_module, "lease_bucket", once_too_slow)
+    cfg = msgspec.convert(
+        {"servers": cluster.urls, "lease_ttl": "3s", "shard_count": 4},
+        ClusterConfig,
+        dec_hook=dec_hook,
+    )
+    loop = asyncio.new_event_loop()
+    keeper = LeaseKeeper(cfg, "solo", 3, lambda *change: None, loop)
+    keeper.start()
+    try:
+        deadline = time.monotonic() + 60
+        while keeper.leases is None or len(keeper.leases.owned) < 4:
+            assert time.monotonic() < deadline, "the keeper never took the shards"
+            time.sleep(0.1)
+        assert keeper.restarts == 1
+        assert len(calls) == 2
+    finally:
+        keeper.stop()
+        loop.close()
 
 
 def test_adopted_episodes_continue_with_the_same_keys() -> None:

@@ -36,6 +36,7 @@ from nats.js.kv import KeyValue
 
 from connectors.nats.config import ClusterConfig
 from connectors.nats.jetstream import close, connect
+from monitor.model.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class ShardLeases:
     @property
     def interval_s(self) -> float:
         return self.ttl_s / 3.0
+
+    def rebind(self, kv: KeyValue) -> None:
+        """Go on in ``kv`` (the same bucket over a new connection), holding what is held."""
+        self._kv = kv
 
     async def step(self) -> LeaseChange:
         """Renew, rebalance and acquire; returns what changed."""
@@ -173,6 +178,7 @@ class LeaseKeeper:
         self._loop = loop
         self._beat = time.monotonic()
         self.leases: ShardLeases | None = None
+        self.restarts = 0  # times the keeper failed and was started again
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"riskmon.cluster.leases[{member}]", daemon=True
@@ -199,22 +205,38 @@ class LeaseKeeper:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except Exception:
-            log.exception("the lease keeper failed; the leases lapse after the TTL")
+        """Keep :meth:`_main` running until stopped: a keeper that failed (JetStream too
+        slow to answer at start, a bug) starts again after a capped, jittered delay. The
+        leases it held are kept and renewed by compare-and-set when it is back, so they
+        are lost only on proof, as in a step that cannot reach JetStream."""
+        delays = Backoff(initial=0.5, cap=max(self._cfg.lease_ttl.seconds, 1.0)).delays()
+        while not self._stop.is_set():
+            try:
+                asyncio.run(self._main())
+            except Exception:
+                self.restarts += 1
+                delay = next(delays)
+                log.exception(
+                    "the lease keeper failed; starting it again in %.1fs (a lease not "
+                    "renewed within the TTL lapses)",
+                    delay,
+                    extra={"member": self.member, "restarts": self.restarts},
+                )
+                self._stop.wait(delay)
+            else:
+                return
 
     async def _main(self) -> None:
         cfg = self._cfg
         nc = await connect(cfg, f"riskmon-leases-{self.member}")
         try:
             js = nc.jetstream(timeout=cfg.publish_timeout.seconds)
-            self.leases = leases = ShardLeases(
-                await lease_bucket(js, cfg, self._replicas),
-                self.member,
-                cfg.shard_count,
-                cfg.lease_ttl.seconds,
-            )
+            kv = await lease_bucket(js, cfg, self._replicas)
+            if self.leases is None:
+                self.leases = ShardLeases(kv, self.member, cfg.shard_count, cfg.lease_ttl.seconds)
+            else:  # started again: renew what was held (compare-and-set on its revisions)
+                self.leases.rebind(kv)
+            leases = self.leases
             while not self._stop.is_set():
                 stalled = time.monotonic() - self._beat
                 if stalled > cfg.max_stall.seconds:
