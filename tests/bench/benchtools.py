@@ -7,8 +7,9 @@ parameters, so ``bench_scaling.py`` builds the same book larger and smaller.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 
 import numpy as np
@@ -26,6 +27,22 @@ EXPIRIES = ["30JAN26", "27FEB26", "27MAR26", "26JUN26", "25SEP26", "25DEC26"]
 STRIKES = 17
 
 
+def expiries_after(ms: int) -> list[str]:
+    """The book's six expiries laid out from ``ms`` (epoch ms) as :data:`EXPIRIES` is from
+    ``T0``: the last Fridays of the first month whose last Friday is still ahead and of the
+    months 1, 2, 5, 8 and 11 after it (``expiries_after(T0) == EXPIRIES``). A live feed
+    uses them so that its options are not already expired."""
+    start = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).date()
+
+    def last_friday(months_ahead: int) -> dt.date:
+        y, m = divmod(start.month - 1 + months_ahead + 1, 12)  # the month after it
+        last = dt.date(start.year + y, m + 1, 1) - dt.timedelta(days=1)
+        return last - dt.timedelta(days=(last.weekday() - 4) % 7)
+
+    first = 0 if last_friday(0) > start else 1
+    return [last_friday(first + k).strftime("%d%b%y").upper() for k in (0, 1, 2, 5, 8, 11)]
+
+
 def rate(fn: Callable[[bytes], object], msgs: list[bytes], repeat: int) -> float:
     """Messages per second of ``fn`` over ``msgs``, the best of ``repeat`` passes."""
     best = float("inf")
@@ -38,7 +55,12 @@ def rate(fn: Callable[[bytes], object], msgs: list[bytes], repeat: int) -> float
 
 
 def book_events(
-    seed: int = 1, *, underlyings: int = N_UND, accounts: int = N_ACC, options: int = N_OPT
+    seed: int = 1,
+    *,
+    underlyings: int = N_UND,
+    accounts: int = N_ACC,
+    options: int = N_OPT,
+    expiries: Sequence[str] = EXPIRIES,
 ) -> list[Event]:
     """The reference book's events (see :func:`build`): 120 s of index prices from ``T0``,
     then at ``T0 + 120 s`` the option and perpetual prices, positions and account figures."""
@@ -46,7 +68,7 @@ def book_events(
     unds = [f"U{k:02d}" for k in range(underlyings)]
     spot = dict(zip(unds, rng.uniform(10.0, 5_000.0, underlyings), strict=True))
     per_account = options // accounts
-    strikes = max(STRIKES, -(-per_account // (2 * len(EXPIRIES) * underlyings)))
+    strikes = max(STRIKES, -(-per_account // (2 * len(expiries) * underlyings)))
     events: list[Event] = []
     # Warm the estimator: 120 one-second samples of correlated index moves.
     chol = np.linalg.cholesky(0.5 * np.eye(underlyings) + 0.5)
@@ -59,7 +81,7 @@ def book_events(
     ts = T0 + 120_000
     names: list[str] = []
     for u, s in zip(unds, level, strict=True):
-        for exp in EXPIRIES:
+        for exp in expiries:
             for m in np.linspace(0.6, 1.4, strikes):
                 strike = max(1, round(float(s * m)))
                 for cp in "CP":
