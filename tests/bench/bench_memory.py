@@ -26,7 +26,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -147,12 +149,47 @@ class _ReferenceFeed:
             self._status.last_message_s = time.time()
 
 
-def _reference_daemon(listen: str) -> None:
+def _trace(path: Path, at_s: list[float], frames: int) -> None:
+    """Write tracemalloc figures of this process to ``path`` at each of ``at_s`` seconds:
+    traced memory now and its peak since the previous sample, ``VmRSS``/``VmHWM``, the top
+    allocation sites (by line) and the top tracebacks."""
+    tracemalloc.start(frames)
+    start = time.monotonic()
+
+    def run() -> None:
+        with path.open("w") as out:
+            for at in at_s:
+                time.sleep(max(0.0, start + at - time.monotonic()))
+                snap = tracemalloc.take_snapshot()
+                cur, peak = tracemalloc.get_traced_memory()
+                tracemalloc.reset_peak()
+                rss, hwm = _status_kb("self", "VmRSS"), _status_kb("self", "VmHWM")
+                print(
+                    f"== t={time.monotonic() - start:.0f} s: traced {cur / 2**20:.1f} MB, "
+                    f"traced peak since last {peak / 2**20:.1f} MB, "
+                    f"VmRSS {_mb(rss):.1f} MB, VmHWM {_mb(hwm):.1f} MB",
+                    file=out,
+                )
+                snap = snap.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+                for st in snap.statistics("lineno")[:15]:
+                    print(f"  {st.size / 2**20:8.1f} MB {st.count:8d}  {st.traceback[0]}", file=out)
+                for st in snap.statistics("traceback")[:5]:
+                    print(f"  -- {st.size / 2**20:.1f} MB in {st.count} blocks:", file=out)
+                    for line in st.traceback.format(most_recent_first=True):
+                        print(f"    {line}", file=out)
+                out.flush()
+
+    threading.Thread(target=run, name="bench.trace", daemon=True).start()
+
+
+def _reference_daemon(listen: str, trace: Path | None, trace_at: list[float]) -> None:
     """The daemon ``riskmon run`` builds from the built-in config, fed the reference book
     instead of the simulated market (the soak's ``--reference``)."""
     from monitor.config import load_config
     from monitor.daemon import Daemon, install_signal_handlers
 
+    if trace is not None:
+        _trace(trace, trace_at, 8)
     cfg = load_config(None, listen=listen)
 
     async def amain() -> None:
@@ -163,13 +200,16 @@ def _reference_daemon(listen: str) -> None:
     asyncio.run(amain())
 
 
-def soak(minutes: float, every_s: float, reference: bool) -> None:
+def soak(
+    minutes: float, every_s: float, reference: bool, trace: Path | None, trace_at: str
+) -> None:
     port = _port()
     url = f"http://127.0.0.1:{port}"
     listen = f"127.0.0.1:{port}"
     riskmon = Path(sys.executable).with_name("riskmon")
     argv = (
         [sys.executable, __file__, "reference-daemon", "--listen", listen]
+        + ([] if trace is None else ["--trace", str(trace), "--trace-at", trace_at])
         if reference
         else [str(riskmon), "run", "--listen", listen]
     )
@@ -244,13 +284,21 @@ def main() -> None:
     ap.add_argument("--evaluations", type=int, default=20)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--every", type=float, default=30.0, help="seconds between RSS samples")
+    ap.add_argument(
+        "--trace",
+        type=Path,
+        help="soak --reference: the daemon writes tracemalloc figures to this file",
+    )
+    ap.add_argument(
+        "--trace-at", default="20,60", help="seconds after start of the tracemalloc samples"
+    )
     args = ap.parse_args()
     if args.what in ("book", "all"):
         book(args.evaluations)
     if args.what in ("soak", "all"):
-        soak(args.minutes, args.every, args.reference)
+        soak(args.minutes, args.every, args.reference, args.trace, args.trace_at)
     if args.what == "reference-daemon":
-        _reference_daemon(args.listen)
+        _reference_daemon(args.listen, args.trace, [float(t) for t in args.trace_at.split(",")])
 
 
 if __name__ == "__main__":
