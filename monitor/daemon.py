@@ -196,6 +196,15 @@ class _ScenarioExecutor(Executor):
         self._cancel = threading.Event()
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        if self._cancel.is_set():
+            # The daemon stopped; its engine may still be evaluated (tests, tools): the
+            # pass runs in the caller, as in a replay.
+            done: Future[_T] = Future()
+            try:
+                done.set_result(fn(*args, **kwargs))
+            except Exception as exc:  # re-raised by the future's result
+                done.set_exception(exc)
+            return done
         return self._pool.submit(self._run, partial(fn, *args, **kwargs))
 
     def _run(self, job: Callable[[], _T]) -> _T:
