@@ -88,7 +88,14 @@ Distance to a margin call
     reaches the call. In sigmas: ``|ln(1 + m)| / sigma_1d``, with ``sigma_1d = sqrt(w' S w
     / 365)`` the 1-day standard deviation of the log return of the book's basket of
     underlyings, ``w = |x| / sum |x|`` (gross exposure weights), ``S`` the annualised
-    covariance.
+    covariance. The model-margin scan revalues a block of moves at a time
+    (``block_elements``), so its working set does not grow with the number of moves.
+
+Cancellation
+    Run under :func:`cancellable` (the daemon's scenario thread), the distance scans check
+    an event between blocks of moves or options and between refinement steps, and raise
+    :class:`Cancelled` once it is set: a stopping daemon does not wait for a pass whose
+    result it would discard.
 """
 
 from __future__ import annotations
@@ -158,7 +165,7 @@ _cancel = threading.local()  # .event: the running thread's cancellation event, 
 def cancellable(event: threading.Event) -> Iterator[None]:
     """Run the enclosed computation, on this thread, cancellable by ``event``: once it is
     set, the distance scans raise :class:`Cancelled` at their next check (between blocks of
-    moves, between refinement steps)."""
+    moves or options, between refinement steps)."""
     outer = getattr(_cancel, "event", None)
     _cancel.event = event
     try:
@@ -1127,6 +1134,7 @@ def distance_to_call(
             exact = _scan_on_grid(o, sd0, r, max_move, value_grid, pnl)
         step = max(1, _MAX_ELEMENTS // max(moves.size, 1))
         for s0 in range(0, exact.size, step):
+            _checkpoint()
             c = exact[s0 : s0 + step]
             base = _values(np.zeros((1, c.size)), o, c, sd0[c])
             v = _values(np.repeat(r[:, None], c.size, axis=1), o, c, sd0[c])
@@ -2054,6 +2062,7 @@ def _model_grid(
     g_val_slope, g_delta, g_delta_slope = (np.zeros_like(g_val) for _ in range(3))
     order = rows[np.argsort(gid, kind="stable")]
     for c in _runs(gid[np.argsort(gid, kind="stable")], p1, _MAX_ELEMENTS):
+        _checkpoint()
         cc = order[c]
         g = int(gid[np.searchsorted(rows, cc[0])])
         ui, coin = int(u[cc[0]]), int(inv[cc[0]])

@@ -11,7 +11,10 @@
    script polls ``/api/v1/snapshot`` every 5 s and scrapes ``/metrics`` every 5 s as
    Prometheus would. The child's RSS every ``--every`` seconds (30), and its growth from
    the level at the end of the first minute (after warm-up and the first snapshots) to
-   the end.
+   the end, and how long it took to stop after SIGTERM. ``--trace FILE`` (with
+   ``--reference``): the daemon also writes tracemalloc figures to ``FILE`` at
+   ``--trace-at`` seconds (20,60): traced memory and its peak since the previous sample,
+   ``VmRSS``/``VmHWM``, the top allocation sites and tracebacks (tracemalloc slows it).
 
 Run: ``python tests/bench/bench_memory.py [book|soak|all] [--minutes 10] [--reference]``
 (default ``all``). Linux only (reads ``/proc``). Prints figures; asserts nothing.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import socket
 import subprocess
 import sys
@@ -110,7 +114,8 @@ def _get(url: str) -> int:
 class _ReferenceFeed:
     """The reference book live: its option and perpetual prices, positions and account
     figures stamped now, then every underlying's index and perpetual ticking every 200 ms
-    (a random walk); the option marks stay as sent."""
+    (a random walk); the option marks stay as sent. The expiries are the book's
+    (``benchtools.EXPIRIES``, 2026): live, those past are expired options still held."""
 
     def __init__(self) -> None:
         self._status = ConnectorStatus("reference", "bench")
@@ -218,9 +223,11 @@ def soak(
         try:
             _soak(proc, url, minutes, every_s, "the reference book" if reference else "")
         finally:
+            asked = time.monotonic()
             proc.terminate()
             try:
                 proc.wait(60)
+                print(f"the daemon stopped {time.monotonic() - asked:.1f} s after SIGTERM")
             except subprocess.TimeoutExpired:
                 print("the daemon did not stop within 60 s of SIGTERM: killed")
                 proc.kill()
@@ -266,6 +273,12 @@ def _soak(
         time.sleep(max(0.0, min(next_sample, next_poll) - time.monotonic()))
     final = _mb(_status_kb(proc.pid, "VmRSS"))
     peak = _mb(_status_kb(proc.pid, "VmHWM"))
+    stat = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu_s = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    print(
+        f"  the daemon's CPU time {cpu_s:.0f} s over {time.monotonic() - start:.0f} s wall; "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     if baseline is not None:
         growth = 100.0 * (final / baseline - 1.0)
         print(
