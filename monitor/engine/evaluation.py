@@ -40,6 +40,7 @@ from monitor.model.snapshot import (
 )
 from monitor.quant.estimator import RollingEstimator
 from monitor.quant.margin import (
+    Cancelled,
     LinearPositions,
     MarginSettings,
     ModelDistance,
@@ -528,12 +529,14 @@ class Evaluator:
         return self._pending is not None and not self._pending.done()
 
     def _adopt_scenarios(self) -> None:
-        """Take the results of a finished background pass (re-raising its error once)."""
+        """Take the results of a finished background pass (re-raising its error once); a
+        pass cancelled by a stopping daemon left none (the last figures stay)."""
         pending = self._pending
         if pending is None or not pending.done():
             return
         self._pending = None
-        self._take(pending.result(), self._pending_recompute)
+        if not pending.cancelled() and not isinstance(pending.exception(), Cancelled):
+            self._take(pending.result(), self._pending_recompute)
 
     def _take(self, results: _ScenarioResults, recomputed: bool) -> None:
         """Adopt a scenario pass; a pass that did not recompute the model-margin distance

@@ -88,13 +88,22 @@ Distance to a margin call
     reaches the call. In sigmas: ``|ln(1 + m)| / sigma_1d``, with ``sigma_1d = sqrt(w' S w
     / 365)`` the 1-day standard deviation of the log return of the book's basket of
     underlyings, ``w = |x| / sum |x|`` (gross exposure weights), ``S`` the annualised
-    covariance.
+    covariance. The model-margin scan revalues a block of moves at a time
+    (``block_elements``), so its working set does not grow with the number of moves.
+
+Cancellation
+    Run under :func:`cancellable` (the daemon's scenario thread), the distance scans check
+    an event between blocks of moves or options and between refinement steps, and raise
+    :class:`Cancelled` once it is set: a stopping daemon does not wait for a pass whose
+    result it would discard.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import Final, Literal
@@ -110,7 +119,9 @@ from monitor.quant.risk import OptionPositions, _b76_block, _runs
 __all__ = [
     "DEFAULT_CURRENCIES",
     "DEFAULT_UNDERLYINGS",
+    "MOVE_BLOCK_ELEMENTS",
     "Aggregation",
+    "Cancelled",
     "CurrencyMargin",
     "CurrencyParams",
     "DistanceToCall",
@@ -124,6 +135,7 @@ __all__ = [
     "Stress",
     "StressPnL",
     "UnderlyingParams",
+    "cancellable",
     "distance_to_call",
     "distance_to_call_model",
     "margin_scenarios",
@@ -140,6 +152,35 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 Aggregation = Literal["per_currency", "sum", "joint"]
 ParametersSource = Literal["defaults", "venue"]
+
+
+class Cancelled(Exception):
+    """A computation run under :func:`cancellable` stopped because its event was set."""
+
+
+_cancel = threading.local()  # .event: the running thread's cancellation event, if any
+
+
+@contextmanager
+def cancellable(event: threading.Event) -> Iterator[None]:
+    """Run the enclosed computation, on this thread, cancellable by ``event``: once it is
+    set, the distance scans raise :class:`Cancelled` at their next check (between blocks of
+    moves or options, between refinement steps)."""
+    outer = getattr(_cancel, "event", None)
+    _cancel.event = event
+    try:
+        yield
+    finally:
+        _cancel.event = outer
+
+
+def _checkpoint() -> None:
+    """Raise :class:`Cancelled` if this thread runs under :func:`cancellable` and its event
+    is set."""
+    event: threading.Event | None = getattr(_cancel, "event", None)
+    if event is not None and event.is_set():
+        raise Cancelled("cancelled")
+
 
 DAYS_PER_YEAR: Final = 365.0
 #: The expiry, in days, at which a vol shock applies unscaled (Deribit's 30 days).
@@ -1093,6 +1134,7 @@ def distance_to_call(
             exact = _scan_on_grid(o, sd0, r, max_move, value_grid, pnl)
         step = max(1, _MAX_ELEMENTS // max(moves.size, 1))
         for s0 in range(0, exact.size, step):
+            _checkpoint()
             c = exact[s0 : s0 + step]
             base = _values(np.zeros((1, c.size)), o, c, sd0[c])
             v = _values(np.repeat(r[:, None], c.size, axis=1), o, c, sd0[c])
@@ -1883,6 +1925,15 @@ def params_from_model_params(
 #: Grid intervals per (underlying, vol state) on which :func:`distance_to_call_model`
 #: values options (``value_grid``).
 MODEL_GRID_POINTS: Final = 128
+#: Bound, in array elements, on the estimated working set of one block of the distance
+#: scan's moves (:func:`distance_to_call_model`): about 64 MB.
+MOVE_BLOCK_ELEMENTS: Final = 1 << 23
+# Arrays of that estimate: per entry (besides its quantity row of one column per book),
+# per (book, underlying, settlement, scenario) of the model, and more of those with the
+# grid options' interpolants.
+_ENTRY_ARRAYS: Final = 16
+_PAIR_ARRAYS: Final = 6
+_GRID_ARRAYS: Final = 12
 #: An option is valued on the grid when its sd in every vol state is at least this many
 #: grid intervals, else exactly at every move (as without a grid).
 _GRID_MIN_SD_STEPS: Final = 1.5
@@ -2011,6 +2062,7 @@ def _model_grid(
     g_val_slope, g_delta, g_delta_slope = (np.zeros_like(g_val) for _ in range(3))
     order = rows[np.argsort(gid, kind="stable")]
     for c in _runs(gid[np.argsort(gid, kind="stable")], p1, _MAX_ELEMENTS):
+        _checkpoint()
         cc = order[c]
         g = int(gid[np.searchsorted(rows, cc[0])])
         ui, coin = int(u[cc[0]]), int(inv[cc[0]])
@@ -2187,6 +2239,7 @@ def distance_to_call_model(
     tol: float = 1e-7,
     grid_points: int = 16,
     value_grid: int | None = MODEL_GRID_POINTS,
+    block_elements: int | None = MOVE_BLOCK_ELEMENTS,
 ) -> ModelDistance:
     """Smallest uniform move, down and up, at which equity reaches the model's margin.
 
@@ -2222,6 +2275,11 @@ def distance_to_call_model(
         roll shock) are read at each move by cubic Hermite interpolation. The others, and
         today's margin, are valued exactly. tests/test_margin_grid.py checks the distances
         against exact valuation.
+    block_elements
+        Bound, in array elements (8 bytes each), on the estimated working set of one block
+        of scan moves: the scan revalues the book at up to ``block_elements`` / (elements
+        per move) moves at a time (at least one). ``None``: every move at once. The
+        figures do not depend on it (to rounding: sums may group differently).
 
     Notes
     -----
@@ -2285,9 +2343,30 @@ def distance_to_call_model(
         out: FloatArray = eq[books] + pnl - mm
         return out
 
+    # The scan's working set per move: the exactly valued options' and linear rows'
+    # entries (a quantity column per book, and the per-entry arrays), the model's
+    # (book, underlying, settlement, scenario) sums, and the grid options' interpolants.
+    n_scen = _pm_scenarios(p, s)[0].shape[0]
+    entries = (0 if o is None else o.size) + lpos.underlying.shape[0]
+    pairs = k * n * 2 * n_scen
+    per_move = entries * (k + _ENTRY_ARRAYS) + pairs * (
+        _PAIR_ARRAYS + (0 if mg is None else _GRID_ARRAYS)
+    )
+    block = None if block_elements is None else max(1, block_elements // max(per_move, 1))
+
     def g_grid(moves: FloatArray) -> FloatArray:
         """``g`` of every book at each move, ``(moves, k)``: each option valued once per
-        move."""
+        move; ``block`` moves at a time, so the working set does not grow with the scan
+        (hundreds of moves when many options are short-dated)."""
+        if block is None or moves.size <= block:
+            return g_moves(moves)
+        out = np.empty((moves.size, k))
+        for start in range(0, moves.size, block):
+            _checkpoint()
+            out[start : start + block] = g_moves(moves[start : start + block])
+        return out
+
+    def g_moves(moves: FloatArray) -> FloatArray:
         scale = 1.0 + moves
         ent = _entries_moved(o, o_inv, lpos, scale, k)
         extra, grid_pnl = (
@@ -2327,6 +2406,7 @@ def distance_to_call_model(
         grid = grids[d]
         if live.size == 0 or grid.size == 0:
             continue
+        _checkpoint()
         g = g_grid(sgn * grid)[:, live]  # (G, live)
         r, lo, hi, g_lo, g_hi = _first_crossings((g, g), (grid, grid), g0[live])
         hit = np.flatnonzero(r[0])
@@ -2369,6 +2449,7 @@ def _regula_falsi(
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
+        _checkpoint()
         aa, bb, fa, fb = a[idx], b[idx], ga[idx], gb[idx]
         with np.errstate(invalid="ignore", divide="ignore"):
             x = bb - fb * (bb - aa) / (fb - fa)

@@ -11,7 +11,10 @@
    script polls ``/api/v1/snapshot`` every 5 s and scrapes ``/metrics`` every 5 s as
    Prometheus would. The child's RSS every ``--every`` seconds (30), and its growth from
    the level at the end of the first minute (after warm-up and the first snapshots) to
-   the end.
+   the end, and how long it took to stop after SIGTERM. ``--trace FILE`` (with
+   ``--reference``): the daemon also writes tracemalloc figures to ``FILE`` at
+   ``--trace-at`` seconds (20,60): traced memory and its peak since the previous sample,
+   ``VmRSS``/``VmHWM``, the top allocation sites and tracebacks (tracemalloc slows it).
 
 Run: ``python tests/bench/bench_memory.py [book|soak|all] [--minutes 10] [--reference]``
 (default ``all``). Linux only (reads ``/proc``). Prints figures; asserts nothing.
@@ -22,11 +25,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -108,7 +114,8 @@ def _get(url: str) -> int:
 class _ReferenceFeed:
     """The reference book live: its option and perpetual prices, positions and account
     figures stamped now, then every underlying's index and perpetual ticking every 200 ms
-    (a random walk); the option marks stay as sent."""
+    (a random walk); the option marks stay as sent. The expiries are the book's
+    (``benchtools.EXPIRIES``, 2026): live, those past are expired options still held."""
 
     def __init__(self) -> None:
         self._status = ConnectorStatus("reference", "bench")
@@ -147,12 +154,47 @@ class _ReferenceFeed:
             self._status.last_message_s = time.time()
 
 
-def _reference_daemon(listen: str) -> None:
+def _trace(path: Path, at_s: list[float], frames: int) -> None:
+    """Write tracemalloc figures of this process to ``path`` at each of ``at_s`` seconds:
+    traced memory now and its peak since the previous sample, ``VmRSS``/``VmHWM``, the top
+    allocation sites (by line) and the top tracebacks."""
+    tracemalloc.start(frames)
+    start = time.monotonic()
+
+    def run() -> None:
+        with path.open("w") as out:
+            for at in at_s:
+                time.sleep(max(0.0, start + at - time.monotonic()))
+                snap = tracemalloc.take_snapshot()
+                cur, peak = tracemalloc.get_traced_memory()
+                tracemalloc.reset_peak()
+                rss, hwm = _status_kb("self", "VmRSS"), _status_kb("self", "VmHWM")
+                print(
+                    f"== t={time.monotonic() - start:.0f} s: traced {cur / 2**20:.1f} MB, "
+                    f"traced peak since last {peak / 2**20:.1f} MB, "
+                    f"VmRSS {_mb(rss):.1f} MB, VmHWM {_mb(hwm):.1f} MB",
+                    file=out,
+                )
+                snap = snap.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+                for st in snap.statistics("lineno")[:15]:
+                    print(f"  {st.size / 2**20:8.1f} MB {st.count:8d}  {st.traceback[0]}", file=out)
+                for st in snap.statistics("traceback")[:5]:
+                    print(f"  -- {st.size / 2**20:.1f} MB in {st.count} blocks:", file=out)
+                    for line in st.traceback.format(most_recent_first=True):
+                        print(f"    {line}", file=out)
+                out.flush()
+
+    threading.Thread(target=run, name="bench.trace", daemon=True).start()
+
+
+def _reference_daemon(listen: str, trace: Path | None, trace_at: list[float]) -> None:
     """The daemon ``riskmon run`` builds from the built-in config, fed the reference book
     instead of the simulated market (the soak's ``--reference``)."""
     from monitor.config import load_config
     from monitor.daemon import Daemon, install_signal_handlers
 
+    if trace is not None:
+        _trace(trace, trace_at, 8)
     cfg = load_config(None, listen=listen)
 
     async def amain() -> None:
@@ -163,13 +205,16 @@ def _reference_daemon(listen: str) -> None:
     asyncio.run(amain())
 
 
-def soak(minutes: float, every_s: float, reference: bool) -> None:
+def soak(
+    minutes: float, every_s: float, reference: bool, trace: Path | None, trace_at: str
+) -> None:
     port = _port()
     url = f"http://127.0.0.1:{port}"
     listen = f"127.0.0.1:{port}"
     riskmon = Path(sys.executable).with_name("riskmon")
     argv = (
         [sys.executable, __file__, "reference-daemon", "--listen", listen]
+        + ([] if trace is None else ["--trace", str(trace), "--trace-at", trace_at])
         if reference
         else [str(riskmon), "run", "--listen", listen]
     )
@@ -178,9 +223,11 @@ def soak(minutes: float, every_s: float, reference: bool) -> None:
         try:
             _soak(proc, url, minutes, every_s, "the reference book" if reference else "")
         finally:
+            asked = time.monotonic()
             proc.terminate()
             try:
                 proc.wait(60)
+                print(f"the daemon stopped {time.monotonic() - asked:.1f} s after SIGTERM")
             except subprocess.TimeoutExpired:
                 print("the daemon did not stop within 60 s of SIGTERM: killed")
                 proc.kill()
@@ -226,6 +273,12 @@ def _soak(
         time.sleep(max(0.0, min(next_sample, next_poll) - time.monotonic()))
     final = _mb(_status_kb(proc.pid, "VmRSS"))
     peak = _mb(_status_kb(proc.pid, "VmHWM"))
+    stat = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu_s = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    print(
+        f"  the daemon's CPU time {cpu_s:.0f} s over {time.monotonic() - start:.0f} s wall; "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     if baseline is not None:
         growth = 100.0 * (final / baseline - 1.0)
         print(
@@ -244,13 +297,21 @@ def main() -> None:
     ap.add_argument("--evaluations", type=int, default=20)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--every", type=float, default=30.0, help="seconds between RSS samples")
+    ap.add_argument(
+        "--trace",
+        type=Path,
+        help="soak --reference: the daemon writes tracemalloc figures to this file",
+    )
+    ap.add_argument(
+        "--trace-at", default="20,60", help="seconds after start of the tracemalloc samples"
+    )
     args = ap.parse_args()
     if args.what in ("book", "all"):
         book(args.evaluations)
     if args.what in ("soak", "all"):
-        soak(args.minutes, args.every, args.reference)
+        soak(args.minutes, args.every, args.reference, args.trace, args.trace_at)
     if args.what == "reference-daemon":
-        _reference_daemon(args.listen)
+        _reference_daemon(args.listen, args.trace, [float(t) for t in args.trace_at.split(",")])
 
 
 if __name__ == "__main__":
