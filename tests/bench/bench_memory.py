@@ -7,7 +7,8 @@
    stage and the peak (``VmHWM``).
 2. ``soak``: ``riskmon run`` as a child process, the built-in config (simulated market,
    built-in rules; ``--reference``: the same daemon fed the reference book live, its
-   indices and perpetuals ticking every 200 ms) for ``--minutes`` (10), while this
+   indices and perpetuals ticking every 200 ms, its expiries laid out from today;
+   ``--expired``: the book's own 2026 expiries) for ``--minutes`` (10), while this
    script polls ``/api/v1/snapshot`` every 5 s and scrapes ``/metrics`` every 5 s as
    Prometheus would. The child's RSS every ``--every`` seconds (30), and its growth from
    the level at the end of the first minute (after warm-up and the first snapshots) to
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
-from benchtools import T0, book_events, build
+from benchtools import EXPIRIES, T0, book_events, build, expiries_after
 
 from connectors.base import EventSink
 from monitor.model.events import PriceEvent
@@ -114,18 +115,22 @@ def _get(url: str) -> int:
 class _ReferenceFeed:
     """The reference book live: its option and perpetual prices, positions and account
     figures stamped now, then every underlying's index and perpetual ticking every 200 ms
-    (a random walk); the option marks stay as sent. The expiries are the book's
-    (``benchtools.EXPIRIES``, 2026): live, those past are expired options still held."""
+    (a random walk); the option marks stay as sent. The expiries are laid out from today
+    as the book's are from its start (``benchtools.expiries_after``); with ``expired``,
+    the book's own (2026), so that those past are expired options still held (what the
+    soak measured until 2026-12, when 5 of the 6 had passed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, expired: bool = False) -> None:
         self._status = ConnectorStatus("reference", "bench")
+        self._expired = expired
 
     @property
     def status(self) -> ConnectorStatus:
         return self._status
 
     async def run(self, sink: EventSink) -> None:
-        events = book_events()
+        expiries = EXPIRIES if self._expired else expiries_after(int(time.time() * 1000))
+        events = book_events(expiries=expiries)
         book_ts = T0 + 120_000
         now = int(time.time() * 1000)
         level = {
@@ -187,7 +192,9 @@ def _trace(path: Path, at_s: list[float], frames: int) -> None:
     threading.Thread(target=run, name="bench.trace", daemon=True).start()
 
 
-def _reference_daemon(listen: str, trace: Path | None, trace_at: list[float]) -> None:
+def _reference_daemon(
+    listen: str, trace: Path | None, trace_at: list[float], expired: bool
+) -> None:
     """The daemon ``riskmon run`` builds from the built-in config, fed the reference book
     instead of the simulated market (the soak's ``--reference``)."""
     from monitor.config import load_config
@@ -200,13 +207,18 @@ def _reference_daemon(listen: str, trace: Path | None, trace_at: list[float]) ->
     async def amain() -> None:
         stop = asyncio.Event()
         install_signal_handlers(stop)
-        await Daemon(cfg, connectors=[_ReferenceFeed()]).run(stop)
+        await Daemon(cfg, connectors=[_ReferenceFeed(expired)]).run(stop)
 
     asyncio.run(amain())
 
 
 def soak(
-    minutes: float, every_s: float, reference: bool, trace: Path | None, trace_at: str
+    minutes: float,
+    every_s: float,
+    reference: bool,
+    trace: Path | None,
+    trace_at: str,
+    expired: bool = False,
 ) -> None:
     port = _port()
     url = f"http://127.0.0.1:{port}"
@@ -215,6 +227,7 @@ def soak(
     argv = (
         [sys.executable, __file__, "reference-daemon", "--listen", listen]
         + ([] if trace is None else ["--trace", str(trace), "--trace-at", trace_at])
+        + (["--expired"] if expired else [])
         if reference
         else [str(riskmon), "run", "--listen", listen]
     )
@@ -293,6 +306,11 @@ def main() -> None:
         "what", nargs="?", choices=("book", "soak", "all", "reference-daemon"), default="all"
     )
     ap.add_argument("--reference", action="store_true", help="soak: feed the reference book")
+    ap.add_argument(
+        "--expired",
+        action="store_true",
+        help="soak --reference: the book's own 2026 expiries (most expired by now)",
+    )
     ap.add_argument("--listen", default="127.0.0.1:0", help=argparse.SUPPRESS)
     ap.add_argument("--evaluations", type=int, default=20)
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -309,9 +327,10 @@ def main() -> None:
     if args.what in ("book", "all"):
         book(args.evaluations)
     if args.what in ("soak", "all"):
-        soak(args.minutes, args.every, args.reference, args.trace, args.trace_at)
+        soak(args.minutes, args.every, args.reference, args.trace, args.trace_at, args.expired)
     if args.what == "reference-daemon":
-        _reference_daemon(args.listen, args.trace, [float(t) for t in args.trace_at.split(",")])
+        at = [float(t) for t in args.trace_at.split(",")]
+        _reference_daemon(args.listen, args.trace, at, args.expired)
 
 
 if __name__ == "__main__":
