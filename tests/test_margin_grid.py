@@ -15,6 +15,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 import pytest
+from margin_books import INDEX, NAMES, option_book
 from scipy import stats
 from scipy.optimize import brentq
 
@@ -28,8 +29,6 @@ from monitor.quant.risk import OptionPositions
 
 FloatArray = npt.NDArray[np.float64]
 TOL = 1e-5
-NAMES = ["BTC", "ETH", "SOL"]
-INDEX = np.array([90_000.0, 3_000.0, 150.0])
 
 
 def _b76(
@@ -46,33 +45,7 @@ def _book(seed: int, k: int) -> tuple[OptionPositions, LinearPositions, FloatArr
     """Options on three underlyings (BTC's settle in coin), perpetuals; quantities per
     book; the linear positions' USD value per underlying and book."""
     rng = np.random.default_rng(seed)
-    i = 240
-    und = rng.integers(0, 3, i)
-    fwd = INDEX[und] * rng.uniform(1.0, 1.02, i)
-    strike = fwd * np.exp(rng.uniform(-0.5, 0.5, i))
-    days = rng.choice([7.0, 30.0, 90.0, 180.0, 365.0], i)
-    qty = rng.integers(-20, 10, (i, k)).astype(np.float64)
-    qty[rng.random((i, k)) < 0.6] = 0.0
-    qty *= np.where(und == 0, 0.1, np.where(und == 1, 1.0, 10.0))[:, None]
-    options = OptionPositions(
-        underlying=und,
-        forward=fwd,
-        strike=strike,
-        t=days / 365.0,
-        vol=rng.uniform(0.4, 1.0, i),
-        is_call=rng.random(i) < 0.5,
-        quantity=qty,
-        inverse=und == 0,
-    )
-    perp_qty = rng.uniform(-2.0, 2.0, (3, k)) * np.array([1.0, 30.0, 600.0])[:, None]
-    linear = LinearPositions(
-        underlying=np.arange(3),
-        quantity=perp_qty,
-        t=np.full(3, np.nan),
-        inverse=np.zeros(3, dtype=bool),
-        rolls=np.ones(3, dtype=bool),
-    )
-    return options, linear, perp_qty * INDEX[:, None]
+    return option_book(rng, 240, k, days=[7.0, 30.0, 90.0, 180.0, 365.0], log_moneyness=0.5)
 
 
 def _g(m: float, b: int, equity: float, options: OptionPositions, linear: LinearPositions) -> float:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from margin_books import INDEX, NAMES, option_book
 
 import monitor.quant.margin as margin
 from monitor.quant.margin import (
@@ -33,8 +34,6 @@ from monitor.quant.margin import (
 from monitor.quant.risk import OptionPositions
 
 FloatArray = npt.NDArray[np.float64]
-NAMES = ["BTC", "ETH", "SOL"]
-INDEX = np.array([90_000.0, 3_000.0, 150.0])
 TOL = 1e-7  # distance_to_call_model's default tol
 
 
@@ -45,34 +44,12 @@ def _book(
     (t = 0, still held) and a third a few days from expiry, every strike distinct (each
     adds scan moves); perpetuals; equity a few margins above today's."""
     rng = np.random.default_rng(seed)
-    und = rng.integers(0, 3, i)
-    fwd = INDEX[und] * rng.uniform(1.0, 1.02, i)
-    strike = fwd * np.exp(rng.uniform(-0.6, 0.6, i))
-    days = rng.choice([0.0, 0.0, 2.0, 5.0, 30.0, 180.0], i)
-    qty = rng.integers(-20, 10, (i, k)).astype(np.float64)
-    qty[rng.random((i, k)) < 0.6] = 0.0
-    qty *= np.where(und == 0, 0.1, np.where(und == 1, 1.0, 10.0))[:, None]
-    options = OptionPositions(
-        underlying=und,
-        forward=fwd,
-        strike=strike,
-        t=days / 365.0,
-        vol=rng.uniform(0.4, 1.0, i),
-        is_call=rng.random(i) < 0.5,
-        quantity=qty,
-        inverse=und == 0,
-    )
-    perp_qty = rng.uniform(-2.0, 2.0, (3, k)) * np.array([1.0, 30.0, 600.0])[:, None]
-    linear = LinearPositions(
-        underlying=np.arange(3),
-        quantity=perp_qty,
-        t=np.full(3, np.nan),
-        inverse=np.zeros(3, dtype=bool),
-        rolls=np.ones(3, dtype=bool),
+    options, linear, lin_usd = option_book(
+        rng, i, k, days=[0.0, 0.0, 2.0, 5.0, 30.0, 180.0], log_moneyness=0.6
     )
     mm0 = portfolio_margin(linear, options, INDEX, NAMES).maintenance_margin_usd
     equity = mm0 * rng.uniform(1.05, 4.0, k) + 1_000.0
-    return options, linear, perp_qty * INDEX[:, None], equity
+    return options, linear, lin_usd, equity
 
 
 def _distance(
