@@ -236,8 +236,8 @@ async def _leases(cluster: NatsCluster, ttl_s: float) -> None:
     try:
         js = nc.jetstream()
         kv = await js.create_key_value(bucket="leases", ttl=ttl_s, history=1, replicas=3)
-        a = ShardLeases(kv, "a", 8, ttl_s)
-        b = ShardLeases(kv, "b", 8, ttl_s)
+        a = ShardLeases(kv, "a", 8, ttl_s, js=js, bucket="leases")
+        b = ShardLeases(kv, "b", 8, ttl_s, js=js, bucket="leases")
         deadline = time.monotonic() + 60
         while not (len(a.owned) == 4 and len(b.owned) == 4):
             assert time.monotonic() < deadline, (a.owned, b.owned)
@@ -264,6 +264,35 @@ async def _leases(cluster: NatsCluster, ttl_s: float) -> None:
         assert set(b.owned).isdisjoint(a.owned)
     finally:
         await nc.close()
+
+
+async def _released(cluster: NatsCluster) -> None:
+    nc = await nats.connect(cluster.urls)
+    try:
+        js = nc.jetstream()
+        kv = await js.create_key_value(bucket="leases2", ttl=30.0, history=1, replicas=3)
+        a = ShardLeases(kv, "a", 8, 30.0, js=js, bucket="leases2")
+        b = ShardLeases(kv, "b", 8, 30.0, js=js, bucket="leases2")
+        deadline = time.monotonic() + 60
+        while not (len(a.owned) == 4 and len(b.owned) == 4):
+            assert time.monotonic() < deadline, (a.owned, b.owned)
+            await a.step()
+            await b.step()
+        assert (a.members, b.members) == (2, 2)
+        # b stops cleanly: its presence key is deleted, not left to expire (30 s), so a
+        # counts one member at its next step and takes every shard at once.
+        await b.release_all()
+        acquired, lost = await a.step()
+        assert a.members == 1
+        assert not lost
+        assert set(a.owned) == set(range(8))
+        assert len(acquired) == 4
+    finally:
+        await nc.close()
+
+
+def test_a_member_that_stops_cleanly_is_not_counted(cluster: NatsCluster) -> None:
+    asyncio.run(_released(cluster))
 
 
 def test_leases_split_fairly_and_expire_to_the_survivor(cluster: NatsCluster) -> None:

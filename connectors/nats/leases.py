@@ -60,8 +60,13 @@ class ShardLeases:
         member: str,
         shard_count: int,
         ttl_s: float,
+        *,
+        js: JetStreamContext,
+        bucket: str,
     ) -> None:
         self._kv = kv
+        self._js = js
+        self._bucket = bucket
         self.member = member
         self._value = member.encode()
         self.shard_count = shard_count
@@ -74,9 +79,26 @@ class ShardLeases:
     def interval_s(self) -> float:
         return self.ttl_s / 3.0
 
-    def rebind(self, kv: KeyValue) -> None:
+    def rebind(self, kv: KeyValue, js: JetStreamContext) -> None:
         """Go on in ``kv`` (the same bucket over a new connection), holding what is held."""
-        self._kv = kv
+        self._kv, self._js = kv, js
+
+    async def _count_members(self) -> int:
+        """Members present: ``member.*`` keys whose last value is not a delete (a key not
+        rewritten within the TTL is gone from the stream). One stream-info request with a
+        subject filter and a get per member: no consumer is created (``KeyValue.keys()``
+        creates and deletes one at every call, which at every step of every member kept
+        the cluster's metadata leader busy)."""
+        prefix = f"$KV.{self._bucket}."
+        info = await self._js.stream_info(f"KV_{self._bucket}", subjects_filter=f"{prefix}member.>")
+        present = 0
+        for subject in info.state.subjects or {}:
+            try:
+                await self._kv.get(subject.removeprefix(prefix))
+            except (nats.js.errors.KeyDeletedError, nats.js.errors.KeyNotFoundError):
+                continue  # given back (a clean stop) or gone meanwhile
+            present += 1
+        return max(1, present)
 
     async def step(self) -> LeaseChange:
         """Renew, rebalance and acquire; returns what changed."""
@@ -91,12 +113,7 @@ class ShardLeases:
                 except nats.js.errors.KeyWrongLastSequenceError:
                     del owned[shard]
                     lost.add(shard)
-            try:
-                # Filtered here, not by the server: subject filters need nats-server 2.10.
-                keys = await kv.keys()
-            except nats.js.errors.NoKeysError:
-                keys = []
-            self.members = max(1, sum(k.startswith("member.") for k in keys))
+            self.members = await self._count_members()
             target = math.ceil(self.shard_count / max(1, self.members))
             while len(owned) > target:
                 shard = max(owned)
@@ -233,9 +250,16 @@ class LeaseKeeper:
             js = nc.jetstream(timeout=cfg.publish_timeout.seconds)
             kv = await lease_bucket(js, cfg, self._replicas)
             if self.leases is None:
-                self.leases = ShardLeases(kv, self.member, cfg.shard_count, cfg.lease_ttl.seconds)
+                self.leases = ShardLeases(
+                    kv,
+                    self.member,
+                    cfg.shard_count,
+                    cfg.lease_ttl.seconds,
+                    js=js,
+                    bucket=cfg.lease_bucket,
+                )
             else:  # started again: renew what was held (compare-and-set on its revisions)
-                self.leases.rebind(kv)
+                self.leases.rebind(kv, js)
             leases = self.leases
             while not self._stop.is_set():
                 stalled = time.monotonic() - self._beat
