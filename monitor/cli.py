@@ -318,7 +318,10 @@ def _status(args: argparse.Namespace) -> int:
         None if args.token_file is None else read_secret_file(str(args.token_file), "--token-file")
     )
     try:
-        report = fetch_report(args.url.rstrip("/") + "/api/v1/snapshot", timeout_s=5.0, token=token)
+        # The table needs the summary (no position rows: small however large the book);
+        # --json prints the whole report, as before.
+        path = "/api/v1/snapshot" if args.json else "/api/v1/summary"
+        report = fetch_report(args.url.rstrip("/") + path, timeout_s=5.0, token=token)
     except OSError as exc:
         print(f"riskmon: {exc}", file=sys.stderr)
         return 1

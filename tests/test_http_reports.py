@@ -27,6 +27,7 @@ from monitor.rules.config import DEFAULT_RULES
 from monitor.rules.pack import rule_engine
 from monitor.serve import http
 from monitor.serve.http import HttpServer, encode_json, encode_report
+from monitor.serve.status import render_status
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 SPOT = {"BTC": 97_000.0, "ETH": 3_500.0}
@@ -202,8 +203,14 @@ async def test_summary_holds_the_snapshots_headline_figures(
     assert set(desk["distance_to_call"]) == {"down", "up", "sigmas"}
     assert summary["accounts"]["fund"]["margin"]["equity"] is None  # no account event
     assert [desk[k] for k in margin_keys] == [2e6, 2.5e5, 2.5e5 / 2e6, 2e6 - 2.5e5]
+    # The report's own sections, as they are.
+    for key in ("assets", "correlation", "alerts"):
+        assert summary[key] == full[key]
     # No position rows anywhere: the document stays small however large the book.
-    assert "[{" not in json.dumps(summary)
+    assert "[{" not in json.dumps({k: v for k, v in summary.items() if k != "alerts"})
+    assert all(isinstance(doc["positions"], int) for doc in summary["accounts"].values())
+    # `riskmon status` renders the summary: the same table as from the whole report.
+    assert render_status(summary) == render_status(full)
 
 
 async def test_account_section_is_the_reports(

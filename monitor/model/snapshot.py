@@ -365,10 +365,8 @@ class RiskSnapshot:
     #: are ``null``. Empty when everything is known.
     unknown: Mapping[str, str] = field(default_factory=dict)
 
-    def report(self, *, structs: bool = False) -> dict[str, Any]:
-        """The report document (README "Report JSON"). ``structs``: position rows as
-        :class:`PositionRow` structs rather than dicts, for an encoder that takes them
-        (msgspec: the same bytes, at a fraction of the cost)."""
+    def assets_report(self) -> dict[str, Any]:
+        """The report's ``assets`` section: per underlying its price and estimates."""
         a = self.assets
         assets: dict[str, Any] = {}
         for i, name in enumerate(a.names):
@@ -380,18 +378,28 @@ class RiskSnapshot:
                 "warm": bool(a.warm[i]),
                 "stale": a.stale is not None and bool(a.stale[i]),
             }
-        matrix = [[_num(v) for v in row] for row in a.correlation.tolist()]
+        return assets
+
+    def correlation_report(self) -> dict[str, Any]:
+        """The report's ``correlation`` section (the slow estimator's matrix)."""
+        a = self.assets
+        return {
+            "assets": list(a.names),
+            "matrix": [[_num(v) for v in row] for row in a.correlation.tolist()],
+            "psd_repaired": a.psd_repaired,
+            "min_eigenvalue": _num(a.min_eigenvalue),
+            "repairs": a.covariance_repairs,
+        }
+
+    def report(self, *, structs: bool = False) -> dict[str, Any]:
+        """The report document (README "Report JSON"). ``structs``: position rows as
+        :class:`PositionRow` structs rather than dicts, for an encoder that takes them
+        (msgspec: the same bytes, at a fraction of the cost)."""
         return {
             "schema": SCHEMA_VERSION,
             "as_of": iso_ms(self.as_of_ms),
-            "assets": assets,
-            "correlation": {
-                "assets": list(a.names),
-                "matrix": matrix,
-                "psd_repaired": a.psd_repaired,
-                "min_eigenvalue": _num(a.min_eigenvalue),
-                "repairs": a.covariance_repairs,
-            },
+            "assets": self.assets_report(),
+            "correlation": self.correlation_report(),
             "accounts": {
                 name: acc.report(structs=structs) for name, acc in sorted(self.accounts.items())
             },

@@ -178,9 +178,10 @@ def _headline(section: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary(snapshot: RiskSnapshot) -> dict[str, Any]:
-    """The document of ``GET /api/v1/summary``: per account and for the total, the
-    headline figures of the report (the same values, by the same code), the number of
-    positions, and the active alerts, without the position rows."""
+    """The document of ``GET /api/v1/summary``: the report's ``assets``, ``correlation``
+    and ``alerts`` sections; per account and for the total, the headline figures of the
+    report (the same values, by the same code), the number of positions and of active
+    alerts; no position rows (what ``riskmon status`` shows)."""
     accounts: dict[str, Any] = {}
     for name, fig in sorted(snapshot.accounts.items()):
         doc = _headline(fig.report(with_positions=False))
@@ -193,8 +194,11 @@ def summary(snapshot: RiskSnapshot) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION,
         "as_of": iso_ms(snapshot.as_of_ms),
+        "assets": snapshot.assets_report(),
+        "correlation": snapshot.correlation_report(),
         "accounts": accounts,
         "total": total,
+        "alerts": [a.report() for a in snapshot.alerts],
     }
 
 
