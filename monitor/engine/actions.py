@@ -145,6 +145,16 @@ class Actions:
         self._last: dict[str, tuple[int, bytes, dict[str, Any]]] = {}
         #: The accounts the last :meth:`account_sections` call recomputed.
         self.refreshed: frozenset[str] = frozenset()
+        #: (book, its accounts' position keys): the engine keeps one Book object while no
+        #: position changes, so the keys are built once per book, not per evaluation.
+        self._keys_memo: tuple[Book | None, dict[str, bytes]] = (None, {})
+
+    def _keys_of(self, book: Book | None) -> dict[str, bytes]:
+        if book is None:
+            return {}
+        if self._keys_memo[0] is not book:
+            self._keys_memo = (book, _position_keys(book))
+        return self._keys_memo[1]
 
     def account_sections(
         self,
@@ -168,9 +178,9 @@ class Actions:
         :attr:`refreshed` names the accounts this call recomputed.
         """
         refresh = self.settings.refresh_ms
-        keys = _position_keys(book) if book is not None else {}
         todo = set(accounts)
         if refresh > 0:
+            keys = self._keys_of(book)
             changed: set[str] = set()
             aged: list[tuple[int, str]] = []
             for account in accounts:
@@ -207,7 +217,8 @@ class Actions:
                     "hedge": self._hedge(account, fig, lin),
                 },
             }
-            self._last[account] = (as_of_ms, keys.get(account, b""), sec)
+            key = self._keys_of(book).get(account, b"") if refresh > 0 else b""
+            self._last[account] = (as_of_ms, key, sec)
         self.refreshed = frozenset(a for a in todo if a in self._last)
         return {a: dict(self._last[a][2]) for a in accounts if a in self._last}
 
