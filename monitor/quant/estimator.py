@@ -251,57 +251,67 @@ class RollingEstimator:
         if n == 0:
             return
 
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            self._absorb(p, n, steps - 1, ages_ms)
+
+    def _absorb(self, p: FloatArray, n: int, k: int, ages_ms: npt.ArrayLike | None) -> None:
+        """:meth:`sample`'s update for ``n >= 1`` assets and ``k`` extra zero-return steps
+        (arguments checked; floating-point warnings off). One pass of whole-array operations
+        with few small temporaries: this runs at every grid point of a replay."""
         priced = np.greater(p, 0.0) & np.less(p, np.inf)  # False for NaN, <= 0, inf
-        k = steps - 1
-        live = np.full(n, k, dtype=np.int64)  # zero-return steps each asset may take
         gap = self._max_gap_ms
         ages = None if ages_ms is None else np.array(ages_ms, dtype=np.float64)
+        live: IntArray | None = None  # zero-return steps each asset may take (k if None)
         if ages is not None:
             if ages.shape != (n,):
                 raise ValueError(f"ages_ms must have shape ({n},), got {ages.shape}")
-            ages[~np.isfinite(ages)] = 0.0  # unknown: as if it ticked at the grid point
+            np.copyto(ages, 0.0, where=~np.isfinite(ages))  # unknown: ticked at the point
         if ages is not None and gap is not None:
             fresh = ages <= gap
-            # Step s (0-based) is at age ages + s * dt: fresh while that is <= gap.
-            room = np.floor((gap - ages) / self._sample_interval_ms)
-            live = np.where(fresh, np.clip(room, 0, k), 0).astype(np.int64)
-            stale = priced & (~fresh | (live < k))
+            if k > 0:
+                # Step s (0-based) is at age ages + s * dt: fresh while that is <= gap.
+                room = np.floor((gap - ages) / self._sample_interval_ms)
+                live = np.where(fresh, np.minimum(np.maximum(room, 0), k), 0).astype(np.int64)
+                stale = priced & (~fresh | (live < k))
+            else:
+                stale = priced & ~fresh
+            use = priced & fresh
         else:
-            fresh = np.ones(n, dtype=np.bool_)
             stale = np.zeros(n, dtype=np.bool_)
+            use = priced
         self._stale[:n] = stale
 
         cur = self._cur[:n]
         prev = self._prev[:n]
-        use = priced & fresh
         np.copyto(cur, np.nan)
         np.copyto(cur, p, where=use)
 
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            r = np.log(cur / prev)  # NaN where either price is unknown
-            lp_prev = np.log(prev)
+        r = np.log(cur / prev)  # NaN where either price is unknown
+        lp_prev = np.log(prev)
         has = np.isfinite(r)
-        r[~has] = 0.0
+        np.copyto(r, 0.0, where=~has)
         # Asynchronous feeds (module notes): asset i's price moved now, ending its interval
         # that started at its previous move; pair it with the moves of j since that start
         # (the intervals that can overlap it), once per pair.
         moved = has & (r != 0.0)
         snap = self._snap[:n, :n]
         lead = lp_prev[None, :] - snap  # j's log move since the start of i's interval
-        lead[~np.isfinite(lead)] = 0.0
+        np.copyto(lead, 0.0, where=~np.isfinite(lead))
         lead *= r[:, None]  # only rows that moved are non-zero
-        np.fill_diagonal(lead, 0.0)
+        lead.ravel()[:: n + 1] = 0.0  # the diagonal
         lead += lead.T
         chain = use & ~np.isfinite(prev)  # a first price (or the first after a silence)
         starts = np.flatnonzero(moved | chain)  # i's next interval starts at its tick now
         if starts.size:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                lp_cur = np.log(cur)
+            lp_cur = np.log(cur)
             # j's price at i's tick: now if j's last tick was at or before it, else the
             # previous sample's (j's move within this step may come after i's tick).
-            tick = np.zeros(n) if ages is None else -ages
-            before = tick[None, :] <= tick[starts, None]
-            snap[starts] = np.where(before, lp_cur[None, :], lp_prev[None, :])
+            if ages is None:  # every tick at the grid point: all at or before each other
+                snap[starts] = lp_cur
+            else:
+                tick = -ages
+                before = tick[None, :] <= tick[starts, None]
+                snap[starts] = np.where(before, lp_cur[None, :], lp_prev[None, :])
             snap[:, chain] = lp_cur[chain]
         np.copyto(prev, cur)
         prev[stale] = np.nan  # the next return of a stale asset would span the silence
@@ -331,7 +341,7 @@ class RollingEstimator:
         # Remaining steps - 1: zero returns for pairs priced now and not stale, each pair
         # for as many steps as both of its assets stay fresh: R <- lam ** m * R.
         if k > 0:
-            m = np.where(use, live, 0)
+            m = np.where(use, k if live is None else live, 0)
             pair = np.minimum.outer(m, m)
             decay = -np.expm1(pair * self._loglam)  # 1 - lam ** m, accurate for small m
             for acc in (raw, jq):
