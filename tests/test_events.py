@@ -7,6 +7,8 @@ import datetime as dt
 import pytest
 
 from monitor.model.events import (
+    TS_MAX_MS,
+    TS_MIN_MS,
     AccountEvent,
     Event,
     EventDecoder,
@@ -139,6 +141,37 @@ def test_decode_lines_fast_path_and_fallback_agree(dec: EventDecoder) -> None:
     events, rejections = dec.decode_lines(dirty)
     assert [e.ts for e in events] == [TS, TS + 1, TS + 2]
     assert [(n, r.reason) for n, r in rejections] == [(1, Reason.MALFORMED_JSON)]
+
+
+@pytest.mark.parametrize(
+    ("odd", "expect"),
+    [
+        # The batch check's edges: every stamp an int in range keeps the events as decoded;
+        # anything else goes event by event (normalized, or that line refused).
+        (f'{{"type":"price","ts":{TS_MIN_MS},"instrument":"B","price":1}}', TS_MIN_MS),
+        (f'{{"type":"price","ts":{TS_MAX_MS},"instrument":"B","price":1}}', TS_MAX_MS),
+        (f'{{"type":"price","ts":{TS_MAX_MS + 1},"instrument":"B","price":1}}', None),
+        (f'{{"type":"price","ts":{TS_MIN_MS - 1},"instrument":"B","price":1}}', None),
+        ('{"type":"price","ts":1767225600500.0,"instrument":"B","price":1}', TS + 500),
+        ('{"type":"price","ts":1767225600.5,"instrument":"B","price":1}', None),  # seconds
+        ('{"type":"instrument","instrument":"B-X","kind":"option","underlying":"B"}', None),
+    ],
+)
+def test_decode_lines_checks_every_stamp_of_a_batch(
+    dec: EventDecoder, odd: str, expect: int | None
+) -> None:
+    good = [encode_event(PriceEvent(TS + i, "BTC", 100.0 + i)) for i in range(50)]
+    buf = b"\n".join([*good[:20], odd.encode(), *good[20:]]) + b"\n"
+    events, rejections = dec.decode_lines(buf)
+    expected = [dec.decode(line) for line in good]
+    if expect is None:
+        assert [n for n, _ in rejections] == [20]
+        assert events == expected
+    else:
+        assert rejections == []
+        assert [type(e.ts) for e in events] == [int] * 51
+        assert events[20].ts == expect
+        assert events[:20] + events[21:] == expected
 
 
 def test_decode_lines_normalizes_iso_timestamps(dec: EventDecoder) -> None:
