@@ -54,6 +54,7 @@ from monitor.model.events import (
     PriceEvent,
     Reason,
     Rejected,
+    VenueGreeks,
     to_epoch_ms,
 )
 from monitor.model.recording import parse_segment
@@ -71,8 +72,9 @@ class PriceTicks:
     """Plain price ticks column-wise (``iter_batches(..., columns=True)``): no event object
     per row. Row ``r`` is a :class:`~monitor.model.events.PriceEvent` of instrument
     ``names[code[r]]`` at ``ts[r]`` (int epoch ms) with ``price[r]``; ``iv`` and
-    ``underlying_price`` are NaN where absent (None: absent in every row). Validated as the
-    events are."""
+    ``underlying_price`` are NaN where absent (None: absent in every row); ``greeks`` is
+    ``(n, 4)`` (delta, gamma, vega, theta; NaN for a Greek not given) where ``has_greeks``
+    (both None: no row has them). Validated as the events are."""
 
     names: list[str]
     code: npt.NDArray[np.int64]
@@ -80,6 +82,8 @@ class PriceTicks:
     price: npt.NDArray[np.float64]
     iv: npt.NDArray[np.float64] | None = None
     underlying_price: npt.NDArray[np.float64] | None = None
+    greeks: npt.NDArray[np.float64] | None = None
+    has_greeks: npt.NDArray[np.bool_] | None = None
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -93,6 +97,8 @@ class PriceTicks:
             self.price[a:b],
             None if self.iv is None else self.iv[a:b],
             None if self.underlying_price is None else self.underlying_price[a:b],
+            None if self.greeks is None else self.greeks[a:b],
+            None if self.has_greeks is None else self.has_greeks[a:b],
         )
 
     def events(self) -> list[Event]:
@@ -102,11 +108,23 @@ class PriceTicks:
             itertools.repeat(None) if x is None else [None if v != v else v for v in x]
             for x in nan_free
         )
+        greeks: Iterable[VenueGreeks | None] = itertools.repeat(None)
+        if self.greeks is not None and self.has_greeks is not None:
+            greeks = [
+                VenueGreeks(*(None if v != v else v for v in g)) if has else None
+                for g, has in zip(self.greeks.tolist(), self.has_greeks.tolist(), strict=True)
+            ]
         names = self.names
         return [
-            PriceEvent(t, names[c], p, i, f)
-            for t, c, p, i, f in zip(
-                self.ts.tolist(), self.code.tolist(), self.price.tolist(), iv, fwd, strict=False
+            PriceEvent(t, names[c], p, i, f, g)
+            for t, c, p, i, f, g in zip(
+                self.ts.tolist(),
+                self.code.tolist(),
+                self.price.tolist(),
+                iv,
+                fwd,
+                greeks,
+                strict=False,
             )
         ]
 
@@ -131,6 +149,17 @@ class PriceTicks:
                 ]
             )
 
+        greeks = has_greeks = None
+        if any(p.greeks is not None for p in parts):
+            greeks = np.concatenate(
+                [np.full((len(p), 4), np.nan) if p.greeks is None else p.greeks for p in parts]
+            )
+            has_greeks = np.concatenate(
+                [
+                    np.zeros(len(p), dtype=np.bool_) if p.has_greeks is None else p.has_greeks
+                    for p in parts
+                ]
+            )
         return PriceTicks(
             list(names),
             np.concatenate(codes),
@@ -138,6 +167,8 @@ class PriceTicks:
             np.concatenate([p.price for p in parts]),
             cat([p.iv for p in parts]),
             cat([p.underlying_price for p in parts]),
+            greeks,
+            has_greeks,
         )
 
 
@@ -442,9 +473,8 @@ _FAST_TYPES: Final = tuple(
 )
 
 
-# Price rows: the recording schema has no greeks column, so a price row is ts, instrument,
-# price and the optional iv and underlying_price, all checked column-wise (greeks is the
-# constructor's last field: the others are built positionally without it).
+# Price rows: ts, instrument, price and the optional iv and underlying_price are checked
+# column-wise here; greeks (a nested column, the constructor's last field) by _greeks_ok.
 def _price_columns() -> _FastType:
     ft = _fast_type(PriceEvent, skip=frozenset({"greeks"}))
     if ft is None:  # a schema change the column checks cannot follow
@@ -493,9 +523,6 @@ def _parquet_batches(
     except pa.ArrowInvalid as exc:
         raise ValueError(f"{str(path)!r} is not a readable Parquet file: {exc}") from exc
     decoder = EventDecoder()
-    # Price rows are checked column-wise unless a foreign file has a greeks column (the
-    # recording schema has none): those rows take the one-by-one path, greeks kept.
-    prices = "greeks" not in schema.names
     with pf:
         first_row = 1
         for slices in _row_chunks(pf.iter_batches(batch_size=chunk_rows), chunk_rows):
@@ -505,7 +532,7 @@ def _parquet_batches(
             tick_at: list[npt.NDArray[np.int64]] = []
             start = first_row
             for rb in slices:
-                batch = _convert(rb, first_row, decoder, prices, columns)
+                batch = _convert(rb, first_row, decoder, columns)
                 if batch.ticks is not None and batch.tick_at is not None:
                     ticks.append(batch.ticks)
                     tick_at.append(batch.tick_at + len(events) + sum(map(len, ticks[:-1])))
@@ -620,21 +647,72 @@ def _values(col: Any, f: _Field) -> Iterable[Any]:
 
 def _build(ft: _FastType, rb: Any) -> list[Event]:
     columns = [_values(_column(rb, f.name), f) for f in ft.fields]
+    if ft is _PRICE_COLUMNS:
+        greeks, has = _greeks(rb)
+        if greeks is not None and has is not None:
+            columns.append(
+                [
+                    VenueGreeks(*(None if v != v else v for v in g)) if h else None
+                    for g, h in zip(greeks.tolist(), has.tolist(), strict=True)
+                ]
+            )
     return list(map(ft.cls, *columns))
 
 
-def _convert(
-    rb: Any, first_row: int, decoder: EventDecoder, prices: bool = True, columns: bool = False
-) -> Batch:
+_GREEK_NAMES: Final = tuple(VenueGreeks.__struct_encode_fields__)
+
+
+def _greeks_ok(col: Any) -> Any:
+    """Boolean array (no nulls): rows whose ``greeks`` the column path can take: null, or
+    a struct of the four Greeks each finite or null (anything else, a foreign type or a
+    non-finite Greek, goes the one-by-one way and gets the JSON decoder's verdict)."""
+    if col.null_count == len(col):
+        return pa.repeat(True, len(col))
+    t = col.type
+    if not pa.types.is_struct(t) or {t.field(i).name for i in range(t.num_fields)} - set(
+        _GREEK_NAMES
+    ):
+        return col.is_null()
+    ok = pa.repeat(True, len(col))
+    for name in _GREEK_NAMES:
+        if t.get_field_index(name) < 0:
+            continue
+        v = pc.struct_field(col, name)
+        if not (pa.types.is_floating(v.type) or pa.types.is_integer(v.type)):
+            return col.is_null()
+        ok = pc.and_(ok, pc.is_finite(v.cast(pa.float64(), safe=False)).fill_null(True))
+    return pc.or_(col.is_null(), ok).fill_null(True)
+
+
+def _greeks(
+    sub: Any,
+) -> tuple[npt.NDArray[np.float64] | None, npt.NDArray[np.bool_] | None]:
+    """Rows that passed :func:`_greeks_ok`: ``(n, 4)`` Greeks (NaN: not given) and where
+    the row has them; ``(None, None)`` when no row has."""
+    col = _column(sub, "greeks")
+    if col.null_count == len(col):
+        return None, None
+    has: npt.NDArray[np.bool_] = col.is_valid().to_numpy(zero_copy_only=False)
+    out = np.full((len(col), len(_GREEK_NAMES)), np.nan)
+    t = col.type
+    for k, name in enumerate(_GREEK_NAMES):
+        if t.get_field_index(name) >= 0:
+            v = pc.struct_field(col, name).cast(pa.float64(), safe=False)
+            out[:, k] = v.fill_null(np.nan).to_numpy(zero_copy_only=False)
+    out[~has] = np.nan
+    return out, has
+
+
+def _convert(rb: Any, first_row: int, decoder: EventDecoder, columns: bool = False) -> Batch:
     """One record batch as a Batch: rows that pass the column checks built directly (price
-    rows with ``prices``; kept as columns with ``columns``), the rest decoded one by one."""
+    rows kept as columns with ``columns``), the rest decoded one by one."""
     n = rb.num_rows
     types = _column(rb, "type")
     parts: list[tuple[Any, list[Event]]] = []  # (row indices, events)
     done = np.zeros(n, dtype=bool)
     ticks: PriceTicks | None = None
     tick_rows: npt.NDArray[np.int64] | None = None
-    fast: tuple[_FastType, ...] = _FAST_TYPES + ((_PRICE_COLUMNS,) if prices else ())
+    fast: tuple[_FastType, ...] = (*_FAST_TYPES, _PRICE_COLUMNS)
     for ft in fast if _is_string(types.type) else ():
         is_type = pc.equal(types, ft.tag).fill_null(False)
         count = pc.sum(is_type).as_py() or 0
@@ -645,6 +723,8 @@ def _convert(
         ok = pa.repeat(True, count)
         for f in ft.fields:
             ok = pc.and_(ok, _ok_mask(_column(sub, f.name), f))
+        if ft is _PRICE_COLUMNS:
+            ok = pc.and_(ok, _greeks_ok(_column(sub, "greeks")))
         ok_np = ok.to_numpy(zero_copy_only=False)
         if not ok_np.all():
             sub = sub.filter(ok)
@@ -712,6 +792,7 @@ def _ticks(sub: Any) -> PriceTicks:
         price,
         floats("iv"),
         floats("underlying_price"),
+        *_greeks(sub),
     )
 
 
@@ -725,15 +806,25 @@ def _decode_row(row: dict[str, Any], decoder: EventDecoder) -> Event:
             value = row.get(name)
             if value is None:
                 continue
-            if isinstance(value, float) and not math.isfinite(value):
-                # JSON cannot carry it; a JSON line with 1e999 gets the same reason.
-                raise Rejected(Reason.INVALID_VALUE, f"Non-finite number - at `$.{name}`")
-            obj[name] = value
+            obj[name] = _json_value(value, f"$.{name}")
     try:
         message = msgspec.json.encode(obj)
     except (msgspec.EncodeError, TypeError, OverflowError) as exc:
         raise Rejected(Reason.INVALID_VALUE, f"cannot encode row: {exc}") from None
     return decoder.decode(message)
+
+
+def _json_value(value: Any, at: str) -> Any:
+    """A column value as the JSON a line would carry: a map column's ``[(key, value)]`` an
+    object, a struct's nulls dropped (absent), a non-finite number refused as JSON refuses
+    ``1e999`` (msgspec would encode NaN as null: a silent change)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Rejected(Reason.INVALID_VALUE, f"Non-finite number - at `{at}`")
+    if isinstance(value, dict):
+        return {k: _json_value(v, f"{at}.{k}") for k, v in value.items() if v is not None}
+    if isinstance(value, list) and all(isinstance(x, tuple) and len(x) == 2 for x in value):
+        return {str(k): _json_value(v, f"{at}.{k}") for k, v in value}
+    return value
 
 
 class ReplayEngine(Protocol):
@@ -751,6 +842,8 @@ class ReplayEngine(Protocol):
         *,
         iv: npt.NDArray[np.float64] | None = None,
         forward: npt.NDArray[np.float64] | None = None,
+        greeks: npt.NDArray[np.float64] | None = None,
+        has_greeks: npt.NDArray[np.bool_] | None = None,
     ) -> list[tuple[int, Rejected]]: ...
 
 
@@ -767,6 +860,8 @@ def feed(engine: ReplayEngine, batch: Batch, source: str) -> Iterator[tuple[int,
                 source,
                 iv=run.iv,
                 forward=run.underlying_price,
+                greeks=run.greeks,
+                has_greeks=run.has_greeks,
             )
         else:
             refused = engine.replay(run, source)

@@ -10,14 +10,16 @@ import polars as pl
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 
-from connectors.replay import iter_batches
+from connectors.replay import PriceTicks, iter_batches
 from monitor.engine.record import PARQUET_SCHEMA, Recorder
 from monitor.model.events import (
     AccountEvent,
+    CurrencyBalance,
     Event,
     InstrumentEvent,
     PositionEvent,
     PriceEvent,
+    VenueGreeks,
     encode_event,
 )
 
@@ -45,6 +47,22 @@ EVENTS: list[Event] = [
     AccountEvent(TS + 4, "acc-1", 1.5e6, initial_margin=2e5, maintenance_margin=1e5),
     AccountEvent(TS + 5, "acc-2", -10.0),
     PriceEvent(TS + 6, "ETH", 3000.0),
+    # A venue's Greeks and a coin-margined account's currencies (nested columns in Parquet).
+    PriceEvent(TS + 7, "BTC-X-C", 0.06, 0.5, 90200.0, VenueGreeks(0.52, 1.5e-5, 31.0, -48.0)),
+    PriceEvent(TS + 7, "BTC-X-C", 0.061, greeks=VenueGreeks(delta=-0.4)),
+    PriceEvent(TS + 8, "BTC-X-C", 0.062, greeks=VenueGreeks()),
+    AccountEvent(
+        TS + 9,
+        "acc-1",
+        2e5,
+        1e4,
+        5e3,
+        {
+            "BTC": CurrencyBalance(1.25, 0.05, 0.02, 0.75),
+            "USDC": CurrencyBalance(-3.0, maintenance_margin=0.0),
+        },
+    ),
+    AccountEvent(TS + 9, "acc-2", 1e5, currencies={}),
 ]
 
 
@@ -54,6 +72,29 @@ def _replayed(path: Path) -> list[Event]:
         assert batch.rejections == []
         events += batch.events
     return events
+
+
+@pytest.mark.parametrize("flush_rows", [1, 3, 8192])
+def test_parquet_columns_carry_the_venue_greeks(tmp_path: Path, flush_rows: int) -> None:
+    """Replay's column-wise path (``columns=True``) gives back the same events, price ticks
+    with a venue's Greeks among them as columns (not the one-by-one way)."""
+    path = tmp_path / "rec.parquet"
+    with Recorder(path, flush_rows=flush_rows) as rec:
+        for ev in EVENTS:
+            rec.write(ev)
+    events: list[Event] = []
+    with_greeks = 0
+    for batch in iter_batches(path, columns=True):
+        assert batch.rejections == []
+        for _, run in batch.runs():
+            if isinstance(run, PriceTicks):
+                if run.greeks is not None and run.has_greeks is not None:
+                    with_greeks += int(run.has_greeks.sum())
+                events += run.events()
+            else:
+                events += run
+    assert events == EVENTS
+    assert with_greeks == 3
 
 
 @pytest.mark.parametrize("suffix", FORMATS)
@@ -104,7 +145,7 @@ def test_parquet_has_the_documented_schema_with_nulls(tmp_path: Path) -> None:
     path = path / "segment-000001.parquet"  # closed: one complete Parquet file
     pf = pq.ParquetFile(path)
     assert pf.schema_arrow == PARQUET_SCHEMA
-    assert pf.metadata.num_row_groups == 3  # 4 + 4 + 2
+    assert pf.metadata.num_row_groups == 4  # 4 + 4 + 4 + 3
     rows = pf.read().to_pylist()
     assert rows[1] == {
         "type": "instrument",
@@ -125,6 +166,8 @@ def test_parquet_has_the_documented_schema_with_nulls(tmp_path: Path) -> None:
         "option_type": None,
         "multiplier": 1.0,
         "inverse": False,
+        "greeks": None,
+        "currencies": None,
     }
     price = {k: v for k, v in rows[3].items() if v is not None}
     assert price == {
@@ -143,6 +186,26 @@ def test_parquet_has_the_documented_schema_with_nulls(tmp_path: Path) -> None:
         "instrument": "BTC-PERPETUAL",
         "quantity": 0.0,
     }
+    # nested: the venue's Greeks a struct, a coin-margined account's currencies a map
+    assert rows[10]["greeks"] == {"delta": 0.52, "gamma": 1.5e-5, "vega": 31.0, "theta": -48.0}
+    assert rows[11]["greeks"] == {"delta": -0.4, "gamma": None, "vega": None, "theta": None}
+    assert rows[13]["currencies"] == [
+        (
+            "BTC",
+            {
+                "equity": 1.25,
+                "initial_margin": 0.05,
+                "maintenance_margin": 0.02,
+                "collateral": 0.75,
+            },
+        ),
+        (
+            "USDC",
+            {"equity": -3.0, "initial_margin": None, "maintenance_margin": 0.0, "collateral": None},
+        ),
+    ]
+    assert rows[14]["currencies"] == []
+    assert rows[12]["currencies"] is None
     # and other tools read it
     df = pl.read_parquet(path)
     assert df.height == len(EVENTS)
@@ -166,7 +229,7 @@ def test_killed_jsonl_recorders_keep_what_was_flushed(tmp_path: Path) -> None:
     for suffix in ("jsonl", "jsonl.gz"):
         path = tmp_path / f"rec.{suffix}"
         rec = Recorder(path, flush_rows=4)
-        for ev in EVENTS:
+        for ev in EVENTS[:10]:
             rec.write(ev)  # 8 written out, 2 buffered
         snapshot = path.read_bytes()  # what SIGKILL would leave
         rec.close()
@@ -179,7 +242,7 @@ def test_parquet_segments_roll_and_an_unclosed_one_costs_only_itself(tmp_path: P
     path = tmp_path / "rec.parquet"
     now = [0.0]
     rec = Recorder(path, flush_rows=2, segment_seconds=10.0, clock=lambda: now[0])
-    for k, ev in enumerate(EVENTS):
+    for k, ev in enumerate(EVENTS[:10]):
         now[0] = 3.0 * k  # segments close at the first flush 10 s after they open
         rec.write(ev)
     rec.flush()
@@ -190,7 +253,7 @@ def test_parquet_segments_roll_and_an_unclosed_one_costs_only_itself(tmp_path: P
     # What SIGKILL leaves: the closed segment replays, the open one is skipped.
     assert _replayed(path) == EVENTS[:6]
     rec.close()
-    assert _replayed(path) == EVENTS
+    assert _replayed(path) == EVENTS[:10]
 
 
 @pytest.mark.parametrize("suffix", FORMATS)

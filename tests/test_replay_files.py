@@ -346,17 +346,21 @@ def test_parquet_without_usable_type_column_rejects_every_row(tmp_path: Path) ->
     assert _read(numeric)[:2] == ([], [(1, Reason.UNKNOWN_TYPE)])
 
 
+def _json_text(v: Any) -> str:
+    # JSON has no NaN/inf; an out-of-range literal is the closest JSON can say. A Parquet
+    # map ([(key, value)]) is a JSON object; a null inside a struct is an absent field.
+    if isinstance(v, float) and not math.isfinite(v):
+        return "-1e999" if v < 0 else "1e999"
+    if isinstance(v, list) and all(isinstance(x, tuple) for x in v):
+        v = dict(v)
+    if isinstance(v, dict):
+        items = [f"{json.dumps(k)}:{_json_text(x)}" for k, x in v.items() if x is not None]
+        return "{" + ",".join(items) + "}"
+    return json.dumps(v)
+
+
 def _json_line(row: dict[str, Any]) -> bytes:
-    # JSON has no NaN/inf; an out-of-range literal is the closest JSON can say.
-    parts = []
-    for k, v in row.items():
-        if v is None:
-            continue
-        if isinstance(v, float) and not math.isfinite(v):
-            text = "-1e999" if v < 0 else "1e999"
-        else:
-            text = json.dumps(v)
-        parts.append(f'"{k}":{text}')
+    parts = [f'"{k}":{_json_text(v)}' for k, v in row.items() if v is not None]
     return ("{" + ",".join(parts) + "}").encode()
 
 
@@ -375,6 +379,82 @@ def test_parquet_column_checks_agree_with_the_json_decoder(tmp_path: Path) -> No
         "expiry": ["2026-12-27", None],
         "option_type": ["call", "put", "straddle", None],
         "inverse": [True, False, None],
+        "greeks": [None] * 6
+        + [
+            {"delta": 0.5, "gamma": 1e-5, "vega": 20.0, "theta": -3.0},
+            {"delta": -0.25, "gamma": None, "vega": None, "theta": None},
+            {"delta": None, "gamma": None, "vega": None, "theta": None},
+            {"delta": math.nan, "gamma": 1.0, "vega": None, "theta": None},
+            {"delta": 0.1, "gamma": None, "vega": math.inf, "theta": None},
+        ],
+        "currencies": [None] * 4
+        + [
+            [
+                (
+                    "BTC",
+                    {
+                        "equity": 1.5,
+                        "initial_margin": 0.1,
+                        "maintenance_margin": 0.05,
+                        "collateral": 0.5,
+                    },
+                )
+            ],
+            [
+                (
+                    "ETH",
+                    {
+                        "equity": 2.0,
+                        "initial_margin": None,
+                        "maintenance_margin": None,
+                        "collateral": None,
+                    },
+                ),
+                (
+                    "USDC",
+                    {
+                        "equity": -1.0,
+                        "initial_margin": None,
+                        "maintenance_margin": 0.0,
+                        "collateral": None,
+                    },
+                ),
+            ],
+            [],
+            [
+                (
+                    "BTC",
+                    {
+                        "equity": None,
+                        "initial_margin": None,
+                        "maintenance_margin": None,
+                        "collateral": None,
+                    },
+                )
+            ],
+            [
+                (
+                    "BTC",
+                    {
+                        "equity": math.nan,
+                        "initial_margin": None,
+                        "maintenance_margin": None,
+                        "collateral": None,
+                    },
+                )
+            ],
+            [
+                (
+                    "BTC",
+                    {
+                        "equity": 1.0,
+                        "initial_margin": -1.0,
+                        "maintenance_margin": None,
+                        "collateral": None,
+                    },
+                )
+            ],
+        ],
     }
     rows = []
     for _ in range(3000):
