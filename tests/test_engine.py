@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from monitor.engine import core
 from monitor.engine.core import Engine, EngineSettings
+from monitor.engine.valuation import build_book
 from monitor.model.events import (
     AccountEvent,
+    CurrencyBalance,
     Event,
     InstrumentEvent,
     PositionEvent,
@@ -209,3 +216,53 @@ def test_late_asset_joins_estimator_and_snapshot() -> None:
     assert snap.assets.volatility[0] == pytest.approx(
         math.log(1.01) * math.sqrt(365 * 86_400), rel=1e-9
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["position", "position", "position", "account"]),
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(["BTC-PERPETUAL", "ETH-PERPETUAL", "BTC-27MAR26", "SOL-PERPETUAL"]),
+            st.sampled_from([0.0, 1.0, -2.5, 4.0]),
+        ),
+        max_size=30,
+    )
+)
+def test_the_book_follows_positions_patched_or_rebuilt(
+    steps: list[tuple[str, str, str, float]],
+) -> None:
+    """After any sequence of position changes and account updates (coin collateral is a
+    position), the evaluated book equals one built from scratch from the positions; a
+    quantity change of a position the book holds patches it instead of rebuilding it."""
+    eng = Engine(EngineSettings())
+    for u, px in (("BTC", 90_000.0), ("ETH", 3_000.0), ("SOL", 150.0)):
+        eng.apply(PriceEvent(T0, u, px), "t")
+    ts = T0
+    with mock.patch.object(core, "build_book", wraps=build_book) as built:
+        for kind, account, instrument, qty in steps:
+            ts += 1_000
+            before = set(eng._positions.get(account, {}))
+            version, had_book = eng.registry.version, eng._book is not None
+            if kind == "position":
+                eng.apply(PositionEvent(ts, account, instrument, qty), "t")
+            else:
+                coins = {"BTC": CurrencyBalance(1.0, collateral=qty)}
+                if qty < 0:
+                    coins["ETH"] = CurrencyBalance(2.0, collateral=-qty)
+                eng.apply(AccountEvent(ts, account, 1e6, currencies=coins), "t")
+            same_rows = before == set(eng._positions.get(account, {}))
+            built.reset_mock()
+            eng.evaluate(ts)
+            book = eng._book
+            assert book is not None
+            expected = build_book(eng._positions, eng.registry)
+            for field in dataclasses.fields(expected):
+                got, want = getattr(book, field.name), getattr(expected, field.name)
+                if isinstance(want, np.ndarray):
+                    np.testing.assert_array_equal(got, want)
+                else:
+                    assert got == want, field.name
+            if had_book and same_rows and eng.registry.version == version:
+                assert built.call_count == 0  # patched, not rebuilt

@@ -202,3 +202,26 @@ def test_a_held_options_first_price_after_a_restart_makes_the_pass_due() -> None
     eng.apply(PriceEvent(T0 + 10_010, PUT, put.price, IV, FWD), "t")
     after = eng.evaluate(T0 + 10_250).accounts["a"].extra["margin"]
     assert _as_of(after) == iso_ms(T0 + 10_250)  # due at once, not 5 s later
+
+
+def test_an_account_update_makes_the_pass_due_but_the_model_distance_keeps_its_clock() -> None:
+    """A venue's account update (equity, margins) is due at once for the scenario figures;
+    riskmon's model-margin distance (the slow part) waits for ``recompute_interval`` unless
+    positions changed. Venues send account updates every second or so: recomputing it at
+    each kept a core busy on a large book."""
+    eng = Engine(SETTINGS)  # margin.recompute_interval: 30 s
+    eng.replay(_recording(10_000), "t")
+    first = eng.evaluate(T0 + 10_000).accounts["a"].extra["margin"]
+    recomputed_at = first["distance_to_call"]["recomputed"]["as_of"]
+    assert recomputed_at == iso_ms(T0 + 10_000)
+    eng.apply(AccountEvent(T0 + 10_600, "a", EQUITY / 2, 2 * MM, MM), "t")
+    after = eng.evaluate(T0 + 10_750).accounts["a"].extra["margin"]
+    assert _as_of(after) == iso_ms(T0 + 10_750)  # the pass ran: the venue-MM distance moved
+    assert after["distance_to_call"]["down"] < first["distance_to_call"]["down"]
+    assert after["distance_to_call"]["recomputed"]["as_of"] == recomputed_at  # its clock
+    eng.apply(PositionEvent(T0 + 10_800, "a", PUT, 2 * PUT_QTY), "t")  # positions: at once
+    moved = eng.evaluate(T0 + 11_000).accounts["a"].extra["margin"]
+    assert moved["distance_to_call"]["recomputed"]["as_of"] == iso_ms(T0 + 11_000)
+    eng.apply(AccountEvent(T0 + 41_100, "a", EQUITY / 2, 2 * MM, MM), "t")
+    late = eng.evaluate(T0 + 41_250).accounts["a"].extra["margin"]  # 30 s later: its clock
+    assert late["distance_to_call"]["recomputed"]["as_of"] == iso_ms(T0 + 41_250)

@@ -42,7 +42,7 @@ import copy
 import operator
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, fields, replace
 from typing import Any, Final, Protocol, cast
@@ -221,6 +221,23 @@ class _Ticks:
         return out
 
 
+def _patched_book(book: Book, quantities: Mapping[tuple[str, int], float]) -> Book:
+    """``book`` with the quantities of positions it holds replaced: ``{(account,
+    instrument): quantity}``. Equal to :func:`build_book` of the changed positions (the
+    same rows; only quantities differ) without a Python pass over every position."""
+    q = book.quantity.copy()
+    k_of = {a: k for k, a in enumerate(book.accounts)}
+    starts = book.starts
+    for (account, i), qty in quantities.items():
+        k = k_of[account]
+        lo, hi = int(starts[k]), int(starts[k + 1])
+        r = lo + int(np.searchsorted(book.instrument[lo:hi], i))
+        if r >= hi or book.instrument[r] != i:
+            raise AssertionError(f"position {account}/{i} is not in the book it patches")
+        q[r] = qty
+    return replace(book, quantity=q)
+
+
 class Engine:
     """Applies events to state and produces snapshots. Not thread-safe: one task owns it."""
 
@@ -274,8 +291,15 @@ class Engine:
         self._positions: dict[str, dict[int, tuple[float, int]]] = {}  # (qty, opened ms)
         self._accounts: dict[str, AccountState] = {}
         self._book: Book | None = None
-        # The book changed since the last evaluation: its scenario figures are due.
+        # Quantities of positions the built book already holds, changed since it was built:
+        # patched into a copy of its quantities instead of rebuilding it (a venue's account
+        # update moves a coin's collateral every second or so; a fill moves one position).
+        self._book_patch: dict[tuple[str, int], float] = {}
+        # The book or an account changed since the last evaluation: its scenario figures
+        # are due. Positions changed (not only venue figures): the slow model-margin
+        # distance is recomputed at once too, not on its own clock.
         self._scenarios_due = False
+        self._positions_moved = False
         self._unpriced_held: set[int] = set()  # held instruments without a price yet
         self._book_version = -1
         self._und_index_inst = np.zeros(0, dtype=np.int64)
@@ -485,7 +509,7 @@ class Engine:
         self._history.clear()
         self._history.extend(history)
         self._history_view = tuple(self._history)
-        self._book = None
+        self._drop_book()
         self._und_version = -1
         self._changed = True
 
@@ -917,7 +941,7 @@ class Engine:
             self._close_grid(ts)
         if self._unpriced_held and i in self._unpriced_held:  # a held one's first price
             self._unpriced_held.discard(i)
-            self._scenarios_due = True
+            self._scenarios_due = self._positions_moved = True
         self._price[i] = ev.price
         self._price_ts[i] = ts
         if ev.iv is not None:
@@ -941,10 +965,10 @@ class Engine:
             book[i] = (ev.quantity, ev.ts if held is None else held[1])
             if self._price[i] != self._price[i]:  # NaN: not priced yet
                 self._unpriced_held.add(i)
-        self._book = None
         # A venue's periodic snapshot of an unchanged position changes no figure.
         if (0.0 if held is None else held[0]) != ev.quantity:
-            self._scenarios_due = True
+            self._move_position(ev.account, i, held is not None, ev.quantity)
+            self._scenarios_due = self._positions_moved = True
 
     def _apply_account(self, ev: AccountEvent) -> None:
         currencies = dict(ev.currencies) if ev.currencies else {}
@@ -973,14 +997,21 @@ class Engine:
                 self._index.setdefault(coin, self.registry.index_of(coin))
                 self._grow(len(self.registry))
             held.discard(i)
+            opened = book.get(i)
+            if (0.0 if opened is None else opened[0]) == bal.collateral:
+                continue
             if bal.collateral == 0.0:
                 book.pop(i, None)
             else:
-                opened = book.get(i)
                 book[i] = (bal.collateral, ev.ts if opened is None else opened[1])
+            self._move_position(ev.account, i, opened is not None, bal.collateral)
         for i in held:  # a currency no longer reported holds no collateral
             book.pop(i, None)
-        self._book = None
+            self._move_position(ev.account, i, True, 0.0)
+        # The venue's equity and margins (and collateral) feed the scenario figures: due
+        # now. The model-margin distance keeps its own clock (margin.recompute_interval):
+        # recomputing it at every account update (a venue sends them every second or so)
+        # would keep a core busy on a large book.
         self._scenarios_due = True
 
     def _apply_instrument(self, ev: InstrumentEvent) -> None:
@@ -990,8 +1021,8 @@ class Engine:
         self._index.setdefault(inst.underlying, self.registry.index_of(inst.underlying))
         self._grow(len(self.registry))
         self._sync_guarded(i)
-        self._book = None
-        self._scenarios_due = True
+        self._drop_book()
+        self._scenarios_due = self._positions_moved = True
 
     def drop_account(self, account: str) -> None:
         """Remove ``account``: its positions and venue margin leave the book and its alerts
@@ -999,11 +1030,38 @@ class Engine:
         """
         self._changed = True
         if self._positions.pop(account, None) is not None:
-            self._book = None
-            self._scenarios_due = True
+            self._drop_book()
+            self._scenarios_due = self._positions_moved = True
         self._accounts.pop(account, None)
         if self._rules is not None:
             self._rules.forget(account)
+
+    def _move_position(self, account: str, i: int, held: bool, quantity: float) -> None:
+        """Keep the built book in step with a changed position: a quantity of a position it
+        holds (``held`` and still open) is patched at the next evaluation; a position opened
+        or closed rebuilds it."""
+        if held and quantity != 0.0 and self._book is not None:
+            self._book_patch[account, i] = quantity
+        else:
+            self._drop_book()
+
+    def _drop_book(self) -> None:
+        self._book = None
+        self._book_patch.clear()
+
+    def _current_book(self) -> Book:
+        """The book as the positions are now: built when the registry or the set of
+        positions changed, otherwise the last one with its changed quantities patched in."""
+        reg = self.registry
+        book = self._book
+        if book is None or self._book_version != reg.version:
+            book = build_book(self._positions, reg)
+            self._book_version = reg.version
+        elif self._book_patch:
+            book = _patched_book(book, self._book_patch)
+        self._book_patch.clear()
+        self._book = book
+        return book
 
     def alert_episodes(self, account: str) -> list[Episode]:
         """``account``'s live alerts and cooldowns, to hand over to another daemon."""
@@ -1090,9 +1148,7 @@ class Engine:
         self._clock_ms = as_of_ms
         reg = self.registry
         n = len(reg)
-        if self._book is None or self._book_version != reg.version:
-            self._book = build_book(self._positions, reg)
-            self._book_version = reg.version
+        book = self._current_book()
         und_price = self._underlying_prices()
         self._seq += 1
         snap = self._evaluator.evaluate(
@@ -1100,7 +1156,7 @@ class Engine:
             self._seq,
             reg,
             self.estimator,
-            self._book,
+            book,
             MarketArrays(
                 price=self._price[:n],
                 iv=self._iv[:n],
@@ -1112,9 +1168,10 @@ class Engine:
             self._accounts,
             changed=self._changed,
             scenarios_due=self._scenarios_due or scenarios,
+            positions_changed=self._positions_moved or scenarios,
         )
         self._changed = False
-        self._scenarios_due = False
+        self._scenarios_due = self._positions_moved = False
         if self._rules is not None:
             # An idle evaluation re-dates the last figures (the same objects): steady
             # rules replay their last readings.

@@ -143,6 +143,7 @@ class Evaluator:
         self._baselines = RegimeBaselines(self.settings.regime_halflife_ms)
         self._scenario_next = -(2**62)
         self._book_changed = False  # scenario figures due at the next pass that can start
+        self._positions_changed = False  # ... and with them the model-margin distance
         self._full: dict[str, FullRevaluationVaR] = {}
         self._scenario_unknown: dict[str, str] = {}
         self._regime_memo: tuple[FloatArray, npt.NDArray[np.bool_], RegimeFigures] | None = None
@@ -203,6 +204,7 @@ class Evaluator:
         *,
         changed: bool = True,
         scenarios_due: bool = False,
+        positions_changed: bool = False,
     ) -> RiskSnapshot:
         """The snapshot as of ``as_of_ms``.
 
@@ -213,18 +215,29 @@ class Evaluator:
         ``scenarios_due``: the book changed since the last evaluation (a position, an
         account, an instrument, a held instrument's first price) or the caller wants the
         scenario figures of this state (a replay's final report): the scenario pass runs
-        now, with the model-margin distance, or live, as soon as the pass in flight lands.
+        now, or live, as soon as the pass in flight lands. ``positions_changed``: positions
+        (not only the venue's account figures) changed, so the model-margin distance is
+        recomputed in that pass too rather than on its own clock.
         """
         idle = (
             None
-            if changed or scenarios_due or self._book_changed
+            if changed or scenarios_due or positions_changed or self._book_changed
             else self._idle(as_of_ms, seq, prices, venue, estimator)
         )
         if idle is not None:
             return idle
         with np.errstate(all="ignore"):  # non-finite results are handled (null + reason)
             snap = self._full_evaluation(
-                as_of_ms, seq, registry, estimator, book, market, prices, venue, scenarios_due
+                as_of_ms,
+                seq,
+                registry,
+                estimator,
+                book,
+                market,
+                prices,
+                venue,
+                scenarios_due,
+                positions_changed,
             )
         expiry = np.asarray(registry.column("expiry_ms"), dtype=np.float64)[book.instrument]
         later = expiry[expiry > as_of_ms]
@@ -280,6 +293,7 @@ class Evaluator:
         prices: UnderlyingPrices,
         venue: Mapping[str, AccountState],
         scenarios_due: bool,
+        positions_changed: bool,
     ) -> RiskSnapshot:
         s = self.settings
         unknown: dict[str, str] = {}
@@ -303,7 +317,8 @@ class Evaluator:
         # after start, a new account), and when the book changed (kept until a pass can
         # start: live, the next one starts at the first evaluation after the last lands).
         self._adopt_scenarios()
-        self._book_changed |= scenarios_due
+        self._book_changed |= scenarios_due or positions_changed
+        self._positions_changed |= positions_changed
         due = (
             self._book_changed
             or as_of_ms >= self._scenario_next
@@ -311,13 +326,14 @@ class Evaluator:
         )
         if due and self._pending is None:
             # The distance with the model margin recomputed is the slow pass's slowest
-            # part: on its own clock, for an account that has none yet, and on a change.
+            # part: on its own clock, for an account that has none yet, and when positions
+            # changed (a venue's account update alone waits for the clock).
             recompute = s.recompute_distance and (
-                self._book_changed
+                self._positions_changed
                 or as_of_ms >= self._recompute_next
                 or any(a not in self._recomputed for a in values.account_names)
             )
-            self._book_changed = False
+            self._book_changed = self._positions_changed = False
             # Inputs are this evaluation's own arrays (never mutated) and copies of the
             # engine's mutable containers, so the pass may run on another thread.
             job = partial(
