@@ -90,7 +90,7 @@ from msgspec import Meta
 
 from connectors.base import ConnectorName, ConnectorSettings, EventSink
 from monitor.model.events import AccountEvent, Event, InstrumentEvent, PositionEvent, PriceEvent
-from monitor.model.health import ConnectorStatus
+from monitor.model.health import ConnectorStatus, LagHistogram
 from monitor.model.instruments import date_code
 from monitor.model.settings import Delay, Duration, EpochMs, Invalid, parse_duration, show
 from monitor.quant.greeks import black76_price
@@ -803,7 +803,8 @@ class SimulatedMarket:
         self._history_ms = history_ms
         self._duration_ms = duration_ms
         self._clock = clock
-        self._status = ConnectorStatus(name=name, kind="simulated")
+        # Its own lag: only live ticks (a realtime run's history is hours old on purpose).
+        self._status = ConnectorStatus(name=name, kind="simulated", price_lag=LagHistogram())
 
     @property
     def status(self) -> ConnectorStatus:
@@ -851,8 +852,13 @@ class SimulatedMarket:
             anchor_s = self._clock()
         end = None if self._duration_ms is None else start + self._duration_ms
         status = self._status
+        lag = status.price_lag
+        assert lag is not None
         status.connected = True
         since_yield = 0
+        # Live from now on: the history before it is late on purpose (and a run that is not
+        # realtime has no lag to speak of).
+        live_from_ms = self._clock() * 1000.0 if self._realtime else math.inf
         try:
             for ts, events in _Sim(self._model, start).steps():
                 if end is not None and ts >= end:
@@ -861,7 +867,10 @@ class SimulatedMarket:
                     delay = anchor_s + (ts - start) / 1000.0 - self._clock()
                     await asyncio.sleep(max(delay, 0.0))
                     since_yield = 0
+                live = ts >= live_from_ms
                 for ev in events:
+                    if live and type(ev) is PriceEvent:
+                        lag.observe(self._clock() - ev.ts / 1000.0)
                     await sink.put(ev, self._name)
                 since_yield += len(events)
                 status.messages += len(events)

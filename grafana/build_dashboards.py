@@ -1567,6 +1567,51 @@ def operations() -> dash.Dashboard:
         ),
         w=6,
     )
+    lag = f"riskmon_connector_price_lag_seconds_bucket{{{i}}}[{RATE}]"
+    b.add(
+        graph(
+            "Price lag",
+            "Receipt time minus the tick's own time (the venue's or publisher's clock "
+            "against this host's, so a clock offset shows here too), quantiles per "
+            "connector: milliseconds for a healthy feed; seconds mean the feed or riskmon "
+            "is behind. Unit: seconds.",
+            "s",
+            [
+                Q(
+                    f"histogram_quantile({quantile}, sum by (connector, le) (rate({lag})))",
+                    f"p{round(quantile * 100)} {{{{connector}}}}",
+                )
+                for quantile in (0.5, 0.99)
+            ],
+            thresholds=[(None, GREEN), (1, ORANGE), (5, RED)],
+            minimum=0,
+            dashed="^p50 .*",
+        ),
+        w=12,
+    )
+    b.add(
+        graph(
+            "Late ticks and catch-ups",
+            "Ticks received more than max_price_age after their time (counted, still "
+            "applied) and the times a connector dropped what waited in buffers to catch "
+            "up with its feed (MQTT prices); 0 for connectors without max_price_age. "
+            "Unit: count.",
+            "short",
+            [
+                Q(
+                    f"increase(riskmon_connector_late_prices_total{{{i}}}[{RATE}])",
+                    "late {{connector}}",
+                ),
+                Q(
+                    f"increase(riskmon_connector_price_catch_ups_total{{{i}}}[{RATE}])",
+                    "catch-ups {{connector}}",
+                ),
+            ],
+            minimum=0,
+            bars=True,
+        ),
+        w=12,
+    )
 
     b.row("Alerts")
     b.add(

@@ -45,7 +45,7 @@ from monitor.model.alert import Transition
 from monitor.model.backoff import Backoff
 from monitor.model.episode import Episode
 from monitor.model.events import Event, Reason, Rejected
-from monitor.model.health import ConnectorStatus
+from monitor.model.health import ConnectorStatus, SinkLag
 from monitor.model.settings import read_secret_file
 from monitor.model.snapshot import RiskSnapshot
 from monitor.notify import AlertDispatcher, NotifierStats
@@ -272,6 +272,7 @@ class Daemon:
         self._status: dict[str, ConnectorStatus] = {
             c.status.name: c.status for c in self._connectors
         }
+        self._lag = SinkLag(self._status.values())
         self.engine = Engine(
             engine_settings(cfg),
             risk=risk_settings(cfg),
@@ -351,6 +352,7 @@ class Daemon:
         st = self._status.get(source)
         if st is not None:
             st.delivered = True
+        self._lag.note(event, source)
         await self._queue.put(event, source)
 
     def reject(self, source: str, rejected: Rejected) -> None:

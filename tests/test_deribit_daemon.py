@@ -46,6 +46,18 @@ async def _drain(stderr: asyncio.StreamReader, lines: list[str]) -> None:
         lines.append(raw.decode())
 
 
+async def _lag_buckets(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The deribit connector's ``riskmon_connector_price_lag_seconds`` buckets by ``le``."""
+    async with http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith('riskmon_connector_price_lag_seconds_bucket{connector="deribit"'):
+            le = line.split('le="')[1].split('"')[0]
+            out[le] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 async def test_example_config_shows_the_account_with_greeks_beside_the_venue_s() -> None:
     srv = FakeDeribit()
     async with srv.running():
@@ -99,6 +111,18 @@ async def test_example_config_shows_the_account_with_greeks_beside_the_venue_s()
                     await asyncio.sleep(0.25)
                 async with http.get(url + "/api/v1/alerts") as resp:
                     alerts_body = await resp.text()
+                # Price lag, timed where the connector hands ticks over: one stamped 7.5 s
+                # behind this host's clock lands between 5 and 10 s.
+                before = await _lag_buckets(http, url)
+                await srv.push_ticker("BTC-PERPETUAL", 50_020.0, int(time.time() * 1000) - 7_500)
+                deadline = time.monotonic() + 30
+                after = before
+                while time.monotonic() < deadline and after["10.0"] == before["10.0"]:
+                    await asyncio.sleep(0.1)
+                    after = await _lag_buckets(http, url)
+            assert before["+Inf"] > 0  # every live tick above was timed
+            assert after["10.0"] - before["10.0"] == 1
+            assert after["5.0"] == before["5.0"]
             acct = report["accounts"]["deribit"]
             rows = {p["instrument"]: p for p in acct["positions"]}
             opt, perp = rows[OPTION], rows["BTC-PERPETUAL"]

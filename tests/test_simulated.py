@@ -641,3 +641,40 @@ async def test_endless_fast_run_shares_the_loop_and_stops_when_cancelled() -> No
         await task
     assert not market.status.connected
     assert market.status.messages == len(sink.events)
+
+
+async def test_a_realtime_run_times_its_live_ticks_not_its_history() -> None:
+    """The demo's price lag (``status.price_lag``): every live price tick, none of the
+    history a realtime run starts with (hours old on purpose)."""
+    loop = asyncio.get_running_loop()
+    shift = time.time() - loop.time()
+
+    def clock() -> float:
+        return shift + loop.time()
+
+    market = SimulatedMarket(
+        seed=3,
+        tick_interval_ms=50,
+        duration_ms=2_000,
+        history_ms=1_500,
+        realtime=True,
+        clock=clock,
+    )
+    sink = ListSink(clock=clock)
+    started_ms = clock() * 1000.0
+    await market.run(sink)
+    lag = market.status.price_lag
+    assert lag is not None
+    live = [e for e in sink.events if isinstance(e, PriceEvent) and e.ts >= started_ms]
+    old = [e for e in sink.events if isinstance(e, PriceEvent) and e.ts < started_ms]
+    assert len(live) > 10
+    assert len(old) > 10
+    # (a tick stamped in the microseconds between our clock read and run()'s is live to us
+    # and history to it)
+    assert len(live) - 1 <= lag.count <= len(live)
+    late = [
+        got - e.ts / 1000
+        for e, got in zip(sink.events, sink.received_s, strict=True)
+        if isinstance(e, PriceEvent) and e.ts >= started_ms
+    ]
+    assert 0.0 <= lag.total <= sum(late) + 1e-9  # timed just before the sink got each

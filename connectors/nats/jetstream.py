@@ -37,7 +37,7 @@ from connectors.nats.subjects import (
 )
 from monitor.model.backoff import Backoff
 from monitor.model.events import Event, Rejected, encode_event
-from monitor.model.health import ConnectorStatus
+from monitor.model.health import ConnectorStatus, SinkLag
 from monitor.model.settings import read_secret_file
 
 __all__ = [
@@ -253,12 +253,14 @@ class JetStreamSink:
         self._backoff = backoff or Backoff(initial=0.1, cap=5.0)
         self.stats = stats if stats is not None else PublishStats()
         self._statuses = statuses or {}
+        self._lag = SinkLag(self._statuses.values())
         self._lock = asyncio.Lock()  # one publish at a time: per-subject order
 
     async def put(self, event: Event, source: str) -> None:
         status = self._statuses.get(source)
         if status is not None:
             status.delivered = True
+        self._lag.note(event, source)
         subject = subject_of(event, self._prefix)
         payload = encode_event(event)
         durable = is_account_event(event)

@@ -8,11 +8,15 @@ imports a connector.
 from __future__ import annotations
 
 import math
+import time
 from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["LAG_BUCKETS", "ConnectorStatus", "LagHistogram"]
+from monitor.model.events import Event, PriceEvent
+
+__all__ = ["LAG_BUCKETS", "ConnectorStatus", "LagHistogram", "SinkLag"]
 
 #: Upper bounds (seconds, inclusive) of the price-lag buckets: ``0`` counts ticks stamped
 #: ahead of riskmon's clock (a skewed publisher clock); the rest span a healthy feed
@@ -69,3 +73,33 @@ class ConnectorStatus:
     #: Times the connector dropped its prices' connection to skip ticks that had waited
     #: longer than its ``max_price_age`` in buffers.
     price_catch_ups: int = 0
+
+
+class SinkLag:
+    """Price lag timed where connectors hand their events over (the daemon's or the ingest
+    process's sink), for every connector that does not time its own ticks: each gets a
+    :class:`LagHistogram` as its ``status.price_lag`` (the MQTT connector times its ticks at
+    the socket, and the simulated market only its live ones, so neither is timed here).
+
+    The lag is wall-clock receipt minus the tick's ``ts``: the venue's (or publisher's)
+    clock against this host's, so it includes their offset (ticks stamped ahead count in
+    the ``0`` bucket). One clock read and one bucket bump per price event.
+    """
+
+    __slots__ = ("_clock", "_timed")
+
+    def __init__(
+        self, statuses: Iterable[ConnectorStatus], clock: Callable[[], float] = time.time
+    ) -> None:
+        self._clock = clock
+        self._timed: dict[str, LagHistogram] = {}
+        for st in statuses:
+            if st.price_lag is None:
+                st.price_lag = self._timed[st.name] = LagHistogram()
+
+    def note(self, event: Event, source: str) -> None:
+        """Time ``event`` if it is a price tick of a connector timed here."""
+        if type(event) is PriceEvent:
+            lag = self._timed.get(source)
+            if lag is not None:
+                lag.observe(self._clock() - event.ts / 1000.0)
