@@ -255,7 +255,7 @@ def test_promtool_check_rules() -> None:
     promtool = required_tool("promtool")
     proc = run([promtool, "check", "rules", str(RULES)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 15 rules found" in proc.stdout, proc.stdout
+    assert "SUCCESS: 16 rules found" in proc.stdout, proc.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
@@ -282,6 +282,7 @@ def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
         "RiskmonRejectingEvents",
         "RiskmonConnectorDown",
         "RiskmonPriceStale",
+        "RiskmonPriceLagHigh",
         "RiskmonQueueBacklog",
         "RiskmonAlertDeliveryStuck",
     }
