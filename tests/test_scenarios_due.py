@@ -225,3 +225,44 @@ def test_an_account_update_makes_the_pass_due_but_the_model_distance_keeps_its_c
     eng.apply(AccountEvent(T0 + 41_100, "a", EQUITY / 2, 2 * MM, MM), "t")
     late = eng.evaluate(T0 + 41_250).accounts["a"].extra["margin"]  # 30 s later: its clock
     assert late["distance_to_call"]["recomputed"]["as_of"] == iso_ms(T0 + 41_250)
+
+
+def test_a_fill_recomputes_that_accounts_model_distance_alone() -> None:
+    """A position change recomputes the model-margin distance of its account only, on that
+    account's positions (as a pass recomputing every account finds it); the other account
+    keeps its figure and its ``as_of`` until the clock."""
+    rec = _recording(10_000)
+    two = [
+        *rec[:3],  # account "a" at T0, then "b", then the ticks
+        AccountEvent(T0, "b", EQUITY, 2 * MM, MM),
+        PositionEvent(T0, "b", "BTC-PERPETUAL", -PERP_QTY),
+        PositionEvent(T0, "b", PUT, PUT_QTY / 3),
+        *rec[3:],
+    ]
+    fill = PositionEvent(T0 + 10_600, "b", PUT, 2 * PUT_QTY)  # the second account
+    eng = Engine(SETTINGS)
+    eng.replay(two, "t")
+    first = eng.evaluate(T0 + 10_000).accounts
+    eng.apply(fill, "t")
+    after = eng.evaluate(T0 + 10_750).accounts
+
+    def recomputed(accounts: Any, name: str) -> dict[str, Any]:
+        out: dict[str, Any] = accounts[name].extra["margin"]["distance_to_call"]["recomputed"]
+        return out
+
+    assert recomputed(first, "a")["as_of"] == iso_ms(T0 + 10_000)
+    assert recomputed(after, "a") == recomputed(first, "a")  # kept, with its as_of
+    assert recomputed(after, "b")["as_of"] == iso_ms(T0 + 10_750)
+    # Every account recomputed at the same moment: an engine fed the same events whose
+    # evaluation recomputes all (a replay's final report).
+    whole = Engine(SETTINGS)
+    whole.replay([*two, fill], "t")
+    full = whole.evaluate(T0 + 10_750, scenarios=True).accounts
+    got, want = recomputed(after, "b"), recomputed(full, "b")
+    assert want["as_of"] == iso_ms(T0 + 10_750)
+    for side in ("down", "up"):
+        assert (got[side] is None) == (want[side] is None)
+        if want[side] is not None:
+            assert got[side] == pytest.approx(want[side], abs=1e-6)
+    assert got["reachable"] == want["reachable"]
+    assert got["down"] != recomputed(first, "b")["down"]  # the fill moved it

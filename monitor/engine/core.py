@@ -297,8 +297,10 @@ class Engine:
         self._book_patch: dict[tuple[str, int], float] = {}
         # The book or an account changed since the last evaluation: its scenario figures
         # are due. Positions changed (not only venue figures): the slow model-margin
-        # distance is recomputed at once too, not on its own clock.
+        # distance is recomputed at once too, not on its own clock: of these accounts, or
+        # of every account (an instrument defined, a held one's first price).
         self._scenarios_due = False
+        self._moved_accounts: set[str] = set()
         self._positions_moved = False
         self._unpriced_held: set[int] = set()  # held instruments without a price yet
         self._book_version = -1
@@ -968,7 +970,8 @@ class Engine:
         # A venue's periodic snapshot of an unchanged position changes no figure.
         if (0.0 if held is None else held[0]) != ev.quantity:
             self._move_position(ev.account, i, held is not None, ev.quantity)
-            self._scenarios_due = self._positions_moved = True
+            self._scenarios_due = True
+            self._moved_accounts.add(ev.account)
 
     def _apply_account(self, ev: AccountEvent) -> None:
         currencies = dict(ev.currencies) if ev.currencies else {}
@@ -1168,10 +1171,13 @@ class Engine:
             self._accounts,
             changed=self._changed,
             scenarios_due=self._scenarios_due or scenarios,
-            positions_changed=self._positions_moved or scenarios,
+            positions_changed=(
+                True if self._positions_moved or scenarios else frozenset(self._moved_accounts)
+            ),
         )
         self._changed = False
         self._scenarios_due = self._positions_moved = False
+        self._moved_accounts.clear()
         if self._rules is not None:
             # An idle evaluation re-dates the last figures (the same objects): steady
             # rules replay their last readings.

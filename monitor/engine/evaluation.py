@@ -53,6 +53,7 @@ from monitor.quant.margin import (
 )
 from monitor.quant.regime import RegimeBaselines, RegimeFigures, regime_figures, vol_ratio
 from monitor.quant.risk import (
+    OptionPositions,
     PSDRepair,
     book_risk,
     psd_covariance,
@@ -143,13 +144,15 @@ class Evaluator:
         self._baselines = RegimeBaselines(self.settings.regime_halflife_ms)
         self._scenario_next = -(2**62)
         self._book_changed = False  # scenario figures due at the next pass that can start
-        self._positions_changed = False  # ... and with them the model-margin distance
+        # ... and with them the model-margin distance: of these accounts, or of all.
+        self._moved: set[str] = set()
+        self._moved_all = False
         self._full: dict[str, FullRevaluationVaR] = {}
         self._scenario_unknown: dict[str, str] = {}
         self._regime_memo: tuple[FloatArray, npt.NDArray[np.bool_], RegimeFigures] | None = None
         self._margin_model: dict[str, dict[str, Any]] = {}
         self._recompute_next = -(2**62)
-        self._pending_recompute = False
+        self._pending_recompute: frozenset[str] = frozenset()
         #: The last recomputed distance per account (None: it has none), with its as_of.
         self._recomputed: dict[str, dict[str, Any] | None] = {}
         # The estimator's covariances (identity: one per sample) and their PSD repairs.
@@ -204,7 +207,7 @@ class Evaluator:
         *,
         changed: bool = True,
         scenarios_due: bool = False,
-        positions_changed: bool = False,
+        positions_changed: bool | frozenset[str] = False,
     ) -> RiskSnapshot:
         """The snapshot as of ``as_of_ms``.
 
@@ -216,8 +219,9 @@ class Evaluator:
         account, an instrument, a held instrument's first price) or the caller wants the
         scenario figures of this state (a replay's final report): the scenario pass runs
         now, or live, as soon as the pass in flight lands. ``positions_changed``: positions
-        (not only the venue's account figures) changed, so the model-margin distance is
-        recomputed in that pass too rather than on its own clock.
+        (not only the venue's account figures) changed, of these accounts (``True``: of any),
+        so their model-margin distance is recomputed in that pass too rather than on its own
+        clock.
         """
         idle = (
             None
@@ -293,7 +297,7 @@ class Evaluator:
         prices: UnderlyingPrices,
         venue: Mapping[str, AccountState],
         scenarios_due: bool,
-        positions_changed: bool,
+        positions_changed: bool | frozenset[str],
     ) -> RiskSnapshot:
         s = self.settings
         unknown: dict[str, str] = {}
@@ -317,8 +321,11 @@ class Evaluator:
         # after start, a new account), and when the book changed (kept until a pass can
         # start: live, the next one starts at the first evaluation after the last lands).
         self._adopt_scenarios()
-        self._book_changed |= scenarios_due or positions_changed
-        self._positions_changed |= positions_changed
+        self._book_changed |= scenarios_due or bool(positions_changed)
+        if positions_changed is True:
+            self._moved_all = True
+        elif positions_changed:
+            self._moved |= positions_changed
         due = (
             self._book_changed
             or as_of_ms >= self._scenario_next
@@ -326,14 +333,20 @@ class Evaluator:
         )
         if due and self._pending is None:
             # The distance with the model margin recomputed is the slow pass's slowest
-            # part: on its own clock, for an account that has none yet, and when positions
-            # changed (a venue's account update alone waits for the clock).
-            recompute = s.recompute_distance and (
-                self._positions_changed
-                or as_of_ms >= self._recompute_next
-                or any(a not in self._recomputed for a in values.account_names)
+            # part: every account's on its own clock; an account's at once when its
+            # positions changed or it has none yet (a venue's account update alone waits
+            # for the clock).
+            names = values.account_names
+            every = self._moved_all or as_of_ms >= self._recompute_next
+            recompute = (
+                frozenset()
+                if not s.recompute_distance
+                else frozenset(names)
+                if every
+                else frozenset(a for a in names if a in self._moved or a not in self._recomputed)
             )
-            self._book_changed = self._positions_changed = False
+            self._book_changed = self._moved_all = False
+            self._moved.clear()
             # Inputs are this evaluation's own arrays (never mutated) and copies of the
             # engine's mutable containers, so the pass may run on another thread.
             job = partial(
@@ -357,7 +370,7 @@ class Evaluator:
                 self._pending = self._executor.submit(job)
                 self._pending_recompute = recompute
             self._scenario_next = as_of_ms + s.scenario_interval_ms
-            if recompute:
+            if recompute and every:
                 self._recompute_next = as_of_ms + s.recompute_interval_ms
         try:
             stresses = self._stresses(values, registry.underlyings)
@@ -554,13 +567,13 @@ class Evaluator:
         if not pending.cancelled() and not isinstance(pending.exception(), Cancelled):
             self._take(pending.result(), self._pending_recompute)
 
-    def _take(self, results: _ScenarioResults, recomputed: bool) -> None:
+    def _take(self, results: _ScenarioResults, recomputed: frozenset[str]) -> None:
         """Adopt a scenario pass; a pass that did not recompute the model-margin distance
         carries the last one forward (it keeps its own ``as_of``)."""
         self._full, self._margin_model, self._scenario_unknown = results
         for name, fig in self._margin_model.items():
             distance = fig.get("distance_to_call")
-            if recomputed:
+            if name in recomputed:
                 self._recomputed[name] = None if distance is None else distance["recomputed"]
             elif distance is not None:
                 distance["recomputed"] = self._recomputed.get(name)
@@ -644,20 +657,24 @@ class Evaluator:
         dc = distance_to_call(
             equity, mm, lin, values.options, cov, values.exposure, max_move=s.max_move
         )
+        # The model-margin distance of the accounts it is due for, on their positions alone
+        # (one account's after its fill costs that account's options, not the book's).
+        due = [j for j, a in enumerate(names) if a in inputs.recompute and dc.valid[j]]
         dm = (
             distance_to_call_model(
-                np.where(dc.valid, equity, np.nan),
-                lin,
-                values.options,
-                inputs.linear,
+                equity[due],
+                lin[:, due],
+                _option_columns(values.options, due),
+                _linear_columns(inputs.linear, due),
                 inputs.index,
                 underlyings,
                 s.margin,
                 max_move=s.max_move,
             )
-            if inputs.recompute
+            if due
             else None
         )
+        at = {j: c for c, j in enumerate(due)}  # account -> its column in dm
         out: dict[str, dict[str, Any]] = {}
         for j, name in enumerate(names):
             distance = None
@@ -671,7 +688,9 @@ class Evaluator:
                         "up": bool(dc.reachable_up[j]),
                     },
                     "recomputed": (
-                        None if dm is None else _recomputed(dm, dc.sigma_1d[j], j, as_of_ms)
+                        None
+                        if dm is None or j not in at
+                        else _recomputed(dm, dc.sigma_1d[j], at[j], as_of_ms)
                     ),
                 }
             out[name] = {
@@ -917,7 +936,7 @@ class _MarginInputs:
 
     linear: LinearPositions | None
     index: FloatArray
-    recompute: bool = False
+    recompute: frozenset[str] = frozenset()  # accounts whose model-margin distance is due
 
 
 def _linear_positions(
@@ -951,6 +970,44 @@ def _linear_positions(
         t=np.where(ukind == _FUTURE_KIND, np.maximum(expiry - as_of_ms, 0.0) / MS_PER_YEAR, np.nan),
         inverse=np.asarray(registry.column("inverse")[uniq], dtype=bool),
         rolls=(ukind == _FUTURE_KIND) | (ukind == _PERPETUAL_KIND),
+    )
+
+
+def _option_columns(options: OptionPositions | None, cols: list[int]) -> OptionPositions | None:
+    """``options`` of the books ``cols`` alone: those quantity columns, and only the rows
+    one of them holds (None when none holds any)."""
+    if options is None:
+        return None
+    q = options.quantity.reshape(len(options.strike), -1)[:, cols]
+    rows = np.flatnonzero(np.any(q != 0.0, axis=1))
+    if rows.size == 0:
+        return None
+    return OptionPositions(
+        underlying=options.underlying[rows],
+        forward=options.forward[rows],
+        strike=options.strike[rows],
+        t=options.t[rows],
+        vol=options.vol[rows],
+        is_call=options.is_call[rows],
+        quantity=q[rows],
+        inverse=None if options.inverse is None else options.inverse[rows],
+    )
+
+
+def _linear_columns(linear: LinearPositions | None, cols: list[int]) -> LinearPositions | None:
+    """``linear`` of the books ``cols`` alone (rows none of them holds left out)."""
+    if linear is None:
+        return None
+    q = linear.quantity[:, cols]
+    rows = np.flatnonzero(np.any(q != 0.0, axis=1))
+    if rows.size == 0:
+        return None
+    return LinearPositions(
+        underlying=linear.underlying[rows],
+        quantity=q[rows],
+        t=linear.t[rows],
+        inverse=linear.inverse[rows],
+        rolls=linear.rolls[rows],
     )
 
 
