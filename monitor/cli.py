@@ -243,10 +243,10 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from connectors.replay import feed, iter_batches
-    from monitor.daemon import engine_settings, risk_settings
     from monitor.engine.core import Engine
     from monitor.logs import RejectionLog, setup_logging
     from monitor.rules.pack import rule_engine
+    from monitor.settings import engine_settings, risk_settings
 
     cfg = load_config(_config_path(args.config))
     setup_logging(cfg.log.level, "text" if sys.stderr.isatty() else cfg.log.format)
