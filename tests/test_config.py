@@ -11,7 +11,7 @@ import pytest
 
 from connectors import CONNECTOR_TYPES
 from connectors.base import ConnectorSettings
-from connectors.simulated import SimulatedConnector
+from connectors.simulated_config import SimulatedConnector
 from monitor.config import (
     NON_CONFIG_ENV_VARS,
     Config,
