@@ -164,11 +164,15 @@ def test_check_config_loads_no_runtime_even_with_every_connector_and_notifier(
         ("whatif", "--account", "a", "BTC-PERPETUAL=-1", "--url", "http://127.0.0.1:1"),
     ],
 )
-def test_status_and_whatif_load_no_runtime(tmp_path: Path, argv: tuple[str, ...]) -> None:
+def test_status_and_whatif_load_no_runtime_and_no_config(
+    tmp_path: Path, argv: tuple[str, ...]
+) -> None:
     rc, modules = run_cli(tmp_path, *argv)
     assert rc == 1  # nothing listens on port 1: the request was made and failed
     assert "monitor.serve.status" in modules
-    assert loaded(modules, NETWORK + RUNTIME + ENGINE) == []
+    # They read no config file: neither the schema (numpy, through the rules) nor asyncio.
+    client_only = ("monitor.config", "connectors", "numpy", "asyncio")
+    assert loaded(modules, NETWORK + RUNTIME + ENGINE + client_only) == []
 
 
 def test_the_probe_sees_the_daemons_imports(tmp_path: Path) -> None:
