@@ -1,8 +1,10 @@
 """Async producers of normalized events (see ``connectors.base``).
 
-Each connector's module declares its ``[[connectors]]`` entry (a ``ConnectorSettings``
-subclass that knows how to build the connector). Adding a venue is its own package plus one
-member of :data:`ConnectorConfig` here; ``monitor.config`` assembles the file's schema from it.
+Each connector declares its ``[[connectors]]`` entry (a ``ConnectorSettings`` subclass
+that knows how to build the connector) in a config module of its own (``<venue>.config``,
+``simulated_config``) that imports none of its runtime, so loading a config file loads no
+transport, socket library or market model. Adding a venue is its own package plus one member
+of :data:`ConnectorConfig` here; ``monitor.config`` assembles the file's schema from it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from connectors.base import Connector, ConnectorSettings
 from connectors.binance.config import BinanceFuturesConnector
 from connectors.deribit.config import DeribitConnector
 from connectors.mqtt.config import MqttConnector
-from connectors.simulated import SimulatedConnector
+from connectors.simulated_config import SimulatedConnector
 
 __all__ = ["CONNECTOR_TYPES", "ConnectorConfig", "build_connector"]
 

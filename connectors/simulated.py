@@ -82,17 +82,15 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Annotated, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from msgspec import Meta
 
-from connectors.base import ConnectorName, ConnectorSettings, EventSink
+from connectors.base import EventSink
 from monitor.model.events import AccountEvent, Event, InstrumentEvent, PositionEvent, PriceEvent
 from monitor.model.health import ConnectorStatus, LagHistogram
 from monitor.model.instruments import date_code
-from monitor.model.settings import Delay, Duration, EpochMs, Invalid, parse_duration, show
 from monitor.quant.greeks import black76_price
 
 __all__ = [
@@ -101,7 +99,6 @@ __all__ = [
     "SPIKE_CORRELATION",
     "Regime",
     "RegimeSpan",
-    "SimulatedConnector",
     "SimulatedMarket",
 ]
 
@@ -881,49 +878,3 @@ class SimulatedMarket:
                     since_yield = 0
         finally:
             status.connected = False
-
-
-#: The built-in demo's history: longer than the default ``estimator.warmup`` (5 min), so
-#: every figure, regime included, is known within seconds of ``riskmon run``.
-DEMO_HISTORY: Final = Delay("6m")
-
-
-class SimulatedConnector(ConnectorSettings, frozen=True, tag="simulated"):
-    """Seeded random-walk prices for the given underlyings (demo and tests)."""
-
-    name: ConnectorName = "simulated"
-    #: Any integer >= 0 (numpy's seed sequences take no negative entropy).
-    seed: Annotated[int, Meta(ge=0)] = 7
-    tick_interval: Duration = parse_duration("200ms")
-    underlyings: Annotated[
-        tuple[Annotated[str, Meta(pattern=r"^[A-Z0-9]{1,20}$")], ...], Meta(min_length=1)
-    ] = ("BTC", "ETH", "SOL")
-    #: Simulated start time; None = the clock's now.
-    start_ms: EpochMs | None = None
-    #: Pace ticks at wall-clock speed; False = as fast as the engine takes them.
-    realtime: bool = True
-    #: Stop after this much simulated time; None = run until cancelled.
-    duration: Duration | None = None
-    #: Realtime without start_ms: start this long before now and deliver that past at
-    #: once (the estimator is warm within seconds); "0s" starts now. The built-in demo
-    #: (a config without connectors) uses :data:`DEMO_HISTORY`.
-    history: Delay = Delay("0s")
-
-    def __post_init__(self) -> None:
-        for i, u in enumerate(self.underlyings):
-            if not u:
-                raise Invalid(("underlyings", i), "expected a non-empty name")
-            if u in self.underlyings[:i]:
-                raise Invalid(("underlyings", i), f"duplicate underlying {show(u)}")
-
-    def build(self) -> SimulatedMarket:
-        return SimulatedMarket(
-            name=self.name,
-            seed=self.seed,
-            tick_interval_ms=int(self.tick_interval),
-            underlyings=tuple(self.underlyings),
-            start_ms=self.start_ms,
-            realtime=self.realtime,
-            history_ms=int(self.history),
-            duration_ms=None if self.duration is None else int(self.duration),
-        )

@@ -1,12 +1,15 @@
 """``riskmon``: run, replay, check-config, status, whatif.
 
 Exit codes: 0 success; 1 runtime failure; 2 bad usage or invalid configuration.
+
+Each command imports what it uses, inside its function: ``replay`` the engine but not the
+daemon, ``check-config`` the config schema alone, ``status`` and ``whatif`` an HTTP request
+and a table (``tests/test_cli_imports.py``). Start-up time is part of a replay's figure.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import faulthandler
 import json
 import logging
@@ -20,7 +23,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from monitor import __version__
-from monitor.config import CONFIG_PATH_ENV, ConfigError, load_config, redacted
+from monitor.model.settings import ConfigError
 
 __all__ = ["main"]
 
@@ -191,10 +194,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _config_path(arg: Path | None) -> str | Path | None:
     """``--config``, else ``$RISKMON_CONFIG``, else built-in defaults."""
+    from monitor.config import CONFIG_PATH_ENV
+
     return arg if arg is not None else os.environ.get(CONFIG_PATH_ENV) or None
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from monitor.config import load_config, redacted
     from monitor.daemon import Daemon, install_signal_handlers
     from monitor.logs import setup_logging
 
@@ -217,6 +225,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     """``riskmon ingest``: the connectors' events to JetStream (monitor.ingest)."""
+    import asyncio
+
+    from monitor.config import load_config, redacted
     from monitor.daemon import install_signal_handlers
     from monitor.ingest import Ingest
     from monitor.logs import setup_logging
@@ -243,10 +254,11 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from connectors.replay import feed, iter_batches
-    from monitor.daemon import engine_settings, risk_settings
+    from monitor.config import load_config
     from monitor.engine.core import Engine
     from monitor.logs import RejectionLog, setup_logging
     from monitor.rules.pack import rule_engine
+    from monitor.settings import engine_settings, risk_settings
 
     cfg = load_config(_config_path(args.config))
     setup_logging(cfg.log.level, "text" if sys.stderr.isatty() else cfg.log.format)
@@ -304,6 +316,8 @@ def _render(report: dict[str, Any], fmt: str) -> str:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from monitor.config import load_config, redacted
+
     cfg = load_config(args.file)
     print(f"{args.file}: ok")
     print(json.dumps(redacted(cfg), indent=2, default=str))

@@ -57,7 +57,7 @@ from msgspec import Meta, Struct
 
 from connectors import CONNECTOR_TYPES, ConnectorConfig
 from connectors.nats.config import ClusterConfig
-from connectors.simulated import DEMO_HISTORY, SimulatedConnector
+from connectors.simulated_config import DEMO_HISTORY, SimulatedConnector
 from monitor.model.settings import (
     REDACTED,
     ConfigError,

@@ -20,19 +20,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-import msgspec
-
 from connectors import build_connector
 from connectors.base import Connector, cancel_until_done, supervise
 from monitor.config import Config
-from monitor.engine.actions import ActionSettings
-from monitor.engine.core import Engine, EngineSettings, SettingsChanged
-from monitor.engine.evaluation import RiskSettings
+from monitor.engine.core import Engine, SettingsChanged
 from monitor.engine.queue import EventQueue
 from monitor.engine.record import Recorder
 from monitor.engine.sources import IndexSources
@@ -49,19 +44,12 @@ from monitor.model.health import ConnectorStatus, SinkLag
 from monitor.model.settings import read_secret_file
 from monitor.model.snapshot import RiskSnapshot
 from monitor.notify import AlertDispatcher, NotifierStats
-from monitor.quant.margin import (
-    DEFAULT_CURRENCIES,
-    DEFAULT_UNDERLYINGS,
-    CurrencyParams,
-    MarginSettings,
-    Stress,
-    UnderlyingParams,
-    cancellable,
-)
+from monitor.quant.margin import cancellable
 from monitor.rules.pack import build_rules, rule_engine
 from monitor.serve.cluster import ClusterCollector
 from monitor.serve.http import HttpServer
 from monitor.serve.metrics import build_registry
+from monitor.settings import engine_settings, risk_settings
 
 __all__ = ["Daemon", "engine_settings", "risk_settings", "sd_notify"]
 
@@ -70,99 +58,6 @@ log = logging.getLogger("riskmon")
 #: Alert transitions the live daemon keeps for ``alert_history`` (each also went to the
 #: notifiers and the log; this is only the in-memory view).
 _HISTORY_LIMIT = 10_000
-
-
-def engine_settings(cfg: Config) -> EngineSettings:
-    """The engine's timing from ``[estimator]`` and ``[risk]``, its tick bound from ``[market]``."""
-    e, r = cfg.estimator, cfg.risk
-    return EngineSettings(
-        sample_interval_ms=int(e.sample_interval),
-        halflife_ms=int(e.halflife),
-        fast_halflife_ms=int(e.fast_halflife),
-        warmup_ms=int(e.warmup),
-        max_gap_ms=int(e.max_gap),
-        eval_interval_ms=int(r.eval_interval),
-        max_tick_move=cfg.market.max_tick_move,
-        var_halflife_ms=int(e.var_halflife),
-    )
-
-
-def risk_settings(cfg: Config) -> RiskSettings:
-    """The evaluation's VaR, budget and regime settings from ``[risk]``."""
-    r = cfg.risk
-    return RiskSettings(
-        var_confidence=r.var_confidence,
-        var_horizon_ms=int(r.var_horizon),
-        budgets=r.budgets,
-        var_scenarios=r.var_scenarios,
-        scenario_interval_ms=int(r.scenario_interval),
-        regime_halflife_ms=int(r.regime_halflife),
-        margin=_margin_settings(cfg),
-        max_move=cfg.margin.max_move,
-        recompute_distance=cfg.margin.recompute_distance,
-        recompute_interval_ms=int(cfg.margin.recompute_interval),
-        actions=ActionSettings(
-            lookback_ms=int(cfg.actions.lookback),
-            rebalance_method=cfg.actions.rebalance_method,
-            rebalance_scale=cfg.actions.rebalance_scale,
-            backtest_horizon_ms=int(cfg.actions.backtest_horizon),
-            stress_correlation=cfg.actions.stress_correlation,
-            stress_vol_scale=cfg.actions.stress_vol_scale,
-            refresh_ms=int(r.scenario_interval),
-            refresh_spread=max(int(r.scenario_interval) // max(int(r.eval_interval), 1), 1),
-            delta_limits={
-                a: lim.delta_usd for a, lim in cfg.limits.items() if lim.delta_usd is not None
-            },
-        ),
-    )
-
-
-def _margin_settings(cfg: Config) -> MarginSettings:
-    m = cfg.margin
-    return MarginSettings(
-        price_range=m.price_range,
-        price_steps=m.price_steps,
-        vol_range_up=m.vol_range_up,
-        vol_range_down=m.vol_range_down,
-        short_term_vega_power=m.short_term_vega_power,
-        long_term_vega_power=m.long_term_vega_power,
-        min_days=m.min_days,
-        min_vol_shock_up=m.min_vol_shock_up,
-        extended_moves=m.extended_moves,
-        extended_weight=m.extended_weight,
-        aggregation=m.aggregation,
-        mm_factor=m.mm_factor,
-        dampener=m.dampener,
-        delta_shock_threshold=m.delta_shock_threshold,
-        max_delta_shock=m.max_delta_shock,
-        delta_shock_slope=m.delta_shock_slope,
-        underlyings={
-            **DEFAULT_UNDERLYINGS,
-            **{
-                u: replace(DEFAULT_UNDERLYINGS.get(u, UnderlyingParams()), **_given(o))
-                for u, o in m.underlyings.items()
-            },
-        },
-        currencies={
-            **DEFAULT_CURRENCIES,
-            **{
-                c: replace(DEFAULT_CURRENCIES.get(c, CurrencyParams()), **_given(o))
-                for c, o in m.currencies.items()
-            },
-        },
-        stresses=tuple(
-            Stress(s.name, dict(s.moves), s.default_move, s.vol_shift) for s in m.stresses
-        ),
-    )
-
-
-def _given(section: msgspec.Struct) -> dict[str, Any]:
-    """The keys of a per-underlying or per-currency margin table that were set."""
-    return {
-        name: getattr(section, name)
-        for name in section.__struct_fields__
-        if getattr(section, name) is not None
-    }
 
 
 def sd_notify(message: str) -> bool:

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from monitor.config import load_config
-from monitor.daemon import engine_settings, risk_settings
 from monitor.engine.core import Engine
 from monitor.model.events import AccountEvent, Event, PositionEvent, PriceEvent, encode_event
 from monitor.rules.pack import rule_engine
+from monitor.settings import engine_settings, risk_settings
 
 T0 = 1_767_225_600_000
 SECONDS = 900

@@ -31,7 +31,7 @@ from connectors.nats.subjects import (
     unescape,
 )
 from monitor.config import ConfigError, ServerConfig, load_config, redacted
-from monitor.daemon import Daemon, engine_settings, risk_settings
+from monitor.daemon import Daemon
 from monitor.engine.core import Engine
 from monitor.model.alert import Transition
 from monitor.model.events import (
@@ -45,6 +45,7 @@ from monitor.notify import AlertDispatcher
 from monitor.notify.alertmanager import AlertmanagerNotifier, am_alert
 from monitor.rules.config import AccountLimits
 from monitor.rules.pack import rule_engine
+from monitor.settings import engine_settings, risk_settings
 
 T0 = 1_790_000_000_000
 

@@ -11,7 +11,7 @@ import pytest
 
 from connectors import CONNECTOR_TYPES
 from connectors.base import ConnectorSettings
-from connectors.simulated import SimulatedConnector
+from connectors.simulated_config import SimulatedConnector
 from monitor.config import (
     NON_CONFIG_ENV_VARS,
     Config,
@@ -946,8 +946,8 @@ def test_duration_from_int() -> None:
 
 
 def test_margin_section_maps_onto_the_margin_model(tmp_path: Path) -> None:
-    from monitor.daemon import risk_settings
     from monitor.quant.margin import Stress
+    from monitor.settings import risk_settings
 
     cfg = load_config(
         write(

@@ -15,8 +15,9 @@ import pytest
 
 from connectors.replay import iter_batches
 from monitor.config import load_config
-from monitor.daemon import Daemon, engine_settings
+from monitor.daemon import Daemon
 from monitor.engine.core import Engine
+from monitor.settings import engine_settings
 
 CONFIG = """
 [server]

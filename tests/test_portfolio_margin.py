@@ -17,7 +17,6 @@ import pytest
 from scipy.optimize import brentq
 
 from monitor.config import load_config
-from monitor.daemon import risk_settings
 from monitor.quant.margin import (
     CurrencyParams,
     LinearPositions,
@@ -28,6 +27,7 @@ from monitor.quant.margin import (
     portfolio_margin,
 )
 from monitor.quant.risk import OptionPositions
+from monitor.settings import risk_settings
 
 # -- the worked example: BTC 60,000, IV 60% -------------------------------------------------
 S0 = 60_000.0

@@ -38,13 +38,13 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from connectors.replay import feed, iter_batches
 from monitor.config import load_config
-from monitor.daemon import engine_settings, risk_settings
 from monitor.engine.core import Engine
 from monitor.engine.record import PARQUET_SCHEMA
 from monitor.model.events import Event, EventDecoder, PositionEvent, PriceEvent, encode_event
 from monitor.model.snapshot import RiskSnapshot
 from monitor.quant.estimator import RollingEstimator
 from monitor.rules.pack import rule_engine
+from monitor.settings import engine_settings, risk_settings
 
 T0 = 1_767_225_600_000
 
@@ -126,7 +126,8 @@ def write_day(path: Path, seconds: int) -> int:
 
 #: What ``riskmon replay`` imports before it reads the file.
 IMPORTS = (
-    "import monitor.cli, monitor.daemon, monitor.engine.core, connectors.replay, monitor.rules.pack"
+    "import monitor.cli, monitor.settings, monitor.engine.core, monitor.logs, connectors.replay, "
+    "monitor.rules.pack"
 )
 
 
