@@ -142,6 +142,8 @@ def test_replay_loads_the_engine_and_nothing_of_the_daemon(tmp_path: Path, suffi
     assert set(json.loads(report.read_text())["accounts"]) == {"a", "b"}
     assert "monitor.engine.core" in modules  # the probe saw the command's own imports
     assert loaded(modules, NETWORK + RUNTIME) == []
+    # pyarrow only to read Parquet (its import is a good part of a small replay's start)
+    assert ("pyarrow" in modules) == (suffix == ".parquet")
 
 
 def test_check_config_loads_no_runtime_even_with_every_connector_and_notifier(

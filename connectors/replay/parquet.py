@@ -1,44 +1,16 @@
-"""Streaming readers of recorded events, for ``riskmon replay FILE``.
-
-:func:`iter_batches` reads a recording (``monitor.engine.record`` writes them) in bounded chunks
-and yields :class:`Batch` es of decoded events, so a recording larger than memory replays.
-The format follows the suffix:
-
-``.jsonl`` / ``.jsonl.gz``
-    One JSON event per line (``monitor.model.events``). Read ``chunk_bytes`` at a time (of
-    decompressed data), cut at the last newline; each chunk is decoded by one
-    :meth:`EventDecoder.decode_lines` call. Memory: about ``chunk_bytes`` plus its events
-    (a single line longer than that is read whole).
-``.parquet``
-    The columns of ``monitor.engine.record.PARQUET_SCHEMA``, by name: extra columns are ignored,
-    missing ones read as null, and null means "field absent". Batches hold ``chunk_rows``
-    rows (the last one fewer); memory is bounded by ``chunk_rows`` plus the largest row
-    group (Parquet decodes a row group's column chunk whole). A ``.parquet`` directory is
-    a segmented recording (``monitor.model.recording``): its closed segments are read in
-    order, rows numbered per segment; a segment left open by a crash is skipped with a
-    warning.
-
-Validation is the schema's, for both formats: a bad input (not JSON, unknown type, missing
-field, non-finite or out-of-range number, a timestamp that is not epoch ms, a truncated last
-line from a killed recorder) becomes a rejection with a ``monitor.model.events.Reason`` and its
-1-based line (JSONL) or row (Parquet) number in the file, never an exception. Unknown
-instruments are accepted here: resolving instruments is the engine's job.
-
-Only problems with the file itself raise: a missing file, an unsupported suffix, a file that
-is not gzip or not Parquet. A gzip stream that ends early (a killed recorder) is read up to
-where it ends, with a logged warning.
-"""
+"""Parquet recordings (a file, or a segment directory): validated column-wise with
+pyarrow.compute (see :mod:`connectors.replay`). Imported only to read one: pyarrow's import
+is a good part of a ``.jsonl`` replay's start otherwise."""
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol, get_args
+from typing import Any, Final, Literal, get_args
 
 import msgspec
 import numpy as np
@@ -47,6 +19,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
+from connectors.replay.batch import Batch, PriceTicks
 from monitor.model.events import (
     Event,
     EventDecoder,
@@ -59,350 +32,9 @@ from monitor.model.events import (
 )
 from monitor.model.recording import parse_segment
 
-__all__ = ["SUFFIXES", "Batch", "PriceTicks", "iter_batches"]
-
-_log = logging.getLogger(__name__)
-
-#: Suffixes :func:`iter_batches` reads.
-SUFFIXES: Final = (".jsonl", ".jsonl.gz", ".parquet")
+_log = logging.getLogger("connectors.replay")
 
 
-@dataclass(frozen=True, slots=True)
-class PriceTicks:
-    """Plain price ticks column-wise (``iter_batches(..., columns=True)``): no event object
-    per row. Row ``r`` is a :class:`~monitor.model.events.PriceEvent` of instrument
-    ``names[code[r]]`` at ``ts[r]`` (int epoch ms) with ``price[r]``; ``iv`` and
-    ``underlying_price`` are NaN where absent (None: absent in every row); ``greeks`` is
-    ``(n, 4)`` (delta, gamma, vega, theta; NaN for a Greek not given) where ``has_greeks``
-    (both None: no row has them). Validated as the events are."""
-
-    names: list[str]
-    code: npt.NDArray[np.int64]
-    ts: npt.NDArray[np.int64]
-    price: npt.NDArray[np.float64]
-    iv: npt.NDArray[np.float64] | None = None
-    underlying_price: npt.NDArray[np.float64] | None = None
-    greeks: npt.NDArray[np.float64] | None = None
-    has_greeks: npt.NDArray[np.bool_] | None = None
-
-    def __len__(self) -> int:
-        return len(self.ts)
-
-    def rows(self, a: int, b: int) -> PriceTicks:
-        """Rows ``[a, b)`` (views, no copy)."""
-        return PriceTicks(
-            self.names,
-            self.code[a:b],
-            self.ts[a:b],
-            self.price[a:b],
-            None if self.iv is None else self.iv[a:b],
-            None if self.underlying_price is None else self.underlying_price[a:b],
-            None if self.greeks is None else self.greeks[a:b],
-            None if self.has_greeks is None else self.has_greeks[a:b],
-        )
-
-    def events(self) -> list[Event]:
-        """The rows as events (what ``columns=False`` yields)."""
-        nan_free = [None if x is None else x.tolist() for x in (self.iv, self.underlying_price)]
-        iv, fwd = (
-            itertools.repeat(None) if x is None else [None if v != v else v for v in x]
-            for x in nan_free
-        )
-        greeks: Iterable[VenueGreeks | None] = itertools.repeat(None)
-        if self.greeks is not None and self.has_greeks is not None:
-            greeks = [
-                VenueGreeks(*(None if v != v else v for v in g)) if has else None
-                for g, has in zip(self.greeks.tolist(), self.has_greeks.tolist(), strict=True)
-            ]
-        names = self.names
-        return [
-            PriceEvent(t, names[c], p, i, f, g)
-            for t, c, p, i, f, g in zip(
-                self.ts.tolist(),
-                self.code.tolist(),
-                self.price.tolist(),
-                iv,
-                fwd,
-                greeks,
-                strict=False,
-            )
-        ]
-
-    @staticmethod
-    def concat(parts: Sequence[PriceTicks]) -> PriceTicks:
-        """One block of several (names merged)."""
-        if len(parts) == 1:
-            return parts[0]
-        names: dict[str, int] = {}
-        codes = []
-        for p in parts:
-            lut = np.array([names.setdefault(nm, len(names)) for nm in p.names], dtype=np.int64)
-            codes.append(lut[p.code] if len(lut) else p.code)
-
-        def cat(xs: list[npt.NDArray[np.float64] | None]) -> npt.NDArray[np.float64] | None:
-            if all(x is None for x in xs):
-                return None
-            return np.concatenate(
-                [
-                    np.full(len(p), np.nan) if x is None else x
-                    for p, x in zip(parts, xs, strict=True)
-                ]
-            )
-
-        greeks = has_greeks = None
-        if any(p.greeks is not None for p in parts):
-            greeks = np.concatenate(
-                [np.full((len(p), 4), np.nan) if p.greeks is None else p.greeks for p in parts]
-            )
-            has_greeks = np.concatenate(
-                [
-                    np.zeros(len(p), dtype=np.bool_) if p.has_greeks is None else p.has_greeks
-                    for p in parts
-                ]
-            )
-        return PriceTicks(
-            list(names),
-            np.concatenate(codes),
-            np.concatenate([p.ts for p in parts]),
-            np.concatenate([p.price for p in parts]),
-            cat([p.iv for p in parts]),
-            cat([p.underlying_price for p in parts]),
-            greeks,
-            has_greeks,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """Decoded events from one chunk of a recording.
-
-    ``events`` are the accepted events in file order; ``rejections`` pair the 1-based line
-    number (JSONL) or row number (Parquet) in the file with why it was refused.
-    ``first`` is the number of the chunk's first line (row) and ``skipped`` the numbers in
-    the chunk that hold no event (refused or blank), ascending: with them
-    :meth:`number_of` finds any event's line, for a refusal the engine makes later.
-    ``unit`` is ``"line"`` or ``"row"``, after the segment's name in a segment directory.
-
-    With ``columns=True`` (Parquet), plain price ticks come column-wise in ``ticks``
-    instead, and ``events`` holds the others; ``tick_at`` numbers each tick among all the
-    accepted items of the chunk (ascending), so :meth:`runs` gives them back in file order.
-    """
-
-    events: list[Event]
-    rejections: list[tuple[int, Rejected]]
-    first: int = 1
-    skipped: tuple[int, ...] = ()
-    unit: str = "line"
-    ticks: PriceTicks | None = None
-    tick_at: npt.NDArray[np.int64] | None = None
-
-    def __len__(self) -> int:
-        """Accepted items: events and ticks."""
-        return len(self.events) + (0 if self.ticks is None else len(self.ticks))
-
-    def runs(self) -> Iterator[tuple[int, list[Event] | PriceTicks]]:
-        """The accepted items in file order, as runs of events or of ticks, each with the
-        number (for :meth:`number_of`) of its first item."""
-        ticks, at = self.ticks, self.tick_at
-        if ticks is None or at is None or not len(ticks):
-            if self.events:
-                yield 0, self.events
-            return
-        total = len(self)
-        is_tick = np.zeros(total + 2, dtype=np.int8)
-        is_tick[at + 1] = 1
-        edges = np.flatnonzero(np.diff(is_tick)).tolist()  # where a run of ticks starts, ends
-        done_events = done_ticks = 0
-        k = 0
-        for a, b in zip(edges[::2], edges[1::2], strict=True):
-            if k < a:
-                yield k, self.events[done_events : done_events + a - k]
-                done_events += a - k
-            yield a, ticks.rows(done_ticks, done_ticks + b - a)
-            done_ticks += b - a
-            k = b
-        if k < total:
-            yield k, self.events[done_events:]
-
-    def number_of(self, k: int) -> int:
-        """The line (row) number of accepted item ``k`` (``events[k]`` without ticks)."""
-        n = self.first + k
-        for s in self.skipped:
-            if s > n:
-                break
-            n += 1
-        return n
-
-    def where(self, n: int) -> str:
-        """``"line 12"``, ``"row 12"`` or ``"segment-000002.parquet row 12"``."""
-        return f"{self.unit} {n}"
-
-
-def iter_batches(
-    path: str | Path,
-    *,
-    chunk_bytes: int = 4 << 20,
-    chunk_rows: int = 65536,
-    columns: bool = False,
-) -> Iterator[Batch]:
-    """Stream the events of a recording, chunk by chunk, in file order.
-
-    Parameters
-    ----------
-    path
-        A ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` recording.
-    chunk_bytes
-        Bytes of JSON text decoded per batch (JSONL formats).
-    chunk_rows
-        Rows per batch (Parquet).
-    columns
-        Parquet: plain price ticks in :attr:`Batch.ticks`, column-wise, not as events
-        (the fast way into ``Engine.replay_prices``). JSONL is read as events either way.
-
-    Raises
-    ------
-    ValueError
-        At the call, for an unsupported suffix or a chunk size below 1; on the first
-        iteration, for a ``.parquet`` file that is not Parquet.
-    OSError
-        On the first iteration, when the file cannot be opened or is not gzip.
-    """
-    path = Path(path)
-    if chunk_bytes < 1 or chunk_rows < 1:
-        raise ValueError(f"chunk sizes must be at least 1 ({chunk_bytes=}, {chunk_rows=})")
-    name = path.name.lower()
-    if name.endswith(".jsonl"):
-        return _jsonl_batches(_file_pieces(path, chunk_bytes), chunk_bytes)
-    if name.endswith(".jsonl.gz"):
-        return _jsonl_batches(_gzip_pieces(path, chunk_bytes), chunk_bytes)
-    if name.endswith(".parquet"):
-        if path.is_dir():
-            return _segment_batches(path, chunk_rows, columns)
-        return _parquet_batches(path, chunk_rows, columns)
-    raise ValueError(
-        f"cannot replay {str(path)!r}: the suffix must be one of {', '.join(SUFFIXES)}"
-    )
-
-
-# --- JSONL ------------------------------------------------------------------------------
-
-
-def _file_pieces(path: Path, size: int) -> Iterator[bytes]:
-    with open(path, "rb", buffering=0) as f:
-        while piece := f.read(size):
-            yield piece
-
-
-def _gzip_pieces(path: Path, size: int) -> Iterator[bytes]:
-    with gzip.open(path, "rb") as f:
-        while True:
-            try:
-                # read1, not read: when the stream ends early, read() would drop the data
-                # it had decompressed in that call along with the EOFError.
-                piece = f.read1(size)
-            except EOFError:
-                _log.warning("%s: gzip stream ends early (recorder killed?)", path)
-                return
-            if not piece:
-                return
-            yield piece
-
-
-def _line_chunks(pieces: Iterable[bytes], chunk_bytes: int) -> Iterator[bytes]:
-    """Re-cut byte pieces into chunks of whole lines of at least ``chunk_bytes``.
-
-    Only the last chunk may lack a trailing newline (a final line without one, or a line
-    truncated by a killed recorder).
-    """
-    pending: list[bytes] = []
-    size = 0
-    for piece in pieces:
-        pending.append(piece)
-        size += len(piece)
-        # Without a newline in the newest piece, a line longer than chunk_bytes is still
-        # being read: keep collecting instead of joining again and again.
-        if size < chunk_bytes or b"\n" not in piece:
-            continue
-        buf = b"".join(pending) if len(pending) > 1 else piece
-        cut = buf.rfind(b"\n") + 1
-        yield buf[:cut]
-        rest = buf[cut:]
-        pending = [rest] if rest else []
-        size = len(rest)
-    if pending:
-        yield b"".join(pending)
-
-
-def _jsonl_batches(pieces: Iterable[bytes], chunk_bytes: int) -> Iterator[Batch]:
-    decoder = EventDecoder()
-    first_line = 1  # file line number of the chunk's first line
-    for chunk in _line_chunks(pieces, chunk_bytes):
-        newlines, clean = _scan_lines(chunk)
-        events, rejections = decoder.decode_lines(chunk)
-        # decode_lines' one-call fast path parses whitespace-separated JSON: it also takes an
-        # object spread over lines, or two objects on one line, which the per-line path
-        # rejects, so the outcome would depend on where chunks are cut. When that is not ruled
-        # out, decode line by line (blank lines and trailing blanks also land here: rare).
-        lines = newlines + (not chunk.endswith(b"\n"))
-        blank: list[int] = []
-        if not rejections and not (clean and len(events) == lines):
-            events, rejections, blank = _decode_each(decoder, chunk)
-        elif rejections:  # EventDecoder's line-by-line pass: find its blank lines too
-            blank = [n for n, line in enumerate(chunk.split(b"\n")) if not line.strip()]
-        if events or rejections:
-            skipped = sorted([n for n, _ in rejections] + blank)
-            yield Batch(
-                events,
-                [(first_line + n, rej) for n, rej in rejections],
-                first_line,
-                tuple(first_line + n for n in skipped),
-                "line",
-            )
-        first_line += newlines
-
-
-def _scan_lines(chunk: bytes) -> tuple[int, bool]:
-    """Count newlines, and tell whether each one sits between ``}`` (or ``}\\r``) and ``{``.
-
-    If so and ``decode_lines`` found as many objects as there are lines, every line holds
-    exactly one object: inside a JSON value a newline between ``}`` and ``{`` is impossible,
-    and raw newlines cannot occur in strings. numpy does this in less time than
-    ``bytes.count(b"\\n")`` alone.
-    """
-    a = np.frombuffer(chunk, dtype=np.uint8)
-    nl = np.flatnonzero(a == 10)
-    if not len(nl):
-        return 0, True
-    if nl[0] < 2:
-        return len(nl), False
-    before = a[nl - 1]
-    ends = before == 125  # }
-    if not ends.all():
-        ends |= (before == 13) & (a[nl - 2] == 125)  # }\r
-    inner = nl[:-1] if nl[-1] == len(a) - 1 else nl
-    return len(nl), bool(ends.all() and (a[inner + 1] == 123).all())  # {
-
-
-def _decode_each(
-    decoder: EventDecoder, chunk: bytes
-) -> tuple[list[Event], list[tuple[int, Rejected]], list[int]]:
-    """Events, rejections and blank lines (0-based line numbers in ``chunk``)."""
-    events: list[Event] = []
-    rejections: list[tuple[int, Rejected]] = []
-    blank: list[int] = []
-    for n, line in enumerate(chunk.split(b"\n")):
-        if line.strip():
-            try:
-                events.append(decoder.decode(line))
-            except Rejected as rej:
-                rejections.append((n, rej))
-        else:
-            blank.append(n)
-    return events, rejections, blank
-
-
-# --- Parquet ----------------------------------------------------------------------------
-#
 # Rows are validated column-wise (pyarrow.compute) and the valid ones built with the Struct
 # constructors: about 3x the speed of msgspec.convert over row dicts, and 4x that of writing
 # NDJSON and decoding it. The checks are derived from the Structs' msgspec type info, so they
@@ -488,7 +120,7 @@ _CLASSES: Final[dict[str, type[Event]]] = {
 }
 
 
-def _segment_batches(directory: Path, chunk_rows: int, columns: bool) -> Iterator[Batch]:
+def segment_batches(directory: Path, chunk_rows: int, columns: bool) -> Iterator[Batch]:
     """A Parquet recording's segment directory: its closed segments in order.
 
     A segment still open (``.parquet.open``: the recorder was killed while writing it) has
@@ -507,12 +139,10 @@ def _segment_batches(directory: Path, chunk_rows: int, columns: bool) -> Iterato
         else:
             found.append((number, entry))
     for _, seg in sorted(found):
-        yield from _parquet_batches(seg, chunk_rows, columns, unit=f"{seg.name} row")
+        yield from batches(seg, chunk_rows, columns, unit=f"{seg.name} row")
 
 
-def _parquet_batches(
-    path: Path, chunk_rows: int, columns: bool, unit: str = "row"
-) -> Iterator[Batch]:
+def batches(path: Path, chunk_rows: int, columns: bool, unit: str = "row") -> Iterator[Batch]:
     try:
         schema = pq.read_schema(path)
         # Dictionary-read strings: conversion then shares one str object per distinct value.
@@ -825,45 +455,3 @@ def _json_value(value: Any, at: str) -> Any:
     if isinstance(value, list) and all(isinstance(x, tuple) and len(x) == 2 for x in value):
         return {str(k): _json_value(v, f"{at}.{k}") for k, v in value}
     return value
-
-
-class ReplayEngine(Protocol):
-    """What :func:`feed` hands a batch's runs to (``monitor.engine.core.Engine``)."""
-
-    def replay(self, events: Sequence[Event], source: str) -> list[tuple[int, Rejected]]: ...
-
-    def replay_prices(
-        self,
-        names: Sequence[str],
-        code: npt.NDArray[np.integer[Any]],
-        ts: npt.NDArray[np.int64],
-        price: npt.NDArray[np.float64],
-        source: str,
-        *,
-        iv: npt.NDArray[np.float64] | None = None,
-        forward: npt.NDArray[np.float64] | None = None,
-        greeks: npt.NDArray[np.float64] | None = None,
-        has_greeks: npt.NDArray[np.bool_] | None = None,
-    ) -> list[tuple[int, Rejected]]: ...
-
-
-def feed(engine: ReplayEngine, batch: Batch, source: str) -> Iterator[tuple[int, Rejected]]:
-    """Apply ``batch``'s runs in file order: runs of ticks column-wise, the rest as events.
-    Yields each refusal with the item's number in the batch (:meth:`Batch.number_of`)."""
-    for k0, run in batch.runs():
-        if isinstance(run, PriceTicks):
-            refused = engine.replay_prices(
-                run.names,
-                run.code,
-                run.ts,
-                run.price,
-                source,
-                iv=run.iv,
-                forward=run.underlying_price,
-                greeks=run.greeks,
-                has_greeks=run.has_greeks,
-            )
-        else:
-            refused = engine.replay(run, source)
-        for k, rej in refused:
-            yield k0 + k, rej
