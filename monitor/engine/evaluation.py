@@ -54,6 +54,7 @@ from monitor.quant.margin import (
 from monitor.quant.regime import RegimeBaselines, RegimeFigures, regime_figures, vol_ratio
 from monitor.quant.risk import (
     PSDRepair,
+    book_contributions,
     book_risk,
     psd_covariance,
     revalue_grid,
@@ -153,6 +154,9 @@ class Evaluator:
         self._recomputed: dict[str, dict[str, Any] | None] = {}
         # The estimator's covariances (identity: one per sample) and their PSD repairs.
         self._psd_memo: tuple[object, PSDRepair, PSDRepair] | None = None
+        #: Per repair in the memo: fully known (finite), so every block of it is PSD and
+        #: the risk functions need not repair it again (``psd=True``).
+        self._psd_known: tuple[bool, bool] = (False, False)
         self._repairs = 0
         self._actions = Actions(self.settings.actions)
         s = self.settings
@@ -367,23 +371,25 @@ class Evaluator:
         slow_hl, _, var_hl = (h / 1000.0 for h in estimator.halflives_ms)
         try:
             # From the slow covariance only the contributions are read: no simulation.
-            risks = book_risk(x, g, cov, budgets, s.var_confidence, horizon, simulate=False)
-            var_risks = book_risk(x, g, var_cov, budgets, s.var_confidence, horizon)
+            slow_psd, var_psd = self._psd_known
+            # From the slow covariance only the contributions are read.
+            shares = book_contributions(x, cov, budgets, gamma_cash=g, psd=slow_psd)
+            var_risks = book_risk(x, g, var_cov, budgets, s.var_confidence, horizon, psd=var_psd)
         except _NUMERIC_ERRORS as exc:
             bad[:] = True
             for key in keys:
                 unknown[f"{key}.risk"] = _reason(exc)
-            risks = book_risk(x * 0.0, g * 0.0, np.zeros_like(cov), budgets, 0.99, horizon)
-            var_risks = risks
+            var_risks = book_risk(x * 0.0, g * 0.0, np.zeros_like(cov), budgets, 0.99, horizon)
+            shares = [r.contributions for r in var_risks]
 
         def account_risk(j: int, key: str) -> AccountRisk:
             budget = budgets[j]
             shown = held[j] if budget is None else held[j] | (budget > 0)
-            r, v = risks[j], var_risks[j]
+            v = var_risks[j]
             return AccountRisk(
                 names,
                 shown,
-                r.contributions,
+                shares[j],
                 v.delta_normal,
                 v.delta_gamma,
                 self._full.get(key),
@@ -416,10 +422,11 @@ class Evaluator:
                 {a: accounts[a] for a in book_names},
                 x[:-1],
                 cov,
-                [r.contributions for r in risks[:-1]],
+                shares[:-1],
                 registry,
                 prices.price,
                 book,
+                psd=self._psd_known[0],
             )
             var_now = {  # a VaR that leaves out a held underlying predicts nothing
                 a: math.nan if dn.excluded.any() else float(dn.var_usd)
@@ -477,6 +484,10 @@ class Evaluator:
         if memo is None or memo[0] is not slow:
             self._repairs += reps[0].repaired or reps[1].repaired
         self._psd_memo = (slow, *reps)
+        self._psd_known = (
+            bool(np.isfinite(reps[0].cov).all()),
+            bool(np.isfinite(reps[1].cov).all()),
+        )
         return reps
 
     def _regime(self, assets: AssetFigures, marked_iv: FloatArray) -> RegimeFigures:
