@@ -53,6 +53,8 @@ from monitor.quant.margin import (
 )
 from monitor.quant.regime import RegimeBaselines, RegimeFigures, regime_figures, vol_ratio
 from monitor.quant.risk import (
+    BookRisk,
+    Contributions,
     PSDRepair,
     book_contributions,
     book_risk,
@@ -157,6 +159,10 @@ class Evaluator:
         #: Per repair in the memo: fully known (finite), so every block of it is PSD and
         #: the risk functions need not repair it again (``psd=True``).
         self._psd_known: tuple[bool, bool] = (False, False)
+        #: (the estimator's covariance: one per sample, the estimator, n, its figures).
+        self._figures_memo: tuple[object, object, int, _EstimatorFigures] | None = None
+        #: (n, contributions, book risk) of the flat book of an evaluation without positions.
+        self._flat_memo: tuple[int, list[Contributions], list[BookRisk]] | None = None
         self._repairs = 0
         self._actions = Actions(self.settings.actions)
         s = self.settings
@@ -293,9 +299,16 @@ class Evaluator:
         # Risk uses PSD covariances: the slow one (volatility, contributions, margin), the
         # VaR estimator's (VaR/ES of every method).
         cov, var_cov = slow.cov, var_rep.cov
-        assets = _asset_figures(registry, estimator, prices, n_und)
-        assets = replace(
-            assets,
+        vol, vol_fast, returns, warm, corr = self._estimator_figures(estimator, n_und)
+        assets = AssetFigures(
+            names=tuple(registry.underlyings),
+            price=prices.price,
+            price_ts_ms=prices.ts_ms,
+            volatility=vol,
+            volatility_fast=vol_fast,
+            returns=returns,
+            warm=warm,
+            correlation=corr,
             stale=_stale(prices, as_of_ms, estimator.max_gap_ms),
             psd_repaired=slow.repaired,
             min_eigenvalue=slow.min_eigenvalue,
@@ -370,11 +383,16 @@ class Evaluator:
         budgets = [self._budget(names, s.budgets.get(a)) for a in book_names] + [None]
         slow_hl, _, var_hl = (h / 1000.0 for h in estimator.halflives_ms)
         try:
-            # From the slow covariance only the contributions are read: no simulation.
-            slow_psd, var_psd = self._psd_known
-            # From the slow covariance only the contributions are read.
-            shares = book_contributions(x, cov, budgets, gamma_cash=g, psd=slow_psd)
-            var_risks = book_risk(x, g, var_cov, budgets, s.var_confidence, horizon, psd=var_psd)
+            if not book_names:
+                # No positions: the whole book is flat, its figures depend on n alone.
+                shares, var_risks = self._flat_risk(x, g, cov, var_cov, budgets, horizon)
+            else:
+                slow_psd, var_psd = self._psd_known
+                # From the slow covariance only the contributions are read.
+                shares = book_contributions(x, cov, budgets, gamma_cash=g, psd=slow_psd)
+                var_risks = book_risk(
+                    x, g, var_cov, budgets, s.var_confidence, horizon, psd=var_psd
+                )
         except _NUMERIC_ERRORS as exc:
             bad[:] = True
             for key in keys:
@@ -489,6 +507,43 @@ class Evaluator:
             bool(np.isfinite(reps[1].cov).all()),
         )
         return reps
+
+    def _flat_risk(
+        self,
+        x: FloatArray,
+        g: FloatArray,
+        cov: FloatArray,
+        var_cov: FloatArray,
+        budgets: list[FloatArray | None],
+        horizon: float,
+    ) -> tuple[list[Contributions], list[BookRisk]]:
+        """The risk of a book without positions (``x`` and ``g`` one zero row): what
+        ``book_risk`` computes for a flat book (read-only, shared), once per ``n``."""
+        n = x.shape[1]
+        memo = self._flat_memo
+        if memo is None or memo[0] != n:
+            s = self.settings
+            shares = book_contributions(x, cov, budgets, gamma_cash=g)
+            var_risks = book_risk(x, g, var_cov, budgets, s.var_confidence, horizon)
+            memo = self._flat_memo = (n, shares, var_risks)
+        return memo[1], memo[2]
+
+    def _estimator_figures(self, est: RollingEstimator, n: int) -> _EstimatorFigures:
+        """The snapshot's estimator figures, padded to ``n``, once per estimator sample.
+
+        The estimator's covariance is one read-only array per sample (its identity is the
+        key, held by the memo so it cannot be reused); the figures are read-only, shared
+        by the snapshots of that sample (4 evaluations a second, 1 sample).
+        """
+        key = est.covariance() if est.n_assets else None
+        memo = self._figures_memo
+        if memo is not None and memo[0] is key and memo[1] is est and memo[2] == n:
+            return memo[3]
+        figs = _estimator_figures(est, n)
+        for a in figs:
+            a.flags.writeable = False
+        self._figures_memo = (key, est, n, figs)
+        return figs
 
     def _regime(self, assets: AssetFigures, marked_iv: FloatArray) -> RegimeFigures:
         """Regime figures; the correlation ones only when the estimator has a new sample.
@@ -760,22 +815,22 @@ def _fit(a: npt.NDArray[Any], n: int, fill: Any) -> npt.NDArray[Any]:
     return out
 
 
-def _asset_figures(
-    registry: InstrumentRegistry,
-    est: RollingEstimator,
-    prices: UnderlyingPrices,
-    n: int,
-) -> AssetFigures:
+#: Volatility, fast volatility, returns, warm, correlation (``AssetFigures`` fields).
+_EstimatorFigures = tuple[
+    FloatArray, FloatArray, npt.NDArray[np.int64], npt.NDArray[np.bool_], FloatArray
+]
+
+
+def _estimator_figures(est: RollingEstimator, n: int) -> _EstimatorFigures:
+    """The estimator's per-underlying figures, padded to ``n`` underlyings (registry order):
+    the estimator learns of an underlying at its first sample."""
     has = est.n_assets > 0
-    return AssetFigures(
-        names=tuple(registry.underlyings),
-        price=prices.price,
-        price_ts_ms=prices.ts_ms,
-        volatility=_fit(est.volatility() if has else np.zeros(0), n, np.nan),
-        volatility_fast=_fit(est.volatility(fast=True) if has else np.zeros(0), n, np.nan),
-        returns=_fit(est.returns if has else np.zeros(0, dtype=np.int64), n, 0),
-        warm=_fit(est.warm if has else np.zeros(0, dtype=bool), n, False),
-        correlation=_pad(est.correlation() if has else np.zeros((0, 0)), n),
+    return (
+        _fit(est.volatility() if has else np.zeros(0), n, np.nan),
+        _fit(est.volatility(fast=True) if has else np.zeros(0), n, np.nan),
+        _fit(est.returns if has else np.zeros(0, dtype=np.int64), n, 0),
+        _fit(est.warm if has else np.zeros(0, dtype=bool), n, False),
+        _pad(est.correlation() if has else np.zeros((0, 0)), n),
     )
 
 
