@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgspec
@@ -19,10 +20,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from monitor.engine import valuation
 from monitor.engine.actions import ActionSettings
 from monitor.engine.core import Engine, EngineSettings
 from monitor.engine.evaluation import Evaluator, RiskSettings
+from monitor.engine.valuation import MarketArrays, build_book, value_book
 from monitor.model.events import AccountEvent, PositionEvent, PriceEvent
+from monitor.model.instruments import InstrumentRegistry
 from monitor.model.snapshot import RiskSnapshot
 from monitor.quant.attribution import attribute_drift
 from monitor.quant.budgeting import rebalance_target
@@ -284,3 +288,42 @@ def test_flat_book_risk_follows_the_registry() -> None:
         assert same(risk.delta_normal.var_usd, want.delta_normal.var_usd)
         shapes.append(risk.contributions.share.shape)
     assert shapes == [(1,), (2,), (2,), (3,)]
+
+
+def test_valuation_of_a_kept_book_follows_positions_and_instrument_definitions() -> None:
+    """``value_book`` reuses what no price moves per Book and registry version: a new Book,
+    or an instrument redefined under the same Book, is valued afresh."""
+    reg = InstrumentRegistry()
+    names = ("BTC", "ETH", "BTC-PERPETUAL", "ETH-PERPETUAL", "BTC-27DEC26-60000-C")
+    idx = [reg.index_of(n) for n in names]
+    n = len(reg)
+    price = np.full(n, np.nan)
+    iv, fwd = np.full(n, np.nan), np.full(n, np.nan)
+    for i, p in zip(idx, (60_000.0, 3_000.0, 60_010.0, 3_001.0, 0.05), strict=True):
+        price[i] = p
+    iv[idx[4]], fwd[idx[4]] = 0.6, 60_100.0
+    market = MarketArrays(price, iv, fwd, np.full((n, 4), np.nan), np.zeros(n, dtype=np.int64))
+    one = build_book({"a": {idx[2]: (2.0, T0), idx[4]: (3.0, T0)}}, reg)
+    two = build_book({"a": {idx[2]: (2.0, T0)}, "b": {idx[3]: (-5.0, T0)}}, reg)
+
+    def fresh(book: Any) -> Any:
+        valuation._STATIC_MEMO.clear()
+        return value_book(book, market, reg, T0)
+
+    def check(book: Any) -> None:
+        got = value_book(book, market, reg, T0)
+        want = fresh(book)
+        value_book(book, market, reg, T0)  # the memo holds this book again
+        assert same(got.exposure, want.exposure)
+        assert same(got.gamma_cash, want.gamma_cash)
+        assert same(got.held, want.held)
+        assert got.total.greeks == want.total.greeks
+
+    for book in (one, two, one):
+        check(book)
+    before = value_book(one, market, reg, T0).exposure.copy()
+    perp = reg.get("BTC-PERPETUAL")
+    assert perp is not None
+    reg.register(dataclasses.replace(perp, multiplier=10.0))  # same Book, redefined
+    check(one)
+    assert not same(value_book(one, market, reg, T0).exposure, before)

@@ -177,16 +177,11 @@ def value_book(
         )
 
     i = book.instrument
-    kind = registry.column("kind_code")[i]
-    mult = np.asarray(registry.column("multiplier")[i], dtype=np.float64)
-    index_inst = registry.column("index_instrument")[i]
+    st = _static(book, registry)
+    kind, index_inst, collateral, q, is_opt = st.kind, st.index_inst, st.collateral, st.q, st.is_opt
     spot = market.price[index_inst]  # S: the underlying's index price, USD
     # Coin collateral is valued at its index (it has no mark of its own).
-    collateral = np.asarray(registry.column("collateral")[i], dtype=bool)
     price = np.where(collateral, spot, market.price[i])
-    q = book.quantity * mult
-
-    is_opt = kind == _OPTION
     # F: the price each position moves with. Futures: their own mark (else the index).
     fwd_all = np.where((kind == _FUTURE) & np.isfinite(price) & np.isfinite(spot), price, spot)
     opt_inputs: tuple[npt.NDArray[Any], ...] | None = None
@@ -197,26 +192,22 @@ def value_book(
     unit_delta = np.ones_like(price)
     # Inverse futures and perpetuals: q is the USD notional N (contracts x USD each); the
     # coin P&L N (1/S0 - 1/S) is, in USD, N per unit proportional move: delta N / F, value N.
-    inverse_linear = (
-        np.asarray(registry.column("inverse")[i], dtype=bool) & ~is_opt & (kind != _SPOT)
-    )
-    if inverse_linear.any():
+    inverse_linear = st.inverse_linear
+    if st.any_inverse_linear:
         unit_delta = np.where(inverse_linear, 1.0 / fwd_all, unit_delta)
         unit_value = np.where(inverse_linear, 1.0, unit_value)
     unit_gamma = np.zeros_like(price)
     unit_vega = np.zeros_like(price)
     unit_theta = np.zeros_like(price)
     iv = np.full_like(price, np.nan)
-    if is_opt.any():
-        o = np.flatnonzero(is_opt)
-        oi = i[o]
+    if st.any_opt:
+        o, oi = st.o, st.oi
         fwd = market.forward[oi]
         fwd = np.where(np.isfinite(fwd), fwd, spot[o])
-        t = np.maximum(registry.column("expiry_ms")[oi] - as_of_ms, 0.0) / MS_PER_YEAR
-        strike = registry.column("strike")[oi]
-        is_call = registry.column("is_call")[oi]
+        t = np.maximum(st.expiry - as_of_ms, 0.0) / MS_PER_YEAR
+        strike, is_call = st.strike, st.is_call
         mark = price[o]
-        mark_usd = np.where(registry.column("inverse")[oi], mark * fwd, mark)
+        mark_usd = np.where(st.inverse_opt, mark * fwd, mark)
         vol = market.iv[oi]
         need = np.isnan(vol) & np.isfinite(mark_usd)
         if need.any():
@@ -229,7 +220,7 @@ def value_book(
             for code, count in zip(*np.unique(bad, return_counts=True), strict=True):
                 iv_unsolved[IVReason(int(code)).name.lower()] = int(count)
         g = black76(fwd, strike, t, vol, is_call)
-        inverse = registry.column("inverse")[oi]
+        inverse = st.inverse_opt
         opt_inputs = (oi, fwd, strike, t, vol, is_call, inverse)
         if inverse.any():
             # What a coin-margined account carries: delta less the coin premium.
@@ -262,7 +253,7 @@ def value_book(
     # Exposure needs only the index price (and, for options, the IV): a perpetual without
     # its own mark still carries known delta; its value_usd is null.
     unpriced = ~np.isfinite(delta_usd)
-    if is_opt.any():
+    if st.any_opt:
         unpriced |= is_opt & ~np.isfinite(table_all["vega"])
 
     sums = {
@@ -271,11 +262,11 @@ def value_book(
     clean_dusd = np.where(unpriced, 0.0, delta_usd)
     n_acc = len(book.accounts)
     acc_idx = book.account
-    flat = acc_idx * n_und + book.underlying
+    flat = st.flat
     shape = (n_acc, n_und)
     size = n_acc * n_und
     exposure = _weighted_counts(flat, clean_dusd, size).reshape(shape)
-    held = np.bincount(flat, minlength=size).reshape(shape) > 0
+    held = st.held
     # A sum over nothing known is unknown, not 0: NaN (null) where no position is priced.
     priced = _weighted_counts(flat, (~unpriced).astype(np.float64), size).reshape(shape) > 0
     gamma_cash = _weighted_counts(flat, np.where(unpriced, 0.0, gamma * fwd_all * fwd_all), size)
@@ -352,6 +343,76 @@ def value_book(
     return BookValues(
         accounts, total, book.accounts, exposure, gamma_cash, linear_usd, held, options, marked_iv
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Static:
+    """What :func:`value_book` reads of a book and the registry that no price moves: the
+    engine keeps one :class:`Book` while no position changes (arrays read-only)."""
+
+    kind: npt.NDArray[Any]
+    index_inst: npt.NDArray[Any]
+    collateral: npt.NDArray[np.bool_]
+    q: FloatArray  # quantity x multiplier
+    is_opt: npt.NDArray[np.bool_]
+    any_opt: bool
+    inverse_linear: npt.NDArray[np.bool_]
+    any_inverse_linear: bool
+    o: IntArray  # option rows
+    oi: IntArray  # their instruments
+    expiry: npt.NDArray[Any]
+    strike: npt.NDArray[Any]
+    is_call: npt.NDArray[Any]
+    inverse_opt: npt.NDArray[Any]
+    flat: IntArray  # account x underlying cell of each position
+    held: npt.NDArray[np.bool_]  # (accounts, underlyings)
+
+
+#: (book, registry, its version, the book's static arrays): one entry, the current book.
+_STATIC_MEMO: list[tuple[Book, InstrumentRegistry, int, _Static]] = []
+
+
+def _static(book: Book, registry: InstrumentRegistry) -> _Static:
+    """:class:`_Static` of ``book``, rebuilt when the book or the registry changes."""
+    if _STATIC_MEMO:
+        b, r, version, st = _STATIC_MEMO[0]
+        if b is book and r is registry and version == registry.version:
+            return st
+    i = book.instrument
+    kind = registry.column("kind_code")[i]
+    is_opt = kind == _OPTION
+    o = np.flatnonzero(is_opt)
+    oi = i[o]
+    n_und = len(registry.underlyings)
+    flat = book.account * n_und + book.underlying
+    size = len(book.accounts) * n_und
+    inverse_linear = (
+        np.asarray(registry.column("inverse")[i], dtype=bool) & ~is_opt & (kind != _SPOT)
+    )
+    st = _Static(
+        kind=kind,
+        index_inst=registry.column("index_instrument")[i],
+        collateral=np.asarray(registry.column("collateral")[i], dtype=bool),
+        q=book.quantity * np.asarray(registry.column("multiplier")[i], dtype=np.float64),
+        is_opt=is_opt,
+        any_opt=bool(is_opt.any()),
+        inverse_linear=inverse_linear,
+        any_inverse_linear=bool(inverse_linear.any()),
+        o=o,
+        oi=oi,
+        expiry=registry.column("expiry_ms")[oi],
+        strike=registry.column("strike")[oi],
+        is_call=registry.column("is_call")[oi],
+        inverse_opt=registry.column("inverse")[oi],
+        flat=flat,
+        held=np.bincount(flat, minlength=size).reshape(len(book.accounts), n_und) > 0,
+    )
+    for name in st.__slots__:
+        value = getattr(st, name)
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+    _STATIC_MEMO[:] = [(book, registry, registry.version, st)]
+    return st
 
 
 def _option_book(
