@@ -32,7 +32,15 @@ from monitor.quant.attribution import attribute_drift
 from monitor.quant.budgeting import rebalance_target
 from monitor.quant.estimator import RollingEstimator
 from monitor.quant.regime import RegimeBaseline, RegimeBaselines, RegimeFigures
-from monitor.quant.risk import book_contributions, book_risk, contributions, psd_covariance
+from monitor.quant.risk import (
+    book_contributions,
+    book_risk,
+    contributions,
+    psd_covariance,
+    risk_shares,
+    var_delta_normal,
+)
+from monitor.quant.stress import stressed_var
 from monitor.rules.config import DEFAULT_RULES
 from monitor.rules.pack import rule_engine
 
@@ -99,6 +107,11 @@ def test_psd_flag_skips_the_repair() -> None:
     bad = np.array([[1.0, 0.9, 0.9], [0.9, 1.0, -0.9], [0.9, -0.9, 1.0]])
     x = np.array([1.0, 1.0, -1.0])
     assert contributions(x, bad).non_psd
+    fixed = psd_covariance(bad).cov
+    assert same(stressed_var(x, bad).normal.var_usd, var_delta_normal(x, fixed).var_usd)
+    assert not same(
+        stressed_var(x, bad, psd=True).normal.var_usd, stressed_var(x, bad).normal.var_usd
+    )
     assert not np.isclose(
         contributions(x, bad).sigma_usd, contributions(x, bad, psd=True).sigma_usd
     )
@@ -327,3 +340,28 @@ def test_valuation_of_a_kept_book_follows_positions_and_instrument_definitions()
     reg.register(dataclasses.replace(perp, multiplier=10.0))  # same Book, redefined
     check(one)
     assert not same(value_book(one, market, reg, T0).exposure, before)
+
+
+def test_risk_shares_and_delta_normal_psd_bit_for_bit() -> None:
+    """``risk_shares`` (attribution's 8 corners) is ``contributions``' sigma and shares;
+    ``var_delta_normal`` and ``stressed_var`` with ``psd`` give the repair's figures."""
+    rng = np.random.default_rng(8)
+    for trial in range(200):
+        n = int(rng.integers(1, 6))
+        cov, _ = repaired_cov(rng, n) if n > 1 else (np.array([[0.3]]), False)
+        x = rng.normal(0.0, 1e6, n) * (rng.random(n) < 0.8)
+        if trial % 7 == 0 and n > 1:
+            x[1] = -x[0] * np.sqrt(cov[0, 0] / cov[1, 1])  # a near hedge
+        c = cov.copy()
+        if trial % 5 == 0 and n > 1:
+            c[-1, :] = c[:, -1] = np.nan  # an excluded asset (no psd promise here)
+        want = contributions(x, c)
+        sigma, share = risk_shares(x, c)
+        assert same(sigma, want.sigma_usd)
+        assert same(share, want.share), trial
+        dn, dp = var_delta_normal(x, cov), var_delta_normal(x, cov, psd=True)
+        assert same(dn.var_usd, dp.var_usd)
+        assert same(dn.component_var_usd, dp.component_var_usd)
+        sn, sp = stressed_var(x, cov), stressed_var(x, cov, psd=True)
+        assert same(sn.ratio, sp.ratio)
+        assert same(sn.stressed.var_usd, sp.stressed.var_usd)

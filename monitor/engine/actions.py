@@ -646,10 +646,17 @@ class Backtests:
 
 
 def stressed_section(
-    x: FloatArray, cov: FloatArray, settings: ActionSettings, confidence: float, horizon: float
+    x: FloatArray,
+    cov: FloatArray,
+    settings: ActionSettings,
+    confidence: float,
+    horizon: float,
+    *,
+    psd: bool = False,
 ) -> dict[str, Any]:
     """``var.stressed``: delta-normal VaR on the stressed covariance, and its ratio to the
-    delta-normal VaR on ``cov`` (the held underlyings with a known covariance only)."""
+    delta-normal VaR on ``cov`` (the held underlyings with a known covariance only).
+    ``psd``: ``cov`` is a fully known PSD repair (the evaluator's)."""
     keep = np.flatnonzero((x != 0.0) & np.isfinite(np.diagonal(cov)))
     if keep.size == 0:
         return {"var_usd": None, "es_usd": None, "ratio": None}
@@ -661,6 +668,7 @@ def stressed_section(
         settings.stress_vol_scale,
         confidence=confidence,
         horizon=horizon,
+        psd=psd,
     )
     return {
         "correlation": settings.stress_correlation,

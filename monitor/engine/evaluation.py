@@ -382,12 +382,12 @@ class Evaluator:
         g[bad] = 0.0
         budgets = [self._budget(names, s.budgets.get(a)) for a in book_names] + [None]
         slow_hl, _, var_hl = (h / 1000.0 for h in estimator.halflives_ms)
+        slow_psd, var_psd = self._psd_known
         try:
             if not book_names:
                 # No positions: the whole book is flat, its figures depend on n alone.
                 shares, var_risks = self._flat_risk(x, g, cov, var_cov, budgets, horizon)
             else:
-                slow_psd, var_psd = self._psd_known
                 # From the slow covariance only the contributions are read.
                 shares = book_contributions(x, cov, budgets, gamma_cash=g, psd=slow_psd)
                 var_risks = book_risk(
@@ -444,7 +444,7 @@ class Evaluator:
                 registry,
                 prices.price,
                 book,
-                psd=self._psd_known[0],
+                psd=slow_psd,
             )
             var_now = {  # a VaR that leaves out a held underlying predicts nothing
                 a: math.nan if dn.excluded.any() else float(dn.var_usd)
@@ -461,7 +461,7 @@ class Evaluator:
                 stressed = None if a in refreshed else self._stressed.get(a)
                 if stressed is None:
                     stressed = self._stressed[a] = stressed_section(
-                        x[j], var_cov, s.actions, s.var_confidence, horizon
+                        x[j], var_cov, s.actions, s.var_confidence, horizon, psd=var_psd
                     )
                 sec["stressed_var"] = stressed
         except _NUMERIC_ERRORS as exc:

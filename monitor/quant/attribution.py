@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from monitor.quant.risk import contributions
+from monitor.quant.risk import risk_shares
 
 __all__ = ["DriftAttribution", "attribute_drift", "drift_summary"]
 
@@ -149,9 +149,9 @@ def attribute_drift(
     p = np.empty((2, 2, 2, n))
     sigma = np.empty((2, 2, 2))
     for a, b, c in itertools.product((0, 1), repeat=3):
-        res = contributions(xs[a], corrs[c] * np.outer(vols[b], vols[b]), psd=psd)
-        p[a, b, c] = res.share
-        sigma[a, b, c] = res.sigma_usd
+        sigma[a, b, c], p[a, b, c] = risk_shares(
+            xs[a], corrs[c] * np.outer(vols[b], vols[b]), psd=psd
+        )
     if not np.isfinite(p).all():
         nan = np.full(n, np.nan)
         return DriftAttribution(

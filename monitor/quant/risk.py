@@ -74,6 +74,7 @@ __all__ = [
     "psd_covariance",
     "revalue",
     "revalue_grid",
+    "risk_shares",
     "scenario_returns",
     "var_delta_gamma",
     "var_delta_normal",
@@ -387,19 +388,7 @@ def contributions(
     b = b / total if total > 0.0 else np.full(n, np.nan)
     b[p.excluded] = np.nan
 
-    rc = p.x * p.sx
-    hedged = bool(_hedged(np.array([sigma]), p.x[None, :], p.cov)[0])
-    if hedged:
-        rc[:] = np.nan
-        share = np.full(n, np.nan)
-    elif sigma > 0.0:
-        rc /= sigma
-        share = rc / sigma
-    else:
-        rc[:] = 0.0
-        share = np.full(n, np.nan)
-    rc[p.excluded] = np.nan
-    share[p.excluded] = np.nan
+    rc, share, hedged = _rc_share(p, sigma, n)
     drift = share - b
     known = np.isfinite(drift)
     if known.any():
@@ -419,6 +408,37 @@ def contributions(
         non_psd=p.non_psd,
         share_reason=_share_reason(sigma, hedged),
     )
+
+
+def _rc_share(p: _Prepared, sigma: float, n: int) -> tuple[FloatArray, FloatArray, bool]:
+    """:func:`contributions`' Euler contributions, shares and whether the book is hedged."""
+    rc = p.x * p.sx
+    hedged = bool(_hedged(np.array([sigma]), p.x[None, :], p.cov)[0])
+    if hedged:
+        rc[:] = np.nan
+        share = np.full(n, np.nan)
+    elif sigma > 0.0:
+        rc /= sigma
+        share = rc / sigma
+    else:
+        rc[:] = 0.0
+        share = np.full(n, np.nan)
+    if p.excluded.any():
+        rc[p.excluded] = np.nan
+        share[p.excluded] = np.nan
+    return rc, share, hedged
+
+
+def risk_shares(
+    x: npt.ArrayLike, cov: npt.ArrayLike, *, psd: bool = False
+) -> tuple[float, FloatArray]:
+    """``sigma_usd`` and ``share`` of :func:`contributions` (the same arithmetic, bit for
+    bit), without the budget and the drift: for callers that read the shares alone."""
+    xv = _vector(x, "x")
+    n = xv.shape[0]
+    p = _prepare(xv, _matrix(cov, n), xv != 0.0, psd)
+    sigma = math.sqrt(p.variance)
+    return sigma, _rc_share(p, sigma, n)[1]
 
 
 # -- parametric VaR -------------------------------------------------------------------------
@@ -462,6 +482,8 @@ def var_delta_normal(
     cov: npt.ArrayLike,
     confidence: float = DEFAULT_CONFIDENCE,
     horizon: float = DEFAULT_HORIZON,
+    *,
+    psd: bool = False,
 ) -> DeltaNormalVaR:
     """Parametric delta-normal VaR and ES with Euler components.
 
@@ -475,6 +497,8 @@ def var_delta_normal(
         In (0, 1).
     horizon
         Years of 365 days, >= 0.
+    psd
+        As in :func:`contributions`: ``cov`` is a fully known repair's output (or a block).
 
     Returns
     -------
@@ -482,7 +506,7 @@ def var_delta_normal(
     """
     _check_var_params(confidence, horizon)
     xv = _vector(x, "x")
-    p = _prepare(xv, _matrix(cov, xv.shape[0]), xv != 0.0)
+    p = _prepare(xv, _matrix(cov, xv.shape[0]), xv != 0.0, psd)
     sigma = math.sqrt(p.variance)
     sd = sigma * math.sqrt(horizon)
     z = float(ndtri(confidence))
