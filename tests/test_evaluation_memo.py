@@ -28,9 +28,11 @@ from monitor.engine.valuation import MarketArrays, build_book, value_book
 from monitor.model.events import AccountEvent, PositionEvent, PriceEvent
 from monitor.model.instruments import InstrumentRegistry
 from monitor.model.snapshot import RiskSnapshot
+from monitor.quant import margin
 from monitor.quant.attribution import attribute_drift
 from monitor.quant.budgeting import rebalance_target
 from monitor.quant.estimator import RollingEstimator
+from monitor.quant.margin import Stress, stress_pnl
 from monitor.quant.regime import RegimeBaseline, RegimeBaselines, RegimeFigures
 from monitor.quant.risk import (
     book_contributions,
@@ -365,3 +367,69 @@ def test_risk_shares_and_delta_normal_psd_bit_for_bit() -> None:
         sn, sp = stressed_var(x, cov), stressed_var(x, cov, psd=True)
         assert same(sn.ratio, sp.ratio)
         assert same(sn.stressed.var_usd, sp.stressed.var_usd)
+
+
+def test_stress_moves_follow_the_stresses_and_the_names() -> None:
+    """``stress_pnl`` keeps the configuration's matrices per stresses object and names."""
+    a = (Stress("BTC -20%", {"BTC": -0.2}), Stress("all -10%", default_move=-0.1))
+    b = (Stress("ETH +30%", {"ETH": 0.3}, vol_shift=0.5),)
+    lin = np.array([[1e6, 2e5], [-3e5, 4e5], [5e4, 0.0]])
+
+    def fresh(stresses: Any, names: tuple[str, ...]) -> FloatArray:
+        margin._STRESS_MEMO.clear()
+        return stress_pnl(lin[: len(names)], None, stresses, names).pnl_usd
+
+    for stresses, names in (
+        (a, ("BTC", "ETH")),
+        (a, ("BTC", "ETH")),
+        (b, ("BTC", "ETH")),
+        (a, ("ETH", "BTC")),
+        (a, ("BTC", "ETH", "SOL")),
+    ):
+        got = stress_pnl(lin[: len(names)], None, stresses, names).pnl_usd
+        assert same(got, fresh(stresses, names))
+        stress_pnl(lin[: len(names)], None, stresses, names)  # memo holds these again
+
+
+def test_next_expiry_follows_a_redefined_instrument() -> None:
+    """An idle evaluation never crosses a held instrument's expiry: the expiries are kept
+    per Book and registry version, so a redefined expiry is seen."""
+    eng = engine(False)
+    ts = T0
+    for u in ("BTC", "ETH"):
+        eng.apply(PriceEvent(ts, u, 100.0), "t")
+    eng.apply(PositionEvent(ts, "a", "BTC-27DEC26", 1.0), "t")
+    eng.apply(PriceEvent(ts, "BTC-27DEC26", 101.0), "t")
+    eng.evaluate(ts)
+    ev = eng._evaluator
+    assert ev._last_full is not None
+    first = ev._last_full.next_expiry_ms
+    inst = eng.registry.get("BTC-27DEC26")
+    assert inst is not None
+    soon = ts + 3_600_000
+    eng.registry.register(dataclasses.replace(inst, expiry_ms=soon))
+    eng.apply(PriceEvent(ts + 1_000, "BTC", 100.5), "t")
+    eng.evaluate(ts + 1_000)
+    assert first != soon
+    assert ev._last_full.next_expiry_ms == soon
+
+
+def test_held_expiries_per_book_and_registry_version() -> None:
+    reg = InstrumentRegistry()
+    fut, opt = reg.index_of("BTC-27DEC26"), reg.index_of("BTC-25SEP26-60000-C")
+    perp = reg.index_of("BTC-PERPETUAL")
+    one = build_book({"a": {fut: (1.0, T0), perp: (2.0, T0)}}, reg)
+    two = build_book({"a": {opt: (1.0, T0)}}, reg)
+    ev = Evaluator()
+
+    def want(book: Any) -> FloatArray:
+        out: FloatArray = np.asarray(reg.column("expiry_ms"), dtype=np.float64)[book.instrument]
+        return out
+
+    for book in (one, two, one):
+        assert same(ev._held_expiries(book, reg), want(book))
+    inst = reg.get("BTC-27DEC26")
+    assert inst is not None
+    reg.register(dataclasses.replace(inst, expiry_ms=T0 + 1_000))  # same Book, redefined
+    assert same(ev._held_expiries(one, reg), want(one))
+    assert ev._held_expiries(one, reg)[0] == T0 + 1_000

@@ -161,6 +161,8 @@ class Evaluator:
         self._psd_known: tuple[bool, bool] = (False, False)
         #: (the estimator's covariance: one per sample, the estimator, n, its figures).
         self._figures_memo: tuple[object, object, int, _EstimatorFigures] | None = None
+        #: (book, registry, its version, the held positions' expiries).
+        self._expiry_memo: tuple[Book, InstrumentRegistry, int, FloatArray] | None = None
         #: (n, contributions, book risk) of the flat book of an evaluation without positions.
         self._flat_memo: tuple[int, list[Contributions], list[BookRisk]] | None = None
         self._repairs = 0
@@ -236,7 +238,7 @@ class Evaluator:
             snap = self._full_evaluation(
                 as_of_ms, seq, registry, estimator, book, market, prices, venue, scenarios_due
             )
-        expiry = np.asarray(registry.column("expiry_ms"), dtype=np.float64)[book.instrument]
+        expiry = self._held_expiries(book, registry)
         later = expiry[expiry > as_of_ms]
         self._last_full = _LastFull(snap, int(later.min()) if later.size else _NEVER)
         return snap
@@ -507,6 +509,21 @@ class Evaluator:
             bool(np.isfinite(reps[1].cov).all()),
         )
         return reps
+
+    def _held_expiries(self, book: Book, registry: InstrumentRegistry) -> FloatArray:
+        """Expiry (epoch ms, NaN for none) of each held position, per Book and registry
+        version (the engine keeps one Book while no position changes)."""
+        memo = self._expiry_memo
+        if (
+            memo is None
+            or memo[0] is not book
+            or memo[1] is not registry
+            or memo[2] != registry.version
+        ):
+            expiry = np.asarray(registry.column("expiry_ms"), dtype=np.float64)[book.instrument]
+            expiry.flags.writeable = False
+            memo = self._expiry_memo = (book, registry, registry.version, expiry)
+        return memo[3]
 
     def _flat_risk(
         self,
