@@ -433,3 +433,38 @@ def test_held_expiries_per_book_and_registry_version() -> None:
     reg.register(dataclasses.replace(inst, expiry_ms=T0 + 1_000))  # same Book, redefined
     assert same(ev._held_expiries(one, reg), want(one))
     assert ev._held_expiries(one, reg)[0] == T0 + 1_000
+
+
+def test_option_rows_follow_which_options_are_priced() -> None:
+    """The priced options' per-instrument quantities are kept per Book and priced set."""
+    reg = InstrumentRegistry()
+    names = ("BTC", "BTC-27DEC26-60000-C", "BTC-27DEC26-70000-P", "BTC-PERPETUAL")
+    idx = [reg.index_of(n) for n in names]
+    n = len(reg)
+    book = build_book(
+        {
+            "a": {idx[1]: (3.0, T0), idx[2]: (-1.0, T0), idx[3]: (1.0, T0)},
+            "b": {idx[1]: (2.0, T0)},
+        },
+        reg,
+    )
+
+    def market(priced: tuple[bool, bool]) -> MarketArrays:
+        price, iv, fwd = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        price[idx[0]], price[idx[3]] = 60_000.0, 60_010.0
+        for k, on in zip((1, 2), priced, strict=True):
+            if on:
+                price[idx[k]], iv[idx[k]], fwd[idx[k]] = 0.05 * k, 0.5 + 0.1 * k, 60_100.0
+        return MarketArrays(price, iv, fwd, np.full((n, 4), np.nan), np.zeros(n, dtype=np.int64))
+
+    for priced in ((True, False), (True, True), (False, True), (True, True), (False, False)):
+        m = market(priced)
+        got = value_book(book, m, reg, T0)
+        valuation._STATIC_MEMO.clear()
+        want = value_book(book, m, reg, T0)
+        assert (got.options is None) == (want.options is None)
+        if got.options is not None and want.options is not None:
+            assert same(got.options.quantity, want.options.quantity)
+            assert same(got.options.underlying, want.options.underlying)
+            assert same(got.options.vol, want.options.vol)
+        assert same(got.marked_iv, want.marked_iv)

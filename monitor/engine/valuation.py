@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -317,6 +317,7 @@ def value_book(
         table_all["vega"],
         n_acc,
         n_und,
+        st.option_rows,
     )
     held_any: npt.NDArray[np.bool_] = np.any(held, axis=0)
     total = AccountFigures(
@@ -366,6 +367,19 @@ class _Static:
     inverse_opt: npt.NDArray[Any]
     flat: IntArray  # account x underlying cell of each position
     held: npt.NDArray[np.bool_]  # (accounts, underlyings)
+    #: ``_option_book``'s rows for the last set of priced options (one entry).
+    option_rows: list[tuple[bytes, _OptionRows]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _OptionRows:
+    """The priced options' rows and their per-instrument quantities (no price in them)."""
+
+    keep: npt.NDArray[np.bool_]  # option rows (in option order) that are priced
+    rows: IntArray  # positions that are priced options
+    first: IntArray  # per instrument, its first row in ``keep``
+    quantity: FloatArray  # (instruments, accounts), underlying units
+    underlying: IntArray  # per instrument
 
 
 #: (book, registry, its version, the book's static arrays): one entry, the current book.
@@ -425,6 +439,7 @@ def _option_book(
     vega: FloatArray,
     n_acc: int,
     n_und: int,
+    memo: list[tuple[bytes, _OptionRows]] | None = None,
 ) -> tuple[OptionPositions | None, FloatArray, int]:
     """Priced options per instrument x account, the |vega|-weighted IV per underlying, and
     how many positions the IV mean left out.
@@ -436,13 +451,24 @@ def _option_book(
     if inputs is None or not priced.any():
         return None, marked, 0
     inst, fwd, strike, t, vol, is_call, inverse_opt = inputs
-    keep = priced[is_opt]  # option rows (in ``inputs`` order) that are priced
-    rows = np.flatnonzero(priced)
-    uniq, first, inverse = np.unique(inst[keep], return_index=True, return_inverse=True)
-    qty = np.zeros((len(uniq), n_acc))
-    np.add.at(qty, (inverse, acc_idx[rows]), q[rows])
+    # ``memo``: kept per Book (positions fixed), so the rows depend on ``priced`` alone.
+    key = priced.tobytes()
+    if memo and memo[0][0] == key:
+        r = memo[0][1]
+    else:
+        keep = priced[is_opt]  # option rows (in ``inputs`` order) that are priced
+        rows = np.flatnonzero(priced)
+        uniq, first, inverse = np.unique(inst[keep], return_index=True, return_inverse=True)
+        qty = np.zeros((len(uniq), n_acc))
+        np.add.at(qty, (inverse, acc_idx[rows]), q[rows])
+        r = _OptionRows(keep, rows, first, qty, und[rows][first])
+        for a in (keep, rows, first, qty, r.underlying):
+            a.flags.writeable = False
+        if memo is not None:
+            memo[:] = [(key, r)]
+    keep, rows, first, qty = r.keep, r.rows, r.first, r.quantity
     options = OptionPositions(
-        underlying=und[rows][first],
+        underlying=r.underlying,
         forward=fwd[keep][first],
         strike=strike[keep][first],
         t=t[keep][first],
