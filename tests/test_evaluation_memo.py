@@ -185,6 +185,7 @@ class Straightforward(Evaluator):
         self._figures_memo = None
         self._flat_memo = None
         self._regime_memo = None
+        self._regime_last = None
         self._actions._attribution_memo.clear()
         self._actions._target_memo.clear()
         return super().evaluate(*args, **kwargs)
@@ -227,7 +228,8 @@ def reports(straightforward: bool, positions: bool) -> list[bytes]:
                 eng.apply(PriceEvent(ts, u, level[u]), "t")
                 eng.apply(PriceEvent(ts, f"{u}-PERPETUAL", level[u]), "t")
         if positions and k % 20 == 0:
-            eng.apply(PriceEvent(ts, "BTC-27DEC26-60000-C", 0.05, 0.6, level["BTC"]), "t")
+            iv = float(rng.uniform(0.5, 0.7))  # the marked IV moves (regime memo)
+            eng.apply(PriceEvent(ts, "BTC-27DEC26-60000-C", 0.05, iv, level["BTC"]), "t")
         if positions and k == 30:
             for account, name, qty in (
                 ("desk", "BTC-PERPETUAL", 2.0),

@@ -149,6 +149,9 @@ class Evaluator:
         self._full: dict[str, FullRevaluationVaR] = {}
         self._scenario_unknown: dict[str, str] = {}
         self._regime_memo: tuple[FloatArray, npt.NDArray[np.bool_], RegimeFigures] | None = None
+        #: (the sample's figures, the marked IVs' bytes, the figures with them): an
+        #: evaluation whose marks did not move since the last one of the sample.
+        self._regime_last: tuple[RegimeFigures, bytes, RegimeFigures] | None = None
         self._margin_model: dict[str, dict[str, Any]] = {}
         self._recompute_next = -(2**62)
         self._pending_recompute = False
@@ -572,16 +575,23 @@ class Evaluator:
         if (
             prev is not None
             and prev[0] is assets.correlation
-            and np.array_equal(prev[1], assets.warm)
+            and (prev[1] is assets.warm or np.array_equal(prev[1], assets.warm))
         ):
             fig = prev[2]
-            return RegimeFigures(
+            # The marked IVs move with the book's option marks, not with the sample.
+            marked = marked_iv.tobytes()
+            last = self._regime_last
+            if last is not None and last[0] is fig and last[1] == marked:
+                return last[2]
+            out = RegimeFigures(
                 vol_ratio=fig.vol_ratio,
                 realised_to_implied=vol_ratio(assets.volatility, marked_iv),
                 average_correlation=fig.average_correlation,
                 absorption_ratio=fig.absorption_ratio,
                 assets_used=fig.assets_used,
             )
+            self._regime_last = (fig, marked, out)
+            return out
         fig = regime_figures(
             assets.volatility,
             assets.volatility_fast,

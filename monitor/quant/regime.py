@@ -404,11 +404,9 @@ class RegimeBaselines:
         a = 0.5 ** ((ts_ms - last) / hl)
         v = np.concatenate([x.ravel() for x in values])
         new = np.concatenate([x.ravel() for x in prevs])  # type: ignore[union-attr]
-        known = np.isfinite(v)
-        fresh = known & np.isnan(new)
-        blend = known & ~fresh
-        new[fresh] = v[fresh]
-        new[blend] = a * new[blend] + (1.0 - a) * v[blend]
+        # As RegimeBaseline.update: a fresh element takes v, a known one blends, a NaN v
+        # leaves it (the blend of a fresh element is computed and not used).
+        new = np.where(np.isfinite(v), np.where(np.isnan(new), v, a * new + (1.0 - a) * v), new)
         out: list[FloatArray] = []
         start = 0
         for p, x in zip(parts, values, strict=True):
