@@ -375,16 +375,20 @@ class Evaluator:
         names = tuple(registry.underlyings)
         book_names = values.account_names
         keys = [*(f"accounts.{a}" for a in book_names), "total"]
-        held_any: npt.NDArray[np.bool_] = np.any(values.held, axis=0)
-        x = np.vstack([values.exposure, values.exposure.sum(axis=0)])
-        g = np.vstack([values.gamma_cash, values.gamma_cash.sum(axis=0)])
-        held = np.vstack([values.held, held_any])
-        # A book whose exposure overflowed has no risk figures (null), the others do.
-        bad = ~(np.isfinite(x).all(axis=1) & np.isfinite(g).all(axis=1))
-        for j in np.flatnonzero(bad).tolist():
-            unknown[f"{keys[j]}.risk"] = "exposure or gamma not finite (a price out of range?)"
-        x[bad] = 0.0
-        g[bad] = 0.0
+        if book_names:
+            held_any: npt.NDArray[np.bool_] = np.any(values.held, axis=0)
+            x = np.vstack([values.exposure, values.exposure.sum(axis=0)])
+            g = np.vstack([values.gamma_cash, values.gamma_cash.sum(axis=0)])
+            held = np.vstack([values.held, held_any])
+            # A book whose exposure overflowed has no risk figures (null), the others do.
+            bad = ~(np.isfinite(x).all(axis=1) & np.isfinite(g).all(axis=1))
+            for j in np.flatnonzero(bad).tolist():
+                unknown[f"{keys[j]}.risk"] = "exposure or gamma not finite (a price out of range?)"
+            x[bad] = 0.0
+            g[bad] = 0.0
+        else:  # no positions: the whole book is one flat row
+            x, g = np.zeros((1, n_und)), np.zeros((1, n_und))
+            held, bad = np.zeros((1, n_und), dtype=bool), np.zeros(1, dtype=bool)
         budgets = [self._budget(names, s.budgets.get(a)) for a in book_names] + [None]
         slow_hl, _, var_hl = (h / 1000.0 for h in estimator.halflives_ms)
         slow_psd, var_psd = self._psd_known
