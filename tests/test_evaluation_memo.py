@@ -38,8 +38,10 @@ from monitor.quant.risk import (
     book_contributions,
     book_risk,
     contributions,
+    normal_draws,
     psd_covariance,
     risk_shares,
+    scenario_returns,
     var_delta_normal,
 )
 from monitor.quant.stress import stressed_var
@@ -470,3 +472,15 @@ def test_option_rows_follow_which_options_are_priced() -> None:
             assert same(got.options.underlying, want.options.underlying)
             assert same(got.options.vol, want.options.vol)
         assert same(got.marked_iv, want.marked_iv)
+
+
+def test_scenario_draws_are_shared_per_size_and_seed() -> None:
+    """``scenario_returns`` reuses its draws per (scenarios, assets, seed): the same
+    returns as with draws made afresh, whatever order the sizes and seeds come in."""
+    rng = np.random.default_rng(4)
+    for m, n, seed in ((200, 2, 0), (200, 3, 0), (200, 3, 1), (400, 3, 0), (200, 2, 0)):
+        cov, _ = repaired_cov(rng, n)
+        got = scenario_returns(cov, 1 / 365, m, seed=seed).returns
+        lam, q = np.linalg.eigh(0.5 * (cov / 365 + (cov / 365).T))
+        want = normal_draws(m, n, seed) @ (q * np.sqrt(np.maximum(lam, 0.0))).T
+        assert same(got, want)

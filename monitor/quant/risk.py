@@ -1112,6 +1112,15 @@ def normal_draws(n_scenarios: int, n_assets: int, seed: int = 0) -> FloatArray:
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _shared_draws(n_scenarios: int, n_assets: int, seed: int) -> FloatArray:
+    """:func:`normal_draws`, read-only and computed once per arguments (a deterministic
+    function of them): the scenario pass draws the same set every time."""
+    z = normal_draws(n_scenarios, n_assets, seed)
+    z.flags.writeable = False
+    return z
+
+
 @dataclass(frozen=True, slots=True)
 class Scenarios:
     """Correlated log-return scenarios over a horizon.
@@ -1176,7 +1185,7 @@ def scenario_returns(
     scale = float(np.abs(lam).max()) if lam.size else 0.0
     non_psd = bool((lam < -_PSD_RTOL * scale).any())
     a = q * np.sqrt(np.maximum(lam, 0.0))
-    z = normal_draws(n_scenarios, idx.size, seed)
+    z = _shared_draws(n_scenarios, idx.size, seed)
     r = np.zeros((n_scenarios, n))
     r[:, idx] = z @ a.T
     return Scenarios(returns=r, horizon_years=horizon, excluded=~inc, non_psd=non_psd)
