@@ -117,6 +117,7 @@ class _Ref:
     ts_ms: int
     x: FloatArray  # (n,) exposure per underlying at the time, registry order
     cov: FloatArray  # (n, n)
+    psd: bool = False  # cov is a fully known PSD repair (``account_sections``' ``psd``)
 
 
 def _position_keys(book: Book) -> dict[str, bytes]:
@@ -167,6 +168,8 @@ class Actions:
         registry: InstrumentRegistry,
         index_price: FloatArray,
         book: Book | None = None,
+        *,
+        psd: bool = False,
     ) -> dict[str, dict[str, Any]]:
         """``{account: {"attribution": ..., "suggestions": {"rebalance", "hedge"}}}``.
 
@@ -175,7 +178,9 @@ class Actions:
         ``book``: the positions; with ``refresh_ms``, an account's last sections are reused
         until its positions change or they are ``refresh_ms`` old, and the periodic refresh
         is spread over ``refresh_spread`` calls (each section says ``as_of``).
-        :attr:`refreshed` names the accounts this call recomputed.
+        :attr:`refreshed` names the accounts this call recomputed. ``psd``: ``cov`` is
+        :func:`monitor.quant.risk.psd_covariance`'s output for a fully known matrix (the
+        evaluator's), so attribution and rebalance do not repair its blocks again.
         """
         refresh = self.settings.refresh_ms
         todo = set(accounts)
@@ -203,15 +208,15 @@ class Actions:
                 continue
             idx = np.flatnonzero(risk.shown)
             known = c.share_reason is None and bool(np.isfinite(c.share[idx]).all())
-            ref = self._reference(account, as_of_ms, x, cov, known and idx.size > 0)
+            ref = self._reference(account, as_of_ms, x, cov, known and idx.size > 0, psd)
             lin = self._linear(fig, [names[i] for i in idx], registry, index_price)
             sec = {
                 "as_of": iso_ms(as_of_ms),
-                "attribution": self._attribution(account, names, idx, x, cov, c, ref, as_of_ms)
+                "attribution": self._attribution(account, names, idx, x, cov, c, ref, as_of_ms, psd)
                 if known
                 else None,
                 "suggestions": {
-                    "rebalance": self._rebalance(account, names, idx, x, cov, c, lin)
+                    "rebalance": self._rebalance(account, names, idx, x, cov, c, lin, psd)
                     if known and idx.size
                     else None,
                     "hedge": self._hedge(account, fig, lin),
@@ -248,14 +253,20 @@ class Actions:
     # -- attribution ------------------------------------------------------------------
 
     def _reference(
-        self, account: str, as_of_ms: int, x: FloatArray, cov: FloatArray, known: bool
+        self,
+        account: str,
+        as_of_ms: int,
+        x: FloatArray,
+        cov: FloatArray,
+        known: bool,
+        psd: bool = False,
     ) -> _Ref | None:
         lookback = self.settings.lookback_ms
         ring = self._refs.get(account)
         if known and (ring is None or as_of_ms - ring[-1].ts_ms >= lookback // _RING_STEPS):
             if ring is None:
                 ring = self._refs[account] = deque()
-            ring.append(_Ref(as_of_ms, x.copy(), cov))
+            ring.append(_Ref(as_of_ms, x.copy(), cov, psd))
         if ring is None:
             return None
         # Keep one state at or before the look-back's start: it is the reference.
@@ -273,6 +284,7 @@ class Actions:
         c: Contributions,
         ref: _Ref | None,
         as_of_ms: int,
+        psd: bool = False,
     ) -> dict[str, Any] | None:
         if ref is None:
             return None
@@ -288,7 +300,9 @@ class Actions:
             m = ref.cov.shape[0]
             cov_ref[:m, :m] = ref.cov
             sub = np.ix_(idx, idx)
-            att = attribute_drift(x_ref[idx], cov_ref[sub], x[idx], cov[sub])
+            # Both covariances fully known repairs of the same size: every corner is PSD.
+            both = psd and ref.psd and ref.cov.shape == cov.shape
+            att = attribute_drift(x_ref[idx], cov_ref[sub], x[idx], cov[sub], psd=both)
             self._attribution_memo[account] = (cov, key, att)
         lookback = self.settings.lookback_ms
         since = str(Duration(lookback)) if ref.ts_ms <= as_of_ms - lookback else "start"
@@ -385,6 +399,7 @@ class Actions:
         cov: FloatArray,
         c: Contributions,
         lin: Mapping[str, LinearInstrument | None],
+        psd: bool = False,
     ) -> dict[str, Any] | None:
         s = self.settings
         shown = [names[i] for i in idx.tolist()]
@@ -406,6 +421,7 @@ class Actions:
                     budget,
                     method=s.rebalance_method,
                     scale=s.rebalance_scale,
+                    psd=psd,
                 )
             except ValueError:
                 t = None
@@ -630,10 +646,17 @@ class Backtests:
 
 
 def stressed_section(
-    x: FloatArray, cov: FloatArray, settings: ActionSettings, confidence: float, horizon: float
+    x: FloatArray,
+    cov: FloatArray,
+    settings: ActionSettings,
+    confidence: float,
+    horizon: float,
+    *,
+    psd: bool = False,
 ) -> dict[str, Any]:
     """``var.stressed``: delta-normal VaR on the stressed covariance, and its ratio to the
-    delta-normal VaR on ``cov`` (the held underlyings with a known covariance only)."""
+    delta-normal VaR on ``cov`` (the held underlyings with a known covariance only).
+    ``psd``: ``cov`` is a fully known PSD repair (the evaluator's)."""
     keep = np.flatnonzero((x != 0.0) & np.isfinite(np.diagonal(cov)))
     if keep.size == 0:
         return {"var_usd": None, "es_usd": None, "ratio": None}
@@ -645,6 +668,7 @@ def stressed_section(
         settings.stress_vol_scale,
         confidence=confidence,
         horizon=horizon,
+        psd=psd,
     )
     return {
         "correlation": settings.stress_correlation,

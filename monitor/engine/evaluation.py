@@ -53,8 +53,11 @@ from monitor.quant.margin import (
 )
 from monitor.quant.regime import RegimeBaselines, RegimeFigures, regime_figures, vol_ratio
 from monitor.quant.risk import (
+    BookRisk,
+    Contributions,
     OptionPositions,
     PSDRepair,
+    book_contributions,
     book_risk,
     psd_covariance,
     revalue_grid,
@@ -150,6 +153,9 @@ class Evaluator:
         self._full: dict[str, FullRevaluationVaR] = {}
         self._scenario_unknown: dict[str, str] = {}
         self._regime_memo: tuple[FloatArray, npt.NDArray[np.bool_], RegimeFigures] | None = None
+        #: (the sample's figures, the marked IVs' bytes, the figures with them): an
+        #: evaluation whose marks did not move since the last one of the sample.
+        self._regime_last: tuple[RegimeFigures, bytes, RegimeFigures] | None = None
         self._margin_model: dict[str, dict[str, Any]] = {}
         self._recompute_next = -(2**62)
         self._pending_recompute: frozenset[str] = frozenset()
@@ -157,6 +163,15 @@ class Evaluator:
         self._recomputed: dict[str, dict[str, Any] | None] = {}
         # The estimator's covariances (identity: one per sample) and their PSD repairs.
         self._psd_memo: tuple[object, PSDRepair, PSDRepair] | None = None
+        #: Per repair in the memo: fully known (finite), so every block of it is PSD and
+        #: the risk functions need not repair it again (``psd=True``).
+        self._psd_known: tuple[bool, bool] = (False, False)
+        #: (the estimator's covariance: one per sample, the estimator, n, its figures).
+        self._figures_memo: tuple[object, object, int, _EstimatorFigures] | None = None
+        #: (book, registry, its version, the held positions' expiries).
+        self._expiry_memo: tuple[Book, InstrumentRegistry, int, FloatArray] | None = None
+        #: (n, contributions, book risk) of the flat book of an evaluation without positions.
+        self._flat_memo: tuple[int, list[Contributions], list[BookRisk]] | None = None
         self._repairs = 0
         self._actions = Actions(self.settings.actions)
         s = self.settings
@@ -243,7 +258,7 @@ class Evaluator:
                 scenarios_due,
                 positions_changed,
             )
-        expiry = np.asarray(registry.column("expiry_ms"), dtype=np.float64)[book.instrument]
+        expiry = self._held_expiries(book, registry)
         later = expiry[expiry > as_of_ms]
         self._last_full = _LastFull(snap, int(later.min()) if later.size else _NEVER)
         return snap
@@ -307,9 +322,16 @@ class Evaluator:
         # Risk uses PSD covariances: the slow one (volatility, contributions, margin), the
         # VaR estimator's (VaR/ES of every method).
         cov, var_cov = slow.cov, var_rep.cov
-        assets = _asset_figures(registry, estimator, prices, n_und)
-        assets = replace(
-            assets,
+        vol, vol_fast, returns, warm, corr = self._estimator_figures(estimator, n_und)
+        assets = AssetFigures(
+            names=tuple(registry.underlyings),
+            price=prices.price,
+            price_ts_ms=prices.ts_ms,
+            volatility=vol,
+            volatility_fast=vol_fast,
+            returns=returns,
+            warm=warm,
+            correlation=corr,
             stale=_stale(prices, as_of_ms, estimator.max_gap_ms),
             psd_repaired=slow.repaired,
             min_eigenvalue=slow.min_eigenvalue,
@@ -382,37 +404,48 @@ class Evaluator:
         names = tuple(registry.underlyings)
         book_names = values.account_names
         keys = [*(f"accounts.{a}" for a in book_names), "total"]
-        held_any: npt.NDArray[np.bool_] = np.any(values.held, axis=0)
-        x = np.vstack([values.exposure, values.exposure.sum(axis=0)])
-        g = np.vstack([values.gamma_cash, values.gamma_cash.sum(axis=0)])
-        held = np.vstack([values.held, held_any])
-        # A book whose exposure overflowed has no risk figures (null), the others do.
-        bad = ~(np.isfinite(x).all(axis=1) & np.isfinite(g).all(axis=1))
-        for j in np.flatnonzero(bad).tolist():
-            unknown[f"{keys[j]}.risk"] = "exposure or gamma not finite (a price out of range?)"
-        x[bad] = 0.0
-        g[bad] = 0.0
+        if book_names:
+            held_any: npt.NDArray[np.bool_] = np.any(values.held, axis=0)
+            x = np.vstack([values.exposure, values.exposure.sum(axis=0)])
+            g = np.vstack([values.gamma_cash, values.gamma_cash.sum(axis=0)])
+            held = np.vstack([values.held, held_any])
+            # A book whose exposure overflowed has no risk figures (null), the others do.
+            bad = ~(np.isfinite(x).all(axis=1) & np.isfinite(g).all(axis=1))
+            for j in np.flatnonzero(bad).tolist():
+                unknown[f"{keys[j]}.risk"] = "exposure or gamma not finite (a price out of range?)"
+            x[bad] = 0.0
+            g[bad] = 0.0
+        else:  # no positions: the whole book is one flat row
+            x, g = np.zeros((1, n_und)), np.zeros((1, n_und))
+            held, bad = np.zeros((1, n_und), dtype=bool), np.zeros(1, dtype=bool)
         budgets = [self._budget(names, s.budgets.get(a)) for a in book_names] + [None]
         slow_hl, _, var_hl = (h / 1000.0 for h in estimator.halflives_ms)
+        slow_psd, var_psd = self._psd_known
         try:
-            # From the slow covariance only the contributions are read: no simulation.
-            risks = book_risk(x, g, cov, budgets, s.var_confidence, horizon, simulate=False)
-            var_risks = book_risk(x, g, var_cov, budgets, s.var_confidence, horizon)
+            if not book_names:
+                # No positions: the whole book is flat, its figures depend on n alone.
+                shares, var_risks = self._flat_risk(x, g, cov, var_cov, budgets, horizon)
+            else:
+                # From the slow covariance only the contributions are read.
+                shares = book_contributions(x, cov, budgets, gamma_cash=g, psd=slow_psd)
+                var_risks = book_risk(
+                    x, g, var_cov, budgets, s.var_confidence, horizon, psd=var_psd
+                )
         except _NUMERIC_ERRORS as exc:
             bad[:] = True
             for key in keys:
                 unknown[f"{key}.risk"] = _reason(exc)
-            risks = book_risk(x * 0.0, g * 0.0, np.zeros_like(cov), budgets, 0.99, horizon)
-            var_risks = risks
+            var_risks = book_risk(x * 0.0, g * 0.0, np.zeros_like(cov), budgets, 0.99, horizon)
+            shares = [r.contributions for r in var_risks]
 
         def account_risk(j: int, key: str) -> AccountRisk:
             budget = budgets[j]
             shown = held[j] if budget is None else held[j] | (budget > 0)
-            r, v = risks[j], var_risks[j]
+            v = var_risks[j]
             return AccountRisk(
                 names,
                 shown,
-                r.contributions,
+                shares[j],
                 v.delta_normal,
                 v.delta_gamma,
                 self._full.get(key),
@@ -445,10 +478,11 @@ class Evaluator:
                 {a: accounts[a] for a in book_names},
                 x[:-1],
                 cov,
-                [r.contributions for r in risks[:-1]],
+                shares[:-1],
                 registry,
                 prices.price,
                 book,
+                psd=slow_psd,
             )
             var_now = {  # a VaR that leaves out a held underlying predicts nothing
                 a: math.nan if dn.excluded.any() else float(dn.var_usd)
@@ -465,7 +499,7 @@ class Evaluator:
                 stressed = None if a in refreshed else self._stressed.get(a)
                 if stressed is None:
                     stressed = self._stressed[a] = stressed_section(
-                        x[j], var_cov, s.actions, s.var_confidence, horizon
+                        x[j], var_cov, s.actions, s.var_confidence, horizon, psd=var_psd
                     )
                 sec["stressed_var"] = stressed
         except _NUMERIC_ERRORS as exc:
@@ -506,7 +540,63 @@ class Evaluator:
         if memo is None or memo[0] is not slow:
             self._repairs += reps[0].repaired or reps[1].repaired
         self._psd_memo = (slow, *reps)
+        self._psd_known = (
+            bool(np.isfinite(reps[0].cov).all()),
+            bool(np.isfinite(reps[1].cov).all()),
+        )
         return reps
+
+    def _held_expiries(self, book: Book, registry: InstrumentRegistry) -> FloatArray:
+        """Expiry (epoch ms, NaN for none) of each held position, per Book and registry
+        version (the engine keeps one Book while no position changes)."""
+        memo = self._expiry_memo
+        if (
+            memo is None
+            or memo[0] is not book
+            or memo[1] is not registry
+            or memo[2] != registry.version
+        ):
+            expiry = np.asarray(registry.column("expiry_ms"), dtype=np.float64)[book.instrument]
+            expiry.flags.writeable = False
+            memo = self._expiry_memo = (book, registry, registry.version, expiry)
+        return memo[3]
+
+    def _flat_risk(
+        self,
+        x: FloatArray,
+        g: FloatArray,
+        cov: FloatArray,
+        var_cov: FloatArray,
+        budgets: list[FloatArray | None],
+        horizon: float,
+    ) -> tuple[list[Contributions], list[BookRisk]]:
+        """The risk of a book without positions (``x`` and ``g`` one zero row): what
+        ``book_risk`` computes for a flat book (read-only, shared), once per ``n``."""
+        n = x.shape[1]
+        memo = self._flat_memo
+        if memo is None or memo[0] != n:
+            s = self.settings
+            shares = book_contributions(x, cov, budgets, gamma_cash=g)
+            var_risks = book_risk(x, g, var_cov, budgets, s.var_confidence, horizon)
+            memo = self._flat_memo = (n, shares, var_risks)
+        return memo[1], memo[2]
+
+    def _estimator_figures(self, est: RollingEstimator, n: int) -> _EstimatorFigures:
+        """The snapshot's estimator figures, padded to ``n``, once per estimator sample.
+
+        The estimator's covariance is one read-only array per sample (its identity is the
+        key, held by the memo so it cannot be reused); the figures are read-only, shared
+        by the snapshots of that sample (4 evaluations a second, 1 sample).
+        """
+        key = est.covariance() if est.n_assets else None
+        memo = self._figures_memo
+        if memo is not None and memo[0] is key and memo[1] is est and memo[2] == n:
+            return memo[3]
+        figs = _estimator_figures(est, n)
+        for a in figs:
+            a.flags.writeable = False
+        self._figures_memo = (key, est, n, figs)
+        return figs
 
     def _regime(self, assets: AssetFigures, marked_iv: FloatArray) -> RegimeFigures:
         """Regime figures; the correlation ones only when the estimator has a new sample.
@@ -518,16 +608,23 @@ class Evaluator:
         if (
             prev is not None
             and prev[0] is assets.correlation
-            and np.array_equal(prev[1], assets.warm)
+            and (prev[1] is assets.warm or np.array_equal(prev[1], assets.warm))
         ):
             fig = prev[2]
-            return RegimeFigures(
+            # The marked IVs move with the book's option marks, not with the sample.
+            marked = marked_iv.tobytes()
+            last = self._regime_last
+            if last is not None and last[0] is fig and last[1] == marked:
+                return last[2]
+            out = RegimeFigures(
                 vol_ratio=fig.vol_ratio,
                 realised_to_implied=vol_ratio(assets.volatility, marked_iv),
                 average_correlation=fig.average_correlation,
                 absorption_ratio=fig.absorption_ratio,
                 assets_used=fig.assets_used,
             )
+            self._regime_last = (fig, marked, out)
+            return out
         fig = regime_figures(
             assets.volatility,
             assets.volatility_fast,
@@ -784,22 +881,22 @@ def _fit(a: npt.NDArray[Any], n: int, fill: Any) -> npt.NDArray[Any]:
     return out
 
 
-def _asset_figures(
-    registry: InstrumentRegistry,
-    est: RollingEstimator,
-    prices: UnderlyingPrices,
-    n: int,
-) -> AssetFigures:
+#: Volatility, fast volatility, returns, warm, correlation (``AssetFigures`` fields).
+_EstimatorFigures = tuple[
+    FloatArray, FloatArray, npt.NDArray[np.int64], npt.NDArray[np.bool_], FloatArray
+]
+
+
+def _estimator_figures(est: RollingEstimator, n: int) -> _EstimatorFigures:
+    """The estimator's per-underlying figures, padded to ``n`` underlyings (registry order):
+    the estimator learns of an underlying at its first sample."""
     has = est.n_assets > 0
-    return AssetFigures(
-        names=tuple(registry.underlyings),
-        price=prices.price,
-        price_ts_ms=prices.ts_ms,
-        volatility=_fit(est.volatility() if has else np.zeros(0), n, np.nan),
-        volatility_fast=_fit(est.volatility(fast=True) if has else np.zeros(0), n, np.nan),
-        returns=_fit(est.returns if has else np.zeros(0, dtype=np.int64), n, 0),
-        warm=_fit(est.warm if has else np.zeros(0, dtype=bool), n, False),
-        correlation=_pad(est.correlation() if has else np.zeros((0, 0)), n),
+    return (
+        _fit(est.volatility() if has else np.zeros(0), n, np.nan),
+        _fit(est.volatility(fast=True) if has else np.zeros(0), n, np.nan),
+        _fit(est.returns if has else np.zeros(0, dtype=np.int64), n, 0),
+        _fit(est.warm if has else np.zeros(0, dtype=bool), n, False),
+        _pad(est.correlation() if has else np.zeros((0, 0)), n),
     )
 
 

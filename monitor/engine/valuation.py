@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -177,16 +177,11 @@ def value_book(
         )
 
     i = book.instrument
-    kind = registry.column("kind_code")[i]
-    mult = np.asarray(registry.column("multiplier")[i], dtype=np.float64)
-    index_inst = registry.column("index_instrument")[i]
+    st = _static(book, registry)
+    kind, index_inst, collateral, q, is_opt = st.kind, st.index_inst, st.collateral, st.q, st.is_opt
     spot = market.price[index_inst]  # S: the underlying's index price, USD
     # Coin collateral is valued at its index (it has no mark of its own).
-    collateral = np.asarray(registry.column("collateral")[i], dtype=bool)
     price = np.where(collateral, spot, market.price[i])
-    q = book.quantity * mult
-
-    is_opt = kind == _OPTION
     # F: the price each position moves with. Futures: their own mark (else the index).
     fwd_all = np.where((kind == _FUTURE) & np.isfinite(price) & np.isfinite(spot), price, spot)
     opt_inputs: tuple[npt.NDArray[Any], ...] | None = None
@@ -197,26 +192,22 @@ def value_book(
     unit_delta = np.ones_like(price)
     # Inverse futures and perpetuals: q is the USD notional N (contracts x USD each); the
     # coin P&L N (1/S0 - 1/S) is, in USD, N per unit proportional move: delta N / F, value N.
-    inverse_linear = (
-        np.asarray(registry.column("inverse")[i], dtype=bool) & ~is_opt & (kind != _SPOT)
-    )
-    if inverse_linear.any():
+    inverse_linear = st.inverse_linear
+    if st.any_inverse_linear:
         unit_delta = np.where(inverse_linear, 1.0 / fwd_all, unit_delta)
         unit_value = np.where(inverse_linear, 1.0, unit_value)
     unit_gamma = np.zeros_like(price)
     unit_vega = np.zeros_like(price)
     unit_theta = np.zeros_like(price)
     iv = np.full_like(price, np.nan)
-    if is_opt.any():
-        o = np.flatnonzero(is_opt)
-        oi = i[o]
+    if st.any_opt:
+        o, oi = st.o, st.oi
         fwd = market.forward[oi]
         fwd = np.where(np.isfinite(fwd), fwd, spot[o])
-        t = np.maximum(registry.column("expiry_ms")[oi] - as_of_ms, 0.0) / MS_PER_YEAR
-        strike = registry.column("strike")[oi]
-        is_call = registry.column("is_call")[oi]
+        t = np.maximum(st.expiry - as_of_ms, 0.0) / MS_PER_YEAR
+        strike, is_call = st.strike, st.is_call
         mark = price[o]
-        mark_usd = np.where(registry.column("inverse")[oi], mark * fwd, mark)
+        mark_usd = np.where(st.inverse_opt, mark * fwd, mark)
         vol = market.iv[oi]
         need = np.isnan(vol) & np.isfinite(mark_usd)
         if need.any():
@@ -229,7 +220,7 @@ def value_book(
             for code, count in zip(*np.unique(bad, return_counts=True), strict=True):
                 iv_unsolved[IVReason(int(code)).name.lower()] = int(count)
         g = black76(fwd, strike, t, vol, is_call)
-        inverse = registry.column("inverse")[oi]
+        inverse = st.inverse_opt
         opt_inputs = (oi, fwd, strike, t, vol, is_call, inverse)
         if inverse.any():
             # What a coin-margined account carries: delta less the coin premium.
@@ -262,7 +253,7 @@ def value_book(
     # Exposure needs only the index price (and, for options, the IV): a perpetual without
     # its own mark still carries known delta; its value_usd is null.
     unpriced = ~np.isfinite(delta_usd)
-    if is_opt.any():
+    if st.any_opt:
         unpriced |= is_opt & ~np.isfinite(table_all["vega"])
 
     sums = {
@@ -271,11 +262,11 @@ def value_book(
     clean_dusd = np.where(unpriced, 0.0, delta_usd)
     n_acc = len(book.accounts)
     acc_idx = book.account
-    flat = acc_idx * n_und + book.underlying
+    flat = st.flat
     shape = (n_acc, n_und)
     size = n_acc * n_und
     exposure = _weighted_counts(flat, clean_dusd, size).reshape(shape)
-    held = np.bincount(flat, minlength=size).reshape(shape) > 0
+    held = st.held
     # A sum over nothing known is unknown, not 0: NaN (null) where no position is priced.
     priced = _weighted_counts(flat, (~unpriced).astype(np.float64), size).reshape(shape) > 0
     gamma_cash = _weighted_counts(flat, np.where(unpriced, 0.0, gamma * fwd_all * fwd_all), size)
@@ -326,6 +317,7 @@ def value_book(
         table_all["vega"],
         n_acc,
         n_und,
+        st.option_rows,
     )
     held_any: npt.NDArray[np.bool_] = np.any(held, axis=0)
     total = AccountFigures(
@@ -354,6 +346,89 @@ def value_book(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Static:
+    """What :func:`value_book` reads of a book and the registry that no price moves: the
+    engine keeps one :class:`Book` while no position changes (arrays read-only)."""
+
+    kind: npt.NDArray[Any]
+    index_inst: npt.NDArray[Any]
+    collateral: npt.NDArray[np.bool_]
+    q: FloatArray  # quantity x multiplier
+    is_opt: npt.NDArray[np.bool_]
+    any_opt: bool
+    inverse_linear: npt.NDArray[np.bool_]
+    any_inverse_linear: bool
+    o: IntArray  # option rows
+    oi: IntArray  # their instruments
+    expiry: npt.NDArray[Any]
+    strike: npt.NDArray[Any]
+    is_call: npt.NDArray[Any]
+    inverse_opt: npt.NDArray[Any]
+    flat: IntArray  # account x underlying cell of each position
+    held: npt.NDArray[np.bool_]  # (accounts, underlyings)
+    #: ``_option_book``'s rows for the last set of priced options (one entry).
+    option_rows: list[tuple[bytes, _OptionRows]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _OptionRows:
+    """The priced options' rows and their per-instrument quantities (no price in them)."""
+
+    keep: npt.NDArray[np.bool_]  # option rows (in option order) that are priced
+    rows: IntArray  # positions that are priced options
+    first: IntArray  # per instrument, its first row in ``keep``
+    quantity: FloatArray  # (instruments, accounts), underlying units
+    underlying: IntArray  # per instrument
+
+
+#: (book, registry, its version, the book's static arrays): one entry, the current book.
+_STATIC_MEMO: list[tuple[Book, InstrumentRegistry, int, _Static]] = []
+
+
+def _static(book: Book, registry: InstrumentRegistry) -> _Static:
+    """:class:`_Static` of ``book``, rebuilt when the book or the registry changes."""
+    if _STATIC_MEMO:
+        b, r, version, st = _STATIC_MEMO[0]
+        if b is book and r is registry and version == registry.version:
+            return st
+    i = book.instrument
+    kind = registry.column("kind_code")[i]
+    is_opt = kind == _OPTION
+    o = np.flatnonzero(is_opt)
+    oi = i[o]
+    n_und = len(registry.underlyings)
+    flat = book.account * n_und + book.underlying
+    size = len(book.accounts) * n_und
+    inverse_linear = (
+        np.asarray(registry.column("inverse")[i], dtype=bool) & ~is_opt & (kind != _SPOT)
+    )
+    st = _Static(
+        kind=kind,
+        index_inst=registry.column("index_instrument")[i],
+        collateral=np.asarray(registry.column("collateral")[i], dtype=bool),
+        q=book.quantity * np.asarray(registry.column("multiplier")[i], dtype=np.float64),
+        is_opt=is_opt,
+        any_opt=bool(is_opt.any()),
+        inverse_linear=inverse_linear,
+        any_inverse_linear=bool(inverse_linear.any()),
+        o=o,
+        oi=oi,
+        expiry=registry.column("expiry_ms")[oi],
+        strike=registry.column("strike")[oi],
+        is_call=registry.column("is_call")[oi],
+        inverse_opt=registry.column("inverse")[oi],
+        flat=flat,
+        held=np.bincount(flat, minlength=size).reshape(len(book.accounts), n_und) > 0,
+    )
+    for name in st.__slots__:
+        value = getattr(st, name)
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+    _STATIC_MEMO[:] = [(book, registry, registry.version, st)]
+    return st
+
+
 def _option_book(
     inputs: tuple[npt.NDArray[Any], ...] | None,
     priced: npt.NDArray[np.bool_],
@@ -364,6 +439,7 @@ def _option_book(
     vega: FloatArray,
     n_acc: int,
     n_und: int,
+    memo: list[tuple[bytes, _OptionRows]] | None = None,
 ) -> tuple[OptionPositions | None, FloatArray, int]:
     """Priced options per instrument x account, the |vega|-weighted IV per underlying, and
     how many positions the IV mean left out.
@@ -375,13 +451,24 @@ def _option_book(
     if inputs is None or not priced.any():
         return None, marked, 0
     inst, fwd, strike, t, vol, is_call, inverse_opt = inputs
-    keep = priced[is_opt]  # option rows (in ``inputs`` order) that are priced
-    rows = np.flatnonzero(priced)
-    uniq, first, inverse = np.unique(inst[keep], return_index=True, return_inverse=True)
-    qty = np.zeros((len(uniq), n_acc))
-    np.add.at(qty, (inverse, acc_idx[rows]), q[rows])
+    # ``memo``: kept per Book (positions fixed), so the rows depend on ``priced`` alone.
+    key = priced.tobytes()
+    if memo and memo[0][0] == key:
+        r = memo[0][1]
+    else:
+        keep = priced[is_opt]  # option rows (in ``inputs`` order) that are priced
+        rows = np.flatnonzero(priced)
+        uniq, first, inverse = np.unique(inst[keep], return_index=True, return_inverse=True)
+        qty = np.zeros((len(uniq), n_acc))
+        np.add.at(qty, (inverse, acc_idx[rows]), q[rows])
+        r = _OptionRows(keep, rows, first, qty, und[rows][first])
+        for a in (keep, rows, first, qty, r.underlying):
+            a.flags.writeable = False
+        if memo is not None:
+            memo[:] = [(key, r)]
+    keep, rows, first, qty = r.keep, r.rows, r.first, r.quantity
     options = OptionPositions(
-        underlying=und[rows][first],
+        underlying=r.underlying,
         forward=fwd[keep][first],
         strike=strike[keep][first],
         t=t[keep][first],

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from monitor.quant.risk import contributions
+from monitor.quant.risk import risk_shares
 
 __all__ = ["DriftAttribution", "attribute_drift", "drift_summary"]
 
@@ -105,7 +105,12 @@ def _vols_corr(cov: FloatArray) -> tuple[FloatArray, FloatArray]:
 
 
 def attribute_drift(
-    x_ref: npt.ArrayLike, cov_ref: npt.ArrayLike, x_now: npt.ArrayLike, cov_now: npt.ArrayLike
+    x_ref: npt.ArrayLike,
+    cov_ref: npt.ArrayLike,
+    x_now: npt.ArrayLike,
+    cov_now: npt.ArrayLike,
+    *,
+    psd: bool = False,
 ) -> DriftAttribution:
     """Shapley attribution of the change of risk shares between two states of one account.
 
@@ -116,6 +121,10 @@ def attribute_drift(
         reference and now; the same underlyings in the same order (0 where not held).
     cov_ref, cov_now
         Shape ``(n, n)``, annualised covariance of log returns at the reference and now.
+    psd
+        Both are fully known blocks of :func:`monitor.quant.risk.psd_covariance` outputs,
+        so every corner ``D_b C_c D_b`` is PSD: each corner's repair is skipped (see
+        :func:`monitor.quant.risk.contributions`; the same figures).
 
     Returns
     -------
@@ -140,9 +149,9 @@ def attribute_drift(
     p = np.empty((2, 2, 2, n))
     sigma = np.empty((2, 2, 2))
     for a, b, c in itertools.product((0, 1), repeat=3):
-        res = contributions(xs[a], corrs[c] * np.outer(vols[b], vols[b]))
-        p[a, b, c] = res.share
-        sigma[a, b, c] = res.sigma_usd
+        sigma[a, b, c], p[a, b, c] = risk_shares(
+            xs[a], corrs[c] * np.outer(vols[b], vols[b]), psd=psd
+        )
     if not np.isfinite(p).all():
         nan = np.full(n, np.nan)
         return DriftAttribution(

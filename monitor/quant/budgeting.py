@@ -196,6 +196,7 @@ def rebalance_target(
     sign: npt.ArrayLike | None = None,
     usd_per_contract: npt.ArrayLike | None = None,
     lot: npt.ArrayLike | None = None,
+    psd: bool = False,
 ) -> RebalanceTarget:
     """The exposures that restore the risk budget at the current covariance.
 
@@ -224,6 +225,9 @@ def rebalance_target(
         Shape ``(n,)``: ``delta_usd`` of one contract of each underlying's linear
         instrument (USD) and its trade increment (contracts); when given, ``trades`` holds
         the contracts that take ``x_now`` to the target.
+    psd
+        ``cov`` is a fully known block of :func:`monitor.quant.risk.psd_covariance`'s
+        output: the volatilities are computed without repairing it again (the same figures).
 
     Returns
     -------
@@ -266,7 +270,7 @@ def rebalance_target(
     direction = s * y  # any positive multiple has the same shares
 
     if scale == "volatility":
-        level = contributions(x, c).sigma_usd if level_usd is None else level_usd
+        level = contributions(x, c, psd=psd).sigma_usd if level_usd is None else level_usd
         sub_c = c[np.ix_(idx, idx)]
         unit = math.sqrt(max(float(direction[idx] @ sub_c @ direction[idx]), 0.0))
     elif scale == "gross":
@@ -277,7 +281,7 @@ def rebalance_target(
     if not (math.isfinite(level) and level >= 0.0):
         raise ValueError(f"level must be finite and >= 0, got {level}")
     target = direction * (level / unit) if converged and unit > 0.0 else np.full(n, np.nan)
-    sigma = contributions(target, c).sigma_usd if np.isfinite(target).all() else math.nan
+    sigma = contributions(target, c, psd=psd).sigma_usd if np.isfinite(target).all() else math.nan
     change = target - x
     return RebalanceTarget(
         exposure_usd=target,

@@ -847,14 +847,8 @@ def stress_pnl(
     """
     lin, names = _linear_named(linear_usd, underlyings)
     n, k = lin.shape
-    col = {u: j for j, u in enumerate(names)}
     ns = len(stresses)
-    moves = np.array([[st.default_move] * n for st in stresses], dtype=np.float64).reshape(ns, n)
-    for j, st in enumerate(stresses):  # configuration, not numerics: one entry per named move
-        for u, mv in st.moves.items():
-            if u in col:
-                moves[j, col[u]] = mv
-    vol_factor = np.array([1.0 + st.vol_shift for st in stresses], dtype=np.float64)
+    moves, vol_factor = _stress_moves(stresses, names)
     pnl = moves @ lin  # (s, k)
     o = _prepare(options, n, k)
     if o is not None and o.size and ns:
@@ -867,6 +861,35 @@ def stress_pnl(
             v -= base
             pnl += v @ o.qty[c]
     return StressPnL(tuple(st.name for st in stresses), pnl, 0 if o is None else o.unpriced)
+
+
+#: (stresses, underlying names, moves, vol factors) of the last :func:`stress_pnl` call:
+#: the configuration's matrices, rebuilt when the stresses (identity) or the names change.
+_STRESS_MEMO: list[tuple[Sequence[Stress], tuple[str, ...], FloatArray, FloatArray]] = []
+
+
+def _stress_moves(
+    stresses: Sequence[Stress], names: tuple[str, ...]
+) -> tuple[FloatArray, FloatArray]:
+    """Per stress, the relative move of each underlying ``(s, n)`` and the IV factor
+    ``(s,)`` (read-only; kept for the same ``stresses`` object and names)."""
+    if _STRESS_MEMO:
+        st0, names0, moves0, vf0 = _STRESS_MEMO[0]
+        if st0 is stresses and names0 == names:
+            return moves0, vf0
+    n, ns = len(names), len(stresses)
+    col = {u: j for j, u in enumerate(names)}
+    moves = np.array([[st.default_move] * n for st in stresses], dtype=np.float64).reshape(ns, n)
+    for j, st in enumerate(stresses):  # configuration, not numerics: one entry per named move
+        for u, mv in st.moves.items():
+            if u in col:
+                moves[j, col[u]] = mv
+    vol_factor = np.array([1.0 + st.vol_shift for st in stresses], dtype=np.float64)
+    moves.flags.writeable = False
+    vol_factor.flags.writeable = False
+    if isinstance(stresses, tuple):  # immutable: safe to key on its identity
+        _STRESS_MEMO[:] = [(stresses, names, moves, vol_factor)]
+    return moves, vol_factor
 
 
 # -- distance to a margin call --------------------------------------------------------------

@@ -365,6 +365,15 @@ class RegimeBaselines:
             rti = np.where(w, rti, np.nan)
             if np.any(figures.assets_used & ~w):
                 avg = ar = math.nan
+        fused = self._update_together(vr, rti, avg, ar, ts_ms)
+        if fused is not None:
+            return RegimeFigures(
+                vol_ratio=fused[0],
+                realised_to_implied=fused[1],
+                average_correlation=float(fused[2][0]),
+                absorption_ratio=float(fused[3][0]),
+                assets_used=figures.assets_used.copy(),
+            )
         return RegimeFigures(
             vol_ratio=self._vr.update(vr, ts_ms),
             realised_to_implied=self._rti.update(rti, ts_ms),
@@ -372,3 +381,38 @@ class RegimeBaselines:
             absorption_ratio=float(self._ar.update(ar, ts_ms)),
             assets_used=figures.assets_used.copy(),
         )
+
+    def _update_together(
+        self, vr: npt.ArrayLike, rti: npt.ArrayLike, avg: float, ar: float, ts_ms: int
+    ) -> list[FloatArray] | None:
+        """The four baselines' updates as one array operation (one per evaluation), when
+        they share their clock and shapes (always, after their first update); else None.
+
+        Element for element the same arithmetic as :meth:`RegimeBaseline.update` (the
+        same decay ``a``, the same blend), so the same baselines bit for bit.
+        """
+        parts = (self._vr, self._rti, self._avg, self._ar)
+        values = [np.asarray(v, dtype=np.float64) for v in (vr, rti, avg, ar)]
+        last, hl = self._vr._last_ms, self._vr._halflife_ms
+        prevs = [p._value for p in parts]
+        if last is None or any(
+            p._last_ms != last or p._halflife_ms != hl or prev is None or prev.shape != v.shape
+            for p, prev, v in zip(parts, prevs, values, strict=True)
+        ):
+            return None
+        ts_ms = max(ts_ms, last)
+        a = 0.5 ** ((ts_ms - last) / hl)
+        v = np.concatenate([x.ravel() for x in values])
+        new = np.concatenate([x.ravel() for x in prevs])  # type: ignore[union-attr]
+        # As RegimeBaseline.update: a fresh element takes v, a known one blends, a NaN v
+        # leaves it (the blend of a fresh element is computed and not used).
+        new = np.where(np.isfinite(v), np.where(np.isnan(new), v, a * new + (1.0 - a) * v), new)
+        out: list[FloatArray] = []
+        start = 0
+        for p, x in zip(parts, values, strict=True):
+            part = new[start : start + x.size].reshape(x.shape)
+            start += x.size
+            p._value = part  # a view: baselines are replaced, never written in place
+            p._last_ms = int(ts_ms)
+            out.append(part.copy().reshape(-1) if x.ndim == 0 else part.copy())
+        return out

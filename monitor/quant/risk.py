@@ -66,6 +66,7 @@ __all__ = [
     "ScenarioPnL",
     "ScenarioVaR",
     "Scenarios",
+    "book_contributions",
     "book_risk",
     "complete_assets",
     "contributions",
@@ -73,6 +74,7 @@ __all__ = [
     "psd_covariance",
     "revalue",
     "revalue_grid",
+    "risk_shares",
     "scenario_returns",
     "var_delta_gamma",
     "var_delta_normal",
@@ -251,11 +253,14 @@ class _Prepared:
     non_psd: bool
 
 
-def _prepare(x: FloatArray, cov: FloatArray, active: BoolArray) -> _Prepared:
+def _prepare(x: FloatArray, cov: FloatArray, active: BoolArray, psd: bool = False) -> _Prepared:
     inc = complete_assets(cov, active)
     excluded = active & ~inc
     xs = np.where(inc, x, 0.0)
-    rep = psd_covariance(np.where(inc[:, None] & inc[None, :], cov, 0.0))
+    masked = np.where(inc[:, None] & inc[None, :], cov, 0.0)
+    # ``psd``: the caller's covariance is already a repair's output (module notes), whose
+    # every principal block is PSD: repairing it again would return it unchanged.
+    rep = PSDRepair(masked, False, math.nan) if psd else psd_covariance(masked)
     s = rep.cov
     sx = s @ xs
     var = float(xs @ sx)
@@ -327,7 +332,11 @@ class Contributions:
 
 
 def contributions(
-    x: npt.ArrayLike, cov: npt.ArrayLike, budget: npt.ArrayLike | None = None
+    x: npt.ArrayLike,
+    cov: npt.ArrayLike,
+    budget: npt.ArrayLike | None = None,
+    *,
+    psd: bool = False,
 ) -> Contributions:
     """Euler risk contributions, shares and drift from a risk budget.
 
@@ -342,6 +351,12 @@ def contributions(
         weight on every held underlying (``x != 0``). Weights on excluded assets are dropped
         and the rest renormalised (so drift compares like with like); a budgeted underlying
         that is not held has share 0 and drift ``-b_i``.
+    psd
+        The caller guarantees that ``cov`` is positive semi-definite wherever it is known:
+        :func:`psd_covariance`'s output for a fully known matrix, a principal block of
+        one, or ``D C D`` with such a block's correlation ``C``. The repair, which would
+        return it unchanged, is skipped (the same figures, without an eigen-check per
+        call); ``non_psd`` is then set only by a negative ``x' S x`` beyond rounding.
 
     Returns
     -------
@@ -357,7 +372,7 @@ def contributions(
     """
     xv = _vector(x, "x")
     n = xv.shape[0]
-    p = _prepare(xv, _matrix(cov, n), xv != 0.0)
+    p = _prepare(xv, _matrix(cov, n), xv != 0.0, psd)
     sigma = math.sqrt(p.variance)
 
     if budget is None:
@@ -373,19 +388,7 @@ def contributions(
     b = b / total if total > 0.0 else np.full(n, np.nan)
     b[p.excluded] = np.nan
 
-    rc = p.x * p.sx
-    hedged = bool(_hedged(np.array([sigma]), p.x[None, :], p.cov)[0])
-    if hedged:
-        rc[:] = np.nan
-        share = np.full(n, np.nan)
-    elif sigma > 0.0:
-        rc /= sigma
-        share = rc / sigma
-    else:
-        rc[:] = 0.0
-        share = np.full(n, np.nan)
-    rc[p.excluded] = np.nan
-    share[p.excluded] = np.nan
+    rc, share, hedged = _rc_share(p, sigma, n)
     drift = share - b
     known = np.isfinite(drift)
     if known.any():
@@ -405,6 +408,37 @@ def contributions(
         non_psd=p.non_psd,
         share_reason=_share_reason(sigma, hedged),
     )
+
+
+def _rc_share(p: _Prepared, sigma: float, n: int) -> tuple[FloatArray, FloatArray, bool]:
+    """:func:`contributions`' Euler contributions, shares and whether the book is hedged."""
+    rc = p.x * p.sx
+    hedged = bool(_hedged(np.array([sigma]), p.x[None, :], p.cov)[0])
+    if hedged:
+        rc[:] = np.nan
+        share = np.full(n, np.nan)
+    elif sigma > 0.0:
+        rc /= sigma
+        share = rc / sigma
+    else:
+        rc[:] = 0.0
+        share = np.full(n, np.nan)
+    if p.excluded.any():
+        rc[p.excluded] = np.nan
+        share[p.excluded] = np.nan
+    return rc, share, hedged
+
+
+def risk_shares(
+    x: npt.ArrayLike, cov: npt.ArrayLike, *, psd: bool = False
+) -> tuple[float, FloatArray]:
+    """``sigma_usd`` and ``share`` of :func:`contributions` (the same arithmetic, bit for
+    bit), without the budget and the drift: for callers that read the shares alone."""
+    xv = _vector(x, "x")
+    n = xv.shape[0]
+    p = _prepare(xv, _matrix(cov, n), xv != 0.0, psd)
+    sigma = math.sqrt(p.variance)
+    return sigma, _rc_share(p, sigma, n)[1]
 
 
 # -- parametric VaR -------------------------------------------------------------------------
@@ -448,6 +482,8 @@ def var_delta_normal(
     cov: npt.ArrayLike,
     confidence: float = DEFAULT_CONFIDENCE,
     horizon: float = DEFAULT_HORIZON,
+    *,
+    psd: bool = False,
 ) -> DeltaNormalVaR:
     """Parametric delta-normal VaR and ES with Euler components.
 
@@ -461,6 +497,8 @@ def var_delta_normal(
         In (0, 1).
     horizon
         Years of 365 days, >= 0.
+    psd
+        As in :func:`contributions`: ``cov`` is a fully known repair's output (or a block).
 
     Returns
     -------
@@ -468,7 +506,7 @@ def var_delta_normal(
     """
     _check_var_params(confidence, horizon)
     xv = _vector(x, "x")
-    p = _prepare(xv, _matrix(cov, xv.shape[0]), xv != 0.0)
+    p = _prepare(xv, _matrix(cov, xv.shape[0]), xv != 0.0, psd)
     sigma = math.sqrt(p.variance)
     sd = sigma * math.sqrt(horizon)
     z = float(ndtri(confidence))
@@ -719,12 +757,15 @@ def book_risk(
     horizon: float = DEFAULT_HORIZON,
     *,
     simulate: bool = True,
+    psd: bool = False,
 ) -> list[BookRisk]:
     """:func:`contributions`, :func:`var_delta_normal` and :func:`var_delta_gamma` of k books.
 
-    ``simulate=False`` (a caller that wants the contributions only): a book whose
-    Cornish-Fisher expansion is not monotone gets a NaN delta-gamma VaR and ES (method
-    ``"not_computed"``) instead of the seeded simulation, the costly part.
+    ``simulate=False``: a book whose Cornish-Fisher expansion is not monotone gets a NaN
+    delta-gamma VaR and ES (method ``"not_computed"``) instead of the seeded simulation,
+    the costly part (a caller that wants the contributions only: :func:`book_contributions`).
+    ``psd``: ``cov`` is :func:`psd_covariance`'s output for a fully known matrix (as in
+    :func:`contributions`); the batched path skips the repair it would not need.
 
     The engine's per-evaluation path: when the covariance is known among every asset any
     book holds (the steady state once each asset has returns), all books are computed
@@ -754,58 +795,112 @@ def book_risk(
     if not np.isfinite(xs).all() or not np.isfinite(gs).all():
         raise ValueError("x and gamma_cash must be finite")
     if k and not active.any():
-        # Every book flat (no positions yet, a replay of prices alone): the figures do not
-        # depend on the covariance (it enters only through held assets), so they are
-        # computed once per shape and budget and shared, read-only.
-        key = (
-            k,
-            n,
-            tuple(None if w is None else _vector(w, "budget").tobytes() for w in budgets),
-            confidence,
-            horizon,
-            simulate,
-        )
-        flat = _FLAT_BOOKS.get(key)
-        if flat is None:
-            flat = _book_risk(xs, gs, np.zeros((n, n)), budgets, confidence, horizon, simulate)
-            for r in flat:
-                for part in (r.contributions, r.delta_normal, r.delta_gamma):
-                    for f in fields(part):
-                        value = getattr(part, f.name)
-                        if isinstance(value, np.ndarray):
-                            value.flags.writeable = False
-            if len(_FLAT_BOOKS) >= 16:
-                _FLAT_BOOKS.clear()
-            _FLAT_BOOKS[key] = flat
-        return list(flat)
-    return _book_risk(xs, gs, s, budgets, confidence, horizon, simulate)
+        return _flat_books(xs, gs, budgets, confidence, horizon, simulate)
+    return _book_risk(xs, gs, s, budgets, confidence, horizon, simulate, psd)
+
+
+def book_contributions(
+    x: npt.ArrayLike,
+    cov: npt.ArrayLike,
+    budgets: list[FloatArray | None],
+    *,
+    gamma_cash: npt.ArrayLike | None = None,
+    psd: bool = False,
+) -> list[Contributions]:
+    """The contributions of :func:`book_risk` alone (no VaR), for ``(k, n)`` exposures ``x``.
+
+    The same figures as ``[r.contributions for r in book_risk(x, gamma_cash, cov,
+    budgets)]`` (``gamma_cash`` default 0), bit for bit: the same batched arithmetic over
+    the same active assets (tests pin this), without the delta-gamma cumulants.
+    ``psd`` as in :func:`book_risk`.
+    """
+    xs = np.asarray(x, dtype=np.float64)
+    gs = np.zeros_like(xs) if gamma_cash is None else np.asarray(gamma_cash, dtype=np.float64)
+    if xs.ndim != 2 or gs.shape != xs.shape or len(budgets) != xs.shape[0]:
+        raise ValueError("x and gamma_cash must be (k, n) with one budget entry per book")
+    k, n = xs.shape
+    s = _matrix(cov, n)
+    if not np.isfinite(xs).all() or not np.isfinite(gs).all():
+        raise ValueError("x and gamma_cash must be finite")
+    active = ((xs != 0.0) | (gs != 0.0)).any(axis=0)
+    if k and not active.any():
+        flat = _flat_books(xs, gs, budgets, DEFAULT_CONFIDENCE, DEFAULT_HORIZON, False)
+        return [r.contributions for r in flat]
+    if k == 0 or not (np.isfinite(s).all() or np.isfinite(s[np.ix_(active, active)]).all()):
+        return [contributions(xs[b], s, budgets[b]) for b in range(k)]
+    b = _batch_contributions(xs, s, active, budgets, psd)
+    return [_contributions_of(b, j, n) for j in range(k)]
+
+
+def _flat_books(
+    xs: FloatArray,
+    gs: FloatArray,
+    budgets: list[FloatArray | None],
+    confidence: float,
+    horizon: float,
+    simulate: bool,
+) -> list[BookRisk]:
+    """Every book flat (no positions yet, a replay of prices alone): the figures do not
+    depend on the covariance (it enters only through held assets), so they are computed
+    once per shape and budget and shared, read-only."""
+    k, n = xs.shape
+    key = (
+        k,
+        n,
+        tuple(None if w is None else _vector(w, "budget").tobytes() for w in budgets),
+        confidence,
+        horizon,
+        simulate,
+    )
+    flat = _FLAT_BOOKS.get(key)
+    if flat is None:
+        flat = _book_risk(xs, gs, np.zeros((n, n)), budgets, confidence, horizon, simulate)
+        for r in flat:
+            for part in (r.contributions, r.delta_normal, r.delta_gamma):
+                for f in fields(part):
+                    value = getattr(part, f.name)
+                    if isinstance(value, np.ndarray):
+                        value.flags.writeable = False
+        if len(_FLAT_BOOKS) >= 16:
+            _FLAT_BOOKS.clear()
+        _FLAT_BOOKS[key] = flat
+    return list(flat)
 
 
 #: Results of all-flat :func:`book_risk` calls, by shape, budgets and settings.
 _FLAT_BOOKS: dict[tuple[Any, ...], list[BookRisk]] = {}
 
 
-def _book_risk(
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """:func:`_batch_contributions`: arrays ``(k, n)`` or ``(k,)`` over k books."""
+
+    s: FloatArray  # (n, n) the PSD covariance used
+    sx: FloatArray
+    var: FloatArray
+    sigma: FloatArray
+    hedged: BoolArray
+    non_psd: BoolArray
+    budget: FloatArray
+    rc: FloatArray
+    share: FloatArray
+    drift: FloatArray
+    max_abs: FloatArray
+    half_l1: FloatArray
+
+
+def _batch_contributions(
     xs: FloatArray,
-    gs: FloatArray,
     s: FloatArray,
+    active: BoolArray,
     budgets: list[FloatArray | None],
-    confidence: float,
-    horizon: float,
-    simulate: bool,
-) -> list[BookRisk]:
+    psd: bool,
+) -> _Batch:
+    """Contributions of k books at once, the covariance known among the ``active`` assets."""
     k, n = xs.shape
-    active = ((xs != 0.0) | (gs != 0.0)).any(axis=0)
-    if k == 0 or not (np.isfinite(s).all() or np.isfinite(s[np.ix_(active, active)]).all()):
-        return [
-            BookRisk(
-                contributions(xs[b], s, budgets[b]),
-                var_delta_normal(xs[b], s, confidence, horizon),
-                var_delta_gamma(xs[b], gs[b], s, confidence, horizon),
-            )
-            for b in range(k)
-        ]
-    rep = psd_covariance(np.where(active[:, None] & active[None, :], s, 0.0))
+    masked = np.where(active[:, None] & active[None, :], s, 0.0)
+    # psd: already a repair's output, whose blocks a repair returns unchanged.
+    rep = PSDRepair(masked, False, math.nan) if psd else psd_covariance(masked)
     s = rep.cov  # unknown only off the books, now PSD
 
     sx = xs @ s  # (k, n), S symmetric
@@ -838,6 +933,49 @@ def _book_risk(
     any_known = known.any(axis=1)
     max_abs = np.where(any_known, ad.max(axis=1, initial=0.0), np.nan)
     half_l1 = np.where(any_known, 0.5 * ad.sum(axis=1), np.nan)
+    return _Batch(s, sx, var, sigma, hedged, non_psd, budget_n, rc, share, drift, max_abs, half_l1)
+
+
+def _contributions_of(b: _Batch, j: int, n: int) -> Contributions:
+    sig = float(b.sigma[j])
+    return Contributions(
+        sigma_usd=sig,
+        rc_usd=b.rc[j],
+        share=b.share[j],
+        budget=b.budget[j],
+        drift=b.drift[j],
+        max_abs_drift=float(b.max_abs[j]),
+        half_l1=float(b.half_l1[j]),
+        excluded=np.zeros(n, dtype=bool),
+        non_psd=bool(b.non_psd[j]),
+        share_reason=_share_reason(sig, bool(b.hedged[j])),
+    )
+
+
+def _book_risk(
+    xs: FloatArray,
+    gs: FloatArray,
+    s: FloatArray,
+    budgets: list[FloatArray | None],
+    confidence: float,
+    horizon: float,
+    simulate: bool,
+    psd: bool = False,
+) -> list[BookRisk]:
+    k, n = xs.shape
+    active = ((xs != 0.0) | (gs != 0.0)).any(axis=0)
+    if k == 0 or not (np.isfinite(s).all() or np.isfinite(s[np.ix_(active, active)]).all()):
+        return [
+            BookRisk(
+                contributions(xs[b], s, budgets[b]),
+                var_delta_normal(xs[b], s, confidence, horizon),
+                var_delta_gamma(xs[b], gs[b], s, confidence, horizon),
+            )
+            for b in range(k)
+        ]
+    batch = _batch_contributions(xs, s, active, budgets, psd)
+    s, sx, var, sigma = batch.s, batch.sx, batch.var, batch.sigma
+    hedged, non_psd, rc = batch.hedged, batch.non_psd, batch.rc
 
     root_h = math.sqrt(horizon)
     z = float(ndtri(confidence))
@@ -906,11 +1044,11 @@ def _book_risk(
                 Contributions(
                     sigma_usd=sig,
                     rc_usd=rc[b],
-                    share=share[b],
-                    budget=budget_n[b],
-                    drift=drift[b],
-                    max_abs_drift=float(max_abs[b]),
-                    half_l1=float(half_l1[b]),
+                    share=batch.share[b],
+                    budget=batch.budget[b],
+                    drift=batch.drift[b],
+                    max_abs_drift=float(batch.max_abs[b]),
+                    half_l1=float(batch.half_l1[b]),
                     excluded=none,
                     non_psd=bool(non_psd[b]),
                     share_reason=_share_reason(sig, bool(hedged[b])),
@@ -972,6 +1110,15 @@ def normal_draws(n_scenarios: int, n_assets: int, seed: int = 0) -> FloatArray:
         half = np.linalg.solve(chol, half.T).T
     out: FloatArray = np.concatenate([half, -half])
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_draws(n_scenarios: int, n_assets: int, seed: int) -> FloatArray:
+    """:func:`normal_draws`, read-only and computed once per arguments (a deterministic
+    function of them): the scenario pass draws the same set every time."""
+    z = normal_draws(n_scenarios, n_assets, seed)
+    z.flags.writeable = False
+    return z
 
 
 @dataclass(frozen=True, slots=True)
@@ -1038,7 +1185,7 @@ def scenario_returns(
     scale = float(np.abs(lam).max()) if lam.size else 0.0
     non_psd = bool((lam < -_PSD_RTOL * scale).any())
     a = q * np.sqrt(np.maximum(lam, 0.0))
-    z = normal_draws(n_scenarios, idx.size, seed)
+    z = _shared_draws(n_scenarios, idx.size, seed)
     r = np.zeros((n_scenarios, n))
     r[:, idx] = z @ a.T
     return Scenarios(returns=r, horizon_years=horizon, excluded=~inc, non_psd=non_psd)

@@ -153,6 +153,8 @@ def stressed_var(
     weight: float = 1.0,
     confidence: float = DEFAULT_CONFIDENCE,
     horizon: float = DEFAULT_HORIZON,
+    *,
+    psd: bool = False,
 ) -> StressedVaR:
     """:func:`monitor.quant.risk.var_delta_normal` on ``cov`` and on its stressed version.
 
@@ -166,13 +168,16 @@ def stressed_var(
         As :func:`stressed_covariance`.
     confidence, horizon
         As :func:`monitor.quant.risk.var_delta_normal` (99%, one day of a 365-day year).
+    psd
+        ``cov`` is a fully known PSD repair (:func:`monitor.quant.risk.contributions`):
+        the normal VaR does not repair it again. The stressed covariance is always checked.
 
     Returns
     -------
     StressedVaR
     """
     s = stressed_covariance(cov, correlation, vol_scale, weight)
-    normal = var_delta_normal(x, cov, confidence, horizon)
+    normal = var_delta_normal(x, cov, confidence, horizon, psd=psd)
     stressed = var_delta_normal(x, s.cov, confidence, horizon)
     ratio = stressed.var_usd / normal.var_usd if normal.var_usd > 0.0 else math.nan
     return StressedVaR(normal=normal, stressed=stressed, ratio=ratio, covariance=s)
