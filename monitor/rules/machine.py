@@ -241,6 +241,29 @@ class Rule(Generic[I]):
         return self.spec.name
 
 
+class _Text:
+    """One summary, built at most once: from the ``describe`` of the reading it was taken
+    from, when first needed (shared by a track and the alerts built from it)."""
+
+    __slots__ = ("_describe", "_text")
+
+    def __init__(self, describe: Callable[[], str] | None, text: str | None = None) -> None:
+        self._describe = describe
+        self._text = text
+
+    def __call__(self) -> str:
+        text = self._text
+        if text is None:
+            describe = self._describe
+            if describe is None:  # built by another thread meanwhile (text set first)
+                text = self._text
+                assert text is not None
+                return text
+            text = self._text = describe()
+            self._describe = None  # the figures it read may be freed
+        return text
+
+
 @dataclass(slots=True)
 class _Track:
     """A subject's live episode (pending or firing)."""
@@ -252,14 +275,22 @@ class _Track:
     value: float
     reading: Reading
     tick: int
-    summary: str | None = None
-    #: The alert :meth:`RuleEngine.active` last built from this track (reused while
-    #: nothing in it changed; ``_alert`` compares).
+    #: The summary, once asked for: taken from the reading current then, kept while the
+    #: value (and the labels) stay as they were. None: not asked for since they changed.
+    summary: _Text | None = None
+    #: The alert :meth:`RuleEngine.active` last built from this track, and the summary
+    #: it was built with (reused while nothing in it changed; ``_alert`` compares).
     alert: Alert | None = None
+    alert_summary: _Text | None = None
 
     def text(self) -> str:
+        return self.lazy_text()()
+
+    def lazy_text(self) -> _Text:
+        """The summary as it stands, built when first called: exactly the text
+        :meth:`text` gives now, and also after later readings of the same value."""
         if self.summary is None:
-            self.summary = self.reading.describe()
+            self.summary = _Text(self.reading.describe)
         return self.summary
 
     def update(self, reading: Reading) -> None:
@@ -303,7 +334,7 @@ def _track_from_state(t: Mapping[str, Any]) -> _Track:
         float(t["value"]),
         reading,
         int(t["tick"]),
-        summary,
+        _Text(None, summary),
     )
 
 
@@ -585,7 +616,7 @@ class RuleEngine(Generic[Inp]):
                 ep.value,
                 reading,
                 self._tick,
-                ep.summary,
+                _Text(None, ep.summary),
             )
         self._touched()
 
@@ -721,7 +752,11 @@ class RuleEngine(Generic[Inp]):
     def _move(
         self, spec: RuleSpec, subject: _Subject, tr: _Track, previous: AlertState, now_ms: int
     ) -> Transition:
-        return Transition(self._alert(spec, subject, tr, tr.state), previous, now_ms)
+        alert = self._alert(spec, subject, tr, tr.state)
+        # Built now: a transition is delivered and kept in the history, which must not
+        # hold every evaluation's figures.
+        alert.summary  # noqa: B018
+        return Transition(alert, previous, now_ms)
 
     @staticmethod
     def _threshold(spec: RuleSpec, severity: Severity) -> float:
@@ -730,28 +765,36 @@ class RuleEngine(Generic[Inp]):
         return t
 
     def _alert(self, spec: RuleSpec, subject: _Subject, tr: _Track, state: AlertState) -> Alert:
+        """The alert of ``tr`` in ``state``: the last one built while nothing in it changed
+        (its summary then built now, so that it no longer holds the figures it read), else
+        a new one whose summary is built when first read (most lists of active alerts are
+        never read)."""
         a = tr.alert
+        text = tr.summary
         if (
             a is not None
-            and tr.summary is not None
-            and a.summary is tr.summary
+            and text is not None
+            and tr.alert_summary is text
             and a.state == state
             and a.severity == tr.severity
             and a.since_ms == tr.since_ms
             and a.value == tr.value
         ):
+            text()  # built once; the figures it read are released
             return a
+        text = tr.lazy_text()
         a = tr.alert = Alert(
-            rule=spec.name,
-            severity=tr.severity,
-            state=state,
-            account=subject[0],
-            underlying=subject[1],
-            value=tr.value,
-            threshold=self._threshold(spec, tr.severity),
-            since_ms=tr.since_ms,
-            active_since_ms=tr.active_since_ms,
-            summary=tr.text(),
+            spec.name,
+            tr.severity,
+            state,
+            subject[0],
+            subject[1],
+            tr.value,
+            self._threshold(spec, tr.severity),
+            tr.since_ms,
+            tr.active_since_ms,
             labels=tr.reading.labels,
+            describe=text,
         )
+        tr.alert_summary = text
         return a
