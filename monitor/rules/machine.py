@@ -390,6 +390,10 @@ class RuleEngine(Generic[Inp]):
         self._levels = [_signed_levels(r.spec) for r in rules]
         #: Per rule, the alerts :meth:`active` built last; None: rebuild.
         self._active: list[tuple[Alert, ...] | None] = [None for _ in rules]
+        #: Per rule, its live subjects in alert order; None: sort again (one came or went).
+        self._sorted: list[list[_Subject] | None] = [None for _ in rules]
+        #: Every rule's alerts as :meth:`active` lists them; None: one rule's changed.
+        self._listed: list[Alert] | None = None
 
     @property
     def rules(self) -> tuple[Rule[Inp], ...]:
@@ -411,22 +415,30 @@ class RuleEngine(Generic[Inp]):
         if self._last_ms is not None and now_ms < self._last_ms:
             raise ValueError(f"engine clock went back: {now_ms} < {self._last_ms}")
         self._last_ms = now_ms
-        self._tick += 1
+        self._tick = tick = self._tick + 1
         out: list[Transition] = []
-        wake = self._wake
+        wake, active = self._wake, self._active
         for k, rule in enumerate(self._rules):
+            tracks = self._tracks[k]
             replay = unchanged and rule.steady
             if replay and now_ms < wake[k]:
                 # The same figures and no timer due: nothing of this rule moves; its
                 # episodes were (as if) read again.
-                for tr in self._tracks[k].values():
-                    tr.tick = self._tick
+                for tr in tracks.values():
+                    tr.tick = tick
                 continue
-            self._active[k] = None
             moves = self._evaluate_rule(k, rule, data, now_ms, replay)
-            wake[k] = self._next_wake(k) if rule.steady else 0
+            if tracks or active[k]:  # a rule without alerts before or after lists none
+                active[k] = self._listed = None
+            if not rule.steady:
+                wake[k] = 0
+            elif tracks or self._cooldown[k]:
+                wake[k] = self._next_wake(k)
+            else:
+                wake[k] = _NEVER  # nothing live: the same readings move nothing
             if moves:
-                moves.sort(key=lambda t: _order((t.alert.account, t.alert.underlying)))
+                if len(moves) > 1:
+                    moves.sort(key=lambda t: _order((t.alert.account, t.alert.underlying)))
                 out.extend(moves)
         return out
 
@@ -500,16 +512,24 @@ class RuleEngine(Generic[Inp]):
 
     def active(self) -> list[Alert]:
         """The pending and firing alerts, in rule order then subject order."""
-        out: list[Alert] = []
-        for k, (rule, tracks) in enumerate(zip(self._rules, self._tracks, strict=True)):
-            built = self._active[k]
-            if built is None:
-                built = self._active[k] = tuple(
-                    self._alert(rule.spec, subject, tracks[subject], tracks[subject].state)
-                    for subject in sorted(tracks, key=_order)
-                )
-            out.extend(built)
-        return out
+        listed = self._listed
+        if listed is None:
+            listed = []
+            for k, tracks in enumerate(self._tracks):
+                built = self._active[k]
+                if built is None:
+                    built = self._active[k] = self._alerts(k) if tracks else ()
+                listed.extend(built)
+            self._listed = listed
+        return list(listed)
+
+    def _alerts(self, k: int) -> tuple[Alert, ...]:
+        """Rule ``k``'s alerts, in subject order."""
+        tracks, spec = self._tracks[k], self._rules[k].spec
+        subjects = self._sorted[k]
+        if subjects is None:
+            subjects = self._sorted[k] = sorted(tracks, key=_order)
+        return tuple(self._alert(spec, sub, tracks[sub], tracks[sub].state) for sub in subjects)
 
     def _next_wake(self, k: int) -> int:
         """When replaying rule ``k``'s readings can next move a state: the first pending
@@ -530,6 +550,8 @@ class RuleEngine(Generic[Inp]):
         rule reads (or replays) at the next evaluation and rebuilds its active alerts."""
         self._wake = [0 for _ in self._rules]
         self._active = [None for _ in self._rules]
+        self._sorted = [None for _ in self._rules]
+        self._listed = None
 
     # -- the state machine ------------------------------------------------------------
 
@@ -623,23 +645,24 @@ class RuleEngine(Generic[Inp]):
     def _evaluate_rule(
         self, k: int, rule: Rule[Inp], data: Inp, now_ms: int, replay: bool
     ) -> list[Transition]:
-        spec = rule.spec
         tracks = self._tracks[k]
         cooldown = self._cooldown[k]
+        levels = self._levels[k]
         readings = self._replay[k]
-        if replay and readings is not None and not readings and not tracks and not cooldown:
-            return []  # the same figures, nothing hot, nothing live: nothing can move
-        if cooldown:
-            for subject in [s for s, until in cooldown.items() if until <= now_ms]:
-                del cooldown[subject]
-        s, warning, critical, first, clear, crit_clear = self._levels[k]
-        tick = self._tick
-        moves: list[Transition] = []
         if not replay or readings is None:
             # Every subject that can move is in this list: those at or past the first
             # threshold and those with a live episode. With the same values, nothing else
             # can move later either, so the list replays exactly.
-            readings = self._replay[k] = list(self._readings(rule.read(data), tracks, s, first))
+            readings = self._replay[k] = self._hot(rule.read(data), tracks, levels[0], levels[3])
+        if cooldown:
+            for subject in [s for s, until in cooldown.items() if until <= now_ms]:
+                del cooldown[subject]
+        if not readings and not tracks:
+            return []  # nothing hot, nothing live: nothing moves
+        spec = rule.spec
+        s, warning, critical, first, clear, crit_clear = levels
+        tick = self._tick
+        moves: list[Transition] = []
         for r in readings:
             subject = (r.account, r.underlying)
             v = s * r.value
@@ -654,6 +677,7 @@ class RuleEngine(Generic[Inp]):
                 state: AlertState = "firing" if spec.for_ms == 0 else "pending"
                 tr = _Track(state, severity, now_ms, now_ms, r.value, r, tick)
                 tracks[subject] = tr
+                self._sorted[k] = None
                 moves.append(self._move(spec, subject, tr, "inactive", now_ms))
                 continue
             if tr.tick == tick:
@@ -682,18 +706,19 @@ class RuleEngine(Generic[Inp]):
         return moves
 
     @staticmethod
-    def _readings(
+    def _hot(
         got: Iterable[Reading | Readings],
         tracks: Mapping[_Subject, _Track],
         s: float,
         first: float,
-    ) -> Iterator[Reading]:
+    ) -> list[Reading]:
         """The readings that can move a state: every single one, and of a batch the
         subjects at or past ``first`` (signed by ``s``) or with a live episode."""
+        out: list[Reading] = []
         by_account: dict[str | None, list[str | None]] | None = None
         for r in got:
             if type(r) is Reading:
-                yield r
+                out.append(r)
                 continue
             assert isinstance(r, Readings)
             values = r.values
@@ -710,8 +735,8 @@ class RuleEngine(Generic[Inp]):
                 if live:
                     pos = {u: k for k, u in enumerate(r.underlyings)}
                     hot = sorted({*hot, *(k for u in live if (k := pos.get(u)) is not None)})
-            for k in hot:
-                yield r.reading(k)
+            out.extend(map(r.reading, hot))
+        return out
 
     def _end(
         self,
@@ -725,6 +750,7 @@ class RuleEngine(Generic[Inp]):
         vanished: bool = False,
     ) -> Transition:
         del self._tracks[k][subject]
+        self._sorted[k] = None
         previous = tr.state
         if previous == "firing":
             state: AlertState = "resolved"
