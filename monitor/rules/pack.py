@@ -170,10 +170,14 @@ class RuleInput:
 
 @dataclass(frozen=True, slots=True)
 class _Groups:
-    """Positions of one account by underlying: ``names[codes[i]]`` is position i's."""
+    """Positions of one account by underlying: ``names[codes[i]]`` is position i's;
+    ``order`` lists the positions group by group (each group's in table order), group k's
+    from ``starts[k]`` on (no group is empty)."""
 
     names: tuple[str, ...]
     codes: IntArray
+    order: IntArray
+    starts: IntArray
 
     @staticmethod
     def of(table: PositionTable) -> _Groups:
@@ -183,9 +187,9 @@ class _Groups:
         out = np.bincount(self.codes, weights=x, minlength=len(self.names))
         return out.astype(np.float64, copy=False)
 
-    def maxima(self, x: FloatArray) -> FloatArray:
-        out = np.full(len(self.names), -INF)
-        np.maximum.at(out, self.codes, x)
+    def minima(self, x: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Each group's smallest element of ``x`` (one per position)."""
+        out: npt.NDArray[np.int64] = np.minimum.reduceat(x[self.order], self.starts)
         return out
 
 
@@ -199,8 +203,11 @@ def _groups_of(underlying: tuple[str, ...]) -> _Groups:
         dtype=np.int64,
         count=len(underlying),
     )
-    codes.flags.writeable = False
-    return _Groups(tuple(index), codes)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(len(index)))
+    for a in (codes, order, starts):
+        a.flags.writeable = False
+    return _Groups(tuple(index), codes, order, starts)
 
 
 # --- formatting --------------------------------------------------------------------------
@@ -944,6 +951,30 @@ class _StaleMemo:
         return self._groups
 
 
+@dataclass(frozen=True, slots=True)
+class _StaleRows:
+    """What ``since`` takes from one account's table, per underlying group: the oldest
+    price time a position uses (its opening when never priced) and the first opening.
+    Kept while the groups and the table's times are the same: compared by content, as a
+    new table comes with every evaluation while options tick far less often."""
+
+    groups: _Groups
+    ts: bytes
+    opened: bytes
+    oldest: list[int]
+    first_opened: list[int]
+
+    @staticmethod
+    def of(g: _Groups, table: PositionTable, last: _StaleRows | None) -> _StaleRows:
+        ts, opened = table.price_ts_ms.tobytes(), table.opened_ms.tobytes()
+        if last is not None and last.groups is g and last.ts == ts and last.opened == opened:
+            return last
+        rows = np.where(table.price_ts_ms > 0, table.price_ts_ms, table.opened_ms)
+        return _StaleRows(
+            g, ts, opened, g.minima(rows).tolist(), g.minima(table.opened_ms).tolist()
+        )
+
+
 def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:
     spec = _spec(cfg)
     levels = _levels(spec, _secs)
@@ -972,50 +1003,61 @@ def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:
             f"{grp.name} positions without a price for {_secs(first)}"
         )
 
-    def since(inp: RuleInput, account: str, table: PositionTable) -> FloatArray:
+    def since(inp: RuleInput, index_ts: list[int], rows: _StaleRows) -> FloatArray:
         """Per underlying group, the time (epoch ms) the oldest price it uses dates from:
         the earliest of each position's last price (its opening when never priced) and
         the index's last tick (the group's first opening when it never ticked). The age
-        is ``as_of - since``: only that moves while nothing new arrives."""
-        g = inp.groups(account, table)
-        ts = table.price_ts_ms
-        rows = np.where(ts > 0, ts, table.opened_ms).astype(np.float64)
-        oldest = -g.maxima(-rows)
-        first_opened = -g.maxima(-table.opened_ms.astype(np.float64))
-        j = np.array([inp.asset_index.get(name, -1) for name in g.names], dtype=np.int64)
-        idx_ts = np.zeros(len(j), dtype=np.int64)
-        idx_ts[j >= 0] = inp.snapshot.assets.price_ts_ms[j[j >= 0]]
-        out: FloatArray = np.minimum(oldest, np.where(idx_ts > 0, idx_ts, first_opened))
-        return out
+        is ``as_of - since``: only that moves while nothing new arrives. ``index_ts``: the
+        index's last tick per underlying of the snapshot (``assets.price_ts_ms``)."""
+        idx = inp.asset_index
+        out = []
+        for name, oldest, opened in zip(
+            rows.groups.names, rows.oldest, rows.first_opened, strict=True
+        ):
+            j = idx.get(name)
+            t = 0 if j is None else index_ts[j]
+            out.append(min(oldest, t if t > 0 else opened))
+        return np.array(out, dtype=np.float64)
 
     # Per account: the table and index tick times of the last read, ``since`` and the
     # groups' summary facts (built when a summary is first asked for); an evaluation with
     # the same table and index times (nothing new) reuses both.
     memo: dict[str, _StaleMemo] = {}
+    #: Per account, the table's side of ``since`` (see :class:`_StaleRows`).
+    table_rows: dict[str, _StaleRows] = {}
 
     def read(inp: RuleInput) -> Iterator[Readings]:
         snap = inp.snapshot
         index_ts = snap.assets.price_ts_ms
+        index_list: list[int] | None = None
         seen: dict[str, _StaleMemo] = {}
+        seen_rows: dict[str, _StaleRows] = {}
         for account, fig in snap.accounts.items():
             table = fig.positions
             if table is None or not table.instrument:
                 continue
+            g = inp.groups(account, table)
             m = memo.get(account)
             if m is None or m.table is not table or m.index_ts is not index_ts:
+                if index_list is None:
+                    index_list = index_ts.tolist()
+                rows = seen_rows[account] = _StaleRows.of(g, table, table_rows.get(account))
                 m = _StaleMemo(
                     account,
                     table,
                     index_ts,
-                    since(inp, account, table),
+                    since(inp, index_list, rows),
                     partial(_stale_groups, inp, account, table),
                 )
+            else:
+                seen_rows[account] = table_rows[account]
             seen[account] = m
             values = np.maximum(snap.as_of_ms - m.since, 0.0) / 1000.0
-            names = inp.groups(account, table).names
-            yield Readings(account, names, values, partial(text, snap.as_of_ms, m))
+            yield Readings(account, g.names, values, partial(text, snap.as_of_ms, m))
         memo.clear()
         memo.update(seen)
+        table_rows.clear()
+        table_rows.update(seen_rows)
 
     return Rule(spec, read)
 
