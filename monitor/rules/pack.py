@@ -167,6 +167,40 @@ class RuleInput:
             g = self._groups[account] = _Groups.of(table)
         return g
 
+    @cached_property
+    def held(self) -> set[str]:
+        """The underlyings the book holds."""
+        return set(self.snapshot.total.exposure_usd)
+
+    @cached_property
+    def _shown(self) -> dict[str, _Shown]:
+        return {}
+
+    def shown(self, account: str, risk: AccountRisk) -> _Shown:
+        """The underlyings an account's risk shows (computed once per input)."""
+        got = self._shown.get(account)
+        if got is None or got.risk is not risk:
+            index = np.flatnonzero(risk.shown)
+            at = index.tolist()
+            names = [risk.underlyings[i] for i in at]
+            warm = self.warm
+            got = self._shown[account] = _Shown(
+                risk, index, at, names, all(warm.get(n, False) for n in names)
+            )
+        return got
+
+
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    """The underlyings ``risk`` shows: their indices (array and list), names, and whether
+    every one of them is warm (its estimates mean something)."""
+
+    risk: AccountRisk
+    index: IntArray
+    at: list[int]
+    names: list[str]
+    warm: bool
+
 
 @dataclass(frozen=True, slots=True)
 class _Groups:
@@ -445,11 +479,14 @@ def _risk_drift(cfg: RiskDriftRule) -> Rule[RuleInput]:
             risk = fig.risk
             if risk is None or not _material(risk, cfg.min_volatility_usd):
                 continue
-            shown = np.flatnonzero(risk.shown)
-            names = [risk.underlyings[i] for i in shown.tolist()]
-            warm = all(inp.warm.get(n, False) for n in names)
-            values = np.abs(risk.contributions.drift[shown]) if warm else np.full(len(names), NAN)
-            describe = partial(text_of, inp, account, fig, shown.tolist(), names)
+            shown = inp.shown(account, risk)
+            names = shown.names
+            values = (
+                np.abs(risk.contributions.drift[shown.index])
+                if shown.warm
+                else np.full(len(names), NAN)
+            )
+            describe = partial(text_of, inp, account, fig, shown.at, names)
             yield Readings(account, names, values, describe)
 
     return Rule(spec, read, steady=True)
@@ -484,10 +521,9 @@ def _concentration(cfg: ConcentrationRule) -> Rule[RuleInput]:
             risk = fig.risk
             if risk is None or not _material(risk, cfg.min_volatility_usd):
                 continue
-            names = [risk.underlyings[i] for i in np.flatnonzero(risk.shown).tolist()]
             c = risk.contributions
             value = float(c.half_l1 if measure == "half_l1" else c.max_abs_drift)
-            if not all(inp.warm.get(n, False) for n in names):
+            if not inp.shown(account, risk).warm:
                 value = NAN
             yield Reading(account, None, value, partial(text, inp, account, fig, value))
 
@@ -637,10 +673,6 @@ def _scenario_margin(cfg: ScenarioMarginRule) -> Rule[RuleInput]:
 # --- regime ------------------------------------------------------------------------------
 
 
-def _held(inp: RuleInput) -> set[str]:
-    return set(inp.snapshot.total.exposure_usd)
-
-
 def _vol_break(cfg: VolBreakRule) -> Rule[RuleInput]:
     spec = _spec(cfg)
     levels = _levels(spec, _level_times)
@@ -660,7 +692,9 @@ def _vol_break(cfg: VolBreakRule) -> Rule[RuleInput]:
         reg = inp.snapshot.regime
         if reg is None:
             return
-        held = _held(inp)
+        held = inp.held
+        if not held:
+            return
         cur, base = reg.current.vol_ratio.tolist(), reg.baseline.vol_ratio.tolist()
         for i, name in enumerate(reg.underlyings):
             if name not in held or name not in inp.asset_index:
@@ -692,7 +726,9 @@ def _vol_vs_implied(cfg: VolVsImpliedRule) -> Rule[RuleInput]:
         reg = inp.snapshot.regime
         if reg is None:
             return
-        held = _held(inp)
+        held = inp.held
+        if not held:
+            return
         ratio = reg.current.realised_to_implied.tolist()
         for i, name in enumerate(reg.underlyings):
             if name not in held or name not in inp.asset_index:
@@ -1191,8 +1227,7 @@ def _stressed_var_ratio(cfg: StressedVarRatioRule) -> Rule[RuleInput]:
             if not st or fig.risk is None:
                 continue
             ratio = st.get("ratio")
-            names = [fig.risk.underlyings[i] for i in np.flatnonzero(fig.risk.shown).tolist()]
-            warm = all(inp.warm.get(n, False) for n in names)  # correlations mean something
+            warm = inp.shown(account, fig.risk).warm  # correlations mean something
             value = NAN if ratio is None or not warm else float(ratio)
             yield Reading(account, None, value, partial(text, account, fig, st, value))
 
