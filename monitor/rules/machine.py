@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -171,20 +171,20 @@ class RuleSpec:
         return first
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
     """One subject's figure, as a rule read it.
 
-    ``describe`` builds the alert's summary; it is called only when an alert is built (a
-    transition or :meth:`RuleEngine.active`), so a rule reading thousands of calm subjects
-    formats no text for them. ``value`` NaN = unknown for now (the alert holds).
+    ``describe`` builds the alert's summary; it is called only when the summary is read
+    (an alert's, a transition's), so a rule reading thousands of calm subjects formats no
+    text for them. ``value`` NaN = unknown for now (the alert holds). A named tuple: rules
+    build many at every evaluation (0.4 us each against 1 us for a frozen dataclass).
     """
 
     account: str | None
     underlying: str | None
     value: float
     describe: Callable[[], str]
-    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY_LABELS)
+    labels: Mapping[str, str] = _EMPTY_LABELS
 
 
 @dataclass(frozen=True, slots=True)
