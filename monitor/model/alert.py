@@ -107,19 +107,20 @@ class Alert:
     ) -> None:
         if (summary is None) == (describe is None):
             raise TypeError("an Alert needs its summary or a describe that builds it (one)")
-        put = object.__setattr__  # frozen: nothing else sets an attribute
-        put(self, "rule", rule)
-        put(self, "severity", severity)
-        put(self, "state", state)
-        put(self, "account", account)
-        put(self, "underlying", underlying)
-        put(self, "value", value)
-        put(self, "threshold", threshold)
-        put(self, "since_ms", since_ms)
-        put(self, "active_since_ms", active_since_ms)
-        put(self, "labels", {} if labels is None else labels)
-        put(self, "_summary", summary)
-        put(self, "_describe", describe)
+        # Frozen: set through the slots themselves (twice as fast as object.__setattr__;
+        # the rule engine builds every alert whose value moved at every evaluation).
+        _set_rule(self, rule)
+        _set_severity(self, severity)
+        _set_state(self, state)
+        _set_account(self, account)
+        _set_underlying(self, underlying)
+        _set_value(self, value)
+        _set_threshold(self, threshold)
+        _set_since_ms(self, since_ms)
+        _set_active_since_ms(self, active_since_ms)
+        _set_labels(self, {} if labels is None else labels)
+        _set_summary(self, summary)
+        _set_describe(self, describe)
 
     @property
     def summary(self) -> str:
@@ -131,8 +132,8 @@ class Alert:
                 assert text is not None
                 return text
             text = describe()
-            object.__setattr__(self, "_summary", text)
-            object.__setattr__(self, "_describe", None)  # what it read may be freed
+            _set_summary(self, text)
+            _set_describe(self, None)  # what it read may be freed
         return text
 
     def _fields(self) -> tuple[Any, ...]:
@@ -235,6 +236,21 @@ class Alert:
         ):
             raise ValueError(f"not an alert state: {out.severity!r}, {out.state!r}")
         return out
+
+
+_Setter = Callable[[Alert, Any], None]
+_set_rule: _Setter = Alert.__dict__["rule"].__set__
+_set_severity: _Setter = Alert.__dict__["severity"].__set__
+_set_state: _Setter = Alert.__dict__["state"].__set__
+_set_account: _Setter = Alert.__dict__["account"].__set__
+_set_underlying: _Setter = Alert.__dict__["underlying"].__set__
+_set_value: _Setter = Alert.__dict__["value"].__set__
+_set_threshold: _Setter = Alert.__dict__["threshold"].__set__
+_set_since_ms: _Setter = Alert.__dict__["since_ms"].__set__
+_set_active_since_ms: _Setter = Alert.__dict__["active_since_ms"].__set__
+_set_labels: _Setter = Alert.__dict__["labels"].__set__
+_set_summary: _Setter = Alert.__dict__["_summary"].__set__
+_set_describe: _Setter = Alert.__dict__["_describe"].__set__
 
 
 @dataclass(frozen=True, slots=True)
