@@ -82,8 +82,8 @@ import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property, partial
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, Generic, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -130,6 +130,32 @@ INF: Final = math.inf
 # --- input -------------------------------------------------------------------------------
 
 
+_T = TypeVar("_T")
+
+
+class _once(Generic[_T]):
+    """``functools.cached_property`` without its lock (Python 3.11 takes one at every
+    first read: a few of those per evaluation). A :class:`RuleInput` is read by the
+    engine's evaluation; a summary built later on another thread at worst computes the
+    same value twice."""
+
+    def __init__(self, fn: Callable[[Any], _T]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _once[_T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> _T: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> _T | _once[_T]:
+        if obj is None:
+            return self
+        value: _T = self.fn(obj)
+        obj.__dict__[self.name] = value  # read from there from now on
+        return value
+
+
 @dataclass(frozen=True)
 class RuleInput:
     """What the built-in rules read at one evaluation.
@@ -146,17 +172,17 @@ class RuleInput:
     snapshot: RiskSnapshot
     connectors: Sequence[ConnectorStatus] = ()
 
-    @cached_property
+    @_once
     def asset_index(self) -> dict[str, int]:
         """Underlying name -> index in ``snapshot.assets``."""
         return {name: i for i, name in enumerate(self.snapshot.assets.names)}
 
-    @cached_property
+    @_once
     def warm(self) -> dict[str, bool]:
         a = self.snapshot.assets
         return dict(zip(a.names, a.warm.tolist(), strict=True))
 
-    @cached_property
+    @_once
     def _groups(self) -> dict[str, _Groups]:
         return {}
 
@@ -167,12 +193,12 @@ class RuleInput:
             g = self._groups[account] = _Groups.of(table)
         return g
 
-    @cached_property
+    @_once
     def held(self) -> set[str]:
         """The underlyings the book holds."""
         return set(self.snapshot.total.exposure_usd)
 
-    @cached_property
+    @_once
     def _shown(self) -> dict[str, _Shown]:
         return {}
 
