@@ -388,6 +388,7 @@ class RuleEngine(Generic[Inp]):
         self._wake: list[int] = [0 for _ in rules]
         #: Per rule, its thresholds signed by direction (``_signed_levels``).
         self._levels = [_signed_levels(r.spec) for r in rules]
+        self._signs = [(lv[0], lv[3]) for lv in self._levels]  # (s, first)
         #: Per rule, the alerts :meth:`active` built last; None: rebuild.
         self._active: list[tuple[Alert, ...] | None] = [None for _ in rules]
         #: Per rule, its live subjects in alert order; None: sort again (one came or went).
@@ -417,7 +418,7 @@ class RuleEngine(Generic[Inp]):
         self._last_ms = now_ms
         self._tick = tick = self._tick + 1
         out: list[Transition] = []
-        wake, active = self._wake, self._active
+        wake, active, last = self._wake, self._active, self._replay
         for k, rule in enumerate(self._rules):
             tracks = self._tracks[k]
             replay = unchanged and rule.steady
@@ -427,15 +428,26 @@ class RuleEngine(Generic[Inp]):
                 for tr in tracks.values():
                     tr.tick = tick
                 continue
-            moves = self._evaluate_rule(k, rule, data, now_ms, replay)
+            readings = last[k]
+            if not replay or readings is None:
+                # Every subject that can move is in this list: those at or past the first
+                # threshold and those with a live episode. With the same values, nothing
+                # else can move later either, so the list replays exactly.
+                s, first = self._signs[k]
+                readings = last[k] = self._hot(rule.read(data), tracks, s, first)
+            cooldown = self._cooldown[k]
+            if cooldown:
+                for subject in [s for s, until in cooldown.items() if until <= now_ms]:
+                    del cooldown[subject]
+            if not readings and not tracks:  # nothing hot, nothing live: nothing moves
+                if active[k]:
+                    active[k] = self._listed = None
+                wake[k] = 0 if not rule.steady else self._next_wake(k) if cooldown else _NEVER
+                continue
+            moves = self._evaluate_rule(k, rule, readings, now_ms)
             if tracks or active[k]:  # a rule without alerts before or after lists none
                 active[k] = self._listed = None
-            if not rule.steady:
-                wake[k] = 0
-            elif tracks or self._cooldown[k]:
-                wake[k] = self._next_wake(k)
-            else:
-                wake[k] = _NEVER  # nothing live: the same readings move nothing
+            wake[k] = self._next_wake(k) if rule.steady else 0
             if moves:
                 if len(moves) > 1:
                     moves.sort(key=lambda t: _order((t.alert.account, t.alert.underlying)))
@@ -643,24 +655,13 @@ class RuleEngine(Generic[Inp]):
         self._touched()
 
     def _evaluate_rule(
-        self, k: int, rule: Rule[Inp], data: Inp, now_ms: int, replay: bool
+        self, k: int, rule: Rule[Inp], readings: list[Reading], now_ms: int
     ) -> list[Transition]:
+        """Move rule ``k``'s alerts by its hot ``readings`` (cooldowns already expired)."""
         tracks = self._tracks[k]
         cooldown = self._cooldown[k]
-        levels = self._levels[k]
-        readings = self._replay[k]
-        if not replay or readings is None:
-            # Every subject that can move is in this list: those at or past the first
-            # threshold and those with a live episode. With the same values, nothing else
-            # can move later either, so the list replays exactly.
-            readings = self._replay[k] = self._hot(rule.read(data), tracks, levels[0], levels[3])
-        if cooldown:
-            for subject in [s for s, until in cooldown.items() if until <= now_ms]:
-                del cooldown[subject]
-        if not readings and not tracks:
-            return []  # nothing hot, nothing live: nothing moves
         spec = rule.spec
-        s, warning, critical, first, clear, crit_clear = levels
+        s, warning, critical, first, clear, crit_clear = self._levels[k]
         tick = self._tick
         moves: list[Transition] = []
         for r in readings:
