@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from functools import partial
+from typing import Any
 
 import numpy as np
 from hypothesis import given, settings
@@ -95,3 +96,57 @@ def test_a_standing_figure_formats_its_summary_once() -> None:
     eng.evaluate({("x", "A"): 0.75, ("x", "B"): 0.1}, T0 + 10_000)
     assert eng.active()[0].summary == "x/A: 0.75"  # the value moved: a new summary
     assert calls == [("x", "A"), ("x", "A")]
+
+
+def pair() -> RuleEngine[Tick]:
+    """Two rules over the same figures: batched and steady (``for``, cooldown), and one by
+    one with a warning only (fires at once)."""
+    return RuleEngine(
+        [
+            Rule(
+                RuleSpec(
+                    "a", warning=0.6, critical=0.8, clear=0.5, for_ms=2_000, cooldown_ms=3_000
+                ),
+                batched,
+                steady=True,
+            ),
+            Rule(RuleSpec("b", warning=0.7, clear=0.4), single),
+        ]
+    )
+
+
+op = st.one_of(
+    st.tuples(st.just("evaluate"), tick, st.integers(0, 3), st.booleans()),
+    st.tuples(st.just("forget"), st.sampled_from(["x", "y"])),
+    st.tuples(st.just("hand over"), st.sampled_from(["x", "y"])),
+)
+
+
+@settings(max_examples=150)
+@given(st.lists(op, min_size=1, max_size=30))
+def test_active_lists_what_a_fresh_engine_lists(ops: list[tuple[Any, ...]]) -> None:
+    """``active()`` keeps what it listed while nothing changed; whatever the evaluations,
+    repeats, skipped listings, forgotten and handed-over accounts, it lists what an engine
+    rebuilt from the same state (nothing kept) lists, summaries included."""
+    eng = pair()
+    now = T0
+    for o in ops:
+        if o[0] == "evaluate":
+            _, values, repeats, look = o
+            for r in range(repeats + 1):
+                now += 1_000
+                eng.evaluate(values, now, unchanged=r > 0)
+                if look:
+                    listed = eng.active()
+        elif o[0] == "forget":
+            eng.forget(o[1])
+        else:
+            episodes = eng.episodes(o[1])
+            eng.forget(o[1])
+            eng.adopt(episodes)
+        listed = eng.active()
+        fresh = RuleEngine.from_state(eng.rules, eng.state()).active()
+        assert listed == fresh
+        assert [(a.rule, a.account, a.underlying) for a in listed] == sorted(
+            (a.rule, a.account, a.underlying) for a in fresh
+        )

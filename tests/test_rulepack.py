@@ -701,6 +701,89 @@ def test_stale_data_summaries_follow_time_over_many_positions(base: RiskSnapshot
             assert got[("main", und)] == _stale_summary(at, "main", und)
 
 
+def _stale_values(snap: RiskSnapshot) -> dict[tuple[str, str], float]:
+    """Every (account, underlying)'s stale_data figure, position by position: the largest
+    age of the prices it uses (a position never priced counts from its opening, an index
+    that never ticked from the group's first opening)."""
+    out: dict[tuple[str, str], float] = {}
+    names = list(snap.assets.names)
+    for account, fig in snap.accounts.items():
+        pos = fig.positions
+        if pos is None or not pos.instrument:
+            continue
+
+        def age(since: int) -> float:
+            return max(snap.as_of_ms - since, 0) / 1000.0
+
+        for und in dict.fromkeys(pos.underlying):
+            rows = [i for i, u in enumerate(pos.underlying) if u == und]
+            ages = [age(int(pos.price_ts_ms[i]) or int(pos.opened_ms[i])) for i in rows]
+            idx_ts = int(snap.assets.price_ts_ms[names.index(und)]) if und in names else 0
+            ages.append(age(idx_ts or min(int(pos.opened_ms[i]) for i in rows)))
+            out[account, und] = max(ages)
+    return out
+
+
+def test_stale_data_figures_over_changing_tables(base: RiskSnapshot) -> None:
+    """The figures of one stale_data rule over evaluations whose tables come and go as an
+    engine gives them (a new table each time, often with the same times; times, openings,
+    groups, index ticks that change; an index or a position never priced) are those of the
+    position-by-position computation."""
+    (rule,) = [r for r in build_rules() if r.name == "stale_data"]
+    pos = base.accounts["main"].positions
+    assert pos is not None
+    n = 9
+    columns: dict[str, Any] = {
+        f: np.resize(getattr(pos, f), n)
+        for f in pos.__dataclass_fields__
+        if isinstance(getattr(pos, f), np.ndarray)
+        and getattr(pos, f).shape == (len(pos.instrument),)
+    }
+    rng = np.random.default_rng(7)
+    unds = ["BTC", "ETH", "SOL"]  # SOL has no index in the snapshot
+    t = base.as_of_ms
+    underlying = [unds[i % 3] for i in range(n)]
+    ts = t - rng.integers(0, 300, n) * S
+    opened = t - rng.integers(200, 900, n) * S
+    index_ts = base.assets.price_ts_ms.copy()
+    table = None
+    checked = 0
+    for _ in range(60):
+        t += int(rng.integers(0, 3)) * S
+        change = rng.integers(0, 7)
+        if change == 1:
+            ts = ts.copy()
+            ts[rng.integers(0, n)] = t - int(rng.integers(0, 400)) * S
+        elif change == 2:
+            ts = ts.copy()
+            ts[rng.integers(0, n)] = 0  # never priced
+        elif change == 3:
+            opened = opened.copy()
+            opened[rng.integers(0, n)] = t - int(rng.integers(0, 900)) * S
+        elif change == 4:  # the same times, other groups
+            underlying = [unds[int(k)] for k in rng.integers(0, 3, n)]
+        elif change == 5:
+            index_ts = index_ts.copy()
+            index_ts[rng.integers(0, len(index_ts))] = 0 if rng.random() < 0.3 else t
+        if table is None or change != 6:  # 6: the same table object again
+            table = replace(
+                pos,
+                **{**columns, "price_ts_ms": ts.copy(), "opened_ms": opened.copy()},
+                instrument=tuple(f"{u}-X{i}" for i, u in enumerate(underlying)),
+                underlying=tuple(underlying),
+            )
+        snap = replace(
+            with_account(base, "main", positions=table),
+            as_of_ms=t,
+            assets=replace(base.assets, price_ts_ms=index_ts),
+        )
+        got = {(r.account, r.underlying): r.value for r in each_reading(rule.read(RuleInput(snap)))}
+        want = _stale_values(snap)
+        assert got == want
+        checked += len(want)
+    assert checked > 100
+
+
 def test_stale_data_when_prices_stop() -> None:
     eng = engine()
     later = calm(eng, END + 90 * S)  # no event for 90 s

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import gc
 import math
+import pickle
 import random
 import re
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import pytest
 
-from monitor.model.alert import Transition
+from monitor.model.alert import Alert, Transition
 from monitor.rules.machine import Reading, Rule, RuleEngine, RuleSpec, check_thresholds
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -420,6 +424,124 @@ def test_labels_reach_the_alert() -> None:
     (t,) = eng.evaluate({}, T0)
     assert t.alert.labels == {"connector": "deribit"}
     assert t.report()["labels"] == {"connector": "deribit"}
+
+
+def test_a_summary_follows_the_reading_it_was_built_from() -> None:
+    """Summaries are built when first read and reused while the value stands: while the
+    alert stays firing (no transition), a value or labels that change show the new text;
+    an alert listed earlier keeps its own reading's text, even when read much later."""
+    n = 0
+
+    def describe(k: int, v: float, labels: Mapping[str, str]) -> str:
+        return f"#{k} {v:g} {dict(labels)}"
+
+    def read(tick: tuple[float, Mapping[str, str]]) -> Iterator[Reading]:
+        nonlocal n
+        n += 1
+        v, labels = tick
+        yield Reading("main", None, v, partial(describe, n, v, labels), labels)
+
+    eng = RuleEngine([Rule(RuleSpec("r", warning=0.6, critical=0.9, clear=0.5), read)])
+    ticks = [(0.65, {}), (0.7, {}), (0.7, {}), (0.7, {"venue": "b"}), (0.65, {"venue": "b"})]
+    lists, saved = [], []
+    for k, tick in enumerate(ticks):
+        moves = eng.evaluate(tick, T0 + k * S)
+        assert [t.alert.state for t in moves] == (["firing"] if k == 0 else [])
+        # A saved state builds the summary before the list does: the same one.
+        saved.append(eng.state()["rules"]["r"]["tracks"][0]["summary"])
+        lists.append(eng.active())
+    assert lists[2][0] is lists[1][0]  # nothing changed: the same alert
+    assert [a.summary for (a,) in lists] == [  # read only now
+        "#1 0.65 {}",
+        "#2 0.7 {}",
+        "#2 0.7 {}",  # the value stood still: the text built at #2 stands
+        "#4 0.7 {'venue': 'b'}",
+        "#5 0.65 {'venue': 'b'}",
+    ]
+    assert [a.summary for (a,) in lists] == saved
+    assert [a.labels for (a,) in lists][3:] == [{"venue": "b"}] * 2
+    (t,) = eng.evaluate((0.2, {"venue": "b"}), T0 + 5 * S)
+    assert (t.alert.state, t.alert.summary) == ("resolved", "#6 0.2 {'venue': 'b'}")
+
+
+def test_a_listed_alert_lets_go_of_the_figures_it_was_built_from() -> None:
+    """A lazy summary holds its reading's figures until built; an alert listed again (the
+    value stood still) builds it, so that a long-standing alert does not keep an old
+    evaluation's figures alive (the track holds the latest reading only)."""
+
+    class Figures:
+        def __init__(self, v: float) -> None:
+            self.v = v
+
+        def text(self) -> str:
+            return f"main: {self.v:g}"
+
+    def read(fig: Figures) -> Iterator[Reading]:
+        yield Reading("main", None, fig.v, fig.text)
+
+    eng = RuleEngine([Rule(RuleSpec("r", warning=0.6, clear=0.5), read)])
+    eng.evaluate(Figures(0.65), T0)  # fires: a transition's summary is built at once
+    first = Figures(0.7)
+    eng.evaluate(first, T0 + S)
+    eng.active()  # lists the alert, its summary not built
+    gone = weakref.ref(first)
+    del first
+    eng.evaluate(Figures(0.7), T0 + 2 * S)
+    (alert,) = eng.active()
+    gc.collect()
+    assert gone() is None
+    assert alert.summary == "main: 0.7"
+
+
+def test_an_alert_builds_its_summary_once_and_compares_by_its_text() -> None:
+    calls: list[int] = []
+
+    def describe() -> str:
+        calls.append(1)
+        return "main: 70%"
+
+    fields: dict[str, Any] = {
+        "rule": "r",
+        "severity": "warning",
+        "state": "firing",
+        "account": "main",
+        "underlying": None,
+        "value": 0.7,
+        "threshold": 0.6,
+        "since_ms": T0,
+        "active_since_ms": T0,
+    }
+    lazy = Alert(**fields, describe=describe)
+    text = Alert(**fields, summary="main: 70%")
+    assert calls == []
+    assert lazy == text
+    assert lazy != Alert(**fields, summary="main: 71%")
+    assert lazy.summary == "main: 70%"
+    assert calls == [1]
+    assert copy.deepcopy(lazy) == lazy
+    assert pickle.loads(pickle.dumps(Alert(**fields, describe=describe))) == text
+    assert repr(lazy) == repr(text)
+    assert "summary='main: 70%'" in repr(lazy)
+    assert lazy.as_state() == text.as_state()
+    assert lazy.report() == text.report()
+    with pytest.raises(AttributeError, match="immutable"):
+        lazy.value = 0.8
+    with pytest.raises(TypeError, match="summary"):
+        Alert(**fields)
+    with pytest.raises(TypeError, match="summary"):
+        Alert(**fields, summary="x", describe=describe)
+
+    class Figures:
+        def text(self) -> str:
+            return "main: 70%"
+
+    figures = Figures()
+    held = Alert(**fields, describe=figures.text)
+    gone = weakref.ref(figures)
+    del figures
+    assert held.summary == "main: 70%"
+    gc.collect()
+    assert gone() is None  # built: what it was built from is let go
 
 
 def test_misuse_is_an_error() -> None:

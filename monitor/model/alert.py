@@ -13,11 +13,9 @@ Times are epoch milliseconds of the engine clock (event time in replay).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-
-import msgspec
 
 from monitor.model.events import iso_ms
 
@@ -27,8 +25,8 @@ Severity = Literal["warning", "critical"]
 AlertState = Literal["inactive", "pending", "firing", "resolved"]
 
 
-class Alert(msgspec.Struct, frozen=True):
-    """The current state of one alert instance.
+class Alert:
+    """The current state of one alert instance (immutable).
 
     Attributes
     ----------
@@ -42,7 +40,41 @@ class Alert(msgspec.Struct, frozen=True):
         A sentence a person can act on ("main: BTC is 71% of risk vs a 33% budget").
     labels
         Extra bounded labels for receivers (e.g. ``{"method": "delta_normal"}``).
+
+    The summary is given as text, or as ``describe``, which builds it when it is first
+    read (then never again): the rule engine lists every active alert at every
+    evaluation, and most of those lists are never read (a replay reports its last). A
+    ``describe`` must return the same text whenever it is called (it reads immutable
+    figures). Equality compares every attribute, the summary's text included.
     """
+
+    __slots__ = (
+        "_describe",
+        "_summary",
+        "account",
+        "active_since_ms",
+        "labels",
+        "rule",
+        "severity",
+        "since_ms",
+        "state",
+        "threshold",
+        "underlying",
+        "value",
+    )
+
+    __match_args__ = (
+        "rule",
+        "severity",
+        "state",
+        "account",
+        "underlying",
+        "value",
+        "threshold",
+        "since_ms",
+        "active_since_ms",
+        "summary",
+    )
 
     rule: str
     severity: Severity
@@ -53,8 +85,93 @@ class Alert(msgspec.Struct, frozen=True):
     threshold: float
     since_ms: int
     active_since_ms: int
-    summary: str
-    labels: Mapping[str, str] = msgspec.field(default_factory=dict)
+    labels: Mapping[str, str]
+    _summary: str | None
+    _describe: Callable[[], str] | None
+
+    def __init__(
+        self,
+        rule: str,
+        severity: Severity,
+        state: AlertState,
+        account: str | None,
+        underlying: str | None,
+        value: float,
+        threshold: float,
+        since_ms: int,
+        active_since_ms: int,
+        summary: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        *,
+        describe: Callable[[], str] | None = None,
+    ) -> None:
+        if (summary is None) == (describe is None):
+            raise TypeError("an Alert needs its summary or a describe that builds it (one)")
+        # Frozen: set through the slots themselves (twice as fast as object.__setattr__;
+        # the rule engine builds every alert whose value moved at every evaluation).
+        _set_rule(self, rule)
+        _set_severity(self, severity)
+        _set_state(self, state)
+        _set_account(self, account)
+        _set_underlying(self, underlying)
+        _set_value(self, value)
+        _set_threshold(self, threshold)
+        _set_since_ms(self, since_ms)
+        _set_active_since_ms(self, active_since_ms)
+        _set_labels(self, {} if labels is None else labels)
+        _set_summary(self, summary)
+        _set_describe(self, describe)
+
+    @property
+    def summary(self) -> str:
+        text = self._summary
+        if text is None:
+            describe = self._describe
+            if describe is None:  # another thread built it since (it sets the text first)
+                text = self._summary
+                assert text is not None
+                return text
+            text = describe()
+            _set_summary(self, text)
+            _set_describe(self, None)  # what it read may be freed
+        return text
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.rule,
+            self.severity,
+            self.state,
+            self.account,
+            self.underlying,
+            self.value,
+            self.threshold,
+            self.since_ms,
+            self.active_since_ms,
+            self.summary,
+            self.labels,
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"immutable type: {type(self).__name__!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"immutable type: {type(self).__name__!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Alert:
+            return NotImplemented
+        return self is other or self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # labels are a mapping
+
+    def __repr__(self) -> str:
+        names = (*Alert.__match_args__, "labels")
+        body = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+        return f"Alert({body})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copies and pickles carry the summary's text (``describe`` is not data)."""
+        return (Alert, self._fields())
 
     @property
     def key(self) -> str:
@@ -119,6 +236,21 @@ class Alert(msgspec.Struct, frozen=True):
         ):
             raise ValueError(f"not an alert state: {out.severity!r}, {out.state!r}")
         return out
+
+
+_Setter = Callable[[Alert, Any], None]
+_set_rule: _Setter = Alert.__dict__["rule"].__set__
+_set_severity: _Setter = Alert.__dict__["severity"].__set__
+_set_state: _Setter = Alert.__dict__["state"].__set__
+_set_account: _Setter = Alert.__dict__["account"].__set__
+_set_underlying: _Setter = Alert.__dict__["underlying"].__set__
+_set_value: _Setter = Alert.__dict__["value"].__set__
+_set_threshold: _Setter = Alert.__dict__["threshold"].__set__
+_set_since_ms: _Setter = Alert.__dict__["since_ms"].__set__
+_set_active_since_ms: _Setter = Alert.__dict__["active_since_ms"].__set__
+_set_labels: _Setter = Alert.__dict__["labels"].__set__
+_set_summary: _Setter = Alert.__dict__["_summary"].__set__
+_set_describe: _Setter = Alert.__dict__["_describe"].__set__
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -171,20 +171,20 @@ class RuleSpec:
         return first
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
     """One subject's figure, as a rule read it.
 
-    ``describe`` builds the alert's summary; it is called only when an alert is built (a
-    transition or :meth:`RuleEngine.active`), so a rule reading thousands of calm subjects
-    formats no text for them. ``value`` NaN = unknown for now (the alert holds).
+    ``describe`` builds the alert's summary; it is called only when the summary is read
+    (an alert's, a transition's), so a rule reading thousands of calm subjects formats no
+    text for them. ``value`` NaN = unknown for now (the alert holds). A named tuple: rules
+    build many at every evaluation (0.4 us each against 1 us for a frozen dataclass).
     """
 
     account: str | None
     underlying: str | None
     value: float
     describe: Callable[[], str]
-    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY_LABELS)
+    labels: Mapping[str, str] = _EMPTY_LABELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +241,29 @@ class Rule(Generic[I]):
         return self.spec.name
 
 
+class _Text:
+    """One summary, built at most once: from the ``describe`` of the reading it was taken
+    from, when first needed (shared by a track and the alerts built from it)."""
+
+    __slots__ = ("_describe", "_text")
+
+    def __init__(self, describe: Callable[[], str] | None, text: str | None = None) -> None:
+        self._describe = describe
+        self._text = text
+
+    def __call__(self) -> str:
+        text = self._text
+        if text is None:
+            describe = self._describe
+            if describe is None:  # built by another thread meanwhile (text set first)
+                text = self._text
+                assert text is not None
+                return text
+            text = self._text = describe()
+            self._describe = None  # the figures it read may be freed
+        return text
+
+
 @dataclass(slots=True)
 class _Track:
     """A subject's live episode (pending or firing)."""
@@ -252,14 +275,22 @@ class _Track:
     value: float
     reading: Reading
     tick: int
-    summary: str | None = None
-    #: The alert :meth:`RuleEngine.active` last built from this track (reused while
-    #: nothing in it changed; ``_alert`` compares).
+    #: The summary, once asked for: taken from the reading current then, kept while the
+    #: value (and the labels) stay as they were. None: not asked for since they changed.
+    summary: _Text | None = None
+    #: The alert :meth:`RuleEngine.active` last built from this track, and the summary
+    #: it was built with (reused while nothing in it changed; ``_alert`` compares).
     alert: Alert | None = None
+    alert_summary: _Text | None = None
 
     def text(self) -> str:
+        return self.lazy_text()()
+
+    def lazy_text(self) -> _Text:
+        """The summary as it stands, built when first called: exactly the text
+        :meth:`text` gives now, and also after later readings of the same value."""
         if self.summary is None:
-            self.summary = self.reading.describe()
+            self.summary = _Text(self.reading.describe)
         return self.summary
 
     def update(self, reading: Reading) -> None:
@@ -303,7 +334,7 @@ def _track_from_state(t: Mapping[str, Any]) -> _Track:
         float(t["value"]),
         reading,
         int(t["tick"]),
-        summary,
+        _Text(None, summary),
     )
 
 
@@ -357,8 +388,13 @@ class RuleEngine(Generic[Inp]):
         self._wake: list[int] = [0 for _ in rules]
         #: Per rule, its thresholds signed by direction (``_signed_levels``).
         self._levels = [_signed_levels(r.spec) for r in rules]
+        self._signs = [(lv[0], lv[3]) for lv in self._levels]  # (s, first)
         #: Per rule, the alerts :meth:`active` built last; None: rebuild.
         self._active: list[tuple[Alert, ...] | None] = [None for _ in rules]
+        #: Per rule, its live subjects in alert order; None: sort again (one came or went).
+        self._sorted: list[list[_Subject] | None] = [None for _ in rules]
+        #: Every rule's alerts as :meth:`active` lists them; None: one rule's changed.
+        self._listed: list[Alert] | None = None
 
     @property
     def rules(self) -> tuple[Rule[Inp], ...]:
@@ -380,22 +416,41 @@ class RuleEngine(Generic[Inp]):
         if self._last_ms is not None and now_ms < self._last_ms:
             raise ValueError(f"engine clock went back: {now_ms} < {self._last_ms}")
         self._last_ms = now_ms
-        self._tick += 1
+        self._tick = tick = self._tick + 1
         out: list[Transition] = []
-        wake = self._wake
+        wake, active, last = self._wake, self._active, self._replay
         for k, rule in enumerate(self._rules):
+            tracks = self._tracks[k]
             replay = unchanged and rule.steady
             if replay and now_ms < wake[k]:
                 # The same figures and no timer due: nothing of this rule moves; its
                 # episodes were (as if) read again.
-                for tr in self._tracks[k].values():
-                    tr.tick = self._tick
+                for tr in tracks.values():
+                    tr.tick = tick
                 continue
-            self._active[k] = None
-            moves = self._evaluate_rule(k, rule, data, now_ms, replay)
+            readings = last[k]
+            if not replay or readings is None:
+                # Every subject that can move is in this list: those at or past the first
+                # threshold and those with a live episode. With the same values, nothing
+                # else can move later either, so the list replays exactly.
+                s, first = self._signs[k]
+                readings = last[k] = self._hot(rule.read(data), tracks, s, first)
+            cooldown = self._cooldown[k]
+            if cooldown:
+                for subject in [s for s, until in cooldown.items() if until <= now_ms]:
+                    del cooldown[subject]
+            if not readings and not tracks:  # nothing hot, nothing live: nothing moves
+                if active[k]:
+                    active[k] = self._listed = None
+                wake[k] = 0 if not rule.steady else self._next_wake(k) if cooldown else _NEVER
+                continue
+            moves = self._evaluate_rule(k, rule, readings, now_ms)
+            if tracks or active[k]:  # a rule without alerts before or after lists none
+                active[k] = self._listed = None
             wake[k] = self._next_wake(k) if rule.steady else 0
             if moves:
-                moves.sort(key=lambda t: _order((t.alert.account, t.alert.underlying)))
+                if len(moves) > 1:
+                    moves.sort(key=lambda t: _order((t.alert.account, t.alert.underlying)))
                 out.extend(moves)
         return out
 
@@ -469,16 +524,24 @@ class RuleEngine(Generic[Inp]):
 
     def active(self) -> list[Alert]:
         """The pending and firing alerts, in rule order then subject order."""
-        out: list[Alert] = []
-        for k, (rule, tracks) in enumerate(zip(self._rules, self._tracks, strict=True)):
-            built = self._active[k]
-            if built is None:
-                built = self._active[k] = tuple(
-                    self._alert(rule.spec, subject, tracks[subject], tracks[subject].state)
-                    for subject in sorted(tracks, key=_order)
-                )
-            out.extend(built)
-        return out
+        listed = self._listed
+        if listed is None:
+            listed = []
+            for k, tracks in enumerate(self._tracks):
+                built = self._active[k]
+                if built is None:
+                    built = self._active[k] = self._alerts(k) if tracks else ()
+                listed.extend(built)
+            self._listed = listed
+        return list(listed)
+
+    def _alerts(self, k: int) -> tuple[Alert, ...]:
+        """Rule ``k``'s alerts, in subject order."""
+        tracks, spec = self._tracks[k], self._rules[k].spec
+        subjects = self._sorted[k]
+        if subjects is None:
+            subjects = self._sorted[k] = sorted(tracks, key=_order)
+        return tuple(self._alert(spec, sub, tracks[sub], tracks[sub].state) for sub in subjects)
 
     def _next_wake(self, k: int) -> int:
         """When replaying rule ``k``'s readings can next move a state: the first pending
@@ -499,6 +562,8 @@ class RuleEngine(Generic[Inp]):
         rule reads (or replays) at the next evaluation and rebuilds its active alerts."""
         self._wake = [0 for _ in self._rules]
         self._active = [None for _ in self._rules]
+        self._sorted = [None for _ in self._rules]
+        self._listed = None
 
     # -- the state machine ------------------------------------------------------------
 
@@ -585,30 +650,20 @@ class RuleEngine(Generic[Inp]):
                 ep.value,
                 reading,
                 self._tick,
-                ep.summary,
+                _Text(None, ep.summary),
             )
         self._touched()
 
     def _evaluate_rule(
-        self, k: int, rule: Rule[Inp], data: Inp, now_ms: int, replay: bool
+        self, k: int, rule: Rule[Inp], readings: list[Reading], now_ms: int
     ) -> list[Transition]:
-        spec = rule.spec
+        """Move rule ``k``'s alerts by its hot ``readings`` (cooldowns already expired)."""
         tracks = self._tracks[k]
         cooldown = self._cooldown[k]
-        readings = self._replay[k]
-        if replay and readings is not None and not readings and not tracks and not cooldown:
-            return []  # the same figures, nothing hot, nothing live: nothing can move
-        if cooldown:
-            for subject in [s for s, until in cooldown.items() if until <= now_ms]:
-                del cooldown[subject]
+        spec = rule.spec
         s, warning, critical, first, clear, crit_clear = self._levels[k]
         tick = self._tick
         moves: list[Transition] = []
-        if not replay or readings is None:
-            # Every subject that can move is in this list: those at or past the first
-            # threshold and those with a live episode. With the same values, nothing else
-            # can move later either, so the list replays exactly.
-            readings = self._replay[k] = list(self._readings(rule.read(data), tracks, s, first))
         for r in readings:
             subject = (r.account, r.underlying)
             v = s * r.value
@@ -623,6 +678,7 @@ class RuleEngine(Generic[Inp]):
                 state: AlertState = "firing" if spec.for_ms == 0 else "pending"
                 tr = _Track(state, severity, now_ms, now_ms, r.value, r, tick)
                 tracks[subject] = tr
+                self._sorted[k] = None
                 moves.append(self._move(spec, subject, tr, "inactive", now_ms))
                 continue
             if tr.tick == tick:
@@ -651,18 +707,19 @@ class RuleEngine(Generic[Inp]):
         return moves
 
     @staticmethod
-    def _readings(
+    def _hot(
         got: Iterable[Reading | Readings],
         tracks: Mapping[_Subject, _Track],
         s: float,
         first: float,
-    ) -> Iterator[Reading]:
+    ) -> list[Reading]:
         """The readings that can move a state: every single one, and of a batch the
         subjects at or past ``first`` (signed by ``s``) or with a live episode."""
+        out: list[Reading] = []
         by_account: dict[str | None, list[str | None]] | None = None
         for r in got:
             if type(r) is Reading:
-                yield r
+                out.append(r)
                 continue
             assert isinstance(r, Readings)
             values = r.values
@@ -679,8 +736,8 @@ class RuleEngine(Generic[Inp]):
                 if live:
                     pos = {u: k for k, u in enumerate(r.underlyings)}
                     hot = sorted({*hot, *(k for u in live if (k := pos.get(u)) is not None)})
-            for k in hot:
-                yield r.reading(k)
+            out.extend(map(r.reading, hot))
+        return out
 
     def _end(
         self,
@@ -694,6 +751,7 @@ class RuleEngine(Generic[Inp]):
         vanished: bool = False,
     ) -> Transition:
         del self._tracks[k][subject]
+        self._sorted[k] = None
         previous = tr.state
         if previous == "firing":
             state: AlertState = "resolved"
@@ -721,7 +779,11 @@ class RuleEngine(Generic[Inp]):
     def _move(
         self, spec: RuleSpec, subject: _Subject, tr: _Track, previous: AlertState, now_ms: int
     ) -> Transition:
-        return Transition(self._alert(spec, subject, tr, tr.state), previous, now_ms)
+        alert = self._alert(spec, subject, tr, tr.state)
+        # Built now: a transition is delivered and kept in the history, which must not
+        # hold every evaluation's figures.
+        alert.summary  # noqa: B018
+        return Transition(alert, previous, now_ms)
 
     @staticmethod
     def _threshold(spec: RuleSpec, severity: Severity) -> float:
@@ -730,28 +792,36 @@ class RuleEngine(Generic[Inp]):
         return t
 
     def _alert(self, spec: RuleSpec, subject: _Subject, tr: _Track, state: AlertState) -> Alert:
+        """The alert of ``tr`` in ``state``: the last one built while nothing in it changed
+        (its summary then built now, so that it no longer holds the figures it read), else
+        a new one whose summary is built when first read (most lists of active alerts are
+        never read)."""
         a = tr.alert
+        text = tr.summary
         if (
             a is not None
-            and tr.summary is not None
-            and a.summary is tr.summary
+            and text is not None
+            and tr.alert_summary is text
             and a.state == state
             and a.severity == tr.severity
             and a.since_ms == tr.since_ms
             and a.value == tr.value
         ):
+            text()  # built once; the figures it read are released
             return a
+        text = tr.lazy_text()
         a = tr.alert = Alert(
-            rule=spec.name,
-            severity=tr.severity,
-            state=state,
-            account=subject[0],
-            underlying=subject[1],
-            value=tr.value,
-            threshold=self._threshold(spec, tr.severity),
-            since_ms=tr.since_ms,
-            active_since_ms=tr.active_since_ms,
-            summary=tr.text(),
+            spec.name,
+            tr.severity,
+            state,
+            subject[0],
+            subject[1],
+            tr.value,
+            self._threshold(spec, tr.severity),
+            tr.since_ms,
+            tr.active_since_ms,
             labels=tr.reading.labels,
+            describe=text,
         )
+        tr.alert_summary = text
         return a

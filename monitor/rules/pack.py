@@ -82,8 +82,8 @@ import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property, partial
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, Generic, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -130,6 +130,32 @@ INF: Final = math.inf
 # --- input -------------------------------------------------------------------------------
 
 
+_T = TypeVar("_T")
+
+
+class _once(Generic[_T]):
+    """``functools.cached_property`` without its lock (Python 3.11 takes one at every
+    first read: a few of those per evaluation). A :class:`RuleInput` is read by the
+    engine's evaluation; a summary built later on another thread at worst computes the
+    same value twice."""
+
+    def __init__(self, fn: Callable[[Any], _T]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _once[_T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> _T: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> _T | _once[_T]:
+        if obj is None:
+            return self
+        value: _T = self.fn(obj)
+        obj.__dict__[self.name] = value  # read from there from now on
+        return value
+
+
 @dataclass(frozen=True)
 class RuleInput:
     """What the built-in rules read at one evaluation.
@@ -146,17 +172,17 @@ class RuleInput:
     snapshot: RiskSnapshot
     connectors: Sequence[ConnectorStatus] = ()
 
-    @cached_property
+    @_once
     def asset_index(self) -> dict[str, int]:
         """Underlying name -> index in ``snapshot.assets``."""
         return {name: i for i, name in enumerate(self.snapshot.assets.names)}
 
-    @cached_property
+    @_once
     def warm(self) -> dict[str, bool]:
         a = self.snapshot.assets
         return dict(zip(a.names, a.warm.tolist(), strict=True))
 
-    @cached_property
+    @_once
     def _groups(self) -> dict[str, _Groups]:
         return {}
 
@@ -167,13 +193,51 @@ class RuleInput:
             g = self._groups[account] = _Groups.of(table)
         return g
 
+    @_once
+    def held(self) -> set[str]:
+        """The underlyings the book holds."""
+        return set(self.snapshot.total.exposure_usd)
+
+    @_once
+    def _shown(self) -> dict[str, _Shown]:
+        return {}
+
+    def shown(self, account: str, risk: AccountRisk) -> _Shown:
+        """The underlyings an account's risk shows (computed once per input)."""
+        got = self._shown.get(account)
+        if got is None or got.risk is not risk:
+            index = np.flatnonzero(risk.shown)
+            at = index.tolist()
+            names = [risk.underlyings[i] for i in at]
+            warm = self.warm
+            got = self._shown[account] = _Shown(
+                risk, index, at, names, all(warm.get(n, False) for n in names)
+            )
+        return got
+
+
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    """The underlyings ``risk`` shows: their indices (array and list), names, and whether
+    every one of them is warm (its estimates mean something)."""
+
+    risk: AccountRisk
+    index: IntArray
+    at: list[int]
+    names: list[str]
+    warm: bool
+
 
 @dataclass(frozen=True, slots=True)
 class _Groups:
-    """Positions of one account by underlying: ``names[codes[i]]`` is position i's."""
+    """Positions of one account by underlying: ``names[codes[i]]`` is position i's;
+    ``order`` lists the positions group by group (each group's in table order), group k's
+    from ``starts[k]`` on (no group is empty)."""
 
     names: tuple[str, ...]
     codes: IntArray
+    order: IntArray
+    starts: IntArray
 
     @staticmethod
     def of(table: PositionTable) -> _Groups:
@@ -183,9 +247,9 @@ class _Groups:
         out = np.bincount(self.codes, weights=x, minlength=len(self.names))
         return out.astype(np.float64, copy=False)
 
-    def maxima(self, x: FloatArray) -> FloatArray:
-        out = np.full(len(self.names), -INF)
-        np.maximum.at(out, self.codes, x)
+    def minima(self, x: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Each group's smallest element of ``x`` (one per position)."""
+        out: npt.NDArray[np.int64] = np.minimum.reduceat(x[self.order], self.starts)
         return out
 
 
@@ -199,8 +263,11 @@ def _groups_of(underlying: tuple[str, ...]) -> _Groups:
         dtype=np.int64,
         count=len(underlying),
     )
-    codes.flags.writeable = False
-    return _Groups(tuple(index), codes)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(len(index)))
+    for a in (codes, order, starts):
+        a.flags.writeable = False
+    return _Groups(tuple(index), codes, order, starts)
 
 
 # --- formatting --------------------------------------------------------------------------
@@ -438,11 +505,14 @@ def _risk_drift(cfg: RiskDriftRule) -> Rule[RuleInput]:
             risk = fig.risk
             if risk is None or not _material(risk, cfg.min_volatility_usd):
                 continue
-            shown = np.flatnonzero(risk.shown)
-            names = [risk.underlyings[i] for i in shown.tolist()]
-            warm = all(inp.warm.get(n, False) for n in names)
-            values = np.abs(risk.contributions.drift[shown]) if warm else np.full(len(names), NAN)
-            describe = partial(text_of, inp, account, fig, shown.tolist(), names)
+            shown = inp.shown(account, risk)
+            names = shown.names
+            values = (
+                np.abs(risk.contributions.drift[shown.index])
+                if shown.warm
+                else np.full(len(names), NAN)
+            )
+            describe = partial(text_of, inp, account, fig, shown.at, names)
             yield Readings(account, names, values, describe)
 
     return Rule(spec, read, steady=True)
@@ -477,10 +547,9 @@ def _concentration(cfg: ConcentrationRule) -> Rule[RuleInput]:
             risk = fig.risk
             if risk is None or not _material(risk, cfg.min_volatility_usd):
                 continue
-            names = [risk.underlyings[i] for i in np.flatnonzero(risk.shown).tolist()]
             c = risk.contributions
             value = float(c.half_l1 if measure == "half_l1" else c.max_abs_drift)
-            if not all(inp.warm.get(n, False) for n in names):
+            if not inp.shown(account, risk).warm:
                 value = NAN
             yield Reading(account, None, value, partial(text, inp, account, fig, value))
 
@@ -630,10 +699,6 @@ def _scenario_margin(cfg: ScenarioMarginRule) -> Rule[RuleInput]:
 # --- regime ------------------------------------------------------------------------------
 
 
-def _held(inp: RuleInput) -> set[str]:
-    return set(inp.snapshot.total.exposure_usd)
-
-
 def _vol_break(cfg: VolBreakRule) -> Rule[RuleInput]:
     spec = _spec(cfg)
     levels = _levels(spec, _level_times)
@@ -653,7 +718,9 @@ def _vol_break(cfg: VolBreakRule) -> Rule[RuleInput]:
         reg = inp.snapshot.regime
         if reg is None:
             return
-        held = _held(inp)
+        held = inp.held
+        if not held:
+            return
         cur, base = reg.current.vol_ratio.tolist(), reg.baseline.vol_ratio.tolist()
         for i, name in enumerate(reg.underlyings):
             if name not in held or name not in inp.asset_index:
@@ -685,7 +752,9 @@ def _vol_vs_implied(cfg: VolVsImpliedRule) -> Rule[RuleInput]:
         reg = inp.snapshot.regime
         if reg is None:
             return
-        held = _held(inp)
+        held = inp.held
+        if not held:
+            return
         ratio = reg.current.realised_to_implied.tolist()
         for i, name in enumerate(reg.underlyings):
             if name not in held or name not in inp.asset_index:
@@ -944,6 +1013,30 @@ class _StaleMemo:
         return self._groups
 
 
+@dataclass(frozen=True, slots=True)
+class _StaleRows:
+    """What ``since`` takes from one account's table, per underlying group: the oldest
+    price time a position uses (its opening when never priced) and the first opening.
+    Kept while the groups and the table's times are the same: compared by content, as a
+    new table comes with every evaluation while options tick far less often."""
+
+    groups: _Groups
+    ts: bytes
+    opened: bytes
+    oldest: list[int]
+    first_opened: list[int]
+
+    @staticmethod
+    def of(g: _Groups, table: PositionTable, last: _StaleRows | None) -> _StaleRows:
+        ts, opened = table.price_ts_ms.tobytes(), table.opened_ms.tobytes()
+        if last is not None and last.groups is g and last.ts == ts and last.opened == opened:
+            return last
+        rows = np.where(table.price_ts_ms > 0, table.price_ts_ms, table.opened_ms)
+        return _StaleRows(
+            g, ts, opened, g.minima(rows).tolist(), g.minima(table.opened_ms).tolist()
+        )
+
+
 def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:
     spec = _spec(cfg)
     levels = _levels(spec, _secs)
@@ -972,50 +1065,61 @@ def _stale_data(cfg: StaleDataRule) -> Rule[RuleInput]:
             f"{grp.name} positions without a price for {_secs(first)}"
         )
 
-    def since(inp: RuleInput, account: str, table: PositionTable) -> FloatArray:
+    def since(inp: RuleInput, index_ts: list[int], rows: _StaleRows) -> FloatArray:
         """Per underlying group, the time (epoch ms) the oldest price it uses dates from:
         the earliest of each position's last price (its opening when never priced) and
         the index's last tick (the group's first opening when it never ticked). The age
-        is ``as_of - since``: only that moves while nothing new arrives."""
-        g = inp.groups(account, table)
-        ts = table.price_ts_ms
-        rows = np.where(ts > 0, ts, table.opened_ms).astype(np.float64)
-        oldest = -g.maxima(-rows)
-        first_opened = -g.maxima(-table.opened_ms.astype(np.float64))
-        j = np.array([inp.asset_index.get(name, -1) for name in g.names], dtype=np.int64)
-        idx_ts = np.zeros(len(j), dtype=np.int64)
-        idx_ts[j >= 0] = inp.snapshot.assets.price_ts_ms[j[j >= 0]]
-        out: FloatArray = np.minimum(oldest, np.where(idx_ts > 0, idx_ts, first_opened))
-        return out
+        is ``as_of - since``: only that moves while nothing new arrives. ``index_ts``: the
+        index's last tick per underlying of the snapshot (``assets.price_ts_ms``)."""
+        idx = inp.asset_index
+        out = []
+        for name, oldest, opened in zip(
+            rows.groups.names, rows.oldest, rows.first_opened, strict=True
+        ):
+            j = idx.get(name)
+            t = 0 if j is None else index_ts[j]
+            out.append(min(oldest, t if t > 0 else opened))
+        return np.array(out, dtype=np.float64)
 
     # Per account: the table and index tick times of the last read, ``since`` and the
     # groups' summary facts (built when a summary is first asked for); an evaluation with
     # the same table and index times (nothing new) reuses both.
     memo: dict[str, _StaleMemo] = {}
+    #: Per account, the table's side of ``since`` (see :class:`_StaleRows`).
+    table_rows: dict[str, _StaleRows] = {}
 
     def read(inp: RuleInput) -> Iterator[Readings]:
         snap = inp.snapshot
         index_ts = snap.assets.price_ts_ms
+        index_list: list[int] | None = None
         seen: dict[str, _StaleMemo] = {}
+        seen_rows: dict[str, _StaleRows] = {}
         for account, fig in snap.accounts.items():
             table = fig.positions
             if table is None or not table.instrument:
                 continue
+            g = inp.groups(account, table)
             m = memo.get(account)
             if m is None or m.table is not table or m.index_ts is not index_ts:
+                if index_list is None:
+                    index_list = index_ts.tolist()
+                rows = seen_rows[account] = _StaleRows.of(g, table, table_rows.get(account))
                 m = _StaleMemo(
                     account,
                     table,
                     index_ts,
-                    since(inp, account, table),
+                    since(inp, index_list, rows),
                     partial(_stale_groups, inp, account, table),
                 )
+            else:
+                seen_rows[account] = table_rows[account]
             seen[account] = m
             values = np.maximum(snap.as_of_ms - m.since, 0.0) / 1000.0
-            names = inp.groups(account, table).names
-            yield Readings(account, names, values, partial(text, snap.as_of_ms, m))
+            yield Readings(account, g.names, values, partial(text, snap.as_of_ms, m))
         memo.clear()
         memo.update(seen)
+        table_rows.clear()
+        table_rows.update(seen_rows)
 
     return Rule(spec, read)
 
@@ -1149,8 +1253,7 @@ def _stressed_var_ratio(cfg: StressedVarRatioRule) -> Rule[RuleInput]:
             if not st or fig.risk is None:
                 continue
             ratio = st.get("ratio")
-            names = [fig.risk.underlyings[i] for i in np.flatnonzero(fig.risk.shown).tolist()]
-            warm = all(inp.warm.get(n, False) for n in names)  # correlations mean something
+            warm = inp.shown(account, fig.risk).warm  # correlations mean something
             value = NAN if ratio is None or not warm else float(ratio)
             yield Reading(account, None, value, partial(text, account, fig, st, value))
 
