@@ -113,9 +113,45 @@ def show(name: str, what: str, wall: list[float], cpu: list[float]) -> None:
     )
 
 
+def updates(ref: Engine, start: int, rounds: int = 12) -> None:
+    """The reference book's evaluation after a venue account update and after a fill (one
+    account's position), the scenario pass in line (the daemon runs it on its worker: this
+    is its cost, not the engine loop's), beside one after a tick. Prints medians, ms."""
+    snap = ref.snapshot
+    book = ref._book
+    assert snap is not None
+    assert book is not None
+    j = list(snap.assets.names).index("U00")
+    base = float(snap.assets.price[j])
+    name = ref.registry.instruments[int(book.instrument[5])].name
+    account = book.accounts[0]
+    out: dict[str, list[float]] = {"tick": [], "account update": [], "fill": []}
+    ts = start
+    for k in range(rounds):
+        for kind in out:
+            ts += 500
+            if kind == "tick":
+                ref.apply(PriceEvent(ts - 10, "U00", base * (1 + 1e-4 * (k % 7 - 3))), "b")
+            elif kind == "account update":
+                ref.apply(AccountEvent(ts - 10, account, 1e7 + k, 1e5, 5e4), "b")
+            else:
+                ref.apply(PositionEvent(ts - 10, account, name, 3.0 + k), "b")
+            t = time.perf_counter()
+            ref.evaluate(ts)
+            out[kind].append(time.perf_counter() - t)
+    for kind, v in out.items():
+        w = np.array(v[2:]) * 1e3
+        print(f"reference after a {kind:15s} (pass in line) median {np.median(w):8.1f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=500, help="evaluations of each kind (small)")
+    ap.add_argument(
+        "--updates",
+        action="store_true",
+        help="also: the reference book after an account update and after a fill",
+    )
     args = ap.parse_args()
     eng, ts = small_book()
     measure(eng, ts, "BTC", 20)  # warm
@@ -138,6 +174,8 @@ def main() -> None:
         f"(reference: {len(snap.alerts)} active alerts; {n} evaluations of each kind;"
         f" heap frozen after the build as the daemon does: {frozen} objects)"
     )
+    if args.updates:
+        updates(ref, start + 500 * (n + 1))
 
 
 if __name__ == "__main__":
